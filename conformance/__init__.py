@@ -1,0 +1,1 @@
+"""flashcore.conformance: golden reference files and the backend conformance suite."""

@@ -1,0 +1,88 @@
+"""The small array-API subset flashcore uses, and the two helpers the standard lacks.
+
+Everything in the spec goes through an array-API namespace ``xp`` (array-api-compat's wrappers for
+numpy / torch / jax, array-api-strict, or the flashcore TF shim). The calls used are exactly:
+
+    asarray astype reshape permute_dims concat stack expand_dims broadcast_to matmul
+    sum mean max cumulative_sum(include_initial=True) take where maximum
+    exp log sqrt sin cos abs  zeros ones arange  ==, <, >, &, |, *, +, -, /, **, [basic slicing]
+
+plus :func:`erf` below (not in the standard; dispatched to each library's own). Static index
+tables (causal masks, rotary angles, bias buckets) are computed on the host in NumPy float64 and
+moved to the input's namespace and device with :func:`const`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["namespace", "const", "erf", "device_of", "is_low_precision", "dtype_name"]
+
+
+def namespace(*arrays, xp=None):
+    """The array-API namespace of ``arrays`` (or ``xp`` when given)."""
+    if xp is not None:
+        return xp
+    import array_api_compat
+
+    return array_api_compat.array_namespace(*[a for a in arrays if a is not None])
+
+
+def device_of(x):
+    import array_api_compat
+
+    try:
+        return array_api_compat.device(x)
+    except Exception:  # the TF shim and other namespaces without a device notion
+        return None
+
+
+def const(xp, value: np.ndarray, like=None, dtype=None):
+    """A host NumPy constant as an ``xp`` array on ``like``'s device, cast to ``dtype``.
+
+    ``dtype`` defaults to ``like.dtype`` for floating constants and is kept for ints and bools.
+    """
+    value = np.asarray(value)
+    dev = device_of(like) if like is not None else None
+    out = xp.asarray(value, device=dev) if dev is not None else xp.asarray(value)
+    if dtype is None and like is not None and value.dtype.kind == "f":
+        dtype = like.dtype
+    if dtype is not None:
+        out = xp.astype(out, dtype)
+    return out
+
+
+def dtype_name(dtype) -> str:
+    """'float32', 'bfloat16', ... for a dtype of any namespace."""
+    name = getattr(dtype, "name", None) or str(dtype)
+    return name.rsplit(".", 1)[-1]
+
+
+def is_low_precision(dtype) -> bool:
+    """True for float16 and bfloat16, where the attention core accumulates in float32."""
+    return dtype_name(dtype) in ("float16", "bfloat16")
+
+
+_np_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def erf(xp, x):
+    """The error function, elementwise, with each library's own implementation (full precision)."""
+    name = getattr(xp, "__name__", "")
+    if "torch" in name:
+        import torch
+
+        return torch.special.erf(x)
+    if "jax" in name:
+        import jax
+
+        return jax.scipy.special.erf(x)
+    if hasattr(xp, "erf"):  # the TF shim
+        return xp.erf(x)
+    if "numpy" in name:
+        return np.asarray(_np_erf(x), dtype=x.dtype)
+    # array-api-strict and other pure namespaces: round-trip through NumPy (no autodiff there).
+    host = np.from_dlpack(x) if hasattr(x, "__dlpack__") else np.asarray(x)
+    return xp.astype(const(xp, _np_erf(host), like=x), x.dtype)

@@ -1,0 +1,283 @@
+"""Frozen configuration dataclasses for the GAU / FLASH layers, the Transformer++ block and the LM.
+
+Every field is validated in ``__post_init__``; an invalid value raises ``ValueError`` naming the field.
+Configs round-trip through plain dicts (``to_dict`` / ``config_from_dict``) so that they can be stored
+as JSON in the metadata of a canonical weight file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = [
+    "FlashConfig",
+    "TransformerConfig",
+    "LMConfig",
+    "config_from_dict",
+]
+
+LayerKind = Literal["flash", "gau"]
+Attention = Literal["relu2", "laplace", "softmax_plus"]
+Rope = Literal["half", "interleaved", "none"]
+RelBias = Literal["learned", "t5", "none"]
+Norm = Literal["scale", "layer", "rms"]
+LinearNorm = Literal["sum", "mean"]
+
+
+def _check_int(obj: Any, name: str, low: int) -> None:
+    value = getattr(obj, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{type(obj).__name__}.{name} must be an int, got {value!r}")
+    if value < low:
+        raise ValueError(f"{type(obj).__name__}.{name} must be >= {low}, got {value}")
+
+
+def _check_choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(obj, name)
+    if value not in choices:
+        raise ValueError(f"{type(obj).__name__}.{name} must be one of {choices}, got {value!r}")
+
+
+def _check_bool(obj: Any, name: str) -> None:
+    value = getattr(obj, name)
+    if not isinstance(value, bool):
+        raise ValueError(f"{type(obj).__name__}.{name} must be a bool, got {value!r}")
+
+
+def _check_positive_float(obj: Any, name: str) -> None:
+    value = getattr(obj, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{type(obj).__name__}.{name} must be a finite number, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{type(obj).__name__}.{name} must be > 0, got {value}")
+
+
+class _DictMixin:
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict, tagged with the class name; inverse of :func:`config_from_dict`."""
+        out: dict[str, Any] = {"type": type(self).__name__}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if isinstance(value, _DictMixin) else value
+        return out
+
+    def replace(self, **changes: Any):
+        """A copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclass(frozen=True)
+class FlashConfig(_DictMixin):
+    """One GAU (``kind="gau"``, FLASH-Quad) or FLASH (``kind="flash"``, mixed-chunk) layer.
+
+    Widths: d = ``dim``, e = ``expansion * dim`` (must be an integer), s = ``qk_dim``, C = ``chunk_size``.
+
+    - ``attention``: ``relu2`` (paper), ``laplace`` (Mega), ``softmax_plus`` (GAU-alpha).
+    - ``rope``: ``half`` (paper, half-split), ``interleaved`` (pairs), ``none``; ``rope_dims`` rotates
+      only the first ``rope_dims`` of the s dims (None = all).
+    - ``rel_bias``: ``learned`` (paper, one weight per offset, span ``max_len`` for GAU and C for
+      FLASH), ``t5`` (log buckets), ``none``; the bias is multiplied by ``bias_scale``.
+    - ``norm``: ``scale`` (paper's ScaleNorm), ``layer``, ``rms``.
+    - ``linear_norm``: ``sum`` (paper text) or ``mean`` (average over contributing chunks).
+    - ``fixed_length``: GAU only; None divides the scores by the number of keys in the sequence (paper),
+      an int fixes that n.
+    - ``token_shift``: shift the first ceil(d/2) channels of the normed input one step forward.
+    - ``dropout``: applied by backends in training mode only; the spec is deterministic.
+    """
+
+    dim: int = 512
+    kind: LayerKind = "flash"
+    expansion: float = 2
+    qk_dim: int = 128
+    chunk_size: int = 256
+    causal: bool = False
+    attention: Attention = "relu2"
+    rope: Rope = "half"
+    rope_dims: int | None = None
+    rope_base: float = 10000.0
+    rel_bias: RelBias = "learned"
+    max_len: int = 512
+    t5_buckets: int = 32
+    t5_max_distance: int = 128
+    bias_scale: float = 1.0
+    norm: Norm = "scale"
+    norm_eps: float = 1e-5
+    linear_norm: LinearNorm = "sum"
+    fixed_length: int | None = None
+    token_shift: bool = False
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_int(self, "dim", 1)
+        _check_choice(self, "kind", ("flash", "gau"))
+        _check_positive_float(self, "expansion")
+        e = self.expansion * self.dim
+        if abs(e - round(e)) > 1e-9:
+            raise ValueError(
+                f"FlashConfig.expansion * dim must be an integer, got {self.expansion} * {self.dim}"
+            )
+        _check_int(self, "qk_dim", 1)
+        _check_int(self, "chunk_size", 1)
+        _check_bool(self, "causal")
+        _check_choice(self, "attention", ("relu2", "laplace", "softmax_plus"))
+        _check_choice(self, "rope", ("half", "interleaved", "none"))
+        if self.rope_dims is not None:
+            _check_int(self, "rope_dims", 2)
+            if self.rope_dims > self.qk_dim or self.rope_dims % 2:
+                raise ValueError(
+                    f"FlashConfig.rope_dims must be even and <= qk_dim={self.qk_dim}, "
+                    f"got {self.rope_dims}"
+                )
+        elif self.rope != "none" and self.qk_dim % 2:
+            raise ValueError(f"FlashConfig.qk_dim must be even for rope, got {self.qk_dim}")
+        _check_positive_float(self, "rope_base")
+        _check_choice(self, "rel_bias", ("learned", "t5", "none"))
+        _check_int(self, "max_len", 1)
+        _check_int(self, "t5_buckets", 2)
+        _check_int(self, "t5_max_distance", 1)
+        if not self.causal and self.t5_buckets % 2:
+            raise ValueError(
+                f"FlashConfig.t5_buckets must be even when not causal, got {self.t5_buckets}"
+            )
+        if isinstance(self.bias_scale, bool) or not isinstance(self.bias_scale, (int, float)):
+            raise ValueError(f"FlashConfig.bias_scale must be a number, got {self.bias_scale!r}")
+        _check_choice(self, "norm", ("scale", "layer", "rms"))
+        _check_positive_float(self, "norm_eps")
+        _check_choice(self, "linear_norm", ("sum", "mean"))
+        if self.fixed_length is not None:
+            _check_int(self, "fixed_length", 1)
+        _check_bool(self, "token_shift")
+        d = self.dropout
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
+            raise ValueError(f"FlashConfig.dropout must be in [0, 1), got {d!r}")
+
+    @property
+    def expanded_dim(self) -> int:
+        """e = expansion * dim."""
+        return int(round(self.expansion * self.dim))
+
+    @property
+    def num_heads(self) -> int:
+        """Scale-offset heads: 2 for GAU (q, k), 4 for FLASH (quad_q, quad_k, lin_q, lin_k)."""
+        return 2 if self.kind == "gau" else 4
+
+    @property
+    def rotary_dims(self) -> int:
+        """How many of the s dims RoPE rotates (0 when rope is off)."""
+        if self.rope == "none":
+            return 0
+        return self.qk_dim if self.rope_dims is None else self.rope_dims
+
+    @property
+    def bias_span(self) -> int:
+        """L: the learned relative bias covers offsets -(L-1)..(L-1) (C for FLASH, max_len for GAU)."""
+        return self.chunk_size if self.kind == "flash" else self.max_len
+
+
+@dataclass(frozen=True)
+class TransformerConfig(_DictMixin):
+    """The Transformer++ baseline block: pre-norm multi-head softmax attention with RoPE, then SwiGLU.
+
+    ``ffn_dim`` None means round(8/3 * dim) up to a multiple of 8, so that attention (4 d^2) plus the
+    FFN (3 d f) has about 12 d^2 parameters, as two GAU layers (2 * (d (2e + s) + e d) with e = 2d).
+    """
+
+    dim: int = 512
+    heads: int = 8
+    ffn_dim: int | None = None
+    causal: bool = True
+    rope_base: float = 10000.0
+    norm: Norm = "rms"
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_int(self, "dim", 1)
+        _check_int(self, "heads", 1)
+        if self.dim % self.heads:
+            raise ValueError(
+                f"TransformerConfig.heads must divide dim={self.dim}, got {self.heads}"
+            )
+        if (self.dim // self.heads) % 2:
+            raise ValueError(
+                f"TransformerConfig.heads must leave an even head width for rope, got "
+                f"dim={self.dim} / heads={self.heads}"
+            )
+        if self.ffn_dim is not None:
+            _check_int(self, "ffn_dim", 1)
+        _check_bool(self, "causal")
+        _check_positive_float(self, "rope_base")
+        _check_choice(self, "norm", ("scale", "layer", "rms"))
+        _check_positive_float(self, "norm_eps")
+        d = self.dropout
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
+            raise ValueError(f"TransformerConfig.dropout must be in [0, 1), got {d!r}")
+
+    @property
+    def kind(self) -> str:
+        return "transformer"
+
+    @property
+    def hidden_dim(self) -> int:
+        """f: the SwiGLU hidden width."""
+        if self.ffn_dim is not None:
+            return self.ffn_dim
+        return -(-self.dim // 3) * 8  # ceil(8 d / 3) rounded up to a multiple of 8
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+
+@dataclass(frozen=True)
+class LMConfig(_DictMixin):
+    """A causal language model: embedding, ``num_layers`` blocks, a final norm and an output head.
+
+    ``block`` is a :class:`FlashConfig` (FLASH or GAU layers) or a :class:`TransformerConfig`.
+    The final norm uses the block's norm type. ``tie_embeddings`` uses the embedding as the head.
+    """
+
+    block: FlashConfig | TransformerConfig = dataclasses.field(
+        default_factory=lambda: FlashConfig(causal=True)
+    )
+    vocab_size: int = 256
+    num_layers: int = 2
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.block, dict):
+            object.__setattr__(self, "block", config_from_dict(self.block))
+        if not isinstance(self.block, (FlashConfig, TransformerConfig)):
+            raise ValueError(
+                f"LMConfig.block must be a FlashConfig or TransformerConfig, got {self.block!r}"
+            )
+        if not self.block.causal:
+            raise ValueError("LMConfig.block must be causal for next-token prediction")
+        _check_int(self, "vocab_size", 1)
+        _check_int(self, "num_layers", 1)
+        _check_bool(self, "tie_embeddings")
+
+    @property
+    def dim(self) -> int:
+        return self.block.dim
+
+
+_CLASSES = {c.__name__: c for c in (FlashConfig, TransformerConfig, LMConfig)}
+
+
+def config_from_dict(data: dict[str, Any]) -> FlashConfig | TransformerConfig | LMConfig:
+    """Rebuild a config from :meth:`to_dict` output; unknown types or fields raise ValueError."""
+    if not isinstance(data, dict) or data.get("type") not in _CLASSES:
+        raise ValueError(f"not a flashcore config dict (missing or unknown 'type'): {data!r}")
+    cls = _CLASSES[data["type"]]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in data.items() if k != "type"}
+    unknown = sorted(set(kwargs) - fields)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}")
+    if cls is LMConfig and isinstance(kwargs.get("block"), dict):
+        kwargs["block"] = config_from_dict(kwargs["block"])
+    return cls(**kwargs)

@@ -1,0 +1,293 @@
+"""The GAU (FLASH-Quad) and FLASH (mixed-chunk) layers as pure array-API functions.
+
+    gau(params, x, config=..., mask=None, segment_ids=None, xp=None)   -> (b, t, d)
+    flash(params, x, config=..., mask=None, segment_ids=None, xp=None) -> (b, t, d)
+
+x: (b, t, d) floating. mask: (b, t) bool, True at real positions (any pattern). segment_ids:
+(b, t) ints, each id one contiguous run (packed sequences). A padded or foreign-segment key never
+reaches a query in either branch; outputs at padded positions are 0. In float16 / bfloat16 the
+attention core (scores, relu^2, the linear state) runs in float32.
+
+Letters: see :mod:`flashcore.ops`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import ops
+from ._xp import const, device_of, is_low_precision, namespace
+from .checks import check_mask, check_segments, check_x
+from .config import FlashConfig
+from .params import subtree
+
+__all__ = ["gau", "flash", "project", "attention_core_flash"]
+
+
+def _check_config(config, kind: str) -> None:
+    if not isinstance(config, FlashConfig):
+        raise TypeError(f"config must be a FlashConfig, got {type(config).__name__}")
+    if config.kind != kind:
+        raise ValueError(f"this is the {kind} layer but FlashConfig.kind={config.kind!r}")
+
+
+def _same_segment(seg_q, seg_k):
+    """(…, t) and (…, j) ints -> (…, t, j) bool."""
+    return seg_q[..., :, None] == seg_k[..., None, :]
+
+
+def _and(*masks):
+    """Logical and of bool masks, skipping None; None when all are None."""
+    out = None
+    for m in masks:
+        if m is not None:
+            out = m if out is None else (out & m)
+    return out
+
+
+def project(params: dict, x, config: FlashConfig, mask, segment_ids, xp):
+    """Norm, optional token shift, the fused dense layer and SiLU.
+
+    x: (b, t, d) -> u, v: (b, t, e); heads: list of h arrays (b, t, s) after scale-offset and RoPE.
+    """
+    e = config.expanded_dim
+    h = ops.norm(subtree(params, "norm."), x, kind=config.norm, eps=config.norm_eps, xp=xp)
+    if config.token_shift:
+        keep = None  # (b, t): may position t read position t - 1?
+        if mask is not None or segment_ids is not None:
+            prev_real = mask[:, :-1] if mask is not None else None
+            prev_same = None
+            if segment_ids is not None:
+                prev_same = segment_ids[:, 1:] == segment_ids[:, :-1]
+            first = xp.zeros((x.shape[0], 1), dtype=xp.bool, device=device_of(x))
+            keep = xp.concat([first, _and(prev_real, prev_same)], axis=1)
+        h = ops.token_shift(h, keep, xp)
+    uvz = ops.silu(
+        xp.matmul(h, params["hidden.kernel"]) + params["hidden.bias"], xp
+    )  # (b, t, 2e+s)
+    u, v, z = uvz[..., :e], uvz[..., e : 2 * e], uvz[..., 2 * e :]
+    heads = ops.scale_offset(z, params["qk.gamma"], params["qk.beta"])
+    positions = np.arange(x.shape[1])
+    heads = [
+        ops.rope(
+            q, positions, dims=config.rotary_dims, mode=config.rope, base=config.rope_base, xp=xp
+        )
+        for q in heads
+    ]
+    return u, v, heads
+
+
+def _finish(params, x, u, att, mask, xp):
+    """out = (U * att) W_o + b_o + x, zero at padded positions. att: (b, t, e) -> (b, t, d)."""
+    out = xp.matmul(u * xp.astype(att, u.dtype), params["out.kernel"]) + params["out.bias"] + x
+    if mask is not None:
+        out = xp.where(mask[..., None], out, xp.zeros_like(out))
+    return out
+
+
+def gau(params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, xp=None):
+    """Gated attention unit (FLASH-Quad). x: (b, t, d) -> (b, t, d).
+
+    A = f(Q K^T / n + B) over all t x j pairs (lower triangle if causal), n = the number of real
+    keys in the query's segment (or ``config.fixed_length``); softmax_plus uses Q K^T / sqrt(s).
+    out = (U * (A V)) W_o + b_o + x.
+    """
+    _check_config(config, "gau")
+    xp = namespace(x, xp=xp)
+    b, t = check_x(x, config.dim)
+    check_mask(mask, b, t)
+    check_segments(segment_ids, b, t)
+    u, v, (q, k) = project(params, x, config, mask, segment_ids, xp)
+    acc = xp.float32 if is_low_precision(x.dtype) else x.dtype
+    q, k, v = (xp.astype(a, acc) for a in (q, k, v))
+    if mask is not None:
+        k = xp.where(mask[..., None], k, xp.zeros_like(k))
+        v = xp.where(mask[..., None], v, xp.zeros_like(v))
+    scores = xp.matmul(q, xp.permute_dims(k, (0, 2, 1)))  # (b, t, j)
+    pos = np.arange(t)
+    causal = const(xp, np.tril(np.ones((t, t), bool)), like=x) if config.causal else None
+    key_ok = mask[:, None, :] if mask is not None else None  # (b, 1, j)
+    same = _same_segment(segment_ids, segment_ids) if segment_ids is not None else None
+    member = _and(key_ok, same)  # keys that count towards n
+    if config.fixed_length is not None:
+        n = float(config.fixed_length)
+    elif member is None:
+        n = float(t)
+    else:
+        member_f = xp.astype(xp.broadcast_to(member, (b, t, t)), acc)
+        n = xp.maximum(xp.sum(member_f, axis=-1, keepdims=True), xp.ones((b, t, 1), dtype=acc))
+    if config.attention == "softmax_plus":
+        scores = scores / math.sqrt(config.qk_dim)
+    else:
+        scores = scores / n
+    bias = ops.rel_bias(params.get("rel_bias.weight"), pos, pos, config=config, xp=xp, like=scores)
+    if bias is not None:
+        scores = scores + bias
+    a = ops.attend(scores, _and(causal, member), kind=config.attention, length=n, xp=xp)
+    att = xp.matmul(a, v)  # (b, t, e)
+    return _finish(params, x, u, att, mask, xp)
+
+
+def _pad_chunks(a, pad: int, g: int, c: int, xp, fill=None):
+    """(b, t, ...) -> (b, g, c, ...), right-padded along t by ``pad`` (zeros or ``fill``)."""
+    if pad:
+        tail_shape = (a.shape[0], pad, *a.shape[2:])
+        if fill is None:
+            tail = xp.zeros(tail_shape, dtype=a.dtype, device=device_of(a))
+        else:
+            tail = xp.broadcast_to(fill, tail_shape)
+        a = xp.concat([a, tail], axis=1)
+    return xp.reshape(a, (a.shape[0], g, c, *a.shape[2:]))
+
+
+def flash(params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, xp=None):
+    """Mixed-chunk attention (FLASH). x: (b, t, d) -> (b, t, d).
+
+    Right-pad t to g = ceil(t / C) chunks; quad = local relu^2 attention per chunk; lin = the
+    linear attention across chunks; out = (U * (quad + lin)) W_o + b_o + x.
+    """
+    _check_config(config, "flash")
+    xp = namespace(x, xp=xp)
+    b, t = check_x(x, config.dim)
+    check_mask(mask, b, t)
+    check_segments(segment_ids, b, t)
+    u, v, heads = project(params, x, config, mask, segment_ids, xp)
+    acc = xp.float32 if is_low_precision(x.dtype) else x.dtype
+    qq, qk, lq, lk = (xp.astype(a, acc) for a in heads)
+    v = xp.astype(v, acc)
+    bias = ops.rel_bias(
+        params.get("rel_bias.weight"),
+        np.arange(config.chunk_size),
+        np.arange(config.chunk_size),
+        config=config,
+        xp=xp,
+        like=v,
+    )
+    att = attention_core_flash(
+        qq, qk, lq, lk, v, bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=xp
+    )
+    return _finish(params, x, u, att, mask, xp)
+
+
+def attention_core_flash(
+    qq, qk, lq, lk, v, *, bias, config: FlashConfig, mask=None, segment_ids=None, xp=None
+):
+    """The mixed-chunk attention core, after projections and RoPE: quad + lin.
+
+    qq, qk, lq, lk: (b, t, s); v: (b, t, e); bias: (C, C) or None; mask, segment_ids: (b, t) or
+    None. Returns (b, t, e). This is the piece accelerated kernels replace; it is their oracle.
+    """
+    xp = namespace(v, xp=xp)
+    b, t, _ = v.shape
+    c = config.chunk_size
+    g = -(-t // c)
+    pad = g * c - t
+    valid = None  # (b, g, c) bool, False at padding; None when every position is real
+    if pad:
+        real = xp.ones((b, t), dtype=xp.bool, device=device_of(v)) if mask is None else mask
+        valid = _pad_chunks(real, pad, g, c, xp)
+    elif mask is not None:
+        valid = xp.reshape(mask, (b, g, c))
+    seg = None
+    if segment_ids is not None:
+        seg = _pad_chunks(segment_ids, pad, g, c, xp, fill=segment_ids[:, t - 1 : t])  # (b, g, c)
+
+    def chunked(a):
+        return _pad_chunks(a, pad, g, c, xp)
+
+    qq, qk, lq, lk, v = (chunked(a) for a in (qq, qk, lq, lk, v))  # (b, g, c, ·)
+    if valid is not None:
+        vk = valid[..., None]
+        qk = xp.where(vk, qk, xp.zeros_like(qk))
+        lk = xp.where(vk, lk, xp.zeros_like(lk))
+        v = xp.where(vk, v, xp.zeros_like(v))
+
+    # Local quadratic attention within each chunk.
+    scores = xp.matmul(qq, xp.permute_dims(qk, (0, 1, 3, 2)))  # (b, g, c, k)
+    if config.attention == "softmax_plus":
+        scores = scores / math.sqrt(config.qk_dim)
+    else:
+        scores = scores / float(c)
+    if bias is not None:
+        scores = scores + bias
+    causal = const(xp, np.tril(np.ones((c, c), bool)), like=v) if config.causal else None
+    key_ok = valid[:, :, None, :] if valid is not None else None  # (b, g, 1, k)
+    same = _same_segment(seg, seg) if seg is not None else None  # (b, g, c, k)
+    a = ops.attend(
+        scores, _and(causal, key_ok, same), kind=config.attention, length=float(c), xp=xp
+    )
+    quad = xp.matmul(a, v)  # (b, g, c, e)
+
+    lin = _linear(lq, lk, v, valid, seg, same, config, xp)
+    out = xp.reshape(quad + lin, (b, g * c, v.shape[-1]))
+    return out[:, :t, :]
+
+
+def _linear(lq, lk, v, valid, seg, same, config: FlashConfig, xp):
+    """Global linear attention across chunks. lq, lk: (b, g, c, s), lk already zero at padding;
+    v: (b, g, c, e); valid: (b, g, c) or None; seg: (b, g, c) or None -> (b, g, c, e).
+
+    Chunk state M_h = K_h^T V_h / C. Causal: query in chunk g reads the sum of M_h, h < g, over
+    keys of its own segment; non-causal: over all chunks. 'mean' divides by the number of chunks
+    that hold a real key of the query's segment.
+    """
+    b, g, c, s = lk.shape
+    e = v.shape[-1]
+    inv_c = 1.0 / float(c)
+    kt = xp.permute_dims(lk, (0, 1, 3, 2))  # (b, g, s, k)
+    if valid is None:
+        has = xp.ones((b, g), dtype=v.dtype, device=device_of(v))
+    else:
+        has = xp.astype(xp.sum(xp.astype(valid, v.dtype), axis=-1) > 0, v.dtype)  # (b, g)
+
+    if seg is None:
+        m = xp.matmul(kt, v) * inv_c  # (b, g, s, e)
+        if config.causal:
+            state = xp.cumulative_sum(m, axis=1, include_initial=True)[:, :g, ...]  # exclusive
+            count = xp.cumulative_sum(has, axis=1, include_initial=True)[:, :g]
+        else:
+            state = xp.broadcast_to(xp.sum(m, axis=1, keepdims=True), m.shape)
+            count = xp.broadcast_to(xp.sum(has, axis=1, keepdims=True), has.shape)
+        lin = xp.matmul(lq, state)  # (b, g, c, e)
+        if config.linear_norm == "mean":
+            lin = lin / xp.maximum(count, xp.ones_like(count))[:, :, None, None]
+        return lin
+
+    # Packed segments. Each id is one contiguous run, so only the segment that is open at a
+    # chunk's first position can have keys in earlier chunks, and only the one open at its last
+    # position can have keys in later chunks.
+    first, last = seg[:, :, :1], seg[:, :, c - 1 :]  # (b, g, 1)
+    valid_f = xp.ones_like(lk[..., 0]) if valid is None else xp.astype(valid, v.dtype)  # (b, g, c)
+    tail_w = xp.astype(seg == last, v.dtype) * valid_f  # keys of the segment open at the end
+    m_tail = xp.matmul(kt * tail_w[:, :, None, :], v) * inv_c  # (b, g, s, e)
+    gi = np.arange(g)
+    earlier = const(xp, gi[None, :] < gi[:, None], like=v)  # (g, h): h < g
+    before = earlier & (last[:, None, :, 0] == first[:, :, None, 0])  # (b, g, h)
+    before_f = xp.astype(before, v.dtype)
+    s_before = xp.reshape(xp.matmul(before_f, xp.reshape(m_tail, (b, g, s * e))), (b, g, s, e))
+    q_first = xp.astype(seg == first, v.dtype)[..., None]  # (b, g, c, 1)
+    lin = q_first * xp.matmul(lq, s_before)
+    tail_has = xp.astype(xp.sum(tail_w, axis=-1) > 0, v.dtype)  # (b, g)
+    count = q_first[..., 0] * xp.sum(before_f * tail_has[:, None, :], axis=-1)[..., None]
+    if not config.causal:
+        head_w = xp.astype(seg == first, v.dtype) * valid_f
+        m_head = xp.matmul(kt * head_w[:, :, None, :], v) * inv_c
+        later = const(xp, gi[None, :] > gi[:, None], like=v)
+        after_f = xp.astype(later & (first[:, None, :, 0] == last[:, :, None, 0]), v.dtype)
+        s_after = xp.reshape(xp.matmul(after_f, xp.reshape(m_head, (b, g, s * e))), (b, g, s, e))
+        q_last = xp.astype(seg == last, v.dtype)[..., None]
+        lin = lin + q_last * xp.matmul(lq, s_after)
+        # The query's own chunk: keys of its segment, in quadratic form within the chunk.
+        own = xp.astype(same, v.dtype) * valid_f[:, :, None, :]  # (b, g, c, k)
+        lin = lin + xp.matmul(xp.matmul(lq, kt) * own, v) * inv_c
+        head_has = xp.astype(xp.sum(head_w, axis=-1) > 0, v.dtype)
+        count = (
+            count
+            + q_last[..., 0] * xp.sum(after_f * head_has[:, None, :], axis=-1)[..., None]
+            + xp.astype(xp.sum(own, axis=-1) > 0, v.dtype)
+        )
+    if config.linear_norm == "mean":
+        lin = lin / xp.maximum(count, xp.ones_like(count))[..., None]
+    return lin

@@ -1,0 +1,143 @@
+"""The Transformer++ baseline block and the language model, as pure array-API functions.
+
+    transformer_block(params, x, config=TransformerConfig, mask=None, segment_ids=None) -> (b, t, d)
+    lm_logits(params, tokens, config=LMConfig, mask=None, segment_ids=None)            -> (b, t, v)
+    lm_loss(params, inputs, targets, config=LMConfig, mask=None, segment_ids=None)     -> ()
+
+Letters: see :mod:`flashcore.ops`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import ops
+from ._xp import const, is_low_precision, namespace
+from .checks import check_mask, check_segments, check_tokens, check_x
+from .config import FlashConfig, LMConfig, TransformerConfig
+from .layers import flash, gau
+from .params import subtree
+
+__all__ = ["transformer_block", "block_fn", "lm_hidden", "lm_logits", "lm_loss", "cross_entropy"]
+
+
+def transformer_block(
+    params: dict, x, *, config: TransformerConfig, mask=None, segment_ids=None, xp=None
+):
+    """Pre-norm multi-head softmax attention with RoPE, then a SwiGLU FFN. x: (b, t, d) -> (b, t, d).
+
+    a = x + softmax(Q K^T / sqrt(d/n) + mask) V W_o with Q, K, V = split(norm(x) W_qkv);
+    out = a + (silu(norm(a) W_gate) * norm(a) W_up) W_down. Outputs at padded positions are 0.
+    """
+    if not isinstance(config, TransformerConfig):
+        raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
+    xp = namespace(x, xp=xp)
+    b, t = check_x(x, config.dim)
+    check_mask(mask, b, t)
+    check_segments(segment_ids, b, t)
+    d, n, hd = config.dim, config.heads, config.head_dim
+    h = ops.norm(subtree(params, "attn_norm."), x, kind=config.norm, eps=config.norm_eps, xp=xp)
+    qkv = xp.matmul(h, params["attn.qkv.kernel"])  # (b, t, 3d)
+
+    def heads(a):  # (b, t, d) -> (b * n, t, hd)
+        a = xp.permute_dims(xp.reshape(a, (b, t, n, hd)), (0, 2, 1, 3))
+        return xp.reshape(a, (b * n, t, hd))
+
+    q, k, v = heads(qkv[..., :d]), heads(qkv[..., d : 2 * d]), heads(qkv[..., 2 * d :])
+    pos = np.arange(t)
+    q = ops.rope(q, pos, dims=hd, mode="half", base=config.rope_base, xp=xp)
+    k = ops.rope(k, pos, dims=hd, mode="half", base=config.rope_base, xp=xp)
+    scores = xp.reshape(xp.matmul(q, xp.permute_dims(k, (0, 2, 1))), (b, n, t, t))
+    scores = scores / math.sqrt(hd)
+    allowed = const(xp, np.tril(np.ones((t, t), bool)), like=x) if config.causal else None
+    if mask is not None:
+        key_ok = mask[:, None, None, :]
+        allowed = key_ok if allowed is None else (allowed & key_ok)
+    if segment_ids is not None:
+        same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+        allowed = same if allowed is None else (allowed & same)
+    a = ops.masked_softmax(scores, allowed, xp)  # (b, n, t, j)
+    o = xp.matmul(xp.reshape(a, (b * n, t, t)), v)  # (b * n, t, hd)
+    o = xp.reshape(xp.permute_dims(xp.reshape(o, (b, n, t, hd)), (0, 2, 1, 3)), (b, t, d))
+    x = x + xp.matmul(o, params["attn.out.kernel"])
+    h = ops.norm(subtree(params, "ffn_norm."), x, kind=config.norm, eps=config.norm_eps, xp=xp)
+    gate = ops.silu(xp.matmul(h, params["ffn.gate.kernel"]), xp)
+    x = x + xp.matmul(gate * xp.matmul(h, params["ffn.up.kernel"]), params["ffn.down.kernel"])
+    if mask is not None:
+        x = xp.where(mask[..., None], x, xp.zeros_like(x))
+    return x
+
+
+def block_fn(config: FlashConfig | TransformerConfig):
+    """The layer function for a block config: flash, gau or transformer_block."""
+    if isinstance(config, TransformerConfig):
+        return transformer_block
+    return flash if config.kind == "flash" else gau
+
+
+def lm_hidden(params: dict, tokens, *, config: LMConfig, mask=None, segment_ids=None, xp=None):
+    """Embedding, the blocks and the final norm. tokens: (b, t) ints -> (b, t, d)."""
+    if not isinstance(config, LMConfig):
+        raise TypeError(f"config must be an LMConfig, got {type(config).__name__}")
+    xp = namespace(tokens, xp=xp)
+    b, t = check_tokens(tokens, config.vocab_size)
+    embed = params["embed.weight"]  # (v, d)
+    x = xp.reshape(xp.take(embed, xp.reshape(tokens, (-1,)), axis=0), (b, t, config.dim))
+    layer = block_fn(config.block)
+    for i in range(config.num_layers):
+        x = layer(
+            subtree(params, f"layers.{i}."),
+            x,
+            config=config.block,
+            mask=mask,
+            segment_ids=segment_ids,
+            xp=xp,
+        )
+    return ops.norm(
+        subtree(params, "final_norm."), x, kind=config.block.norm, eps=config.block.norm_eps, xp=xp
+    )
+
+
+def lm_logits(params: dict, tokens, *, config: LMConfig, mask=None, segment_ids=None, xp=None):
+    """Next-token logits. tokens: (b, t) ints -> (b, t, v)."""
+    xp = namespace(tokens, xp=xp)
+    h = lm_hidden(params, tokens, config=config, mask=mask, segment_ids=segment_ids, xp=xp)
+    if config.tie_embeddings:
+        return xp.matmul(h, xp.permute_dims(params["embed.weight"], (1, 0)))
+    return xp.matmul(h, params["head.kernel"])
+
+
+def cross_entropy(logits, targets, mask=None, xp=None):
+    """Mean cross-entropy in nats. logits: (b, t, v); targets: (b, t) ints; mask: (b, t) bool or
+    None (positions to count). Computed in at least float32."""
+    xp = namespace(logits, xp=xp)
+    if is_low_precision(logits.dtype):
+        logits = xp.astype(logits, xp.float32)
+    vocab = logits.shape[-1]
+    m = xp.max(logits, axis=-1, keepdims=True)
+    lse = xp.log(xp.sum(xp.exp(logits - m), axis=-1)) + m[..., 0]  # (b, t)
+    ids = const(xp, np.arange(vocab), like=targets)
+    hit = targets[..., None] == ids  # (b, t, v)
+    picked = xp.sum(xp.where(hit, logits, xp.zeros_like(logits)), axis=-1)  # (b, t)
+    nll = lse - picked
+    if mask is None:
+        return xp.mean(nll)
+    w = xp.astype(mask, nll.dtype)
+    return xp.sum(nll * w) / xp.maximum(xp.sum(w), xp.ones_like(xp.sum(w)))
+
+
+def lm_loss(
+    params: dict, inputs, targets, *, config: LMConfig, mask=None, segment_ids=None, xp=None
+):
+    """Mean next-token cross-entropy (nats) of ``targets`` given ``inputs``; both (b, t) ints.
+
+    ``mask`` marks real positions of ``inputs``; the loss counts only those.
+    """
+    xp = namespace(inputs, xp=xp)
+    b, t = check_tokens(targets, config.vocab_size)
+    if tuple(inputs.shape) != (b, t):
+        raise ValueError(f"inputs {tuple(inputs.shape)} and targets {(b, t)} must have one shape")
+    logits = lm_logits(params, inputs, config=config, mask=mask, segment_ids=segment_ids, xp=xp)
+    return cross_entropy(logits, targets, mask, xp=xp)

@@ -1,0 +1,200 @@
+"""Building blocks shared by every layer: norms, token shift, scale-offset, RoPE, relative bias and
+the attention functions.
+
+Einsum letters, used in every shape comment of flashcore:
+    b batch    t query position    j key position    d model width    e expanded width (U, V)
+    s shared qk width    h scale-offset head    g chunk    c query in chunk    k key in chunk
+    n heads of the Transformer++ baseline    f its FFN width    v vocabulary
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._xp import const, erf
+
+__all__ = [
+    "norm",
+    "silu",
+    "token_shift",
+    "scale_offset",
+    "rope",
+    "rope_tables",
+    "rel_bias",
+    "t5_bucket",
+    "attend",
+    "masked_softmax",
+]
+
+
+def norm(p: dict, x, *, kind: str, eps: float, xp):
+    """Normalise the last axis. x: (..., d) -> (..., d).
+
+    scale: x * rsqrt(mean(x^2) + eps) * alpha (paper's ScaleNorm, alpha: (1,));
+    rms: x * rsqrt(mean(x^2) + eps) * w (w: (d,));  layer: (x - mu) * rsqrt(var + eps) * w + b.
+    """
+    if kind == "layer":
+        mu = xp.mean(x, axis=-1, keepdims=True)
+        xc = x - mu
+        var = xp.mean(xc * xc, axis=-1, keepdims=True)
+        return xc / xp.sqrt(var + eps) * p["weight"] + p["bias"]
+    ms = xp.mean(x * x, axis=-1, keepdims=True)
+    y = x / xp.sqrt(ms + eps)
+    return y * (p["scale"] if kind == "scale" else p["weight"])
+
+
+def silu(x, xp):
+    """x * sigmoid(x)."""
+    return x / (1.0 + xp.exp(-x))
+
+
+def token_shift(h, keep_prev, xp):
+    """Shift the first ceil(d/2) channels one step forward in time; zeros where the previous
+    position is padding, in another segment, or t = 0.
+
+    h: (b, t, d); keep_prev: (b, t) bool or None (None: all previous positions usable).
+    """
+    b, t, d = h.shape
+    k = (d + 1) // 2
+    first, rest = h[..., :k], h[..., k:]
+    zero = xp.zeros_like(first[:, :1, :])
+    shifted = xp.concat([zero, first[:, :-1, :]], axis=1)  # (b, t, k)
+    if keep_prev is not None:
+        shifted = xp.where(keep_prev[..., None], shifted, xp.zeros_like(shifted))
+    return xp.concat([shifted, rest], axis=-1)
+
+
+def scale_offset(z, gamma, beta) -> list:
+    """Per-dim scale and offset, one per head. z: (b, t, s); gamma, beta: (h, s) -> h x (b, t, s)."""
+    return [z * gamma[i, :] + beta[i, :] for i in range(gamma.shape[0])]
+
+
+def rope_tables(positions: np.ndarray, dims: int, base: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin of position * theta_k, theta_k = base^(-2k/dims), k < dims/2, in float64.
+
+    positions: (t,) -> cos, sin: (t, dims/2).
+    """
+    k = np.arange(dims // 2, dtype=np.float64)
+    theta = base ** (-2.0 * k / dims)
+    ang = np.asarray(positions, dtype=np.float64)[:, None] * theta[None, :]
+    return np.cos(ang), np.sin(ang)
+
+
+def rope(x, positions: np.ndarray, *, dims: int, mode: str, base: float, xp):
+    """Rotary position embedding on the first ``dims`` channels. x: (b, t, s) -> (b, t, s).
+
+    half:        [x1 cos - x2 sin, x2 cos + x1 sin] with x1, x2 the two halves of x[..., :dims];
+    interleaved: the same on the pairs (x[2i], x[2i+1]). Channels past ``dims`` pass unchanged.
+    """
+    if mode == "none" or dims == 0:
+        return x
+    cos_np, sin_np = rope_tables(positions, dims, base)
+    cos, sin = const(xp, cos_np, like=x), const(xp, sin_np, like=x)  # (t, dims/2)
+    r, half = x[..., :dims], dims // 2
+    if mode == "half":
+        x1, x2 = r[..., :half], r[..., half:]
+        rotated = xp.concat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    else:
+        pairs = xp.reshape(r, (*r.shape[:-1], half, 2))  # (b, t, dims/2, 2)
+        x1, x2 = pairs[..., 0], pairs[..., 1]
+        rotated = xp.reshape(xp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1), r.shape)
+    if dims == x.shape[-1]:
+        return rotated
+    return xp.concat([rotated, x[..., dims:]], axis=-1)
+
+
+def t5_bucket(rel: np.ndarray, *, causal: bool, buckets: int, max_distance: int) -> np.ndarray:
+    """T5's log-bucketed relative position, rel = key - query (integers) -> bucket ids.
+
+    Distances below buckets/2 (per direction when not causal) are exact; larger ones are
+    log-spaced up to ``max_distance``. Computed in float32, as T5 and its PyTorch ports do, so
+    that bucket edges match theirs.
+    """
+    n = -np.asarray(rel, dtype=np.int64)
+    ret = np.zeros_like(n)
+    if not causal:
+        buckets //= 2
+        ret += (n < 0).astype(np.int64) * buckets
+        n = np.abs(n)
+    else:
+        n = np.maximum(n, 0)
+    exact = buckets // 2
+    ratio = np.maximum(n, 1).astype(np.float32) / np.float32(exact)
+    scaled = (
+        np.log(ratio) / np.float32(math.log(max_distance / exact)) * np.float32(buckets - exact)
+    )
+    large = np.minimum(exact + scaled.astype(np.int64), buckets - 1)
+    return ret + np.where(n < exact, n, large)
+
+
+def rel_bias(w, q_pos: np.ndarray, k_pos: np.ndarray, *, config, xp, like):
+    """Relative position bias B[t, j] for query positions ``q_pos`` and key positions ``k_pos``.
+
+    learned: B[t, j] = w[j - t + L - 1], L = config.bias_span; t5: w[bucket(j - t)]. Both are
+    multiplied by ``config.bias_scale``. Returns (t, j) in ``like``'s dtype, or None when off.
+    """
+    if config.rel_bias == "none":
+        return None
+    rel = np.asarray(k_pos)[None, :] - np.asarray(q_pos)[:, None]  # (t, j)
+    if config.rel_bias == "learned":
+        span = config.bias_span
+        if np.abs(rel).max(initial=0) > span - 1:
+            raise ValueError(
+                f"relative offsets up to {int(np.abs(rel).max())} exceed the learned bias span "
+                f"(max_len/chunk_size = {span}); raise FlashConfig.max_len or use rel_bias='t5'"
+            )
+        idx = rel + span - 1
+    else:
+        idx = t5_bucket(
+            rel,
+            causal=config.causal,
+            buckets=config.t5_buckets,
+            max_distance=config.t5_max_distance,
+        )
+    flat = xp.take(w, const(xp, idx.reshape(-1), like=like), axis=0)
+    bias = xp.reshape(flat, idx.shape)
+    if config.bias_scale != 1.0:
+        bias = bias * config.bias_scale
+    return xp.astype(bias, like.dtype)
+
+
+_LAPLACE_MU = math.sqrt(0.5)
+_LAPLACE_SIGMA = 1.0 / math.sqrt(4.0 * math.pi)
+
+
+def masked_softmax(logits, allowed, xp):
+    """Softmax over the last axis restricted to ``allowed`` (bool, broadcastable, or None).
+
+    A row with nothing allowed gives zeros, not NaN.
+    """
+    if allowed is not None:
+        logits = xp.where(allowed, logits, xp.full_like(logits, -1e30))
+    m = xp.max(logits, axis=-1, keepdims=True)
+    p = xp.exp(logits - m)
+    if allowed is not None:
+        p = xp.where(allowed, p, xp.zeros_like(p))
+    denom = xp.sum(p, axis=-1, keepdims=True)
+    return p / xp.maximum(denom, xp.full_like(denom, 1e-30))
+
+
+def attend(scores, allowed, *, kind: str, length, xp):
+    """Attention weights from scores. scores: (..., t, j); allowed: bool broadcastable or None.
+
+    relu2: relu(S)^2;  laplace: 0.5 (1 + erf((S - mu) / (sigma sqrt 2))), mu = sqrt(1/2),
+    sigma = 1/sqrt(4 pi);  softmax_plus: softmax(S * log(n) / log(512)) with n = ``length``
+    (a number or an array broadcastable to (..., t, 1)). Disallowed entries are exactly 0.
+    """
+    if kind == "softmax_plus":
+        log_n = math.log(length) if np.isscalar(length) else xp.log(length)
+        factor = log_n / math.log(512.0)
+        return masked_softmax(scores * factor, allowed, xp)
+    if kind == "relu2":
+        r = xp.maximum(scores, xp.zeros_like(scores))
+        a = r * r
+    else:
+        a = 0.5 * (1.0 + erf(xp, (scores - _LAPLACE_MU) / (_LAPLACE_SIGMA * math.sqrt(2.0))))
+    if allowed is None:
+        return a
+    return xp.where(allowed, a, xp.zeros_like(a))

@@ -1,0 +1,172 @@
+"""The canonical parameter layout: flat dot-separated names -> (shape, initializer).
+
+Kernels are ``[in, out]`` and the code computes ``x @ kernel``. Names carry no container indices;
+LM layers are numbered ``layers.{i}.``. The table in ``docs/weights.md`` is generated from
+:func:`param_spec` (``python -m flashcore.params``), so it cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from .config import FlashConfig, LMConfig, TransformerConfig
+
+__all__ = ["ParamSpec", "param_spec", "init", "check_params", "subtree"]
+
+Init = Literal["zeros", "ones", "lecun", "qk_gamma", "embed"]
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One canonical tensor: its shape, its initializer and what it is."""
+
+    shape: tuple[int, ...]
+    init: Init
+    doc: str
+
+
+_INIT_DOC = {
+    "zeros": "0",
+    "ones": "1",
+    "lecun": "N(0, 1/fan_in)",
+    "qk_gamma": "N(0, 0.02^2) (paper)",
+    "embed": "N(0, 0.02^2)",
+}
+
+
+def _norm_spec(prefix: str, norm: str, d: int) -> dict[str, ParamSpec]:
+    if norm == "scale":
+        return {f"{prefix}scale": ParamSpec((1,), "ones", "ScaleNorm alpha")}
+    if norm == "rms":
+        return {f"{prefix}weight": ParamSpec((d,), "ones", "RMSNorm gain")}
+    return {
+        f"{prefix}weight": ParamSpec((d,), "ones", "LayerNorm gain"),
+        f"{prefix}bias": ParamSpec((d,), "zeros", "LayerNorm bias"),
+    }
+
+
+def _layer_spec(cfg: FlashConfig) -> dict[str, ParamSpec]:
+    d, e, s, h = cfg.dim, cfg.expanded_dim, cfg.qk_dim, cfg.num_heads
+    heads = "q, k" if cfg.kind == "gau" else "quad_q, quad_k, lin_q, lin_k"
+    spec = _norm_spec("norm.", cfg.norm, d)
+    spec["hidden.kernel"] = ParamSpec((d, 2 * e + s), "lecun", "[U | V | Z] projection, d -> 2e+s")
+    spec["hidden.bias"] = ParamSpec((2 * e + s,), "zeros", "[U | V | Z] bias")
+    spec["qk.gamma"] = ParamSpec((h, s), "qk_gamma", f"scale-offset scales, rows {heads}")
+    spec["qk.beta"] = ParamSpec((h, s), "zeros", f"scale-offset offsets, rows {heads}")
+    if cfg.rel_bias == "learned":
+        spec["rel_bias.weight"] = ParamSpec(
+            (2 * cfg.bias_span - 1,), "zeros", "B[i, j] = w[j - i + L - 1]"
+        )
+    elif cfg.rel_bias == "t5":
+        spec["rel_bias.weight"] = ParamSpec((cfg.t5_buckets,), "zeros", "one weight per T5 bucket")
+    spec["out.kernel"] = ParamSpec((e, d), "lecun", "output projection, e -> d")
+    spec["out.bias"] = ParamSpec((d,), "zeros", "output bias")
+    return spec
+
+
+def _transformer_spec(cfg: TransformerConfig) -> dict[str, ParamSpec]:
+    d, f = cfg.dim, cfg.hidden_dim
+    spec = _norm_spec("attn_norm.", cfg.norm, d)
+    spec["attn.qkv.kernel"] = ParamSpec((d, 3 * d), "lecun", "[Q | K | V], heads-major in each")
+    spec["attn.out.kernel"] = ParamSpec((d, d), "lecun", "attention output projection")
+    spec.update(_norm_spec("ffn_norm.", cfg.norm, d))
+    spec["ffn.gate.kernel"] = ParamSpec((d, f), "lecun", "SwiGLU gate (SiLU side)")
+    spec["ffn.up.kernel"] = ParamSpec((d, f), "lecun", "SwiGLU linear side")
+    spec["ffn.down.kernel"] = ParamSpec((f, d), "lecun", "SwiGLU output")
+    return spec
+
+
+def param_spec(config: FlashConfig | TransformerConfig | LMConfig) -> dict[str, ParamSpec]:
+    """The canonical name -> :class:`ParamSpec` table of a layer, a block or a whole LM."""
+    if isinstance(config, FlashConfig):
+        return _layer_spec(config)
+    if isinstance(config, TransformerConfig):
+        return _transformer_spec(config)
+    if isinstance(config, LMConfig):
+        block = param_spec(config.block)
+        spec = {"embed.weight": ParamSpec((config.vocab_size, config.dim), "embed", "token table")}
+        for i in range(config.num_layers):
+            spec.update({f"layers.{i}.{k}": v for k, v in block.items()})
+        spec.update(_norm_spec("final_norm.", config.block.norm, config.dim))
+        if not config.tie_embeddings:
+            spec["head.kernel"] = ParamSpec(
+                (config.dim, config.vocab_size), "lecun", "output head, d -> vocab"
+            )
+        return spec
+    raise TypeError(f"param_spec takes a flashcore config, got {type(config).__name__}")
+
+
+def init(
+    config: FlashConfig | TransformerConfig | LMConfig, seed: int = 0, dtype=np.float32
+) -> dict[str, np.ndarray]:
+    """Fresh canonical parameters as NumPy arrays.
+
+    Each tensor draws from its own stream seeded by ``(seed, crc32(name))``, so adding a parameter
+    never changes the values of the others.
+    """
+    out: dict[str, np.ndarray] = {}
+    for name, ps in param_spec(config).items():
+        rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
+        if ps.init == "zeros":
+            a = np.zeros(ps.shape)
+        elif ps.init == "ones":
+            a = np.ones(ps.shape)
+        elif ps.init == "lecun":
+            a = rng.normal(0.0, ps.shape[0] ** -0.5, ps.shape)
+        else:  # qk_gamma, embed
+            a = rng.normal(0.0, 0.02, ps.shape)
+        out[name] = a.astype(dtype)
+    return out
+
+
+def check_params(params: dict, config: FlashConfig | TransformerConfig | LMConfig) -> None:
+    """Raise ValueError unless ``params`` has exactly the canonical names and shapes of ``config``."""
+    spec = param_spec(config)
+    missing = sorted(set(spec) - set(params))
+    extra = sorted(set(params) - set(spec))
+    if missing or extra:
+        raise ValueError(
+            f"parameter names do not match the config: missing {missing}, unexpected {extra}"
+        )
+    bad = [
+        f"{k}: expected {spec[k].shape}, got {tuple(params[k].shape)}"
+        for k in spec
+        if tuple(params[k].shape) != spec[k].shape
+    ]
+    if bad:
+        raise ValueError("parameter shapes do not match the config: " + "; ".join(bad))
+
+
+def subtree(params: dict, prefix: str) -> dict:
+    """The entries under ``prefix`` with the prefix removed (``layers.0.``, ``norm.``, ...)."""
+    n = len(prefix)
+    return {k[n:]: v for k, v in params.items() if k.startswith(prefix)}
+
+
+def weight_table_markdown() -> str:
+    """The canonical weight table for the docs, for small example configs."""
+    lines = []
+    examples = [
+        ("FLASH layer", FlashConfig(dim=512)),
+        ("GAU layer", FlashConfig(dim=512, kind="gau", rel_bias="learned")),
+        ("Transformer++ block", TransformerConfig(dim=512)),
+    ]
+    for title, cfg in examples:
+        lines += [
+            f"### {title}: `{cfg!r}`",
+            "",
+            "| name | shape | init | meaning |",
+            "|---|---|---|---|",
+        ]
+        for name, ps in param_spec(cfg).items():
+            lines.append(f"| `{name}` | {ps.shape} | {_INIT_DOC[ps.init]} | {ps.doc} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(weight_table_markdown())

@@ -1,0 +1,120 @@
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+
+import flashcore as fc
+from flashcore.params import weight_table_markdown
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("dim", 0),
+        ("dim", 2.5),
+        ("expansion", -1),
+        ("expansion", 0.3),  # 0.3 * 16 is not an integer
+        ("qk_dim", 0),
+        ("chunk_size", 0),
+        ("chunk_size", -4),
+        ("causal", "yes"),
+        ("attention", "softmax"),
+        ("rope", "rotary"),
+        ("rope_dims", 3),
+        ("rope_dims", 32),
+        ("rel_bias", "alibi"),
+        ("norm", "batch"),
+        ("linear_norm", "avg"),
+        ("dropout", 1.0),
+        ("fixed_length", 0),
+        ("kind", "mamba"),
+        ("norm_eps", 0.0),
+        ("t5_buckets", 7),
+    ],
+)
+def test_flash_config_rejects_bad_values_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        fc.FlashConfig(**{"dim": 16, "qk_dim": 8, field: value})
+
+
+def test_other_configs_validate():
+    with pytest.raises(ValueError, match="heads"):
+        fc.TransformerConfig(dim=16, heads=3)
+    with pytest.raises(ValueError, match="causal"):
+        fc.LMConfig(block=fc.FlashConfig(dim=16, causal=False))
+    with pytest.raises(ValueError, match="vocab_size"):
+        fc.LMConfig(block=fc.FlashConfig(dim=16, causal=True), vocab_size=0)
+
+
+def test_configs_are_frozen_and_round_trip():
+    cfg = fc.LMConfig(block=fc.FlashConfig(dim=16, causal=True, attention="laplace"), num_layers=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.num_layers = 4
+    assert fc.config_from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="no field"):
+        fc.config_from_dict({**cfg.block.to_dict(), "bogus": 1})
+
+
+def test_paper_defaults():
+    cfg = fc.FlashConfig()
+    assert (cfg.expanded_dim, cfg.qk_dim, cfg.chunk_size) == (2 * cfg.dim, 128, 256)
+    assert (cfg.attention, cfg.rope, cfg.rel_bias, cfg.norm, cfg.linear_norm) == (
+        "relu2", "half", "learned", "scale", "sum"
+    )  # fmt: skip
+
+
+CONFIGS = [
+    fc.FlashConfig(dim=16, qk_dim=8),
+    fc.FlashConfig(dim=16, qk_dim=8, kind="gau", norm="layer", rel_bias="t5"),
+    fc.TransformerConfig(dim=16, heads=2),
+    fc.LMConfig(
+        block=fc.FlashConfig(dim=16, qk_dim=8, causal=True), num_layers=3, tie_embeddings=False
+    ),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: type(c).__name__)
+def test_init_matches_spec_and_names_are_flat(cfg):
+    spec = fc.param_spec(cfg)
+    p = fc.init(cfg, seed=3)
+    fc.check_params(p, cfg)
+    for name in spec:
+        assert re.fullmatch(r"(layers\.\d+\.)?[a-z_]+(\.[a-z_]+)*", name), name
+    again = fc.init(cfg, seed=3)
+    assert all(np.array_equal(p[k], again[k]) for k in p)
+    other = fc.init(cfg, seed=4)
+    assert any(
+        not np.array_equal(p[k], other[k])
+        for k in p
+        if spec[k].init != "zeros" and spec[k].init != "ones"
+    )
+
+
+def test_init_follows_the_paper():
+    cfg = fc.FlashConfig(dim=64, qk_dim=128)
+    p = fc.init(cfg, seed=0, dtype=np.float64)
+    assert p["qk.gamma"].shape == (4, 128) and abs(p["qk.gamma"].std() - 0.02) < 0.003
+    assert np.all(p["qk.beta"] == 0)
+    assert p["hidden.kernel"].shape == (64, 2 * 128 + 128)
+
+
+def test_check_params_lists_problems():
+    cfg = fc.FlashConfig(dim=16, qk_dim=8)
+    p = fc.init(cfg)
+    bad = dict(p)
+    bad.pop("out.bias")
+    bad["extra"] = np.zeros(1)
+    with pytest.raises(ValueError, match=r"missing \['out.bias'\], unexpected \['extra'\]"):
+        fc.check_params(bad, cfg)
+    bad = dict(p)
+    bad["out.kernel"] = bad["out.kernel"].T
+    with pytest.raises(ValueError, match="out.kernel: expected"):
+        fc.check_params(bad, cfg)
+
+
+def test_docs_weight_table_is_current():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "weights.md").read_text()
+    assert weight_table_markdown() in doc, "regenerate with: python -m flashcore.params"

@@ -1,0 +1,71 @@
+"""The same spec code on numpy, array-api-strict, torch and jax arrays gives the same numbers
+(float64, 1e-12): proof that it uses only the array API."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from flashcore.conformance import golden
+from flashcore.conformance.cases import CASES
+
+# One case per group keeps this quick; test_conformance covers every case on numpy / strict.
+SAMPLE = sorted({c.group: c.name for c in CASES}.values()) + [
+    "flash-causal-packed-mean",
+    "gau-bidir-laplace",
+]
+
+
+def _run(ns_name: str, name: str):
+    g = golden.load(name)
+    if ns_name == "array_api_strict":
+        import array_api_strict as xp
+
+        conv = lambda a: xp.asarray(a)  # noqa: E731
+        back = lambda a: np.from_dlpack(a)  # noqa: E731
+    elif ns_name == "torch":
+        torch = pytest.importorskip("torch", reason="torch namespace check needs torch")
+        import array_api_compat.torch as xp
+
+        conv = lambda a: torch.asarray(a)  # noqa: E731
+        back = lambda a: a.numpy()  # noqa: E731
+    else:
+        raise AssertionError(ns_name)
+    params = {k: conv(v) for k, v in g.params.items()}
+    inputs = {k: conv(v) for k, v in g.inputs.items()}
+    out = golden.spec_output(g.config, params, inputs, xp=xp)
+    return back(out), g
+
+
+@pytest.mark.parametrize("ns", ["array_api_strict", "torch"])
+@pytest.mark.parametrize("name", SAMPLE)
+def test_namespace_agrees_with_numpy(ns, name):
+    got, g = _run(ns, name)
+    np.testing.assert_allclose(got, g.output, rtol=0, atol=1e-12)
+
+
+def test_jax_namespace_agrees_with_numpy():
+    """In a subprocess, since float64 needs jax_enable_x64, a process-wide switch."""
+    pytest.importorskip("jax", reason="jax namespace check needs jax")
+    code = textwrap.dedent(
+        f"""
+        import jax
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+        import numpy as np
+        from flashcore.conformance import golden
+        worst = 0.0
+        for name in {SAMPLE!r}:
+            g = golden.load(name)
+            p = {{k: jnp.asarray(v) for k, v in g.params.items()}}
+            i = {{k: jnp.asarray(v) for k, v in g.inputs.items()}}
+            out = np.asarray(jax.jit(lambda p, i: golden.spec_output(g.config, p, i, xp=jnp))(p, i))
+            assert out.dtype == np.float64, out.dtype
+            worst = max(worst, float(np.abs(out - g.output).max()))
+        print(worst)
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert float(res.stdout.strip().splitlines()[-1]) <= 1e-12

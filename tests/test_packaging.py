@@ -1,0 +1,61 @@
+"""Backends are picked by import path; `import flashcore` loads no framework; the mapping of the
+top-level backends/ folders works for editable installs and for wheels."""
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_import_flashcore_loads_no_framework():
+    code = (
+        "import sys, flashcore, flashcore.conformance.golden, flashcore.conformance.cases\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'jax', 'jaxlib', 'tensorflow', 'keras', 'flax')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_backends_map_to_top_level_folders_in_this_install():
+    import flashcore.jax
+    import flashcore.tf
+    import flashcore.torch
+
+    for mod, folder in ((flashcore.torch, "torch"), (flashcore.jax, "jax"), (flashcore.tf, "tf")):
+        assert Path(mod.__file__).resolve().parent == ROOT / "backends" / folder
+
+
+@pytest.mark.slow
+def test_wheel_ships_backends_under_flashcore(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    (wheel,) = tmp_path.glob("flashcore-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for sub in ("torch", "jax", "tf", "conformance"):
+        assert f"flashcore/{sub}/__init__.py" in names
+    assert any(n.startswith("flashcore/conformance/golden/") and n.endswith(".npz") for n in names)
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    code = "import flashcore.torch, flashcore.conformance.golden as g; print(flashcore.torch.__file__); g.load('flash-causal-T=1')"
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().startswith(str(target))
