@@ -142,11 +142,14 @@ def _pad_chunks(a, pad: int, g: int, c: int, xp, fill=None):
     return xp.reshape(a, (a.shape[0], g, c, *a.shape[2:]))
 
 
-def flash(params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, xp=None):
+def flash(params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, xp=None, core=None):
     """Mixed-chunk attention (FLASH). x: (b, t, d) -> (b, t, d).
 
     Right-pad t to g = ceil(t / C) chunks; quad = local relu^2 attention per chunk; lin = the
     linear attention across chunks; out = (U * (quad + lin)) W_o + b_o + x.
+
+    ``core``: an accelerated replacement for :func:`attention_core_flash` with the same signature
+    (a backend's fused kernel); None uses the spec's own.
     """
     _check_config(config, "flash")
     xp = namespace(x, xp=xp)
@@ -165,7 +168,7 @@ def flash(params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, 
         xp=xp,
         like=v,
     )
-    att = attention_core_flash(
+    att = (core or attention_core_flash)(
         qq, qk, lq, lk, v, bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=xp
     )
     return _finish(params, x, u, att, mask, xp)

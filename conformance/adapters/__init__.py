@@ -1,0 +1,42 @@
+"""Adapter registry. A backend is named by a built-in id or by ``module:Class`` (third parties)."""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import Adapter, Result
+
+__all__ = ["Adapter", "Result", "BUILTIN", "resolve", "load_adapter"]
+
+# id -> "module:Class". Backend adapters live with their backend and import it lazily.
+BUILTIN: dict[str, str] = {
+    "numpy": "flashcore.conformance.adapters.spec:NumpyAdapter",
+    "array_api_strict": "flashcore.conformance.adapters.spec:StrictAdapter",
+    "torch": "flashcore.torch.adapter:TorchAdapter",
+    "jax": "flashcore.jax.adapter:JaxAdapter",
+    "tf": "flashcore.tf.adapter:TFAdapter",
+}
+
+
+def resolve(spec: str) -> str:
+    """A backend id or ``module:Class`` -> ``module:Class``."""
+    if spec in BUILTIN:
+        return BUILTIN[spec]
+    if ":" in spec:
+        return spec
+    raise ValueError(f"unknown backend {spec!r}; built-in: {sorted(BUILTIN)}, or give module:Class")
+
+
+def load_adapter(spec: str) -> tuple[Adapter | None, str | None]:
+    """(adapter, None) when it can run here, (None, reason) when it is not installed."""
+    target = resolve(spec)
+    module, _, attr = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        return None, f"not installed: {err}"
+    adapter = cls()
+    reason = adapter.unavailable()
+    if reason:
+        return None, f"not installed: {reason}"
+    return adapter, None
