@@ -23,7 +23,15 @@ from .checks import check_mask, check_segments, check_x
 from .config import FlashConfig
 from .params import subtree
 
-__all__ = ["gau", "flash", "project", "attention_core_flash"]
+__all__ = [
+    "gau",
+    "flash",
+    "project",
+    "normed_input",
+    "hidden",
+    "attention_core_flash",
+    "causal_mask",
+]
 
 
 def _check_config(config, kind: str) -> None:
@@ -47,28 +55,40 @@ def _and(*masks):
     return out
 
 
-def project(params: dict, x, config: FlashConfig, mask, segment_ids, xp):
-    """Norm, optional token shift, the fused dense layer and SiLU.
+def normed_input(params: dict, x, config: FlashConfig, mask, segment_ids, xp):
+    """h = Norm(x), then the optional token shift. x: (b, t, d) -> (b, t, d)."""
+    h = ops.norm(subtree(params, "norm."), x, kind=config.norm, eps=config.norm_eps, xp=xp)
+    if not config.token_shift:
+        return h
+    keep = None  # (b, t): may position t read position t - 1?
+    if mask is not None or segment_ids is not None:
+        prev_real = mask[:, :-1] if mask is not None else None
+        prev_same = None
+        if segment_ids is not None:
+            prev_same = segment_ids[:, 1:] == segment_ids[:, :-1]
+        first = xp.zeros((x.shape[0], 1), dtype=xp.bool, device=device_of(x))
+        keep = xp.concat([first, _and(prev_real, prev_same)], axis=1)
+    return ops.token_shift(h, keep, xp)
 
-    x: (b, t, d) -> u, v: (b, t, e); heads: list of h arrays (b, t, s) after scale-offset and RoPE.
+
+def hidden(params: dict, h, config: FlashConfig, xp):
+    """[U | V | Z] = SiLU(h W + b), then scale-offset of Z (no RoPE yet).
+
+    h: (..., d) -> u, v: (..., e); heads: list of h arrays (..., s).
     """
     e = config.expanded_dim
-    h = ops.norm(subtree(params, "norm."), x, kind=config.norm, eps=config.norm_eps, xp=xp)
-    if config.token_shift:
-        keep = None  # (b, t): may position t read position t - 1?
-        if mask is not None or segment_ids is not None:
-            prev_real = mask[:, :-1] if mask is not None else None
-            prev_same = None
-            if segment_ids is not None:
-                prev_same = segment_ids[:, 1:] == segment_ids[:, :-1]
-            first = xp.zeros((x.shape[0], 1), dtype=xp.bool, device=device_of(x))
-            keep = xp.concat([first, _and(prev_real, prev_same)], axis=1)
-        h = ops.token_shift(h, keep, xp)
-    uvz = ops.silu(
-        xp.matmul(h, params["hidden.kernel"]) + params["hidden.bias"], xp
-    )  # (b, t, 2e+s)
+    uvz = ops.silu(xp.matmul(h, params["hidden.kernel"]) + params["hidden.bias"], xp)  # (…, 2e+s)
     u, v, z = uvz[..., :e], uvz[..., e : 2 * e], uvz[..., 2 * e :]
-    heads = ops.scale_offset(z, params["qk.gamma"], params["qk.beta"])
+    return u, v, ops.scale_offset(z, params["qk.gamma"], params["qk.beta"])
+
+
+def project(params: dict, x, config: FlashConfig, mask, segment_ids, xp):
+    """Norm, optional token shift, the fused dense layer, SiLU, scale-offset and RoPE.
+
+    x: (b, t, d) -> u, v: (b, t, e); heads: list of h arrays (b, t, s).
+    """
+    h = normed_input(params, x, config, mask, segment_ids, xp)
+    u, v, heads = hidden(params, h, config, xp)
     positions = np.arange(x.shape[1])
     heads = [
         ops.rope(
@@ -79,7 +99,12 @@ def project(params: dict, x, config: FlashConfig, mask, segment_ids, xp):
     return u, v, heads
 
 
-def _finish(params, x, u, att, mask, xp):
+def causal_mask(n: int) -> np.ndarray:
+    """(n, n) bool, True where key j <= query t (the diagonal included)."""
+    return np.tril(np.ones((n, n), bool))
+
+
+def finish(params, x, u, att, mask, xp):
     """out = (U * att) W_o + b_o + x, zero at padded positions. att: (b, t, e) -> (b, t, d)."""
     out = xp.matmul(u * xp.astype(att, u.dtype), params["out.kernel"]) + params["out.bias"] + x
     if mask is not None:
@@ -107,7 +132,7 @@ def gau(params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, xp
         v = xp.where(mask[..., None], v, xp.zeros_like(v))
     scores = xp.matmul(q, xp.permute_dims(k, (0, 2, 1)))  # (b, t, j)
     pos = np.arange(t)
-    causal = const(xp, np.tril(np.ones((t, t), bool)), like=x) if config.causal else None
+    causal = const(xp, causal_mask(t), like=x) if config.causal else None
     key_ok = mask[:, None, :] if mask is not None else None  # (b, 1, j)
     same = _same_segment(segment_ids, segment_ids) if segment_ids is not None else None
     member = _and(key_ok, same)  # keys that count towards n
@@ -127,7 +152,7 @@ def gau(params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, xp
         scores = scores + bias
     a = ops.attend(scores, _and(causal, member), kind=config.attention, length=n, xp=xp)
     att = xp.matmul(a, v)  # (b, t, e)
-    return _finish(params, x, u, att, mask, xp)
+    return finish(params, x, u, att, mask, xp)
 
 
 def _pad_chunks(a, pad: int, g: int, c: int, xp, fill=None):
@@ -171,7 +196,7 @@ def flash(params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, 
     att = (core or attention_core_flash)(
         qq, qk, lq, lk, v, bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=xp
     )
-    return _finish(params, x, u, att, mask, xp)
+    return finish(params, x, u, att, mask, xp)
 
 
 def attention_core_flash(
@@ -215,7 +240,7 @@ def attention_core_flash(
         scores = scores / float(c)
     if bias is not None:
         scores = scores + bias
-    causal = const(xp, np.tril(np.ones((c, c), bool)), like=v) if config.causal else None
+    causal = const(xp, causal_mask(c), like=v) if config.causal else None
     key_ok = valid[:, :, None, :] if valid is not None else None  # (b, g, 1, k)
     same = _same_segment(seg, seg) if seg is not None else None  # (b, g, c, k)
     a = ops.attend(

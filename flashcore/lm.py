@@ -17,7 +17,7 @@ from . import ops
 from ._xp import const, is_low_precision, namespace
 from .checks import check_mask, check_segments, check_tokens, check_x
 from .config import FlashConfig, LMConfig, TransformerConfig
-from .layers import flash, gau
+from .layers import causal_mask, flash, gau
 from .params import subtree
 
 __all__ = ["transformer_block", "block_fn", "lm_hidden", "lm_logits", "lm_loss", "cross_entropy"]
@@ -51,7 +51,7 @@ def transformer_block(
     k = ops.rope(k, pos, dims=hd, mode="half", base=config.rope_base, xp=xp)
     scores = xp.reshape(xp.matmul(q, xp.permute_dims(k, (0, 2, 1))), (b, n, t, t))
     scores = scores / math.sqrt(hd)
-    allowed = const(xp, np.tril(np.ones((t, t), bool)), like=x) if config.causal else None
+    allowed = const(xp, causal_mask(t), like=x) if config.causal else None
     if mask is not None:
         key_ok = mask[:, None, None, :]
         allowed = key_ok if allowed is None else (allowed & key_ok)

@@ -9,6 +9,7 @@ Einsum letters, used in every shape comment of flashcore:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -22,6 +23,8 @@ __all__ = [
     "scale_offset",
     "rope",
     "rope_tables",
+    "rope_rotate",
+    "rope_at",
     "rel_bias",
     "t5_bucket",
     "attend",
@@ -87,22 +90,59 @@ def rope(x, positions: np.ndarray, *, dims: int, mode: str, base: float, xp):
 
     half:        [x1 cos - x2 sin, x2 cos + x1 sin] with x1, x2 the two halves of x[..., :dims];
     interleaved: the same on the pairs (x[2i], x[2i+1]). Channels past ``dims`` pass unchanged.
+    Angles are computed on the host in float64 from integer ``positions`` (t,).
     """
     if mode == "none" or dims == 0:
         return x
     cos_np, sin_np = rope_tables(positions, dims, base)
     cos, sin = const(xp, cos_np, like=x), const(xp, sin_np, like=x)  # (t, dims/2)
+    return rope_rotate(x, cos, sin, dims=dims, mode=mode, xp=xp)
+
+
+def rope_rotate(x, cos, sin, *, dims: int, mode: str, xp):
+    """Rotate x (..., s) by angles given as cos, sin (broadcastable to (..., dims/2))."""
     r, half = x[..., :dims], dims // 2
     if mode == "half":
         x1, x2 = r[..., :half], r[..., half:]
         rotated = xp.concat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     else:
-        pairs = xp.reshape(r, (*r.shape[:-1], half, 2))  # (b, t, dims/2, 2)
+        pairs = xp.reshape(r, (*r.shape[:-1], half, 2))  # (..., dims/2, 2)
         x1, x2 = pairs[..., 0], pairs[..., 1]
         rotated = xp.reshape(xp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1), r.shape)
     if dims == x.shape[-1]:
         return rotated
     return xp.concat([rotated, x[..., dims:]], axis=-1)
+
+
+ROPE_BLOCK = 1024  # positions per row of the coarse table used for traced positions
+ROPE_MAX_POSITION = 1 << 22  # 4M positions
+
+
+@functools.lru_cache(maxsize=8)
+def _split_tables(dims: int, base: float):
+    hc, hs = rope_tables(np.arange(ROPE_MAX_POSITION // ROPE_BLOCK) * ROPE_BLOCK, dims, base)
+    lc, ls = rope_tables(np.arange(ROPE_BLOCK), dims, base)
+    return hc, hs, lc, ls
+
+
+def rope_at(x, pos, *, dims: int, mode: str, base: float, xp):
+    """RoPE for one step at an integer-array position ``pos`` (shape (), may be traced).
+
+    x: (b, s). The angle pos * theta is split as hi * ROPE_BLOCK * theta + lo * theta with both
+    tables computed on the host in float64, and combined with the angle-sum identity, so the
+    result is as exact as the whole-sequence path even at millions of positions, where float32
+    pos * theta would be off by 1e-2 rad.
+    """
+    if mode == "none" or dims == 0:
+        return x
+    hc, hs, lc, ls = _split_tables(dims, float(base))  # (H, dims/2) x2, (B, dims/2) x2
+    hi = xp.reshape(pos // ROPE_BLOCK, (1,))
+    lo = xp.reshape(pos % ROPE_BLOCK, (1,))
+    take = lambda table, i: xp.take(const(xp, table, like=x), i, axis=0)  # noqa: E731
+    hcos, hsin, lcos, lsin = take(hc, hi), take(hs, hi), take(lc, lo), take(ls, lo)  # (1, dims/2)
+    cos = hcos * lcos - hsin * lsin
+    sin = hsin * lcos + hcos * lsin
+    return rope_rotate(x, cos, sin, dims=dims, mode=mode, xp=xp)
 
 
 def t5_bucket(rel: np.ndarray, *, causal: bool, buckets: int, max_distance: int) -> np.ndarray:
