@@ -13,7 +13,7 @@ import numpy as np
 
 import flashcore as fc
 
-__all__ = ["Case", "CASES", "case_by_name", "make_inputs"]
+__all__ = ["Case", "CASES", "case_by_name", "make_inputs", "make_params"]
 
 D, S, C = 16, 8, 4  # model width, shared qk width, chunk size of the golden grid
 VOCAB = 19
@@ -73,10 +73,21 @@ def make_inputs(case: Case) -> dict[str, np.ndarray]:
 
 
 def make_params(case: Case) -> dict[str, np.ndarray]:
-    """Canonical float64 weights: the initializer plus noise, so that every term is exercised."""
+    """Canonical float64 weights: the initializer plus noise, so that every term is exercised.
+
+    The scale-offset weights get more noise than the paper's N(0, 0.02) init, so that Q K^T / C is
+    as large as the relative bias and every entry of the attention matrices matters (with tiny
+    Q, K the bias alone would decide which relu^2 entries are nonzero, and a shifted causal mask
+    could go unnoticed).
+    """
     params = fc.init(case.config, seed=case.seed % 1000, dtype=np.float64)
     rng = np.random.default_rng(case.seed + 1)
-    return {k: v + rng.normal(0.0, 0.3, v.shape) for k, v in params.items()}
+    noise = {"qk.gamma": 1.0, "qk.beta": 0.3, "rel_bias.weight": 0.1}
+
+    def std(name: str) -> float:
+        return next((v for k, v in noise.items() if name.endswith(k)), 0.3)
+
+    return {k: v + rng.normal(0.0, std(k), v.shape) for k, v in params.items()}
 
 
 def _flash(**kw) -> fc.FlashConfig:

@@ -4,6 +4,7 @@ the files fails here."""
 
 import numpy as np
 import pytest
+
 from flashcore.conformance import golden
 from flashcore.conformance.cases import CASES, make_inputs, make_params
 

@@ -7,6 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
+
 from flashcore.conformance import golden
 from flashcore.conformance.cases import CASES
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
+import os
 
 from .base import Adapter, Result
 
-__all__ = ["Adapter", "Result", "BUILTIN", "resolve", "load_adapter"]
+__all__ = ["Adapter", "Result", "BUILTIN", "resolve", "load_adapter", "selected_backends"]
 
 # id -> "module:Class". Backend adapters live with their backend and import it lazily.
 BUILTIN: dict[str, str] = {
@@ -27,6 +29,15 @@ def resolve(spec: str) -> str:
     raise ValueError(f"unknown backend {spec!r}; built-in: {sorted(BUILTIN)}, or give module:Class")
 
 
+def selected_backends(requested: list[str] | None = None) -> list[str]:
+    """Backends named on the command line (repeated or comma-separated), else in the
+    FLASHCORE_BACKENDS environment variable, else every built-in one."""
+    raw = requested or [os.environ.get("FLASHCORE_BACKENDS", "")]
+    names = [b.strip() for item in raw for b in item.split(",") if b.strip()]
+    return names or list(BUILTIN)
+
+
+@functools.cache
 def load_adapter(spec: str) -> tuple[Adapter | None, str | None]:
     """(adapter, None) when it can run here, (None, reason) when it is not installed."""
     target = resolve(spec)

@@ -44,6 +44,8 @@ class Adapter:
 
     name: ClassVar[str] = "base"
     dtypes: ClassVar[tuple[str, ...]] = ("float64", "float32")
+    #: False when the backend has no autodiff; gradient checks are then reported as skipped.
+    autodiff: ClassVar[bool] = True
 
     def unavailable(self) -> str | None:
         """None when the backend can run here, else why not (e.g. 'torch is not installed')."""

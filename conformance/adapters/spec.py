@@ -20,6 +20,7 @@ NO_AUTODIFF = (
 class NumpyAdapter(Adapter):
     name = "numpy"
     dtypes = ("float64", "float32")
+    autodiff = False
 
     def run(self, config, params, inputs, dtype):
         dt = np.dtype(dtype)
@@ -35,6 +36,7 @@ class NumpyAdapter(Adapter):
 class StrictAdapter(Adapter):
     name = "array_api_strict"
     dtypes = ("float64", "float32")
+    autodiff = False
 
     def unavailable(self):
         try:
