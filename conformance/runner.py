@@ -44,6 +44,8 @@ class Check:
     def describe(self) -> str:
         """One paragraph for a failure: the case, the worst element and how to reproduce it."""
         w = self.worst
+        if not w:
+            return f"{self.test_id}: {self.reason}\n  reproduce: {repro_command(self)}"
         where = f"{w.get('tensor', '')}[{', '.join(map(str, w.get('index', ())))}]"
         return (
             f"{self.test_id}: error {self.error:.3g} x tolerance (rtol={self.rtol:g}, "
@@ -85,9 +87,16 @@ def compare(expected: np.ndarray, got: np.ndarray, rtol: float, atol: float) -> 
     }
 
 
-def run_case(adapter: Adapter, g: golden.Golden, dtype: str) -> list[Check]:
-    """Run one golden case in one dtype; return one Check per quantity."""
+def run_case(
+    adapter: Adapter, g: golden.Golden, dtype: str, backend: str | None = None
+) -> list[Check]:
+    """Run one golden case in one dtype; return one Check per quantity.
+
+    ``backend`` is the id the checks carry (default: the adapter's name); pass the string the
+    adapter was loaded by (e.g. ``module:Class``) so that the reproduce line works.
+    """
     group = g.case.group
+    backend = backend or adapter.name
     checks: list[Check] = []
 
     def judge(quantity: str, pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
@@ -99,20 +108,26 @@ def run_case(adapter: Adapter, g: golden.Golden, dtype: str) -> list[Check]:
                 worst_err, worst = err, {"tensor": tensor, **info}
         status = "pass" if worst_err <= 1.0 else "fail"
         checks.append(
-            Check(
-                adapter.name, g.name, group, dtype, quantity, status, worst_err, rtol, atol, worst
-            )
+            Check(backend, g.name, group, dtype, quantity, status, worst_err, rtol, atol, worst)
         )
 
-    with adapter.strict_precision():
-        res = adapter.run(g.config, g.params, g.inputs, dtype)
+    try:
+        with adapter.strict_precision():
+            res = adapter.run(g.config, g.params, g.inputs, dtype)
+    except Exception as err:  # a port that cannot run a case fails it, with the reason
+        reason = f"the adapter raised {type(err).__name__}: {err}"
+        quantities = ["output", "loss", *(["grad_input"] if "x" in g.grads else []), "grad_params"]
+        return [
+            Check(backend, g.name, group, dtype, q, "fail", float("inf"), reason=reason)
+            for q in quantities
+        ]
     judge("output", [("output", g.output, res.output)])
     judge("loss", [("loss", np.asarray(g.loss), np.asarray(res.loss))])
     quantities = (["grad_input"] if "x" in g.grads else []) + ["grad_params"]
     if res.grads is None:
         for q in quantities:
             checks.append(
-                Check(adapter.name, g.name, group, dtype, q, "skip", reason=res.no_grads_reason)
+                Check(backend, g.name, group, dtype, q, "skip", reason=res.no_grads_reason)
             )
         return checks
     missing = sorted(set(g.grads) - set(res.grads))
@@ -120,7 +135,7 @@ def run_case(adapter: Adapter, g: golden.Golden, dtype: str) -> list[Check]:
         for q in quantities:
             checks.append(
                 Check(
-                    adapter.name,
+                    backend,
                     g.name,
                     group,
                     dtype,

@@ -168,5 +168,7 @@ def weight_table_markdown() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # pragma: no cover
+def print_weight_table(argv: list[str] | None = None) -> int:
+    """``flashcore weights-table``: print the generated part of docs/weights.md."""
     print(weight_table_markdown())
+    return 0

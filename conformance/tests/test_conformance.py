@@ -21,7 +21,7 @@ from flashcore.conformance.tolerances import QUANTITIES
 @functools.cache
 def _checks(backend: str, case: str, dtype: str):
     adapter, _ = load_adapter(backend)
-    return apply_xfails(run_case(adapter, golden.load(case), dtype), load_xfails(backend))
+    return apply_xfails(run_case(adapter, golden.load(case), dtype, backend), load_xfails(backend))
 
 
 def _judge(checks):

@@ -1,0 +1,55 @@
+"""The ``flashcore`` command.
+
+flashcore demo                       a short run of the spec on NumPy (the main job's stand-in)
+flashcore conformance [...]          the conformance suite as a CI gate (see --help)
+flashcore bench --backend B [...]    a backend's benchmark (see flashcore.<B>.bench)
+flashcore weights-table              the canonical weight table (docs/weights.md)
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "demo": "flashcore.demo:main",
+    "conformance": "flashcore.conformance.report:main",
+    "weights-table": "flashcore.params:print_weight_table",
+}
+
+
+def _bench(argv: list[str]) -> int:
+    backend = None
+    if "--backend" in argv:
+        i = argv.index("--backend")
+        if i + 1 < len(argv):
+            backend = argv[i + 1]
+            argv = argv[:i] + argv[i + 2 :]
+    if backend not in ("torch", "jax", "tf"):
+        print("usage: flashcore bench --backend {torch,jax,tf} [options]", file=sys.stderr)
+        return 2
+    try:
+        mod = importlib.import_module(f"flashcore.{backend}.bench")
+    except ImportError as err:
+        print(f"flashcore bench: the {backend} benchmark is not available: {err}", file=sys.stderr)
+        return 2
+    return int(mod.main(argv) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name == "bench":
+        return _bench(rest)
+    if name not in COMMANDS:
+        print(f"flashcore: unknown command {name!r}\n{__doc__}", file=sys.stderr)
+        return 2
+    module, _, attr = COMMANDS[name].partition(":")
+    return int(getattr(importlib.import_module(module), attr)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
