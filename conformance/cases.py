@@ -124,9 +124,13 @@ def _grid() -> list[Case]:
                 "norm-layer": dict(norm="layer"),
                 "norm-rms": dict(norm="rms"),
                 "token-shift": dict(token_shift=True),
+                "norm-clamp": dict(norm_eps_mode="clamp"),
+                "bias-before-scale": dict(rel_bias="t5", bias_scale=3.0, bias_before_scale=True),
             }
             if kind == "flash":
                 options["linear-mean"] = dict(linear_norm="mean")
+                if not causal:
+                    options["linear-length"] = dict(linear_norm="length")
             else:
                 options["fixed-length"] = dict(fixed_length=12)
             for label, kw in options.items():
@@ -153,6 +157,29 @@ def _grid() -> list[Case]:
                         time=14,
                         mask=mask,
                         segments=seg,
+                    )
+                )
+            length_opts = dict(length_mode="array")
+            if kind == "flash" and not causal:
+                length_opts["linear_norm"] = "length"
+            add(
+                Case(
+                    f"{kind}-{tag}-pad-length-array",
+                    f"{kind}-masks",
+                    _flash(kind=kind, causal=causal, **length_opts),
+                    time=14,
+                    mask="pad",
+                )
+            )
+            if kind == "flash" and not causal:
+                add(
+                    Case(
+                        "flash-bidir-packed+pad-length",
+                        "flash-masks",
+                        _flash(linear_norm="length"),
+                        time=14,
+                        mask="pad",
+                        segments="packed",
                     )
                 )
             if kind == "flash":
@@ -205,6 +232,33 @@ def _grid() -> list[Case]:
                 vocab_size=VOCAB,
                 num_layers=2,
                 tie_embeddings=False,
+            ),
+            time=10,
+            mask="pad",
+        )
+    )
+    # flash-pytorch's FLASHTransformer options, all at once.
+    peer = _flash(
+        causal=True,
+        rope="interleaved",
+        rope_dims=4,
+        rel_bias="t5",
+        bias_scale=S**0.5,
+        norm_eps_mode="clamp",
+        token_shift=True,
+    )
+    add(
+        Case(
+            "lm-flash-peer-options",
+            "lm",
+            fc.LMConfig(
+                block=peer,
+                vocab_size=VOCAB,
+                num_layers=2,
+                tie_embeddings=False,
+                head_bias=True,
+                final_norm="layer",
+                abs_pos="scaled_sinusoidal",
             ),
             time=10,
             mask="pad",

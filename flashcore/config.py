@@ -24,7 +24,10 @@ Attention = Literal["relu2", "laplace", "softmax_plus"]
 Rope = Literal["half", "interleaved", "none"]
 RelBias = Literal["learned", "t5", "none"]
 Norm = Literal["scale", "layer", "rms"]
-LinearNorm = Literal["sum", "mean"]
+AbsPos = Literal["none", "scaled_sinusoidal"]
+LinearNorm = Literal["sum", "mean", "length"]
+EpsMode = Literal["add", "clamp"]
+LengthMode = Literal["real", "array"]
 
 
 def _check_int(obj: Any, name: str, low: int) -> None:
@@ -81,9 +84,18 @@ class FlashConfig(_DictMixin):
     - ``rel_bias``: ``learned`` (paper, one weight per offset, span ``max_len`` for GAU and C for
       FLASH), ``t5`` (log buckets), ``none``; the bias is multiplied by ``bias_scale``.
     - ``norm``: ``scale`` (paper's ScaleNorm), ``layer``, ``rms``.
-    - ``linear_norm``: ``sum`` (paper text) or ``mean`` (average over contributing chunks).
+    - ``linear_norm``: ``sum`` (paper text: chunk states K^T V / C summed), ``mean`` (averaged over
+      contributing chunks) or ``length`` (non-causal only: the sum of K^T V divided by the sequence
+      length n instead of C, as flash-pytorch does).
     - ``fixed_length``: GAU only; None divides the scores by the number of keys in the sequence (paper),
       an int fixes that n.
+    - ``length_mode``: what "sequence length" n means for GAU's 1/n and ``linear_norm='length'``:
+      ``real`` (default) counts the real keys of the query's segment, so padding and packing do not
+      change results; ``array`` uses the array's T, padding included (flash-pytorch).
+    - ``bias_before_scale``: add the relative bias to Q K^T before the 1/n (or 1/C) scaling
+      (flash-pytorch's GAU) instead of after it (paper).
+    - ``norm_eps_mode``: for scale/rms norms, ``add`` (x rsqrt(mean x^2 + eps), paper) or ``clamp``
+      (x / max(sqrt(mean x^2), eps), flash-pytorch's ScaleNorm).
     - ``token_shift``: shift the first ceil(d/2) channels of the normed input one step forward.
     - ``dropout``: applied by backends in training mode only; the spec is deterministic.
     """
@@ -105,8 +117,11 @@ class FlashConfig(_DictMixin):
     bias_scale: float = 1.0
     norm: Norm = "scale"
     norm_eps: float = 1e-5
+    norm_eps_mode: EpsMode = "add"
     linear_norm: LinearNorm = "sum"
     fixed_length: int | None = None
+    length_mode: LengthMode = "real"
+    bias_before_scale: bool = False
     token_shift: bool = False
     dropout: float = 0.0
 
@@ -142,13 +157,27 @@ class FlashConfig(_DictMixin):
             raise ValueError(
                 f"FlashConfig.t5_buckets must be even when not causal, got {self.t5_buckets}"
             )
+        exact = self.t5_buckets // (2 if self.causal else 4)
+        if self.t5_max_distance <= exact:
+            raise ValueError(
+                f"FlashConfig.t5_max_distance must exceed the {exact} exactly-bucketed offsets "
+                f"(t5_buckets={self.t5_buckets}), got {self.t5_max_distance}"
+            )
         if isinstance(self.bias_scale, bool) or not isinstance(self.bias_scale, (int, float)):
             raise ValueError(f"FlashConfig.bias_scale must be a number, got {self.bias_scale!r}")
         _check_choice(self, "norm", ("scale", "layer", "rms"))
         _check_positive_float(self, "norm_eps")
-        _check_choice(self, "linear_norm", ("sum", "mean"))
+        _check_choice(self, "norm_eps_mode", ("add", "clamp"))
+        _check_choice(self, "linear_norm", ("sum", "mean", "length"))
+        if self.linear_norm == "length" and self.causal:
+            raise ValueError(
+                "FlashConfig.linear_norm='length' needs causal=False: a causal layer cannot divide "
+                "by a length that includes the future"
+            )
         if self.fixed_length is not None:
             _check_int(self, "fixed_length", 1)
+        _check_choice(self, "length_mode", ("real", "array"))
+        _check_bool(self, "bias_before_scale")
         _check_bool(self, "token_shift")
         d = self.dropout
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
@@ -237,7 +266,11 @@ class LMConfig(_DictMixin):
     """A causal language model: embedding, ``num_layers`` blocks, a final norm and an output head.
 
     ``block`` is a :class:`FlashConfig` (FLASH or GAU layers) or a :class:`TransformerConfig`.
-    The final norm uses the block's norm type. ``tie_embeddings`` uses the embedding as the head.
+    - ``final_norm``: the final norm's type (None: the block's norm type).
+    - ``tie_embeddings``: the head is the embedding transposed; ``head_bias`` adds a bias (v,).
+    - ``abs_pos``: ``none`` (paper: RoPE inside the layers is enough) or ``scaled_sinusoidal``
+      (flash-pytorch's FLASHTransformer: [sin(p w) | cos(p w)] * a learned scalar, added to the
+      embedding; w_i = 10000^(-2i/d)).
     """
 
     block: FlashConfig | TransformerConfig = dataclasses.field(
@@ -246,6 +279,9 @@ class LMConfig(_DictMixin):
     vocab_size: int = 256
     num_layers: int = 2
     tie_embeddings: bool = True
+    head_bias: bool = False
+    final_norm: Norm | None = None
+    abs_pos: AbsPos = "none"
 
     def __post_init__(self) -> None:
         if isinstance(self.block, dict):
@@ -259,6 +295,18 @@ class LMConfig(_DictMixin):
         _check_int(self, "vocab_size", 1)
         _check_int(self, "num_layers", 1)
         _check_bool(self, "tie_embeddings")
+        _check_bool(self, "head_bias")
+        if self.final_norm is not None:
+            _check_choice(self, "final_norm", ("scale", "layer", "rms"))
+        _check_choice(self, "abs_pos", ("none", "scaled_sinusoidal"))
+        if self.abs_pos == "scaled_sinusoidal" and self.block.dim % 2:
+            raise ValueError(
+                f"LMConfig.abs_pos='scaled_sinusoidal' needs an even dim, got {self.block.dim}"
+            )
+
+    @property
+    def final_norm_kind(self) -> str:
+        return self.final_norm or self.block.norm
 
     @property
     def dim(self) -> int:

@@ -34,7 +34,8 @@ import numpy as np
 from . import ops
 from ._xp import const, is_low_precision, namespace
 from .config import FlashConfig, LMConfig
-from .layers import finish, hidden
+from .layers import finish, hidden, layer_norm, scores_to_logits
+from .lm import abs_positions, final_norm, head
 from .params import subtree
 
 __all__ = ["decode_init", "decode_step", "lm_decode_init", "lm_decode_step"]
@@ -78,7 +79,7 @@ def decode_step(params: dict, x_t, state: dict, *, config: FlashConfig, xp=None)
     c_size, d = config.chunk_size, config.dim
     pos = state["pos"]
     c = pos % c_size  # slot of this token in its chunk, ()
-    h = ops.norm(subtree(params, "norm."), x_t, kind=config.norm, eps=config.norm_eps, xp=xp)
+    h = layer_norm(params, x_t, config, xp)
     if config.token_shift:
         k = (d + 1) // 2
         h_in = xp.concat([state["prev"][..., :k], h[..., k:]], axis=-1)
@@ -106,10 +107,6 @@ def decode_step(params: dict, x_t, state: dict, *, config: FlashConfig, xp=None)
 
     # Local quadratic attention over slots 0..c of the current chunk.
     scores = xp.matmul(qk_buf, qq[..., None])[..., 0]  # (b, C)
-    if config.attention == "softmax_plus":
-        scores = scores / math.sqrt(config.qk_dim)
-    else:
-        scores = scores / float(c_size)
     bias = ops.rel_bias(
         params.get("rel_bias.weight"),
         np.arange(c_size),
@@ -119,7 +116,9 @@ def decode_step(params: dict, x_t, state: dict, *, config: FlashConfig, xp=None)
         like=scores,
     )
     if bias is not None:
-        scores = scores + xp.take(bias, xp.reshape(c, (1,)), axis=0)  # row c: (1, C)
+        bias = xp.take(bias, xp.reshape(c, (1,)), axis=0)  # row c: (1, C)
+    scale = 1.0 / math.sqrt(config.qk_dim) if config.attention == "softmax_plus" else 1.0 / c_size
+    scores = scores_to_logits(scores, bias, scale, config)
     allowed = (slots <= c)[None, :]  # (1, C)
     a = ops.attend(scores, allowed, kind=config.attention, length=float(c_size), xp=xp)
     quad = xp.matmul(a[:, None, :], v_buf)[:, 0, :]  # (b, e)
@@ -165,16 +164,14 @@ def lm_decode_step(params: dict, tokens_t, state: dict, *, config: LMConfig, xp=
     _check_lm(config)
     xp = namespace(tokens_t, xp=xp)
     x = xp.take(params["embed.weight"], tokens_t, axis=0)  # (b, d)
+    if config.abs_pos == "scaled_sinusoidal":
+        pos = state["layers.0"]["pos"]
+        cos, sin = ops.angles_at(pos, dims=config.dim, base=10000.0, xp=xp, like=x)  # (1, d/2)
+        x = x + abs_positions(params, cos, sin, xp)
     new_state = {}
     for i in range(config.num_layers):
         key = f"layers.{i}"
         x, new_state[key] = decode_step(
             subtree(params, key + "."), x, state[key], config=config.block, xp=xp
         )
-    block = config.block
-    h = ops.norm(subtree(params, "final_norm."), x, kind=block.norm, eps=block.norm_eps, xp=xp)
-    if config.tie_embeddings:
-        logits = xp.matmul(h, xp.permute_dims(params["embed.weight"], (1, 0)))
-    else:
-        logits = xp.matmul(h, params["head.kernel"])
-    return logits, new_state
+    return head(params, final_norm(params, x, config, xp), config, xp), new_state

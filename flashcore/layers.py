@@ -55,9 +55,32 @@ def _and(*masks):
     return out
 
 
+def layer_norm(params: dict, x, config: FlashConfig, xp):
+    """The layer's input norm (``norm.*`` weights). x: (..., d) -> (..., d)."""
+    return ops.norm(
+        subtree(params, "norm."),
+        x,
+        kind=config.norm,
+        eps=config.norm_eps,
+        eps_mode=config.norm_eps_mode,
+        xp=xp,
+    )
+
+
+def scores_to_logits(scores, bias, scale, config: FlashConfig):
+    """Scale Q K^T (by 1/n, 1/C or 1/sqrt(s)) and add the relative bias, before or after the
+    scaling as ``config.bias_before_scale`` says. scale: a number or an array broadcastable
+    to ``scores``."""
+    if bias is None:
+        return scores * scale
+    if config.bias_before_scale:
+        return (scores + bias) * scale
+    return scores * scale + bias
+
+
 def normed_input(params: dict, x, config: FlashConfig, mask, segment_ids, xp):
     """h = Norm(x), then the optional token shift. x: (b, t, d) -> (b, t, d)."""
-    h = ops.norm(subtree(params, "norm."), x, kind=config.norm, eps=config.norm_eps, xp=xp)
+    h = layer_norm(params, x, config, xp)
     if not config.token_shift:
         return h
     keep = None  # (b, t): may position t read position t - 1?
@@ -138,18 +161,14 @@ def gau(params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, xp
     member = _and(key_ok, same)  # keys that count towards n
     if config.fixed_length is not None:
         n = float(config.fixed_length)
-    elif member is None:
+    elif member is None or config.length_mode == "array":
         n = float(t)
     else:
         member_f = xp.astype(xp.broadcast_to(member, (b, t, t)), acc)
         n = xp.maximum(xp.sum(member_f, axis=-1, keepdims=True), xp.ones((b, t, 1), dtype=acc))
-    if config.attention == "softmax_plus":
-        scores = scores / math.sqrt(config.qk_dim)
-    else:
-        scores = scores / n
     bias = ops.rel_bias(params.get("rel_bias.weight"), pos, pos, config=config, xp=xp, like=scores)
-    if bias is not None:
-        scores = scores + bias
+    scale = 1.0 / math.sqrt(config.qk_dim) if config.attention == "softmax_plus" else 1.0 / n
+    scores = scores_to_logits(scores, bias, scale, config)
     a = ops.attend(scores, _and(causal, member), kind=config.attention, length=n, xp=xp)
     att = xp.matmul(a, v)  # (b, t, e)
     return finish(params, x, u, att, mask, xp)
@@ -234,12 +253,8 @@ def attention_core_flash(
 
     # Local quadratic attention within each chunk.
     scores = xp.matmul(qq, xp.permute_dims(qk, (0, 1, 3, 2)))  # (b, g, c, k)
-    if config.attention == "softmax_plus":
-        scores = scores / math.sqrt(config.qk_dim)
-    else:
-        scores = scores / float(c)
-    if bias is not None:
-        scores = scores + bias
+    scale = 1.0 / math.sqrt(config.qk_dim) if config.attention == "softmax_plus" else 1.0 / c
+    scores = scores_to_logits(scores, bias, scale, config)
     causal = const(xp, causal_mask(c), like=v) if config.causal else None
     key_ok = valid[:, :, None, :] if valid is not None else None  # (b, g, 1, k)
     same = _same_segment(seg, seg) if seg is not None else None  # (b, g, c, k)
@@ -249,6 +264,15 @@ def attention_core_flash(
     quad = xp.matmul(a, v)  # (b, g, c, e)
 
     lin = _linear(lq, lk, v, valid, seg, same, config, xp)
+    if config.linear_norm == "length":  # the sum of K^T V / n instead of / C (non-causal only)
+        if config.length_mode == "array":
+            n = float(t)
+        else:  # real keys of the query's segment: the same linear machinery with q = k = v = 1
+            one = xp.ones((b, g, c, 1), dtype=v.dtype, device=device_of(v))
+            one_k = one if valid is None else one * xp.astype(valid, v.dtype)[..., None]
+            count = _linear(one, one_k, one_k, valid, seg, same, config, xp) * float(c)
+            n = xp.maximum(count, xp.ones_like(count))  # (b, g, c, 1)
+        lin = lin * (float(c) / n)
     out = xp.reshape(quad + lin, (b, g * c, v.shape[-1]))
     return out[:, :t, :]
 

@@ -20,7 +20,17 @@ from .config import FlashConfig, LMConfig, TransformerConfig
 from .layers import causal_mask, flash, gau
 from .params import subtree
 
-__all__ = ["transformer_block", "block_fn", "lm_hidden", "lm_logits", "lm_loss", "cross_entropy"]
+__all__ = [
+    "transformer_block",
+    "block_fn",
+    "lm_hidden",
+    "head",
+    "final_norm",
+    "abs_positions",
+    "lm_logits",
+    "lm_loss",
+    "cross_entropy",
+]
 
 
 def transformer_block(
@@ -85,6 +95,9 @@ def lm_hidden(params: dict, tokens, *, config: LMConfig, mask=None, segment_ids=
     b, t = check_tokens(tokens, config.vocab_size)
     embed = params["embed.weight"]  # (v, d)
     x = xp.reshape(xp.take(embed, xp.reshape(tokens, (-1,)), axis=0), (b, t, config.dim))
+    if config.abs_pos == "scaled_sinusoidal":
+        cos, sin = ops.rope_tables(np.arange(t), config.dim, 10000.0)  # (t, d/2) each
+        x = x + abs_positions(params, const(xp, cos, like=x), const(xp, sin, like=x), xp)
     layer = block_fn(config.block)
     for i in range(config.num_layers):
         x = layer(
@@ -95,18 +108,45 @@ def lm_hidden(params: dict, tokens, *, config: LMConfig, mask=None, segment_ids=
             segment_ids=segment_ids,
             xp=xp,
         )
+    return final_norm(params, x, config, xp)
+
+
+def abs_positions(params: dict, cos, sin, xp):
+    """flash-pytorch's scaled sinusoidal positions: [sin | cos] * abs_pos.scale.
+
+    cos, sin: (..., d/2) of p * 10000^(-2i/d) -> (..., d)."""
+    return xp.concat([sin, cos], axis=-1) * params["abs_pos.scale"]
+
+
+def final_norm(params: dict, h, config: LMConfig, xp):
+    """The LM's final norm (``final_norm.*``). h: (..., d) -> (..., d)."""
+    block = config.block
     return ops.norm(
-        subtree(params, "final_norm."), x, kind=config.block.norm, eps=config.block.norm_eps, xp=xp
+        subtree(params, "final_norm."),
+        h,
+        kind=config.final_norm_kind,
+        eps=block.norm_eps,
+        eps_mode=getattr(block, "norm_eps_mode", "add"),
+        xp=xp,
     )
+
+
+def head(params: dict, h, config: LMConfig, xp):
+    """Logits from final hidden states. h: (..., d) -> (..., v)."""
+    if config.tie_embeddings:
+        logits = xp.matmul(h, xp.permute_dims(params["embed.weight"], (1, 0)))
+    else:
+        logits = xp.matmul(h, params["head.kernel"])
+    if config.head_bias:
+        logits = logits + params["head.bias"]
+    return logits
 
 
 def lm_logits(params: dict, tokens, *, config: LMConfig, mask=None, segment_ids=None, xp=None):
     """Next-token logits. tokens: (b, t) ints -> (b, t, v)."""
     xp = namespace(tokens, xp=xp)
     h = lm_hidden(params, tokens, config=config, mask=mask, segment_ids=segment_ids, xp=xp)
-    if config.tie_embeddings:
-        return xp.matmul(h, xp.permute_dims(params["embed.weight"], (1, 0)))
-    return xp.matmul(h, params["head.kernel"])
+    return head(params, h, config, xp)
 
 
 def cross_entropy(logits, targets, mask=None, xp=None):

@@ -25,6 +25,7 @@ __all__ = [
     "rope_tables",
     "rope_rotate",
     "rope_at",
+    "angles_at",
     "rel_bias",
     "t5_bucket",
     "attend",
@@ -32,11 +33,12 @@ __all__ = [
 ]
 
 
-def norm(p: dict, x, *, kind: str, eps: float, xp):
+def norm(p: dict, x, *, kind: str, eps: float, xp, eps_mode: str = "add"):
     """Normalise the last axis. x: (..., d) -> (..., d).
 
     scale: x * rsqrt(mean(x^2) + eps) * alpha (paper's ScaleNorm, alpha: (1,));
     rms: x * rsqrt(mean(x^2) + eps) * w (w: (d,));  layer: (x - mu) * rsqrt(var + eps) * w + b.
+    eps_mode='clamp' (scale, rms): x / max(sqrt(mean(x^2)), eps) instead (flash-pytorch).
     """
     if kind == "layer":
         mu = xp.mean(x, axis=-1, keepdims=True)
@@ -44,7 +46,11 @@ def norm(p: dict, x, *, kind: str, eps: float, xp):
         var = xp.mean(xc * xc, axis=-1, keepdims=True)
         return xc / xp.sqrt(var + eps) * p["weight"] + p["bias"]
     ms = xp.mean(x * x, axis=-1, keepdims=True)
-    y = x / xp.sqrt(ms + eps)
+    if eps_mode == "clamp":
+        rms = xp.sqrt(ms)
+        y = x / xp.maximum(rms, xp.full_like(rms, eps))
+    else:
+        y = x / xp.sqrt(ms + eps)
     return y * (p["scale"] if kind == "scale" else p["weight"])
 
 
@@ -135,14 +141,20 @@ def rope_at(x, pos, *, dims: int, mode: str, base: float, xp):
     """
     if mode == "none" or dims == 0:
         return x
+    cos, sin = angles_at(pos, dims=dims, base=base, xp=xp, like=x)
+    return rope_rotate(x, cos, sin, dims=dims, mode=mode, xp=xp)
+
+
+def angles_at(pos, *, dims: int, base: float, xp, like):
+    """cos, sin of pos * theta_k (theta_k = base^(-2k/dims)) at an integer-array position ``pos``
+    (shape (), may be traced) -> two (1, dims/2) arrays in ``like``'s dtype, exact to
+    ROPE_MAX_POSITION (see :func:`rope_at`)."""
     hc, hs, lc, ls = _split_tables(dims, float(base))  # (H, dims/2) x2, (B, dims/2) x2
     hi = xp.reshape(pos // ROPE_BLOCK, (1,))
     lo = xp.reshape(pos % ROPE_BLOCK, (1,))
-    take = lambda table, i: xp.take(const(xp, table, like=x), i, axis=0)  # noqa: E731
+    take = lambda table, i: xp.take(const(xp, table, like=like), i, axis=0)  # noqa: E731
     hcos, hsin, lcos, lsin = take(hc, hi), take(hs, hi), take(lc, lo), take(ls, lo)  # (1, dims/2)
-    cos = hcos * lcos - hsin * lsin
-    sin = hsin * lcos + hcos * lsin
-    return rope_rotate(x, cos, sin, dims=dims, mode=mode, xp=xp)
+    return hcos * lcos - hsin * lsin, hsin * lcos + hcos * lsin
 
 
 def t5_bucket(rel: np.ndarray, *, causal: bool, buckets: int, max_distance: int) -> np.ndarray:

@@ -91,11 +91,15 @@ def param_spec(config: FlashConfig | TransformerConfig | LMConfig) -> dict[str, 
         spec = {"embed.weight": ParamSpec((config.vocab_size, config.dim), "embed", "token table")}
         for i in range(config.num_layers):
             spec.update({f"layers.{i}.{k}": v for k, v in block.items()})
-        spec.update(_norm_spec("final_norm.", config.block.norm, config.dim))
+        if config.abs_pos == "scaled_sinusoidal":
+            spec["abs_pos.scale"] = ParamSpec((1,), "ones", "scale of the sinusoidal positions")
+        spec.update(_norm_spec("final_norm.", config.final_norm_kind, config.dim))
         if not config.tie_embeddings:
             spec["head.kernel"] = ParamSpec(
                 (config.dim, config.vocab_size), "lecun", "output head, d -> vocab"
             )
+        if config.head_bias:
+            spec["head.bias"] = ParamSpec((config.vocab_size,), "zeros", "output head bias")
         return spec
     raise TypeError(f"param_spec takes a flashcore config, got {type(config).__name__}")
 

@@ -13,7 +13,7 @@ LAPLACE_MU = math.sqrt(0.5)
 LAPLACE_SIGMA = 1.0 / math.sqrt(4.0 * math.pi)
 
 
-def _norm(p, prefix, xt, kind, eps):
+def _norm(p, prefix, xt, kind, eps, eps_mode="add"):
     d = len(xt)
     if kind == "layer":
         mu = sum(xt) / d
@@ -27,7 +27,8 @@ def _norm(p, prefix, xt, kind, eps):
         )
     ms = sum(a * a for a in xt) / d
     gain = p[prefix + "scale"][0] * np.ones(d) if kind == "scale" else p[prefix + "weight"]
-    return np.array([xt[i] / math.sqrt(ms + eps) * gain[i] for i in range(d)])
+    denom = max(math.sqrt(ms), eps) if eps_mode == "clamp" else math.sqrt(ms + eps)
+    return np.array([xt[i] / denom * gain[i] for i in range(d)])
 
 
 def _silu(a):
@@ -74,6 +75,11 @@ def _bias(p, cfg, qi, kj):
     return w * cfg.bias_scale
 
 
+def _logit(cfg, qk, bias, scale):
+    """Scale q.k and add the bias before or after the scaling."""
+    return (qk + bias) * scale if cfg.bias_before_scale else qk * scale + bias
+
+
 def _act(kind, a):
     if kind == "relu2":
         return max(a, 0.0) ** 2
@@ -84,7 +90,7 @@ def _project(p, xrow, cfg, valid, seg):
     """Per position: u, v, heads (list over h of (t, s) arrays)."""
     t, d = xrow.shape
     e, s = int(round(cfg.expansion * cfg.dim)), cfg.qk_dim
-    hs = [_norm(p, "norm.", xrow[i], cfg.norm, cfg.norm_eps) for i in range(t)]
+    hs = [_norm(p, "norm.", xrow[i], cfg.norm, cfg.norm_eps, cfg.norm_eps_mode) for i in range(t)]
     if cfg.token_shift:
         k = (d + 1) // 2
         shifted = []
@@ -157,11 +163,12 @@ def gau(p, x, cfg, mask=None, segment_ids=None):
         att = np.zeros_like(u)
         for i in range(t):
             members = [j for j in range(t) if valid[j] and sg[j] == sg[i]]
-            n = cfg.fixed_length or max(len(members), 1)
+            n = t if cfg.length_mode == "array" else max(len(members), 1)
+            n = cfg.fixed_length or n
             keys = [j for j in members if not cfg.causal or j <= i]
             if cfg.attention == "softmax_plus":
                 logits = [
-                    (float(q[i] @ k[j]) / math.sqrt(cfg.qk_dim) + _bias(p, cfg, i, j))
+                    _logit(cfg, float(q[i] @ k[j]), _bias(p, cfg, i, j), 1 / math.sqrt(cfg.qk_dim))
                     * math.log(n)
                     / math.log(512)
                     for j in keys
@@ -169,7 +176,8 @@ def gau(p, x, cfg, mask=None, segment_ids=None):
                 w = _softmax_row(logits)
             else:
                 w = [
-                    _act(cfg.attention, float(q[i] @ k[j]) / n + _bias(p, cfg, i, j)) for j in keys
+                    _act(cfg.attention, _logit(cfg, float(q[i] @ k[j]), _bias(p, cfg, i, j), 1 / n))
+                    for j in keys
                 ]
             for wj, j in zip(w, keys):
                 att[i] += wj * v[j]
@@ -195,7 +203,12 @@ def flash(p, x, cfg, mask=None, segment_ids=None):
             ]
             if cfg.attention == "softmax_plus":
                 logits = [
-                    (float(qq[i] @ qk[j]) / math.sqrt(cfg.qk_dim) + _bias(p, cfg, i % C, j % C))
+                    _logit(
+                        cfg,
+                        float(qq[i] @ qk[j]),
+                        _bias(p, cfg, i % C, j % C),
+                        1 / math.sqrt(cfg.qk_dim),
+                    )
                     * math.log(C)
                     / math.log(512)
                     for j in local
@@ -203,7 +216,10 @@ def flash(p, x, cfg, mask=None, segment_ids=None):
                 w = _softmax_row(logits)
             else:
                 w = [
-                    _act(cfg.attention, float(qq[i] @ qk[j]) / C + _bias(p, cfg, i % C, j % C))
+                    _act(
+                        cfg.attention,
+                        _logit(cfg, float(qq[i] @ qk[j]), _bias(p, cfg, i % C, j % C), 1 / C),
+                    )
                     for j in local
                 ]
             for wj, j in zip(w, local):
@@ -214,8 +230,13 @@ def flash(p, x, cfg, mask=None, segment_ids=None):
                 if valid[j] and sg[j] == sg[i] and (j // C < gi if cfg.causal else True)
             ]
             lin = np.zeros(u.shape[1])
+            if cfg.linear_norm == "length":
+                members = [j for j in range(t) if valid[j] and sg[j] == sg[i]]
+                n = t if cfg.length_mode == "array" else max(len(members), 1)
+            else:
+                n = C
             for j in far:
-                lin += float(lq[i] @ lk[j]) / C * v[j]
+                lin += float(lq[i] @ lk[j]) / n * v[j]
             if cfg.linear_norm == "mean":
                 lin /= max(len({j // C for j in far}), 1)
             att[i] += lin
@@ -262,14 +283,25 @@ def transformer_block(p, x, cfg, mask=None, segment_ids=None):
 def lm_loss(p, inputs, targets, cfg, mask=None, segment_ids=None):
     b, t = inputs.shape
     x = np.array([[p["embed.weight"][tok] for tok in row] for row in inputs])
+    if cfg.abs_pos == "scaled_sinusoidal":
+        d = cfg.block.dim
+        for i in range(t):
+            w = [10000.0 ** (-2.0 * k / d) for k in range(d // 2)]
+            emb = [math.sin(i * a) for a in w] + [math.cos(i * a) for a in w]
+            x[:, i] += np.array(emb) * p["abs_pos.scale"][0]
     sub = lambda pre: {k[len(pre) :]: v for k, v in p.items() if k.startswith(pre)}  # noqa: E731
     kind = getattr(cfg.block, "kind", "transformer")
     layer = {"flash": flash, "gau": gau, "transformer": transformer_block}[kind]
     for i in range(cfg.num_layers):
         x = layer(sub(f"layers.{i}."), x, cfg.block, mask, segment_ids)
+    final_kind = cfg.final_norm or cfg.block.norm
+    mode = getattr(cfg.block, "norm_eps_mode", "add")
     x = np.array(
         [
-            [_norm(p, "final_norm.", x[r, i], cfg.block.norm, cfg.block.norm_eps) for i in range(t)]
+            [
+                _norm(p, "final_norm.", x[r, i], final_kind, cfg.block.norm_eps, mode)
+                for i in range(t)
+            ]
             for r in range(b)
         ]
     )
@@ -279,7 +311,7 @@ def lm_loss(p, inputs, targets, cfg, mask=None, segment_ids=None):
         for i in range(t):
             if mask is not None and not mask[r, i]:
                 continue
-            logits = x[r, i] @ head
+            logits = x[r, i] @ head + (p["head.bias"] if cfg.head_bias else 0.0)
             m = max(logits)
             total += math.log(sum(math.exp(a - m) for a in logits)) + m - logits[targets[r, i]]
             count += 1

@@ -31,6 +31,10 @@ from flashcore.params import weight_table_markdown
         ("kind", "mamba"),
         ("norm_eps", 0.0),
         ("t5_buckets", 7),
+        ("t5_max_distance", 4),  # with 32 buckets, 8 offsets each way are exact: 4 is too small
+        ("norm_eps_mode", "max"),
+        ("length_mode", "padded"),
+        ("bias_before_scale", 1),
     ],
 )
 def test_flash_config_rejects_bad_values_naming_the_field(field, value):
@@ -38,11 +42,22 @@ def test_flash_config_rejects_bad_values_naming_the_field(field, value):
         fc.FlashConfig(**{"dim": 16, "qk_dim": 8, field: value})
 
 
+def test_causal_layers_cannot_divide_by_a_future_length():
+    with pytest.raises(ValueError, match="linear_norm='length' needs causal=False"):
+        fc.FlashConfig(dim=16, qk_dim=8, causal=True, linear_norm="length")
+
+
 def test_other_configs_validate():
     with pytest.raises(ValueError, match="heads"):
         fc.TransformerConfig(dim=16, heads=3)
     with pytest.raises(ValueError, match="causal"):
         fc.LMConfig(block=fc.FlashConfig(dim=16, causal=False))
+    with pytest.raises(ValueError, match="final_norm"):
+        fc.LMConfig(block=fc.FlashConfig(dim=16, causal=True), final_norm="group")
+    with pytest.raises(ValueError, match="abs_pos"):
+        fc.LMConfig(
+            block=fc.FlashConfig(dim=15, qk_dim=8, causal=True), abs_pos="scaled_sinusoidal"
+        )
     with pytest.raises(ValueError, match="vocab_size"):
         fc.LMConfig(block=fc.FlashConfig(dim=16, causal=True), vocab_size=0)
 
@@ -117,4 +132,4 @@ def test_docs_weight_table_is_current():
     from pathlib import Path
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "weights.md").read_text()
-    assert weight_table_markdown() in doc, "regenerate with: python -m flashcore.params"
+    assert weight_table_markdown() in doc, "regenerate with: flashcore weights-table"

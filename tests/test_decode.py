@@ -20,6 +20,7 @@ OPTIONS = [
     dict(linear_norm="mean", token_shift=True),
     dict(attention="laplace", rel_bias="t5", rope="interleaved", rope_dims=2),
     dict(attention="softmax_plus", norm="layer", rel_bias="none"),
+    dict(norm_eps_mode="clamp", bias_before_scale=True, rel_bias="t5", bias_scale=2.0),
 ]
 
 
@@ -37,9 +38,17 @@ def test_layer_decoding_equals_full_forward(opts):
     assert int(state["pos"]) == t
 
 
-def test_lm_decoding_equals_full_forward():
+@pytest.mark.parametrize(
+    "lm_opts",
+    [
+        {},
+        dict(tie_embeddings=False, head_bias=True, final_norm="layer", abs_pos="scaled_sinusoidal"),
+    ],
+    ids=["default", "peer-options"],
+)
+def test_lm_decoding_equals_full_forward(lm_opts):
     block = fc.FlashConfig(dim=8, qk_dim=4, chunk_size=3, causal=True, token_shift=True)
-    cfg = fc.LMConfig(block=block, vocab_size=11, num_layers=2)
+    cfg = fc.LMConfig(block=block, vocab_size=11, num_layers=2, **lm_opts)
     p = _params(cfg)
     tokens = rng.integers(0, 11, (2, 10))
     full = fc.lm_logits(p, tokens, config=cfg)

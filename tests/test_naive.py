@@ -40,11 +40,18 @@ OPTIONS = list(
 @pytest.mark.parametrize("kind,causal,attention,rope,bias", OPTIONS)
 @pytest.mark.parametrize("masks", list(MASKS))
 def test_layer_matches_naive(kind, causal, attention, rope, bias, masks):
-    for linear_norm, shift, norm in (("sum", False, "scale"), ("mean", True, "layer")):
+    variants = [
+        dict(linear_norm="sum", token_shift=False, norm="scale"),
+        dict(linear_norm="mean", token_shift=True, norm="layer"),
+        dict(linear_norm="sum" if causal else "length", norm="scale", norm_eps_mode="clamp",
+             bias_before_scale=True, length_mode="array"),
+        dict(linear_norm="sum" if causal else "length", norm="rms", norm_eps_mode="clamp"),
+    ]  # fmt: skip
+    for variant in variants:
         cfg = fc.FlashConfig(
             dim=6, kind=kind, qk_dim=4, expansion=1, chunk_size=3, causal=causal,
-            attention=attention, rope=rope, rel_bias=bias, max_len=12, linear_norm=linear_norm,
-            token_shift=shift, norm=norm, t5_buckets=8, t5_max_distance=10,
+            attention=attention, rope=rope, rel_bias=bias, max_len=12,
+            t5_buckets=8, t5_max_distance=10, **variant,
         )  # fmt: skip
         p = _params(cfg, 3)
         x = np.random.default_rng(4).normal(size=(2, 8, 6))
@@ -70,13 +77,21 @@ def test_transformer_block_matches_naive(norm, causal):
 
 
 @pytest.mark.parametrize("block", ["flash", "gau", "transformer"])
-@pytest.mark.parametrize("tied", [True, False])
-def test_lm_loss_matches_naive(block, tied):
+@pytest.mark.parametrize(
+    "lm_opts",
+    [
+        dict(tie_embeddings=True),
+        dict(tie_embeddings=False),
+        dict(tie_embeddings=False, head_bias=True, final_norm="layer", abs_pos="scaled_sinusoidal"),
+    ],
+    ids=["tied", "untied", "peer-options"],
+)
+def test_lm_loss_matches_naive(block, lm_opts):
     if block == "transformer":
         bcfg = fc.TransformerConfig(dim=8, heads=2)
     else:
         bcfg = fc.FlashConfig(dim=8, kind=block, qk_dim=4, chunk_size=3, causal=True, max_len=16)
-    cfg = fc.LMConfig(block=bcfg, vocab_size=7, num_layers=2, tie_embeddings=tied)
+    cfg = fc.LMConfig(block=bcfg, vocab_size=7, num_layers=2, **lm_opts)
     p = _params(cfg, 7)
     rng = np.random.default_rng(8)
     tok, tgt = rng.integers(0, 7, (2, 8)), rng.integers(0, 7, (2, 8))

@@ -42,7 +42,7 @@ def layer_cases(draw):
         rel_bias=draw(st.sampled_from(["learned", "t5", "none"])),
         max_len=16,
         t5_buckets=draw(st.sampled_from([4, 8])),
-        t5_max_distance=draw(st.sampled_from([4, 16])),
+        t5_max_distance=draw(st.sampled_from([5, 16])),
         norm=draw(st.sampled_from(["scale", "layer", "rms"])),
         linear_norm=draw(st.sampled_from(["sum", "mean"])),
         token_shift=draw(st.booleans()),
