@@ -266,6 +266,8 @@ class LMConfig(_DictMixin):
     """A causal language model: embedding, ``num_layers`` blocks, a final norm and an output head.
 
     ``block`` is a :class:`FlashConfig` (FLASH or GAU layers) or a :class:`TransformerConfig`.
+    A non-causal block gives a bidirectional model (logits only: :func:`flashcore.lm_loss` and
+    decoding refuse it).
     - ``final_norm``: the final norm's type (None: the block's norm type).
     - ``tie_embeddings``: the head is the embedding transposed; ``head_bias`` adds a bias (v,).
     - ``abs_pos``: ``none`` (paper: RoPE inside the layers is enough) or ``scaled_sinusoidal``
@@ -290,8 +292,6 @@ class LMConfig(_DictMixin):
             raise ValueError(
                 f"LMConfig.block must be a FlashConfig or TransformerConfig, got {self.block!r}"
             )
-        if not self.block.causal:
-            raise ValueError("LMConfig.block must be causal for next-token prediction")
         _check_int(self, "vocab_size", 1)
         _check_int(self, "num_layers", 1)
         _check_bool(self, "tie_embeddings")

@@ -171,8 +171,10 @@ def cross_entropy(logits, targets, mask=None, xp=None):
 def lm_loss(
     params: dict, inputs, targets, *, config: LMConfig, mask=None, segment_ids=None, xp=None
 ):
-    """Mean next-token cross-entropy (nats) of ``targets`` given ``inputs``; both (b, t) ints.
+    """Mean cross-entropy (nats) of ``targets`` given ``inputs``; both (b, t) ints.
 
+    For next-token prediction, targets are inputs shifted by one and the block must be causal (a
+    bidirectional block sees its targets; use that only for masked-token objectives).
     ``mask`` marks real positions of ``inputs``; the loss counts only those.
     """
     xp = namespace(inputs, xp=xp)

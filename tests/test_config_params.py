@@ -50,8 +50,9 @@ def test_causal_layers_cannot_divide_by_a_future_length():
 def test_other_configs_validate():
     with pytest.raises(ValueError, match="heads"):
         fc.TransformerConfig(dim=16, heads=3)
-    with pytest.raises(ValueError, match="causal"):
-        fc.LMConfig(block=fc.FlashConfig(dim=16, causal=False))
+    bidir = fc.LMConfig(block=fc.FlashConfig(dim=16, qk_dim=8, causal=False), vocab_size=5)
+    tokens = np.zeros((1, 3), np.int64)
+    assert fc.lm_logits(fc.init(bidir), tokens, config=bidir).shape == (1, 3, 5)
     with pytest.raises(ValueError, match="final_norm"):
         fc.LMConfig(block=fc.FlashConfig(dim=16, causal=True), final_norm="group")
     with pytest.raises(ValueError, match="abs_pos"):
