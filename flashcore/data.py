@@ -93,8 +93,8 @@ def load_corpus(path: str | os.PathLike | None = None, holdout: float = 0.05) ->
         rel = str(f.relative_to(root)).encode()
         held = (zlib.crc32(rel) % 10_000) < holdout * 10_000
         (valid_parts if held else train_parts).append(data)
-    if len(files) == 1 and train_parts:
-        data = train_parts[0]
+    if len(files) == 1 and (train_parts or valid_parts):
+        data = (train_parts + valid_parts)[0]
         cut = int(len(data) * (1 - holdout))
         train_parts, valid_parts = [data[:cut]], [data[cut:]]
     if not train_parts or not valid_parts:
