@@ -87,8 +87,13 @@ def block_fn(config: FlashConfig | TransformerConfig):
     return flash if config.kind == "flash" else gau
 
 
-def lm_hidden(params: dict, tokens, *, config: LMConfig, mask=None, segment_ids=None, xp=None):
-    """Embedding, the blocks and the final norm. tokens: (b, t) ints -> (b, t, d)."""
+def lm_hidden(
+    params: dict, tokens, *, config: LMConfig, mask=None, segment_ids=None, xp=None, core=None
+):
+    """Embedding, the blocks and the final norm. tokens: (b, t) ints -> (b, t, d).
+
+    ``core``: a fused mixed-chunk kernel handed to every FLASH layer (see :func:`flashcore.flash`).
+    """
     if not isinstance(config, LMConfig):
         raise TypeError(f"config must be an LMConfig, got {type(config).__name__}")
     xp = namespace(tokens, xp=xp)
@@ -99,6 +104,7 @@ def lm_hidden(params: dict, tokens, *, config: LMConfig, mask=None, segment_ids=
         cos, sin = ops.rope_tables(np.arange(t), config.dim, 10000.0)  # (t, d/2) each
         x = x + abs_positions(params, const(xp, cos, like=x), const(xp, sin, like=x), xp)
     layer = block_fn(config.block)
+    extra = {"core": core} if layer is flash and core is not None else {}
     for i in range(config.num_layers):
         x = layer(
             subtree(params, f"layers.{i}."),
@@ -107,6 +113,7 @@ def lm_hidden(params: dict, tokens, *, config: LMConfig, mask=None, segment_ids=
             mask=mask,
             segment_ids=segment_ids,
             xp=xp,
+            **extra,
         )
     return final_norm(params, x, config, xp)
 
@@ -142,10 +149,14 @@ def head(params: dict, h, config: LMConfig, xp):
     return logits
 
 
-def lm_logits(params: dict, tokens, *, config: LMConfig, mask=None, segment_ids=None, xp=None):
+def lm_logits(
+    params: dict, tokens, *, config: LMConfig, mask=None, segment_ids=None, xp=None, core=None
+):
     """Next-token logits. tokens: (b, t) ints -> (b, t, v)."""
     xp = namespace(tokens, xp=xp)
-    h = lm_hidden(params, tokens, config=config, mask=mask, segment_ids=segment_ids, xp=xp)
+    h = lm_hidden(
+        params, tokens, config=config, mask=mask, segment_ids=segment_ids, xp=xp, core=core
+    )
     return head(params, h, config, xp)
 
 
@@ -169,7 +180,15 @@ def cross_entropy(logits, targets, mask=None, xp=None):
 
 
 def lm_loss(
-    params: dict, inputs, targets, *, config: LMConfig, mask=None, segment_ids=None, xp=None
+    params: dict,
+    inputs,
+    targets,
+    *,
+    config: LMConfig,
+    mask=None,
+    segment_ids=None,
+    xp=None,
+    core=None,
 ):
     """Mean cross-entropy (nats) of ``targets`` given ``inputs``; both (b, t) ints.
 
@@ -181,5 +200,7 @@ def lm_loss(
     b, t = check_tokens(targets, config.vocab_size)
     if tuple(inputs.shape) != (b, t):
         raise ValueError(f"inputs {tuple(inputs.shape)} and targets {(b, t)} must have one shape")
-    logits = lm_logits(params, inputs, config=config, mask=mask, segment_ids=segment_ids, xp=xp)
+    logits = lm_logits(
+        params, inputs, config=config, mask=mask, segment_ids=segment_ids, xp=xp, core=core
+    )
     return cross_entropy(logits, targets, mask, xp=xp)
