@@ -9,3 +9,12 @@ def pytest_addoption(parser):
         help="conformance backend(s) to run: numpy, array_api_strict, torch, jax, tf or "
         "module:Class (repeat or comma-separate; default: all built-in; env FLASHCORE_BACKENDS)",
     )
+
+
+# In one process, triton (and torch.compile, which loads it) must come before TensorFlow, or LLVM
+# aborts on an option registered twice. The suite loads every backend, so settle the order here.
+try:
+    import torch  # noqa: F401
+    import triton  # noqa: F401
+except ImportError:
+    pass

@@ -65,15 +65,21 @@ def repro_command(check: Check) -> str:
     )
 
 
-def compare(expected: np.ndarray, got: np.ndarray, rtol: float, atol: float) -> tuple[float, dict]:
-    """Worst ratio |got - exp| / (atol * scale + rtol * |exp|) and where it is (NaN counts as inf)."""
+def compare(
+    expected: np.ndarray, got: np.ndarray, rtol: float, atol: float, scale: float | None = None
+) -> tuple[float, dict]:
+    """Worst ratio |got - exp| / (atol * scale + rtol * |exp|) and where it is (NaN counts as inf).
+
+    ``scale`` defaults to max |expected| (1 if that is 0).
+    """
     expected = np.asarray(expected, np.float64)
     got = np.asarray(got, np.float64)
     if expected.shape != got.shape:
         return float("inf"), {"shape": f"expected {expected.shape}, got {got.shape}"}
     if expected.size == 0:
         return 0.0, {}
-    scale = float(np.max(np.abs(expected))) or 1.0
+    if scale is None:
+        scale = float(np.max(np.abs(expected))) or 1.0
     bound = atol * scale + rtol * np.abs(expected)
     diff = np.abs(got - expected)
     ratio = np.where(np.isfinite(diff), diff / bound, np.inf)
@@ -85,6 +91,14 @@ def compare(expected: np.ndarray, got: np.ndarray, rtol: float, atol: float) -> 
         "got": float(got[idx]),
         "scale": scale,
     }
+
+
+def loss_scale(g: golden.Golden) -> float:
+    """The magnitude a loss error is judged against: sum |output * cotangent| for layers (their
+    loss is a sum with cancellation: a small loss can come from large terms), |loss| for LMs."""
+    if "cotangent" in g.inputs:
+        return float(np.sum(np.abs(g.output * g.inputs["cotangent"]))) or 1.0
+    return abs(g.loss) or 1.0
 
 
 def run_case(
@@ -99,11 +113,13 @@ def run_case(
     backend = backend or adapter.name
     checks: list[Check] = []
 
-    def judge(quantity: str, pairs: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
+    def judge(
+        quantity: str, pairs: list[tuple[str, np.ndarray, np.ndarray]], scale: float | None = None
+    ) -> None:
         rtol, atol = tolerance(dtype, quantity)
         worst_err, worst = -1.0, {}
         for tensor, exp, got in pairs:
-            err, info = compare(exp, got, rtol, atol)
+            err, info = compare(exp, got, rtol, atol, scale)
             if err > worst_err:
                 worst_err, worst = err, {"tensor": tensor, **info}
         status = "pass" if worst_err <= 1.0 else "fail"
@@ -122,7 +138,7 @@ def run_case(
             for q in quantities
         ]
     judge("output", [("output", g.output, res.output)])
-    judge("loss", [("loss", np.asarray(g.loss), np.asarray(res.loss))])
+    judge("loss", [("loss", np.asarray(g.loss), np.asarray(res.loss))], loss_scale(g))
     quantities = (["grad_input"] if "x" in g.grads else []) + ["grad_params"]
     if res.grads is None:
         for q in quantities:
@@ -148,10 +164,8 @@ def run_case(
         return checks
     if "x" in g.grads:
         judge("grad_input", [("grad/x", g.grads["x"], res.grads["x"])])
-    judge(
-        "grad_params",
-        [(f"grad/{k}", v, res.grads[k]) for k, v in sorted(g.grads.items()) if k != "x"],
-    )
+    params = [(f"grad/{k}", v, res.grads[k]) for k, v in sorted(g.grads.items()) if k != "x"]
+    judge("grad_params", params, max(float(np.max(np.abs(v))) for _, v, _ in params) or 1.0)
     return checks
 
 

@@ -15,10 +15,19 @@ moved to the input's namespace and device with :func:`const`.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
-__all__ = ["namespace", "const", "erf", "device_of", "is_low_precision", "dtype_name"]
+__all__ = [
+    "namespace",
+    "const",
+    "erf",
+    "device_of",
+    "is_low_precision",
+    "dtype_name",
+    "tracing",
+]
 
 
 def namespace(*arrays, xp=None):
@@ -44,10 +53,9 @@ def const(xp, value: np.ndarray, like=None, dtype=None):
 
     ``dtype`` defaults to ``like.dtype`` for floating constants and is kept for ints and bools.
     """
-    value = np.asarray(value)
     dev = device_of(like) if like is not None else None
     out = xp.asarray(value, device=dev) if dev is not None else xp.asarray(value)
-    if dtype is None and like is not None and value.dtype.kind == "f":
+    if dtype is None and like is not None and xp.isdtype(out.dtype, "real floating"):
         dtype = like.dtype
     if dtype is not None:
         out = xp.astype(out, dtype)
@@ -86,3 +94,10 @@ def erf(xp, x):
     # array-api-strict and other pure namespaces: round-trip through NumPy (no autodiff there).
     host = np.from_dlpack(x) if hasattr(x, "__dlpack__") else np.asarray(x)
     return xp.astype(const(xp, _np_erf(host), like=x), x.dtype)
+
+
+def tracing() -> bool:
+    """True while torch.compile traces: checks on host tables must not run then (Dynamo would
+    trace the NumPy code). Never imports torch."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.compiler.is_compiling()

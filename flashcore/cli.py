@@ -13,6 +13,9 @@ import sys
 
 COMMANDS = {
     "demo": "flashcore.demo:main",
+    "train": "flashcore.train:train_main",
+    "eval": "flashcore.train:eval_main",
+    "generate": "flashcore.train:generate_main",
     "conformance": "flashcore.conformance.report:main",
     "weights-table": "flashcore.params:print_weight_table",
 }

@@ -82,17 +82,21 @@ def load_corpus(path: str | os.PathLike | None = None, holdout: float = 0.05) ->
         raise DataError(f"holdout must be in (0, 1), got {holdout}")
     root, files = _stdlib_files() if path is None else _user_files(Path(path))
     name = "python-stdlib" if path is None else str(path)
-    train_parts, valid_parts = [], []
+    contents = []
     for f in files:
         try:
             data = f.read_bytes()
         except OSError as err:
             raise DataError(f"cannot read {f}: {err}") from err
-        if not data:
-            continue
-        rel = str(f.relative_to(root)).encode()
-        held = (zlib.crc32(rel) % 10_000) < holdout * 10_000
-        (valid_parts if held else train_parts).append(data)
+        if data:
+            contents.append((zlib.crc32(str(f.relative_to(root)).encode()) % 10_000, data))
+    held = [h < holdout * 10_000 for h, _ in contents]
+    if len(contents) > 1 and not any(held):  # a few files: hold out the lowest hash
+        held[min(range(len(contents)), key=lambda i: contents[i][0])] = True
+    if len(contents) > 1 and all(held):
+        held[max(range(len(contents)), key=lambda i: contents[i][0])] = False
+    train_parts = [d for (_, d), h in zip(contents, held) if not h]
+    valid_parts = [d for (_, d), h in zip(contents, held) if h]
     if len(files) == 1 and (train_parts or valid_parts):
         data = (train_parts + valid_parts)[0]
         cut = int(len(data) * (1 - holdout))

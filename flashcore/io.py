@@ -72,7 +72,7 @@ def save(
         if k in metadata:
             raise ValueError(f"extra metadata key {k!r} is reserved")
         metadata[k] = str(v)
-    arrays = {k: np.ascontiguousarray(v) for k, v in params.items()}
+    arrays = {k: np.asarray(v).copy(order="C") for k, v in params.items()}
     _atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=metadata))
     return path
 

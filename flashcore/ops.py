@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from ._xp import const, erf
+from ._xp import const, erf, is_low_precision, tracing
 
 __all__ = [
     "norm",
@@ -192,7 +192,7 @@ def rel_bias(w, q_pos: np.ndarray, k_pos: np.ndarray, *, config, xp, like):
     rel = np.asarray(k_pos)[None, :] - np.asarray(q_pos)[:, None]  # (t, j)
     if config.rel_bias == "learned":
         span = config.bias_span
-        if np.abs(rel).max(initial=0) > span - 1:
+        if not tracing() and np.abs(rel).max(initial=0) > span - 1:
             raise ValueError(
                 f"relative offsets up to {int(np.abs(rel).max())} exceed the learned bias span "
                 f"(max_len/chunk_size = {span}); raise FlashConfig.max_len or use rel_bias='t5'"
@@ -219,8 +219,12 @@ _LAPLACE_SIGMA = 1.0 / math.sqrt(4.0 * math.pi)
 def masked_softmax(logits, allowed, xp):
     """Softmax over the last axis restricted to ``allowed`` (bool, broadcastable, or None).
 
-    A row with nothing allowed gives zeros, not NaN.
+    A row with nothing allowed gives zeros, not NaN. float16 / bfloat16 logits are normalised in
+    float32 (and the weights returned in the input dtype), so masking and exp cannot overflow.
     """
+    dtype = logits.dtype
+    if is_low_precision(dtype):
+        logits = xp.astype(logits, xp.float32)
     if allowed is not None:
         logits = xp.where(allowed, logits, xp.full_like(logits, -1e30))
     m = xp.max(logits, axis=-1, keepdims=True)
@@ -228,7 +232,7 @@ def masked_softmax(logits, allowed, xp):
     if allowed is not None:
         p = xp.where(allowed, p, xp.zeros_like(p))
     denom = xp.sum(p, axis=-1, keepdims=True)
-    return p / xp.maximum(denom, xp.full_like(denom, 1e-30))
+    return xp.astype(p / xp.maximum(denom, xp.full_like(denom, 1e-30)), dtype)
 
 
 def attend(scores, allowed, *, kind: str, length, xp):

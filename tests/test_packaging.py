@@ -31,6 +31,21 @@ def test_backends_map_to_top_level_folders_in_this_install():
 
 
 @pytest.mark.slow
+def test_every_package_folder_is_listed_in_pyproject():
+    """A new subpackage that pyproject.toml does not list would be missing from the wheel."""
+    import tomllib
+
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapped = {Path(p).resolve() for p in tool["package-dir"].values()}
+    assert set(tool["packages"]) == set(tool["package-dir"])
+    for top in ("flashcore", "backends", "conformance"):
+        for init in (ROOT / top).rglob("__init__.py"):
+            folder = init.parent.resolve()
+            if "tests" in folder.relative_to(ROOT).parts:
+                continue
+            assert folder in mapped, f"{folder.relative_to(ROOT)} is not in pyproject's package-dir"
+
+
 def test_wheel_ships_backends_under_flashcore(tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
@@ -39,7 +54,15 @@ def test_wheel_ships_backends_under_flashcore(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     (wheel,) = tmp_path.glob("flashcore-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for sub in ("torch", "jax", "tf", "conformance"):
+    for sub in (
+        "torch",
+        "torch/kernels",
+        "jax",
+        "tf",
+        "conformance",
+        "conformance/adapters",
+        "peers",
+    ):
         assert f"flashcore/{sub}/__init__.py" in names
     assert any(n.startswith("flashcore/conformance/golden/") and n.endswith(".npz") for n in names)
     target = tmp_path / "site"

@@ -1,1 +1,30 @@
-"""flashcore.torch: the native backend (filled in by its own issue). Importing it imports torch."""
+"""flashcore.torch: the native PyTorch backend. Importing it imports torch.
+
+Modules built from the frozen flashcore configs; their forward calls the flashcore spec on
+``array_api_compat.torch`` (the math lives in flashcore/ only):
+
+    GAU(FlashConfig(kind="gau"))          (b, t, d) -> (b, t, d)
+    FLASH(FlashConfig(kind="flash"))      (b, t, d) -> (b, t, d)
+    TransformerBlock(TransformerConfig)   (b, t, d) -> (b, t, d)
+    LM(LMConfig)                          (b, t) ints -> (b, t, v) logits
+
+``seed=`` gives the weights of ``flashcore.init(config, seed)``; ``load_canonical`` /
+``to_canonical`` exchange canonical weights through the naming tables in
+:mod:`flashcore.torch.naming`.
+"""
+
+from .layers import FLASH, GAU, TransformerBlock, block_class
+from .lm import LM
+from .module import CanonicalModule, ParamGroup
+from .naming import naming_table
+
+__all__ = [
+    "GAU",
+    "FLASH",
+    "TransformerBlock",
+    "LM",
+    "block_class",
+    "CanonicalModule",
+    "ParamGroup",
+    "naming_table",
+]

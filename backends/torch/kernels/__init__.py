@@ -1,25 +1,89 @@
 """Accelerated mixed-chunk attention cores for torch, behind a guard.
 
 ``attention_core`` has the signature of :func:`flashcore.layers.attention_core_flash` and is what
-``flashcore.torch`` modules pass as ``flash(..., core=attention_core)``. It picks a fused kernel when
-one applies (see :func:`can_use_kernel`) and otherwise runs the spec's own core, which is also the
-kernel's oracle in tests.
+``flashcore.torch`` modules pass as ``flash(..., core=attention_core)``. It picks, in order:
+
+1. the fused Triton kernel (:mod:`.triton_core`) when :func:`can_use_kernel` passes: CUDA
+   tensors, a supported configuration, Triton importable;
+2. the blocked torch implementation with a hand-written backward (:mod:`.torch_core`, the CPU
+   fast path) when :func:`can_use_torch_core` passes: any device, same configurations;
+3. otherwise the spec's own core, which is also the oracle both are tested against.
+
+Supported configuration (see :func:`._common.unsupported_reason`): attention='relu2', any
+linear_norm, any relative bias, causal or not, an optional key mask, no segment_ids. Tensors
+inside a torch.func transform (vmap, grad, jvp) always take the spec's path.
 """
 
 from __future__ import annotations
 
+import functools
+
+import torch
+
 from flashcore.layers import attention_core_flash
 
-__all__ = ["attention_core", "can_use_kernel"]
+from ._common import FLOAT_DTYPES, unsupported_reason
+
+__all__ = ["attention_core", "can_use_kernel", "can_use_torch_core", "core_path"]
+
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@functools.cache
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:  # ImportError, or a broken install
+        return False
+    return True
+
+
+def _plain_tensor(v) -> bool:
+    """A torch.Tensor outside any torch.func transform (those need the spec's traceable ops)."""
+    if not isinstance(v, torch.Tensor):
+        return False
+    if torch.compiler.is_compiling():  # dynamo's fake tensors; the core runs outside the graph
+        return True
+    return not torch._C._functorch.is_functorch_wrapped_tensor(v)
 
 
 def can_use_kernel(v, config, mask, segment_ids) -> bool:
-    """Whether a fused kernel handles this call (none yet: always False)."""
-    return False
+    """Whether the fused Triton kernel handles this call: CUDA tensors of float16, bfloat16 or
+    float32, a supported configuration (no segment_ids, attention='relu2'), Triton importable."""
+    if not _plain_tensor(v) or not v.is_cuda or v.dtype not in _TRITON_DTYPES:
+        return False
+    if unsupported_reason(config, mask, segment_ids) is not None:
+        return False
+    return _triton_available()
+
+
+def can_use_torch_core(v, config, mask, segment_ids) -> bool:
+    """Whether the blocked torch core (the CPU fast path; any device) handles this call."""
+    if not _plain_tensor(v) or v.dtype not in FLOAT_DTYPES:
+        return False
+    return unsupported_reason(config, mask, segment_ids) is None
+
+
+def core_path(v, config, mask=None, segment_ids=None) -> str:
+    """Which implementation :func:`attention_core` takes: 'triton', 'torch' or 'spec'."""
+    if can_use_kernel(v, config, mask, segment_ids):
+        return "triton"
+    if can_use_torch_core(v, config, mask, segment_ids):
+        return "torch"
+    return "spec"
 
 
 def attention_core(qq, qk, lq, lk, v, *, bias, config, mask=None, segment_ids=None, xp=None):
     """(b, t, s) x4 and (b, t, e) -> (b, t, e); see flashcore.layers.attention_core_flash."""
+    path = core_path(v, config, mask, segment_ids)
+    if path == "triton":
+        from .triton_core import attention_core_triton
+
+        return attention_core_triton(qq, qk, lq, lk, v, bias=bias, config=config, mask=mask)
+    if path == "torch":
+        from .torch_core import attention_core_torch
+
+        return attention_core_torch(qq, qk, lq, lk, v, bias=bias, config=config, mask=mask)
     return attention_core_flash(
         qq, qk, lq, lk, v, bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=xp
     )

@@ -1,0 +1,147 @@
+"""The torch :class:`flashcore.engine.Engine`: an :class:`~flashcore.torch.LM` with torch.optim.AdamW.
+
+bfloat16 runs as CPU/CUDA autocast over float32 weights (the attention core accumulates in float32).
+Optimizer moments are exchanged in canonical layout through the LM's naming table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+import flashcore as fc
+from flashcore.engine import OptimConfig, decays
+
+from .lm import LM
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    def __init__(
+        self,
+        config: fc.LMConfig,
+        params: dict[str, np.ndarray],
+        *,
+        dtype: str = "float32",
+        optim: OptimConfig | None = None,
+        seed: int = 0,
+        device: str | None = None,
+    ) -> None:
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+        self.config, self.dtype = config, dtype
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = LM(config, init=False, device=self.device)
+        self.model.load_canonical(params)
+        self.optim_config = optim or OptimConfig()
+        o = self.optim_config
+        shapes = {n: s.shape for n, s in fc.param_spec(config).items()}
+        native = dict(self.model.named_parameters())
+        by_native = {native_name: c for c, (native_name, _) in self.model.naming.items()}
+        decay = [p for n, p in native.items() if decays(by_native[n], shapes[by_native[n]])]
+        keep = [p for n, p in native.items() if not decays(by_native[n], shapes[by_native[n]])]
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": o.weight_decay},
+                {"params": keep, "weight_decay": 0.0},
+            ],
+            lr=0.0,
+            betas=(o.b1, o.b2),
+            eps=o.eps,
+        )
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _autocast(self):
+        if self.dtype == "bfloat16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a, np.int64), device=self.device)
+
+    def train_step(self, inputs: np.ndarray, targets: np.ndarray, lr: float) -> float:
+        self.model.train()
+        with self._autocast():
+            loss = self.model.loss(self._tensor(inputs), self._tensor(targets))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.optim_config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_config.grad_clip)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def eval_loss(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
+        self.model.eval()
+        with self._autocast():
+            loss = self.model.loss(self._tensor(inputs), self._tensor(targets))
+        n = int(np.asarray(targets).size)
+        return float(loss) * n, n
+
+    def params(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v, np.float32) for k, v in self.model.to_canonical().items()}
+
+    def _canonical_slots(self):
+        """(canonical name, parameter, transpose) for every parameter."""
+        native = dict(self.model.named_parameters())
+        for name, (native_name, transpose) in self.model.naming.items():
+            yield name, native[native_name], transpose
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        step = 0
+        for name, p, transpose in self._canonical_slots():
+            st = self.optimizer.state.get(p, {})
+            for key, slot in (("exp_avg", "m"), ("exp_avg_sq", "v")):
+                t = st.get(key, torch.zeros_like(p))
+                t = t.mT if transpose else t
+                out[f"{slot}.{name}"] = t.detach().float().cpu().numpy().copy()
+            step = max(step, int(st.get("step", 0)))
+        out["step"] = np.asarray(step, np.int64)
+        return out
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        step = int(np.asarray(state["step"]))
+        staged = []
+        for name, p, transpose in self._canonical_slots():
+            m = torch.as_tensor(np.asarray(state[f"m.{name}"]), dtype=p.dtype, device=p.device)
+            v = torch.as_tensor(np.asarray(state[f"v.{name}"]), dtype=p.dtype, device=p.device)
+            m, v = (m.mT, v.mT) if transpose else (m, v)
+            if m.shape != p.shape or v.shape != p.shape:
+                raise ValueError(
+                    f"optimizer state for {name}: shape {tuple(m.shape)} != {tuple(p.shape)}"
+                )
+            staged.append((p, m.contiguous(), v.contiguous()))
+        for p, m, v in staged:
+            self.optimizer.state[p] = {
+                "step": torch.tensor(float(step)),
+                "exp_avg": m,
+                "exp_avg_sq": v,
+            }
+
+    def generate(
+        self,
+        prompt: np.ndarray,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int = 0,
+    ) -> np.ndarray:
+        self.model.eval()
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        with self._autocast():
+            out = self.model.generate(
+                self._tensor(prompt),
+                max_new_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                greedy=temperature == 0,
+                generator=gen,
+            )
+        return out.cpu().numpy()

@@ -1,0 +1,170 @@
+"""The layers as torch modules: GAU (FLASH-Quad), FLASH (mixed-chunk) and the Transformer++ block.
+
+Each holds its parameters natively and calls the flashcore spec on ``array_api_compat.torch``;
+state_dict names and the canonical names they map to are in :mod:`flashcore.torch.naming`.
+
+    layer = FLASH(FlashConfig(dim=512, causal=True), seed=0)  # weights = flashcore.init(cfg, 0)
+    y = layer(x, mask=None, segment_ids=None)                 # (b, t, d) -> (b, t, d)
+"""
+
+from __future__ import annotations
+
+import array_api_compat.torch as xp
+
+import flashcore as fc
+import torch
+from flashcore import decode
+from torch import nn
+
+from . import kernels
+from .module import CanonicalModule, ParamGroup, norm_params
+
+__all__ = ["GAU", "FLASH", "TransformerBlock", "block_class", "check_no_dropout"]
+
+
+def check_no_dropout(module: nn.Module, config) -> None:
+    """Training with dropout needs a hook the spec does not have yet; refuse rather than ignore."""
+    if module.training and config.dropout > 0:
+        raise NotImplementedError(
+            f"{type(module).__name__}: dropout={config.dropout} in training mode is not supported "
+            "(the flashcore spec has no dropout hook); use dropout=0.0 or module.eval()"
+        )
+
+
+class _FlashLayer(CanonicalModule):
+    """Parameters shared by GAU and FLASH.
+
+    ``seed`` sets the weights to ``flashcore.init(config, seed)`` (None: a seed from torch's
+    generator); ``init=False`` leaves them unset, for a ``load_canonical`` next.
+    """
+
+    kind: str
+
+    def __init__(
+        self,
+        config: fc.FlashConfig,
+        *,
+        seed: int | None = None,
+        device=None,
+        dtype: torch.dtype | None = None,
+        init: bool = True,
+    ):
+        if not isinstance(config, fc.FlashConfig) or config.kind != self.kind:
+            raise ValueError(f"{type(self).__name__} needs a FlashConfig(kind={self.kind!r})")
+        super().__init__(config)
+        f = dict(device=device, dtype=dtype)
+        d, e, s, h = config.dim, config.expanded_dim, config.qk_dim, config.num_heads
+        self.norm = norm_params(config.norm, d, **f)
+        self.hidden = nn.Linear(d, 2 * e + s, **f)  # x -> [U | V | Z]: (2e + s, d)
+        self.qk = ParamGroup({"gamma": (h, s), "beta": (h, s)}, **f)
+        if config.rel_bias == "learned":
+            self.rel_bias = ParamGroup({"weight": (2 * config.bias_span - 1,)}, **f)
+        elif config.rel_bias == "t5":
+            self.rel_bias = ParamGroup({"weight": (config.t5_buckets,)}, **f)
+        self.out = nn.Linear(e, d, **f)  # (d, e)
+        self._init(seed, init)
+
+
+class GAU(_FlashLayer):
+    """Gated attention unit (FLASH-Quad), ``FlashConfig(kind="gau")``."""
+
+    kind = "gau"
+
+    def forward(self, x: torch.Tensor, mask=None, segment_ids=None) -> torch.Tensor:
+        """x: (b, t, d); mask: (b, t) bool, True = real; segment_ids: (b, t) ints -> (b, t, d)."""
+        check_no_dropout(self, self.config)
+        return fc.gau(
+            self.canonical_params(),
+            x,
+            config=self.config,
+            mask=mask,
+            segment_ids=segment_ids,
+            xp=xp,
+        )
+
+
+class FLASH(_FlashLayer):
+    """Mixed-chunk attention (FLASH), ``FlashConfig(kind="flash")``; the attention core goes
+    through :func:`flashcore.torch.kernels.attention_core` (a fused kernel when one applies)."""
+
+    kind = "flash"
+
+    def forward(self, x: torch.Tensor, mask=None, segment_ids=None) -> torch.Tensor:
+        """x: (b, t, d); mask: (b, t) bool, True = real; segment_ids: (b, t) ints -> (b, t, d)."""
+        check_no_dropout(self, self.config)
+        return fc.flash(
+            self.canonical_params(),
+            x,
+            config=self.config,
+            mask=mask,
+            segment_ids=segment_ids,
+            xp=xp,
+            core=kernels.attention_core,
+        )
+
+    # -- incremental decoding (causal only; flashcore.decode) ---------------------------------
+    def decode_init(self, batch: int) -> dict[str, torch.Tensor]:
+        """An empty decoding state for ``batch`` sequences (see :mod:`flashcore.decode`)."""
+        p = self.hidden.weight
+        return decode.decode_init(self.config, batch, xp=xp, dtype=p.dtype, device=p.device)
+
+    def step(
+        self, x_t: torch.Tensor, state: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One position per row: x_t (b, d) -> (out (b, d), new state); out equals the forward's
+        row at this position."""
+        return decode.decode_step(self.canonical_params(), x_t, state, config=self.config, xp=xp)
+
+
+class TransformerBlock(CanonicalModule):
+    """The Transformer++ baseline block (pre-norm softmax attention with RoPE, then SwiGLU).
+
+    ``seed`` / ``init``: as for :class:`FLASH`.
+    """
+
+    def __init__(
+        self,
+        config: fc.TransformerConfig,
+        *,
+        seed: int | None = None,
+        device=None,
+        dtype: torch.dtype | None = None,
+        init: bool = True,
+    ):
+        if not isinstance(config, fc.TransformerConfig):
+            raise ValueError("TransformerBlock needs a TransformerConfig")
+        super().__init__(config)
+        f = dict(device=device, dtype=dtype, bias=False)
+        d, ff = config.dim, config.hidden_dim
+        self.attn_norm = norm_params(config.norm, d, device=device, dtype=dtype)
+        self.attn = nn.ModuleDict(
+            {"qkv": nn.Linear(d, 3 * d, **f), "out": nn.Linear(d, d, **f)}  # (3d, d), (d, d)
+        )
+        self.ffn_norm = norm_params(config.norm, d, device=device, dtype=dtype)
+        self.ffn = nn.ModuleDict(
+            {
+                "gate": nn.Linear(d, ff, **f),  # (f, d)
+                "up": nn.Linear(d, ff, **f),  # (f, d)
+                "down": nn.Linear(ff, d, **f),  # (d, f)
+            }
+        )
+        self._init(seed, init)
+
+    def forward(self, x: torch.Tensor, mask=None, segment_ids=None) -> torch.Tensor:
+        """x: (b, t, d); mask: (b, t) bool, True = real; segment_ids: (b, t) ints -> (b, t, d)."""
+        check_no_dropout(self, self.config)
+        return fc.transformer_block(
+            self.canonical_params(),
+            x,
+            config=self.config,
+            mask=mask,
+            segment_ids=segment_ids,
+            xp=xp,
+        )
+
+
+def block_class(config: fc.FlashConfig | fc.TransformerConfig) -> type[CanonicalModule]:
+    """FLASH, GAU or TransformerBlock for a block config."""
+    if isinstance(config, fc.TransformerConfig):
+        return TransformerBlock
+    return FLASH if config.kind == "flash" else GAU

@@ -1,0 +1,178 @@
+"""flashcore.torch modules: names, init, and a forward that is the spec's."""
+
+import numpy as np
+import pytest
+
+import flashcore as fc
+
+torch = pytest.importorskip("torch", reason="flashcore.torch needs torch")
+
+import array_api_compat.torch as xp  # noqa: E402
+from _torch_cases import (  # noqa: E402
+    ALL_CONFIGS,
+    LAYER_CONFIGS,
+    LM_CONFIGS,
+    module_for,
+    noisy_params,
+    sample_inputs,
+)
+
+import flashcore.torch as ft  # noqa: E402
+from flashcore.torch import naming  # noqa: E402
+
+IDS = list(ALL_CONFIGS)
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_naming_table_covers_exactly_the_canonical_names(name):
+    config = ALL_CONFIGS[name]
+    module = module_for(config, init=False)
+    table = ft.naming_table(config)
+    assert set(table) == set(fc.param_spec(config))
+    native = dict(module.named_parameters())
+    assert sorted(n for n, _ in table.values()) == sorted(native)  # a bijection
+    for canonical, (native_name, transpose) in table.items():
+        shape = fc.param_spec(config)[canonical].shape
+        assert tuple(native[native_name].shape) == (shape[::-1] if transpose else shape), canonical
+        # Exactly the nn.Linear weights transpose.
+        owner = module.get_submodule(native_name.rpartition(".")[0])
+        assert transpose == (isinstance(owner, torch.nn.Linear) and native_name.endswith("weight"))
+
+
+def test_naming_table_refuses_an_unmapped_canonical_name(monkeypatch):
+    monkeypatch.delitem(naming.LAYER, "qk.gamma")
+    with pytest.raises(KeyError, match="qk.gamma"):
+        ft.naming_table(LAYER_CONFIGS["flash"])
+
+
+def test_state_dict_names_are_idiomatic():
+    module = ft.FLASH(LAYER_CONFIGS["flash"], seed=0)
+    assert list(module.state_dict()) == [
+        "norm.scale",
+        "hidden.weight",
+        "hidden.bias",
+        "qk.gamma",
+        "qk.beta",
+        "rel_bias.weight",
+        "out.weight",
+        "out.bias",
+    ]
+    lm = ft.LM(LM_CONFIGS["lm-gau-untied"], seed=0)
+    names = list(lm.state_dict())
+    assert names[:2] == ["embed.weight", "layers.0.norm.scale"]
+    assert names[-2:] == ["final_norm.scale", "head.weight"]
+
+
+@pytest.mark.parametrize("name", IDS)
+@pytest.mark.parametrize("seed", [0, 7])
+def test_seeded_init_equals_flashcore_init(name, seed):
+    config = ALL_CONFIGS[name]
+    got = module_for(config, seed=seed).to_canonical()
+    ref = fc.init(config, seed)
+    assert set(got) == set(ref)
+    for k in ref:
+        assert got[k].dtype == np.float32
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+
+
+def test_unseeded_init_follows_torch_manual_seed():
+    config = LAYER_CONFIGS["flash"]
+    torch.manual_seed(3)
+    a = ft.FLASH(config).to_canonical()
+    torch.manual_seed(3)
+    b = ft.FLASH(config).to_canonical()
+    c = ft.FLASH(config).to_canonical()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["hidden.kernel"], c["hidden.kernel"])
+
+
+def test_float64_init_equals_flashcore_init_in_float64():
+    config = LM_CONFIGS["lm-flash"]
+    got = ft.LM(config, seed=1, dtype=torch.float64).to_canonical()
+    ref = fc.init(config, 1, dtype=np.float64)
+    assert all(np.array_equal(got[k], ref[k]) for k in ref)
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_forward_equals_the_spec(name):
+    """float64: the module's forward is the spec on the canonical weights, bit for bit."""
+    config = ALL_CONFIGS[name]
+    params = noisy_params(config)
+    module = module_for(config, init=False, dtype=torch.float64)
+    module.load_canonical(params)
+    x, mask, seg = sample_inputs(config)
+    p = {k: torch.from_numpy(v) for k, v in params.items()}
+    if isinstance(config, fc.LMConfig):
+        ref = fc.lm_logits(p, x, config=config, mask=mask, segment_ids=seg, xp=xp)
+    else:
+        ref = fc.block_fn(config)(p, x, config=config, mask=mask, segment_ids=seg, xp=xp)
+    got = module(x, mask=mask, segment_ids=seg)
+    assert got.shape == ref.shape and got.dtype == torch.float64
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["lm-flash", "lm-transformer-headbias"])
+def test_lm_loss_helpers_equal_flashcore_lm_loss(name):
+    config = LM_CONFIGS[name]
+    params = noisy_params(config)
+    lm = module_for(config, init=False, dtype=torch.float64)
+    lm.load_canonical(params)
+    tokens, mask, seg = sample_inputs(config)
+    targets = torch.roll(tokens, -1, dims=1)
+    p = {k: torch.from_numpy(v) for k, v in params.items()}
+    ref = fc.lm_loss(p, tokens, targets, config=config, mask=mask, segment_ids=seg, xp=xp)
+    got = lm.loss(tokens, targets, mask=mask, segment_ids=seg)
+    assert got.ndim == 0
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    logits = lm(tokens, mask=mask, segment_ids=seg)
+    torch.testing.assert_close(lm.cross_entropy(logits, targets, mask), ref, rtol=0, atol=0)
+    got.backward()
+    assert all(p.grad is not None for p in lm.parameters())
+
+
+def test_flash_passes_the_kernel_dispatcher(monkeypatch):
+    """FLASH hands flashcore.flash the torch kernel dispatcher as its attention core."""
+    import flashcore.torch.kernels as kernels
+
+    calls = []
+    real = kernels.attention_core
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["config"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "attention_core", spy)
+    layer = ft.FLASH(LAYER_CONFIGS["flash"], seed=0)
+    layer(torch.randn(1, 5, 16))
+    assert calls == [layer.config]
+
+
+@pytest.mark.parametrize(
+    "cls,config",
+    [
+        (ft.FLASH, LAYER_CONFIGS["gau"]),
+        (ft.GAU, LAYER_CONFIGS["flash"]),
+        (ft.TransformerBlock, LAYER_CONFIGS["flash"]),
+        (ft.LM, LAYER_CONFIGS["flash"]),
+    ],
+)
+def test_wrong_config_type_is_refused(cls, config):
+    with pytest.raises(ValueError, match=cls.__name__):
+        cls(config)
+
+
+def test_dropout_in_training_is_refused_not_ignored():
+    layer = ft.FLASH(LAYER_CONFIGS["flash"].replace(dropout=0.1), seed=0)
+    x = torch.randn(1, 5, 16)
+    with pytest.raises(NotImplementedError, match="dropout"):
+        layer(x)
+    layer.eval()
+    assert layer(x).shape == x.shape
+
+
+def test_bad_input_gets_the_spec_error():
+    layer = ft.FLASH(LAYER_CONFIGS["flash"], seed=0)
+    with pytest.raises(ValueError, match="feature size 8"):
+        layer(torch.randn(1, 5, 8))
+    with pytest.raises(TypeError, match="mask must be bool"):
+        layer(torch.randn(1, 5, 16), mask=torch.ones(1, 5))

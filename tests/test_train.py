@@ -1,0 +1,103 @@
+"""train / resume / eval / generate on a tiny corpus slice (torch engine)."""
+
+from __future__ import annotations
+
+import json
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="the training tests use the torch engine")
+
+from flashcore import io, train  # noqa: E402
+
+TINY = ["--dim", "32", "--layers", "2", "--qk-dim", "16", "--chunk", "16", "--context", "48",
+        "--batch", "2", "--eval-tokens", "192", "--log-every", "1", "--quiet", "--warmup", "2"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    src = Path(sysconfig.get_paths()["stdlib"])
+    for name in ("abc.py", "bisect.py", "colorsys.py", "keyword.py", "this.py", "copy.py"):
+        (folder / name).write_bytes((src / name).read_bytes())
+    return folder
+
+
+def _losses(run: Path) -> dict[int, float]:
+    out = {}
+    for line in (run / "log.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            out[rec["step"]] = rec["loss"]
+    return out
+
+
+def test_resume_continues_the_same_loss_curve(tmp_path, corpus):
+    common = [*TINY, "--data", str(corpus), "--eval-every", "4", "--seed", "3"]
+    assert train.train_main([*common, "--steps", "8", "--out", str(tmp_path / "straight")]) == 0
+    split_args = [*common, "--steps", "8", "--stop-after", "4", "--out", str(tmp_path / "split")]
+    assert train.train_main(split_args) == 0
+    assert train.train_main(["--resume", str(tmp_path / "split"), "--steps", "8", "--quiet"]) == 0
+    straight, split = _losses(tmp_path / "straight"), _losses(tmp_path / "split")
+    assert sorted(split) == list(range(1, 9))
+    np.testing.assert_allclose(
+        [split[s] for s in range(1, 9)], [straight[s] for s in range(1, 9)], rtol=1e-6
+    )
+    assert straight[8] < straight[1]  # it learns
+    params, config = io.load(tmp_path / "split" / "model.safetensors")
+    ref, _ = io.load(tmp_path / "straight" / "model.safetensors")
+    for k in params:
+        np.testing.assert_allclose(params[k], ref[k], rtol=1e-5, atol=1e-6)
+
+
+def test_eval_and_generate(tmp_path, corpus, capsys):
+    run = tmp_path / "run"
+    assert train.train_main([*TINY, "--data", str(corpus), "--steps", "3", "--out", str(run)]) == 0
+    rows = train.evaluate_checkpoint(run, "torch", data=corpus, eval_tokens=192)
+    assert rows[0]["backend"] == "torch" and 0 < rows[0]["bits_per_byte"] < 9
+    capsys.readouterr()
+    assert (
+        train.generate_main([str(run), "--prompt", "def ", "--max-new", "20", "--top-k", "5"]) == 0
+    )
+    text = capsys.readouterr().out
+    assert text.startswith("def ") and len(text.encode()) >= 4
+
+
+def test_bad_arguments_and_data(tmp_path, corpus, capsys):
+    with pytest.raises(SystemExit):
+        train.train_main(["--steps", "0"])
+    assert "must be > 0" in capsys.readouterr().err
+    assert train.train_main([*TINY, "--data", str(tmp_path / "missing"), "--steps", "1"]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    small = tmp_path / "small.txt"
+    small.write_text("tiny")
+    assert train.train_main([*TINY, "--data", str(small), "--steps", "1"]) == 2
+    assert "fewer than context" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.train_main([*TINY, "--data", str(corpus), "--qk-dim", "15", "--steps", "1"])
+    assert "qk_dim" in capsys.readouterr().err
+    assert train.eval_main([str(tmp_path / "nothing")]) == 2
+    assert "no weight file" in capsys.readouterr().err
+
+
+def test_resume_refuses_an_inconsistent_checkpoint(tmp_path, corpus, capsys):
+    run = tmp_path / "run"
+    common = [*TINY, "--data", str(corpus), "--eval-every", "2"]
+    assert train.train_main([*common, "--steps", "6", "--stop-after", "2", "--out", str(run)]) == 0
+    state = (run / "train_state.safetensors").read_bytes()
+    assert (
+        train.train_main(["--resume", str(run), "--steps", "6", "--stop-after", "4", "--quiet"])
+        == 0
+    )
+    (run / "train_state.safetensors").write_bytes(state)  # as if the last save had been cut short
+    assert train.train_main(["--resume", str(run), "--steps", "6", "--quiet"]) == 2
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_lr_schedule():
+    kw = dict(lr=1.0, warmup=10, steps=110, schedule="cosine", min_ratio=0.1)
+    assert train.lr_at(5, **kw) == 0.5 and train.lr_at(10, **kw) == 1.0
+    assert abs(train.lr_at(110, **kw) - 0.1) < 1e-12 and abs(train.lr_at(60, **kw) - 0.55) < 1e-12
