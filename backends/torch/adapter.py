@@ -43,7 +43,6 @@ class TorchAdapter(Adapter):
     def unavailable(self) -> str | None:
         try:
             import array_api_compat.torch  # noqa: F401
-
             import torch  # noqa: F401
         except ImportError as err:
             return f"torch is not installed ({err})"

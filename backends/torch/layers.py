@@ -10,11 +10,11 @@ state_dict names and the canonical names they map to are in :mod:`flashcore.torc
 from __future__ import annotations
 
 import array_api_compat.torch as xp
+import torch
+from torch import nn
 
 import flashcore as fc
-import torch
 from flashcore import decode
-from torch import nn
 
 from . import kernels
 from .module import CanonicalModule, ParamGroup, norm_params

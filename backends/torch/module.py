@@ -21,10 +21,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-
-import flashcore as fc
 import torch
 from torch import nn
+
+import flashcore as fc
 
 from .naming import naming_table
 
