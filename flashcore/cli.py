@@ -16,6 +16,7 @@ COMMANDS = {
     "train": "flashcore.train:train_main",
     "eval": "flashcore.train:eval_main",
     "generate": "flashcore.train:generate_main",
+    "quality": "flashcore.quality:main",
     "conformance": "flashcore.conformance.report:main",
     "weights-table": "flashcore.params:print_weight_table",
 }
