@@ -198,7 +198,7 @@ def _child_matmul(job: dict) -> dict:
 
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
-    n = 4096
+    n = job.get("n", 4096)
     dt = getattr(torch, job["dtype"])
     a, b = torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)
     out = torch.empty(n, n, dtype=dt)
@@ -325,6 +325,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, default=Path("bench-torch"), help="output directory")
     p.add_argument("--timeout", type=float, default=3600.0, help="per measurement, seconds")
+    p.add_argument("--matmul-size", type=int, default=4096, help="n of the n x n peak matmul")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -358,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
         out = {}
         for dt in args.dtypes:
             r = _run_child(
-                {"kind": "matmul", "dtype": dt, "threads": args.threads}, env, args.timeout
+                {"kind": "matmul", "dtype": dt, "threads": args.threads, "n": args.matmul_size},
+                env,
+                args.timeout,
             )
             out[dt] = {k: r.get(k, float("nan")) for k in ("gflops", "gflops_cpu")}
             print(
@@ -418,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "malloc_env": {} if args.system_malloc else MALLOC_ENV,
         "matmul_peak_gflops": {"start": peak_start, "end": peak_end, "used": peak},
+        "matmul_size": args.matmul_size,
         "params": {"flash_pair": flash_params, "transformer++_ffn_dim": ffn},
         "flops_model": __doc__.split("FLOPs:")[1].split("\n\n")[0].strip(),
     }
@@ -515,7 +519,8 @@ def _markdown(rows, targets, meta) -> str:
         f"`{meta['command']}`",
         "",
         f"{meta['processor'] or meta['machine']}, {meta['cpu_count']} CPUs, torch threads "
-        f"{meta['threads'] or 'default'}. Matmul peak (torch.mm 4096^2, best of start and end of "
+        f"{meta['threads'] or 'default'}. Matmul peak (torch.mm {meta['matmul_size']}^2, best of "
+        "start and end of "
         "the run): "
         + ", ".join(
             f"{k} {v['gflops']:.0f} GFLOP/s wall / {v['gflops_cpu']:.0f} by CPU time"

@@ -38,6 +38,20 @@ def _triton_available() -> bool:
     return True
 
 
+def _torch_core():
+    from .torch_core import attention_core_torch
+
+    return attention_core_torch
+
+
+@functools.cache
+def _torch_core_outside_graph():
+    """Under torch.compile the blocked core runs eagerly between two compiled graphs (its
+    Python loop over blocks would otherwise be unrolled into the graph). Made on first use, so
+    that eager use never imports torch._dynamo."""
+    return torch.compiler.disable(_torch_core())
+
+
 def _plain_tensor(v) -> bool:
     """A torch.Tensor outside any torch.func transform (those need the spec's traceable ops)."""
     if not isinstance(v, torch.Tensor):
@@ -81,9 +95,8 @@ def attention_core(qq, qk, lq, lk, v, *, bias, config, mask=None, segment_ids=No
 
         return attention_core_triton(qq, qk, lq, lk, v, bias=bias, config=config, mask=mask)
     if path == "torch":
-        from .torch_core import attention_core_torch
-
-        return attention_core_torch(qq, qk, lq, lk, v, bias=bias, config=config, mask=mask)
+        fn = _torch_core_outside_graph() if torch.compiler.is_compiling() else _torch_core()
+        return fn(qq, qk, lq, lk, v, bias=bias, config=config, mask=mask)
     return attention_core_flash(
         qq, qk, lq, lk, v, bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=xp
     )

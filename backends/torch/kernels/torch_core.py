@@ -5,12 +5,13 @@ This is the CPU fast path (it runs on any torch device). It computes exactly wha
 :func:`flashcore.torch.kernels._common.unsupported_reason`), with a hand-written backward:
 
     per chunk g (b and g flattened):  S = Q_g K_g^T / C + B,  R = relu(S) (lower triangle if
-    causal),  quad_g = R^2 V_g;   M_g = Lk_g^T V_g / C,  P_g = sum of M_h over h < g (causal) or
-    over all h, divided by the chunk count for linear_norm='mean';  out_g = quad_g + Lq_g P_g.
+    causal),  quad_g = R^2 V_g;   M_g = Lk_g^T V_g,  P_g = w_g * (the sum of M_h over h < g when
+    causal, over all h when not), w from :func:`._common.state_weights` (1 / C for 'sum');
+    out_g = quad_g + Lq_g P_g.
 
-    dV_g = (R^2)^T dO_g + Lk_g dM_g / C;  dS = 2 R * (dO_g V_g^T);  dQ = dS K / C;  dK = dS^T Q / C;
-    dB = sum_g dS;  dLq_g = dO_g P_g^T;  dP_g = Lq_g^T dO_g;  dM_h = sum of dP_g over g > h (causal)
-    or over all g;  dLk_g = V_g dM_g^T / C.
+    dV_g = (R^2)^T dO_g + Lk_g dM_g;  dS = 2 R * (dO_g V_g^T);  dQ = dS K / C;  dK = dS^T Q / C;
+    dB = sum_g dS;  dLq_g = dO_g P_g^T;  dM_h = the sum of w_g Lq_g^T dO_g over the chunks g whose
+    state includes h;  dLk_g = V_g dM_g^T.
 
 Only R (one (C, C) matrix per chunk) and the chunk states are saved for the backward; the
 quadratic part runs block by block (a few chunks at a time) so that S, R^2 and their gradients
@@ -232,17 +233,18 @@ class _MixedChunkCore(torch.autograd.Function):
         return (*grads, dbias, None, None, None, None, None, None)
 
 
-@torch.compiler.disable
 def attention_core_torch(
     qq, qk, lq, lk, v, *, bias, config, mask=None, segment_ids=None, xp=None, block_tokens=None
 ):
     """The mixed-chunk core with a hand-written backward (see the module docstring).
 
     qq, qk, lq, lk: (b, t, s); v: (b, t, e); bias: (C, C) or None; mask: (b, t) bool or None;
-    segment_ids must be None. Returns (b, t, e) in the input dtype (the autocast dtype when
-    autocast is on for the inputs' device and they are float32). ``xp`` is accepted for
-    signature compatibility with :func:`flashcore.layers.attention_core_flash` and ignored.
+    segment_ids must be None. Returns (b, t, e) in v's dtype. Under autocast (on the inputs'
+    device) float32 inputs are computed in the autocast dtype and the result is float32.
+    ``block_tokens``: query rows per block (default :data:`BLOCK_TOKENS`). ``xp`` is accepted
+    for signature compatibility with :func:`flashcore.layers.attention_core_flash` and ignored.
     """
+
     check_core_args(qq, qk, lq, lk, v, bias, config, mask, segment_ids)
     dev = v.device.type
     cdt = v.dtype

@@ -236,7 +236,10 @@ def _ds_kernel(
     nm = tl.cdiv(C, BM)
     g = pid0 // nm
     mb = pid0 % nm
-    if (not CAUSAL) or (nb * BN <= mb * BM + BM - 1):
+    last = C  # the last key column this query block may read
+    if CAUSAL:
+        last = mb * BM + BM - 1
+    if nb * BN <= last:  # causal: tiles above the diagonal stay zero
         m_in = mb * BM + tl.arange(0, BM)
         n_in = nb * BN + tl.arange(0, BN)
         rows = g * C + m_in

@@ -1,0 +1,61 @@
+"""flashcore.torch.bench: the FLOP model, the matched Transformer++ baseline, and a tiny end-to-end
+run of ``main`` (children, table, JSON, plot)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from flashcore.torch import bench  # noqa: E402
+
+
+def test_flash_flops_per_token():
+    d, e, s, c = 512, 1024, 128, 256
+    layer = 2 * (d * (2 * e + s) + e * d) + 2 * (c * s + c * e + 2 * s * e)
+    assert bench.flops_per_token("flashcore", 4096) == 6 * layer
+    assert bench.flops_per_token("flash-pytorch", 65536) == 6 * layer  # linear in T
+
+
+def test_transformer_baseline_matches_the_flash_pair_in_size():
+    import flashcore as fc
+
+    target = 2 * sum(a.size for a in fc.init(bench._flash_config(), 0).values())
+    assert target == 2 * bench._flash_layer_params()
+    ffn = bench.matched_ffn_dim(target)
+    model = bench._TransformerPP.build(ffn)
+    assert abs(bench._param_count(model) - target) / target < 0.01
+    x = torch.randn(1, 40, bench.DIM)
+    y = model(x)
+    assert y.shape == x.shape
+    # causal: the first 10 outputs do not depend on later positions
+    x2 = x.clone()
+    x2[:, 10:] += 1.0
+    assert torch.allclose(model(x2)[:, :10], y[:, :10], atol=1e-5)
+
+
+def test_bench_main_end_to_end(tmp_path):
+    models = ["flashcore", "transformer++"]
+    try:
+        import flash_pytorch  # noqa: F401
+
+        models.append("flash-pytorch")
+    except ImportError:
+        pass
+    argv = ["--lengths", "256", "--dtypes", "float32", "bfloat16", "--repeats", "1"]
+    argv += ["--warmup", "0", "--threads", "1", "--matmul-size", "256", "--out", str(tmp_path)]
+    argv += ["--models", *models]
+    assert bench.main(argv) == 0
+    data = json.loads((tmp_path / "bench.json").read_text())
+    rows = {(r["model"], r["dtype"]): r for r in data["rows"]}
+    for model in models:
+        for dt in ("float32", "bfloat16"):
+            r = rows[(model, dt)]
+            assert "error" not in r, r["error"]
+            assert r["wall_s"] > 0 and r["us_per_token"] > 0 and r["peak_mb"] >= 0
+    assert rows[("flashcore", "float32")]["core_path"] == "torch"
+    md = (tmp_path / "bench.md").read_text()
+    assert "| flashcore | float32 | 256 |" in md and "## Targets" in md
+    assert (tmp_path / "bench.png").stat().st_size > 0
