@@ -129,7 +129,7 @@ def causal_mask(n: int) -> np.ndarray:
 
 def finish(params, x, u, att, mask, xp):
     """out = (U * att) W_o + b_o + x, zero at padded positions. att: (b, t, e) -> (b, t, d)."""
-    out = xp.matmul(u * xp.astype(att, u.dtype), params["out.kernel"]) + params["out.bias"] + x
+    out = xp.matmul(u * xp.astype(att, u.dtype, copy=False), params["out.kernel"]) + params["out.bias"] + x
     if mask is not None:
         out = xp.where(mask[..., None], out, xp.zeros_like(out))
     return out
@@ -149,7 +149,7 @@ def gau(params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, xp
     check_segments(segment_ids, b, t)
     u, v, (q, k) = project(params, x, config, mask, segment_ids, xp)
     acc = xp.float32 if is_low_precision(x.dtype) else x.dtype
-    q, k, v = (xp.astype(a, acc) for a in (q, k, v))
+    q, k, v = (xp.astype(a, acc, copy=False) for a in (q, k, v))
     if mask is not None:
         k = xp.where(mask[..., None], k, xp.zeros_like(k))
         v = xp.where(mask[..., None], v, xp.zeros_like(v))
@@ -202,8 +202,8 @@ def flash(params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, 
     check_segments(segment_ids, b, t)
     u, v, heads = project(params, x, config, mask, segment_ids, xp)
     acc = xp.float32 if is_low_precision(x.dtype) else x.dtype
-    qq, qk, lq, lk = (xp.astype(a, acc) for a in heads)
-    v = xp.astype(v, acc)
+    qq, qk, lq, lk = (xp.astype(a, acc, copy=False) for a in heads)
+    v = xp.astype(v, acc, copy=False)
     bias = ops.rel_bias(
         params.get("rel_bias.weight"),
         np.arange(config.chunk_size),
