@@ -1,1 +1,33 @@
-"""flashcore.jax: the native backend (filled in by its own issue). Importing it imports jax."""
+"""flashcore.jax: the native JAX backend (Flax NNX modules and a functional API). Importing it
+imports jax and flax.
+
+The math is the flashcore spec, called with ``jax.numpy`` as its array namespace:
+
+    functional: init(config, key) -> {canonical name: array}; apply(params, x, config=...);
+                logits / loss for LMs. Pure, for jax.jit / grad / vmap and optax.
+    modules:    FLASH, GAU, TransformerBlock, LM (nnx.Module, parameters as nnx.Param);
+                load_canonical / to_canonical through :func:`naming_table`.
+    decode:     init_state / step / scan (lax.scan) / generate: causal incremental decoding.
+    parallel:   data_mesh / shard_batch / replicate: data parallelism with jax.sharding.
+    kernel:     flash_core (a Pallas mixed-chunk attention kernel) behind can_use_kernel.
+"""
+
+from . import decode, functional, parallel
+from .functional import apply, init, logits, loss
+from .modules import FLASH, GAU, LM, TransformerBlock, module_for, naming_table
+
+__all__ = [
+    "init",
+    "apply",
+    "logits",
+    "loss",
+    "FLASH",
+    "GAU",
+    "TransformerBlock",
+    "LM",
+    "module_for",
+    "naming_table",
+    "functional",
+    "decode",
+    "parallel",
+]

@@ -1,0 +1,158 @@
+"""The JAX :class:`flashcore.engine.Engine`: the functional API with optax AdamW, jitted steps.
+
+Parameters and AdamW moments are dicts keyed by canonical names (the functional API's own
+layout), so the optimizer state moves to and from other engines unchanged. bfloat16 keeps float32
+master weights and runs the forward and backward on bfloat16 copies (the spec's attention core
+accumulates in float32).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import flashcore as fc
+from flashcore.engine import OptimConfig, decays
+
+from . import decode, functional
+
+__all__ = ["Engine"]
+
+
+def _find_adam(state):
+    """The ScaleByAdamState inside an optax chain state."""
+    for leaf in jax.tree_util.tree_leaves(
+        state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState)
+    ):
+        if isinstance(leaf, optax.ScaleByAdamState):
+            return leaf
+    raise RuntimeError("no Adam state in the optimizer")
+
+
+def _replace_adam(state, new):
+    return jax.tree_util.tree_map(
+        lambda s: new if isinstance(s, optax.ScaleByAdamState) else s,
+        state,
+        is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState),
+    )
+
+
+class Engine:
+    def __init__(
+        self,
+        config: fc.LMConfig,
+        params: dict[str, np.ndarray],
+        *,
+        dtype: str = "float32",
+        optim: OptimConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+        fc.check_params(params, config)
+        self.config, self.dtype, self.seed = config, dtype, seed
+        self.compute = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+        self.state = {k: jnp.asarray(np.asarray(v, np.float32)) for k, v in params.items()}
+        o = self.optim_config = optim or OptimConfig()
+        mask = {k: decays(k, v.shape) for k, v in self.state.items()}
+        adamw = optax.inject_hyperparams(optax.adamw)(
+            learning_rate=0.0, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=mask
+        )
+        self.tx = (
+            optax.chain(optax.clip_by_global_norm(o.grad_clip), adamw) if o.grad_clip > 0 else adamw
+        )
+        self.opt_state = self.tx.init(self.state)
+
+        def loss_fn(p, x, y):
+            cast = {k: v.astype(self.compute) for k, v in p.items()}
+            return functional.loss(cast, x, y, config=config).astype(jnp.float32)
+
+        def train(p, opt_state, x, y, lr):
+            opt_state = self._set_lr(opt_state, lr)
+            loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
+            updates, opt_state = self.tx.update(grads, opt_state, p)
+            return loss, optax.apply_updates(p, updates), opt_state
+
+        self._train = jax.jit(train)
+        self._eval = jax.jit(loss_fn)
+
+    @staticmethod
+    def _set_lr(opt_state, lr):
+        """The state with its injected learning rate replaced (optax names the state class
+        differently across versions; it is the one with ``hyperparams``)."""
+
+        def has_hyper(s) -> bool:
+            return hasattr(s, "hyperparams") and hasattr(s, "_replace")
+
+        def fix(s):
+            return (
+                s._replace(hyperparams={**s.hyperparams, "learning_rate": lr})
+                if has_hyper(s)
+                else s
+            )
+
+        return jax.tree_util.tree_map(fix, opt_state, is_leaf=has_hyper)
+
+    def train_step(self, inputs: np.ndarray, targets: np.ndarray, lr: float) -> float:
+        loss, self.state, self.opt_state = self._train(
+            self.state, self.opt_state, jnp.asarray(inputs), jnp.asarray(targets), jnp.float32(lr)
+        )
+        return float(loss)
+
+    def eval_loss(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
+        loss = self._eval(self.state, jnp.asarray(inputs), jnp.asarray(targets))
+        n = int(np.asarray(targets).size)
+        return float(loss) * n, n
+
+    def params(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v, np.float32) for k, v in self.state.items()}
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        adam = _find_adam(self.opt_state)
+        out = {f"m.{k}": np.asarray(v, np.float32) for k, v in adam.mu.items()}
+        out.update({f"v.{k}": np.asarray(v, np.float32) for k, v in adam.nu.items()})
+        out["step"] = np.asarray(int(adam.count), np.int64)
+        return out
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        adam = _find_adam(self.opt_state)
+        mu, nu = {}, {}
+        for k, v in self.state.items():
+            m, s = np.asarray(state[f"m.{k}"]), np.asarray(state[f"v.{k}"])
+            if m.shape != v.shape or s.shape != v.shape:
+                raise ValueError(f"optimizer state for {k}: shape {m.shape} != {v.shape}")
+            mu[k], nu[k] = jnp.asarray(m, jnp.float32), jnp.asarray(s, jnp.float32)
+        count = jnp.asarray(int(np.asarray(state["step"])), adam.count.dtype)
+        self.opt_state = _replace_adam(self.opt_state, adam._replace(count=count, mu=mu, nu=nu))
+        # optax's adamw keeps its own count for bias correction; inject_hyperparams wraps it.
+
+    @functools.cached_property
+    def _generate(self):
+        return decode.generate
+
+    def generate(
+        self,
+        prompt: np.ndarray,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int = 0,
+    ) -> np.ndarray:
+        greedy = temperature == 0
+        params = {k: v.astype(self.compute) for k, v in self.state.items()}
+        out = self._generate(
+            params,
+            jnp.asarray(prompt, jnp.int32),
+            None if greedy else jax.random.key(seed),
+            config=self.config,
+            max_new_tokens=max_new_tokens,
+            temperature=1.0 if greedy else temperature,
+            top_k=top_k,
+            greedy=greedy,
+        )
+        return np.asarray(out, np.int64)

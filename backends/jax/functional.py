@@ -1,0 +1,122 @@
+"""The functional JAX API: canonical parameter pytrees and pure functions over them.
+
+    params = init(config, key)                       # {canonical name: jax.Array}
+    y = apply(params, x, config=cfg)                 # layer / block: (b, t, d) -> (b, t, d)
+    z = logits(params, tokens, config=lm_cfg)        # LM: (b, t) ints -> (b, t, v)
+    l = loss(params, inputs, targets, config=lm_cfg) # LM: () mean next-token cross-entropy (nats)
+
+Every function calls the flashcore spec with ``jax.numpy`` as the array namespace, so it works
+under ``jax.jit`` (config static: close over it or pass it with ``static_argnames``), ``jax.grad``,
+``jax.vmap`` and with optax (the params are a plain dict of arrays).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+import flashcore as fc
+from flashcore.config import FlashConfig, LMConfig, TransformerConfig
+
+from . import kernel
+
+__all__ = ["init", "apply", "logits", "loss", "Config"]
+
+Config = FlashConfig | TransformerConfig | LMConfig
+
+# Standard deviations of the normal initializers of ParamSpec.init ("lecun" is fan_in^-1/2), as
+# documented in flashcore/params.py (_INIT_DOC) and drawn there with NumPy by fc.init.
+_STD = {"qk_gamma": 0.02, "embed": 0.02}
+
+
+def init(config: Config, key: jax.Array, dtype=jnp.float32) -> dict[str, jax.Array]:
+    """Fresh canonical parameters drawn with ``key``: {name: array of ``param_spec`` shape}.
+
+    Same distributions as :func:`flashcore.init` (zeros, ones, N(0, 1/fan_in), N(0, 0.02^2)); each
+    tensor uses ``fold_in(key, crc32(name))``, so adding a parameter never changes the others.
+    Traceable: ``jax.eval_shape(lambda k: init(cfg, k), key)`` gives shapes without computing.
+    """
+    out = {}
+    for name, ps in fc.param_spec(config).items():
+        if ps.init == "zeros":
+            out[name] = jnp.zeros(ps.shape, dtype)
+        elif ps.init == "ones":
+            out[name] = jnp.ones(ps.shape, dtype)
+        else:
+            std = ps.shape[0] ** -0.5 if ps.init == "lecun" else _STD[ps.init]
+            k = jax.random.fold_in(key, zlib.crc32(name.encode()))
+            out[name] = (std * jax.random.normal(k, ps.shape, jnp.float32)).astype(dtype)
+    return out
+
+
+def apply(
+    params: dict[str, jax.Array],
+    x: jax.Array,
+    *,
+    config: Config,
+    mask: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+    core: Callable | None = None,
+) -> jax.Array:
+    """One layer or block, or an LM's logits. x: (b, t, d) -> (b, t, d); LM: tokens (b, t) -> (b, t, v).
+
+    mask: (b, t) bool, True at real positions; segment_ids: (b, t) ints (packed sequences).
+    ``core``: the mixed-chunk attention core of FLASH layers. None takes ``kernel.flash_core``:
+    the Pallas kernel where ``kernel.can_use_kernel`` allows (GPU / TPU), else the spec's core.
+    Pass ``flashcore.layers.attention_core_flash`` to force the spec's.
+    """
+    if isinstance(config, LMConfig):
+        return logits(params, x, config=config, mask=mask, segment_ids=segment_ids, core=core)
+    kw = dict(config=config, mask=mask, segment_ids=segment_ids, xp=jnp)
+    if isinstance(config, FlashConfig) and config.kind == "flash":
+        return fc.flash(params, x, core=core or kernel.flash_core, **kw)
+    if core is not None:
+        raise ValueError("core= replaces FLASH's mixed-chunk core; this config has none")
+    return fc.block_fn(config)(params, x, **kw)
+
+
+def logits(
+    params: dict[str, jax.Array],
+    tokens: jax.Array,
+    *,
+    config: LMConfig,
+    mask: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+    core: Callable | None = None,
+) -> jax.Array:
+    """Next-token logits of an LM. tokens: (b, t) ints -> (b, t, v). ``core``: as in :func:`apply`."""
+    return fc.lm_logits(
+        params,
+        tokens,
+        config=config,
+        mask=mask,
+        segment_ids=segment_ids,
+        xp=jnp,
+        core=core or kernel.flash_core,
+    )
+
+
+def loss(
+    params: dict[str, jax.Array],
+    inputs: jax.Array,
+    targets: jax.Array,
+    *,
+    config: LMConfig,
+    mask: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+    core: Callable | None = None,
+) -> jax.Array:
+    """Mean next-token cross-entropy (nats) of ``targets`` (b, t) given ``inputs`` (b, t): ()."""
+    return fc.lm_loss(
+        params,
+        inputs,
+        targets,
+        config=config,
+        mask=mask,
+        segment_ids=segment_ids,
+        xp=jnp,
+        core=core or kernel.flash_core,
+    )

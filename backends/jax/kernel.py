@@ -1,0 +1,267 @@
+"""A Pallas kernel for FLASH's mixed-chunk attention core, behind a guard.
+
+It replaces :func:`flashcore.layers.attention_core_flash` (same signature, so ``fc.flash(...,
+core=flash_core)`` takes it) for the paper's configuration: relu^2 attention, linear_norm='sum',
+no packed segments (masks and any T are fine). One program per batch row walks the chunks in order
+and keeps the linear state M = sum K_lin^T V / C in registers, so the (g, s, e) per-chunk states the
+spec materializes never exist:
+
+    quad_g = (tril) relu(Q_g K_g^T * scale + B)^2 V_g        scale = 1/C (bias before scale:
+    lin_g  = Q^lin_g  sum_{h<g} M_h   (causal)                 (Q K^T + B) / C)
+           = Q^lin_g  sum_h M_h       (non-causal)
+
+The backward pass is a second kernel (``jax.custom_vjp``): one pass in chunk order for the local
+part and dQ^lin, and for causal layers a pass in reverse order for dK^lin and the linear part of dV.
+
+:func:`flash_core` is the dispatcher: the kernel when :func:`can_use_kernel` says so (a GPU or TPU
+backend and a supported config), else the spec's core, which is also the oracle in the tests
+(``interpret=True`` runs the kernel on CPU). The kernel is checked here only in interpret mode;
+the first run on real hardware should be ``tests/backend_jax/test_jax_kernel.py``, whose compiled
+test runs only where a GPU or TPU is present.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from flashcore.config import FlashConfig
+from flashcore.layers import attention_core_flash
+
+__all__ = ["can_use_kernel", "flash_core", "pallas_core"]
+
+
+def can_use_kernel(config: FlashConfig, *, segment_ids=None, backend: str | None = None) -> bool:
+    """True when the Pallas kernel computes this core on this JAX backend.
+
+    Needs a GPU or TPU backend (on CPU Pallas only interprets, slower than XLA's fusion of the
+    spec), relu^2 attention, linear_norm='sum' and no segment ids.
+    """
+    backend = backend or jax.default_backend()
+    return (
+        backend in ("gpu", "cuda", "rocm", "tpu")
+        and config.kind == "flash"
+        and config.attention == "relu2"
+        and config.linear_norm == "sum"
+        and segment_ids is None
+    )
+
+
+def flash_core(
+    qq, qk, lq, lk, v, *, bias, config: FlashConfig, mask=None, segment_ids=None, xp=None
+):
+    """The mixed-chunk core: the Pallas kernel when :func:`can_use_kernel`, else the spec's.
+
+    qq, qk, lq, lk: (b, t, s); v: (b, t, e); bias: (C, C) or None -> (b, t, e).
+    """
+    if can_use_kernel(config, segment_ids=segment_ids):
+        return pallas_core(qq, qk, lq, lk, v, bias=bias, config=config, mask=mask)
+    return attention_core_flash(
+        qq, qk, lq, lk, v, bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=jnp
+    )
+
+
+def pallas_core(
+    qq,
+    qk,
+    lq,
+    lk,
+    v,
+    *,
+    bias,
+    config: FlashConfig,
+    mask=None,
+    segment_ids=None,
+    xp=None,
+    interpret: bool = False,
+):
+    """The core through the Pallas kernel (no dispatch). Shapes as :func:`flash_core`.
+
+    Raises NotImplementedError for what the kernel does not cover (see :func:`can_use_kernel`).
+    """
+    if config.attention != "relu2" or config.linear_norm != "sum" or segment_ids is not None:
+        raise NotImplementedError(
+            "the Pallas core covers relu2 attention, linear_norm='sum' and no segment ids; "
+            f"got attention={config.attention!r}, linear_norm={config.linear_norm!r}, "
+            f"segment_ids={'given' if segment_ids is not None else None}"
+        )
+    b, t, _ = v.shape
+    c = config.chunk_size
+    pad = -t % c
+    if mask is not None:  # a padded key or value reaches no query (as in the spec)
+        keep = mask[..., None]
+        qk, lk, v = (jnp.where(keep, a, jnp.zeros_like(a)) for a in (qk, lk, v))
+    if pad:  # right-pad to whole chunks with zero keys and values
+        qq, qk, lq, lk, v = (jnp.pad(a, ((0, 0), (0, pad), (0, 0))) for a in (qq, qk, lq, lk, v))
+    if bias is None:
+        bias = jnp.zeros((c, c), v.dtype)
+    static = (c, config.causal, config.bias_before_scale, interpret)
+    out = _core(qq, qk, lq, lk, v, bias.astype(v.dtype), static)
+    return out[:, :t, :]
+
+
+# --- the kernels ---------------------------------------------------------------------------------
+# Shapes inside a program (one batch row): qq, qk, lq, lk (T, s); v, o (T, e); bias (C, C);
+# T = g * C. Letters as in flashcore.ops.
+
+
+def _dot(a, b):  # a @ b in float32
+    return jnp.dot(a, b, preferred_element_type=jnp.float32)
+
+
+def _dot_t(a, b):  # a^T @ b
+    return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _dot_nt(a, b):  # a @ b^T
+    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _scores(qq, qk, bias, c, causal, before):
+    """Pre-activation S (C, C) and the relu^2 weights A (masked to the lower triangle if causal)."""
+    p = _dot_nt(qq, qk)  # (c, k)
+    s = (p + bias) / c if before else p / c + bias
+    r = jnp.maximum(s, 0.0)
+    if causal:
+        row = jax.lax.broadcasted_iota(jnp.int32, (c, c), 0)
+        col = jax.lax.broadcasted_iota(jnp.int32, (c, c), 1)
+        r = jnp.where(col <= row, r, 0.0)
+    return r, r * r  # relu(S) (masked), A
+
+
+def _fwd_kernel(qq_ref, qk_ref, lq_ref, lk_ref, v_ref, bias_ref, o_ref, *, c, causal, before):
+    g = qq_ref.shape[0] // c
+    s, e = lk_ref.shape[1], v_ref.shape[1]
+    bias = bias_ref[...].astype(jnp.float32)
+
+    def chunk(j):
+        return pl.ds(pl.multiple_of(j * c, c), c)
+
+    def state_of(j, m):  # m + K^lin_j^T V_j / C
+        return m + _dot_t(lk_ref[chunk(j), :], v_ref[chunk(j), :]) / c
+
+    m0 = jnp.zeros((s, e), jnp.float32)
+    total = m0 if causal else jax.lax.fori_loop(0, g, state_of, m0)
+
+    def body(j, m):
+        _, a = _scores(qq_ref[chunk(j), :], qk_ref[chunk(j), :], bias, c, causal, before)
+        quad = _dot(a, v_ref[chunk(j), :].astype(jnp.float32))
+        lin = _dot(lq_ref[chunk(j), :], m if causal else total)
+        o_ref[chunk(j), :] = (quad + lin).astype(o_ref.dtype)
+        return state_of(j, m) if causal else m
+
+    jax.lax.fori_loop(0, g, body, m0)
+
+
+def _bwd_kernel(
+    qq_ref, qk_ref, lq_ref, lk_ref, v_ref, bias_ref, do_ref,
+    dqq_ref, dqk_ref, dlq_ref, dlk_ref, dv_ref, dbias_ref, *, c, causal, before,
+):  # fmt: skip
+    g = qq_ref.shape[0] // c
+    s, e = lk_ref.shape[1], v_ref.shape[1]
+    bias = bias_ref[...].astype(jnp.float32)
+
+    def chunk(j):
+        return pl.ds(pl.multiple_of(j * c, c), c)
+
+    def state_of(j, m):  # m + K^lin_j^T V_j / C
+        return m + _dot_t(lk_ref[chunk(j), :], v_ref[chunk(j), :]) / c
+
+    def dstate_of(j, dm):  # dm + Q^lin_j^T dO_j
+        return dm + _dot_t(lq_ref[chunk(j), :], do_ref[chunk(j), :])
+
+    m0 = jnp.zeros((s, e), jnp.float32)
+    total = m0 if causal else jax.lax.fori_loop(0, g, state_of, m0)
+    dtotal = m0 if causal else jax.lax.fori_loop(0, g, dstate_of, m0)
+
+    # Pass 1, chunk order: the local part, dQ^lin, and (non-causal) dK^lin and V's linear part.
+    def forward(j, carry):
+        m, dbias = carry
+        qq, qk, v, do = (
+            qq_ref[chunk(j), :],
+            qk_ref[chunk(j), :],
+            v_ref[chunk(j), :],
+            do_ref[chunk(j), :],
+        )
+        r, a = _scores(qq, qk, bias, c, causal, before)
+        ds = _dot_nt(do, v) * 2.0 * r  # dL/dS (c, k)
+        dqq_ref[chunk(j), :] = (_dot(ds, qk) / c).astype(dqq_ref.dtype)
+        dqk_ref[chunk(j), :] = (_dot_t(ds, qq) / c).astype(dqk_ref.dtype)
+        dv = _dot_t(a, do)  # (k, e)
+        dlq_ref[chunk(j), :] = _dot_nt(do, m if causal else total).astype(dlq_ref.dtype)
+        if not causal:
+            lk = lk_ref[chunk(j), :]
+            dlk_ref[chunk(j), :] = (_dot_nt(v, dtotal) / c).astype(dlk_ref.dtype)
+            dv = dv + _dot(lk, dtotal) / c
+        dv_ref[chunk(j), :] = dv.astype(dv_ref.dtype)
+        dbias = dbias + (ds / c if before else ds)
+        return (state_of(j, m) if causal else m), dbias
+
+    _, dbias = jax.lax.fori_loop(0, g, forward, (m0, jnp.zeros((c, c), jnp.float32)))
+    dbias_ref[...] = dbias.astype(dbias_ref.dtype)
+
+    if causal:  # Pass 2, reverse order: chunk h's state reaches every later chunk's queries.
+
+        def backward(i, dm):  # dm = sum over later chunks of Q^lin^T dO
+            j = g - 1 - i
+            v, lk = v_ref[chunk(j), :], lk_ref[chunk(j), :]
+            dlk_ref[chunk(j), :] = (_dot_nt(v, dm) / c).astype(dlk_ref.dtype)
+            dv_ref[chunk(j), :] = (dv_ref[chunk(j), :] + _dot(lk, dm) / c).astype(dv_ref.dtype)
+            return dstate_of(j, dm)
+
+        jax.lax.fori_loop(0, g, backward, m0)
+
+
+def _row(shape):
+    """BlockSpec: one batch row of a (b, T, n) array, the batch axis squeezed."""
+    return pl.BlockSpec((None, *shape), lambda i: (i, 0, 0))
+
+
+def _call_fwd(qq, qk, lq, lk, v, bias, static):
+    c, causal, before, interpret = static
+    b, tp, s = qq.shape
+    e = v.shape[-1]
+    kernel = functools.partial(_fwd_kernel, c=c, causal=causal, before=before)
+    return pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((b, tp, e), v.dtype),
+        grid=(b,),
+        in_specs=[_row((tp, s))] * 4 + [_row((tp, e)), pl.BlockSpec((c, c), lambda i: (0, 0))],
+        out_specs=_row((tp, e)),
+        interpret=interpret,
+    )(qq, qk, lq, lk, v, bias)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _core(qq, qk, lq, lk, v, bias, static):
+    return _call_fwd(qq, qk, lq, lk, v, bias, static)
+
+
+def _core_fwd(qq, qk, lq, lk, v, bias, static):
+    return _call_fwd(qq, qk, lq, lk, v, bias, static), (qq, qk, lq, lk, v, bias)
+
+
+def _core_bwd(static, res, do):
+    c, causal, before, interpret = static
+    qq, qk, lq, lk, v, bias = res
+    b, tp, s = qq.shape
+    e = v.shape[-1]
+    kernel = functools.partial(_bwd_kernel, c=c, causal=causal, before=before)
+    grads = pl.pallas_call(
+        kernel,
+        out_shape=[jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (qq, qk, lq, lk, v)]
+        + [jax.ShapeDtypeStruct((b, c, c), jnp.float32)],
+        grid=(b,),
+        in_specs=[_row((tp, s))] * 4
+        + [_row((tp, e)), pl.BlockSpec((c, c), lambda i: (0, 0)), _row((tp, e))],
+        out_specs=[_row((tp, s))] * 4 + [_row((tp, e)), _row((c, c))],
+        interpret=interpret,
+    )(qq, qk, lq, lk, v, bias, do)
+    *dqkv, dbias = grads
+    return (*dqkv, jnp.sum(dbias, axis=0).astype(bias.dtype))
+
+
+_core.defvjp(_core_fwd, _core_bwd)

@@ -1,0 +1,286 @@
+"""Flax NNX modules: GAU, FLASH, the Transformer++ block and the LM.
+
+Each module holds its parameters natively as ``nnx.Param`` under Flax-style names (kernels
+``[in, out]``, norms ``scale`` / ``bias``, embeddings ``embedding``) and calls the spec through
+:mod:`flashcore.jax.functional`. The map to canonical names is the explicit table
+:func:`naming_table` ``{canonical: (native_path, transpose)}``; :meth:`load_canonical` and
+:meth:`to_canonical` go through it and nothing else.
+
+    model = FLASH(cfg, rngs=nnx.Rngs(0))                   # or FLASH(cfg, params=canonical_dict)
+    y = model(x, mask=None, segment_ids=None)              # (b, t, d) -> (b, t, d)
+    model.load_canonical(params); params = model.to_canonical()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import flashcore as fc
+from flashcore.config import FlashConfig, LMConfig, TransformerConfig
+
+from . import functional
+
+__all__ = ["naming_table", "GAU", "FLASH", "TransformerBlock", "LM", "Group", "module_for"]
+
+Table = dict[str, tuple[str, bool]]
+
+# canonical -> (native path, transpose). Flax's layout already matches the canonical one (kernels
+# [in, out], embedding (v, d)), so nothing is transposed; the flag is honoured all the same.
+_LAYER: Table = {
+    "norm.scale": ("norm.scale", False),  # ScaleNorm alpha (1,)
+    "norm.weight": ("norm.scale", False),  # RMSNorm / LayerNorm gain (d,)
+    "norm.bias": ("norm.bias", False),
+    "hidden.kernel": ("uvz.kernel", False),
+    "hidden.bias": ("uvz.bias", False),
+    "qk.gamma": ("qk.gamma", False),
+    "qk.beta": ("qk.beta", False),
+    "rel_bias.weight": ("rel_bias.weight", False),
+    "out.kernel": ("out.kernel", False),
+    "out.bias": ("out.bias", False),
+}
+_TRANSFORMER: Table = {
+    "attn_norm.scale": ("attn_norm.scale", False),
+    "attn_norm.weight": ("attn_norm.scale", False),
+    "attn_norm.bias": ("attn_norm.bias", False),
+    "attn.qkv.kernel": ("attn.qkv.kernel", False),
+    "attn.out.kernel": ("attn.out.kernel", False),
+    "ffn_norm.scale": ("ffn_norm.scale", False),
+    "ffn_norm.weight": ("ffn_norm.scale", False),
+    "ffn_norm.bias": ("ffn_norm.bias", False),
+    "ffn.gate.kernel": ("ffn.gate.kernel", False),
+    "ffn.up.kernel": ("ffn.up.kernel", False),
+    "ffn.down.kernel": ("ffn.down.kernel", False),
+}
+_LM: Table = {
+    "embed.weight": ("embed.embedding", False),
+    "abs_pos.scale": ("abs_pos.scale", False),
+    "final_norm.scale": ("final_norm.scale", False),
+    "final_norm.weight": ("final_norm.scale", False),
+    "final_norm.bias": ("final_norm.bias", False),
+    "head.kernel": ("head.kernel", False),
+    "head.bias": ("head.bias", False),
+}
+
+
+def naming_table(config: FlashConfig | TransformerConfig | LMConfig) -> Table:
+    """``{canonical name: (native path, transpose)}`` for exactly the names of ``param_spec``."""
+    if isinstance(config, LMConfig):
+        block = naming_table(config.block)
+        out = {}
+        for name in fc.param_spec(config):
+            if name.startswith("layers."):
+                _, i, rest = name.split(".", 2)
+                path, transpose = block[rest]
+                out[name] = (f"layers.{i}.{path}", transpose)
+            else:
+                out[name] = _LM[name]
+        return out
+    table = _TRANSFORMER if isinstance(config, TransformerConfig) else _LAYER
+    return {name: table[name] for name in fc.param_spec(config)}
+
+
+class Group(nnx.Module):
+    """A named group of native parameters (one sub-layer: ``uvz``, ``norm``, ...)."""
+
+
+def _get(module: nnx.Module, path: str) -> nnx.Param:
+    node = module
+    for part in path.split("."):
+        node = node[int(part)] if part.isdigit() else getattr(node, part)
+    return node
+
+
+def _place(module: nnx.Module, path: str, value: jax.Array) -> None:
+    *groups, leaf = path.split(".")
+    node = module
+    for part in groups:
+        if not hasattr(node, part):
+            setattr(node, part, Group())
+        node = getattr(node, part)
+    setattr(node, leaf, nnx.Param(value))
+
+
+def _native(value: jax.Array, transpose: bool) -> jax.Array:
+    return value.T if transpose else value
+
+
+class _Canonical(nnx.Module):
+    """Shared: construction from canonical params and the canonical <-> native round trip."""
+
+    config: FlashConfig | TransformerConfig | LMConfig
+
+    def _build(self, config, rngs: nnx.Rngs | None, params: dict | None, dtype) -> dict:
+        """Check and return the canonical params to build from (given, or drawn from ``rngs``)."""
+        if (rngs is None) == (params is None):
+            raise TypeError(f"{type(self).__name__} takes exactly one of rngs= or params=")
+        self.config = config
+        if params is None:
+            return functional.init(config, rngs.params(), dtype or jnp.float32)
+        fc.check_params(params, config)
+        return {k: jnp.asarray(v, dtype=dtype) for k, v in params.items()}
+
+    @property
+    def table(self) -> Table:
+        """The naming table of this module's config (see :func:`naming_table`)."""
+        return naming_table(self.config)
+
+    def to_canonical(self) -> dict[str, jax.Array]:
+        """{canonical name: array}, exactly the names and shapes of ``param_spec(config)``."""
+        return {k: _native(_get(self, p)[...], t) for k, (p, t) in self.table.items()}
+
+    def load_canonical(self, params: dict) -> None:
+        """Set every parameter from a canonical dict (any array type), cast to the module's dtypes.
+
+        Raises ValueError naming missing / unexpected names or bad shapes; then nothing changes.
+        """
+        fc.check_params(params, self.config)
+        new = {}
+        for name, (path, transpose) in self.table.items():
+            var = _get(self, path)
+            value = _native(jnp.asarray(params[name], dtype=var[...].dtype), transpose)
+            if value.shape != var[...].shape:  # unreachable unless the table is wrong
+                raise ValueError(f"{name} -> {path}: shape {value.shape} != {var[...].shape}")
+            new[path] = value
+        for path, value in new.items():
+            _get(self, path).set_value(value)
+
+
+class _Layer(_Canonical):
+    """A single layer or block: canonical params placed by the naming table."""
+
+    def __init__(self, config, *, rngs=None, params=None, dtype=None):
+        params = self._build(config, rngs, params, dtype)
+        for name, (path, transpose) in self.table.items():
+            _place(self, path, _native(params[name], transpose))
+
+
+class _FlashLayer(_Layer):
+    kind: str
+
+    def __init__(
+        self,
+        config: FlashConfig,
+        *,
+        rngs: nnx.Rngs | None = None,
+        params: dict | None = None,
+        dtype=None,
+        core: Callable | None = None,
+    ):
+        if not isinstance(config, FlashConfig) or config.kind != self.kind:
+            raise ValueError(f"{type(self).__name__} needs a FlashConfig with kind={self.kind!r}")
+        super().__init__(config, rngs=rngs, params=params, dtype=dtype)
+        self.core = core
+
+    def __call__(self, x: jax.Array, mask=None, segment_ids=None) -> jax.Array:
+        """x: (b, t, d); mask: (b, t) bool; segment_ids: (b, t) ints -> (b, t, d)."""
+        return functional.apply(
+            self.to_canonical(),
+            x,
+            config=self.config,
+            mask=mask,
+            segment_ids=segment_ids,
+            core=self.core,
+        )
+
+
+class GAU(_FlashLayer):
+    """Gated attention unit (FLASH-Quad). Params: norm, uvz (d -> 2e+s), qk (2, s), rel_bias, out."""
+
+    kind = "gau"
+
+
+class FLASH(_FlashLayer):
+    """Mixed-chunk FLASH layer. Params: norm, uvz (d -> 2e+s), qk (4, s), rel_bias, out.
+
+    ``core``: the mixed-chunk attention core (None: :func:`flashcore.jax.kernel.flash_core`, the
+    Pallas kernel on GPU / TPU where it applies, else the spec's).
+    """
+
+    kind = "flash"
+
+
+class TransformerBlock(_Layer):
+    """The Transformer++ baseline block. Params: attn_norm, attn.{qkv,out}, ffn_norm, ffn.{gate,up,down}."""
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        *,
+        rngs: nnx.Rngs | None = None,
+        params: dict | None = None,
+        dtype=None,
+    ):
+        if not isinstance(config, TransformerConfig):
+            raise ValueError("TransformerBlock needs a TransformerConfig")
+        super().__init__(config, rngs=rngs, params=params, dtype=dtype)
+
+    def __call__(self, x: jax.Array, mask=None, segment_ids=None) -> jax.Array:
+        """x: (b, t, d) -> (b, t, d)."""
+        return functional.apply(
+            self.to_canonical(), x, config=self.config, mask=mask, segment_ids=segment_ids
+        )
+
+
+def module_for(config: FlashConfig | TransformerConfig | LMConfig) -> type[_Canonical]:
+    """The module class of a config: FLASH, GAU, TransformerBlock or LM."""
+    if isinstance(config, LMConfig):
+        return LM
+    if isinstance(config, TransformerConfig):
+        return TransformerBlock
+    return FLASH if config.kind == "flash" else GAU
+
+
+class LM(_Canonical):
+    """Causal LM: embed (v, d), ``layers`` (nnx.List of blocks), final_norm, head (untied only),
+    abs_pos (scaled sinusoidal only). ``core``: FLASH layers' mixed-chunk core, as in FLASH."""
+
+    def __init__(
+        self,
+        config: LMConfig,
+        *,
+        rngs: nnx.Rngs | None = None,
+        params: dict | None = None,
+        dtype=None,
+        core: Callable | None = None,
+    ):
+        if not isinstance(config, LMConfig):
+            raise ValueError("LM needs an LMConfig")
+        params = self._build(config, rngs, params, dtype)
+        block = module_for(config.block)
+        self.layers = nnx.List(
+            [
+                block(config.block, params=fc.subtree(params, f"layers.{i}."))
+                for i in range(config.num_layers)
+            ]
+        )
+        for name, (path, transpose) in self.table.items():
+            if not name.startswith("layers."):
+                _place(self, path, _native(params[name], transpose))
+        self.core = core
+
+    def __call__(self, tokens: jax.Array, mask=None, segment_ids=None) -> jax.Array:
+        """tokens: (b, t) ints -> logits (b, t, v)."""
+        return functional.logits(
+            self.to_canonical(),
+            tokens,
+            config=self.config,
+            mask=mask,
+            segment_ids=segment_ids,
+            core=self.core,
+        )
+
+    def loss(self, inputs: jax.Array, targets: jax.Array, mask=None, segment_ids=None):
+        """Mean next-token cross-entropy (nats) of ``targets`` given ``inputs``, both (b, t): ()."""
+        return functional.loss(
+            self.to_canonical(),
+            inputs,
+            targets,
+            config=self.config,
+            mask=mask,
+            segment_ids=segment_ids,
+            core=self.core,
+        )

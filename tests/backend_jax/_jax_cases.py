@@ -1,0 +1,78 @@
+"""Shared configs for the flashcore.jax tests (tiny sizes: each test takes seconds).
+
+Imported by the test modules after their ``pytest.importorskip("jax")``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import flashcore as fc
+
+
+def flash_cfg(**kw) -> fc.FlashConfig:
+    base = dict(dim=16, qk_dim=8, chunk_size=4, max_len=32, t5_buckets=8, t5_max_distance=16)
+    return fc.FlashConfig(**{**base, **kw})
+
+
+LAYER_CONFIGS = {
+    "flash": flash_cfg(),
+    "flash-causal-t5-layer-shift": flash_cfg(
+        causal=True, rel_bias="t5", norm="layer", token_shift=True
+    ),
+    "flash-rms-nobias": flash_cfg(norm="rms", rel_bias="none"),
+    "gau": flash_cfg(kind="gau"),
+    "gau-causal-laplace": flash_cfg(kind="gau", causal=True, attention="laplace"),
+    "transformer": fc.TransformerConfig(dim=16, heads=2),
+    "transformer-scale": fc.TransformerConfig(dim=16, heads=4, norm="scale", causal=False),
+}
+
+LM_CONFIGS = {
+    "lm-flash": fc.LMConfig(block=flash_cfg(causal=True), vocab_size=11, num_layers=2),
+    "lm-gau-untied": fc.LMConfig(
+        block=flash_cfg(kind="gau", causal=True), vocab_size=11, tie_embeddings=False
+    ),
+    "lm-transformer-headbias": fc.LMConfig(
+        block=fc.TransformerConfig(dim=16, heads=2), vocab_size=11, head_bias=True
+    ),
+    "lm-flash-abspos": fc.LMConfig(
+        block=flash_cfg(causal=True, norm="layer"),
+        vocab_size=11,
+        abs_pos="scaled_sinusoidal",
+        final_norm="rms",
+        tie_embeddings=False,
+        head_bias=True,
+    ),
+}
+
+ALL_CONFIGS = {**LAYER_CONFIGS, **LM_CONFIGS}
+
+
+def noisy_params(config, seed: int = 0) -> dict[str, np.ndarray]:
+    """Canonical float64 weights: the initializer plus noise, so that every term matters."""
+    rng = np.random.default_rng(seed + 1)
+    return {
+        k: v + rng.normal(0.0, 0.3, v.shape) for k, v in fc.init(config, seed, np.float64).items()
+    }
+
+
+def inputs_for(config, b: int = 2, t: int = 9, seed: int = 0, mask: bool = True) -> dict:
+    """x (or tokens / targets) and a right-padding mask on row 0, as NumPy."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    if isinstance(config, fc.LMConfig):
+        out["tokens"] = rng.integers(0, config.vocab_size, (b, t)).astype(np.int32)
+        out["targets"] = rng.integers(0, config.vocab_size, (b, t)).astype(np.int32)
+    else:
+        out["x"] = rng.normal(size=(b, t, config.dim)).astype(np.float32)
+    if mask:
+        m = np.ones((b, t), bool)
+        m[0, t - 3 :] = False
+        out["mask"] = m
+    return out
+
+
+def rel_err(got, expected) -> float:
+    """max |got - expected| / max |expected| (float64)."""
+    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-30))
