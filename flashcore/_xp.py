@@ -3,11 +3,13 @@
 Everything in the spec goes through an array-API namespace ``xp`` (array-api-compat's wrappers for
 numpy / torch / jax, array-api-strict, or the flashcore TF shim). The calls used are exactly:
 
-    asarray astype reshape permute_dims concat stack expand_dims broadcast_to matmul
-    sum mean max cumulative_sum(include_initial=True) take where maximum
-    exp log sqrt sin cos abs  zeros ones arange  ==, <, >, &, |, *, +, -, /, **, [basic slicing]
+    asarray astype(copy=False) reshape permute_dims concat stack broadcast_to matmul take
+    sum mean max cumulative_sum(include_initial=True) where maximum exp log sqrt isdtype
+    zeros ones zeros_like ones_like full_like   dtypes bool int32 int64 float32 float64
+    ==, <, <=, >, &, *, +, -, /, //, %, **, and basic slicing with a trailing ``...``
 
-plus :func:`erf` below (not in the standard; dispatched to each library's own). Static index
+plus :func:`erf` below and :func:`flashcore.ops.silu` (not in the standard; dispatched to each
+library's own, or ``xp.erf`` / ``xp.silu`` when the namespace has them). Static index
 tables (causal masks, rotary angles, bias buckets) are computed on the host in NumPy float64 and
 moved to the input's namespace and device with :func:`const`.
 """

@@ -100,7 +100,7 @@ def decode_step(params: dict, x_t, state: dict, *, config: FlashConfig, xp=None)
     v = xp.astype(v, acc)
 
     # Write this token's key and value into slot c of the chunk buffers.
-    slots = const(xp, np.arange(c_size), like=pos)  # (C,)
+    slots = const(xp, np.arange(c_size), like=pos, dtype=pos.dtype)  # (C,)
     here = (slots == c)[None, :, None]  # (1, C, 1)
     qk_buf = xp.where(here, qk[:, None, :], state["qk"])  # (b, C, s)
     v_buf = xp.where(here, v[:, None, :], state["v"])  # (b, C, e)

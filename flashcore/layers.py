@@ -129,7 +129,11 @@ def causal_mask(n: int) -> np.ndarray:
 
 def finish(params, x, u, att, mask, xp):
     """out = (U * att) W_o + b_o + x, zero at padded positions. att: (b, t, e) -> (b, t, d)."""
-    out = xp.matmul(u * xp.astype(att, u.dtype, copy=False), params["out.kernel"]) + params["out.bias"] + x
+    out = (
+        xp.matmul(u * xp.astype(att, u.dtype, copy=False), params["out.kernel"])
+        + params["out.bias"]
+        + x
+    )
     if mask is not None:
         out = xp.where(mask[..., None], out, xp.zeros_like(out))
     return out

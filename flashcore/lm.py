@@ -169,7 +169,7 @@ def cross_entropy(logits, targets, mask=None, xp=None):
     vocab = logits.shape[-1]
     m = xp.max(logits, axis=-1, keepdims=True)
     lse = xp.log(xp.sum(xp.exp(logits - m), axis=-1)) + m[..., 0]  # (b, t)
-    ids = const(xp, np.arange(vocab), like=targets)
+    ids = const(xp, np.arange(vocab), like=targets, dtype=targets.dtype)
     hit = targets[..., None] == ids  # (b, t, v)
     picked = xp.sum(xp.where(hit, logits, xp.zeros_like(logits)), axis=-1)  # (b, t)
     nll = lse - picked

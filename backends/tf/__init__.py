@@ -1,1 +1,20 @@
-"""flashcore.tf: the native backend (filled in by its own issue). Importing it imports tf."""
+"""flashcore.tf: Keras 3 layers (TensorFlow backend) over the flashcore spec. Importing it imports
+TensorFlow and Keras; Keras must run on its TensorFlow backend (``KERAS_BACKEND`` unset or
+``tensorflow``). In a process that also uses triton or ``torch.compile``, import those first
+(their LLVM options clash with TensorFlow's).
+
+    from flashcore.tf import FLASH, GAU, TransformerBlock, LM, xp
+"""
+
+import keras as _keras
+
+if _keras.backend.backend() != "tensorflow":
+    raise ImportError(
+        f"flashcore.tf needs Keras on its TensorFlow backend, but KERAS_BACKEND is "
+        f"{_keras.backend.backend()!r}; set KERAS_BACKEND=tensorflow before importing keras"
+    )
+
+from .layers import FLASH, GAU, LM, TransformerBlock, layer_for, naming_table  # noqa: E402
+from .xp import xp  # noqa: E402
+
+__all__ = ["FLASH", "GAU", "TransformerBlock", "LM", "layer_for", "naming_table", "xp"]

@@ -1,0 +1,121 @@
+"""``flashcore bench --backend tf``: XLA-compiled forward + backward of a pair of causal FLASH layers.
+
+    flashcore bench --backend tf                           # T = 1K, 4K, 16K, 64K; float32, bfloat16
+    flashcore bench --backend tf --lengths 1K,4K --dtypes float32 --repeats 5
+
+One step is ``tf.GradientTape`` of sum(layer2(layer1(x))) w.r.t. both Keras layers' weights, batch 1,
+dim 512, chunk 256, qk 128 (the paper's FLASH sizes), in one ``tf.function(jit_compile=True)``
+compiled once per (T, dtype). bfloat16 is the Keras policy ``mixed_bfloat16`` (float32 variables,
+bfloat16 compute; the attention core in float32), as in :mod:`flashcore.tf.adapter`. The table
+gives the median over ``--repeats`` timed steps after one warm-up, and microseconds per token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+__all__ = ["main", "bench_one"]
+
+POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+
+
+def _length(text: str) -> int:
+    text = text.strip().upper()
+    return int(text[:-1]) * 1024 if text.endswith("K") else int(text)
+
+
+def bench_one(t: int, dtype: str, *, repeats: int, dim: int, chunk: int, qk: int, batch: int = 1):
+    """(compile seconds, list of step seconds) for one sequence length and dtype."""
+    import tensorflow as tf
+
+    import flashcore as fc
+
+    from .layers import FLASH
+
+    cfg = fc.FlashConfig(dim=dim, chunk_size=chunk, qk_dim=qk, causal=True)
+    pair = [FLASH(cfg, seed=i, dtype=POLICIES[dtype]) for i in range(2)]
+    weights = [w for layer in pair for w in layer.trainable_variables]
+    x = tf.random.stateless_normal((batch, t, dim), seed=(0, 1))
+
+    @tf.function(jit_compile=True, autograph=False)
+    def step(x):
+        with tf.GradientTape() as tape:
+            h = x
+            for layer in pair:
+                h = layer(h)
+            loss = tf.reduce_sum(tf.cast(h, tf.float32))
+        return loss, tape.gradient(loss, weights)
+
+    def run():
+        loss, grads = step(x)
+        loss.numpy(), [g.numpy() for g in grads[:1]]  # wait for the results
+
+    t0 = time.perf_counter()
+    run()  # compile + warm-up
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return compile_s, times
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="flashcore bench --backend tf", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument("--lengths", default="1K,4K,16K,64K", help="comma-separated T (1K = 1024)")
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated dtypes")
+    ap.add_argument("--repeats", type=int, default=3, help="timed steps per (T, dtype)")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--chunk", type=int, default=256)
+    ap.add_argument("--qk", type=int, default=128)
+    args = ap.parse_args(argv)
+    try:
+        lengths = [_length(s) for s in args.lengths.split(",") if s.strip()]
+    except ValueError:
+        ap.error(f"--lengths must be integers or nK, got {args.lengths!r}")
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    bad = [d for d in dtypes if d not in POLICIES]
+    if bad or args.repeats < 1:
+        ap.error(f"--dtypes takes float32 / bfloat16 (got {bad}); --repeats must be >= 1")
+
+    import tensorflow as tf
+
+    devices = ", ".join(d.device_type for d in tf.config.list_logical_devices())
+    print(
+        f"flashcore.tf bench: 2 causal FLASH layers, forward + backward, batch {args.batch}, "
+        f"dim {args.dim}, chunk {args.chunk}, qk {args.qk}; tensorflow {tf.__version__} on "
+        f"{devices}; XLA (jit_compile=True); median of {args.repeats}"
+    )
+    header = (
+        f"{'T':>7} {'dtype':>9} {'median ms':>11} {'us/token':>9} {'min ms':>9} {'compile s':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for t in lengths:
+        for dtype in dtypes:
+            compile_s, times = bench_one(
+                t,
+                dtype,
+                repeats=args.repeats,
+                dim=args.dim,
+                chunk=args.chunk,
+                qk=args.qk,
+                batch=args.batch,
+            )
+            med = statistics.median(times)
+            print(
+                f"{t:>7} {dtype:>9} {med * 1e3:>11.1f} {med * 1e6 / (t * args.batch):>9.2f} "
+                f"{min(times) * 1e3:>9.1f} {compile_s:>10.1f}",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,161 @@
+"""The TensorFlow :class:`flashcore.engine.Engine`: a Keras :class:`~flashcore.tf.LM`, XLA-compiled
+steps, and AdamW with its moments kept in canonical layout.
+
+AdamW is written out here (a few lines over ``tf.Variable`` s) rather than taken from
+``keras.optimizers.AdamW``, whose epsilon sits outside the bias correction: written out, it is
+the update of :mod:`flashcore.engine` exactly, so a run moves between engines without a jump.
+bfloat16 runs the layers under Keras' ``mixed_bfloat16`` policy (float32 variables).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+import flashcore as fc
+from flashcore.engine import OptimConfig, decays
+
+from .layers import LM
+from .xp import xp
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    def __init__(
+        self,
+        config: fc.LMConfig,
+        params: dict[str, np.ndarray],
+        *,
+        dtype: str = "float32",
+        optim: OptimConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+        fc.check_params(params, config)
+        self.config, self.seed = config, seed
+        policy = "mixed_bfloat16" if dtype == "bfloat16" else "float32"
+        self.model = LM(
+            config, params={k: np.asarray(v, np.float32) for k, v in params.items()}, dtype=policy
+        )
+        self.optim_config = optim or OptimConfig()
+        native = self.model.native_variables()
+        shapes = {n: s.shape for n, s in fc.param_spec(config).items()}
+        # (canonical name, variable, transpose, decays) in a fixed order
+        self.slots = [
+            (name, native[path], transpose, decays(name, shapes[name]))
+            for name, (path, transpose) in self.model.table.items()
+        ]
+        self.m = [tf.Variable(tf.zeros_like(v), trainable=False) for _, v, _, _ in self.slots]
+        self.v = [tf.Variable(tf.zeros_like(v), trainable=False) for _, v, _, _ in self.slots]
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self._train = tf.function(self._train_step, jit_compile=True, reduce_retracing=True)
+        self._eval = tf.function(self._loss, jit_compile=True, reduce_retracing=True)
+
+    def _loss(self, x, y):
+        logits = self.model(x)
+        return tf.cast(fc.cross_entropy(logits, y, xp=xp), tf.float32)
+
+    def _train_step(self, x, y, lr):
+        o = self.optim_config
+        variables = [v for _, v, _, _ in self.slots]
+        with tf.GradientTape() as tape:
+            loss = self._loss(x, y)
+        grads = tape.gradient(loss, variables)
+        grads = [
+            tf.zeros_like(v) if g is None else tf.cast(g, v.dtype) for g, v in zip(grads, variables)
+        ]
+        if o.grad_clip > 0:
+            norm = tf.linalg.global_norm(grads)
+            grads = [g * tf.minimum(1.0, o.grad_clip / (norm + 1e-6)) for g in grads]
+        self.step.assign_add(1)
+        k = tf.cast(self.step, tf.float32)
+        bc1, bc2 = 1.0 - o.b1**k, 1.0 - o.b2**k
+        for (_, p, _, decay), g, m, v in zip(self.slots, grads, self.m, self.v):
+            if decay and o.weight_decay:
+                p.assign_sub(lr * o.weight_decay * p)
+            m.assign(o.b1 * m + (1.0 - o.b1) * g)
+            v.assign(o.b2 * v + (1.0 - o.b2) * g * g)
+            p.assign_sub(lr / bc1 * m / (tf.sqrt(v) / tf.sqrt(bc2) + o.eps))
+        return loss
+
+    def train_step(self, inputs: np.ndarray, targets: np.ndarray, lr: float) -> float:
+        x = tf.constant(np.asarray(inputs, np.int32))
+        y = tf.constant(np.asarray(targets, np.int32))
+        return float(self._train(x, y, tf.constant(lr, tf.float32)))
+
+    def eval_loss(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
+        x = tf.constant(np.asarray(inputs, np.int32))
+        y = tf.constant(np.asarray(targets, np.int32))
+        n = int(np.asarray(targets).size)
+        return float(self._eval(x, y)) * n, n
+
+    def params(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v, np.float32) for k, v in self.model.to_canonical().items()}
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        out = {}
+        for (name, _, transpose, _), m, v in zip(self.slots, self.m, self.v):
+            m_np, v_np = m.numpy(), v.numpy()
+            out[f"m.{name}"] = m_np.T if transpose else m_np
+            out[f"v.{name}"] = v_np.T if transpose else v_np
+        out["step"] = np.asarray(int(self.step.numpy()), np.int64)
+        return out
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        staged = []
+        for (name, p, transpose, _), m, v in zip(self.slots, self.m, self.v):
+            a, b = np.asarray(state[f"m.{name}"]), np.asarray(state[f"v.{name}"])
+            a, b = (a.T, b.T) if transpose else (a, b)
+            if a.shape != tuple(p.shape) or b.shape != tuple(p.shape):
+                raise ValueError(f"optimizer state for {name}: shape {a.shape} != {tuple(p.shape)}")
+            staged.append((m, a, v, b))
+        for m, a, v, b in staged:
+            m.assign(a.astype(np.float32))
+            v.assign(b.astype(np.float32))
+        self.step.assign(int(np.asarray(state["step"])))
+
+    def generate(
+        self,
+        prompt: np.ndarray,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int = 0,
+    ) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        tokens = np.asarray(prompt, np.int64)
+        block = self.config.block
+        incremental = isinstance(block, fc.FlashConfig) and block.kind == "flash" and block.causal
+        if incremental:
+            state = self.model.decode_init(tokens.shape[0])
+            step = tf.function(self.model.decode_step, jit_compile=True, reduce_retracing=True)
+            for i in range(tokens.shape[1]):
+                logits, state = step(tf.constant(tokens[:, i], tf.int32), state)
+        else:  # GAU / Transformer++: rerun the forward on the growing sequence
+
+            def step(new, _state, so_far=None):
+                seq = np.concatenate(out, axis=1)
+                return self.model(tf.constant(seq, tf.int32))[:, -1], None
+
+            state = None
+            logits = self.model(tf.constant(tokens, tf.int32))[:, -1]
+        out = [tokens]
+        for n in range(max_new_tokens):
+            z = np.asarray(logits, np.float64)
+            if temperature == 0:
+                new = z.argmax(-1)
+            else:
+                z = z / temperature
+                if top_k is not None and top_k < z.shape[-1]:
+                    kth = np.sort(z, axis=-1)[:, -top_k][:, None]
+                    z = np.where(z < kth, -np.inf, z)
+                prob = np.exp(z - z.max(-1, keepdims=True))
+                prob /= prob.sum(-1, keepdims=True)
+                new = np.array([rng.choice(len(row), p=row) for row in prob])
+            out.append(new[:, None])
+            if n + 1 < max_new_tokens:
+                logits, state = step(tf.constant(new, tf.int32), state)
+        return np.concatenate(out, axis=1)

@@ -1,0 +1,237 @@
+"""A minimal array-API namespace over TensorFlow tensors (array-api-compat has none for TF).
+
+It implements exactly the subset that the flashcore spec calls (see ``flashcore/_xp.py``), with
+array-API semantics: NumPy-style broadcasting, no implicit type promotion between tensors (TF
+raises on mixed dtypes; the spec never mixes them), ``cumulative_sum(..., include_initial=True)``,
+``take`` along one axis, and ``erf`` / ``silu`` (TF's own kernels, which the spec takes when a
+namespace has them). Elementwise operators, comparisons and basic slicing are the tensors' own.
+
+Shapes are static: sizes in ``zeros``/``ones``/``reshape``/``broadcast_to`` are Python ints, as
+the spec computes them from ``x.shape``. The one exception is the batch size, which Keras leaves
+unknown (None) when it traces ``fit``: ``xp.with_batch(tf.shape(x)[0])`` is a namespace in which
+None in those shapes stands for it; plain ``xp`` raises a clear ValueError on None. Device
+arguments are TF device strings (``array_api_compat.device`` returns ``tensor.device``); an empty
+string or None leaves placement to TF. The default floating dtype is float32 and the default
+integer dtype int64 (the array API leaves both to the library).
+
+    from flashcore.tf.xp import xp
+    out = flashcore.flash(params, x, config=cfg, xp=xp)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["Namespace", "xp"]
+
+
+def _on(device):
+    """Place new tensors on ``device`` (a TF device string); '' or None: TF's choice."""
+    return tf.device(device) if device else contextlib.nullcontext()
+
+
+class Namespace:
+    """The array-API subset used by flashcore, over ``tf.Tensor``. Use the instance :data:`xp`.
+
+    ``__name__`` makes :func:`flashcore._xp.erf` take this namespace's ``erf``.
+    """
+
+    __name__ = "flashcore.tf.xp"
+
+    def __init__(self, batch: tf.Tensor | None = None):
+        self._batch = batch
+
+    def with_batch(self, batch: tf.Tensor) -> Namespace:
+        """A namespace in which ``None`` in a shape stands for ``batch`` (a scalar int tensor): the
+        batch size when it is unknown at trace time (Keras ``fit`` traces with batch None)."""
+        return Namespace(batch)
+
+    def _shape(self, shape) -> list:
+        dims = [shape] if isinstance(shape, int) else list(shape)
+        if any(d is None for d in dims) and self._batch is None:
+            raise ValueError(
+                f"flashcore.tf.xp needs static shapes, got {tuple(dims)}: a dimension is unknown "
+                "at trace time (use xp.with_batch(tf.shape(x)[0]) for an unknown batch size)"
+            )
+        return [self._batch if d is None else int(d) for d in dims]
+
+    bool = tf.bool
+    int32 = tf.int32
+    int64 = tf.int64
+    float16 = tf.float16
+    bfloat16 = tf.bfloat16
+    float32 = tf.float32
+    float64 = tf.float64
+
+    # ---- creation -------------------------------------------------------------------------
+    @staticmethod
+    def asarray(obj, /, *, dtype=None, device=None, copy=None) -> tf.Tensor:
+        """A tensor from a tensor, NumPy array or Python scalar/sequence (dtype kept unless given;
+        Python floats become float32, Python ints int64)."""
+        if isinstance(obj, tf.Tensor | tf.Variable):
+            return obj if dtype is None else tf.cast(obj, dtype)
+        arr = np.asarray(obj)
+        if dtype is None and not isinstance(obj, np.ndarray | np.generic):
+            if arr.dtype.kind == "f":
+                arr = arr.astype(np.float32)
+            elif arr.dtype.kind in "iu":
+                arr = arr.astype(np.int64)
+        with _on(device):
+            return tf.constant(arr, dtype=dtype)
+
+    def zeros(self, shape, *, dtype=None, device=None) -> tf.Tensor:
+        with _on(device):
+            return tf.zeros(self._shape(shape), dtype=dtype or tf.float32)
+
+    def ones(self, shape, *, dtype=None, device=None) -> tf.Tensor:
+        with _on(device):
+            return tf.ones(self._shape(shape), dtype=dtype or tf.float32)
+
+    @staticmethod
+    def zeros_like(x, /, *, dtype=None, device=None) -> tf.Tensor:
+        return tf.zeros_like(x, dtype=dtype)
+
+    @staticmethod
+    def ones_like(x, /, *, dtype=None, device=None) -> tf.Tensor:
+        return tf.ones_like(x, dtype=dtype)
+
+    @staticmethod
+    def full_like(x, /, fill_value, *, dtype=None, device=None) -> tf.Tensor:
+        dtype = dtype or x.dtype
+        return tf.fill(tf.shape(x), tf.constant(fill_value, dtype=dtype))
+
+    @staticmethod
+    def arange(start, /, stop=None, step=1, *, dtype=None, device=None) -> tf.Tensor:
+        if stop is None:
+            start, stop = 0, start
+        if dtype is None:
+            floats = any(isinstance(v, float) for v in (start, stop, step))
+            dtype = tf.float32 if floats else tf.int64
+        with _on(device):
+            return tf.range(start, stop, step, dtype=dtype)
+
+    # ---- dtype and shape ------------------------------------------------------------------
+    @staticmethod
+    def isdtype(dtype, kind) -> bool:
+        """Whether ``dtype`` is of ``kind``: a dtype, a kind name ('bool', 'signed integer',
+        'unsigned integer', 'integral', 'real floating', 'complex floating', 'numeric') or a
+        tuple of those."""
+        if isinstance(kind, tuple):
+            return any(Namespace.isdtype(dtype, k) for k in kind)
+        dtype = tf.as_dtype(dtype)
+        if not isinstance(kind, str):
+            return dtype == tf.as_dtype(kind)
+        kinds = {
+            "bool": dtype.is_bool,
+            "signed integer": dtype.is_integer and not dtype.is_unsigned,
+            "unsigned integer": dtype.is_integer and dtype.is_unsigned,
+            "integral": dtype.is_integer,
+            "real floating": dtype.is_floating,
+            "complex floating": dtype.is_complex,
+        }
+        kinds["numeric"] = not dtype.is_bool and any(kinds[k] for k in list(kinds)[1:])
+        if kind not in kinds:
+            raise ValueError(f"isdtype: unknown kind {kind!r}")
+        return kinds[kind]
+
+    @staticmethod
+    def astype(x, dtype, /, *, copy=True, device=None) -> tf.Tensor:
+        return tf.cast(x, dtype)  # tensors are immutable: copy makes no difference
+
+    def reshape(self, x, /, shape, *, copy=None) -> tf.Tensor:
+        return tf.reshape(x, self._shape(shape))
+
+    @staticmethod
+    def permute_dims(x, /, axes) -> tf.Tensor:
+        return tf.transpose(x, perm=list(axes))
+
+    @staticmethod
+    def expand_dims(x, /, *, axis=0) -> tf.Tensor:
+        return tf.expand_dims(x, axis)
+
+    def broadcast_to(self, x, /, shape) -> tf.Tensor:
+        return tf.broadcast_to(x, self._shape(shape))
+
+    @staticmethod
+    def concat(arrays: Sequence, /, *, axis=0) -> tf.Tensor:
+        if axis is None:
+            return tf.concat([tf.reshape(a, [-1]) for a in arrays], 0)
+        return tf.concat(list(arrays), axis)
+
+    @staticmethod
+    def stack(arrays: Sequence, /, *, axis=0) -> tf.Tensor:
+        return tf.stack(list(arrays), axis)
+
+    @staticmethod
+    def take(x, indices, /, *, axis=None) -> tf.Tensor:
+        """Elements of ``x`` at integer ``indices`` (1-D) along ``axis`` (None: x must be 1-D)."""
+        if axis is None:
+            if x.shape.rank != 1:
+                raise ValueError("take: axis is required for arrays of rank > 1")
+            axis = 0
+        return tf.gather(x, indices, axis=axis)
+
+    @staticmethod
+    def where(condition, x1, x2, /) -> tf.Tensor:
+        return tf.where(condition, x1, x2)
+
+    # ---- linear algebra and reductions ----------------------------------------------------
+    @staticmethod
+    def matmul(x1, x2, /) -> tf.Tensor:
+        """Batched matmul with broadcasting over leading dims (operands of rank >= 2)."""
+        if x1.shape.rank < 2 or x2.shape.rank < 2:
+            raise ValueError("matmul: this namespace supports operands of rank >= 2 only")
+        return tf.linalg.matmul(x1, x2)
+
+    @staticmethod
+    def sum(x, /, *, axis=None, dtype=None, keepdims=False) -> tf.Tensor:
+        if dtype is not None:
+            x = tf.cast(x, dtype)
+        return tf.reduce_sum(x, axis=axis, keepdims=keepdims)
+
+    @staticmethod
+    def mean(x, /, *, axis=None, keepdims=False) -> tf.Tensor:
+        return tf.reduce_mean(x, axis=axis, keepdims=keepdims)
+
+    @staticmethod
+    def max(x, /, *, axis=None, keepdims=False) -> tf.Tensor:
+        return tf.reduce_max(x, axis=axis, keepdims=keepdims)
+
+    @staticmethod
+    def cumulative_sum(x, /, *, axis=None, dtype=None, include_initial=False) -> tf.Tensor:
+        """Inclusive cumulative sum along ``axis``; ``include_initial`` prepends a zero, so the
+        axis grows by one (``out[..., :n]`` is then the exclusive sum)."""
+        if axis is None:
+            if x.shape.rank != 1:
+                raise ValueError("cumulative_sum: axis is required for arrays of rank > 1")
+            axis = 0
+        if dtype is not None:
+            x = tf.cast(x, dtype)
+        out = tf.cumsum(x, axis=axis)
+        if include_initial:
+            pad = [[0, 0]] * x.shape.rank
+            pad[axis % x.shape.rank] = [1, 0]
+            out = tf.pad(out, pad)
+        return out
+
+    # ---- elementwise ----------------------------------------------------------------------
+    @staticmethod
+    def maximum(x1, x2, /) -> tf.Tensor:
+        return tf.maximum(x1, x2)
+
+    exp = staticmethod(tf.math.exp)
+    log = staticmethod(tf.math.log)
+    sqrt = staticmethod(tf.math.sqrt)
+    sin = staticmethod(tf.math.sin)
+    cos = staticmethod(tf.math.cos)
+    abs = staticmethod(tf.math.abs)
+    # Not array-API; flashcore._xp.erf and flashcore.ops.silu use them when present.
+    erf = staticmethod(tf.math.erf)
+    silu = staticmethod(tf.nn.silu)  # fused x * sigmoid(x)
+
+
+xp = Namespace()
