@@ -23,7 +23,7 @@ DEFAULT = [
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="flashcore demo", description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--out", type=Path, default=Path("runs/demo"))
     ap.add_argument("--backends", default="all", help="backends to evaluate in (default: all)")
     ap.add_argument("--quiet", action="store_true")

@@ -82,3 +82,16 @@ def test_wheel_ships_backends_under_flashcore(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().startswith(str(target))
+
+
+def test_tf_first_then_torch_and_triton_does_not_abort():
+    """LLVM aborts when triton loads after TensorFlow; flashcore.tf loads triton first."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("triton") is None:
+        import pytest
+
+        pytest.skip("needs both tensorflow and triton installed")
+    code = "import flashcore.tf, flashcore.torch, triton.language; print('ok')"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]

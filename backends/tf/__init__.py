@@ -6,7 +6,20 @@ TensorFlow and Keras; Keras must run on its TensorFlow backend (``KERAS_BACKEND`
     from flashcore.tf import FLASH, GAU, TransformerBlock, LM, xp
 """
 
-import keras as _keras
+import os as _os
+
+# TensorFlow's C++ INFO lines (oneDNN notices) drown the command-line output; a user's own
+# setting wins.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+# LLVM aborts a process that loads triton (flashcore.torch's CUDA kernel, torch.compile) after
+# TensorFlow. Load triton first when it is installed, so importing flashcore.torch later is safe.
+try:
+    import triton as _triton  # noqa: F401
+except ImportError:
+    pass
+
+import keras as _keras  # noqa: E402
 
 if _keras.backend.backend() != "tensorflow":
     raise ImportError(
