@@ -176,6 +176,8 @@ def plot(results: list[dict], out: Path) -> None:
                     ax.plot(
                         [p[xkey] for p in r["curve"]],
                         [p["bpb"] for p in r["curve"]],
+                        marker="o",
+                        markersize=3,
                         label=f"{r['arch']} lr {r['lr']:g}",
                     )
             ax.set_title(f"context {ctx}")
