@@ -95,3 +95,15 @@ def test_tf_first_then_torch_and_triton_does_not_abort():
     code = "import flashcore.tf, flashcore.torch, triton.language; print('ok')"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
+
+
+def test_test_module_names_are_unique():
+    """pytest imports test files by basename (no __init__.py): two with one name break collection."""
+    names = [
+        p.name
+        for d in ("tests", "conformance")
+        for p in (ROOT / d).rglob("*.py")
+        if "test" in p.parts[-2] or p.parent.name.startswith("backend_")
+    ]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    assert not dupes, dupes
