@@ -13,17 +13,13 @@ gives the median over ``--repeats`` timed steps after one warm-up, and microseco
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
+
+from flashcore.benchtable import parse_length, print_table
 
 __all__ = ["main", "bench_one"]
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
-
-
-def _length(text: str) -> int:
-    text = text.strip().upper()
-    return int(text[:-1]) * 1024 if text.endswith("K") else int(text)
 
 
 def bench_one(t: int, dtype: str, *, repeats: int, dim: int, chunk: int, qk: int, batch: int = 1):
@@ -76,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--qk", type=int, default=128)
     args = ap.parse_args(argv)
     try:
-        lengths = [_length(s) for s in args.lengths.split(",") if s.strip()]
+        lengths = [parse_length(s) for s in args.lengths.split(",") if s.strip()]
     except ValueError:
         ap.error(f"--lengths must be integers or nK, got {args.lengths!r}")
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
@@ -92,28 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         f"dim {args.dim}, chunk {args.chunk}, qk {args.qk}; tensorflow {tf.__version__} on "
         f"{devices}; XLA (jit_compile=True); median of {args.repeats}"
     )
-    header = (
-        f"{'T':>7} {'dtype':>9} {'median ms':>11} {'us/token':>9} {'min ms':>9} {'compile s':>10}"
-    )
-    print(header)
-    print("-" * len(header))
-    for t in lengths:
-        for dtype in dtypes:
-            compile_s, times = bench_one(
-                t,
-                dtype,
-                repeats=args.repeats,
-                dim=args.dim,
-                chunk=args.chunk,
-                qk=args.qk,
-                batch=args.batch,
-            )
-            med = statistics.median(times)
-            print(
-                f"{t:>7} {dtype:>9} {med * 1e3:>11.1f} {med * 1e6 / (t * args.batch):>9.2f} "
-                f"{min(times) * 1e3:>9.1f} {compile_s:>10.1f}",
-                flush=True,
-            )
+    print_table(
+        bench_one, lengths, dtypes, repeats=args.repeats, dim=args.dim, chunk=args.chunk,
+        qk=args.qk, batch=args.batch,
+    )  # fmt: skip
     return 0
 
 
