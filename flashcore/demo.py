@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from . import train
@@ -24,10 +25,12 @@ DEFAULT = [
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="flashcore demo", description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--out", type=Path, default=Path("runs/demo"))
+    ap.add_argument("--out", type=Path, default=None, help="default: runs/demo-<date>-<time>")
     ap.add_argument("--backends", default="all", help="backends to evaluate in (default: all)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    if args.out is None:  # a new folder every run: never touch an earlier run's checkpoint
+        args.out = Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     if args.out.exists() and any(args.out.iterdir()):
         print(f"flashcore demo: {args.out} is not empty; pass another --out", file=sys.stderr)
         return 2
