@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 from collections.abc import Callable, Iterable
 
-__all__ = ["parse_length", "print_table"]
+__all__ = ["parse_length", "parse_args", "print_table"]
 
 
 def parse_length(text: str) -> int:
     """'4K' -> 4096, '1000' -> 1000."""
     text = text.strip().upper()
     return int(text[:-1]) * 1024 if text.endswith("K") else int(text)
+
+
+def parse_args(prog: str, description: str, argv: list[str] | None):
+    """The benchmark options -> (args, lengths, dtypes); a bad value exits with a usage error."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument("--lengths", default="1K,4K,16K,64K", help="comma-separated T (1K = 1024)")
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated dtypes")
+    ap.add_argument("--repeats", type=int, default=3, help="timed steps per (T, dtype)")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--chunk", type=int, default=256)
+    ap.add_argument("--qk", type=int, default=128)
+    args = ap.parse_args(argv)
+    try:
+        lengths = [parse_length(s) for s in args.lengths.split(",") if s.strip()]
+    except ValueError:
+        ap.error(f"--lengths must be integers or nK, got {args.lengths!r}")
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    bad = [d for d in dtypes if d not in ("float32", "bfloat16")]
+    if bad or args.repeats < 1:
+        ap.error(f"--dtypes takes float32 / bfloat16 (got {bad}); --repeats must be >= 1")
+    return args, lengths, dtypes
 
 
 def print_table(

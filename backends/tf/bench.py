@@ -12,10 +12,9 @@ gives the median over ``--repeats`` timed steps after one warm-up, and microseco
 
 from __future__ import annotations
 
-import argparse
 import time
 
-from flashcore.benchtable import parse_length, print_table
+from flashcore.benchtable import parse_args, print_table
 
 __all__ = ["main", "bench_one"]
 
@@ -60,25 +59,7 @@ def bench_one(t: int, dtype: str, *, repeats: int, dim: int, chunk: int, qk: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="flashcore bench --backend tf", description=__doc__.split("\n")[0]
-    )
-    ap.add_argument("--lengths", default="1K,4K,16K,64K", help="comma-separated T (1K = 1024)")
-    ap.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated dtypes")
-    ap.add_argument("--repeats", type=int, default=3, help="timed steps per (T, dtype)")
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--chunk", type=int, default=256)
-    ap.add_argument("--qk", type=int, default=128)
-    args = ap.parse_args(argv)
-    try:
-        lengths = [parse_length(s) for s in args.lengths.split(",") if s.strip()]
-    except ValueError:
-        ap.error(f"--lengths must be integers or nK, got {args.lengths!r}")
-    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    bad = [d for d in dtypes if d not in POLICIES]
-    if bad or args.repeats < 1:
-        ap.error(f"--dtypes takes float32 / bfloat16 (got {bad}); --repeats must be >= 1")
+    args, lengths, dtypes = parse_args("flashcore bench --backend tf", __doc__.split("\n")[0], argv)
 
     import tensorflow as tf
 
