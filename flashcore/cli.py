@@ -4,6 +4,7 @@ flashcore demo                       a short run of the spec on NumPy (the main 
 flashcore conformance [...]          the conformance suite as a CI gate (see --help)
 flashcore bench --backend B [...]    a backend's benchmark (see flashcore.<B>.bench)
 flashcore weights-table              the canonical weight table (docs/weights.md)
+flashcore convert SRC DST [...]      convert weights: canonical, torch, flax, keras, flash-pytorch
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ COMMANDS = {
     "quality": "flashcore.quality:main",
     "conformance": "flashcore.conformance.report:main",
     "weights-table": "flashcore.params:print_weight_table",
+    "convert": "flashcore.convert:main",
 }
 
 

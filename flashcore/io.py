@@ -23,7 +23,15 @@ import numpy as np
 from .config import FlashConfig, LMConfig, TransformerConfig, config_from_dict
 from .params import check_params
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "WeightFileError", "save", "load", "read_header"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "WeightFileError",
+    "save",
+    "load",
+    "read_header",
+    "make_metadata",
+]
 
 FORMAT = "flashcore"
 FORMAT_VERSION = 1
@@ -35,16 +43,40 @@ class WeightFileError(ValueError):
     """A canonical weight file that cannot be used: unreadable, foreign, too new, or mismatched."""
 
 
-def _atomic_write(path: Path, write) -> None:
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_write(path: Path, write, *, suffix: str = ".tmp") -> None:
+    """Call ``write(tmp)`` on a temporary file in ``path``'s folder, then rename it to ``path``;
+    on any failure the temporary file is removed and ``path`` is untouched. ``suffix``: the
+    temporary name's ending (for writers that insist on one, e.g. Keras' ``.weights.h5``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have made
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def make_metadata(config: AnyConfig, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The safetensors metadata of a canonical file: format, format_version, config, ``extra``."""
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "config": json.dumps(config.to_dict(), sort_keys=True),
+    }
+    for k, v in (extra or {}).items():
+        if k in metadata:
+            raise ValueError(f"extra metadata key {k!r} is reserved")
+        metadata[k] = str(v)
+    return metadata
 
 
 def save(
@@ -63,15 +95,7 @@ def save(
 
     check_params(params, config)
     path = Path(path)
-    metadata = {
-        "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
-        "config": json.dumps(config.to_dict(), sort_keys=True),
-    }
-    for k, v in (extra or {}).items():
-        if k in metadata:
-            raise ValueError(f"extra metadata key {k!r} is reserved")
-        metadata[k] = str(v)
+    metadata = make_metadata(config, extra)
     arrays = {k: np.asarray(v).copy(order="C") for k, v in params.items()}
     _atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=metadata))
     return path

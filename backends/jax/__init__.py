@@ -10,9 +10,10 @@ The math is the flashcore spec, called with ``jax.numpy`` as its array namespace
     decode:     init_state / step / scan (lax.scan) / generate: causal incremental decoding.
     parallel:   data_mesh / shard_batch / replicate: data parallelism with jax.sharding.
     kernel:     flash_core (a Pallas mixed-chunk attention kernel) behind can_use_kernel.
+    io:         save / load (Flax msgpack files), save_canonical / load_canonical (safetensors).
 """
 
-from . import decode, functional, parallel
+from . import decode, functional, io, parallel
 from .functional import apply, init, logits, loss
 from .modules import FLASH, GAU, LM, TransformerBlock, module_for, naming_table
 
@@ -30,4 +31,5 @@ __all__ = [
     "functional",
     "decode",
     "parallel",
+    "io",
 ]

@@ -4,6 +4,7 @@ TensorFlow and Keras; Keras must run on its TensorFlow backend (``KERAS_BACKEND`
 (their LLVM options clash with TensorFlow's).
 
     from flashcore.tf import FLASH, GAU, TransformerBlock, LM, xp
+    from flashcore.tf import io   # save / load (Keras .weights.h5), save_canonical / load_canonical
 """
 
 import os as _os
@@ -27,7 +28,8 @@ if _keras.backend.backend() != "tensorflow":
         f"{_keras.backend.backend()!r}; set KERAS_BACKEND=tensorflow before importing keras"
     )
 
+from . import io  # noqa: E402
 from .layers import FLASH, GAU, LM, TransformerBlock, layer_for, naming_table  # noqa: E402
 from .xp import xp  # noqa: E402
 
-__all__ = ["FLASH", "GAU", "TransformerBlock", "LM", "layer_for", "naming_table", "xp"]
+__all__ = ["FLASH", "GAU", "TransformerBlock", "LM", "layer_for", "naming_table", "xp", "io"]

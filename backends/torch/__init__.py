@@ -10,9 +10,11 @@ Modules built from the frozen flashcore configs; their forward calls the flashco
 
 ``seed=`` gives the weights of ``flashcore.init(config, seed)``; ``load_canonical`` /
 ``to_canonical`` exchange canonical weights through the naming tables in
-:mod:`flashcore.torch.naming`.
+:mod:`flashcore.torch.naming`; :mod:`flashcore.torch.io` saves and loads weight files (canonical
+safetensors and torch state-dict files) with native tensors.
 """
 
+from . import io
 from .layers import FLASH, GAU, TransformerBlock, block_class
 from .lm import LM
 from .module import CanonicalModule, ParamGroup
@@ -27,4 +29,5 @@ __all__ = [
     "CanonicalModule",
     "ParamGroup",
     "naming_table",
+    "io",
 ]

@@ -1,0 +1,140 @@
+"""Weight files for the Keras layers: the canonical file and the Keras weights file.
+
+    save(path, layer)                    Keras weights file (``*.weights.h5``) + config + tag
+    load(path)                           -> a new layer (FLASH, GAU, TransformerBlock or LM)
+    save_canonical(path, layer)          canonical safetensors (flashcore.io; bfloat16 kept)
+    load_canonical(path)                 -> a new layer
+    write_params(path, params, config)   canonical weights -> Keras file (for flashcore.convert)
+    read_params(path)                    Keras file -> (canonical NumPy weights, config)
+
+The Keras file is what ``keras.saving.save_weights(layer, path)`` writes (HDF5; Keras stores
+variables by creation order under the layer's path and keeps bfloat16), plus three attributes on
+the HDF5 root group, which Keras ignores: ``flashcore_format`` = "flashcore-keras",
+``flashcore_format_version`` = "1" and ``flashcore_config`` (JSON), and ``flashcore_dtype`` (the
+variables' dtype, so the layer is rebuilt in it and nothing is cast). Keras insists on the
+``.weights.h5`` suffix for reading and writing. Writes are atomic; the attributes are added to the
+temporary file before it is renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+
+import flashcore as fc
+from flashcore.io import WeightFileError, _atomic_write
+from flashcore.io import load as _load_canonical_numpy
+from flashcore.io import save as _save_canonical_numpy
+from flashcore.weightmeta import check_file_params, common_dtype, make_tag, read_tag
+
+from .layers import layer_for
+
+__all__ = [
+    "SUFFIX",
+    "save",
+    "load",
+    "save_canonical",
+    "load_canonical",
+    "write_params",
+    "read_params",
+]
+
+SUFFIX = ".weights.h5"
+_PREFIX = "flashcore_"
+
+Config = fc.FlashConfig | fc.TransformerConfig | fc.LMConfig
+
+
+def _check_suffix(path: Path) -> None:
+    if not path.name.endswith(SUFFIX):
+        raise WeightFileError(
+            f"{path}: Keras weights files must be named *{SUFFIX} (Keras reads and writes no other "
+            "name); rename it"
+        )
+
+
+def save(path: str | os.PathLike, layer) -> Path:
+    """A flashcore.tf layer -> a Keras weights file with the config and dtype as HDF5 attributes."""
+    path = Path(path)
+    _check_suffix(path)
+    attrs = {_PREFIX + k: v for k, v in make_tag("keras", layer.config).items()}
+    attrs[_PREFIX + "dtype"] = str(layer.dtype)
+
+    def write(tmp: str) -> None:
+        keras.saving.save_weights(layer, tmp)
+        with h5py.File(tmp, "a") as f:
+            f.attrs.update(attrs)
+
+    _atomic_write(path, write, suffix=SUFFIX)
+    return path
+
+
+def write_params(path: str | os.PathLike, params: dict, config: Config) -> Path:
+    """Canonical weights of one dtype (bfloat16 via ml_dtypes) -> a Keras weights file."""
+    fc.check_params(params, config)
+    dtype = common_dtype(params)
+    layer = layer_for(config)(config, params=params, dtype=dtype.name)
+    return save(path, layer)
+
+
+def _read_attrs(path: Path) -> tuple[Config, str]:
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+    except Exception as err:
+        raise WeightFileError(
+            f"{path}: not a readable HDF5 file (truncated or corrupt?): {err}"
+        ) from err
+    tag = {k[len(_PREFIX) :]: v for k, v in attrs.items() if k.startswith(_PREFIX)}
+    config = read_tag(path, tag, "keras")
+    dtype = tag.get("dtype")
+    dtype = dtype.decode() if isinstance(dtype, bytes) else dtype
+    if not isinstance(dtype, str):
+        raise WeightFileError(f"{path}: no flashcore_dtype attribute")
+    return config, dtype
+
+
+def load(path: str | os.PathLike):
+    """A Keras weights file -> a new layer in the stored dtype, holding the stored weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weight file at {path}")
+    _check_suffix(path)
+    config, dtype = _read_attrs(path)
+    layer = layer_for(config)(config, dtype=dtype)
+    try:
+        keras.saving.load_weights(layer, str(path))
+    except Exception as err:
+        raise WeightFileError(
+            f"{path}: its weights do not fit the stored config {config!r}: {str(err)[:500]}"
+        ) from err
+    return layer
+
+
+def read_params(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]:
+    """A Keras weights file -> (canonical NumPy weights in the stored dtype, config)."""
+    layer = load(path)
+    params = layer.to_canonical()
+    check_file_params(path, params, layer.config)
+    return params, layer.config
+
+
+def save_canonical(path: str | os.PathLike, layer) -> Path:
+    """A layer -> a canonical safetensors file (bfloat16 through ml_dtypes, bit-exact)."""
+    return _save_canonical_numpy(path, layer.to_canonical(), layer.config)
+
+
+def load_canonical(path: str | os.PathLike, *, dtype: str | None = None):
+    """A canonical safetensors file -> a new layer (``dtype``: a Keras dtype or policy; default
+    the file's dtype when it has one, else float32)."""
+    params, config = _load_canonical_numpy(path)
+    if dtype is None:
+        try:
+            dtype = common_dtype(params).name
+        except ValueError:
+            dtype = None
+    return layer_for(config)(config, params=params, dtype=dtype)
