@@ -9,10 +9,16 @@ import numpy as np
 
 from ._xp import dtype_name
 
-__all__ = ["check_x", "check_mask", "check_segments", "check_tokens", "concrete"]
+__all__ = ["check_x", "check_mask", "check_segments", "check_tokens", "concrete", "is_floating"]
 
 _FLOATS = ("float16", "bfloat16", "float32", "float64")
 _INTS = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+
+
+def is_floating(dtype) -> bool:
+    """True for the real floating dtypes flashcore computes in (float16, bfloat16, float32,
+    float64), whatever the namespace; False for bool, integer and complex ones."""
+    return dtype_name(dtype) in _FLOATS
 
 
 def concrete(a) -> np.ndarray | None:

@@ -13,6 +13,8 @@ from typing import Literal
 
 import numpy as np
 
+from ._xp import dtype_name
+from .checks import is_floating
 from .config import FlashConfig, LMConfig, TransformerConfig
 
 __all__ = ["ParamSpec", "param_spec", "init", "check_params", "subtree"]
@@ -128,7 +130,10 @@ def init(
 
 
 def check_params(params: dict, config: FlashConfig | TransformerConfig | LMConfig) -> None:
-    """Raise ValueError unless ``params`` has exactly the canonical names and shapes of ``config``."""
+    """Raise ValueError unless ``params`` has exactly the canonical names and shapes of ``config``
+    and every value is real floating point (float16 / bfloat16 / float32 / float64).
+
+    Shapes and dtypes only (static under jit); the message lists every problem found."""
     spec = param_spec(config)
     missing = sorted(set(spec) - set(params))
     extra = sorted(set(params) - set(spec))
@@ -143,6 +148,13 @@ def check_params(params: dict, config: FlashConfig | TransformerConfig | LMConfi
     ]
     if bad:
         raise ValueError("parameter shapes do not match the config: " + "; ".join(bad))
+    not_float = [
+        f"{k}: expected a floating dtype, got {dtype_name(params[k].dtype)}"
+        for k in spec
+        if not is_floating(params[k].dtype)
+    ]
+    if not_float:
+        raise ValueError("parameters must be floating point: " + "; ".join(not_float))
 
 
 def subtree(params: dict, prefix: str) -> dict:

@@ -108,6 +108,20 @@ def _native(value: jax.Array, transpose: bool) -> jax.Array:
     return value.T if transpose else value
 
 
+def _cast_all(params: dict, dtypes: dict) -> dict[str, jax.Array]:
+    """{name: jnp array in ``dtypes[name]``} (None: keep the dtype) for every name of ``dtypes``;
+    ValueError naming every value that cannot be converted (and nothing returned)."""
+    out, errors = {}, []
+    for name, dtype in dtypes.items():
+        try:
+            out[name] = jnp.asarray(params[name], dtype=dtype)
+        except (TypeError, ValueError, RuntimeError) as err:
+            errors.append(f"{name}: cannot be converted to a {dtype or 'jax'} array: {err}")
+    if errors:
+        raise ValueError("parameters cannot be converted: " + "; ".join(errors))
+    return out
+
+
 class _Canonical(nnx.Module):
     """Shared: construction from canonical params and the canonical <-> native round trip."""
 
@@ -121,7 +135,7 @@ class _Canonical(nnx.Module):
         if params is None:
             return functional.init(config, rngs.params(), dtype or jnp.float32)
         fc.check_params(params, config)
-        return {k: jnp.asarray(v, dtype=dtype) for k, v in params.items()}
+        return _cast_all(params, dict.fromkeys(params, dtype))
 
     @property
     def table(self) -> Table:
@@ -135,13 +149,16 @@ class _Canonical(nnx.Module):
     def load_canonical(self, params: dict) -> None:
         """Set every parameter from a canonical dict (any array type), cast to the module's dtypes.
 
-        Raises ValueError naming missing / unexpected names or bad shapes; then nothing changes.
+        Raises ValueError naming missing / unexpected names, bad shapes, non-floating values or
+        values that cannot be cast; every value is checked and cast first, so then nothing changes.
         """
         fc.check_params(params, self.config)
+        dtypes = {name: _get(self, path)[...].dtype for name, (path, _) in self.table.items()}
+        cast = _cast_all(params, dtypes)
         new = {}
         for name, (path, transpose) in self.table.items():
             var = _get(self, path)
-            value = _native(jnp.asarray(params[name], dtype=var[...].dtype), transpose)
+            value = _native(cast[name], transpose)
             if value.shape != var[...].shape:  # unreachable unless the table is wrong
                 raise ValueError(f"{name} -> {path}: shape {value.shape} != {var[...].shape}")
             new[path] = value

@@ -15,6 +15,9 @@ Masks follow Keras: the layers support masking, take the incoming Keras mask (fr
 ``Embedding(mask_zero=True)`` or ``Masking``) as the key-padding mask (True = real position) and
 pass it on; ``mask=`` and ``segment_ids=`` may also be given explicitly.
 
+Bad input raises what the spec raises (:mod:`flashcore.checks`): a mask must be bool and token
+ids integers (``keras.Input((T,), dtype="int32")``; nothing is cast behind the caller's back).
+
 Shapes: the spec builds its masks, RoPE tables and chunk layout on the host from the static
 sequence length, so the time dimension must be known when the layer is traced
 (``keras.Input((T, ...))``); an unknown one raises ValueError. The batch dimension may be unknown
@@ -133,6 +136,20 @@ def _run_static(fn, x, mask, segment_ids, *, out_dtype, per_example: bool = Fals
     return tf.map_fn(one, present, fn_output_signature=tf.TensorSpec(None, out_dtype))
 
 
+def _to_host(params: dict) -> dict[str, np.ndarray]:
+    """{name: NumPy array} for every value; ValueError naming every value that cannot be read
+    (and nothing returned), so that a bad value is found before any weight is made or changed."""
+    out, errors = {}, []
+    for name, value in params.items():
+        try:
+            out[name] = np.asarray(value)
+        except (TypeError, ValueError, RuntimeError) as err:
+            errors.append(f"{name}: cannot be converted to an array: {err}")
+    if errors:
+        raise ValueError("parameters cannot be converted: " + "; ".join(errors))
+    return out
+
+
 class _Canonical(keras.layers.Layer):
     """Shared: weights from canonical params, the canonical <-> native round trip, Keras config."""
 
@@ -153,7 +170,7 @@ class _Canonical(keras.layers.Layer):
             params = fc.init(config, seed, np.float32)
         fc.check_params(params, config)
         self._native = {}
-        self._create_weights(params)
+        self._create_weights(_to_host(params))
         self.built = True
 
     def _check_config(self, config) -> None:
@@ -196,14 +213,16 @@ class _Canonical(keras.layers.Layer):
     def load_canonical(self, params: dict) -> None:
         """Set every weight from {canonical name: array}, cast to the variables' dtype.
 
-        Raises ValueError listing missing / unexpected names or bad shapes; then nothing changes.
+        Raises ValueError listing missing / unexpected names, bad shapes, non-floating values or
+        values that cannot be cast; every value is checked and cast first, so then nothing changes.
         """
         fc.check_params(params, self.config)
+        host = _to_host(params)
         native = self.native_variables()
         new = []
         for name, (path, transpose) in self.table.items():
             var = native[path]
-            value = tf.cast(tf.convert_to_tensor(np.asarray(params[name])), var.dtype)
+            value = tf.cast(tf.convert_to_tensor(host[name]), var.dtype)
             value = tf.transpose(value) if transpose else value
             if tuple(value.shape) != tuple(var.shape):  # unreachable unless the table is wrong
                 raise ValueError(f"{name} -> {path}: shape {tuple(value.shape)} != {var.shape}")
@@ -245,7 +264,7 @@ class _Block(_Canonical):
         self._check_training(training)
         params = self.canonical_params()
         fn = fc.block_fn(self.config)
-        mask = None if mask is None else tf.cast(mask, tf.bool)
+        mask = None if mask is None else tf.convert_to_tensor(mask)  # the spec checks it is bool
         segment_ids = None if segment_ids is None else tf.convert_to_tensor(segment_ids)
 
         def run(xp, x, m, s):
@@ -357,8 +376,8 @@ class LM(_Canonical):
         """inputs: (b, t) token ids; mask: (b, t) bool; segment_ids: (b, t) ints -> (b, t, v)."""
         self._check_training(training)
         params = self.canonical_params()
-        tokens = inputs if inputs.dtype.is_integer else tf.cast(inputs, tf.int32)
-        mask = None if mask is None else tf.cast(mask, tf.bool)
+        tokens = tf.convert_to_tensor(inputs)  # ints (checked by the spec): Input(dtype="int32")
+        mask = None if mask is None else tf.convert_to_tensor(mask)  # the spec checks it is bool
         segment_ids = None if segment_ids is None else tf.convert_to_tensor(segment_ids)
 
         def run(xp, t, m, s):

@@ -116,8 +116,10 @@ class CanonicalModule(nn.Module):
     # -- canonical weight I/O ----------------------------------------------------------------
     @torch.no_grad()
     def load_canonical(self, params: Mapping[str, np.ndarray | torch.Tensor]) -> None:
-        """Load canonical weights (kernels ``[in, out]``). Raises before changing anything when
-        names differ (missing and unexpected listed), a shape differs, or a value is not floating.
+        """Load canonical weights (kernels ``[in, out]``). Raises ValueError before changing
+        anything when names differ (missing and unexpected listed), a shape differs, a value is not
+        floating, or a value cannot be cast to its parameter's dtype and device (every value is
+        converted first; the parameters are written only when all succeeded).
         """
         spec = fc.param_spec(self.config)
         missing = sorted(set(spec) - set(params))
@@ -130,7 +132,11 @@ class CanonicalModule(nn.Module):
         staged: list[tuple[torch.Tensor, torch.Tensor]] = []
         errors: list[str] = []
         for name, (native_name, transpose) in self.naming.items():
-            value = _to_tensor(params[name])
+            try:
+                value = _to_tensor(params[name])
+            except (TypeError, ValueError, RuntimeError) as err:  # e.g. an object array
+                errors.append(f"{name}: expected a floating array, got {type(params[name])}: {err}")
+                continue
             if tuple(value.shape) != spec[name].shape:
                 errors.append(f"{name}: expected {spec[name].shape}, got {tuple(value.shape)}")
                 continue
@@ -140,7 +146,10 @@ class CanonicalModule(nn.Module):
             target = native[native_name]
             value = value.mT if transpose else value
             assert value.shape == target.shape, (name, native_name, value.shape, target.shape)
-            staged.append((target, value.to(device=target.device, dtype=target.dtype)))
+            try:  # cast now, so that a failure (a meta tensor, a missing device) changes nothing
+                staged.append((target, value.to(device=target.device, dtype=target.dtype)))
+            except (RuntimeError, NotImplementedError, TypeError) as err:
+                errors.append(f"{name}: cannot be cast to {target.dtype} on {target.device}: {err}")
         if errors:
             raise ValueError(f"{type(self).__name__}.load_canonical: " + "; ".join(errors))
         for target, value in staged:
