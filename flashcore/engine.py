@@ -9,11 +9,19 @@ AdamW, the same in every engine: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
 p -= lr (m / (1 - b1^k) / (sqrt(v / (1 - b2^k)) + eps) + wd p) with k the step count, decoupled
 weight decay on every tensor of rank >= 2 only (kernels and embeddings; not norms, biases,
 scale-offsets or biases tables), and global-norm gradient clipping before the update.
+
+Data parallelism (``data_parallel=True``, what ``flashcore train`` asks for): every process draws
+the same global batch and hands it whole to ``train_step`` / ``eval_loss``; the engine splits it
+over its ``workers`` (torch: the processes torchrun started, one DistributedDataParallel replica
+each; jax: the devices of this one process, through ``jax.sharding``) and returns the loss of the
+whole batch. Only the process with ``is_main`` writes logs and checkpoints; ``close`` ends the
+engine's part in any process group.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,7 +29,15 @@ import numpy as np
 
 from .config import LMConfig
 
-__all__ = ["OptimConfig", "Engine", "load_engine", "BACKENDS", "decays"]
+__all__ = [
+    "OptimConfig",
+    "Engine",
+    "load_engine",
+    "BACKENDS",
+    "decays",
+    "ParallelError",
+    "launched_processes",
+]
 
 BACKENDS = ("torch", "jax", "tf")
 
@@ -42,10 +58,30 @@ def decays(name: str, shape: tuple[int, ...]) -> bool:
     return len(shape) >= 2 and not name.endswith(("qk.gamma", "qk.beta"))
 
 
+class ParallelError(ValueError):
+    """A data-parallel set-up that cannot work (a batch the workers cannot share evenly, an engine
+    started by a launcher it does not support)."""
+
+
+def launched_processes() -> int:
+    """How many processes a launcher (torchrun) started for this job: ``WORLD_SIZE``, else 1."""
+    text = os.environ.get("WORLD_SIZE", "1")
+    try:
+        n = int(text)
+    except ValueError:
+        raise ParallelError(f"WORLD_SIZE={text!r} in the environment is not a number") from None
+    if n < 1:
+        raise ParallelError(f"WORLD_SIZE={n} in the environment must be >= 1")
+    return n
+
+
 class Engine(Protocol):
     """One LM in one framework. All arrays in and out are NumPy; names are canonical."""
 
     config: LMConfig
+    workers: int  # how many ways each batch is split (1: no data parallelism)
+    workers_note: str  # e.g. "2 processes (torchrun, gloo)"; "" when workers == 1
+    is_main: bool  # whether this process writes logs, progress and checkpoints
 
     def __init__(
         self,
@@ -55,13 +91,22 @@ class Engine(Protocol):
         dtype: str = "float32",
         optim: OptimConfig | None = None,
         seed: int = 0,
+        data_parallel: bool = False,
     ) -> None: ...
 
     def train_step(self, inputs: np.ndarray, targets: np.ndarray, lr: float) -> float:
-        """One AdamW step on (b, t) int64 batches; returns the loss before the update (nats)."""
+        """One AdamW step on (b, t) int64 batches; returns the loss before the update (nats).
+
+        Data parallel: (b, t) is the global batch (the same in every process), b divisible by
+        ``workers``; the loss is the mean over the whole batch."""
 
     def eval_loss(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
-        """(sum of per-token losses in nats, number of tokens) without updating anything."""
+        """(sum of per-token losses in nats, number of tokens) without updating anything.
+
+        Data parallel: of the whole (b, t) batch, any b; every process must call it."""
+
+    def close(self) -> None:
+        """Leave any process group the engine joined (a no-op otherwise)."""
 
     def params(self) -> dict[str, np.ndarray]:
         """Canonical float32 weights."""

@@ -8,6 +8,14 @@
 A run directory holds ``model.safetensors`` (canonical weights and config; any backend loads it),
 ``train_state.safetensors`` (AdamW moments in canonical layout, the step, the data sampler's state
 and the run's arguments) and ``log.jsonl``. ``--resume DIR`` continues the same loss curve.
+
+Data parallel, automatically: under torchrun (``WORLD_SIZE`` > 1) the torch engine trains one
+DistributedDataParallel replica per process; the jax engine shards each batch over all the devices
+it sees. ``--batch`` is the global batch either way (divisible by the number of workers): every
+process draws the same batches, the engine splits them, the loss curve is the single-process one,
+and only the main process writes logs and checkpoints.
+
+    torchrun --standalone --nproc_per_node=2 -m flashcore train --batch 8 ...
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -25,7 +34,7 @@ import numpy as np
 from . import io
 from .config import FlashConfig, LMConfig, TransformerConfig
 from .data import VOCAB_SIZE, DataError, eval_batches, load_corpus, sample_batch
-from .engine import BACKENDS, OptimConfig, load_engine
+from .engine import BACKENDS, OptimConfig, ParallelError, load_engine
 from .params import init
 
 __all__ = ["train_main", "eval_main", "generate_main", "build_config", "evaluate", "lr_at"]
@@ -130,8 +139,8 @@ def train_parser() -> argparse.ArgumentParser:
 class Progress:
     """A one-line progress bar on stderr (a line per update when stderr is not a terminal)."""
 
-    def __init__(self, total: int, start: int, quiet: bool):
-        self.total, self.start, self.quiet = total, start, quiet
+    def __init__(self, total: int, start: int, quiet: bool, muted: bool = False):
+        self.total, self.start, self.quiet, self.muted = total, start, quiet or muted, muted
         self.t0 = time.perf_counter()
         self.tty = sys.stderr.isatty()
 
@@ -151,6 +160,8 @@ class Progress:
         sys.stderr.flush()
 
     def note(self, text: str) -> None:
+        if self.muted:  # a data-parallel worker other than the main one
+            return
         if self.tty and not self.quiet:
             print(file=sys.stderr)
         print(text, file=sys.stderr)
@@ -254,7 +265,7 @@ def train_main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         return _train(args, ap)
-    except (DataError, io.WeightFileError, FileNotFoundError) as err:
+    except (DataError, io.WeightFileError, FileNotFoundError, ParallelError) as err:
         print(f"flashcore train: {err}", file=sys.stderr)
         return 2
 
@@ -294,7 +305,29 @@ def _train(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         dtype="bfloat16" if args.bf16 else "float32",
         optim=OptimConfig(weight_decay=args.weight_decay, grad_clip=args.grad_clip),
         seed=args.seed,
+        data_parallel=True,
     )
+    try:
+        return _train_loop(args, engine, config, params, opt_state, resume, corpus)
+    finally:
+        engine.close()
+
+
+def _train_loop(
+    args: argparse.Namespace,
+    engine,
+    config: LMConfig,
+    params: dict[str, np.ndarray],
+    opt_state: dict[str, np.ndarray] | None,
+    resume: RunState | None,
+    corpus,
+) -> int:
+    """The steps, logs, evaluations and checkpoints of :func:`_train`, on a ready engine."""
+    if args.batch % engine.workers:
+        raise ParallelError(
+            f"--batch {args.batch} is the global batch and must be divisible by the "
+            f"{engine.workers} data-parallel workers ({engine.workers_note})"
+        )
     rng = np.random.default_rng(args.seed)
     start = 0
     if resume is not None:
@@ -302,13 +335,16 @@ def _train(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         rng.bit_generator.state = resume.rng_state
         start = resume.step
     saved_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    args.out.mkdir(parents=True, exist_ok=True)
-    log = (args.out / "log.jsonl").open("a")
+    if engine.is_main:  # only the main data-parallel worker writes
+        args.out.mkdir(parents=True, exist_ok=True)
+    log = (args.out / "log.jsonl" if engine.is_main else Path(os.devnull)).open("a")
     n_params = sum(v.size for v in params.values())
-    progress = Progress(args.steps, start, args.quiet)
+    progress = Progress(args.steps, start, args.quiet, muted=not engine.is_main)
+    parallel = f", data parallel over {engine.workers_note}" if engine.workers > 1 else ""
     progress.note(
         f"{'resuming' if resume else 'training'} {args.arch} LM, {n_params:,} parameters, "
-        f"backend {args.backend}, {'bf16' if args.bf16 else 'fp32'}; {corpus.describe()}"
+        f"backend {args.backend}{parallel}, {'bf16' if args.bf16 else 'fp32'}; "
+        f"{corpus.describe()}"
     )
     tokens_per_step = args.batch * args.context
     t_last, loss = time.perf_counter(), float("nan")
@@ -356,8 +392,9 @@ def _train(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
                 f"step {step}: held-out loss {ev['loss']:.4f} nats, {ev['bits_per_byte']:.4f} bits/byte"
             )
             log.write(json.dumps({"step": step, "eval": ev, "time": time.time()}) + "\n")
-            state = RunState(step, rng.bit_generator.state, saved_args)
-            save_run(args.out, engine, config, state, corpus, loss)
+            if engine.is_main:
+                state = RunState(step, rng.bit_generator.state, saved_args)
+                save_run(args.out, engine, config, state, corpus, loss)
             t_last = time.perf_counter()
         log.flush()
     log.close()

@@ -4,6 +4,11 @@ Parameters and AdamW moments are dicts keyed by canonical names (the functional 
 layout), so the optimizer state moves to and from other engines unchanged. bfloat16 keeps float32
 master weights and runs the forward and backward on bfloat16 copies (the spec's attention core
 accumulates in float32).
+
+``data_parallel=True`` with more than one device (:func:`jax.devices`): a 1-D "data" mesh over
+them all (:mod:`flashcore.jax.parallel`), parameters and optimizer state replicated, each batch
+split on axis 0; jit inserts the cross-device sums (the loss, the gradients, hence a global
+clipping norm). With one device nothing changes.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 import flashcore as fc
-from flashcore.engine import OptimConfig, decays
+from flashcore.engine import OptimConfig, ParallelError, decays, launched_processes
 
-from . import decode, functional
+from . import decode, functional, parallel
 
 __all__ = ["Engine"]
 
@@ -50,11 +56,24 @@ class Engine:
         dtype: str = "float32",
         optim: OptimConfig | None = None,
         seed: int = 0,
+        data_parallel: bool = False,
     ) -> None:
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+        if data_parallel and launched_processes() > 1:
+            raise ParallelError(
+                f"the jax engine runs data parallel over the devices of one process; it does not "
+                f"run under torchrun (WORLD_SIZE={launched_processes()}): start it once"
+            )
         fc.check_params(params, config)
         self.config, self.dtype, self.seed = config, dtype, seed
+        self.mesh = parallel.data_mesh() if data_parallel and jax.device_count() > 1 else None
+        self.workers, self.is_main = (1 if self.mesh is None else self.mesh.size), True
+        self.workers_note = (
+            f"{self.workers} {jax.devices()[0].platform} devices (jax.sharding)"
+            if self.mesh is not None
+            else ""
+        )
         self.compute = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
         self.state = {k: jnp.asarray(np.asarray(v, np.float32)) for k, v in params.items()}
         o = self.optim_config = optim or OptimConfig()
@@ -66,6 +85,7 @@ class Engine:
             optax.chain(optax.clip_by_global_norm(o.grad_clip), adamw) if o.grad_clip > 0 else adamw
         )
         self.opt_state = self.tx.init(self.state)
+        self.state, self.opt_state = self._place((self.state, self.opt_state))
 
         def loss_fn(p, x, y):
             cast = {k: v.astype(self.compute) for k, v in p.items()}
@@ -77,8 +97,25 @@ class Engine:
             updates, opt_state = self.tx.update(grads, opt_state, p)
             return loss, optax.apply_updates(p, updates), opt_state
 
-        self._train = jax.jit(train)
+        if self.mesh is None:
+            self._train = jax.jit(train)
+        else:  # the updated parameters and moments stay whole on every device
+            replicated = NamedSharding(self.mesh, PartitionSpec())
+            self._train = jax.jit(train, out_shardings=replicated)
         self._eval = jax.jit(loss_fn)
+
+    def _place(self, tree):
+        """``tree`` replicated over the mesh (unchanged without one)."""
+        return tree if self.mesh is None else parallel.replicate(tree, self.mesh)
+
+    def _batch(self, a: np.ndarray):
+        """(b, t) -> a jax array; split on b over the mesh when it divides evenly."""
+        if self.mesh is None:
+            return jnp.asarray(a)
+        a = np.asarray(a, np.int32)
+        if len(a) % self.workers:  # e.g. the last held-out batch: run it whole on every device
+            return parallel.replicate(a, self.mesh)
+        return parallel.shard_batch(a, self.mesh)
 
     @staticmethod
     def _set_lr(opt_state, lr):
@@ -98,13 +135,17 @@ class Engine:
         return jax.tree_util.tree_map(fix, opt_state, is_leaf=has_hyper)
 
     def train_step(self, inputs: np.ndarray, targets: np.ndarray, lr: float) -> float:
+        if len(inputs) % self.workers:
+            raise ParallelError(
+                f"a batch of {len(inputs)} rows cannot be split evenly over {self.workers_note}"
+            )
         loss, self.state, self.opt_state = self._train(
-            self.state, self.opt_state, jnp.asarray(inputs), jnp.asarray(targets), jnp.float32(lr)
+            self.state, self.opt_state, self._batch(inputs), self._batch(targets), jnp.float32(lr)
         )
         return float(loss)
 
     def eval_loss(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
-        loss = self._eval(self.state, jnp.asarray(inputs), jnp.asarray(targets))
+        loss = self._eval(self.state, self._batch(inputs), self._batch(targets))
         n = int(np.asarray(targets).size)
         return float(loss) * n, n
 
@@ -127,8 +168,12 @@ class Engine:
                 raise ValueError(f"optimizer state for {k}: shape {m.shape} != {v.shape}")
             mu[k], nu[k] = jnp.asarray(m, jnp.float32), jnp.asarray(s, jnp.float32)
         count = jnp.asarray(int(np.asarray(state["step"])), adam.count.dtype)
-        self.opt_state = _replace_adam(self.opt_state, adam._replace(count=count, mu=mu, nu=nu))
+        new = _replace_adam(self.opt_state, adam._replace(count=count, mu=mu, nu=nu))
+        self.opt_state = self._place(new)
         # optax's adamw keeps its own count for bias correction; inject_hyperparams wraps it.
+
+    def close(self) -> None:
+        pass
 
     @functools.cached_property
     def _generate(self):
@@ -145,6 +190,8 @@ class Engine:
     ) -> np.ndarray:
         greedy = temperature == 0
         params = {k: v.astype(self.compute) for k, v in self.state.items()}
+        if self.mesh is not None:  # decode on one device
+            params = jax.device_put(params, jax.devices()[0])
         out = self._generate(
             params,
             jnp.asarray(prompt, jnp.int32),

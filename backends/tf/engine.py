@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 import flashcore as fc
-from flashcore.engine import OptimConfig, decays
+from flashcore.engine import OptimConfig, ParallelError, decays, launched_processes
 
 from .layers import LM
 from .xp import xp
@@ -30,11 +30,18 @@ class Engine:
         dtype: str = "float32",
         optim: OptimConfig | None = None,
         seed: int = 0,
+        data_parallel: bool = False,
     ) -> None:
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+        if data_parallel and launched_processes() > 1:
+            raise ParallelError(
+                f"the tf engine trains in one process on one device; it does not run under "
+                f"torchrun (WORLD_SIZE={launched_processes()}): use --backend torch or jax"
+            )
         fc.check_params(params, config)
         self.config, self.seed = config, seed
+        self.workers, self.workers_note, self.is_main = 1, "", True  # no data parallelism
         policy = "mixed_bfloat16" if dtype == "bfloat16" else "float32"
         self.model = LM(
             config, params={k: np.asarray(v, np.float32) for k, v in params.items()}, dtype=policy
@@ -90,6 +97,9 @@ class Engine:
         y = tf.constant(np.asarray(targets, np.int32))
         n = int(np.asarray(targets).size)
         return float(self._eval(x, y)) * n, n
+
+    def close(self) -> None:
+        pass
 
     def params(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v, np.float32) for k, v in self.model.to_canonical().items()}

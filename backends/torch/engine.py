@@ -2,6 +2,11 @@
 
 bfloat16 runs as CPU/CUDA autocast over float32 weights (the attention core accumulates in float32).
 Optimizer moments are exchanged in canonical layout through the LM's naming table.
+
+``data_parallel=True`` under torchrun (``WORLD_SIZE`` > 1) joins the process group
+(:mod:`flashcore.torch.distributed`) and trains through ``DistributedDataParallel``: each rank
+takes its rows of the global batch, DDP averages the gradients over the ranks during backward (so
+the clipping norm below is the global one), and every rank applies the same AdamW step.
 """
 
 from __future__ import annotations
@@ -10,13 +15,28 @@ import contextlib
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 import flashcore as fc
-from flashcore.engine import OptimConfig, decays
+from flashcore.engine import OptimConfig, ParallelError, decays
 
+from . import distributed
 from .lm import LM
 
 __all__ = ["Engine"]
+
+
+class _Loss(nn.Module):
+    """``lm.loss`` as a module's forward, for DistributedDataParallel to wrap."""
+
+    def __init__(self, lm: LM):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(b, t), (b, t) -> () mean cross-entropy."""
+        return self.lm.loss(tokens, targets)
 
 
 class Engine:
@@ -28,14 +48,23 @@ class Engine:
         dtype: str = "float32",
         optim: OptimConfig | None = None,
         seed: int = 0,
+        data_parallel: bool = False,
         device: str | None = None,
     ) -> None:
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
         self.config, self.dtype = config, dtype
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dp = distributed.join(device) if data_parallel else distributed.single(device)
+        self.device = self.dp.device
+        self.workers, self.is_main = self.dp.world, self.dp.rank == 0
+        self.workers_note = (
+            f"{self.workers} processes (torchrun, {self.dp.backend})" if self.workers > 1 else ""
+        )
         self.model = LM(config, init=False, device=self.device)
         self.model.load_canonical(params)
+        self._loss = self.model.loss
+        if self.workers > 1:
+            self._loss = DistributedDataParallel(_Loss(self.model))
         self.optim_config = optim or OptimConfig()
         o = self.optim_config
         shapes = {n: s.shape for n, s in fc.param_spec(config).items()}
@@ -63,9 +92,15 @@ class Engine:
         return torch.as_tensor(np.asarray(a, np.int64), device=self.device)
 
     def train_step(self, inputs: np.ndarray, targets: np.ndarray, lr: float) -> float:
+        if len(inputs) % self.workers:
+            raise ParallelError(
+                f"a batch of {len(inputs)} rows cannot be split evenly over {self.workers_note}"
+            )
+        mine = distributed.rows(len(inputs), self.dp)  # this rank's rows of the global batch
+        x, y = np.asarray(inputs)[mine], np.asarray(targets)[mine]  # (b / workers, t)
         self.model.train()
         with self._autocast():
-            loss = self.model.loss(self._tensor(inputs), self._tensor(targets))
+            loss = self._loss(self._tensor(x), self._tensor(y))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.optim_config.grad_clip > 0:
@@ -73,15 +108,27 @@ class Engine:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
-        return float(loss.detach())
+        if self.workers == 1:
+            return float(loss.detach())
+        (total,) = distributed.all_sum([float(loss.detach())], self.dp)
+        return total / self.workers  # equal rows per rank: the mean of the means
 
     @torch.no_grad()
     def eval_loss(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
-        self.model.eval()
-        with self._autocast():
-            loss = self.model.loss(self._tensor(inputs), self._tensor(targets))
-        n = int(np.asarray(targets).size)
-        return float(loss) * n, n
+        mine = distributed.rows(len(targets), self.dp)
+        x, y = np.asarray(inputs)[mine], np.asarray(targets)[mine]
+        total, n = 0.0, int(y.size)
+        if n:
+            self.model.eval()
+            with self._autocast():
+                total = float(self.model.loss(self._tensor(x), self._tensor(y))) * n
+        if self.workers == 1:
+            return total, n
+        total, count = distributed.all_sum([total, n], self.dp)
+        return total, int(count)
+
+    def close(self) -> None:
+        distributed.leave(self.dp)
 
     def params(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v, np.float32) for k, v in self.model.to_canonical().items()}
