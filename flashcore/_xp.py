@@ -4,9 +4,9 @@ Everything in the spec goes through an array-API namespace ``xp`` (array-api-com
 numpy / torch / jax, array-api-strict, or the flashcore TF shim). The calls used are exactly:
 
     asarray astype(copy=False) reshape permute_dims concat stack broadcast_to matmul take
-    sum mean max cumulative_sum(include_initial=True) where maximum exp log sqrt isdtype
+    sum mean max cumulative_sum(include_initial=True) where maximum exp log sqrt isfinite isdtype
     zeros ones zeros_like ones_like full_like   dtypes bool int32 int64 float32 float64
-    ==, <, <=, >, &, *, +, -, /, //, %, **, and basic slicing with a trailing ``...``
+    ==, !=, <, <=, >, &, |, ~, *, +, -, /, //, %, **, and basic slicing with a trailing ``...``
 
 plus :func:`erf` below and :func:`flashcore.ops.silu` (not in the standard; dispatched to each
 library's own, or ``xp.erf`` / ``xp.silu`` when the namespace has them). Static index

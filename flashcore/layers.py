@@ -6,7 +6,8 @@
 x: (b, t, d) floating. mask: (b, t) bool, True at real positions (any pattern). segment_ids:
 (b, t) ints, each id one contiguous run (packed sequences). A padded or foreign-segment key never
 reaches a query in either branch; outputs at padded positions are 0. In float16 / bfloat16 the
-attention core (scores, relu^2, the linear state) runs in float32.
+attention core (scores, relu^2, the linear state) runs in float32. A NaN / Inf input reaches only
+the outputs that depend on it (:mod:`flashcore.nonfinite`); the core only ever sees finite values.
 
 Letters: see :mod:`flashcore.ops`.
 """
@@ -17,7 +18,7 @@ import math
 
 import numpy as np
 
-from . import ops
+from . import nonfinite, ops
 from ._xp import const, device_of, is_low_precision, namespace
 from .checks import check_mask, check_segments, check_x
 from .config import FlashConfig
@@ -78,20 +79,35 @@ def scores_to_logits(scores, bias, scale, config: FlashConfig):
     return scores * scale + bias
 
 
-def normed_input(params: dict, x, config: FlashConfig, mask, segment_ids, xp):
-    """h = Norm(x), then the optional token shift. x: (b, t, d) -> (b, t, d)."""
+def normed_input(
+    params: dict, x, config: FlashConfig, mask, segment_ids, xp, prev=None, prev_keep=None
+):
+    """h = Norm(x), then the optional token shift. x: (b, t, d) -> (b, t, d).
+
+    prev: (b, d), the input row before x[:, 0] (context parallelism), read by the token shift
+    where ``prev_keep`` (b,) bool is True; None: position 0 reads nothing.
+    """
     h = layer_norm(params, x, config, xp)
     if not config.token_shift:
         return h
     keep = None  # (b, t): may position t read position t - 1?
-    if mask is not None or segment_ids is not None:
+    if mask is not None or segment_ids is not None or prev is not None:
         prev_real = mask[:, :-1] if mask is not None else None
         prev_same = None
         if segment_ids is not None:
             prev_same = segment_ids[:, 1:] == segment_ids[:, :-1]
-        first = xp.zeros((x.shape[0], 1), dtype=xp.bool, device=device_of(x))
-        keep = xp.concat([first, _and(prev_real, prev_same)], axis=1)
-    return ops.token_shift(h, keep, xp)
+        rest = _and(prev_real, prev_same)
+        if rest is None:
+            rest = xp.ones((x.shape[0], x.shape[1] - 1), dtype=xp.bool, device=device_of(x))
+        if prev is None:
+            first = xp.zeros((x.shape[0], 1), dtype=xp.bool, device=device_of(x))
+        else:
+            first = prev_keep[:, None]
+        keep = xp.concat([first, rest], axis=1)
+    if prev is None:
+        return ops.token_shift(h, keep, xp)
+    h_prev = layer_norm(params, prev[:, None, :], config, xp)  # (b, 1, d)
+    return ops.token_shift(h, keep, xp, prev=h_prev)
 
 
 def hidden(params: dict, h, config: FlashConfig, xp):
@@ -105,20 +121,32 @@ def hidden(params: dict, h, config: FlashConfig, xp):
     return u, v, ops.scale_offset(z, params["qk.gamma"], params["qk.beta"])
 
 
-def project(params: dict, x, config: FlashConfig, mask, segment_ids, xp):
+def project(
+    params: dict,
+    x,
+    config: FlashConfig,
+    mask,
+    segment_ids,
+    xp,
+    position_offset=0,
+    prev=None,
+    prev_keep=None,
+):
     """Norm, optional token shift, the fused dense layer, SiLU, scale-offset and RoPE.
 
-    x: (b, t, d) -> u, v: (b, t, e); heads: list of h arrays (b, t, s).
+    x: (b, t, d) -> u, v: (b, t, e); heads: list of h arrays (b, t, s). Context parallelism
+    (:mod:`flashcore.context_parallel`): x is one shard of a longer sequence, at global
+    positions ``position_offset + arange(t)`` (an int, or an integer array of shape () that may
+    be traced); ``prev``, ``prev_keep``: see :func:`normed_input`.
     """
-    h = normed_input(params, x, config, mask, segment_ids, xp)
+    h = normed_input(params, x, config, mask, segment_ids, xp, prev=prev, prev_keep=prev_keep)
     u, v, heads = hidden(params, h, config, xp)
-    positions = np.arange(x.shape[1])
-    heads = [
-        ops.rope(
-            q, positions, dims=config.rotary_dims, mode=config.rope, base=config.rope_base, xp=xp
-        )
-        for q in heads
-    ]
+    rope = dict(dims=config.rotary_dims, mode=config.rope, base=config.rope_base, xp=xp)
+    if isinstance(position_offset, int):
+        positions = np.arange(position_offset, position_offset + x.shape[1])
+        heads = [ops.rope(q, positions, **rope) for q in heads]
+    else:
+        heads = [ops.rope_offset(q, position_offset, **rope) for q in heads]
     return u, v, heads
 
 
@@ -151,6 +179,8 @@ def gau(params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, xp
     b, t = check_x(x, config.dim)
     check_mask(mask, b, t)
     check_segments(segment_ids, b, t)
+    bad = nonfinite.nonfinite_rows(x, xp)  # (b, t): NaN / Inf in x, read as 0 from here on
+    x = nonfinite.zero_rows(x, bad, xp)
     u, v, (q, k) = project(params, x, config, mask, segment_ids, xp)
     acc = xp.float32 if is_low_precision(x.dtype) else x.dtype
     q, k, v = (xp.astype(a, acc, copy=False) for a in (q, k, v))
@@ -175,7 +205,8 @@ def gau(params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, xp
     scores = scores_to_logits(scores, bias, scale, config)
     a = ops.attend(scores, _and(causal, member), kind=config.attention, length=n, xp=xp)
     att = xp.matmul(a, v)  # (b, t, e)
-    return finish(params, x, u, att, mask, xp)
+    reached = nonfinite.reach(bad, mask, segment_ids, causal=config.causal, xp=xp)
+    return finish(params, nonfinite.poison(x, reached, xp), u, att, mask, xp)
 
 
 def _pad_chunks(a, pad: int, g: int, c: int, xp, fill=None):
@@ -204,6 +235,8 @@ def flash(params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, 
     b, t = check_x(x, config.dim)
     check_mask(mask, b, t)
     check_segments(segment_ids, b, t)
+    bad = nonfinite.nonfinite_rows(x, xp)  # (b, t): NaN / Inf in x, read as 0 from here on
+    x = nonfinite.zero_rows(x, bad, xp)
     u, v, heads = project(params, x, config, mask, segment_ids, xp)
     acc = xp.float32 if is_low_precision(x.dtype) else x.dtype
     qq, qk, lq, lk = (xp.astype(a, acc, copy=False) for a in heads)
@@ -219,16 +252,29 @@ def flash(params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, 
     att = (core or attention_core_flash)(
         qq, qk, lq, lk, v, bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=xp
     )
-    return finish(params, x, u, att, mask, xp)
+    reached = nonfinite.reach(bad, mask, segment_ids, causal=config.causal, xp=xp)
+    return finish(params, nonfinite.poison(x, reached, xp), u, att, mask, xp)
 
 
 def attention_core_flash(
-    qq, qk, lq, lk, v, *, bias, config: FlashConfig, mask=None, segment_ids=None, xp=None
+    qq,
+    qk,
+    lq,
+    lk,
+    v,
+    *,
+    bias,
+    config: FlashConfig,
+    mask=None,
+    segment_ids=None,
+    xp=None,
+    exchange=None,
 ):
     """The mixed-chunk attention core, after projections and RoPE: quad + lin.
 
     qq, qk, lq, lk: (b, t, s); v: (b, t, e); bias: (C, C) or None; mask, segment_ids: (b, t) or
     None. Returns (b, t, e). This is the piece accelerated kernels replace; it is their oracle.
+    ``exchange``: context parallelism only (see :func:`_linear`); None for a whole sequence.
     """
     xp = namespace(v, xp=xp)
     b, t, _ = v.shape
@@ -267,27 +313,32 @@ def attention_core_flash(
     )
     quad = xp.matmul(a, v)  # (b, g, c, e)
 
-    lin = _linear(lq, lk, v, valid, seg, same, config, xp)
+    lin = _linear(lq, lk, v, valid, seg, same, config, xp, exchange)
     if config.linear_norm == "length":  # the sum of K^T V / n instead of / C (non-causal only)
         if config.length_mode == "array":
             n = float(t)
         else:  # real keys of the query's segment: the same linear machinery with q = k = v = 1
             one = xp.ones((b, g, c, 1), dtype=v.dtype, device=device_of(v))
             one_k = one if valid is None else one * xp.astype(valid, v.dtype)[..., None]
-            count = _linear(one, one_k, one_k, valid, seg, same, config, xp) * float(c)
+            count = _linear(one, one_k, one_k, valid, seg, same, config, xp, exchange) * float(c)
             n = xp.maximum(count, xp.ones_like(count))  # (b, g, c, 1)
         lin = lin * (float(c) / n)
     out = xp.reshape(quad + lin, (b, g * c, v.shape[-1]))
     return out[:, :t, :]
 
 
-def _linear(lq, lk, v, valid, seg, same, config: FlashConfig, xp):
+def _linear(lq, lk, v, valid, seg, same, config: FlashConfig, xp, exchange=None):
     """Global linear attention across chunks. lq, lk: (b, g, c, s), lk already zero at padding;
     v: (b, g, c, e); valid: (b, g, c) or None; seg: (b, g, c) or None -> (b, g, c, e).
 
     Chunk state M_h = K_h^T V_h / C. Causal: query in chunk g reads the sum of M_h, h < g, over
     keys of its own segment; non-causal: over all chunks. 'mean' divides by the number of chunks
     that hold a real key of the query's segment.
+
+    ``exchange`` (context parallelism, no segments): a callable (state (b, s, e), count (b,) or
+    None) -> the same from the other shards: this shard's sum of M_h and its number of chunks
+    with a real key ('mean' only, else None) in, the sum over the earlier shards (causal) or
+    over every other shard (non-causal) out; it is added to every chunk's state and count.
     """
     b, g, c, s = lk.shape
     e = v.shape[-1]
@@ -306,11 +357,18 @@ def _linear(lq, lk, v, valid, seg, same, config: FlashConfig, xp):
         else:
             state = xp.broadcast_to(xp.sum(m, axis=1, keepdims=True), m.shape)
             count = xp.broadcast_to(xp.sum(has, axis=1, keepdims=True), has.shape)
+        if exchange is not None:
+            mean = config.linear_norm == "mean"
+            in_state, in_count = exchange(xp.sum(m, axis=1), xp.sum(has, axis=1) if mean else None)
+            state = state + in_state[:, None, ...]  # (b, g, s, e)
+            count = count + in_count[:, None] if mean else count
         lin = xp.matmul(lq, state)  # (b, g, c, e)
         if config.linear_norm == "mean":
             lin = lin / xp.maximum(count, xp.ones_like(count))[:, :, None, None]
         return lin
 
+    if exchange is not None:
+        raise NotImplementedError("context parallel FLASH does not support segment_ids yet")
     # Packed segments. Each id is one contiguous run, so only the segment that is open at a
     # chunk's first position can have keys in earlier chunks, and only the one open at its last
     # position can have keys in later chunks.

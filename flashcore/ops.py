@@ -24,6 +24,7 @@ __all__ = [
     "rope",
     "rope_tables",
     "rope_rotate",
+    "rope_offset",
     "rope_at",
     "angles_at",
     "rel_bias",
@@ -71,16 +72,18 @@ def silu(x, xp):
     return x / (1.0 + xp.exp(-x))
 
 
-def token_shift(h, keep_prev, xp):
+def token_shift(h, keep_prev, xp, prev=None):
     """Shift the first ceil(d/2) channels one step forward in time; zeros where the previous
     position is padding, in another segment, or t = 0.
 
     h: (b, t, d); keep_prev: (b, t) bool or None (None: all previous positions usable).
+    prev: (b, 1, d), the row before h[:, 0] (context parallelism: the previous shard's last
+    row), or None for zeros; ``keep_prev[:, 0]`` still decides whether it is read.
     """
     b, t, d = h.shape
     k = (d + 1) // 2
     first, rest = h[..., :k], h[..., k:]
-    zero = xp.zeros_like(first[:, :1, :])
+    zero = xp.zeros_like(first[:, :1, :]) if prev is None else prev[..., :k]
     shifted = xp.concat([zero, first[:, :-1, :]], axis=1)  # (b, t, k)
     if keep_prev is not None:
         shifted = xp.where(keep_prev[..., None], shifted, xp.zeros_like(shifted))
@@ -114,6 +117,22 @@ def rope(x, positions: np.ndarray, *, dims: int, mode: str, base: float, xp):
         return x
     cos_np, sin_np = rope_tables(positions, dims, base)
     cos, sin = const(xp, cos_np, like=x), const(xp, sin_np, like=x)  # (t, dims/2)
+    return rope_rotate(x, cos, sin, dims=dims, mode=mode, xp=xp)
+
+
+def rope_offset(x, offset, *, dims: int, mode: str, base: float, xp):
+    """RoPE at positions ``offset + arange(t)`` with ``offset`` an integer array of shape ()
+    that may be traced (a device's place in a sharded sequence). x: (b, t, s) -> (b, t, s).
+
+    The angle is split as offset * theta + i * theta, both exact float64 host tables (see
+    :func:`angles_at`), combined with the angle-sum identity.
+    """
+    if mode == "none" or dims == 0:
+        return x
+    cos_np, sin_np = rope_tables(np.arange(x.shape[-2]), dims, base)
+    cos_l, sin_l = const(xp, cos_np, like=x), const(xp, sin_np, like=x)  # (t, dims/2)
+    cos_o, sin_o = angles_at(offset, dims=dims, base=base, xp=xp, like=x)  # (1, dims/2)
+    cos, sin = cos_l * cos_o - sin_l * sin_o, sin_l * cos_o + cos_l * sin_o  # (t, dims/2)
     return rope_rotate(x, cos, sin, dims=dims, mode=mode, xp=xp)
 
 

@@ -229,6 +229,7 @@ class Namespace:
     sin = staticmethod(tf.math.sin)
     cos = staticmethod(tf.math.cos)
     abs = staticmethod(tf.math.abs)
+    isfinite = staticmethod(tf.math.is_finite)
     # Not array-API; flashcore._xp.erf and flashcore.ops.silu use them when present.
     erf = staticmethod(tf.math.erf)
     silu = staticmethod(tf.nn.silu)  # fused x * sigmoid(x)

@@ -82,6 +82,7 @@ OPS = {
     "sin": (lambda ns, a: ns.sin(a), [A]),
     "cos": (lambda ns, a: ns.cos(a), [A]),
     "abs": (lambda ns, a: ns.abs(a), [A]),
+    "isfinite": (lambda ns, a: ns.isfinite(a), [np.where(M, A, [np.inf, 0.0, np.nan, -np.inf])]),
     "zeros-bool": (lambda ns: ns.zeros((2, 3), dtype=ns.bool), []),
     "zeros-float64": (lambda ns: ns.zeros((2, 0, 3), dtype=ns.float64), []),
     "ones-int-shape": (lambda ns: ns.ones(4, dtype=ns.float64), []),
@@ -95,6 +96,7 @@ OPS = {
     # Operators and basic slicing are the arrays' own; the spec relies on these semantics.
     "op-arith": (lambda ns, a, b: (a * 2.0 + a / 3.0 - a**2) @ b, [A, B]),
     "op-compare": (lambda ns, a: (a > 0.1) & (a < 0.9) | (a == a[:, :1, :]), [A]),
+    "op-bool-or-not-ne": (lambda ns, m, i: (m | ~m[:1, ...]) & (i != 2)[None, :2, :], [M, INTS]),
     "op-int-div-mod": (lambda ns, i: (i // 3) * 10 + i % 3, [INTS]),
     "op-slicing": (lambda ns, a: a[:, None, :-1, 1:][..., 0] + a[1, :2, :][None, :, :1, None], [A]),
 }

@@ -1,0 +1,109 @@
+"""The context-parallel spec (flashcore.context_parallel) on NumPy, float64: shards run in
+threads that meet in an all-gather; their outputs, concatenated, equal flashcore.flash on the
+whole sequence for every option it supports, and unsupported input gets a clear error."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import flashcore as fc
+from flashcore.context_parallel import check_shard, flash_shard
+
+
+def _run_shards(params, x, cfg, world: int, mask=None) -> np.ndarray:
+    """flash_shard on ``world`` threads, each with its slice of x (b, T, d) -> (b, T, d)."""
+    t = x.shape[1] // world
+    barrier, lock = threading.Barrier(world, timeout=60), threading.Lock()
+    slots, outs, errors = {}, [None] * world, []
+
+    def worker(r: int) -> None:
+        calls = [0]
+
+        def all_gather(a):  # (...) -> (world, ...)
+            k = calls[0]
+            calls[0] += 1
+            with lock:
+                slots[k, r] = a
+            barrier.wait()
+            out = np.stack([slots[k, q] for q in range(world)])
+            barrier.wait()
+            return out
+
+        rows = slice(r * t, (r + 1) * t)
+        try:
+            outs[r] = flash_shard(
+                params,
+                x[:, rows],
+                config=cfg,
+                rank=r,
+                world=world,
+                all_gather=all_gather,
+                mask=None if mask is None else mask[:, rows],
+            )
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+            barrier.abort()
+
+    threads = [threading.Thread(target=worker, args=(r,)) for r in range(world)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+    return np.concatenate(outs, axis=1)
+
+
+OPTIONS = [
+    dict(causal=True),
+    dict(causal=True, token_shift=True, linear_norm="mean"),
+    dict(causal=True, token_shift=True, rope="interleaved", rope_dims=4, rel_bias="t5"),
+    dict(causal=True, attention="laplace", norm="layer"),
+    dict(causal=False),
+    dict(causal=False, token_shift=True, linear_norm="mean", norm="rms"),
+    dict(causal=False, linear_norm="length", token_shift=True, attention="softmax_plus"),
+]
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+@pytest.mark.parametrize("masked", [False, True], ids=["", "mask"])
+def test_shards_equal_the_whole_sequence(opts, masked):
+    cfg = fc.FlashConfig(dim=12, qk_dim=8, chunk_size=4, **opts)
+    rng = np.random.default_rng(0)
+    params = fc.init(cfg, seed=0)
+    for k in ("qk.gamma", "qk.beta"):  # far from init, so that the attention matters
+        params[k] = params[k] + rng.normal(size=params[k].shape)
+    x = rng.normal(size=(2, 24, 12))  # 3 shards of 2 chunks
+    mask = None
+    if masked:
+        mask = rng.random((2, 24)) > 0.3
+        mask[0, 7] = False  # a halo row is padding
+    want = fc.flash(params, x, config=cfg, mask=mask)
+    got = _run_shards(params, x, cfg, world=3, mask=mask)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+
+
+def test_one_shard_is_the_whole_layer():
+    cfg = fc.FlashConfig(dim=12, qk_dim=8, chunk_size=4, causal=True, token_shift=True)
+    params = fc.init(cfg, seed=0)
+    x = np.random.default_rng(1).normal(size=(1, 8, 12))
+    want = fc.flash(params, x, config=cfg)
+    np.testing.assert_array_equal(_run_shards(params, x, cfg, world=1), want)
+
+
+def test_unsupported_input_is_refused():
+    cfg = fc.FlashConfig(dim=12, qk_dim=8, chunk_size=4)
+    with pytest.raises(ValueError, match="multiple of chunk_size"):
+        check_shard(cfg, 6)
+    with pytest.raises(NotImplementedError, match="segment_ids"):
+        check_shard(cfg, 8, segment_ids=np.zeros((1, 8), int))
+    with pytest.raises(NotImplementedError, match="length_mode='array'"):
+        check_shard(cfg.replace(linear_norm="length", length_mode="array"), 8)
+    with pytest.raises(ValueError, match="kind='flash'"):
+        check_shard(cfg.replace(kind="gau"), 8)
+    x = np.zeros((1, 8, 12))
+    with pytest.raises(ValueError, match="rank must be in"):
+        flash_shard(fc.init(cfg), x, config=cfg, rank=2, world=2, all_gather=None)
