@@ -12,8 +12,8 @@ shard: S_r = sum of its chunk states M_h = K_h^T V_h / C, (b, s, e), independent
 
 to every chunk's state. The token shift needs one more row: the previous shard's last input row
 (b, d), gathered the same way. Collectives per layer: one all-gather of (b, s, e) (+ (b,) for
-'mean', + a (b, 1) count state for ``linear_norm='length'``) and, with token shift, one of
-(b, d + 1); none grows with t.
+'mean', + a (b, 1) count state for ``linear_norm='length'``), one of a (b,) NaN / Inf flag and,
+with token shift, one of (b, d + 1); none grows with t.
 
 ``all_gather`` is the backend's collective, a (...) -> (world, ...) callable that autograd /
 ``jax.grad`` can differentiate (its backward sums the gradients of every device and keeps this
@@ -24,7 +24,8 @@ sequence; the gradient of each parameter is the sum of the devices' gradients.
 Supported: causal and non-causal, token shift, RoPE, every attention and bias option,
 ``linear_norm`` sum / mean / length (with ``length_mode='real'``), key-padding masks. Not
 supported (NotImplementedError): ``segment_ids``, ``length_mode='array'`` with ``length``.
-Unlike :func:`flashcore.flash`, NaN / Inf rows are not isolated: they spread through the states.
+NaN / Inf in x reaches exactly what it reaches in :func:`flashcore.flash` (a (b,) flag per shard
+is gathered too; see :mod:`flashcore.nonfinite`).
 """
 
 from __future__ import annotations
@@ -33,11 +34,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import ops
-from ._xp import device_of, is_low_precision, namespace
+from ._xp import device_of, namespace
 from .checks import check_mask, check_x
 from .config import FlashConfig
-from .layers import attention_core_flash, finish, project
+from .layers import flash_checked
 
 __all__ = ["flash_shard", "check_shard", "summary_bytes"]
 
@@ -129,29 +129,27 @@ def flash_shard(
         raise ValueError(f"world must be a positive int, got {world!r}")
     if isinstance(rank, (int, np.integer)) and not 0 <= rank < world:
         raise ValueError(f"rank must be in [0, {world}), got {rank}")
-    prev = prev_keep = None
-    if config.token_shift:
-        prev, prev_keep = _halo(x, mask, rank, world, all_gather, xp)
-    offset = int(rank) * t if isinstance(rank, (int, np.integer)) else rank * t
-    u, v, heads = project(
-        params, x, config, mask, None, xp, position_offset=offset, prev=prev, prev_keep=prev_keep
-    )
-    acc = xp.float32 if is_low_precision(x.dtype) else x.dtype
-    qq, qk, lq, lk = (xp.astype(a, acc, copy=False) for a in heads)
-    v = xp.astype(v, acc, copy=False)
-    chunk_pos = np.arange(config.chunk_size)
-    bias = ops.rel_bias(
-        params.get("rel_bias.weight"), chunk_pos, chunk_pos, config=config, xp=xp, like=v
-    )
     before = (lambda q, r: q < r) if config.causal else (lambda q, r: q != r)
 
-    def exchange(state, count):  # (b, s, e), (b,) or None -> the other devices' part
-        weights = _rank_weights(rank, world, before, state.dtype, xp)
-        in_state = _weighted_sum(all_gather(state), weights, xp)  # (b, s, e)
-        in_count = None if count is None else _weighted_sum(all_gather(count), weights, xp)
-        return in_state, in_count
+    def from_others(a):  # (...) -> the sum of the same over the devices this one reads
+        gathered = all_gather(a)  # (world, ...)
+        return _weighted_sum(gathered, _rank_weights(rank, world, before, a.dtype, xp), xp)
 
-    att = attention_core_flash(
-        qq, qk, lq, lk, v, bias=bias, config=config, mask=mask, xp=xp, exchange=exchange
+    def exchange(state, count):  # (b, s, e), (b,) or None -> the other devices' part
+        return from_others(state), (None if count is None else from_others(count))
+
+    def others_bad(mine):  # (b,) bool -> (b,) bool: NaN / Inf in a device this one reads
+        return from_others(xp.astype(mine, x.dtype)) > 0.5
+
+    return flash_checked(
+        params,
+        x,
+        config=config,
+        mask=mask,
+        segment_ids=None,
+        xp=xp,
+        position_offset=int(rank) * t if isinstance(rank, (int, np.integer)) else rank * t,
+        halo=lambda x0: _halo(x0, mask, rank, world, all_gather, xp),
+        exchange=exchange,
+        others_bad=others_bad,
     )
-    return finish(params, x, u, att, mask, xp)

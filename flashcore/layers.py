@@ -31,6 +31,7 @@ __all__ = [
     "normed_input",
     "hidden",
     "attention_core_flash",
+    "flash_checked",
     "causal_mask",
 ]
 
@@ -235,24 +236,73 @@ def flash(params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, 
     b, t = check_x(x, config.dim)
     check_mask(mask, b, t)
     check_segments(segment_ids, b, t)
+    return flash_checked(
+        params, x, config=config, mask=mask, segment_ids=segment_ids, xp=xp, core=core
+    )
+
+
+def flash_checked(
+    params: dict,
+    x,
+    *,
+    config: FlashConfig,
+    mask,
+    segment_ids,
+    xp,
+    core=None,
+    position_offset=0,
+    halo=None,
+    exchange=None,
+    others_bad=None,
+):
+    """:func:`flash` after its input checks; the keywords after ``core`` serve context
+    parallelism (:mod:`flashcore.context_parallel`), where x is one shard of a longer sequence.
+
+    position_offset: the global position of x[:, 0] (int, or an int array of shape ()).
+    halo: x (b, t, d) -> (prev (b, d), prev_keep (b,) bool), the row before x for the token shift.
+    exchange: see :func:`_linear`. others_bad: (b,) bool, "a real row of mine holds NaN / Inf" ->
+    (b,) bool, the same from the shards this one depends on.
+    """
     bad = nonfinite.nonfinite_rows(x, xp)  # (b, t): NaN / Inf in x, read as 0 from here on
     x = nonfinite.zero_rows(x, bad, xp)
-    u, v, heads = project(params, x, config, mask, segment_ids, xp)
+    prev, prev_keep = (None, None) if halo is None or not config.token_shift else halo(x)
+    u, v, heads = project(
+        params,
+        x,
+        config,
+        mask,
+        segment_ids,
+        xp,
+        position_offset=position_offset,
+        prev=prev,
+        prev_keep=prev_keep,
+    )
     acc = xp.float32 if is_low_precision(x.dtype) else x.dtype
     qq, qk, lq, lk = (xp.astype(a, acc, copy=False) for a in heads)
     v = xp.astype(v, acc, copy=False)
+    chunk_pos = np.arange(config.chunk_size)
     bias = ops.rel_bias(
-        params.get("rel_bias.weight"),
-        np.arange(config.chunk_size),
-        np.arange(config.chunk_size),
-        config=config,
-        xp=xp,
-        like=v,
+        params.get("rel_bias.weight"), chunk_pos, chunk_pos, config=config, xp=xp, like=v
     )
+    shard = {} if exchange is None else {"exchange": exchange}
     att = (core or attention_core_flash)(
-        qq, qk, lq, lk, v, bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=xp
+        qq,
+        qk,
+        lq,
+        lk,
+        v,
+        bias=bias,
+        config=config,
+        mask=mask,
+        segment_ids=segment_ids,
+        xp=xp,
+        **shard,
     )
     reached = nonfinite.reach(bad, mask, segment_ids, causal=config.causal, xp=xp)
+    if others_bad is not None:
+        real_bad = bad if mask is None else bad & mask
+        mine = xp.sum(xp.astype(real_bad, xp.int32), axis=1) > 0  # (b,)
+        reached = reached | others_bad(mine)[:, None]
     return finish(params, nonfinite.poison(x, reached, xp), u, att, mask, xp)
 
 

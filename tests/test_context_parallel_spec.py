@@ -107,3 +107,21 @@ def test_unsupported_input_is_refused():
     x = np.zeros((1, 8, 12))
     with pytest.raises(ValueError, match="rank must be in"):
         flash_shard(fc.init(cfg), x, config=cfg, rank=2, world=2, all_gather=None)
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "non-causal"])
+@pytest.mark.parametrize("where", [3, 8, 15, 23], ids=lambda j: f"nan@{j}")
+def test_nan_reaches_across_shards_what_it_reaches_in_the_whole_layer(causal, where):
+    """A NaN row in one shard reaches, in every shard, exactly the outputs it reaches in
+    flashcore.flash on the whole sequence (which tests/test_nan_containment.py checks against
+    the dependency rule); every other output is unchanged."""
+    cfg = fc.FlashConfig(dim=12, qk_dim=8, chunk_size=4, causal=causal, token_shift=True)
+    params = fc.init(cfg, seed=0)
+    x = np.random.default_rng(2).normal(size=(2, 24, 12))
+    x[1, where, 5] = np.nan  # batch row 1 only
+    want = fc.flash(params, x, config=cfg)
+    got = _run_shards(params, x, cfg, world=3)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got[1]).any() and not np.isnan(got[0]).any()
+    ok = ~np.isnan(want)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-12, atol=1e-12 * np.abs(want[ok]).max())
