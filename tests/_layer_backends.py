@@ -1,7 +1,8 @@
 """One forward of a GAU / FLASH layer in every installed backend, from NumPy in, to NumPy out.
 
 Shared by test_nan_containment.py, test_causality_grads.py and test_long_context.py. A backend is
-a name; :func:`skip_reason` says why it cannot run here (pytest.skip takes the reason), and
+a name; :func:`unsupported` says which configs it does not cover (left out of the
+parameters), :func:`skip_reason` also why it cannot run here (pytest.skip takes it), and
 :func:`forward` runs it:
 
     spec          flashcore on NumPy
@@ -27,11 +28,9 @@ BACKENDS = ("spec", "torch-spec", "torch-core", "jax", "jax-pallas", "tf")
 _NEEDS = {"torch": "torch", "jax": "jax", "tf": "tensorflow"}
 
 
-def skip_reason(backend: str, config: fc.FlashConfig, segment_ids=None) -> str | None:
-    """None when ``backend`` can run ``config`` (with these segment ids) here, else why not."""
-    module = _NEEDS.get(backend.split("-")[0])
-    if module is not None and importlib.util.find_spec(module) is None:
-        return f"{module} is not installed"
+def unsupported(backend: str, config: fc.FlashConfig, segment_ids=None) -> str | None:
+    """Why ``backend`` does not cover ``config`` (with these segment ids), or None. Such
+    combinations are left out of the tests' parameters, not skipped."""
     accelerated = backend in ("torch-core", "jax-pallas")
     if accelerated and config.kind != "flash":
         return "GAU has no accelerated core"
@@ -40,6 +39,14 @@ def skip_reason(backend: str, config: fc.FlashConfig, segment_ids=None) -> str |
     if backend == "jax-pallas" and config.linear_norm != "sum":
         return "the Pallas core covers linear_norm='sum' only"
     return None
+
+
+def skip_reason(backend: str, config: fc.FlashConfig, segment_ids=None) -> str | None:
+    """None when ``backend`` can run ``config`` (with these segment ids) here, else why not."""
+    module = _NEEDS.get(backend.split("-")[0])
+    if module is not None and importlib.util.find_spec(module) is None:
+        return f"{module} is not installed"
+    return unsupported(backend, config, segment_ids)
 
 
 def jax_x64(dtype: str):
