@@ -13,6 +13,7 @@ slice of a global batch; :func:`all_sum` adds a few Python floats over the ranks
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -86,6 +87,20 @@ def all_sum(values: list[float], workers: Workers) -> list[float]:
 
 
 def leave(workers: Workers) -> None:
-    """Destroy the process group if :func:`join` created it."""
-    if workers.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
+    """Destroy the process group if :func:`join` created it, after every rank has arrived.
+
+    Without the barrier a rank that finished first (one that writes no checkpoint) tears its gloo
+    connections down while the others still use theirs, and gloo can abort the process at exit
+    ("terminate called without an active exception"). The barrier waits at most a minute (gloo)
+    so that a rank leaving after an error does not hang the others' exit forever.
+    """
+    if not (workers.owns_group and dist.is_initialized()):
+        return
+    try:
+        if workers.backend == "gloo":
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+        else:
+            dist.barrier()
+    except RuntimeError:
+        pass  # a rank failed or left: destroy anyway, torchrun reports the failure
+    dist.destroy_process_group()
