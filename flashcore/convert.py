@@ -408,6 +408,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (WeightFileError, OSError) as err:  # bad file, no file, DST exists, write failed
         print(f"flashcore convert: error: {err}", file=sys.stderr)
-        return 1
+        return 2  # as flashcore train / eval do for a bad file or argument
     print(f"wrote {dst} ({src_fmt} -> {dst_fmt})")
     return 0

@@ -135,7 +135,7 @@ def test_flash_pytorch_needs_its_options_and_is_import_only(tmp_path, capsys):
         cv.convert(src, tmp_path / "w.safetensors", src_format="flash-pytorch")
     with pytest.raises(WeightFileError, match="import only"):
         cv.convert(tmp_path / "w.safetensors", tmp_path / "x.pt", dst_format="flash-pytorch")
-    assert cli_main(["convert", str(src), str(tmp_path / "x.pt"), "--to", "flash-pytorch"]) == 1
+    assert cli_main(["convert", str(src), str(tmp_path / "x.pt"), "--to", "flash-pytorch"]) == 2
     assert "import only" in capsys.readouterr().err
     assert _files(tmp_path) == ["peer.pt"]
 
@@ -151,7 +151,7 @@ def test_cli_end_to_end_with_a_bare_state_dict_and_config_json(tmp_path, capsys)
     bare = tmp_path / "bare.pth"
     torch.save(torch.load(tagged, weights_only=True)["state_dict"], bare)
     out = tmp_path / "out.safetensors"
-    assert cli_main(["convert", str(bare), str(out)]) == 1
+    assert cli_main(["convert", str(bare), str(out)]) == 2
     err = capsys.readouterr().err
     assert "bare.pth" in err and "--config" in err and not out.exists()
     cfg = tmp_path / "config.json"
@@ -160,7 +160,7 @@ def test_cli_end_to_end_with_a_bare_state_dict_and_config_json(tmp_path, capsys)
     assert _bits_equal(load_canonical(out)[0], params)
     # an existing DST is kept without --force, replaced with it
     before = out.read_bytes()
-    assert cli_main(["convert", str(start), str(out)]) == 1
+    assert cli_main(["convert", str(start), str(out)]) == 2
     assert "--force" in capsys.readouterr().err and out.read_bytes() == before
     assert cli_main(["convert", str(tagged), str(out), "--force"]) == 0
     # a config that contradicts the file's own
@@ -168,13 +168,13 @@ def test_cli_end_to_end_with_a_bare_state_dict_and_config_json(tmp_path, capsys)
     other.write_text(json.dumps(fc.LMConfig(block=BLOCK, vocab_size=12).to_dict()))
     assert (
         cli_main(["convert", str(tagged), str(tmp_path / "x.safetensors"), "--config", str(other)])
-        == 1
+        == 2
     )
     assert "not for" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text('{"kind": "nonsense"}')
     assert (
-        cli_main(["convert", str(bare), str(tmp_path / "x.safetensors"), "--config", str(bad)]) == 1
+        cli_main(["convert", str(bare), str(tmp_path / "x.safetensors"), "--config", str(bad)]) == 2
     )
     assert "bad.json" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
