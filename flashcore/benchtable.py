@@ -6,13 +6,21 @@ import argparse
 import statistics
 from collections.abc import Callable, Iterable
 
-__all__ = ["parse_length", "parse_args", "print_table"]
+__all__ = ["parse_length", "parse_lengths", "parse_args", "print_table"]
 
 
 def parse_length(text: str) -> int:
     """'4K' -> 4096, '1000' -> 1000."""
     text = text.strip().upper()
     return int(text[:-1]) * 1024 if text.endswith("K") else int(text)
+
+
+def parse_lengths(ap: argparse.ArgumentParser, text: str) -> list[int]:
+    """'1K,4K,1000' -> [1024, 4096, 1000]; anything else is ``ap``'s usage error."""
+    try:
+        return [parse_length(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        ap.error(f"--lengths must be integers or nK, got {text!r}")
 
 
 def parse_args(prog: str, description: str, argv: list[str] | None):
@@ -26,10 +34,7 @@ def parse_args(prog: str, description: str, argv: list[str] | None):
     ap.add_argument("--chunk", type=int, default=256)
     ap.add_argument("--qk", type=int, default=128)
     args = ap.parse_args(argv)
-    try:
-        lengths = [parse_length(s) for s in args.lengths.split(",") if s.strip()]
-    except ValueError:
-        ap.error(f"--lengths must be integers or nK, got {args.lengths!r}")
+    lengths = parse_lengths(ap, args.lengths)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     bad = [d for d in dtypes if d not in ("float32", "bfloat16")]
     if bad or args.repeats < 1:

@@ -75,6 +75,28 @@ def launched_processes() -> int:
     return n
 
 
+def check_dtype(dtype: str) -> None:
+    """An engine's compute dtype must be float32 or bfloat16 (ValueError otherwise)."""
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+
+
+def single_process_only(backend: str, advice: str) -> None:
+    """ParallelError when torchrun started several processes for an engine that does not join a
+    process group (``advice``: what to do instead)."""
+    if launched_processes() > 1:
+        raise ParallelError(
+            f"the {backend} engine does not run under torchrun "
+            f"(WORLD_SIZE={launched_processes()}): {advice}"
+        )
+
+
+def check_split(batch: int, workers: int, note: str) -> None:
+    """ParallelError unless a global batch of ``batch`` rows splits evenly over ``workers``."""
+    if batch % workers:
+        raise ParallelError(f"a batch of {batch} rows cannot be split evenly over {note}")
+
+
 class Engine(Protocol):
     """One LM in one framework. All arrays in and out are NumPy; names are canonical."""
 

@@ -22,7 +22,13 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 import flashcore as fc
-from flashcore.engine import OptimConfig, ParallelError, decays, launched_processes
+from flashcore.engine import (
+    OptimConfig,
+    check_dtype,
+    check_split,
+    decays,
+    single_process_only,
+)
 
 from . import decode, functional, parallel
 
@@ -58,13 +64,9 @@ class Engine:
         seed: int = 0,
         data_parallel: bool = False,
     ) -> None:
-        if dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
-        if data_parallel and launched_processes() > 1:
-            raise ParallelError(
-                f"the jax engine runs data parallel over the devices of one process; it does not "
-                f"run under torchrun (WORLD_SIZE={launched_processes()}): start it once"
-            )
+        check_dtype(dtype)
+        if data_parallel:  # over the devices of one process
+            single_process_only("jax", "start it once; it uses every device it sees")
         fc.check_params(params, config)
         self.config, self.dtype, self.seed = config, dtype, seed
         self.mesh = parallel.data_mesh() if data_parallel and jax.device_count() > 1 else None
@@ -135,10 +137,7 @@ class Engine:
         return jax.tree_util.tree_map(fix, opt_state, is_leaf=has_hyper)
 
     def train_step(self, inputs: np.ndarray, targets: np.ndarray, lr: float) -> float:
-        if len(inputs) % self.workers:
-            raise ParallelError(
-                f"a batch of {len(inputs)} rows cannot be split evenly over {self.workers_note}"
-            )
+        check_split(len(inputs), self.workers, self.workers_note)
         loss, self.state, self.opt_state = self._train(
             self.state, self.opt_state, self._batch(inputs), self._batch(targets), jnp.float32(lr)
         )

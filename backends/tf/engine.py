@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 import flashcore as fc
-from flashcore.engine import OptimConfig, ParallelError, decays, launched_processes
+from flashcore.engine import OptimConfig, check_dtype, decays, single_process_only
 
 from .layers import LM
 from .xp import xp
@@ -32,13 +32,9 @@ class Engine:
         seed: int = 0,
         data_parallel: bool = False,
     ) -> None:
-        if dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
-        if data_parallel and launched_processes() > 1:
-            raise ParallelError(
-                f"the tf engine trains in one process on one device; it does not run under "
-                f"torchrun (WORLD_SIZE={launched_processes()}): use --backend torch or jax"
-            )
+        check_dtype(dtype)
+        if data_parallel:  # one process on one device
+            single_process_only("tf", "it trains on one device; use --backend torch or jax")
         fc.check_params(params, config)
         self.config, self.seed = config, seed
         self.workers, self.workers_note, self.is_main = 1, "", True  # no data parallelism

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import flashcore as fc
-from flashcore.benchtable import parse_length
+from flashcore.benchtable import parse_lengths
 from flashcore.context_parallel import summary_bytes
 
 from .context_parallel import CommStats, context_parallel_flash
@@ -48,10 +48,7 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[int]]:
     ap.add_argument("--non-causal", action="store_true", help="a non-causal layer")
     ap.add_argument("--token-shift", action="store_true", help="turn the token shift on")
     args = ap.parse_args(argv)
-    try:
-        lengths = [parse_length(s) for s in args.lengths.split(",") if s.strip()]
-    except ValueError:
-        ap.error(f"--lengths must be integers or nK, got {args.lengths!r}")
+    lengths = parse_lengths(ap, args.lengths)
     if args.world < 1 or args.repeats < 1 or args.batch < 1:
         ap.error("--world, --repeats and --batch must be >= 1")
     bad = [t for t in lengths if t % (args.world * args.chunk)]

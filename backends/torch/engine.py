@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import flashcore as fc
-from flashcore.engine import OptimConfig, ParallelError, decays
+from flashcore.engine import OptimConfig, check_dtype, check_split, decays
 
 from . import distributed
 from .lm import LM
@@ -51,8 +51,7 @@ class Engine:
         data_parallel: bool = False,
         device: str | None = None,
     ) -> None:
-        if dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+        check_dtype(dtype)
         self.config, self.dtype = config, dtype
         self.dp = distributed.join(device) if data_parallel else distributed.single(device)
         self.device = self.dp.device
@@ -92,10 +91,7 @@ class Engine:
         return torch.as_tensor(np.asarray(a, np.int64), device=self.device)
 
     def train_step(self, inputs: np.ndarray, targets: np.ndarray, lr: float) -> float:
-        if len(inputs) % self.workers:
-            raise ParallelError(
-                f"a batch of {len(inputs)} rows cannot be split evenly over {self.workers_note}"
-            )
+        check_split(len(inputs), self.workers, self.workers_note)
         mine = distributed.rows(len(inputs), self.dp)  # this rank's rows of the global batch
         x, y = np.asarray(inputs)[mine], np.asarray(targets)[mine]  # (b / workers, t)
         self.model.train()
