@@ -1,4 +1,4 @@
-"""flashcore.convert / `flashcore convert`: every path between canonical, torch, flax and keras
+"""flashcore.app.convert / `flashcore convert`: every path between canonical, torch, flax and keras
 round-trips bit-exactly (float32, bfloat16 and float64; FLASH, GAU, Transformer++ and an LM);
 flash-pytorch imports into each; bad files, bad options and failed writes give clear errors and
 leave nothing behind."""
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import flashcore as fc
-from flashcore import convert as cv
-from flashcore.cli import main as cli_main
+from flashcore.app import convert as cv
+from flashcore.app.cli import main as cli_main
 from flashcore.io import WeightFileError
 from flashcore.io import load as load_canonical
 from flashcore.io import save as save_canonical
@@ -398,7 +398,7 @@ def test_keras_needs_one_dtype_and_its_suffix(tmp_path):
 def test_importing_convert_and_converting_canonical_loads_no_framework(tmp_path, flash_file):
     src, _, _ = flash_file
     code = (
-        "import sys, flashcore.convert as cv\n"
+        "import sys, flashcore.app.convert as cv\n"
         f"cv.convert({str(src)!r}, {str(tmp_path / 'copy.safetensors')!r})\n"
         "bad = [m for m in ('torch', 'jax', 'flax', 'tensorflow', 'keras') if m in sys.modules]\n"
         "assert not bad, bad\n"

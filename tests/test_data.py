@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from flashcore import data
+from flashcore.app import data
 
 
 def test_user_folder_split_is_deterministic_and_disjoint(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("torch", reason="the main job trains with the torch engine")
 
-from flashcore import demo  # noqa: E402
+from flashcore.app import demo  # noqa: E402
 
 
 def test_demo_end_to_end(tmp_path, capsys):

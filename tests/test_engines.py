@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import flashcore as fc
-from flashcore import train
-from flashcore.engine import BACKENDS, OptimConfig, load_engine
+from flashcore.app import train
+from flashcore.app.engine import BACKENDS, OptimConfig, load_engine
 
 
 def _engine_or_skip(name):

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("torch", reason="the experiment trains with the torch engine")
 
-from flashcore import quality  # noqa: E402
+from flashcore.app import quality  # noqa: E402
 
 
 def test_quality_experiment_smoke(tmp_path):

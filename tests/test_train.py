@@ -11,7 +11,8 @@ import pytest
 
 pytest.importorskip("torch", reason="the training tests use the torch engine")
 
-from flashcore import io, train  # noqa: E402
+from flashcore import io  # noqa: E402
+from flashcore.app import train  # noqa: E402
 
 TINY = ["--dim", "32", "--layers", "2", "--qk-dim", "16", "--chunk", "16", "--context", "48",
         "--batch", "2", "--eval-tokens", "192", "--log-every", "1", "--quiet", "--warmup", "2"]  # fmt: skip

@@ -22,7 +22,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 import flashcore as fc
-from flashcore.engine import (
+from flashcore.app.engine import (
     OptimConfig,
     check_dtype,
     check_split,

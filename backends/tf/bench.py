@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 
-from flashcore.benchtable import parse_args, print_table
+from flashcore.app.benchtable import parse_args, print_table
 
 __all__ = ["main", "bench_one"]
 

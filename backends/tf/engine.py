@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 import flashcore as fc
-from flashcore.engine import OptimConfig, check_dtype, decays, single_process_only
+from flashcore.app.engine import OptimConfig, check_dtype, decays, single_process_only
 
 from .layers import LM
 from .xp import xp

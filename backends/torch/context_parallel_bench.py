@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import flashcore as fc
-from flashcore.benchtable import parse_lengths
+from flashcore.app.benchtable import parse_lengths
 from flashcore.context_parallel import summary_bytes
 
 from .context_parallel import CommStats, context_parallel_flash

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import flashcore as fc
-from flashcore.engine import OptimConfig, check_dtype, check_split, decays
+from flashcore.app.engine import OptimConfig, check_dtype, check_split, decays
 
 from . import distributed
 from .lm import LM

@@ -52,7 +52,7 @@ def test_missing_backend_is_reported_not_passed(capsys):
 
 def test_console_script_runs():
     res = subprocess.run(
-        [sys.executable, "-m", "flashcore.cli", "conformance", "--backend", "numpy", "--case", "lm-*", "--dtype", "float64"],
+        [sys.executable, "-m", "flashcore.app.cli", "conformance", "--backend", "numpy", "--case", "lm-*", "--dtype", "float64"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr

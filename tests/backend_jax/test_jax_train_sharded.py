@@ -23,7 +23,7 @@ from _data_parallel import RTOL, TINY, compare_runs, make_corpus  # noqa: E402
 # anything is written, then the run
 TWO_DEVICES = """
 import os, sys, jax, numpy as np, flashcore as fc
-from flashcore.cli import main
+from flashcore.app.cli import main
 from flashcore.jax.engine import Engine
 assert jax.device_count() == 2, jax.devices()
 cfg = fc.LMConfig(block=fc.FlashConfig(dim=16, qk_dim=8, chunk_size=4, causal=True), vocab_size=11)
@@ -66,7 +66,7 @@ def test_two_devices_follow_the_one_device_run(tmp_path):
 
 
 def test_jax_refuses_to_run_under_torchrun(tmp_path, monkeypatch, capsys):
-    from flashcore import cli
+    from flashcore.app import cli
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     out = tmp_path / "run"

@@ -4,7 +4,7 @@ import pytest
 
 pytest.importorskip("tensorflow", reason="the TF backend needs tensorflow")
 
-from flashcore.cli import main as cli  # noqa: E402
+from flashcore.app.cli import main as cli  # noqa: E402
 
 
 def test_bench_prints_a_row_per_length_and_dtype(capsys):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from flashcore import cli
+from flashcore.app import cli
 from flashcore.torch import engine
 
 seen: list[tuple[int, ...]] = []

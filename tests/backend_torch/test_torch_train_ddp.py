@@ -18,7 +18,7 @@ if not torch.distributed.is_available() or not torch.distributed.is_gloo_availab
 
 from _data_parallel import RTOL, TINY, compare_runs, make_corpus  # noqa: E402
 
-from flashcore import cli  # noqa: E402
+from flashcore.app import cli  # noqa: E402
 
 WORKER = Path(__file__).with_name("_torch_train_ddp_worker.py")
 

@@ -13,14 +13,14 @@ import importlib
 import sys
 
 COMMANDS = {
-    "demo": "flashcore.demo:main",
-    "train": "flashcore.train:train_main",
-    "eval": "flashcore.train:eval_main",
-    "generate": "flashcore.train:generate_main",
-    "quality": "flashcore.quality:main",
+    "demo": "flashcore.app.demo:main",
+    "train": "flashcore.app.train:train_main",
+    "eval": "flashcore.app.train:eval_main",
+    "generate": "flashcore.app.train:generate_main",
+    "quality": "flashcore.app.quality:main",
     "conformance": "flashcore.conformance.report:main",
     "weights-table": "flashcore.params:print_weight_table",
-    "convert": "flashcore.convert:main",
+    "convert": "flashcore.app.convert:main",
 }
 
 

@@ -27,7 +27,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .config import LMConfig
+from ..config import LMConfig
 
 __all__ = [
     "OptimConfig",

@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import FlashConfig, LMConfig, TransformerConfig, config_from_dict
-from .io import WeightFileError
+from ..config import FlashConfig, LMConfig, TransformerConfig, config_from_dict
+from ..io import WeightFileError
 
 __all__ = ["FORMATS", "Format", "convert", "read_weights", "write_weights", "detect_format", "main"]
 
@@ -210,7 +210,7 @@ def _get_format(name: str) -> Format:
 
 # ---- reading and writing ---------------------------------------------------------------------
 def _read_flash_pytorch(path: Path, peer: dict) -> tuple[dict[str, np.ndarray], AnyConfig]:
-    from .peers.flash_pytorch import import_state_dict
+    from ..peers.flash_pytorch import import_state_dict
 
     try:
         import torch
@@ -267,7 +267,7 @@ def read_weights(
     if any(v is not None for v in peer.values()):
         raise WeightFileError(f"--model / --causal / ... apply to --from flash-pytorch, not {fmt}")
     if fmt == "canonical":
-        from .io import load
+        from ..io import load
 
         return load(path, config)
     backend = _backend(FORMATS[fmt])
@@ -317,7 +317,7 @@ def write_weights(
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder")
     if f.name == "canonical":
-        from .io import save
+        from ..io import save
 
         return save(path, params, config)
     backend = _backend(f)

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import FlashConfig, LMConfig, TransformerConfig
+from ..config import FlashConfig, LMConfig, TransformerConfig
+from ..params import init
 from .data import VOCAB_SIZE, eval_batches, load_corpus, sample_batch
 from .engine import OptimConfig, load_engine
-from .params import init
 from .train import lr_at
 
 ARCHS = ("flash", "gau", "transformer")

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io
-from .config import FlashConfig, LMConfig, TransformerConfig
+from .. import io
+from ..config import FlashConfig, LMConfig, TransformerConfig
+from ..params import init
 from .data import VOCAB_SIZE, DataError, eval_batches, load_corpus, sample_batch
 from .engine import BACKENDS, OptimConfig, ParallelError, load_engine
-from .params import init
 
 __all__ = ["train_main", "eval_main", "generate_main", "build_config", "evaluate", "lr_at"]
 

@@ -1,0 +1,6 @@
+"""The application storey: the ``flashcore`` command and what it runs (training, evaluation,
+generation, quality, the demo, weight conversion, benchmark tables, the engine loader).
+
+It sits above the spec (``flashcore``) and the backends (``flashcore.torch`` / ``.jax`` / ``.tf``)
+and may import both; neither imports it (``tests/test_layers_of_the_house.py`` checks).
+"""
