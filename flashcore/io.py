@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ __all__ = [
     "save",
     "load",
     "read_header",
+    "atomic_write",
     "make_metadata",
 ]
 
@@ -49,7 +51,7 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: Path, write, *, suffix: str = ".tmp") -> None:
+def atomic_write(path: Path, write: Callable[[str], object], *, suffix: str = ".tmp") -> None:
     """Call ``write(tmp)`` on a temporary file in ``path``'s folder, then rename it to ``path``;
     on any failure the temporary file is removed and ``path`` is untouched. ``suffix``: the
     temporary name's ending (for writers that insist on one, e.g. Keras' ``.weights.h5``)."""
@@ -97,7 +99,7 @@ def save(
     path = Path(path)
     metadata = make_metadata(config, extra)
     arrays = {k: np.asarray(v).copy(order="C") for k, v in params.items()}
-    _atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=metadata))
     return path
 
 

@@ -7,15 +7,16 @@ One step is ``jax.value_and_grad`` of mean(layer2(layer1(x))^2) w.r.t. both laye
 dim 512, chunk 256, qk 128 (the paper's FLASH sizes), jitted once per (T, dtype); the table gives
 the median over ``--repeats`` timed steps after one warm-up, and microseconds per token. The core is
 ``flashcore.jax.kernel.flash_core`` (the Pallas kernel on GPU / TPU, the spec's core elsewhere).
+
+This module builds and times the steps; the command and the table are the application's
+(:mod:`flashcore.app.benchtable`).
 """
 
 from __future__ import annotations
 
 import time
 
-from flashcore.app.benchtable import parse_args, print_table
-
-__all__ = ["main", "bench_one"]
+__all__ = ["bench_one", "describe"]
 
 
 def bench_one(t: int, dtype: str, *, repeats: int, dim: int, chunk: int, qk: int, batch: int = 1):
@@ -50,11 +51,8 @@ def bench_one(t: int, dtype: str, *, repeats: int, dim: int, chunk: int, qk: int
     return compile_s, times
 
 
-def main(argv: list[str] | None = None) -> int:
-    args, lengths, dtypes = parse_args(
-        "flashcore bench --backend jax", __doc__.split("\n")[0], argv
-    )
-
+def describe(*, batch: int, dim: int, chunk: int, qk: int, repeats: int) -> str:
+    """The line above the table: what one step is, the framework version, device and core."""
     import jax
 
     import flashcore as fc
@@ -62,18 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     from .kernel import can_use_kernel
 
     kernel = can_use_kernel(fc.FlashConfig(causal=True))
-    print(
-        f"flashcore.jax bench: 2 causal FLASH layers, forward + backward, batch {args.batch}, "
-        f"dim {args.dim}, chunk {args.chunk}, qk {args.qk}; jax {jax.__version__} on "
+    return (
+        f"flashcore.jax bench: 2 causal FLASH layers, forward + backward, batch {batch}, "
+        f"dim {dim}, chunk {chunk}, qk {qk}; jax {jax.__version__} on "
         f"{jax.default_backend()} ({jax.device_count()} device(s)); core: "
-        f"{'Pallas kernel' if kernel else 'spec (XLA)'}; median of {args.repeats}"
+        f"{'Pallas kernel' if kernel else 'spec (XLA)'}; median of {repeats}"
     )
-    print_table(
-        bench_one, lengths, dtypes, repeats=args.repeats, dim=args.dim, chunk=args.chunk,
-        qk=args.qk, batch=args.batch,
-    )  # fmt: skip
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""The JAX :class:`flashcore.engine.Engine`: the functional API with optax AdamW, jitted steps.
+"""The JAX :class:`flashcore.runtime.Engine`: the functional API with optax AdamW, jitted steps.
 
 Parameters and AdamW moments are dicts keyed by canonical names (the functional API's own
 layout), so the optimizer state moves to and from other engines unchanged. bfloat16 keeps float32
@@ -22,7 +22,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 import flashcore as fc
-from flashcore.app.engine import (
+from flashcore.runtime import (
     OptimConfig,
     check_dtype,
     check_split,

@@ -4,7 +4,7 @@
     load(path)                           -> a new module (FLASH, GAU, TransformerBlock or LM)
     save_canonical(path, module)         canonical safetensors (flashcore.io; bfloat16 kept)
     load_canonical(path)                 -> a new module
-    write_params(path, params, config)   canonical weights -> Flax file (for flashcore.convert)
+    write_params(path, params, config)   canonical weights -> Flax file (for flashcore.app.convert)
     read_params(path)                    Flax file -> (canonical NumPy weights, config)
 
 The JAX convention used here is Flax's msgpack serialization
@@ -26,7 +26,7 @@ import numpy as np
 from flax import serialization
 
 import flashcore as fc
-from flashcore.io import WeightFileError, _atomic_write
+from flashcore.io import WeightFileError, atomic_write
 from flashcore.io import load as _load_canonical_numpy
 from flashcore.io import save as _save_canonical_numpy
 from flashcore.weightmeta import check_file_params, from_native, make_tag, read_tag, to_native
@@ -63,7 +63,7 @@ def _flatten(tree, prefix: str = "") -> dict:
 def _write(path: str | os.PathLike, native: dict[str, np.ndarray], config: Config) -> Path:
     path = Path(path)
     blob = serialization.msgpack_serialize({**make_tag("flax", config), "params": _nest(native)})
-    _atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
     return path
 
 

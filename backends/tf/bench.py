@@ -8,15 +8,16 @@ dim 512, chunk 256, qk 128 (the paper's FLASH sizes), in one ``tf.function(jit_c
 compiled once per (T, dtype). bfloat16 is the Keras policy ``mixed_bfloat16`` (float32 variables,
 bfloat16 compute; the attention core in float32), as in :mod:`flashcore.tf.adapter`. The table
 gives the median over ``--repeats`` timed steps after one warm-up, and microseconds per token.
+
+This module builds and times the steps; the command and the table are the application's
+(:mod:`flashcore.app.benchtable`).
 """
 
 from __future__ import annotations
 
 import time
 
-from flashcore.app.benchtable import parse_args, print_table
-
-__all__ = ["main", "bench_one"]
+__all__ = ["bench_one", "describe"]
 
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
@@ -58,23 +59,13 @@ def bench_one(t: int, dtype: str, *, repeats: int, dim: int, chunk: int, qk: int
     return compile_s, times
 
 
-def main(argv: list[str] | None = None) -> int:
-    args, lengths, dtypes = parse_args("flashcore bench --backend tf", __doc__.split("\n")[0], argv)
-
+def describe(*, batch: int, dim: int, chunk: int, qk: int, repeats: int) -> str:
+    """The line above the table: what one step is, the framework version, device and core."""
     import tensorflow as tf
 
     devices = ", ".join(d.device_type for d in tf.config.list_logical_devices())
-    print(
-        f"flashcore.tf bench: 2 causal FLASH layers, forward + backward, batch {args.batch}, "
-        f"dim {args.dim}, chunk {args.chunk}, qk {args.qk}; tensorflow {tf.__version__} on "
-        f"{devices}; XLA (jit_compile=True); median of {args.repeats}"
+    return (
+        f"flashcore.tf bench: 2 causal FLASH layers, forward + backward, batch {batch}, "
+        f"dim {dim}, chunk {chunk}, qk {qk}; tensorflow {tf.__version__} on "
+        f"{devices}; XLA (jit_compile=True); median of {repeats}"
     )
-    print_table(
-        bench_one, lengths, dtypes, repeats=args.repeats, dim=args.dim, chunk=args.chunk,
-        qk=args.qk, batch=args.batch,
-    )  # fmt: skip
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

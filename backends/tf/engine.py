@@ -1,9 +1,9 @@
-"""The TensorFlow :class:`flashcore.engine.Engine`: a Keras :class:`~flashcore.tf.LM`, XLA-compiled
+"""The TensorFlow :class:`flashcore.runtime.Engine`: a Keras :class:`~flashcore.tf.LM`, XLA-compiled
 steps, and AdamW with its moments kept in canonical layout.
 
 AdamW is written out here (a few lines over ``tf.Variable`` s) rather than taken from
 ``keras.optimizers.AdamW``, whose epsilon sits outside the bias correction: written out, it is
-the update of :mod:`flashcore.engine` exactly, so a run moves between engines without a jump.
+the update of :mod:`flashcore.runtime` exactly, so a run moves between engines without a jump.
 bfloat16 runs the layers under Keras' ``mixed_bfloat16`` policy (float32 variables).
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 import flashcore as fc
-from flashcore.app.engine import OptimConfig, check_dtype, decays, single_process_only
+from flashcore.runtime import OptimConfig, check_dtype, decays, single_process_only
 
 from .layers import LM
 from .xp import xp

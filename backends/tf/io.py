@@ -4,7 +4,7 @@
     load(path)                           -> a new layer (FLASH, GAU, TransformerBlock or LM)
     save_canonical(path, layer)          canonical safetensors (flashcore.io; bfloat16 kept)
     load_canonical(path)                 -> a new layer
-    write_params(path, params, config)   canonical weights -> Keras file (for flashcore.convert)
+    write_params(path, params, config)   canonical weights -> Keras file (for flashcore.app.convert)
     read_params(path)                    Keras file -> (canonical NumPy weights, config)
 
 The Keras file is what ``keras.saving.save_weights(layer, path)`` writes (HDF5; Keras stores
@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 import flashcore as fc
-from flashcore.io import WeightFileError, _atomic_write
+from flashcore.io import WeightFileError, atomic_write
 from flashcore.io import load as _load_canonical_numpy
 from flashcore.io import save as _save_canonical_numpy
 from flashcore.weightmeta import check_file_params, common_dtype, make_tag, read_tag
@@ -69,7 +69,7 @@ def save(path: str | os.PathLike, layer) -> Path:
         with h5py.File(tmp, "a") as f:
             f.attrs.update(attrs)
 
-    _atomic_write(path, write, suffix=SUFFIX)
+    atomic_write(path, write, suffix=SUFFIX)
     return path
 
 

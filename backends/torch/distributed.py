@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from flashcore.app.engine import ParallelError, launched_processes
+from flashcore.runtime import ParallelError, launched_processes
 
 __all__ = ["Workers", "single", "join", "rows", "all_sum", "leave"]
 

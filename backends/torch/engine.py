@@ -1,4 +1,4 @@
-"""The torch :class:`flashcore.engine.Engine`: an :class:`~flashcore.torch.LM` with torch.optim.AdamW.
+"""The torch :class:`flashcore.runtime.Engine`: an :class:`~flashcore.torch.LM` with torch.optim.AdamW.
 
 bfloat16 runs as CPU/CUDA autocast over float32 weights (the attention core accumulates in float32).
 Optimizer moments are exchanged in canonical layout through the LM's naming table.
@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import flashcore as fc
-from flashcore.app.engine import OptimConfig, check_dtype, check_split, decays
+from flashcore.runtime import OptimConfig, check_dtype, check_split, decays
 
 from . import distributed
 from .lm import LM

@@ -4,7 +4,7 @@
     load(path, *, config=None, device=None)  -> a new module (FLASH, GAU, TransformerBlock or LM)
     save_canonical(path, module)             canonical safetensors via safetensors.torch
     load_canonical(path, *, device=None)     -> a new module, in the file's dtype
-    write_params(path, params, config)       canonical weights -> torch file (for flashcore.convert)
+    write_params(path, params, config)       canonical weights -> torch file (for flashcore.app.convert)
     read_params(path, *, config=None)        torch file -> (canonical NumPy weights, config)
 
 The torch file is ``torch.save`` of ``{"format": "flashcore-torch", "format_version": "1",
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import flashcore as fc
-from flashcore.io import WeightFileError, _atomic_write, make_metadata, read_header
+from flashcore.io import WeightFileError, atomic_write, make_metadata, read_header
 from flashcore.weightmeta import (
     check_file_params,
     config_from_json,
@@ -54,7 +54,7 @@ def _write(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], config:
     path = Path(path)
     sd = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     obj = {**make_tag("torch", config), "state_dict": sd}
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
     return path
 
 
@@ -155,7 +155,7 @@ def save_canonical(path: str | os.PathLike, module: CanonicalModule) -> Path:
     path = Path(path)
     tensors = module.to_canonical(tensors=True)
     metadata = make_metadata(module.config)
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
 
 

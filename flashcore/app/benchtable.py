@@ -1,12 +1,16 @@
-"""The table the JAX and TF benchmarks print: one row per sequence length and dtype."""
+"""``flashcore bench --backend jax|tf``: the options and the table (one row per sequence length and
+dtype) around a backend's step builder, ``flashcore.<backend>.bench.bench_one`` / ``describe``."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
 from collections.abc import Callable, Iterable
 
-__all__ = ["parse_length", "parse_lengths", "parse_args", "print_table"]
+__all__ = ["parse_length", "parse_lengths", "parse_args", "print_table", "main"]
+
+TABLE_BACKENDS = ("jax", "tf")  # the backends whose bench module is a step builder for this table
 
 
 def parse_length(text: str) -> int:
@@ -71,3 +75,15 @@ def print_table(
                 f"{min(times) * 1e3:>9.1f} {compile_s:>10.1f}",
                 flush=True,
             )
+
+
+def main(backend: str, argv: list[str] | None = None) -> int:
+    """Parse the options, print ``describe(...)`` and the table for ``backend``; the exit code."""
+    mod = importlib.import_module(f"flashcore.{backend}.bench")
+    args, lengths, dtypes = parse_args(
+        f"flashcore bench --backend {backend}", mod.__doc__.split("\n")[0], argv
+    )
+    sizes = dict(batch=args.batch, dim=args.dim, chunk=args.chunk, qk=args.qk)
+    print(mod.describe(repeats=args.repeats, **sizes))
+    print_table(mod.bench_one, lengths, dtypes, repeats=args.repeats, **sizes)
+    return 0

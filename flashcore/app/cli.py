@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from . import benchtable
+
 COMMANDS = {
     "demo": "flashcore.app.demo:main",
     "train": "flashcore.app.train:train_main",
@@ -39,6 +41,8 @@ def _bench(argv: list[str]) -> int:
     except ImportError as err:
         print(f"flashcore bench: the {backend} benchmark is not available: {err}", file=sys.stderr)
         return 2
+    if backend in benchtable.TABLE_BACKENDS:
+        return benchtable.main(backend, argv)
     return int(mod.main(argv) or 0)
 
 

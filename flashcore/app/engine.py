@@ -1,154 +1,35 @@
-"""What a backend provides to ``flashcore train / eval / generate``: an :class:`Engine`.
+"""Where the application finds a backend's :class:`~flashcore.runtime.Engine`: :func:`load_engine`.
 
-An engine owns one language model and its AdamW state in its framework, and talks to the driver
-in NumPy and canonical names only, so that checkpoints (and optimizer moments) move between
-backends unchanged. Engines live in ``flashcore.<backend>.engine`` and are found by
-:func:`load_engine`.
-
-AdamW, the same in every engine: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
-p -= lr (m / (1 - b1^k) / (sqrt(v / (1 - b2^k)) + eps) + wd p) with k the step count, decoupled
-weight decay on every tensor of rank >= 2 only (kernels and embeddings; not norms, biases,
-scale-offsets or biases tables), and global-norm gradient clipping before the update.
-
-Data parallelism (``data_parallel=True``, what ``flashcore train`` asks for): every process draws
-the same global batch and hands it whole to ``train_step`` / ``eval_loss``; the engine splits it
-over its ``workers`` (torch: the processes torchrun started, one DistributedDataParallel replica
-each; jax: the devices of this one process, through ``jax.sharding``) and returns the loss of the
-whole batch. Only the process with ``is_main`` writes logs and checkpoints; ``close`` ends the
-engine's part in any process group.
+The protocol, AdamW's hyper-parameters and the engines' checks live in :mod:`flashcore.runtime`
+(the spec storey, so that backends may import them); they are re-exported here for the
+application's modules.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
-from dataclasses import dataclass
-from typing import Protocol
 
-import numpy as np
-
-from ..config import LMConfig
+from ..runtime import (
+    Engine,
+    OptimConfig,
+    ParallelError,
+    check_split,
+    decays,
+    launched_processes,
+)
 
 __all__ = [
-    "OptimConfig",
-    "Engine",
-    "load_engine",
     "BACKENDS",
-    "decays",
+    "load_engine",
+    "Engine",
+    "OptimConfig",
     "ParallelError",
+    "check_split",
+    "decays",
     "launched_processes",
 ]
 
 BACKENDS = ("torch", "jax", "tf")
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """AdamW hyper-parameters (the learning rate comes with each step)."""
-
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0  # global norm; 0 disables
-
-
-def decays(name: str, shape: tuple[int, ...]) -> bool:
-    """Whether AdamW's weight decay applies to a canonical tensor: kernels and embeddings."""
-    return len(shape) >= 2 and not name.endswith(("qk.gamma", "qk.beta"))
-
-
-class ParallelError(ValueError):
-    """A data-parallel set-up that cannot work (a batch the workers cannot share evenly, an engine
-    started by a launcher it does not support)."""
-
-
-def launched_processes() -> int:
-    """How many processes a launcher (torchrun) started for this job: ``WORLD_SIZE``, else 1."""
-    text = os.environ.get("WORLD_SIZE", "1")
-    try:
-        n = int(text)
-    except ValueError:
-        raise ParallelError(f"WORLD_SIZE={text!r} in the environment is not a number") from None
-    if n < 1:
-        raise ParallelError(f"WORLD_SIZE={n} in the environment must be >= 1")
-    return n
-
-
-def check_dtype(dtype: str) -> None:
-    """An engine's compute dtype must be float32 or bfloat16 (ValueError otherwise)."""
-    if dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
-
-
-def single_process_only(backend: str, advice: str) -> None:
-    """ParallelError when torchrun started several processes for an engine that does not join a
-    process group (``advice``: what to do instead)."""
-    if launched_processes() > 1:
-        raise ParallelError(
-            f"the {backend} engine does not run under torchrun "
-            f"(WORLD_SIZE={launched_processes()}): {advice}"
-        )
-
-
-def check_split(batch: int, workers: int, note: str) -> None:
-    """ParallelError unless a global batch of ``batch`` rows splits evenly over ``workers``."""
-    if batch % workers:
-        raise ParallelError(f"a batch of {batch} rows cannot be split evenly over {note}")
-
-
-class Engine(Protocol):
-    """One LM in one framework. All arrays in and out are NumPy; names are canonical."""
-
-    config: LMConfig
-    workers: int  # how many ways each batch is split (1: no data parallelism)
-    workers_note: str  # e.g. "2 processes (torchrun, gloo)"; "" when workers == 1
-    is_main: bool  # whether this process writes logs, progress and checkpoints
-
-    def __init__(
-        self,
-        config: LMConfig,
-        params: dict[str, np.ndarray],
-        *,
-        dtype: str = "float32",
-        optim: OptimConfig | None = None,
-        seed: int = 0,
-        data_parallel: bool = False,
-    ) -> None: ...
-
-    def train_step(self, inputs: np.ndarray, targets: np.ndarray, lr: float) -> float:
-        """One AdamW step on (b, t) int64 batches; returns the loss before the update (nats).
-
-        Data parallel: (b, t) is the global batch (the same in every process), b divisible by
-        ``workers``; the loss is the mean over the whole batch."""
-
-    def eval_loss(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
-        """(sum of per-token losses in nats, number of tokens) without updating anything.
-
-        Data parallel: of the whole (b, t) batch, any b; every process must call it."""
-
-    def close(self) -> None:
-        """Leave any process group the engine joined (a no-op otherwise)."""
-
-    def params(self) -> dict[str, np.ndarray]:
-        """Canonical float32 weights."""
-
-    def optimizer_state(self) -> dict[str, np.ndarray]:
-        """AdamW moments ``m.<name>``, ``v.<name>`` (canonical layout) and ``step`` (())."""
-
-    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        """Restore what :meth:`optimizer_state` returned (from any engine)."""
-
-    def generate(
-        self,
-        prompt: np.ndarray,
-        max_new_tokens: int,
-        *,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        seed: int = 0,
-    ) -> np.ndarray:
-        """Sample a continuation of ``prompt`` (b, t0) -> (b, t0 + max_new_tokens) int64."""
 
 
 def load_engine(backend: str):

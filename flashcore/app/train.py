@@ -197,7 +197,7 @@ def save_run(
         "rng": json.dumps(state.rng_state),
         "args": json.dumps(state.args),
     }
-    io._atomic_write(
+    io.atomic_write(
         out / "train_state.safetensors", lambda tmp: save_file(opt, tmp, metadata=smeta)
     )
 

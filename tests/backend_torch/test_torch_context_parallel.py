@@ -84,7 +84,7 @@ def test_refuses_unsupported_input_before_communicating():
 
 
 def test_benchmark_refuses_a_length_that_does_not_split():
-    from flashcore.torch import context_parallel_bench as bench
+    from flashcore.app import context_parallel_bench as bench
 
     with pytest.raises(SystemExit):
         bench._parse(["--lengths", "1000"])  # not a multiple of world x chunk = 512

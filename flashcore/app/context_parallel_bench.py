@@ -1,6 +1,6 @@
 """Context-parallel FLASH: bytes communicated per layer and forward time, against T.
 
-    python -m flashcore.torch.context_parallel_bench [--lengths 1K,4K,16K,64K] [--world 2]
+    python -m flashcore.app.context_parallel_bench [--lengths 1K,4K,16K,64K] [--world 2]
 
 Starts ``--world`` CPU processes (gloo, one thread each); each holds T / world positions of every
 sequence and runs one FLASH layer forward with :func:`context_parallel_flash`. The bytes are
@@ -25,18 +25,18 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import flashcore as fc
-from flashcore.app.benchtable import parse_lengths
 from flashcore.context_parallel import summary_bytes
+from flashcore.torch.context_parallel import CommStats, context_parallel_flash
+from flashcore.torch.layers import FLASH
 
-from .context_parallel import CommStats, context_parallel_flash
-from .layers import FLASH
+from .benchtable import parse_lengths
 
 __all__ = ["main"]
 
 
 def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[int]]:
     ap = argparse.ArgumentParser(
-        prog="python -m flashcore.torch.context_parallel_bench", description=__doc__.split("\n")[0]
+        prog="python -m flashcore.app.context_parallel_bench", description=__doc__.split("\n")[0]
     )
     ap.add_argument("--lengths", default="1K,4K,16K,64K", help="comma-separated T (1K = 1024)")
     ap.add_argument("--world", type=int, default=2, help="processes (ranks)")
