@@ -8,8 +8,10 @@ numpy / torch / jax, array-api-strict, or the flashcore TF shim). The calls used
     zeros ones zeros_like ones_like full_like   dtypes bool int32 int64 float32 float64
     ==, !=, <, <=, >, &, |, ~, *, +, -, /, //, %, **, and basic slicing with a trailing ``...``
 
-plus :func:`erf` below and :func:`flashcore.ops.silu` (not in the standard; dispatched to each
-library's own, or ``xp.erf`` / ``xp.silu`` when the namespace has them). Static index
+plus :func:`erf` below and :func:`flashcore.ops.silu` (not in the standard: ``xp.erf`` /
+``xp.silu`` when the namespace has them, a generic version otherwise). The spec never asks which
+library it runs on; each backend hands it a namespace with its library's own functions
+(:func:`extended`; the TF shim has them as methods). Static index
 tables (causal masks, rotary angles, bias buckets) are computed on the host in NumPy float64 and
 moved to the input's namespace and device with :func:`const`.
 """
@@ -17,7 +19,7 @@ moved to the input's namespace and device with :func:`const`.
 from __future__ import annotations
 
 import math
-import sys
+import types
 
 import numpy as np
 
@@ -29,6 +31,7 @@ __all__ = [
     "is_low_precision",
     "dtype_name",
     "tracing",
+    "extended",
 ]
 
 
@@ -79,27 +82,38 @@ _np_erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
 def erf(xp, x):
-    """The error function, elementwise, with each library's own implementation (full precision)."""
-    name = getattr(xp, "__name__", "")
-    if "torch" in name:
-        import torch
-
-        return torch.special.erf(x)
-    if "jax" in name:
-        import jax
-
-        return jax.scipy.special.erf(x)
-    if hasattr(xp, "erf"):  # the TF shim
-        return xp.erf(x)
-    if "numpy" in name:
+    """The error function, elementwise, at full precision: ``xp.erf`` when the namespace has one
+    (a backend's own kernel, differentiable), NumPy's on NumPy arrays, else a round trip through
+    the host (no autodiff and no tracing there: a TypeError says so)."""
+    fused = getattr(xp, "erf", None)
+    if fused is not None:
+        return fused(x)
+    if isinstance(x, np.ndarray):
         return np.asarray(_np_erf(x), dtype=x.dtype)
-    # array-api-strict and other pure namespaces: round-trip through NumPy (no autodiff there).
-    host = np.from_dlpack(x) if hasattr(x, "__dlpack__") else np.asarray(x)
+    try:  # array-api-strict and other namespaces without an erf
+        host = np.from_dlpack(x) if hasattr(x, "__dlpack__") else np.asarray(x)
+    except Exception as err:
+        raise TypeError(
+            f"the namespace {getattr(xp, '__name__', xp)!r} has no erf and these values cannot be "
+            f"copied to the host ({type(err).__name__}: {err}); under autodiff or tracing use the "
+            "backend's namespace (flashcore.torch.xp.xp, flashcore.jax.xp.xp, flashcore.tf.xp.xp)"
+        ) from err
     return xp.astype(const(xp, _np_erf(host), like=x), x.dtype)
 
 
-def tracing() -> bool:
-    """True while torch.compile traces: checks on host tables must not run then (Dynamo would
-    trace the NumPy code). Never imports torch."""
-    torch = sys.modules.get("torch")
-    return torch is not None and torch.compiler.is_compiling()
+def tracing(xp) -> bool:
+    """True while ``xp``'s library traces (``xp.is_tracing()``, e.g. torch.compile): checks on host
+    tables must not run then. False for namespaces without the hook."""
+    hook = getattr(xp, "is_tracing", None)
+    return bool(hook is not None and hook())
+
+
+def extended(base, name: str, **functions):
+    """A namespace that is ``base`` plus ``functions``: how a backend hands the spec its library's
+    own versions of what the array API lacks (``silu``, ``erf``, ``concrete``, ``is_tracing``); the
+    spec uses each when present and its generic formula otherwise. A module object named ``name``.
+    """
+    ns = types.ModuleType(name)
+    vars(ns).update({k: v for k, v in vars(base).items() if not k.startswith("__")})
+    vars(ns).update(functions)
+    return ns

@@ -21,25 +21,18 @@ def is_floating(dtype) -> bool:
     return dtype_name(dtype) in _FLOATS
 
 
-def concrete(a) -> np.ndarray | None:
-    """A NumPy copy of ``a`` if its values are known now (eager), else None (traced)."""
+def concrete(a, xp=None) -> np.ndarray | None:
+    """A NumPy copy of ``a`` if its values are known now (eager), else None (traced).
+
+    ``xp.concrete(a)`` when the namespace has it (a backend that knows its tracer, e.g.
+    torch.compile's); otherwise a host copy, None when the library refuses one (a jit tracer, a
+    symbolic TF tensor)."""
     if a is None:
         return None
-    mod = type(a).__module__
+    hook = getattr(xp, "concrete", None)
+    if hook is not None:
+        return hook(a)
     try:
-        if mod.startswith("torch"):
-            import torch
-
-            if torch.compiler.is_compiling():
-                return None
-            return a.detach().cpu().numpy()
-        if mod.startswith("jax"):
-            import jax
-
-            if isinstance(a, jax.core.Tracer):
-                return None
-        if hasattr(a, "numpy") and mod.startswith("tensorflow"):
-            return a.numpy()
         if hasattr(a, "__dlpack__") and not isinstance(a, np.ndarray):
             try:
                 return np.from_dlpack(a)
@@ -78,7 +71,7 @@ def check_mask(mask, b: int, t: int) -> None:
         raise TypeError(f"mask must be bool (True = real position), got {dtype_name(mask.dtype)}")
 
 
-def check_segments(segment_ids, b: int, t: int) -> None:
+def check_segments(segment_ids, b: int, t: int, xp=None) -> None:
     """segment_ids: (b, t) integers, each id one contiguous run (packed sequences)."""
     if segment_ids is None:
         return
@@ -88,7 +81,7 @@ def check_segments(segment_ids, b: int, t: int) -> None:
         )
     if dtype_name(segment_ids.dtype) not in _INTS:
         raise TypeError(f"segment_ids must be integers, got {dtype_name(segment_ids.dtype)}")
-    seg = concrete(segment_ids)
+    seg = concrete(segment_ids, xp)
     if seg is None:
         return
     starts = np.concatenate([np.ones((b, 1), bool), seg[:, 1:] != seg[:, :-1]], axis=1)
@@ -101,7 +94,7 @@ def check_segments(segment_ids, b: int, t: int) -> None:
             )
 
 
-def check_tokens(tokens, vocab_size: int) -> tuple[int, int]:
+def check_tokens(tokens, vocab_size: int, xp=None) -> tuple[int, int]:
     """tokens: (b, t) integers in [0, vocab_size). Returns (b, t)."""
     shape = tuple(tokens.shape)
     if len(shape) != 2:
@@ -110,7 +103,7 @@ def check_tokens(tokens, vocab_size: int) -> tuple[int, int]:
         raise ValueError("tokens has T = 0 positions; at least one is needed")
     if dtype_name(tokens.dtype) not in _INTS:
         raise TypeError(f"tokens must be integers, got {dtype_name(tokens.dtype)}")
-    values = concrete(tokens)
+    values = concrete(tokens, xp)
     if values is not None and values.size and (values.min() < 0 or values.max() >= vocab_size):
         raise ValueError(
             f"token ids must be in [0, {vocab_size}), got min {values.min()} max {values.max()}"

@@ -179,7 +179,7 @@ def gau(params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, xp
     xp = namespace(x, xp=xp)
     b, t = check_x(x, config.dim)
     check_mask(mask, b, t)
-    check_segments(segment_ids, b, t)
+    check_segments(segment_ids, b, t, xp)
     bad = nonfinite.nonfinite_rows(x, xp)  # (b, t): NaN / Inf in x, read as 0 from here on
     x = nonfinite.zero_rows(x, bad, xp)
     u, v, (q, k) = project(params, x, config, mask, segment_ids, xp)
@@ -235,7 +235,7 @@ def flash(params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, 
     xp = namespace(x, xp=xp)
     b, t = check_x(x, config.dim)
     check_mask(mask, b, t)
-    check_segments(segment_ids, b, t)
+    check_segments(segment_ids, b, t, xp)
     return flash_checked(
         params, x, config=config, mask=mask, segment_ids=segment_ids, xp=xp, core=core
     )

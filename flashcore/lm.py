@@ -46,7 +46,7 @@ def transformer_block(
     xp = namespace(x, xp=xp)
     b, t = check_x(x, config.dim)
     check_mask(mask, b, t)
-    check_segments(segment_ids, b, t)
+    check_segments(segment_ids, b, t, xp)
     d, n, hd = config.dim, config.heads, config.head_dim
     h = ops.norm(subtree(params, "attn_norm."), x, kind=config.norm, eps=config.norm_eps, xp=xp)
     qkv = xp.matmul(h, params["attn.qkv.kernel"])  # (b, t, 3d)
@@ -97,7 +97,7 @@ def lm_hidden(
     if not isinstance(config, LMConfig):
         raise TypeError(f"config must be an LMConfig, got {type(config).__name__}")
     xp = namespace(tokens, xp=xp)
-    b, t = check_tokens(tokens, config.vocab_size)
+    b, t = check_tokens(tokens, config.vocab_size, xp)
     embed = params["embed.weight"]  # (v, d)
     x = xp.reshape(xp.take(embed, xp.reshape(tokens, (-1,)), axis=0), (b, t, config.dim))
     if config.abs_pos == "scaled_sinusoidal":
@@ -197,7 +197,7 @@ def lm_loss(
     ``mask`` marks real positions of ``inputs``; the loss counts only those.
     """
     xp = namespace(inputs, xp=xp)
-    b, t = check_tokens(targets, config.vocab_size)
+    b, t = check_tokens(targets, config.vocab_size, xp)
     if tuple(inputs.shape) != (b, t):
         raise ValueError(f"inputs {tuple(inputs.shape)} and targets {(b, t)} must have one shape")
     logits = lm_logits(

@@ -88,8 +88,9 @@ def forward(backend, config, params, x, mask=None, segment_ids=None, dtype="floa
             **kw,
         )
     if backend.startswith("torch"):
-        import array_api_compat.torch as xp
         import torch
+
+        from flashcore.torch.xp import xp
 
         dt = getattr(torch, dtype)
         t = lambda a: None if a is None else torch.as_tensor(a)  # noqa: E731
@@ -152,8 +153,9 @@ def pullback(backend, config, params, x, mask=None, segment_ids=None, dtype="flo
     """(out, vjp): the layer's output (b, t, d) and ``vjp(cot) -> d<out, cot>/dx`` (b, t, d), both
     NumPy float64, by the backend's own autodiff (the spec: torch's). One forward, many vjps."""
     if backend in ("spec", "torch-spec", "torch-core"):
-        import array_api_compat.torch as xp
         import torch
+
+        from flashcore.torch.xp import xp
 
         dt = getattr(torch, dtype)
         t = lambda a: None if a is None else torch.as_tensor(a)  # noqa: E731

@@ -24,6 +24,8 @@ from jax.sharding import Mesh, PartitionSpec
 from flashcore.config import FlashConfig
 from flashcore.context_parallel import check_shard, flash_shard
 
+from .xp import xp
+
 __all__ = ["CommStats", "context_mesh", "apply"]
 
 
@@ -84,7 +86,7 @@ def apply(
             world=world,
             all_gather=gather,
             mask=m[0] if m else None,
-            xp=jnp,
+            xp=xp,
         )
 
     args = (params, x) if mask is None else (params, x, mask)

@@ -22,21 +22,23 @@ import jax.numpy as jnp
 from flashcore import decode as spec_decode
 from flashcore.config import FlashConfig, LMConfig
 
+from .xp import xp
+
 __all__ = ["init_state", "step", "scan", "sample", "generate"]
 
 
 def init_state(config: FlashConfig | LMConfig, batch: int, dtype=jnp.float32) -> dict:
     """An empty decoding state (position 0) for a causal FLASH layer or an LM of FLASH blocks."""
     if isinstance(config, LMConfig):
-        return spec_decode.lm_decode_init(config, batch, xp=jnp, dtype=jnp.dtype(dtype))
-    return spec_decode.decode_init(config, batch, xp=jnp, dtype=jnp.dtype(dtype))
+        return spec_decode.lm_decode_init(config, batch, xp=xp, dtype=jnp.dtype(dtype))
+    return spec_decode.decode_init(config, batch, xp=xp, dtype=jnp.dtype(dtype))
 
 
 def step(params: dict, x_t: jax.Array, state: dict, *, config: FlashConfig | LMConfig):
     """One position. Layer: x_t (b, d) -> (out (b, d), state); LM: tokens (b,) -> (logits (b, v), state)."""
     if isinstance(config, LMConfig):
-        return spec_decode.lm_decode_step(params, x_t, state, config=config, xp=jnp)
-    return spec_decode.decode_step(params, x_t, state, config=config, xp=jnp)
+        return spec_decode.lm_decode_step(params, x_t, state, config=config, xp=xp)
+    return spec_decode.decode_step(params, x_t, state, config=config, xp=xp)
 
 
 def scan(params: dict, xs: jax.Array, state: dict, *, config: FlashConfig | LMConfig):

@@ -22,6 +22,7 @@ import flashcore as fc
 from flashcore.config import FlashConfig, LMConfig, TransformerConfig
 
 from . import kernel
+from .xp import xp
 
 __all__ = ["init", "apply", "logits", "loss", "Config"]
 
@@ -70,7 +71,7 @@ def apply(
     """
     if isinstance(config, LMConfig):
         return logits(params, x, config=config, mask=mask, segment_ids=segment_ids, core=core)
-    kw = dict(config=config, mask=mask, segment_ids=segment_ids, xp=jnp)
+    kw = dict(config=config, mask=mask, segment_ids=segment_ids, xp=xp)
     if isinstance(config, FlashConfig) and config.kind == "flash":
         return fc.flash(params, x, core=core or kernel.flash_core, **kw)
     if core is not None:
@@ -94,7 +95,7 @@ def logits(
         config=config,
         mask=mask,
         segment_ids=segment_ids,
-        xp=jnp,
+        xp=xp,
         core=core or kernel.flash_core,
     )
 
@@ -117,6 +118,6 @@ def loss(
         config=config,
         mask=mask,
         segment_ids=segment_ids,
-        xp=jnp,
+        xp=xp,
         core=core or kernel.flash_core,
     )

@@ -31,6 +31,8 @@ from jax.experimental import pallas as pl
 from flashcore.config import FlashConfig
 from flashcore.layers import attention_core_flash
 
+from .xp import xp as jax_xp
+
 __all__ = ["can_use_kernel", "flash_core", "pallas_core"]
 
 
@@ -60,7 +62,7 @@ def flash_core(
     if can_use_kernel(config, segment_ids=segment_ids):
         return pallas_core(qq, qk, lq, lk, v, bias=bias, config=config, mask=mask)
     return attention_core_flash(
-        qq, qk, lq, lk, v, bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=jnp
+        qq, qk, lq, lk, v, bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=jax_xp
     )
 
 

@@ -37,7 +37,7 @@ def _on(device):
 class Namespace:
     """The array-API subset used by flashcore, over ``tf.Tensor``. Use the instance :data:`xp`.
 
-    ``__name__`` makes :func:`flashcore._xp.erf` take this namespace's ``erf``.
+    Its ``erf`` and ``silu`` are what :func:`flashcore._xp.erf` and :func:`flashcore.ops.silu` take.
     """
 
     __name__ = "flashcore.tf.xp"

@@ -85,9 +85,9 @@ def _flashcore_pair(spec_core: bool):
                 self.layer = layer
 
             def forward(self, x):
-                import array_api_compat.torch as xp
-
                 import flashcore as fc
+
+                from .xp import xp
 
                 return fc.flash(
                     self.layer.canonical_params(),

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import array_api_compat.torch as xp
 import torch
 import torch.distributed as dist
 
 from flashcore.context_parallel import flash_shard
 
 from .layers import FLASH, check_no_dropout
+from .xp import xp
 
 __all__ = ["CommStats", "all_gather", "context_parallel_flash"]
 

@@ -1,6 +1,6 @@
 """The layers as torch modules: GAU (FLASH-Quad), FLASH (mixed-chunk) and the Transformer++ block.
 
-Each holds its parameters natively and calls the flashcore spec on ``array_api_compat.torch``;
+Each holds its parameters natively and calls the flashcore spec on ``flashcore.torch.xp`` (array_api_compat.torch plus torch's own silu and erf);
 state_dict names and the canonical names they map to are in :mod:`flashcore.torch.naming`.
 
     layer = FLASH(FlashConfig(dim=512, causal=True), seed=0)  # weights = flashcore.init(cfg, 0)
@@ -9,7 +9,6 @@ state_dict names and the canonical names they map to are in :mod:`flashcore.torc
 
 from __future__ import annotations
 
-import array_api_compat.torch as xp
 import torch
 from torch import nn
 
@@ -18,6 +17,7 @@ from flashcore import decode
 
 from . import kernels
 from .module import CanonicalModule, ParamGroup, norm_params
+from .xp import xp
 
 __all__ = ["GAU", "FLASH", "TransformerBlock", "block_class", "check_no_dropout"]
 

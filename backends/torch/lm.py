@@ -11,7 +11,6 @@ flashcore.decode.
 
 from __future__ import annotations
 
-import array_api_compat.torch as xp
 import torch
 from torch import nn
 
@@ -22,6 +21,7 @@ from . import kernels
 from .layers import block_class, check_no_dropout
 from .module import CanonicalModule, ParamGroup, norm_params
 from .sampling import next_token
+from .xp import xp
 
 __all__ = ["LM"]
 

@@ -11,14 +11,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import array_api_compat.torch as xpt  # noqa: E402
-
 import flashcore as fc  # noqa: E402
 from flashcore.conformance.tolerances import tolerance  # noqa: E402
 from flashcore.layers import attention_core_flash  # noqa: E402
 from flashcore.torch import kernels  # noqa: E402
 from flashcore.torch.kernels import _common  # noqa: E402
 from flashcore.torch.kernels.torch_core import attention_core_torch  # noqa: E402
+from flashcore.torch.xp import xp as xpt  # noqa: E402
 
 NAMES = ("out", "qq", "qk", "lq", "lk", "v", "bias")
 

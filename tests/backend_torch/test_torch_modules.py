@@ -7,7 +7,6 @@ import flashcore as fc
 
 torch = pytest.importorskip("torch", reason="flashcore.torch needs torch")
 
-import array_api_compat.torch as xp  # noqa: E402
 from _torch_cases import (  # noqa: E402
     ALL_CONFIGS,
     LAYER_CONFIGS,
@@ -19,6 +18,7 @@ from _torch_cases import (  # noqa: E402
 
 import flashcore.torch as ft  # noqa: E402
 from flashcore.torch import naming  # noqa: E402
+from flashcore.torch.xp import xp  # noqa: E402
 
 IDS = list(ALL_CONFIGS)
 

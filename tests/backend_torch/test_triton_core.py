@@ -105,8 +105,9 @@ def _inputs(b, t, mask, bias, seed):
 
 
 def _run(core, args, bias, config, mask, autocast=False):
-    import array_api_compat.torch as xpt
     import torch
+
+    from flashcore.torch.xp import xp as xpt
 
     args = [a.detach().clone().requires_grad_(True) for a in args]
     bias = bias.detach().clone().requires_grad_(True) if bias is not None else None
