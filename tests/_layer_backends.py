@@ -70,7 +70,7 @@ def torch_core(backend: str):
 
 
 def pallas_core():
-    from flashcore.jax.kernel import pallas_core
+    from flashcore.jax.kernels import pallas_core
 
     return functools.partial(pallas_core, interpret=True)
 

@@ -140,7 +140,7 @@ def test_no_import_runs_the_wrong_way():
         ("flashcore.io", "from flashcore.torch import io\n", "the spec imports the backend"),
         ("flashcore.decode", "from .conformance import golden\n", "the conformance storey"),
         ("flashcore.torch.lm", "from flashcore.jax import functional\n", "another backend"),
-        ("flashcore.jax.kernel", "from ..tf.xp import xp\n", "another backend"),
+        ("flashcore.jax.kernels", "from ..tf.xp import xp\n", "another backend"),
         ("flashcore.tf.engine", "from flashcore.app.engine import BACKENDS\n", "application"),
         ("flashcore.torch", "from ..app import cli\n", "application"),
         ("flashcore.torch.io", "from flashcore.conformance import golden\n", "outside its adapter"),

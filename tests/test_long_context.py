@@ -167,14 +167,14 @@ def test_every_core_gets_and_returns_float32_in_low_precision(backend, dtype):
     elif backend == "jax":
         import jax.numpy as jnp
 
-        from flashcore.jax import functional, kernel
+        from flashcore.jax import functional, kernels
 
         dt = jnp.dtype(dtype)
         functional.apply(
             {k: jnp.asarray(v, dt) for k, v in params.items()},
             jnp.asarray(x, dt),
             config=CONFIG,
-            core=_spy(kernel.flash_core, seen),
+            core=_spy(kernels.flash_core, seen),
         )
     else:
         import tensorflow as tf

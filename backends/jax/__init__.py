@@ -5,17 +5,17 @@ The math is the flashcore spec, called with ``jax.numpy`` as its array namespace
 
     functional: init(config, key) -> {canonical name: array}; apply(params, x, config=...);
                 logits / loss for LMs. Pure, for jax.jit / grad / vmap and optax.
-    modules:    FLASH, GAU, TransformerBlock, LM (nnx.Module, parameters as nnx.Param);
+    layers:     FLASH, GAU, TransformerBlock, LM (nnx.Module, parameters as nnx.Param);
                 load_canonical / to_canonical through :func:`naming_table`.
     decode:     init_state / step / scan (lax.scan) / generate: causal incremental decoding.
     parallel:   data_mesh / shard_batch / replicate: data parallelism with jax.sharding.
-    kernel:     flash_core (a Pallas mixed-chunk attention kernel) behind can_use_kernel.
+    kernels:    flash_core (a Pallas mixed-chunk attention kernel) behind can_use_kernel.
     io:         save / load (Flax msgpack files), save_canonical / load_canonical (safetensors).
 """
 
 from . import decode, functional, io, parallel
 from .functional import apply, init, logits, loss
-from .modules import FLASH, GAU, LM, TransformerBlock, module_for, naming_table
+from .layers import FLASH, GAU, LM, TransformerBlock, module_for, naming_table
 
 __all__ = [
     "init",

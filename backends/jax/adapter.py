@@ -51,7 +51,7 @@ def _run(config, params, inputs, dtype) -> Result:
     import jax.numpy as jnp
     from flax import nnx
 
-    from .modules import module_for
+    from .layers import module_for
 
     dt = jnp.dtype(dtype)
     acc = jnp.float32 if dtype == "bfloat16" else dt  # the loss is summed in at least float32

@@ -6,7 +6,7 @@
 One step is ``jax.value_and_grad`` of mean(layer2(layer1(x))^2) w.r.t. both layers' parameters, batch 1,
 dim 512, chunk 256, qk 128 (the paper's FLASH sizes), jitted once per (T, dtype); the table gives
 the median over ``--repeats`` timed steps after one warm-up, and microseconds per token. The core is
-``flashcore.jax.kernel.flash_core`` (the Pallas kernel on GPU / TPU, the spec's core elsewhere).
+``flashcore.jax.kernels.flash_core`` (the Pallas kernel on GPU / TPU, the spec's core elsewhere).
 
 This module builds and times the steps; the command and the table are the application's
 (:mod:`flashcore.app.benchtable`).
@@ -57,7 +57,7 @@ def describe(*, batch: int, dim: int, chunk: int, qk: int, repeats: int) -> str:
 
     import flashcore as fc
 
-    from .kernel import can_use_kernel
+    from .kernels import can_use_kernel
 
     kernel = can_use_kernel(fc.FlashConfig(causal=True))
     return (

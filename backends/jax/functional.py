@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import flashcore as fc
 from flashcore.config import FlashConfig, LMConfig, TransformerConfig
 
-from . import kernel
+from . import kernels
 from .xp import xp
 
 __all__ = ["init", "apply", "logits", "loss", "Config"]
@@ -65,15 +65,15 @@ def apply(
     """One layer or block, or an LM's logits. x: (b, t, d) -> (b, t, d); LM: tokens (b, t) -> (b, t, v).
 
     mask: (b, t) bool, True at real positions; segment_ids: (b, t) ints (packed sequences).
-    ``core``: the mixed-chunk attention core of FLASH layers. None takes ``kernel.flash_core``:
-    the Pallas kernel where ``kernel.can_use_kernel`` allows (GPU / TPU), else the spec's core.
+    ``core``: the mixed-chunk attention core of FLASH layers. None takes ``kernels.flash_core``:
+    the Pallas kernel where ``kernels.can_use_kernel`` allows (GPU / TPU), else the spec's core.
     Pass ``flashcore.layers.attention_core_flash`` to force the spec's.
     """
     if isinstance(config, LMConfig):
         return logits(params, x, config=config, mask=mask, segment_ids=segment_ids, core=core)
     kw = dict(config=config, mask=mask, segment_ids=segment_ids, xp=xp)
     if isinstance(config, FlashConfig) and config.kind == "flash":
-        return fc.flash(params, x, core=core or kernel.flash_core, **kw)
+        return fc.flash(params, x, core=core or kernels.flash_core, **kw)
     if core is not None:
         raise ValueError("core= replaces FLASH's mixed-chunk core; this config has none")
     return fc.block_fn(config)(params, x, **kw)
@@ -96,7 +96,7 @@ def logits(
         mask=mask,
         segment_ids=segment_ids,
         xp=xp,
-        core=core or kernel.flash_core,
+        core=core or kernels.flash_core,
     )
 
 
@@ -119,5 +119,5 @@ def loss(
         mask=mask,
         segment_ids=segment_ids,
         xp=xp,
-        core=core or kernel.flash_core,
+        core=core or kernels.flash_core,
     )

@@ -31,7 +31,7 @@ from flashcore.io import load as _load_canonical_numpy
 from flashcore.io import save as _save_canonical_numpy
 from flashcore.weightmeta import check_file_params, from_native, make_tag, read_tag, to_native
 
-from .modules import _get, module_for, naming_table
+from .layers import _get, module_for, naming_table
 
 __all__ = ["save", "load", "save_canonical", "load_canonical", "write_params", "read_params"]
 

@@ -4,7 +4,7 @@ bfloat16 runs as CPU/CUDA autocast over float32 weights (the attention core accu
 Optimizer moments are exchanged in canonical layout through the LM's naming table.
 
 ``data_parallel=True`` under torchrun (``WORLD_SIZE`` > 1) joins the process group
-(:mod:`flashcore.torch.distributed`) and trains through ``DistributedDataParallel``: each rank
+(:mod:`flashcore.torch.parallel`) and trains through ``DistributedDataParallel``: each rank
 takes its rows of the global batch, DDP averages the gradients over the ranks during backward (so
 the clipping norm below is the global one), and every rank applies the same AdamW step.
 """
@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 import flashcore as fc
 from flashcore.runtime import OptimConfig, check_dtype, check_split, decays
 
-from . import distributed
+from . import parallel
 from .lm import LM
 
 __all__ = ["Engine"]
@@ -53,7 +53,7 @@ class Engine:
     ) -> None:
         check_dtype(dtype)
         self.config, self.dtype = config, dtype
-        self.dp = distributed.join(device) if data_parallel else distributed.single(device)
+        self.dp = parallel.join(device) if data_parallel else parallel.single(device)
         self.device = self.dp.device
         self.workers, self.is_main = self.dp.world, self.dp.rank == 0
         self.workers_note = (
@@ -92,7 +92,7 @@ class Engine:
 
     def train_step(self, inputs: np.ndarray, targets: np.ndarray, lr: float) -> float:
         check_split(len(inputs), self.workers, self.workers_note)
-        mine = distributed.rows(len(inputs), self.dp)  # this rank's rows of the global batch
+        mine = parallel.rows(len(inputs), self.dp)  # this rank's rows of the global batch
         x, y = np.asarray(inputs)[mine], np.asarray(targets)[mine]  # (b / workers, t)
         self.model.train()
         with self._autocast():
@@ -106,12 +106,12 @@ class Engine:
         self.optimizer.step()
         if self.workers == 1:
             return float(loss.detach())
-        (total,) = distributed.all_sum([float(loss.detach())], self.dp)
+        (total,) = parallel.all_sum([float(loss.detach())], self.dp)
         return total / self.workers  # equal rows per rank: the mean of the means
 
     @torch.no_grad()
     def eval_loss(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
-        mine = distributed.rows(len(targets), self.dp)
+        mine = parallel.rows(len(targets), self.dp)
         x, y = np.asarray(inputs)[mine], np.asarray(targets)[mine]
         total, n = 0.0, int(y.size)
         if n:
@@ -120,11 +120,11 @@ class Engine:
                 total = float(self.model.loss(self._tensor(x), self._tensor(y))) * n
         if self.workers == 1:
             return total, n
-        total, count = distributed.all_sum([total, n], self.dp)
+        total, count = parallel.all_sum([total, n], self.dp)
         return total, int(count)
 
     def close(self) -> None:
-        distributed.leave(self.dp)
+        parallel.leave(self.dp)
 
     def params(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v, np.float32) for k, v in self.model.to_canonical().items()}

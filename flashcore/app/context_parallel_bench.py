@@ -103,7 +103,7 @@ def _rank(rank: int, args: argparse.Namespace, lengths: list[int], out_dir: str)
             )
         if rank == 0:
             (Path(out_dir) / "rows.json").write_text(json.dumps(rows))
-        dist.barrier()  # tear gloo down together (see flashcore.torch.distributed.leave)
+        dist.barrier()  # tear gloo down together (see flashcore.torch.parallel.leave)
     finally:
         dist.destroy_process_group()
 

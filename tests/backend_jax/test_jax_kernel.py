@@ -14,7 +14,7 @@ from _jax_cases import flash_cfg, noisy_params, rel_err  # noqa: E402
 
 import flashcore as fc  # noqa: E402
 from flashcore.jax import functional  # noqa: E402
-from flashcore.jax.kernel import can_use_kernel, flash_core, pallas_core  # noqa: E402
+from flashcore.jax.kernels import can_use_kernel, flash_core, pallas_core  # noqa: E402
 from flashcore.layers import attention_core_flash  # noqa: E402
 
 B, S, E, C = 2, 8, 16, 4

@@ -106,7 +106,7 @@ def _rank(rank: int, out_dir: str) -> None:
         results["long"] = _run(BYTES_CASE, rank, 4 * SHARD)
         if rank == 0:
             torch.save(results, Path(out_dir) / "results.pt")
-        dist.barrier()  # tear gloo down together (see flashcore.torch.distributed.leave)
+        dist.barrier()  # tear gloo down together (see flashcore.torch.parallel.leave)
     finally:
         dist.destroy_process_group()
 

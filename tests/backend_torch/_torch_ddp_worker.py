@@ -44,7 +44,7 @@ def _rank(rank: int, out_dir: str) -> None:
         if rank == 0:
             grads = {n: p.grad.detach().clone() for n, p in lm.named_parameters()}
             torch.save(grads, Path(out_dir) / "grads.pt")
-        dist.barrier()  # tear gloo down together (see flashcore.torch.distributed.leave)
+        dist.barrier()  # tear gloo down together (see flashcore.torch.parallel.leave)
     finally:
         dist.destroy_process_group()
 

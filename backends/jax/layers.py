@@ -213,7 +213,7 @@ class GAU(_FlashLayer):
 class FLASH(_FlashLayer):
     """Mixed-chunk FLASH layer. Params: norm, uvz (d -> 2e+s), qk (4, s), rel_bias, out.
 
-    ``core``: the mixed-chunk attention core (None: :func:`flashcore.jax.kernel.flash_core`, the
+    ``core``: the mixed-chunk attention core (None: :func:`flashcore.jax.kernels.flash_core`, the
     Pallas kernel on GPU / TPU where it applies, else the spec's).
     """
 
