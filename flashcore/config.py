@@ -97,7 +97,9 @@ class FlashConfig(_DictMixin):
     - ``norm_eps_mode``: for scale/rms norms, ``add`` (x rsqrt(mean x^2 + eps), paper) or ``clamp``
       (x / max(sqrt(mean x^2), eps), flash-pytorch's ScaleNorm).
     - ``token_shift``: shift the first ceil(d/2) channels of the normed input one step forward.
-    - ``dropout``: applied by backends in training mode only; the spec is deterministic.
+    - ``dropout``: the rate p of GAU-alpha's dropout on the attention weights and on the output
+      before the residual (:mod:`flashcore.dropout`): the spec applies the keep-masks it is
+      given; backends draw them in training mode only.
     """
 
     dim: int = 512
@@ -212,6 +214,8 @@ class TransformerConfig(_DictMixin):
 
     ``ffn_dim`` None means round(8/3 * dim) up to a multiple of 8, so that attention (4 d^2) plus the
     FFN (3 d f) has about 12 d^2 parameters, as two GAU layers (2 * (d (2e + s) + e d) with e = 2d).
+    ``dropout``: the rate p on the attention probabilities and on each branch's output before its
+    residual (:mod:`flashcore.dropout`).
     """
 
     dim: int = 512

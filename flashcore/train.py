@@ -60,7 +60,7 @@ def build_config(args: argparse.Namespace) -> LMConfig:
     """The LMConfig the command-line options describe."""
     if args.arch == "transformer":
         block: FlashConfig | TransformerConfig = TransformerConfig(
-            dim=args.dim, heads=args.heads, causal=True
+            dim=args.dim, heads=args.heads, causal=True, dropout=args.dropout
         )
     else:
         block = FlashConfig(
@@ -72,6 +72,7 @@ def build_config(args: argparse.Namespace) -> LMConfig:
             causal=True,
             max_len=max(args.context, 1),
             rel_bias="learned" if args.arch == "flash" else "t5",
+            dropout=args.dropout,
         )
     return LMConfig(block=block, vocab_size=VOCAB_SIZE, num_layers=args.layers)
 
@@ -117,6 +118,13 @@ def train_parser() -> argparse.ArgumentParser:
     ap.add_argument("--min-lr-ratio", type=float, default=0.1)
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--grad-clip", type=float, default=1.0)
+    ap.add_argument(
+        "--dropout",
+        type=float,
+        default=0.0,
+        help="dropout rate p in [0, 1) on the attention weights and each block's output before "
+        "its residual (training steps only; see docs/math.md)",
+    )
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast / mixed precision")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", type=Path, help="a text file or folder (default: the Python stdlib)")

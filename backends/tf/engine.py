@@ -4,7 +4,9 @@ steps, and AdamW with its moments kept in canonical layout.
 AdamW is written out here (a few lines over ``tf.Variable`` s) rather than taken from
 ``keras.optimizers.AdamW``, whose epsilon sits outside the bias correction: written out, it is
 the update of :mod:`flashcore.engine` exactly, so a run moves between engines without a jump.
-bfloat16 runs the layers under Keras' ``mixed_bfloat16`` policy (float32 variables).
+bfloat16 runs the layers under Keras' ``mixed_bfloat16`` policy (float32 variables). Dropout (the
+block config's rate) is drawn in the training step only (``training=True``, the LM's seed
+generator, seeded with the run's seed); evaluation and generation apply none.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ class Engine:
         self.workers, self.workers_note, self.is_main = 1, "", True  # no data parallelism
         policy = "mixed_bfloat16" if dtype == "bfloat16" else "float32"
         self.model = LM(
-            config, params={k: np.asarray(v, np.float32) for k, v in params.items()}, dtype=policy
+            config,
+            params={k: np.asarray(v, np.float32) for k, v in params.items()},
+            dtype=policy,
+            seed=seed,
         )
         self.optim_config = optim or OptimConfig()
         native = self.model.native_variables()
@@ -56,15 +61,15 @@ class Engine:
         self._train = tf.function(self._train_step, jit_compile=True, reduce_retracing=True)
         self._eval = tf.function(self._loss, jit_compile=True, reduce_retracing=True)
 
-    def _loss(self, x, y):
-        logits = self.model(x)
+    def _loss(self, x, y, training=False):
+        logits = self.model(x, training=training)
         return tf.cast(fc.cross_entropy(logits, y, xp=xp), tf.float32)
 
     def _train_step(self, x, y, lr):
         o = self.optim_config
         variables = [v for _, v, _, _ in self.slots]
         with tf.GradientTape() as tape:
-            loss = self._loss(x, y)
+            loss = self._loss(x, y, training=True)
         grads = tape.gradient(loss, variables)
         grads = [
             tf.zeros_like(v) if g is None else tf.cast(g, v.dtype) for g, v in zip(grads, variables)

@@ -7,6 +7,9 @@ flashcore.decode.
     logits = lm(tokens)                       # (b, t) ints -> (b, t, v)
     loss = lm.loss(tokens, targets)           # mean next-token cross-entropy, nats
     out = lm.generate(prompt, 100, top_k=40)  # (b, t0) -> (b, t0 + 100)
+
+Dropout as in :mod:`flashcore.torch.layers`: train mode draws keep-masks ``layers.{i}.<site>``
+from ``lm.generator`` (None: torch's global generator), eval mode none.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import flashcore as fc
 from flashcore import decode
 
 from . import kernels
-from .layers import block_class, check_no_dropout
+from .layers import block_class, draw_dropout
 from .module import CanonicalModule, ParamGroup, norm_params
 from .sampling import next_token
 
@@ -59,12 +62,19 @@ class LM(CanonicalModule):
             self.head = nn.Linear(d, v, bias=config.head_bias, **f)  # (v, d), (v,)
         elif config.head_bias:
             self.head = ParamGroup({"bias": (v,)}, **f)  # the weight is embed.weight
+        self.generator: torch.Generator | None = None  # dropout's; None: torch's global one
         self._init(seed, init)
 
-    def forward(self, tokens: torch.Tensor, mask=None, segment_ids=None) -> torch.Tensor:
+    def _masks(self, tokens: torch.Tensor, dropout):
+        if dropout is not None:
+            return dropout
+        return draw_dropout(self, self.config, tokens.shape[0], tokens.shape[1], tokens.device)
+
+    def forward(
+        self, tokens: torch.Tensor, mask=None, segment_ids=None, dropout=None
+    ) -> torch.Tensor:
         """tokens: (b, t) ints; mask: (b, t) bool, True = real; segment_ids: (b, t) ints
-        -> logits (b, t, v)."""
-        check_no_dropout(self, self.config.block)
+        -> logits (b, t, v). dropout: keep-masks (None: drawn in train mode)."""
         return fc.lm_logits(
             self.canonical_params(),
             tokens,
@@ -73,14 +83,20 @@ class LM(CanonicalModule):
             segment_ids=segment_ids,
             xp=xp,
             core=kernels.attention_core,
+            dropout=self._masks(tokens, dropout),
         )
 
     def loss(
-        self, tokens: torch.Tensor, targets: torch.Tensor, mask=None, segment_ids=None
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor,
+        mask=None,
+        segment_ids=None,
+        dropout=None,
     ) -> torch.Tensor:
         """Mean next-token cross-entropy (nats) of ``targets`` (b, t) given ``tokens`` (b, t),
-        counted at real positions of ``mask``: ``flashcore.lm_loss``. Returns a 0-d tensor."""
-        check_no_dropout(self, self.config.block)
+        counted at real positions of ``mask``: ``flashcore.lm_loss``. Returns a 0-d tensor.
+        dropout: keep-masks (None: drawn in train mode)."""
         return fc.lm_loss(
             self.canonical_params(),
             tokens,
@@ -90,6 +106,7 @@ class LM(CanonicalModule):
             segment_ids=segment_ids,
             xp=xp,
             core=kernels.attention_core,
+            dropout=self._masks(tokens, dropout),
         )
 
     @staticmethod

@@ -247,14 +247,6 @@ def test_an_unknown_sequence_length_raises_clearly():
         f(tf.zeros((2, T, D)))
 
 
-def test_dropout_is_refused_in_training_only():
-    layer = FLASH(FLASH_CFG.replace(dropout=0.1))
-    x = _input(FLASH_CFG)
-    layer(x)  # inference: dropout is inactive anyway
-    with pytest.raises(NotImplementedError, match="dropout"):
-        layer(x, training=True)
-
-
 @pytest.mark.parametrize("name", ["flash", "lm"])
 def test_mixed_bfloat16_runs_in_bfloat16_within_the_bf16_table(name):
     """Well-scaled (fc.init) weights: mixed_bfloat16 vs the float64 spec, with the table's bf16

@@ -186,15 +186,6 @@ def test_wrong_config_type_is_refused(cls, config):
         cls(config)
 
 
-def test_dropout_in_training_is_refused_not_ignored():
-    layer = ft.FLASH(LAYER_CONFIGS["flash"].replace(dropout=0.1), seed=0)
-    x = torch.randn(1, 5, 16)
-    with pytest.raises(NotImplementedError, match="dropout"):
-        layer(x)
-    layer.eval()
-    assert layer(x).shape == x.shape
-
-
 def test_bad_input_gets_the_spec_error():
     layer = ft.FLASH(LAYER_CONFIGS["flash"], seed=0)
     with pytest.raises(ValueError, match="feature size 8"):
