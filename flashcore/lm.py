@@ -22,6 +22,8 @@ from .params import subtree
 
 __all__ = [
     "transformer_block",
+    "attn_qkv",
+    "ffn",
     "block_fn",
     "lm_hidden",
     "head",
@@ -48,8 +50,7 @@ def transformer_block(
     check_mask(mask, b, t)
     check_segments(segment_ids, b, t)
     d, n, hd = config.dim, config.heads, config.head_dim
-    h = ops.norm(subtree(params, "attn_norm."), x, kind=config.norm, eps=config.norm_eps, xp=xp)
-    qkv = xp.matmul(h, params["attn.qkv.kernel"])  # (b, t, 3d)
+    qkv = attn_qkv(params, x, config, xp)  # (b, t, 3d)
 
     def heads(a):  # (b, t, d) -> (b * n, t, hd)
         a = xp.permute_dims(xp.reshape(a, (b, t, n, hd)), (0, 2, 1, 3))
@@ -71,13 +72,24 @@ def transformer_block(
     a = ops.masked_softmax(scores, allowed, xp)  # (b, n, t, j)
     o = xp.matmul(xp.reshape(a, (b * n, t, t)), v)  # (b * n, t, hd)
     o = xp.reshape(xp.permute_dims(xp.reshape(o, (b, n, t, hd)), (0, 2, 1, 3)), (b, t, d))
-    x = x + xp.matmul(o, params["attn.out.kernel"])
-    h = ops.norm(subtree(params, "ffn_norm."), x, kind=config.norm, eps=config.norm_eps, xp=xp)
-    gate = ops.silu(xp.matmul(h, params["ffn.gate.kernel"]), xp)
-    x = x + xp.matmul(gate * xp.matmul(h, params["ffn.up.kernel"]), params["ffn.down.kernel"])
+    x = ffn(params, x + xp.matmul(o, params["attn.out.kernel"]), config, xp)
     if mask is not None:
         x = xp.where(mask[..., None], x, xp.zeros_like(x))
     return x
+
+
+def attn_qkv(params: dict, x, config: TransformerConfig, xp):
+    """The attention input of a Transformer++ block: norm(x) W_qkv. x: (..., d) -> (..., 3d),
+    [Q | K | V] with heads of width d / n side by side in each."""
+    h = ops.norm(subtree(params, "attn_norm."), x, kind=config.norm, eps=config.norm_eps, xp=xp)
+    return xp.matmul(h, params["attn.qkv.kernel"])
+
+
+def ffn(params: dict, x, config: TransformerConfig, xp):
+    """The SwiGLU half of a Transformer++ block, residual included. x: (..., d) -> (..., d)."""
+    h = ops.norm(subtree(params, "ffn_norm."), x, kind=config.norm, eps=config.norm_eps, xp=xp)
+    gate = ops.silu(xp.matmul(h, params["ffn.gate.kernel"]), xp)
+    return x + xp.matmul(gate * xp.matmul(h, params["ffn.up.kernel"]), params["ffn.down.kernel"])
 
 
 def block_fn(config: FlashConfig | TransformerConfig):
