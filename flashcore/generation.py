@@ -2,6 +2,7 @@
 
     tokens = generate(step, pick, state, prompt, max_new_tokens=32, lengths=None, seed=0,
                       vocab_size=256)                              # (b, max(lengths) + 32) int64
+    tokens = generate_lm(config, prompt, max_new_tokens=32, init=, step=, forward_last=, pick=)
 
 A backend supplies two native functions and an initial decoding state:
 
@@ -22,6 +23,10 @@ holds row i's prompt and its ``max_new_tokens`` new tokens in ``out[i, :lengths[
 max_new_tokens]``, then zeros. Step t uses the uniform draws ``uniform_draws(seed, ...)[t]``, so a
 seed gives the same tokens in every backend.
 
+:func:`generate_lm` is what every engine calls: it picks the decoder :func:`flashcore.decode.
+decode_method` names for the LM (a state or cache sized for the whole output, or
+:func:`recompute`) and runs :func:`generate`.
+
 ``start``: positions already consumed by ``state`` (a prefill of ``prompt[:, :start]``, at most
 ``min(lengths) - 1``); the loop feeds ``prompt[:, start]`` first.
 """
@@ -32,9 +37,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .config import LMConfig
+from .decode import decode_method
 from .sampling import uniform_draws
 
-__all__ = ["generate", "recompute", "check_prompt"]
+__all__ = ["generate", "generate_lm", "recompute", "check_prompt"]
 
 
 def check_prompt(prompt, lengths, max_new_tokens: int, vocab_size: int | None):
@@ -103,3 +110,41 @@ def recompute(logits_fn: Callable, batch: int) -> tuple[Callable, np.ndarray]:
         return logits_fn(state), state
 
     return step, np.zeros((batch, 0), np.int64)
+
+
+def generate_lm(
+    config: LMConfig,
+    prompt,
+    *,
+    max_new_tokens: int,
+    init: Callable,
+    step: Callable,
+    forward_last: Callable,
+    pick: Callable,
+    lengths=None,
+    seed: int = 0,
+) -> np.ndarray:
+    """:func:`generate` for a causal LM with the decoder its config allows.
+
+    init(batch, capacity) -> a fresh state (:func:`flashcore.decode.lm_decode_init`, the cache
+    sized for every position fed); step: the compiled :func:`flashcore.decode.lm_decode_step`;
+    forward_last(tokens (b, t) int64 NumPy) -> the forward's last logits (b, v), used where
+    :func:`flashcore.decode.decode_method` says ``"recompute"``; pick: as for :func:`generate`.
+    Returns (b, max(lengths) + max_new_tokens) int64 (layout: the module docstring).
+    """
+    prompt, n = check_prompt(prompt, lengths, max_new_tokens, config.vocab_size)
+    b, total = prompt.shape[0], int(n.max()) + max_new_tokens
+    if decode_method(config) == "recompute":
+        step, state = recompute(forward_last, b)
+    else:
+        state = init(b, max(total - 1, 1))  # every position but the last is fed
+    return generate(
+        step,
+        pick,
+        state,
+        prompt,
+        max_new_tokens=max_new_tokens,
+        lengths=n,
+        seed=seed,
+        vocab_size=config.vocab_size,
+    )
