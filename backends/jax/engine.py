@@ -13,8 +13,6 @@ clipping norm). With one device nothing changes.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -174,10 +172,6 @@ class Engine:
     def close(self) -> None:
         pass
 
-    @functools.cached_property
-    def _generate(self):
-        return decode.generate
-
     def generate(
         self,
         prompt: np.ndarray,
@@ -185,20 +179,21 @@ class Engine:
         *,
         temperature: float = 1.0,
         top_k: int | None = None,
+        top_p: float | None = None,
         seed: int = 0,
+        lengths: np.ndarray | None = None,
     ) -> np.ndarray:
-        greedy = temperature == 0
         params = {k: v.astype(self.compute) for k, v in self.state.items()}
         if self.mesh is not None:  # decode on one device
             params = jax.device_put(params, jax.devices()[0])
-        out = self._generate(
+        return decode.generate(
             params,
-            jnp.asarray(prompt, jnp.int32),
-            None if greedy else jax.random.key(seed),
+            prompt,
             config=self.config,
             max_new_tokens=max_new_tokens,
-            temperature=1.0 if greedy else temperature,
+            temperature=temperature,
             top_k=top_k,
-            greedy=greedy,
+            top_p=top_p,
+            seed=seed,
+            lengths=lengths,
         )
-        return np.asarray(out, np.int64)
