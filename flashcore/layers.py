@@ -181,7 +181,8 @@ def gau(
     """Gated attention unit (FLASH-Quad). x: (b, t, d) -> (b, t, d).
 
     A = f(Q K^T / n + B) over all t x j pairs (lower triangle if causal), n = the number of real
-    keys in the query's segment (or ``config.fixed_length``); softmax_plus uses Q K^T / sqrt(s).
+    keys in the query's segment (``length_mode``: or the array's t, or the keys up to the query;
+    or ``config.fixed_length``); softmax_plus uses Q K^T / sqrt(s).
     out = (U * (A V)) W_o + b_o + x. dropout: None or keep-masks {"attn": (b, t, j), "out":
     (b, t, d)} bool, applied to A and to the output before the residual (scaled by 1 / (1 - p)).
     """
@@ -207,6 +208,9 @@ def gau(
     member = _and(key_ok, same)  # keys that count towards n
     if config.fixed_length is not None:
         n = float(config.fixed_length)
+    elif config.length_mode == "prefix":  # the keys the query attends to (causal)
+        seen = xp.sum(xp.astype(xp.broadcast_to(_and(causal, member), (b, t, t)), acc), axis=-1)
+        n = xp.maximum(seen, xp.ones_like(seen))[..., None]  # (b, t, 1)
     elif member is None or config.length_mode == "array":
         n = float(t)
     else:

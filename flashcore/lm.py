@@ -26,6 +26,8 @@ from .params import subtree
 
 __all__ = [
     "transformer_block",
+    "attn_qkv",
+    "ffn",
     "block_fn",
     "lm_hidden",
     "head",
@@ -64,8 +66,7 @@ def transformer_block(
     dropout = drop.check_dropout(dropout, config, b, t)
     p = config.dropout
     d, n, hd = config.dim, config.heads, config.head_dim
-    h = ops.norm(subtree(params, "attn_norm."), x, kind=config.norm, eps=config.norm_eps, xp=xp)
-    qkv = xp.matmul(h, params["attn.qkv.kernel"])  # (b, t, 3d)
+    qkv = attn_qkv(params, x, config, xp)  # (b, t, 3d)
 
     def heads(a):  # (b, t, d) -> (b * n, t, hd)
         a = xp.permute_dims(xp.reshape(a, (b, t, n, hd)), (0, 2, 1, 3))
@@ -92,16 +93,30 @@ def transformer_block(
     y = xp.matmul(o, params["attn.out.kernel"])  # (b, t, d)
     if dropout is not None:
         y = drop.apply_keep(y, dropout["attn_out"], p, xp)
-    x = x + y
-    h = ops.norm(subtree(params, "ffn_norm."), x, kind=config.norm, eps=config.norm_eps, xp=xp)
-    gate = ops.silu(xp.matmul(h, params["ffn.gate.kernel"]), xp)
-    y = xp.matmul(gate * xp.matmul(h, params["ffn.up.kernel"]), params["ffn.down.kernel"])
-    if dropout is not None:
-        y = drop.apply_keep(y, dropout["ffn_out"], p, xp)
-    x = x + y
+    keep = None if dropout is None else dropout["ffn_out"]
+    x = ffn(params, x + y, config, xp, keep=keep)
     if mask is not None:
         x = xp.where(mask[..., None], x, xp.zeros_like(x))
     return x
+
+
+def attn_qkv(params: dict, x, config: TransformerConfig, xp):
+    """The attention input of a Transformer++ block: norm(x) W_qkv. x: (..., d) -> (..., 3d),
+    [Q | K | V] with heads of width d / n side by side in each."""
+    h = ops.norm(subtree(params, "attn_norm."), x, kind=config.norm, eps=config.norm_eps, xp=xp)
+    return xp.matmul(h, params["attn.qkv.kernel"])
+
+
+def ffn(params: dict, x, config: TransformerConfig, xp, keep=None):
+    """The SwiGLU half of a Transformer++ block, residual included. x: (..., d) -> (..., d).
+
+    keep: a bool keep-mask of x's shape for dropout on the branch output (None: no dropout)."""
+    h = ops.norm(subtree(params, "ffn_norm."), x, kind=config.norm, eps=config.norm_eps, xp=xp)
+    gate = ops.silu(xp.matmul(h, params["ffn.gate.kernel"]), xp)
+    y = xp.matmul(gate * xp.matmul(h, params["ffn.up.kernel"]), params["ffn.down.kernel"])
+    if keep is not None:
+        y = drop.apply_keep(y, keep, config.dropout, xp)
+    return x + y
 
 
 def block_fn(config: FlashConfig | TransformerConfig):

@@ -16,8 +16,6 @@ step from ``fold_in(key(seed), step)``; ``eval_loss`` and ``generate`` apply non
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -189,10 +187,6 @@ class Engine:
     def close(self) -> None:
         pass
 
-    @functools.cached_property
-    def _generate(self):
-        return decode.generate
-
     def generate(
         self,
         prompt: np.ndarray,
@@ -200,20 +194,21 @@ class Engine:
         *,
         temperature: float = 1.0,
         top_k: int | None = None,
+        top_p: float | None = None,
         seed: int = 0,
+        lengths: np.ndarray | None = None,
     ) -> np.ndarray:
-        greedy = temperature == 0
         params = {k: v.astype(self.compute) for k, v in self.state.items()}
         if self.mesh is not None:  # decode on one device
             params = jax.device_put(params, jax.devices()[0])
-        out = self._generate(
+        return decode.generate(
             params,
-            jnp.asarray(prompt, jnp.int32),
-            None if greedy else jax.random.key(seed),
+            prompt,
             config=self.config,
             max_new_tokens=max_new_tokens,
-            temperature=1.0 if greedy else temperature,
+            temperature=temperature,
             top_k=top_k,
-            greedy=greedy,
+            top_p=top_p,
+            seed=seed,
+            lengths=lengths,
         )
-        return np.asarray(out, np.int64)

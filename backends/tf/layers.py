@@ -304,6 +304,22 @@ class _Block(_Canonical):
     def compute_output_shape(self, input_shape):
         return input_shape
 
+    # ---- incremental decoding (causal blocks; flashcore.decode) ----------------------------
+    def decode_init(self, batch: int, capacity: int | None = None) -> dict[str, tf.Tensor]:
+        """An empty decoding state for ``batch`` sequences (FLASH's state, or a GAU /
+        Transformer++ key/value cache of ``capacity`` positions; see :mod:`flashcore.decode`)."""
+        dtype = tf.as_dtype(self.compute_dtype)
+        state = decode.decode_init(self.config, batch, capacity=capacity, xp=xp, dtype=dtype)
+        return _decode_state(state)
+
+    @_no_autograph
+    def decode_step(self, x_t, state: dict) -> tuple[tf.Tensor, dict]:
+        """One position: x_t (b, d) -> (out (b, d), new state), the forward's row at this
+        position (for GAU: the last row of the forward on the prefix). Wrap in ``tf.function``
+        to compile one step for every position."""
+        x_t = tf.cast(x_t, self.compute_dtype)
+        return decode.decode_step(self.canonical_params(), x_t, state, config=self.config, xp=xp)
+
 
 class _FlashBlock(_Block):
     config_type = FlashConfig
@@ -328,20 +344,9 @@ class GAU(_FlashBlock):
 @keras.saving.register_keras_serializable(package="flashcore")
 class FLASH(_FlashBlock):
     """Mixed-chunk FLASH layer. (b, t, d) -> (b, t, d); weights: norm, uvz (d -> 2e+s), qk (4, s),
-    rel_pos_bias, out (e -> d). Causal layers decode incrementally (:meth:`decode_step`)."""
+    rel_pos_bias, out (e -> d)."""
 
     kind = "flash"
-
-    def decode_init(self, batch: int) -> dict[str, tf.Tensor]:
-        """An empty decoding state (see :mod:`flashcore.decode`) for ``batch`` sequences."""
-        dtype = tf.as_dtype(self.compute_dtype)
-        return _decode_state(decode.decode_init(self.config, batch, xp=xp, dtype=dtype))
-
-    @_no_autograph
-    def decode_step(self, x_t, state: dict) -> tuple[tf.Tensor, dict]:
-        """One position: x_t (b, d) -> (out (b, d), new state). Wrap in ``tf.function`` to compile."""
-        x_t = tf.cast(x_t, self.compute_dtype)
-        return decode.decode_step(self.canonical_params(), x_t, state, config=self.config, xp=xp)
 
 
 @keras.saving.register_keras_serializable(package="flashcore")
@@ -426,10 +431,11 @@ class LM(_Canonical):
     def compute_output_shape(self, input_shape):
         return (*input_shape[:2], self.config.vocab_size)
 
-    def decode_init(self, batch: int) -> dict:
-        """An empty decoding state for ``batch`` sequences (causal FLASH blocks only)."""
+    def decode_init(self, batch: int, capacity: int | None = None) -> dict:
+        """An empty decoding state for ``batch`` sequences (``capacity``: positions of a GAU /
+        Transformer++ cache; see :func:`flashcore.decode.lm_decode_init`)."""
         dtype = tf.as_dtype(self.compute_dtype)
-        state = decode.lm_decode_init(self.config, batch, xp=xp, dtype=dtype)
+        state = decode.lm_decode_init(self.config, batch, capacity=capacity, xp=xp, dtype=dtype)
         return {k: _decode_state(v) for k, v in state.items()}
 
     @_no_autograph

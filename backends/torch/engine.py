@@ -180,17 +180,19 @@ class Engine:
         *,
         temperature: float = 1.0,
         top_k: int | None = None,
+        top_p: float | None = None,
         seed: int = 0,
+        lengths: np.ndarray | None = None,
     ) -> np.ndarray:
         self.model.eval()
-        gen = torch.Generator(device=self.device).manual_seed(seed)
         with self._autocast():
             out = self.model.generate(
-                self._tensor(prompt),
+                prompt,
                 max_new_tokens,
                 temperature=temperature,
                 top_k=top_k,
-                greedy=temperature == 0,
-                generator=gen,
+                top_p=top_p,
+                seed=seed,
+                lengths=lengths,
             )
         return out.cpu().numpy()

@@ -52,7 +52,26 @@ def draw_dropout(module: nn.Module, config, b: int, t: int, device) -> dict | No
     return drop.draw(config, b, t, bernoulli)
 
 
-class _FlashLayer(CanonicalModule):
+class _Decoding:
+    """Incremental decoding of a causal block (:mod:`flashcore.decode`): FLASH's constant-size
+    state, or a GAU / Transformer++ key/value cache of ``capacity`` positions."""
+
+    def decode_init(self, batch: int, capacity: int | None = None) -> dict[str, torch.Tensor]:
+        """An empty decoding state for ``batch`` sequences, in the parameters' dtype and device."""
+        p = next(self.parameters())
+        return decode.decode_init(
+            self.config, batch, capacity=capacity, xp=xp, dtype=p.dtype, device=p.device
+        )
+
+    def decode_step(
+        self, x_t: torch.Tensor, state: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One position per row: x_t (b, d) -> (out (b, d), new state); out equals the
+        forward's at this position (the last row of the forward on the prefix, for GAU)."""
+        return decode.decode_step(self.canonical_params(), x_t, state, config=self.config, xp=xp)
+
+
+class _FlashLayer(_Decoding, CanonicalModule):
     """Parameters shared by GAU and FLASH.
 
     ``seed`` sets the weights to ``flashcore.init(config, seed)`` (None: a seed from torch's
@@ -132,21 +151,8 @@ class FLASH(_FlashLayer):
             dropout=self._masks(x, dropout),
         )
 
-    # -- incremental decoding (causal only; flashcore.decode) ---------------------------------
-    def decode_init(self, batch: int) -> dict[str, torch.Tensor]:
-        """An empty decoding state for ``batch`` sequences (see :mod:`flashcore.decode`)."""
-        p = self.hidden.weight
-        return decode.decode_init(self.config, batch, xp=xp, dtype=p.dtype, device=p.device)
 
-    def step(
-        self, x_t: torch.Tensor, state: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One position per row: x_t (b, d) -> (out (b, d), new state); out equals the forward's
-        row at this position."""
-        return decode.decode_step(self.canonical_params(), x_t, state, config=self.config, xp=xp)
-
-
-class TransformerBlock(CanonicalModule):
+class TransformerBlock(_Decoding, CanonicalModule):
     """The Transformer++ baseline block (pre-norm softmax attention with RoPE, then SwiGLU).
 
     ``seed`` / ``init``: as for :class:`FLASH`.

@@ -53,7 +53,7 @@ def test_decode_step_compiles_fullgraph_and_matches_the_forward():
     """flashcore.decode promises branch-free steps; one compiled graph serves every position."""
     torch._dynamo.reset()
     config, layer = _build("flash-causal-t5-layer-shift")
-    step = torch.compile(layer.step, fullgraph=True)
+    step = torch.compile(layer.decode_step, fullgraph=True)
     x = torch.randn(2, 6, config.dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         full = layer(x)
