@@ -7,6 +7,7 @@ flashcore.decode.
     logits = lm(tokens)                       # (b, t) ints -> (b, t, v)
     loss = lm.loss(tokens, targets)           # mean next-token cross-entropy, nats
     out = lm.generate(prompt, 100, top_k=40)  # (b, t0) -> (b, t0 + 100)
+    lm = LM.from_pretrained("dir")            # config.json + canonical model.safetensors
 """
 
 from __future__ import annotations
@@ -60,6 +61,23 @@ class LM(CanonicalModule):
         elif config.head_bias:
             self.head = ParamGroup({"bias": (v,)}, **f)  # the weight is embed.weight
         self._init(seed, init)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, *, device=None, **hub) -> LM:
+        """An LM from a pretrained directory (config.json + canonical model.safetensors, as
+        ``save_pretrained`` and ``flashcore export`` write it) or a Hub id (``hub``: revision,
+        cache_dir, local_files_only, token; see :func:`flashcore.pretrained.resolve`), in the
+        file's dtype. Needs no transformers."""
+        from flashcore import pretrained
+
+        from . import io
+
+        directory, path = pretrained.weights_file(name_or_path, **hub)
+        lm = io.load_canonical(path, device=device)
+        if not isinstance(lm, cls):
+            raise fc.io.WeightFileError(f"{path}: holds a {type(lm).__name__}, not an LM")
+        pretrained.check_config_json(directory, lm.config)
+        return lm
 
     def forward(self, tokens: torch.Tensor, mask=None, segment_ids=None) -> torch.Tensor:
         """tokens: (b, t) ints; mask: (b, t) bool, True = real; segment_ids: (b, t) ints
