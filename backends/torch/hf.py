@@ -144,8 +144,11 @@ class FlashcoreDecodeState(Cache):
 
     @property
     def batch_size(self) -> int:
-        first = next(iter(self.state.values()))
-        return int(first["lin"].shape[0])
+        for layer in self.state.values():
+            for v in layer.values():
+                if v.ndim:  # every per-row tensor has the batch first; pos is shared
+                    return int(v.shape[0])
+        return -1
 
     def _rows(self, fn) -> None:
         """Apply ``fn`` to every per-row tensor (the batch is axis 0; ``pos`` is shared)."""
@@ -379,8 +382,10 @@ class FlashcoreForCausalLM(FlashcorePreTrainedModel, GenerationMixin):
         ``[in, out]``, the config in its metadata; written atomically) into ``save_directory``.
 
         ``state_dict``: this model's own ``state_dict()`` (as the Trainer passes it), saved
-        instead of the live parameters. ``push_to_hub``: uploads the folder with
-        huggingface_hub (``repo_id`` as in transformers; needs a network).
+        instead of the live parameters. ``push_to_hub``: also uploads it through transformers'
+        ``push_to_hub`` (``repo_id``, ``token``; needs a network; not tested here). Other
+        transformers arguments (``safe_serialization``, ``max_shard_size``) change nothing:
+        the file is always one canonical safetensors file.
         """
         if os.path.isfile(save_directory):
             raise NotADirectoryError(f"{save_directory}: a file, not a folder")
@@ -398,11 +403,9 @@ class FlashcoreForCausalLM(FlashcorePreTrainedModel, GenerationMixin):
         self.config.save_pretrained(directory)
         if self.can_generate():
             self.generation_config.save_pretrained(directory)
-        if push_to_hub:
-            from huggingface_hub import upload_folder
-
-            repo_id = kwargs.get("repo_id") or directory.name
-            upload_folder(repo_id=repo_id, folder_path=str(directory), token=kwargs.get("token"))
+        if push_to_hub:  # transformers' PushToHubMixin: saves again into a temporary folder
+            hub = {k: kwargs[k] for k in ("token", "private", "commit_message") if k in kwargs}
+            self.push_to_hub(kwargs.get("repo_id") or directory.name, **hub)
 
     def _canonical_from_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict:
         """This model's state dict (``model.`` + flashcore.torch names) -> canonical tensors."""
@@ -444,7 +447,7 @@ class FlashcoreForCausalLM(FlashcorePreTrainedModel, GenerationMixin):
         and the canonical model.safetensors.
 
         ``dtype``: cast the weights (default: the file's dtype; "auto" too). ``device_map``: one
-        device ("cpu", "cuda:0"; no sharding). The weights file's config must equal
+        device ("cpu", "cuda:0"; "auto": CUDA when there is one; no sharding). The weights file's config must equal
         config.json's (and ``config``'s when given): a mismatch raises WeightFileError.
         """
         if model_args:
@@ -484,7 +487,9 @@ class FlashcoreForCausalLM(FlashcorePreTrainedModel, GenerationMixin):
         if device_map is not None:
             if isinstance(device_map, dict):
                 raise TypeError("device_map: flashcore places the whole model on one device")
-            lm = lm.to("cpu" if device_map == "auto" else device_map)
+            if device_map == "auto":
+                device_map = "cuda" if torch.cuda.is_available() else "cpu"
+            lm = lm.to(device_map)
         model = cls(config, lm=lm)
         model.name_or_path = str(pretrained_model_name_or_path)
         model.eval()

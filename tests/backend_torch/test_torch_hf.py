@@ -269,38 +269,50 @@ class _Bytes(torch.utils.data.Dataset):
         return {"input_ids": self.rows[i], "labels": self.rows[i]}
 
 
-def test_trainer_trains_a_few_steps(tmp_path):
+def _trainer(model, out: Path, text: bytes):
     from transformers import Trainer, TrainingArguments
 
-    config = FLASH.replace(vocab_size=256)
-    model = FlashcoreForCausalLM(FlashcoreConfig.from_lm_config(config), seed=0)
-    before = model.model.to_canonical()
-    text = Path(sysconfig.get_paths()["stdlib"], "this.py").read_bytes()[:1024]
     args = TrainingArguments(
-        output_dir=str(tmp_path / "out"),
+        output_dir=str(out),
         use_cpu=True,
         report_to=[],
         max_steps=6,
         per_device_train_batch_size=4,
         learning_rate=1e-2,
-        warmup_steps=0,
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=3,
         disable_tqdm=True,
         dataloader_num_workers=0,
         seed=0,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=_Bytes(text, 32))
+    return Trainer(model=model, args=args, train_dataset=_Bytes(text, 32))
+
+
+def test_trainer_trains_saves_and_resumes(tmp_path):
+    config = FLASH.replace(vocab_size=256)
+    text = Path(sysconfig.get_paths()["stdlib"], "this.py").read_bytes()[:1024]
+    model = FlashcoreForCausalLM(FlashcoreConfig.from_lm_config(config), seed=0)
+    before = model.model.to_canonical()
+    trainer = _trainer(model, tmp_path / "out", text)
     trainer.train()
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     assert len(losses) == 6 and all(np.isfinite(losses))
     assert losses[-1] < losses[0]
     after = model.model.to_canonical()
     assert any(not np.array_equal(before[k], after[k]) for k in before)
-    trainer.save_model(str(tmp_path / "saved"))  # save_pretrained with the Trainer's state dict
-    saved = LM.from_pretrained(tmp_path / "saved")
-    for k, v in saved.to_canonical().items():
+
+    # its checkpoints are pretrained folders (canonical model.safetensors) ...
+    ckpt = tmp_path / "out" / "checkpoint-6"
+    for k, v in LM.from_pretrained(ckpt).to_canonical().items():
         np.testing.assert_array_equal(v, after[k], err_msg=k)
+    # ... and the Trainer resumes from them (load_state_dict of canonical names)
+    again = FlashcoreForCausalLM(FlashcoreConfig.from_lm_config(config), seed=1)
+    resumed = _trainer(again, tmp_path / "out", text)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-3"))
+    rtol, atol = tolerance("float32", "grad_params")
+    for k, v in again.model.to_canonical().items():
+        np.testing.assert_allclose(v, after[k], rtol=rtol, atol=atol * np.abs(after[k]).max())
 
 
 # -- flashcore export ------------------------------------------------------------------------
