@@ -65,8 +65,8 @@ _IGNORED_LOAD_KWARGS = ("trust_remote_code", "_from_auto", "adapter_kwargs", "pr
 class FlashcoreConfig(PreTrainedConfig):
     """The Hugging Face config of a flashcore LM.
 
-    ``flashcore``: the :class:`flashcore.LMConfig` as a dict (``LMConfig.to_dict()``; default: the
-    default LMConfig). ``vocab_size``, ``hidden_size`` and ``num_hidden_layers`` are derived from
+    ``flashcore``: the :class:`flashcore.LMConfig` (or its ``to_dict()``, as config.json holds it;
+    default: the default LMConfig). ``vocab_size``, ``hidden_size`` and ``num_hidden_layers`` are derived from
     it (given ones must agree). ``lm_config`` gives the frozen LMConfig back; config.json round
     trips it exactly.
     """
@@ -80,7 +80,12 @@ class FlashcoreConfig(PreTrainedConfig):
     use_cache: bool = True
 
     def __post_init__(self, **kwargs):
-        lm = fc.LMConfig() if self.flashcore is None else fc.config_from_dict(self.flashcore)
+        if self.flashcore is None:
+            lm = fc.LMConfig()
+        elif isinstance(self.flashcore, fc.LMConfig):
+            lm = self.flashcore
+        else:
+            lm = fc.config_from_dict(self.flashcore)
         if not isinstance(lm, fc.LMConfig):
             raise ValueError(f"FlashcoreConfig.flashcore must describe an LMConfig, got {lm!r}")
         self.flashcore = lm.to_dict()
@@ -259,8 +264,9 @@ class FlashcoreForCausalLM(FlashcorePreTrainedModel, GenerationMixin):
         ``cache`` (``past_key_values`` is the older name): a :class:`FlashcoreDecodeState`; the
         tokens are fed one by one through ``decode_step`` after what it has seen, and the
         returned logits are those of these tokens. ``use_cache=True`` without a cache starts one
-        (FLASH blocks only; ``generate`` does this). Otherwise (the default) the logits come from
-        the full parallel forward, ``flashcore.lm_logits``.
+        (``generate`` does this) for FLASH blocks; GAU and Transformer++ blocks have no
+        incremental decoder and ignore it (no cache returned). Otherwise (the default) the
+        logits come from the full parallel forward, ``flashcore.lm_logits``.
         """
         if inputs_embeds is not None:
             raise ValueError("FlashcoreForCausalLM takes input_ids (token ids), not inputs_embeds")
@@ -282,7 +288,7 @@ class FlashcoreForCausalLM(FlashcorePreTrainedModel, GenerationMixin):
                     f"attention_mask must be (batch, time), got {tuple(attention_mask.shape)}"
                 )
             mask = attention_mask.bool()
-        decoding = cache is not None or bool(use_cache)
+        decoding = cache is not None or (bool(use_cache) and self.incremental)
         if decoding:
             logits, cache = self._decode(input_ids, mask, cache)
         else:

@@ -94,6 +94,7 @@ def test_config_round_trips_through_config_json(tmp_path, name):
     assert isinstance(loaded, FlashcoreConfig)
     assert loaded.lm_config == config
     assert (loaded.vocab_size, loaded.hidden_size) == (config.vocab_size, config.dim)
+    assert FlashcoreConfig(flashcore=config).lm_config == config
 
 
 def test_config_refuses_fields_that_contradict_the_lm_config():
@@ -214,6 +215,9 @@ def test_greedy_generate_equals_flashcore_decoding(tmp_path, name):
     got = model.generate(prompt, max_new_tokens=10, do_sample=False)
     want = model.model.generate(prompt, 10, greedy=True)  # flashcore's own loop
     assert model.incremental == (name == "flash")
+    with torch.no_grad():
+        out = model(prompt, use_cache=True)  # FLASH: a decoding state; others: none (full forward)
+    assert isinstance(out.cache, FlashcoreDecodeState) == (name == "flash")
     assert got.shape == (2, 16)
     assert torch.equal(got, want), (got, want)
 
