@@ -65,13 +65,14 @@ def resolve(
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
     token: str | bool | None = None,
+    force_download: bool = False,
 ) -> Path:
     """The directory holding ``config.json`` and ``model.safetensors``.
 
     A local folder is used as it is. Anything else that is a valid Hub id is fetched with
     ``huggingface_hub.snapshot_download`` (only those two files), honouring ``revision``,
-    ``cache_dir``, ``local_files_only`` and ``token``. Raises FileNotFoundError naming the
-    folder or id when neither works.
+    ``cache_dir``, ``local_files_only``, ``token`` and ``force_download``. Raises
+    FileNotFoundError naming the folder or id when neither works.
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -99,6 +100,7 @@ def resolve(
             cache_dir=cache_dir,
             local_files_only=local_files_only,
             token=token,
+            force_download=force_download,
         )
     except Exception as err:  # offline, unknown repo, bad id: huggingface_hub's own errors
         raise FileNotFoundError(

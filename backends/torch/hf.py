@@ -470,9 +470,7 @@ class FlashcoreForCausalLM(FlashcorePreTrainedModel, GenerationMixin):
                 "loads canonical weights onto one device)"
             )
         hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
-        hub["token"] = token
-        if force_download:
-            hub["local_files_only"] = False
+        hub.update(token=token, force_download=force_download)
         directory, path = pretrained.weights_file(pretrained_model_name_or_path, **hub)
         lm = io.load_canonical(path)
         pretrained.check_config_json(directory, lm.config)
