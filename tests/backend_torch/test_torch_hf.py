@@ -191,6 +191,23 @@ def test_loads_offline_from_a_local_folder_and_offline_hub_ids_fail_clearly(tmp_
         )
 
 
+def test_hub_ids_resolve_through_the_huggingface_hub_cache(tmp_path, monkeypatch):
+    """No network here: a Hub id is served from huggingface_hub's cache (its documented layout:
+    models--OWNER--NAME/refs/main -> snapshots/REVISION/files), as after an online download."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "cache" / "models--someone--tiny-flash"
+    _hf_model(FLASH).save_pretrained(repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    hub = dict(cache_dir=tmp_path / "cache", local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained("someone/tiny-flash", **hub)
+    assert isinstance(model, FlashcoreForCausalLM) and model.model.config == FLASH
+    lm = LM.from_pretrained("someone/tiny-flash", **hub)
+    for k, v in lm.to_canonical().items():
+        np.testing.assert_array_equal(v, _noisy(FLASH)[k], err_msg=k)
+
+
 def test_load_state_dict_takes_canonical_weights(tmp_path):
     """What the Trainer does when it resumes: load_state_dict(load_file(model.safetensors))."""
     _hf_model(FLASH, seed=0).save_pretrained(tmp_path)
