@@ -36,6 +36,7 @@ __all__ = [
     "CONFIG_KEY",
     "CONFIG_NAME",
     "WEIGHTS_NAME",
+    "GENERATION_CONFIG_NAME",
     "resolve",
     "check_config_json",
     "load",
@@ -46,6 +47,7 @@ MODEL_TYPE = "flashcore"  # config.json's model_type, registered with transforme
 CONFIG_KEY = "flashcore"  # config.json's key holding LMConfig.to_dict()
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+GENERATION_CONFIG_NAME = "generation_config.json"  # transformers' generate defaults (optional)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -70,7 +72,8 @@ def resolve(
     """The directory holding ``config.json`` and ``model.safetensors``.
 
     A local folder is used as it is. Anything else that is a valid Hub id is fetched with
-    ``huggingface_hub.snapshot_download`` (only those two files), honouring ``revision``,
+    ``huggingface_hub.snapshot_download`` (only those two files and, when there is one,
+    ``generation_config.json``), honouring ``revision``,
     ``cache_dir``, ``local_files_only``, ``token`` and ``force_download``. Raises
     FileNotFoundError naming the folder or id when neither works.
     """
@@ -95,7 +98,7 @@ def resolve(
     try:
         got = snapshot_download(
             repo_id=name,
-            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME],
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, GENERATION_CONFIG_NAME],
             revision=revision,
             cache_dir=cache_dir,
             local_files_only=local_files_only,

@@ -33,6 +33,7 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    GenerationConfig,
     GenerationMixin,
     PreTrainedConfig,
     PreTrainedModel,
@@ -452,7 +453,8 @@ class FlashcoreForCausalLM(FlashcorePreTrainedModel, GenerationMixin):
         """A model from a directory (or a Hub id, fetched by huggingface_hub) holding config.json
         and the canonical model.safetensors.
 
-        ``dtype``: cast the weights (default: the file's dtype; "auto" too). ``device_map``: one
+        A ``generation_config.json`` there sets ``generation_config``. ``dtype``: cast the
+        weights (default: the file's dtype; "auto" too). ``device_map``: one
         device ("cpu", "cuda:0"; "auto": CUDA when there is one; no sharding). The weights file's config must equal
         config.json's (and ``config``'s when given): a mismatch raises WeightFileError.
         """
@@ -495,6 +497,8 @@ class FlashcoreForCausalLM(FlashcorePreTrainedModel, GenerationMixin):
                 device_map = "cuda" if torch.cuda.is_available() else "cpu"
             lm = lm.to(device_map)
         model = cls(config, lm=lm)
+        if (directory / pretrained.GENERATION_CONFIG_NAME).is_file():  # generate's saved defaults
+            model.generation_config = GenerationConfig.from_pretrained(directory)
         model.name_or_path = str(pretrained_model_name_or_path)
         model.eval()
         return model

@@ -152,6 +152,15 @@ def test_loss_follows_the_transformers_shift_and_ignores_minus_100():
     assert keep.sum() == 2 * 9 - 3
 
 
+def test_generation_config_is_saved_and_loaded(tmp_path):
+    model = _hf_model(FLASH)
+    model.generation_config.max_new_tokens = 7
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert loaded.generation_config.max_new_tokens == 7
+    assert loaded.generate(_tokens(FLASH, 1, 3), do_sample=False).shape == (1, 10)
+
+
 def test_dtype_and_bfloat16_files(tmp_path):
     lm = LM(FLASH, seed=0, dtype=torch.bfloat16)
     FlashcoreForCausalLM.from_flashcore(lm).save_pretrained(tmp_path)
