@@ -5,6 +5,7 @@ flashcore conformance [...]          the conformance suite as a CI gate (see --h
 flashcore bench --backend B [...]    a backend's benchmark (see flashcore.<B>.bench)
 flashcore weights-table              the canonical weight table (docs/weights.md)
 flashcore convert SRC DST [...]      convert weights: canonical, torch, flax, keras, flash-pytorch
+flashcore export RUN DST [--force]   a train run -> a Hugging Face directory (needs the [hf] extra)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ COMMANDS = {
     "conformance": "flashcore.conformance.report:main",
     "weights-table": "flashcore.params:print_weight_table",
     "convert": "flashcore.convert:main",
+    "export": "flashcore.app.export:main",
 }
 
 

@@ -366,6 +366,17 @@ class LM(_Canonical):
         self.core = core
         self._dropout_init(rngs, dropout_rngs, deterministic)
 
+    @classmethod
+    def from_pretrained(cls, name_or_path, *, dtype=None, core: Callable | None = None, **hub):
+        """An LM from a pretrained directory (config.json + canonical model.safetensors, as
+        transformers' ``save_pretrained`` via flashcore.torch.hf and ``flashcore export`` write
+        it) or a Hub id (``hub``: see :func:`flashcore.pretrained.resolve`). ``dtype``: cast the
+        weights (default: the file's). Needs no transformers."""
+        from flashcore import pretrained
+
+        params, config = pretrained.load(name_or_path, **hub)
+        return cls(config, params=params, dtype=dtype, core=core)
+
     def __call__(
         self,
         tokens: jax.Array,

@@ -396,6 +396,20 @@ class LM(_Canonical):
         ]
         super()._create_weights(params)
 
+    @classmethod
+    def from_pretrained(cls, name_or_path, *, dtype: str | None = None, **hub) -> LM:
+        """An LM from a pretrained directory (config.json + canonical model.safetensors, as
+        transformers' ``save_pretrained`` via flashcore.torch.hf and ``flashcore export`` write
+        it) or a Hub id (``hub``: see :func:`flashcore.pretrained.resolve`). ``dtype``: a Keras
+        dtype or policy (default: the file's dtype). Needs no transformers."""
+        from flashcore import pretrained
+        from flashcore.weightmeta import common_dtype
+
+        params, config = pretrained.load(name_or_path, **hub)
+        if dtype is None:
+            dtype = common_dtype(params).name
+        return cls(config, params=params, dtype=dtype)
+
     def native_variables(self) -> dict[str, keras.Variable]:
         out = dict(self._native)
         for i, block in enumerate(self.blocks):

@@ -7,6 +7,7 @@ state, GAU / Transformer++ key/value caches) driven by the one loop of flashcore
     logits = lm(tokens)                       # (b, t) ints -> (b, t, v)
     loss = lm.loss(tokens, targets)           # mean next-token cross-entropy, nats
     out = lm.generate(prompt, 100, top_k=40, seed=0)  # (b, t0) -> (b, t0 + 100)
+    lm = LM.from_pretrained("dir")            # config.json + canonical model.safetensors
 
 Dropout as in :mod:`flashcore.torch.layers`: train mode draws keep-masks ``layers.{i}.<site>``
 from ``lm.generator`` (None: torch's global generator), eval mode none.
@@ -69,6 +70,23 @@ class LM(CanonicalModule):
         if dropout is not None:
             return dropout
         return draw_dropout(self, self.config, tokens.shape[0], tokens.shape[1], tokens.device)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, *, device=None, **hub) -> LM:
+        """An LM from a pretrained directory (config.json + canonical model.safetensors, as
+        ``save_pretrained`` and ``flashcore export`` write it) or a Hub id (``hub``: revision,
+        cache_dir, local_files_only, token; see :func:`flashcore.pretrained.resolve`), in the
+        file's dtype. Needs no transformers."""
+        from flashcore import pretrained
+
+        from . import io
+
+        directory, path = pretrained.weights_file(name_or_path, **hub)
+        lm = io.load_canonical(path, device=device)
+        if not isinstance(lm, cls):
+            raise fc.io.WeightFileError(f"{path}: holds a {type(lm).__name__}, not an LM")
+        pretrained.check_config_json(directory, lm.config)
+        return lm
 
     def forward(
         self, tokens: torch.Tensor, mask=None, segment_ids=None, dropout=None

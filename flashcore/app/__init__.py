@@ -1,0 +1,1 @@
+"""flashcore's application storey: the command-line tools built on the spec and the backends."""
