@@ -26,7 +26,7 @@ from .config import FlashConfig, LMConfig, TransformerConfig
 from .data import VOCAB_SIZE, eval_batches, load_corpus, sample_batch
 from .engine import OptimConfig, load_engine
 from .params import init
-from .train import lr_at
+from .app.schedule import lr_at
 
 ARCHS = ("flash", "gau", "transformer")
 
