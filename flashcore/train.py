@@ -38,7 +38,7 @@ import numpy as np
 from . import io
 from .app import progress, runstate
 from .app.cli_args import nonneg_int, positive
-from .app.evaluate import evaluate, evaluate_checkpoint, eval_main, generate_main, results_table
+from .app.evaluate import eval_main, evaluate, evaluate_checkpoint, generate_main, results_table
 from .app.runlock import RunLock, RunLocked
 from .app.schedule import lr_at
 from .config import FlashConfig, LMConfig, TransformerConfig

@@ -1,8 +1,8 @@
 """Progress bars for the commands (tqdm), on stderr, shown only on a terminal and without --quiet.
 
-    with bar(total, desc="train", quiet=args.quiet) as pb:
-        pb.update(1); pb.set_postfix_str("loss 2.31")
-    note("a line printed above the bar")
+with bar(total, desc="train", quiet=args.quiet) as pb:
+    pb.update(1); pb.set_postfix_str("loss 2.31")
+note("a line printed above the bar")
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 from tqdm import tqdm
 
-__all__ = ["bar", "note", "shown"]
+__all__ = ["bar", "iterate", "note", "shown"]
 
 
 def shown(quiet: bool = False) -> bool:
@@ -33,6 +33,17 @@ def bar(total: int, *, desc: str, quiet: bool = False, initial: int = 0, unit: s
     )
 
 
-def note(text: str) -> None:
-    """Print ``text`` on stderr without breaking a bar being drawn."""
-    tqdm.write(text, file=sys.stderr)
+def iterate(items, *, desc: str, quiet: bool = False, unit: str = "it"):
+    """``items`` with a bar over them (a plain iteration when not shown)."""
+    items = list(items)
+    with bar(len(items), desc=desc, quiet=quiet, unit=unit) as pb:
+        for item in items:
+            yield item
+            pb.update(1)
+
+
+def note(text: str, *, file=None) -> None:
+    """Print ``text`` (on stderr, or ``file``) without breaking a bar being drawn."""
+    out = file or sys.stderr
+    tqdm.write(text, file=out)
+    out.flush()

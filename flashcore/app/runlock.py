@@ -110,4 +110,3 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
-

@@ -259,7 +259,9 @@ def save_checkpoint(
         shutil.rmtree(partial)
     partial.mkdir()
     crash_point("save-begin")
-    io.save(partial / "model.safetensors", params, config, extra={"step": str(state.step), **model_meta})
+    io.save(
+        partial / "model.safetensors", params, config, extra={"step": str(state.step), **model_meta}
+    )
     _fsync_file(partial / "model.safetensors")
     crash_point("save-model")
     opt = {k: np.asarray(v).copy(order="C") for k, v in opt.items()}
@@ -347,7 +349,9 @@ def _verify(folder: Path, *, hashes: bool) -> str | None:
     return None
 
 
-def checkpoints(run: Path, *, hashes: bool = False, notes: list[str] | None = None) -> list[Checkpoint]:
+def checkpoints(
+    run: Path, *, hashes: bool = False, notes: list[str] | None = None
+) -> list[Checkpoint]:
     """The complete checkpoints of ``run``, oldest first; ``notes`` gets a line for every folder
     passed over (partial, or disagreeing with its manifest)."""
     root = run / "ckpt"
