@@ -260,3 +260,22 @@ def test_a_run_state_from_a_newer_flashcore_is_refused_by_name(tmp_path):
     (run / "run.json").write_text("{trunc")
     with pytest.raises(runstate.RunStateError, match=r"run\.json: unreadable"):
         runstate.read_run_info(run)
+
+
+def test_convert_keeps_a_checkpoints_training_metadata(tmp_path, corpus, capsys):
+    from flashcore.cli import main as cli_main
+
+    run = tmp_path / "run"
+    assert train.train_main([*TINY, "--data", str(corpus), "--steps", "2", "--out", str(run)]) == 0
+    src, dst = run / "model.safetensors", tmp_path / "copy.safetensors"
+    assert cli_main(["convert", str(src), str(dst)]) == 0
+    want = io.read_header(src)
+    got = io.read_header(dst)
+    assert {k: got.get(k) for k in ("step", "corpus", "corpus_sha256", "train_loss")} == {
+        k: want[k] for k in ("step", "corpus", "corpus_sha256", "train_loss")
+    }
+    assert got["step"] == "2"
+    capsys.readouterr()
+    assert cli_main(["convert", str(src), str(dst)]) == 2
+    err = capsys.readouterr().err
+    assert "exists; pass --force to replace it" in err and "force=True" not in err

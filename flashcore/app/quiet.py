@@ -32,7 +32,7 @@ QUIET_ENV = {
 
 # glog / absl lines of severity I or W ("I0000 00:00:17.5 18814 port.cc:153] ..."), absl's notice
 _LOG_LINE = re.compile(
-    r"^(?:[IW]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [\w./-]+:\d+\] "
+    r"^(?:[IW]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w./-]+:\d+\] "
     r"|WARNING: All log messages before absl::InitializeLog\(\) is called)"
 )
 
