@@ -6,6 +6,9 @@ flashcore bench --backend B [...]    a backend's benchmark (see flashcore.<B>.be
 flashcore weights-table              the canonical weight table (docs/weights.md)
 flashcore convert SRC DST [...]      convert weights: canonical, torch, flax, keras, flash-pytorch
 flashcore export RUN DST [--force]   a train run -> a Hugging Face directory (needs the [hf] extra)
+flashcore train / eval / generate    train a byte-level LM, evaluate it, sample from it (see --help)
+
+--verbose (with any command): keep TensorFlow's and absl's start-up log lines (silenced by default)
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import sys
 COMMANDS = {
     "demo": "flashcore.demo:main",
     "train": "flashcore.train:train_main",
-    "eval": "flashcore.train:eval_main",
-    "generate": "flashcore.train:generate_main",
+    "eval": "flashcore.app.evaluate:eval_main",
+    "generate": "flashcore.app.evaluate:generate_main",
     "quality": "flashcore.quality:main",
     "conformance": "flashcore.conformance.report:main",
     "weights-table": "flashcore.params:print_weight_table",
@@ -46,6 +49,12 @@ def _bench(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" in argv:
+        argv.remove("--verbose")
+    else:
+        from .app.quiet import quiet_frameworks
+
+        quiet_frameworks()
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print_table(
         bench_one, lengths, dtypes, repeats=args.repeats, dim=args.dim, chunk=args.chunk,
-        qk=args.qk, batch=args.batch,
+        qk=args.qk, batch=args.batch, quiet=args.quiet,
     )  # fmt: skip
     return 0
 

@@ -216,7 +216,7 @@ class _Canonical(keras.layers.Layer):
         native = self.native_variables()
         out = {}
         for name, (path, transpose) in self.table.items():
-            value = keras.ops.convert_to_numpy(native[path])
+            value = native[path].numpy()  # (not convert_to_numpy: np.array(x) warns on a Variable)
             out[name] = value.T if transpose else value
         return out
 

@@ -34,8 +34,11 @@ class ExportError(ValueError):
 
 
 def _source_file(run: Path) -> Path:
-    """The canonical weight file of a run folder (or the file given)."""
-    path = run / WEIGHTS_NAME if run.is_dir() else run
+    """The canonical weight file of a run folder (its newest complete checkpoint's), or the file
+    given."""
+    from .evaluate import resolve_model
+
+    path = resolve_model(run)
     if not path.is_file():
         where = f"{run} holds no {WEIGHTS_NAME}" if run.is_dir() else f"no run folder or file {run}"
         raise FileNotFoundError(where)
