@@ -131,6 +131,12 @@ def _cast_all(params: dict, dtypes: dict) -> dict[str, jax.Array]:
     return out
 
 
+def _batch_time(tokens) -> tuple[int, int]:
+    """(b, t) of token ids for drawing masks; a wrong rank is left to the spec's own check."""
+    shape = tuple(tokens.shape) + (1, 1)
+    return shape[0], shape[1]
+
+
 def _fork(rngs) -> nnx.RngStream | None:
     """The dropout stream of ``rngs`` (an Rngs: its ``dropout`` stream, else its default; an
     RngStream), forked; None for None."""
@@ -396,7 +402,7 @@ class LM(_Canonical):
             mask=mask,
             segment_ids=segment_ids,
             core=self.core,
-            dropout=self._masks(*tokens.shape, dropout, deterministic, rngs),
+            dropout=self._masks(*_batch_time(tokens), dropout, deterministic, rngs),
         )
 
     def loss(
@@ -420,5 +426,5 @@ class LM(_Canonical):
             mask=mask,
             segment_ids=segment_ids,
             core=self.core,
-            dropout=self._masks(*inputs.shape, dropout, deterministic, rngs),
+            dropout=self._masks(*_batch_time(inputs), dropout, deterministic, rngs),
         )
