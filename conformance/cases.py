@@ -69,6 +69,12 @@ def make_inputs(case: Case) -> dict[str, np.ndarray]:
         if b > 1:
             seg[1, :] = 7
         out["segment_ids"] = seg
+    shapes = fc.dropout.dropout_shapes(case.config, b, t)
+    if shapes:  # dropout cases: fixed keep-masks (a separate stream: other inputs do not move)
+        keep = 1.0 - fc.dropout.rate(case.config)
+        drng = np.random.default_rng(case.seed + 2)
+        for site, shape in shapes.items():
+            out[f"dropout/{site}"] = drng.random(shape) < keep
     return out
 
 
@@ -264,6 +270,19 @@ def _grid() -> list[Case]:
             mask="pad",
         )
     )
+    # Dropout with given keep-masks (flashcore.dropout): every site of every block kind.
+    p = 0.25
+    for label, cfg, t, mask in (
+        ("gau-causal", _flash(kind="gau", causal=True, dropout=p), 9, "none"),
+        ("gau-bidir-pad", _flash(kind="gau", dropout=p), 11, "pad"),
+        ("flash-causal", _flash(causal=True, dropout=p), 9, "none"),
+        ("flash-bidir-pad", _flash(dropout=p, linear_norm="mean"), 11, "pad"),
+        ("transformer-causal", fc.TransformerConfig(dim=D, heads=2, dropout=p), 7, "none"),
+    ):
+        add(Case(f"dropout-{label}", "dropout", cfg, time=t, mask=mask))
+    for label, block in lm_blocks.items():
+        cfg = fc.LMConfig(block=block.replace(dropout=p), vocab_size=VOCAB, num_layers=2)
+        add(Case(f"dropout-lm-{label}", "dropout", cfg, time=10))
     return cases
 
 

@@ -1,6 +1,7 @@
 """Golden reference files: one ``golden/<case>.npz`` per case, float64.
 
-Keys: ``config`` (JSON), ``input/<name>`` (x or tokens/targets, mask, segment_ids, cotangent),
+Keys: ``config`` (JSON), ``input/<name>`` (x or tokens/targets, mask, segment_ids, cotangent,
+and ``dropout/<site>`` keep-masks in dropout cases),
 ``param/<canonical name>``, ``output`` ((b, t, d) layer output or (b, t, v) LM logits), ``loss``
 (scalar: sum(output * cotangent) for layers, mean next-token cross-entropy for LMs),
 ``grad/x`` (layers) and ``grad/param/<canonical name>``.
@@ -84,9 +85,25 @@ def load(name: str, directory: Path | None = None) -> Golden:
     )
 
 
+def dropout_masks(inputs: dict) -> dict | None:
+    """The keep-masks of a case, {site: bool array} from its ``dropout/<site>`` inputs, or None."""
+    pre = "dropout/"
+    masks = {k[len(pre) :]: v for k, v in inputs.items() if k.startswith(pre)}
+    return masks or None
+
+
+def _spec_kw(inputs, xp) -> dict:
+    return dict(
+        mask=inputs.get("mask"),
+        segment_ids=inputs.get("segment_ids"),
+        xp=xp,
+        dropout=dropout_masks(inputs),
+    )
+
+
 def spec_output(config, params, inputs, xp=None):
     """The spec's output for a case: layer output (b, t, d) or LM logits (b, t, v)."""
-    kw = dict(mask=inputs.get("mask"), segment_ids=inputs.get("segment_ids"), xp=xp)
+    kw = _spec_kw(inputs, xp)
     if isinstance(config, fc.LMConfig):
         return fc.lm_logits(params, inputs["tokens"], config=config, **kw)
     return fc.block_fn(config)(params, inputs["x"], config=config, **kw)
@@ -94,7 +111,7 @@ def spec_output(config, params, inputs, xp=None):
 
 def spec_loss(config, params, inputs, xp=None):
     """The scalar loss whose gradients the golden files hold."""
-    kw = dict(mask=inputs.get("mask"), segment_ids=inputs.get("segment_ids"), xp=xp)
+    kw = _spec_kw(inputs, xp)
     if isinstance(config, fc.LMConfig):
         return fc.lm_loss(params, inputs["tokens"], inputs["targets"], config=config, **kw)
     out = fc.block_fn(config)(params, inputs["x"], config=config, **kw)

@@ -2,9 +2,12 @@
 
     flashcore conformance [--backend B ...] [--dtype D ...] [--case GLOB ...] [--report FILE]
 
-Rows are backend x case group, columns dtypes; a cell reads ``pass 12  0.031`` (checks passed,
-worst error as a fraction of the tolerance), ``FAIL 2/12  3.1``, ``skip: reason`` or
-``not installed: reason``. ``--report x.json`` / ``x.md`` writes the same. The exit status is 1
+Rows are backend x case group, columns dtypes; a cell reads ``12 pass, worst 0.031`` (checks
+passed; the worst error as a fraction of its tolerance: 1 is at the tolerance, above fails),
+``FAIL 2/12, worst 3.1``, ``xfail N`` (known failures listed in xfail/), ``skip N`` (checks the
+backend cannot run; the reasons are listed under the matrix) or ``not installed: reason``.
+``--report x.json`` / ``x.md`` writes the same. A progress bar shows on a terminal (``--quiet``:
+none). The exit status is 1
 when any check fails or an expected-failure entry is stale, so CI pipelines can gate on it.
 """
 
@@ -26,8 +29,17 @@ from .runner import Check, apply_xfails, load_xfails, run_case
 DTYPES = ("float64", "float32", "bfloat16")
 
 
-def run(backends: list[str], dtypes: list[str] | None, cases: list[str] | None):
+LEGEND = (
+    "cells: checks passed (FAIL: failed/judged), xfail: known failures (xfail/*.txt), skip: not\n"
+    "run; worst: the largest error of the cell's checks as a fraction of its tolerance (1 = at the\n"
+    "tolerance, above it a check fails)"
+)
+
+
+def run(backends: list[str], dtypes: list[str] | None, cases: list[str] | None, quiet: bool = True):
     """-> (checks, {backend: reason not installed}, unused xfail lines per backend)."""
+    from flashcore.app import progress
+
     selected = [c for c in CASES if not cases or any(fnmatch.fnmatchcase(c.name, p) for p in cases)]
     if not selected:
         raise SystemExit(f"no golden case matches {cases}")
@@ -40,7 +52,7 @@ def run(backends: list[str], dtypes: list[str] | None, cases: list[str] | None):
             missing[backend] = reason or "unavailable"
             continue
         xfails = load_xfails(backend)
-        for case in selected:
+        for case in progress.iterate(selected, desc=f"conformance {backend}", quiet=quiet):
             g = golden.load(case.name)
             for dtype in adapter.dtypes:
                 if dtypes and dtype not in dtypes:
@@ -61,12 +73,23 @@ def _cell(group_checks: list[Check]) -> str:
     )
     skipped = len(group_checks) - len(judged)
     xf = sum(c.status == "xfail" for c in judged)
-    text = f"FAIL {len(bad)}/{len(judged)}" if bad else f"pass {len(judged) - xf}"
+    parts = [f"FAIL {len(bad)}/{len(judged)}" if bad else f"{len(judged) - xf} pass"]
     if xf:
-        text += f" xfail {xf}"
+        parts.append(f"xfail {xf}")
     if skipped:
-        text += f" skip {skipped}"
-    return f"{text}  {worst:.2g}"
+        parts.append(f"skip {skipped}")
+    if judged:
+        parts.append(f"worst {worst:.2g}")
+    return ", ".join(parts)
+
+
+def skip_reasons(checks: list[Check]) -> list[str]:
+    """One line per (backend, reason) of the skipped checks, with how many."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for c in checks:
+        if c.status == "skip":
+            counts[(c.backend, c.reason or "no reason given")] += 1
+    return [f"{b}: {n} skipped: {reason}" for (b, reason), n in counts.items()]
 
 
 def matrix(checks: list[Check], missing: dict[str, str], dtypes: list[str]) -> list[list[str]]:
@@ -106,17 +129,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", action="append", choices=DTYPES, help="only these dtypes")
     ap.add_argument("--case", action="append", help="only cases matching this glob")
     ap.add_argument("--report", type=Path, help="write the results to FILE (.json or .md)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     if args.report and args.report.suffix not in (".json", ".md"):
         ap.error(f"--report must end in .json or .md, got {args.report}")
     backends = selected_backends(args.backend)
     t0 = time.perf_counter()
-    checks, missing, stale = run(backends, args.dtype, args.case)
+    checks, missing, stale = run(backends, args.dtype, args.case, quiet=args.quiet)
     dtypes = [d for d in DTYPES if any(c.dtype == d for c in checks)] or list(
         args.dtype or DTYPES[:1]
     )
     rows = matrix(checks, missing, dtypes)
     print(_text(rows))
+    print("\n" + LEGEND)
+    reasons = skip_reasons(checks)
+    if reasons:
+        print("\nskipped checks:\n  " + "\n  ".join(reasons))
     failures = [c for c in checks if c.status in ("fail", "stale-xfail")]
     for c in failures:
         print("\n" + (c.describe() if c.status == "fail" else f"{c.test_id}: {c.reason}"))

@@ -25,7 +25,16 @@ Why these numbers:
 
 from __future__ import annotations
 
-__all__ = ["TOLERANCES", "QUANTITIES", "tolerance", "LONG_CONTEXT", "long_context_tolerance"]
+__all__ = [
+    "TOLERANCES",
+    "QUANTITIES",
+    "tolerance",
+    "LONG_CONTEXT",
+    "long_context_tolerance",
+    "REORDER_ULPS",
+    "reorder_tolerance",
+    "longest_reduction",
+]
 
 QUANTITIES = ("output", "loss", "grad_input", "grad_params")
 
@@ -79,3 +88,50 @@ def long_context_tolerance(dtype: str, quantity: str) -> float:
         return LONG_CONTEXT[(dtype, quantity)]
     except KeyError:
         raise KeyError(f"no long-context bound for {dtype!r} and {quantity!r}") from None
+
+
+# Two code paths that compute the same expression in the same dtype and differ only in the order
+# of their sums: a module against the spec it calls, transposed against contiguous weights (BLAS
+# picks another kernel per layout), one thread against two, this CPU against the one that wrote
+# a golden file. Each rounding costs at most one unit roundoff eps of its partial sum, and a sum of
+# n terms reordered moves by at most ~n eps of its magnitude; the few layers of a test model chain
+# a handful of such sums (relu^2 doubling one). Measured here in float64, as a fraction of the
+# tensor's scale: the torch modules against the spec (both weight layouts, 1 and 2 threads) at
+# most 3.9 eps; the spec against the golden outputs 6.4 eps, torch autodiff against the golden
+# gradients 12 eps; every reorder comparison of the suite still passes at 0.5 eps per unit of
+# length. 16 eps per unit of reduction length (d, e, T, ...: the longest one of the computation;
+# >= 16 in every test) leaves a margin of 20x or more on those and is still ~1e-12 below what
+# any wrong term, shifted mask or dropped scale costs (order 1e-2 of scale or more).
+REORDER_ULPS = 16.0
+
+EPS = {
+    "float64": 2.0**-52,
+    "float32": 2.0**-23,
+    "bfloat16": 2.0**-7,
+    "float16": 2.0**-10,
+}
+
+
+def reorder_tolerance(dtype: str, length: int) -> tuple[float, float]:
+    """(rtol, atol-relative-to-scale) for the same math summed in another order.
+
+    ``length`` is the longest reduction of the computation (feature size, expanded size, T, ...).
+    """
+    try:
+        eps = EPS[dtype]
+    except KeyError:
+        raise KeyError(f"no unit roundoff for dtype {dtype!r}") from None
+    bound = REORDER_ULPS * eps * max(int(length), 1)
+    return bound, bound
+
+
+def longest_reduction(config, time: int = 1) -> int:
+    """The longest sum in a layer or LM of ``config`` run over ``time`` positions: the feature,
+    expanded, query/key, head, chunk and vocabulary sizes and T itself."""
+    block = getattr(config, "block", config)
+    sizes = [time, getattr(config, "vocab_size", 1)]
+    for field in ("dim", "expanded_dim", "qk_dim", "chunk_size", "hidden_dim", "mlp_dim"):
+        value = getattr(block, field, None)
+        if isinstance(value, int):
+            sizes.append(value)
+    return max(sizes)

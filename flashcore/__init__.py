@@ -3,7 +3,9 @@ spec. This package imports NumPy only; pick a native backend by importing ``flas
 ``flashcore.jax`` or ``flashcore.tf``.
 """
 
+from . import dropout
 from .config import FlashConfig, LMConfig, TransformerConfig, config_from_dict
+from .dropout import dropout_shapes
 from .layers import flash, gau
 from .lm import block_fn, cross_entropy, lm_hidden, lm_logits, lm_loss, transformer_block
 from .params import ParamSpec, check_params, init, param_spec, subtree
@@ -28,4 +30,6 @@ __all__ = [
     "init",
     "check_params",
     "subtree",
+    "dropout",
+    "dropout_shapes",
 ]

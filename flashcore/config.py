@@ -27,7 +27,7 @@ Norm = Literal["scale", "layer", "rms"]
 AbsPos = Literal["none", "scaled_sinusoidal"]
 LinearNorm = Literal["sum", "mean", "length"]
 EpsMode = Literal["add", "clamp"]
-LengthMode = Literal["real", "array"]
+LengthMode = Literal["real", "array", "prefix"]
 
 
 def _check_int(obj: Any, name: str, low: int) -> None:
@@ -91,13 +91,18 @@ class FlashConfig(_DictMixin):
       an int fixes that n.
     - ``length_mode``: what "sequence length" n means for GAU's 1/n and ``linear_norm='length'``:
       ``real`` (default) counts the real keys of the query's segment, so padding and packing do not
-      change results; ``array`` uses the array's T, padding included (flash-pytorch).
+      change results; ``array`` uses the array's T, padding included (flash-pytorch); ``prefix``
+      (causal only) counts the real keys the query attends to (its own segment, up to itself), so
+      a causal GAU's output at t no longer depends on how many tokens follow, and an LM of such
+      layers decodes exactly with a key/value cache (:mod:`flashcore.decode`).
     - ``bias_before_scale``: add the relative bias to Q K^T before the 1/n (or 1/C) scaling
       (flash-pytorch's GAU) instead of after it (paper).
     - ``norm_eps_mode``: for scale/rms norms, ``add`` (x rsqrt(mean x^2 + eps), paper) or ``clamp``
       (x / max(sqrt(mean x^2), eps), flash-pytorch's ScaleNorm).
     - ``token_shift``: shift the first ceil(d/2) channels of the normed input one step forward.
-    - ``dropout``: applied by backends in training mode only; the spec is deterministic.
+    - ``dropout``: the rate p of GAU-alpha's dropout on the attention weights and on the output
+      before the residual (:mod:`flashcore.dropout`): the spec applies the keep-masks it is
+      given; backends draw them in training mode only.
     """
 
     dim: int = 512
@@ -176,7 +181,12 @@ class FlashConfig(_DictMixin):
             )
         if self.fixed_length is not None:
             _check_int(self, "fixed_length", 1)
-        _check_choice(self, "length_mode", ("real", "array"))
+        _check_choice(self, "length_mode", ("real", "array", "prefix"))
+        if self.length_mode == "prefix" and not self.causal:
+            raise ValueError(
+                "FlashConfig.length_mode='prefix' needs causal=True: it counts the keys a causal "
+                "query attends to"
+            )
         _check_bool(self, "bias_before_scale")
         _check_bool(self, "token_shift")
         d = self.dropout
@@ -212,6 +222,8 @@ class TransformerConfig(_DictMixin):
 
     ``ffn_dim`` None means round(8/3 * dim) up to a multiple of 8, so that attention (4 d^2) plus the
     FFN (3 d f) has about 12 d^2 parameters, as two GAU layers (2 * (d (2e + s) + e d) with e = 2d).
+    ``dropout``: the rate p on the attention probabilities and on each branch's output before its
+    residual (:mod:`flashcore.dropout`).
     """
 
     dim: int = 512

@@ -1,6 +1,21 @@
-"""Causal incremental decoding for FLASH layers and LMs of FLASH blocks: constant cost per token.
+"""Causal incremental decoding for every block (FLASH, GAU, Transformer++) and LMs of them.
 
-The state of one layer is a flat dict of arrays (a pytree in JAX, a dict of tensors in torch):
+    decode_method(config)                                            -> "state" | "cache" | "recompute"
+    decode_init(config, batch, capacity=None, xp=, dtype=, device=None)   -> state
+    decode_step(params, x_t, state, config=, xp=None)                -> (out (b, d), state)
+    lm_decode_init(config, batch, capacity=None, xp=, dtype=, device=None) -> state
+    lm_decode_step(params, tokens_t, state, config=, xp=None)        -> (logits (b, v), state)
+
+Step t (the state's ``pos``) returns what the full forward returns at position t for the prefix
+0..t: row t of :func:`flashcore.flash` / :func:`flashcore.transformer_block`, and the last row of
+:func:`flashcore.gau` on the prefix. A state is a flat dict of arrays (a pytree in JAX, a dict of
+tensors in torch and TF); every function uses array operations only (no Python branching on
+values), so a step runs eagerly, under ``jax.jit`` / ``lax.scan``, ``torch.compile`` and
+``tf.function`` alike. Decoding takes no mask or segment ids: each batch row is one sequence,
+all positions real (:mod:`flashcore.generation` feeds prompts of different lengths without
+padding the model's input). Positions are exact up to :data:`flashcore.ops.ROPE_MAX_POSITION`.
+
+FLASH (``"state"``, constant cost per token, O(C (s + e) + s e)):
 
     pos      ()         int32   position of the next token (t)
     lin      (b, s, e)  acc     sum over completed chunks of K_lin^T V / C
@@ -10,19 +25,26 @@ The state of one layer is a flat dict of arrays (a pytree in JAX, a dict of tens
     v        (b, C, e)  acc     values of the current chunk
     prev     (b, d)     dtype   normed input of the previous token (token shift)
 
-acc is float32 for float16 / bfloat16 models, else the model dtype. A step costs O(C (s + e) + s e),
-whatever t is. At the end of a chunk, ``pending`` moves into ``lin``: exactly the spec's exclusive
-prefix sum over chunks, accumulated token by token.
+At the end of a chunk, ``pending`` moves into ``lin``: exactly the spec's exclusive prefix sum
+over chunks, accumulated token by token.
 
-Every function takes ``xp`` and uses only array operations (no Python branching on values), so it
-runs eagerly, under ``jax.jit`` / ``lax.scan``, ``torch.compile`` and ``tf.function`` alike.
-Positions are exact up to :data:`flashcore.ops.ROPE_MAX_POSITION` (see :func:`flashcore.ops.rope_at`).
-Decoding takes no mask or segment ids: each batch row is one sequence, all positions real.
+GAU (``"cache"``, O(L (s + e)) per token for a cache of L = ``capacity`` positions):
 
-    decode_init(config, batch, xp=, dtype=, device=None)          -> state
-    decode_step(params, x_t, state, config=, xp=None)             -> (out (b, d), state)
-    lm_decode_init(config, batch, xp=, dtype=, device=None)       -> state
-    lm_decode_step(params, tokens_t, state, config=, xp=None)     -> (logits (b, v), state)
+    pos ()  int32;  k (b, L, s) acc, rotated keys;  v (b, L, e) acc;  prev (b, d) dtype
+
+GAU divides Q K^T by n. At step t the prefix has t + 1 real keys, so n = t + 1 (each
+``length_mode``: no padding, no segments) or ``fixed_length``; softmax_plus's log n the same.
+That is exactly the last row of the forward on the prefix. Earlier rows of that forward were
+computed with their own n, so in an LM of more than one GAU layer (whose later layers read the
+earlier rows) the cache is exact only when n does not grow with the sequence: ``fixed_length``,
+or ``length_mode='prefix'`` (n = the keys up to the query, the same in the forward).
+:func:`decode_method` says ``"recompute"`` otherwise: rerun the forward per token
+(:func:`flashcore.generation.recompute`), which is what such a model means.
+
+Transformer++ (``"cache"``): pos (); k, v (b, n_heads, L, d / n_heads) dtype, rotated keys.
+
+A step at pos >= capacity has no slot left: its output is NaN (never a silent wrong answer).
+acc is float32 for float16 / bfloat16 models, else the model dtype.
 """
 
 from __future__ import annotations
@@ -33,27 +55,134 @@ import numpy as np
 
 from . import ops
 from ._xp import const, is_low_precision, namespace
-from .config import FlashConfig, LMConfig
+from .config import FlashConfig, LMConfig, TransformerConfig
 from .layers import finish, hidden, layer_norm, scores_to_logits
-from .lm import abs_positions, final_norm, head
+from .lm import abs_positions, attn_qkv, ffn, final_norm, head
 from .params import subtree
 
-__all__ = ["decode_init", "decode_step", "lm_decode_init", "lm_decode_step"]
+__all__ = [
+    "decode_method",
+    "decode_init",
+    "decode_step",
+    "lm_decode_init",
+    "lm_decode_step",
+]
 
 
-def _check_decodable(config) -> None:
-    if not isinstance(config, FlashConfig) or config.kind != "flash":
+def decode_method(config: FlashConfig | TransformerConfig | LMConfig) -> str:
+    """How a causal block or LM decodes, exactly: ``"state"`` (FLASH: constant-size state),
+    ``"cache"`` (a key/value cache: Transformer++, GAU layers, GAU LMs whose n does not grow)
+    or ``"recompute"`` (an LM of several GAU layers dividing by the growing sequence length:
+    rerun the forward per token). ValueError for a non-causal or unknown config."""
+    lm = config if isinstance(config, LMConfig) else None
+    block = config.block if lm is not None else config
+    if not isinstance(block, (FlashConfig, TransformerConfig)):
+        raise TypeError(f"decoding takes a flashcore config, got {type(config).__name__}")
+    if not block.causal:
         raise ValueError(
-            "incremental decoding needs a FLASH layer config (kind='flash'); GAU and Transformer++ "
-            "recompute the full forward"
+            f"incremental decoding needs causal=True (a bidirectional {block.kind} block sees "
+            "the future)"
         )
-    if not config.causal:
-        raise ValueError("incremental decoding needs causal=True")
+    if isinstance(block, TransformerConfig):
+        return "cache"
+    if block.kind == "flash":
+        return "state"
+    grows = block.fixed_length is None and block.length_mode != "prefix"
+    return "recompute" if lm is not None and lm.num_layers > 1 and grows else "cache"
 
 
-def decode_init(config: FlashConfig, batch: int, *, xp, dtype, device=None) -> dict:
+def _capacity(config, capacity) -> int:
+    if capacity is None:
+        if isinstance(config, FlashConfig):
+            return config.max_len
+        raise ValueError("a Transformer++ key/value cache needs capacity= (the positions to hold)")
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+        raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
+    return capacity
+
+
+def decode_init(
+    config: FlashConfig | TransformerConfig,
+    batch: int,
+    *,
+    capacity: int | None = None,
+    xp,
+    dtype,
+    device=None,
+) -> dict:
+    """An empty state (position 0) for one causal block. ``capacity``: the positions a GAU or
+    Transformer++ cache holds (GAU default: ``max_len``; ignored by FLASH)."""
+    decode_method(config)
+    if isinstance(config, FlashConfig) and config.kind == "flash":
+        return _flash_init(config, batch, xp=xp, dtype=dtype, device=device)
+    cap = _capacity(config, capacity)
+    acc = xp.float32 if is_low_precision(dtype) else dtype
+    kw = {"device": device} if device is not None else {}
+    state = {"pos": xp.zeros((), dtype=xp.int32, **kw)}
+    if isinstance(config, TransformerConfig):
+        shape = (batch, config.heads, cap, config.head_dim)
+        return state | {
+            "k": xp.zeros(shape, dtype=dtype, **kw),
+            "v": xp.zeros(shape, dtype=dtype, **kw),
+        }
+    if config.rel_bias == "learned" and cap > config.bias_span:
+        raise ValueError(
+            f"capacity={cap} exceeds the learned bias span (max_len={config.max_len}): the "
+            "forward could not reach those offsets either"
+        )
+    s, e, d = config.qk_dim, config.expanded_dim, config.dim
+    return state | {
+        "k": xp.zeros((batch, cap, s), dtype=acc, **kw),
+        "v": xp.zeros((batch, cap, e), dtype=acc, **kw),
+        "prev": xp.zeros((batch, d), dtype=dtype, **kw),
+    }
+
+
+def decode_step(
+    params: dict, x_t, state: dict, *, config: FlashConfig | TransformerConfig, xp=None
+):
+    """One token through one causal block. x_t: (b, d) -> (out (b, d), new state)."""
+    decode_method(config)
+    xp = namespace(x_t, xp=xp)
+    if isinstance(config, TransformerConfig):
+        return _transformer_step(params, x_t, state, config=config, xp=xp)
+    if config.kind == "gau":
+        return _gau_step(params, x_t, state, config=config, xp=xp)
+    return _flash_step(params, x_t, state, config=config, xp=xp)
+
+
+def _rope_step(q, pos, config: FlashConfig, xp):
+    return ops.rope_at(
+        q, pos, dims=config.rotary_dims, mode=config.rope, base=config.rope_base, xp=xp
+    )
+
+
+def _normed_step(params, x_t, state, config: FlashConfig, xp):
+    """(h, h_in): Norm(x_t) and the same after the token shift (the previous token's first
+    ceil(d/2) channels); (b, d) each."""
+    h = layer_norm(params, x_t, config, xp)
+    if not config.token_shift:
+        return h, h
+    k = (config.dim + 1) // 2
+    return h, xp.concat([state["prev"][..., :k], h[..., k:]], axis=-1)
+
+
+def _write(buf, slot_axis: int, pos, value, xp):
+    """buf with ``value`` written at index ``pos`` of axis ``slot_axis`` (value lacks that axis)."""
+    slots = const(xp, np.arange(buf.shape[slot_axis]), like=pos, dtype=pos.dtype)
+    shape = [1] * buf.ndim
+    shape[slot_axis] = buf.shape[slot_axis]
+    here = xp.reshape(slots == pos, tuple(shape))
+    return xp.where(here, xp.expand_dims(value, axis=slot_axis), buf), slots
+
+
+def _room(out, pos, capacity: int, xp):
+    """out, or NaN where the cache had no slot for this position."""
+    return xp.where(pos < capacity, out, xp.full_like(out, float("nan")))
+
+
+def _flash_init(config: FlashConfig, batch: int, *, xp, dtype, device=None) -> dict:
     """An empty state for one causal FLASH layer: nothing seen yet, position 0."""
-    _check_decodable(config)
     acc = xp.float32 if is_low_precision(dtype) else dtype
     b, c, s, e, d = batch, config.chunk_size, config.qk_dim, config.expanded_dim, config.dim
     kw = {"device": device} if device is not None else {}
@@ -68,35 +197,19 @@ def decode_init(config: FlashConfig, batch: int, *, xp, dtype, device=None) -> d
     }
 
 
-def decode_step(params: dict, x_t, state: dict, *, config: FlashConfig, xp=None):
+def _flash_step(params: dict, x_t, state: dict, *, config: FlashConfig, xp):
     """One token through one causal FLASH layer. x_t: (b, d) -> (out (b, d), new state).
 
     Equals row t of :func:`flashcore.flash` on the whole prefix (same formulas, summed in another
     order).
     """
-    _check_decodable(config)
-    xp = namespace(x_t, xp=xp)
-    c_size, d = config.chunk_size, config.dim
+    c_size = config.chunk_size
     pos = state["pos"]
     c = pos % c_size  # slot of this token in its chunk, ()
-    h = layer_norm(params, x_t, config, xp)
-    if config.token_shift:
-        k = (d + 1) // 2
-        h_in = xp.concat([state["prev"][..., :k], h[..., k:]], axis=-1)
-    else:
-        h_in = h
+    h, h_in = _normed_step(params, x_t, state, config, xp)
     u, v, heads = hidden(params, h_in, config, xp)  # (b, e) x2, 4 x (b, s)
     acc = state["lin"].dtype
-    heads = [
-        xp.astype(
-            ops.rope_at(
-                q, pos, dims=config.rotary_dims, mode=config.rope, base=config.rope_base, xp=xp
-            ),
-            acc,
-        )
-        for q in heads
-    ]
-    qq, qk, lq, lk = heads
+    qq, qk, lq, lk = (xp.astype(_rope_step(q, pos, config, xp), acc) for q in heads)
     v = xp.astype(v, acc)
 
     # Write this token's key and value into slot c of the chunk buffers.
@@ -144,17 +257,77 @@ def decode_step(params: dict, x_t, state: dict, *, config: FlashConfig, xp=None)
     return out, new_state
 
 
+def _gau_step(params: dict, x_t, state: dict, *, config: FlashConfig, xp):
+    """One token through one causal GAU layer with a key/value cache (module docstring)."""
+    pos = state["pos"]
+    cap = state["k"].shape[1]
+    acc = state["k"].dtype
+    h, h_in = _normed_step(params, x_t, state, config, xp)
+    u, v, (q, k) = hidden(params, h_in, config, xp)  # (b, e) x2, (b, s) x2
+    q, k = (xp.astype(_rope_step(a, pos, config, xp), acc) for a in (q, k))
+    k_buf, slots = _write(state["k"], 1, pos, k, xp)  # (b, L, s)
+    v_buf, _ = _write(state["v"], 1, pos, xp.astype(v, acc), xp)  # (b, L, e)
+    scores = xp.matmul(k_buf, q[..., None])[..., 0]  # (b, L)
+    w = params.get("rel_bias.weight")
+    bias = ops.rel_bias(w, np.arange(cap), np.zeros(1, np.int64), config=config, xp=xp, like=scores)
+    if bias is not None:  # bias[d, 0]: key d positions before the query
+        dist = pos - slots  # (L,)
+        dist = xp.where(dist < 0, xp.zeros_like(dist), dist)
+        dist = xp.where(dist > cap - 1, xp.zeros_like(dist) + (cap - 1), dist)  # a full cache
+        bias = xp.reshape(xp.take(bias[:, 0], dist, axis=0), (1, cap))
+    if config.fixed_length is not None:
+        n = float(config.fixed_length)
+    else:
+        n = xp.reshape(xp.astype(pos + 1, acc), (1, 1))  # the prefix's real keys
+    scale = 1.0 / math.sqrt(config.qk_dim) if config.attention == "softmax_plus" else 1.0 / n
+    scores = scores_to_logits(scores, bias, scale, config)
+    a = ops.attend(scores, (slots <= pos)[None, :], kind=config.attention, length=n, xp=xp)
+    att = xp.matmul(a[:, None, :], v_buf)[:, 0, :]  # (b, e)
+    out = _room(finish(params, x_t, u, att, None, xp), pos, cap, xp)
+    return out, {"pos": pos + 1, "k": k_buf, "v": v_buf, "prev": h}
+
+
+def _transformer_step(params: dict, x_t, state: dict, *, config: TransformerConfig, xp):
+    """One token through one causal Transformer++ block with a key/value cache."""
+    pos = state["pos"]
+    b, nh, cap, hd = state["k"].shape
+    d = config.dim
+    qkv = attn_qkv(params, x_t, config, xp)  # (b, 3d)
+    q, k, v = (xp.reshape(qkv[:, i * d : (i + 1) * d], (b, nh, hd)) for i in range(3))
+    rope = dict(dims=hd, mode="half", base=config.rope_base, xp=xp)
+    q, k = ops.rope_at(q, pos, **rope), ops.rope_at(k, pos, **rope)
+    k_buf, slots = _write(state["k"], 2, pos, k, xp)  # (b, nh, L, hd)
+    v_buf, _ = _write(state["v"], 2, pos, v, xp)
+    scores = xp.matmul(k_buf, q[..., None])[..., 0] / math.sqrt(hd)  # (b, nh, L)
+    a = ops.masked_softmax(scores, (slots <= pos)[None, None, :], xp)
+    o = xp.reshape(xp.matmul(a[:, :, None, :], v_buf)[:, :, 0, :], (b, d))  # (b, d)
+    out = ffn(params, x_t + xp.matmul(o, params["attn.out.kernel"]), config, xp)
+    return _room(out, pos, cap, xp), {"pos": pos + 1, "k": k_buf, "v": v_buf}
+
+
 def _check_lm(config) -> None:
     if not isinstance(config, LMConfig):
         raise TypeError(f"config must be an LMConfig, got {type(config).__name__}")
-    _check_decodable(config.block)
+    if decode_method(config) == "recompute":
+        raise ValueError(
+            f"an LM of {config.num_layers} GAU layers with length_mode={config.block.length_mode!r} "
+            "cannot decode from a cache exactly: every layer divides by n = the sequence length, "
+            "so earlier positions change as the sequence grows. Rerun the forward per token "
+            "(flashcore.generation.recompute; flashcore generate does), or train with "
+            "length_mode='prefix' or fixed_length"
+        )
 
 
-def lm_decode_init(config: LMConfig, batch: int, *, xp, dtype, device=None) -> dict:
-    """An empty state for an LM of causal FLASH blocks: ``{"layers.{i}": layer state}``."""
+def lm_decode_init(
+    config: LMConfig, batch: int, *, capacity: int | None = None, xp, dtype, device=None
+) -> dict:
+    """An empty state for a causal LM: ``{"layers.{i}": layer state}`` (``capacity``: see
+    :func:`decode_init`)."""
     _check_lm(config)
     return {
-        f"layers.{i}": decode_init(config.block, batch, xp=xp, dtype=dtype, device=device)
+        f"layers.{i}": decode_init(
+            config.block, batch, capacity=capacity, xp=xp, dtype=dtype, device=device
+        )
         for i in range(config.num_layers)
     }
 

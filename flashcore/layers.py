@@ -1,13 +1,14 @@
 """The GAU (FLASH-Quad) and FLASH (mixed-chunk) layers as pure array-API functions.
 
-    gau(params, x, config=..., mask=None, segment_ids=None, xp=None)   -> (b, t, d)
-    flash(params, x, config=..., mask=None, segment_ids=None, xp=None) -> (b, t, d)
+    gau(params, x, config=..., mask=None, segment_ids=None, xp=None, dropout=None)   -> (b, t, d)
+    flash(params, x, config=..., mask=None, segment_ids=None, xp=None, dropout=None) -> (b, t, d)
 
 x: (b, t, d) floating. mask: (b, t) bool, True at real positions (any pattern). segment_ids:
 (b, t) ints, each id one contiguous run (packed sequences). A padded or foreign-segment key never
 reaches a query in either branch; outputs at padded positions are 0. In float16 / bfloat16 the
 attention core (scores, relu^2, the linear state) runs in float32. A NaN / Inf input reaches only
 the outputs that depend on it (:mod:`flashcore.nonfinite`); the core only ever sees finite values.
+dropout: None, or keep-masks {"attn", "out"} (:mod:`flashcore.dropout`; drawn by the caller).
 
 Letters: see :mod:`flashcore.ops`.
 """
@@ -18,6 +19,7 @@ import math
 
 import numpy as np
 
+from . import dropout as drop
 from . import nonfinite, ops
 from ._xp import const, device_of, is_low_precision, namespace
 from .checks import check_mask, check_segments, check_x
@@ -156,30 +158,40 @@ def causal_mask(n: int) -> np.ndarray:
     return np.tril(np.ones((n, n), bool))
 
 
-def finish(params, x, u, att, mask, xp):
-    """out = (U * att) W_o + b_o + x, zero at padded positions. att: (b, t, e) -> (b, t, d)."""
-    out = (
+def finish(params, x, u, att, mask, xp, keep=None, p: float = 0.0):
+    """out = (U * att) W_o + b_o + x, zero at padded positions. att: (b, t, e) -> (b, t, d).
+
+    keep: (b, t, d) bool or None, the dropout keep-mask of the output before the residual (rate p).
+    """
+    y = (
         xp.matmul(u * xp.astype(att, u.dtype, copy=False), params["out.kernel"])
         + params["out.bias"]
-        + x
     )
+    if keep is not None:
+        y = drop.apply_keep(y, keep, p, xp)
+    out = y + x
     if mask is not None:
         out = xp.where(mask[..., None], out, xp.zeros_like(out))
     return out
 
 
-def gau(params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, xp=None):
+def gau(
+    params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, xp=None, dropout=None
+):
     """Gated attention unit (FLASH-Quad). x: (b, t, d) -> (b, t, d).
 
     A = f(Q K^T / n + B) over all t x j pairs (lower triangle if causal), n = the number of real
-    keys in the query's segment (or ``config.fixed_length``); softmax_plus uses Q K^T / sqrt(s).
-    out = (U * (A V)) W_o + b_o + x.
+    keys in the query's segment (``length_mode``: or the array's t, or the keys up to the query;
+    or ``config.fixed_length``); softmax_plus uses Q K^T / sqrt(s).
+    out = (U * (A V)) W_o + b_o + x. dropout: None or keep-masks {"attn": (b, t, j), "out":
+    (b, t, d)} bool, applied to A and to the output before the residual (scaled by 1 / (1 - p)).
     """
     _check_config(config, "gau")
     xp = namespace(x, xp=xp)
     b, t = check_x(x, config.dim)
     check_mask(mask, b, t)
     check_segments(segment_ids, b, t, xp)
+    dropout = drop.check_dropout(dropout, config, b, t)
     bad = nonfinite.nonfinite_rows(x, xp)  # (b, t): NaN / Inf in x, read as 0 from here on
     x = nonfinite.zero_rows(x, bad, xp)
     u, v, (q, k) = project(params, x, config, mask, segment_ids, xp)
@@ -196,6 +208,9 @@ def gau(params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, xp
     member = _and(key_ok, same)  # keys that count towards n
     if config.fixed_length is not None:
         n = float(config.fixed_length)
+    elif config.length_mode == "prefix":  # the keys the query attends to (causal)
+        seen = xp.sum(xp.astype(xp.broadcast_to(_and(causal, member), (b, t, t)), acc), axis=-1)
+        n = xp.maximum(seen, xp.ones_like(seen))[..., None]  # (b, t, 1)
     elif member is None or config.length_mode == "array":
         n = float(t)
     else:
@@ -205,9 +220,13 @@ def gau(params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, xp
     scale = 1.0 / math.sqrt(config.qk_dim) if config.attention == "softmax_plus" else 1.0 / n
     scores = scores_to_logits(scores, bias, scale, config)
     a = ops.attend(scores, _and(causal, member), kind=config.attention, length=n, xp=xp)
+    if dropout is not None:
+        a = drop.apply_keep(a, dropout["attn"], config.dropout, xp)
     att = xp.matmul(a, v)  # (b, t, e)
     reached = nonfinite.reach(bad, mask, segment_ids, causal=config.causal, xp=xp)
-    return finish(params, nonfinite.poison(x, reached, xp), u, att, mask, xp)
+    out_keep = None if dropout is None else dropout["out"]
+    x = nonfinite.poison(x, reached, xp)
+    return finish(params, x, u, att, mask, xp, keep=out_keep, p=config.dropout)
 
 
 def _pad_chunks(a, pad: int, g: int, c: int, xp, fill=None):
@@ -222,22 +241,43 @@ def _pad_chunks(a, pad: int, g: int, c: int, xp, fill=None):
     return xp.reshape(a, (a.shape[0], g, c, *a.shape[2:]))
 
 
-def flash(params: dict, x, *, config: FlashConfig, mask=None, segment_ids=None, xp=None, core=None):
+def flash(
+    params: dict,
+    x,
+    *,
+    config: FlashConfig,
+    mask=None,
+    segment_ids=None,
+    xp=None,
+    core=None,
+    dropout=None,
+):
     """Mixed-chunk attention (FLASH). x: (b, t, d) -> (b, t, d).
 
     Right-pad t to g = ceil(t / C) chunks; quad = local relu^2 attention per chunk; lin = the
     linear attention across chunks; out = (U * (quad + lin)) W_o + b_o + x.
 
     ``core``: an accelerated replacement for :func:`attention_core_flash` with the same signature
-    (a backend's fused kernel); None uses the spec's own.
+    (a backend's fused kernel); None uses the spec's own. dropout: None or keep-masks {"attn":
+    (b, g, c, k), "out": (b, t, d)} bool, applied to the local quadratic weights of each chunk
+    and to the output before the residual (scaled by 1 / (1 - p)); the core then receives
+    ``attn_keep=`` (a core that cannot apply it must hand the call to the spec's core).
     """
     _check_config(config, "flash")
     xp = namespace(x, xp=xp)
     b, t = check_x(x, config.dim)
     check_mask(mask, b, t)
     check_segments(segment_ids, b, t, xp)
+    dropout = drop.check_dropout(dropout, config, b, t)
     return flash_checked(
-        params, x, config=config, mask=mask, segment_ids=segment_ids, xp=xp, core=core
+        params,
+        x,
+        config=config,
+        mask=mask,
+        segment_ids=segment_ids,
+        xp=xp,
+        core=core,
+        dropout=dropout,
     )
 
 
@@ -254,9 +294,11 @@ def flash_checked(
     halo=None,
     exchange=None,
     others_bad=None,
+    dropout=None,
 ):
     """:func:`flash` after its input checks; the keywords after ``core`` serve context
     parallelism (:mod:`flashcore.context_parallel`), where x is one shard of a longer sequence.
+    dropout: checked keep-masks or None (see :func:`flash`).
 
     position_offset: the global position of x[:, 0] (int, or an int array of shape ()).
     halo: x (b, t, d) -> (prev (b, d), prev_keep (b,) bool), the row before x for the token shift.
@@ -285,6 +327,8 @@ def flash_checked(
         params.get("rel_bias.weight"), chunk_pos, chunk_pos, config=config, xp=xp, like=v
     )
     shard = {} if exchange is None else {"exchange": exchange}
+    if dropout is not None:
+        shard["attn_keep"] = dropout["attn"]
     att = (core or attention_core_flash)(
         qq,
         qk,
@@ -303,7 +347,9 @@ def flash_checked(
         real_bad = bad if mask is None else bad & mask
         mine = xp.sum(xp.astype(real_bad, xp.int32), axis=1) > 0  # (b,)
         reached = reached | others_bad(mine)[:, None]
-    return finish(params, nonfinite.poison(x, reached, xp), u, att, mask, xp)
+    out_keep = None if dropout is None else dropout["out"]
+    x = nonfinite.poison(x, reached, xp)
+    return finish(params, x, u, att, mask, xp, keep=out_keep, p=config.dropout)
 
 
 def attention_core_flash(
@@ -319,12 +365,15 @@ def attention_core_flash(
     segment_ids=None,
     xp=None,
     exchange=None,
+    attn_keep=None,
 ):
     """The mixed-chunk attention core, after projections and RoPE: quad + lin.
 
     qq, qk, lq, lk: (b, t, s); v: (b, t, e); bias: (C, C) or None; mask, segment_ids: (b, t) or
     None. Returns (b, t, e). This is the piece accelerated kernels replace; it is their oracle.
     ``exchange``: context parallelism only (see :func:`_linear`); None for a whole sequence.
+    ``attn_keep``: (b, g, c, k) bool or None, the dropout keep-mask of the local quadratic
+    weights (rate ``config.dropout``); the linear branch takes no dropout.
     """
     xp = namespace(v, xp=xp)
     b, t, _ = v.shape
@@ -361,6 +410,8 @@ def attention_core_flash(
     a = ops.attend(
         scores, _and(causal, key_ok, same), kind=config.attention, length=float(c), xp=xp
     )
+    if attn_keep is not None:
+        a = drop.apply_keep(a, attn_keep, config.dropout, xp)
     quad = xp.matmul(a, v)  # (b, g, c, e)
 
     lin = _linear(lq, lk, v, valid, seg, same, config, xp, exchange)

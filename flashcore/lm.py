@@ -4,6 +4,9 @@
     lm_logits(params, tokens, config=LMConfig, mask=None, segment_ids=None)            -> (b, t, v)
     lm_loss(params, inputs, targets, config=LMConfig, mask=None, segment_ids=None)     -> ()
 
+Each also takes ``dropout``: None, or keep-masks (:mod:`flashcore.dropout`; an LM's are named
+``layers.{i}.<site>``).
+
 Letters: see :mod:`flashcore.ops`.
 """
 
@@ -13,6 +16,7 @@ import math
 
 import numpy as np
 
+from . import dropout as drop
 from . import ops
 from ._xp import const, is_low_precision, namespace
 from .checks import check_mask, check_segments, check_tokens, check_x
@@ -22,6 +26,8 @@ from .params import subtree
 
 __all__ = [
     "transformer_block",
+    "attn_qkv",
+    "ffn",
     "block_fn",
     "lm_hidden",
     "head",
@@ -34,12 +40,22 @@ __all__ = [
 
 
 def transformer_block(
-    params: dict, x, *, config: TransformerConfig, mask=None, segment_ids=None, xp=None
+    params: dict,
+    x,
+    *,
+    config: TransformerConfig,
+    mask=None,
+    segment_ids=None,
+    xp=None,
+    dropout=None,
 ):
     """Pre-norm multi-head softmax attention with RoPE, then a SwiGLU FFN. x: (b, t, d) -> (b, t, d).
 
     a = x + softmax(Q K^T / sqrt(d/n) + mask) V W_o with Q, K, V = split(norm(x) W_qkv);
     out = a + (silu(norm(a) W_gate) * norm(a) W_up) W_down. Outputs at padded positions are 0.
+    dropout: None or keep-masks {"attn": (b, n, t, j), "attn_out": (b, t, d), "ffn_out":
+    (b, t, d)} bool: the softmax probabilities, and each branch's output before its residual
+    (scaled by 1 / (1 - p)).
     """
     if not isinstance(config, TransformerConfig):
         raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
@@ -47,9 +63,10 @@ def transformer_block(
     b, t = check_x(x, config.dim)
     check_mask(mask, b, t)
     check_segments(segment_ids, b, t, xp)
+    dropout = drop.check_dropout(dropout, config, b, t)
+    p = config.dropout
     d, n, hd = config.dim, config.heads, config.head_dim
-    h = ops.norm(subtree(params, "attn_norm."), x, kind=config.norm, eps=config.norm_eps, xp=xp)
-    qkv = xp.matmul(h, params["attn.qkv.kernel"])  # (b, t, 3d)
+    qkv = attn_qkv(params, x, config, xp)  # (b, t, 3d)
 
     def heads(a):  # (b, t, d) -> (b * n, t, hd)
         a = xp.permute_dims(xp.reshape(a, (b, t, n, hd)), (0, 2, 1, 3))
@@ -69,15 +86,37 @@ def transformer_block(
         same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
         allowed = same if allowed is None else (allowed & same)
     a = ops.masked_softmax(scores, allowed, xp)  # (b, n, t, j)
+    if dropout is not None:
+        a = drop.apply_keep(a, dropout["attn"], p, xp)
     o = xp.matmul(xp.reshape(a, (b * n, t, t)), v)  # (b * n, t, hd)
     o = xp.reshape(xp.permute_dims(xp.reshape(o, (b, n, t, hd)), (0, 2, 1, 3)), (b, t, d))
-    x = x + xp.matmul(o, params["attn.out.kernel"])
-    h = ops.norm(subtree(params, "ffn_norm."), x, kind=config.norm, eps=config.norm_eps, xp=xp)
-    gate = ops.silu(xp.matmul(h, params["ffn.gate.kernel"]), xp)
-    x = x + xp.matmul(gate * xp.matmul(h, params["ffn.up.kernel"]), params["ffn.down.kernel"])
+    y = xp.matmul(o, params["attn.out.kernel"])  # (b, t, d)
+    if dropout is not None:
+        y = drop.apply_keep(y, dropout["attn_out"], p, xp)
+    keep = None if dropout is None else dropout["ffn_out"]
+    x = ffn(params, x + y, config, xp, keep=keep)
     if mask is not None:
         x = xp.where(mask[..., None], x, xp.zeros_like(x))
     return x
+
+
+def attn_qkv(params: dict, x, config: TransformerConfig, xp):
+    """The attention input of a Transformer++ block: norm(x) W_qkv. x: (..., d) -> (..., 3d),
+    [Q | K | V] with heads of width d / n side by side in each."""
+    h = ops.norm(subtree(params, "attn_norm."), x, kind=config.norm, eps=config.norm_eps, xp=xp)
+    return xp.matmul(h, params["attn.qkv.kernel"])
+
+
+def ffn(params: dict, x, config: TransformerConfig, xp, keep=None):
+    """The SwiGLU half of a Transformer++ block, residual included. x: (..., d) -> (..., d).
+
+    keep: a bool keep-mask of x's shape for dropout on the branch output (None: no dropout)."""
+    h = ops.norm(subtree(params, "ffn_norm."), x, kind=config.norm, eps=config.norm_eps, xp=xp)
+    gate = ops.silu(xp.matmul(h, params["ffn.gate.kernel"]), xp)
+    y = xp.matmul(gate * xp.matmul(h, params["ffn.up.kernel"]), params["ffn.down.kernel"])
+    if keep is not None:
+        y = drop.apply_keep(y, keep, config.dropout, xp)
+    return x + y
 
 
 def block_fn(config: FlashConfig | TransformerConfig):
@@ -88,16 +127,26 @@ def block_fn(config: FlashConfig | TransformerConfig):
 
 
 def lm_hidden(
-    params: dict, tokens, *, config: LMConfig, mask=None, segment_ids=None, xp=None, core=None
+    params: dict,
+    tokens,
+    *,
+    config: LMConfig,
+    mask=None,
+    segment_ids=None,
+    xp=None,
+    core=None,
+    dropout=None,
 ):
     """Embedding, the blocks and the final norm. tokens: (b, t) ints -> (b, t, d).
 
     ``core``: a fused mixed-chunk kernel handed to every FLASH layer (see :func:`flashcore.flash`).
+    dropout: None or keep-masks ``layers.{i}.<site>`` (:func:`flashcore.dropout.dropout_shapes`).
     """
     if not isinstance(config, LMConfig):
         raise TypeError(f"config must be an LMConfig, got {type(config).__name__}")
     xp = namespace(tokens, xp=xp)
     b, t = check_tokens(tokens, config.vocab_size, xp)
+    dropout = drop.check_dropout(dropout, config, b, t)
     embed = params["embed.weight"]  # (v, d)
     x = xp.reshape(xp.take(embed, xp.reshape(tokens, (-1,)), axis=0), (b, t, config.dim))
     if config.abs_pos == "scaled_sinusoidal":
@@ -106,6 +155,8 @@ def lm_hidden(
     layer = block_fn(config.block)
     extra = {"core": core} if layer is flash and core is not None else {}
     for i in range(config.num_layers):
+        if dropout is not None:
+            extra["dropout"] = subtree(dropout, f"layers.{i}.")
         x = layer(
             subtree(params, f"layers.{i}."),
             x,
@@ -150,12 +201,27 @@ def head(params: dict, h, config: LMConfig, xp):
 
 
 def lm_logits(
-    params: dict, tokens, *, config: LMConfig, mask=None, segment_ids=None, xp=None, core=None
+    params: dict,
+    tokens,
+    *,
+    config: LMConfig,
+    mask=None,
+    segment_ids=None,
+    xp=None,
+    core=None,
+    dropout=None,
 ):
-    """Next-token logits. tokens: (b, t) ints -> (b, t, v)."""
+    """Next-token logits. tokens: (b, t) ints -> (b, t, v). dropout: as :func:`lm_hidden`."""
     xp = namespace(tokens, xp=xp)
     h = lm_hidden(
-        params, tokens, config=config, mask=mask, segment_ids=segment_ids, xp=xp, core=core
+        params,
+        tokens,
+        config=config,
+        mask=mask,
+        segment_ids=segment_ids,
+        xp=xp,
+        core=core,
+        dropout=dropout,
     )
     return head(params, h, config, xp)
 
@@ -189,18 +255,27 @@ def lm_loss(
     segment_ids=None,
     xp=None,
     core=None,
+    dropout=None,
 ):
     """Mean cross-entropy (nats) of ``targets`` given ``inputs``; both (b, t) ints.
 
     For next-token prediction, targets are inputs shifted by one and the block must be causal (a
     bidirectional block sees its targets; use that only for masked-token objectives).
-    ``mask`` marks real positions of ``inputs``; the loss counts only those.
+    ``mask`` marks real positions of ``inputs``; the loss counts only those. dropout: as
+    :func:`lm_hidden`.
     """
     xp = namespace(inputs, xp=xp)
     b, t = check_tokens(targets, config.vocab_size, xp)
     if tuple(inputs.shape) != (b, t):
         raise ValueError(f"inputs {tuple(inputs.shape)} and targets {(b, t)} must have one shape")
     logits = lm_logits(
-        params, inputs, config=config, mask=mask, segment_ids=segment_ids, xp=xp, core=core
+        params,
+        inputs,
+        config=config,
+        mask=mask,
+        segment_ids=segment_ids,
+        xp=xp,
+        core=core,
+        dropout=dropout,
     )
     return cross_entropy(logits, targets, mask, xp=xp)

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
+from flashcore.app import runstate
+
 RTOL = 1e-5
 
 # global batch 4 over 2 workers; --eval-tokens 192 = 3 held-out windows: an uneven last batch
@@ -65,11 +67,13 @@ def compare_runs(got: Path, want: Path, steps: int) -> dict[str, float]:
         "loss": max(_rel(got_loss[s], want_loss[s]) for s in want_loss),
         "eval": max(_rel(got_eval[s], want_eval[s]) for s in want_eval.keys() & got_eval.keys()),
     }
+    got_ckpt, want_ckpt = runstate.latest(got), runstate.latest(want)
     for name in ("model", "train_state"):
-        a, b = load_file(got / f"{name}.safetensors"), load_file(want / f"{name}.safetensors")
+        a = load_file(got_ckpt.path / f"{name}.safetensors")
+        b = load_file(want_ckpt.path / f"{name}.safetensors")
         assert a.keys() == b.keys(), name
         worst[name] = max(_rel(a[k], b[k]) for k in b)
-    state = load_file(got / "train_state.safetensors")
+    state = load_file(got_ckpt.state)
     assert int(state["step"]) == steps
     assert want_loss[steps] < want_loss[1]  # it learns: a run that does nothing compares equal
     return worst

@@ -68,10 +68,94 @@ def test_rope_at_is_exact_for_large_positions(pos):
     np.testing.assert_allclose(got, ref, atol=2e-6)
 
 
-def test_decoding_rejects_non_causal_and_gau():
+GAU_OPTIONS = [
+    {},
+    dict(token_shift=True, rel_bias="t5", rope="interleaved", rope_dims=2),
+    dict(attention="softmax_plus", norm="layer", rel_bias="none"),
+    dict(attention="laplace", bias_before_scale=True, fixed_length=5),
+    dict(length_mode="array", norm_eps_mode="clamp"),
+    dict(length_mode="prefix", token_shift=True),
+]
+
+
+@pytest.mark.parametrize(
+    "opts", GAU_OPTIONS, ids=lambda o: "-".join(map(str, o.values())) or "default"
+)
+def test_gau_cache_step_equals_the_forward_on_the_prefix(opts):
+    """Step t equals the last row of the forward on x[:, :t + 1]: n = t + 1 grows exactly."""
+    cfg = fc.FlashConfig(dim=8, qk_dim=4, kind="gau", causal=True, max_len=12, **opts)
+    p = _params(cfg)
+    t = 10
+    x = rng.normal(size=(2, t, 8))
+    state = decode.decode_init(cfg, 2, capacity=t, xp=xp, dtype=xp.float64)
+    for i in range(t):
+        out, state = decode.decode_step(p, x[:, i], state, config=cfg, xp=xp)
+        want = fc.gau(p, x[:, : i + 1], config=cfg)[:, i]
+        np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-10, err_msg=f"position {i}")
+    out, _ = decode.decode_step(p, x[:, 0], state, config=cfg, xp=xp)  # the cache is full
+    assert np.isnan(out).all()
+
+
+def test_prefix_length_mode_makes_a_causal_gau_causal():
+    """length_mode='prefix': row t of the forward is the real-mode forward on the prefix."""
+    cfg = fc.FlashConfig(dim=8, qk_dim=4, kind="gau", causal=True, length_mode="prefix")
+    p = _params(cfg)
+    x = rng.normal(size=(2, 7, 8))
+    full = fc.gau(p, x, config=cfg)
+    for i in range(7):
+        want = fc.gau(p, x[:, : i + 1], config=cfg.replace(length_mode="real"))[:, i]
+        np.testing.assert_allclose(full[:, i], want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="causal"):
+        fc.FlashConfig(kind="gau", length_mode="prefix")
+
+
+def test_transformer_cache_step_equals_the_forward():
+    cfg = fc.TransformerConfig(dim=8, heads=2, causal=True, norm="scale")
+    p = _params(cfg)
+    x = rng.normal(size=(2, 9, 8))
+    full = fc.transformer_block(p, x, config=cfg)
+    state = decode.decode_init(cfg, 2, capacity=9, xp=xp, dtype=xp.float64)
+    for i in range(9):
+        out, state = decode.decode_step(p, x[:, i], state, config=cfg, xp=xp)
+        np.testing.assert_allclose(out, full[:, i], rtol=1e-10, atol=1e-10, err_msg=f"pos {i}")
+
+
+LM_BLOCKS = {
+    "flash": fc.FlashConfig(dim=8, qk_dim=4, chunk_size=3, causal=True, token_shift=True),
+    "gau-prefix": fc.FlashConfig(dim=8, qk_dim=4, kind="gau", causal=True, length_mode="prefix"),
+    "gau-fixed": fc.FlashConfig(dim=8, qk_dim=4, kind="gau", causal=True, fixed_length=4),
+    "transformer": fc.TransformerConfig(dim=8, heads=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LM_BLOCKS))
+def test_lm_cache_decoding_equals_the_forward_on_every_prefix(name):
+    cfg = fc.LMConfig(
+        block=LM_BLOCKS[name], vocab_size=11, num_layers=2, abs_pos="scaled_sinusoidal"
+    )
+    p = _params(cfg)
+    tokens = rng.integers(0, 11, (2, 9))
+    state = decode.lm_decode_init(cfg, 2, capacity=9, xp=xp, dtype=xp.float64)
+    for i in range(9):
+        logits, state = decode.lm_decode_step(p, tokens[:, i], state, config=cfg, xp=xp)
+        want = fc.lm_logits(p, tokens[:, : i + 1], config=cfg)[:, i]
+        np.testing.assert_allclose(logits, want, rtol=1e-10, atol=1e-10, err_msg=f"pos {i}")
+
+
+def test_decode_method_and_refusals():
+    gau = fc.FlashConfig(dim=8, qk_dim=4, kind="gau", causal=True)
+    assert decode.decode_method(gau) == "cache"  # one layer: the last row is exact
+    assert decode.decode_method(fc.LMConfig(block=gau, num_layers=1)) == "cache"
+    assert decode.decode_method(fc.LMConfig(block=gau, num_layers=2)) == "recompute"
+    assert decode.decode_method(fc.LMConfig(block=LM_BLOCKS["flash"])) == "state"
+    assert decode.decode_method(fc.LMConfig(block=LM_BLOCKS["transformer"])) == "cache"
     with pytest.raises(ValueError, match="causal"):
         decode.decode_init(fc.FlashConfig(dim=8, qk_dim=4), 1, xp=xp, dtype=xp.float64)
-    with pytest.raises(ValueError, match="FLASH"):
-        decode.decode_init(
-            fc.FlashConfig(dim=8, qk_dim=4, kind="gau", causal=True), 1, xp=xp, dtype=xp.float64
-        )
+    with pytest.raises(ValueError, match="causal"):
+        decode.decode_method(fc.TransformerConfig(dim=8, heads=2, causal=False))
+    with pytest.raises(ValueError, match="length_mode='prefix'"):
+        decode.lm_decode_init(fc.LMConfig(block=gau), 1, xp=xp, dtype=xp.float64)
+    with pytest.raises(ValueError, match="capacity"):
+        decode.decode_init(LM_BLOCKS["transformer"], 1, xp=xp, dtype=xp.float64)
+    with pytest.raises(ValueError, match="bias span"):
+        decode.decode_init(gau, 1, capacity=gau.max_len + 1, xp=xp, dtype=xp.float64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sysconfig
 from pathlib import Path
 
@@ -84,17 +85,24 @@ def test_bad_arguments_and_data(tmp_path, corpus, capsys):
     assert "no weight file" in capsys.readouterr().err
 
 
-def test_resume_refuses_an_inconsistent_checkpoint(tmp_path, corpus, capsys):
-    run = tmp_path / "run"
+def test_a_run_folder_of_the_older_flat_layout_resumes(tmp_path, corpus, capsys):
+    """Runs saved before checkpoint folders (model and train_state at the top) still resume; one
+    whose two files disagree (a save cut between them) is refused by name."""
+    run, old = tmp_path / "run", tmp_path / "old"
     common = [*TINY, "--data", str(corpus), "--eval-every", "2"]
-    assert train.train_main([*common, "--steps", "6", "--stop-after", "2", "--out", str(run)]) == 0
-    state = (run / "train_state.safetensors").read_bytes()
-    assert (
-        train.train_main(["--resume", str(run), "--steps", "6", "--stop-after", "4", "--quiet"])
-        == 0
+    assert train.train_main([*common, "--steps", "6", "--stop-after", "4", "--out", str(run)]) == 0
+    old.mkdir()
+    for name in ("model.safetensors", "train_state.safetensors"):
+        (old / name).write_bytes((run / "ckpt" / "step-000004" / name).read_bytes())
+    (old / "log.jsonl").write_bytes((run / "log.jsonl").read_bytes())
+    assert train.train_main(["--resume", str(old), "--steps", "6", "--quiet"]) == 0
+    assert sorted(_losses(old)) == list(range(1, 7))
+    (old / "train_state.safetensors").write_bytes(
+        (run / "ckpt" / "step-000002" / "train_state.safetensors").read_bytes()
     )
-    (run / "train_state.safetensors").write_bytes(state)  # as if the last save had been cut short
-    assert train.train_main(["--resume", str(run), "--steps", "6", "--quiet"]) == 2
+    shutil.rmtree(old / "ckpt")
+    capsys.readouterr()
+    assert train.train_main(["--resume", str(old), "--steps", "8", "--quiet"]) == 2
     assert "interrupted" in capsys.readouterr().err
 
 

@@ -7,7 +7,8 @@ The math is the flashcore spec, called with ``jax.numpy`` as its array namespace
                 logits / loss for LMs. Pure, for jax.jit / grad / vmap and optax.
     layers:     FLASH, GAU, TransformerBlock, LM (nnx.Module, parameters as nnx.Param);
                 load_canonical / to_canonical through :func:`naming_table`.
-    decode:     init_state / step / scan (lax.scan) / generate: causal incremental decoding.
+    decode:     decode_init / decode_step / scan (lax.scan) / generate: causal incremental
+                decoding (FLASH state, GAU / Transformer++ key/value caches).
     parallel:   data_mesh / shard_batch / replicate: data parallelism with jax.sharding.
     kernels:    flash_core (a Pallas mixed-chunk attention kernel) behind can_use_kernel.
     io:         save / load (Flax msgpack files), save_canonical / load_canonical (safetensors).

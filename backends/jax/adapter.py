@@ -16,6 +16,7 @@ import contextlib
 import numpy as np
 
 from flashcore.config import LMConfig
+from flashcore.conformance import golden
 from flashcore.conformance.adapters.base import Adapter, Result
 
 __all__ = ["JaxAdapter"]
@@ -58,14 +59,16 @@ def _run(config, params, inputs, dtype) -> Result:
     graphdef, state = nnx.split(module_for(config)(config, params=params, dtype=dt))
     mask = None if "mask" not in inputs else jnp.asarray(inputs["mask"])
     seg = None if "segment_ids" not in inputs else jnp.asarray(inputs["segment_ids"])
+    masks = golden.dropout_masks(inputs)  # given keep-masks (dropout cases)
+    drop = {"dropout": {k: jnp.asarray(v) for k, v in masks.items()}} if masks else {}
 
     if isinstance(config, LMConfig):
         tokens, targets = jnp.asarray(inputs["tokens"]), jnp.asarray(inputs["targets"])
 
         def f(state):
             model = nnx.merge(graphdef, state)
-            loss = model.loss(tokens, targets, mask=mask, segment_ids=seg)
-            return loss, model(tokens, mask=mask, segment_ids=seg)
+            loss = model.loss(tokens, targets, mask=mask, segment_ids=seg, **drop)
+            return loss, model(tokens, mask=mask, segment_ids=seg, **drop)
 
         (loss, out), g_state = jax.jit(jax.value_and_grad(f, has_aux=True))(state)
         grads = {}
@@ -74,7 +77,7 @@ def _run(config, params, inputs, dtype) -> Result:
         cot = jnp.asarray(inputs["cotangent"], dtype=acc)
 
         def f(state, x):
-            out = nnx.merge(graphdef, state)(x, mask=mask, segment_ids=seg)
+            out = nnx.merge(graphdef, state)(x, mask=mask, segment_ids=seg, **drop)
             return jnp.sum(out.astype(acc) * cot), out
 
         step = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))

@@ -9,11 +9,12 @@ accumulates in float32).
 them all (:mod:`flashcore.jax.parallel`), parameters and optimizer state replicated, each batch
 split on axis 0; jit inserts the cross-device sums (the loss, the gradients, hence a global
 clipping norm). With one device nothing changes.
+
+Dropout (the block config's rate): each ``train_step`` draws fresh keep-masks inside the jitted
+step from ``fold_in(key(seed), step)``; ``eval_loss`` and ``generate`` apply none.
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -89,13 +90,17 @@ class Engine:
         self.opt_state = self.tx.init(self.state)
         self.state, self.opt_state = self._place((self.state, self.opt_state))
 
-        def loss_fn(p, x, y):
-            cast = {k: v.astype(self.compute) for k, v in p.items()}
-            return functional.loss(cast, x, y, config=config).astype(jnp.float32)
+        self.dropout_key = jax.random.key(seed)
+        self.steps = 0  # train steps done (the dropout stream's counter)
 
-        def train(p, opt_state, x, y, lr):
+        def loss_fn(p, x, y, masks=None):
+            cast = {k: v.astype(self.compute) for k, v in p.items()}
+            return functional.loss(cast, x, y, config=config, dropout=masks).astype(jnp.float32)
+
+        def train(p, opt_state, x, y, lr, key):
             opt_state = self._set_lr(opt_state, lr)
-            loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
+            masks = functional.dropout_masks(config, key, *x.shape)  # None when p = 0
+            loss, grads = jax.value_and_grad(loss_fn)(p, x, y, masks)
             updates, opt_state = self.tx.update(grads, opt_state, p)
             return loss, optax.apply_updates(p, updates), opt_state
 
@@ -138,9 +143,16 @@ class Engine:
 
     def train_step(self, inputs: np.ndarray, targets: np.ndarray, lr: float) -> float:
         check_split(len(inputs), self.workers, self.workers_note)
+        key = jax.random.fold_in(self.dropout_key, self.steps)
         loss, self.state, self.opt_state = self._train(
-            self.state, self.opt_state, self._batch(inputs), self._batch(targets), jnp.float32(lr)
+            self.state,
+            self.opt_state,
+            self._batch(inputs),
+            self._batch(targets),
+            jnp.float32(lr),
+            key,
         )
+        self.steps += 1
         return float(loss)
 
     def eval_loss(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
@@ -167,16 +179,13 @@ class Engine:
                 raise ValueError(f"optimizer state for {k}: shape {m.shape} != {v.shape}")
             mu[k], nu[k] = jnp.asarray(m, jnp.float32), jnp.asarray(s, jnp.float32)
         count = jnp.asarray(int(np.asarray(state["step"])), adam.count.dtype)
+        self.steps = int(np.asarray(state["step"]))
         new = _replace_adam(self.opt_state, adam._replace(count=count, mu=mu, nu=nu))
         self.opt_state = self._place(new)
         # optax's adamw keeps its own count for bias correction; inject_hyperparams wraps it.
 
     def close(self) -> None:
         pass
-
-    @functools.cached_property
-    def _generate(self):
-        return decode.generate
 
     def generate(
         self,
@@ -185,20 +194,21 @@ class Engine:
         *,
         temperature: float = 1.0,
         top_k: int | None = None,
+        top_p: float | None = None,
         seed: int = 0,
+        lengths: np.ndarray | None = None,
     ) -> np.ndarray:
-        greedy = temperature == 0
         params = {k: v.astype(self.compute) for k, v in self.state.items()}
         if self.mesh is not None:  # decode on one device
             params = jax.device_put(params, jax.devices()[0])
-        out = self._generate(
+        return decode.generate(
             params,
-            jnp.asarray(prompt, jnp.int32),
-            None if greedy else jax.random.key(seed),
+            prompt,
             config=self.config,
             max_new_tokens=max_new_tokens,
-            temperature=1.0 if greedy else temperature,
+            temperature=temperature,
             top_k=top_k,
-            greedy=greedy,
+            top_p=top_p,
+            seed=seed,
+            lengths=lengths,
         )
-        return np.asarray(out, np.int64)

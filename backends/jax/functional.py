@@ -4,6 +4,7 @@
     y = apply(params, x, config=cfg)                 # layer / block: (b, t, d) -> (b, t, d)
     z = logits(params, tokens, config=lm_cfg)        # LM: (b, t) ints -> (b, t, v)
     l = loss(params, inputs, targets, config=lm_cfg) # LM: () mean next-token cross-entropy (nats)
+    masks = dropout_masks(config, key, b, t)         # keep-masks for dropout=masks (None: p = 0)
 
 Every function calls the flashcore spec with ``jax.numpy`` as the array namespace, so it works
 under ``jax.jit`` (config static: close over it or pass it with ``static_argnames``), ``jax.grad``,
@@ -24,7 +25,7 @@ from flashcore.config import FlashConfig, LMConfig, TransformerConfig
 from . import kernels
 from .xp import xp
 
-__all__ = ["init", "apply", "logits", "loss", "Config"]
+__all__ = ["init", "apply", "logits", "loss", "dropout_masks", "Config"]
 
 Config = FlashConfig | TransformerConfig | LMConfig
 
@@ -53,6 +54,18 @@ def init(config: Config, key: jax.Array, dtype=jnp.float32) -> dict[str, jax.Arr
     return out
 
 
+def dropout_masks(config: Config, key: jax.Array, b: int, t: int) -> dict[str, jax.Array] | None:
+    """Fresh dropout keep-masks for one call on (b, t) inputs (:mod:`flashcore.dropout`), each
+    site drawn with ``fold_in(key, crc32(site))``: {site: bool array}, True with probability
+    1 - p; None when the config has dropout 0. Traceable (jit)."""
+
+    def bernoulli(site: str, shape: tuple, keep: float) -> jax.Array:
+        k = jax.random.fold_in(key, zlib.crc32(site.encode()))
+        return jax.random.bernoulli(k, keep, shape)
+
+    return fc.dropout.draw(config, b, t, bernoulli)
+
+
 def apply(
     params: dict[str, jax.Array],
     x: jax.Array,
@@ -61,17 +74,21 @@ def apply(
     mask: jax.Array | None = None,
     segment_ids: jax.Array | None = None,
     core: Callable | None = None,
+    dropout: dict | None = None,
 ) -> jax.Array:
     """One layer or block, or an LM's logits. x: (b, t, d) -> (b, t, d); LM: tokens (b, t) -> (b, t, v).
 
     mask: (b, t) bool, True at real positions; segment_ids: (b, t) ints (packed sequences).
     ``core``: the mixed-chunk attention core of FLASH layers. None takes ``kernels.flash_core``:
     the Pallas kernel where ``kernels.can_use_kernel`` allows (GPU / TPU), else the spec's core.
-    Pass ``flashcore.layers.attention_core_flash`` to force the spec's.
+    Pass ``flashcore.layers.attention_core_flash`` to force the spec's. dropout: keep-masks
+    (:func:`dropout_masks`) or None (no dropout).
     """
     if isinstance(config, LMConfig):
-        return logits(params, x, config=config, mask=mask, segment_ids=segment_ids, core=core)
-    kw = dict(config=config, mask=mask, segment_ids=segment_ids, xp=xp)
+        return logits(
+            params, x, config=config, mask=mask, segment_ids=segment_ids, core=core, dropout=dropout
+        )
+    kw = dict(config=config, mask=mask, segment_ids=segment_ids, xp=xp, dropout=dropout)
     if isinstance(config, FlashConfig) and config.kind == "flash":
         return fc.flash(params, x, core=core or kernels.flash_core, **kw)
     if core is not None:
@@ -87,8 +104,10 @@ def logits(
     mask: jax.Array | None = None,
     segment_ids: jax.Array | None = None,
     core: Callable | None = None,
+    dropout: dict | None = None,
 ) -> jax.Array:
-    """Next-token logits of an LM. tokens: (b, t) ints -> (b, t, v). ``core``: as in :func:`apply`."""
+    """Next-token logits of an LM. tokens: (b, t) ints -> (b, t, v). ``core``, ``dropout``: as in
+    :func:`apply`."""
     return fc.lm_logits(
         params,
         tokens,
@@ -97,6 +116,7 @@ def logits(
         segment_ids=segment_ids,
         xp=xp,
         core=core or kernels.flash_core,
+        dropout=dropout,
     )
 
 
@@ -109,8 +129,10 @@ def loss(
     mask: jax.Array | None = None,
     segment_ids: jax.Array | None = None,
     core: Callable | None = None,
+    dropout: dict | None = None,
 ) -> jax.Array:
-    """Mean next-token cross-entropy (nats) of ``targets`` (b, t) given ``inputs`` (b, t): ()."""
+    """Mean next-token cross-entropy (nats) of ``targets`` (b, t) given ``inputs`` (b, t): ().
+    ``dropout``: as in :func:`apply`."""
     return fc.lm_loss(
         params,
         inputs,
@@ -120,4 +142,5 @@ def loss(
         segment_ids=segment_ids,
         xp=xp,
         core=core or kernels.flash_core,
+        dropout=dropout,
     )

@@ -36,15 +36,19 @@ from .xp import xp as jax_xp
 __all__ = ["can_use_kernel", "flash_core", "pallas_core"]
 
 
-def can_use_kernel(config: FlashConfig, *, segment_ids=None, backend: str | None = None) -> bool:
+def can_use_kernel(
+    config: FlashConfig, *, segment_ids=None, backend: str | None = None, attn_keep=None
+) -> bool:
     """True when the Pallas kernel computes this core on this JAX backend.
 
     Needs a GPU or TPU backend (on CPU Pallas only interprets, slower than XLA's fusion of the
-    spec), relu^2 attention, linear_norm='sum' and no segment ids.
+    spec), relu^2 attention, linear_norm='sum', no segment ids and no dropout keep-mask of the
+    attention weights (``attn_keep``, training with dropout: the kernel applies none).
     """
     backend = backend or jax.default_backend()
     return (
-        backend in ("gpu", "cuda", "rocm", "tpu")
+        attn_keep is None
+        and backend in ("gpu", "cuda", "rocm", "tpu")
         and config.kind == "flash"
         and config.attention == "relu2"
         and config.linear_norm == "sum"
@@ -53,16 +57,39 @@ def can_use_kernel(config: FlashConfig, *, segment_ids=None, backend: str | None
 
 
 def flash_core(
-    qq, qk, lq, lk, v, *, bias, config: FlashConfig, mask=None, segment_ids=None, xp=None
+    qq,
+    qk,
+    lq,
+    lk,
+    v,
+    *,
+    bias,
+    config: FlashConfig,
+    mask=None,
+    segment_ids=None,
+    xp=None,
+    attn_keep=None,
 ):
     """The mixed-chunk core: the Pallas kernel when :func:`can_use_kernel`, else the spec's.
 
     qq, qk, lq, lk: (b, t, s); v: (b, t, e); bias: (C, C) or None -> (b, t, e).
+    attn_keep: (b, g, c, k) bool dropout keep-mask or None; given, the spec's core runs.
     """
-    if can_use_kernel(config, segment_ids=segment_ids):
+    if can_use_kernel(config, segment_ids=segment_ids, attn_keep=attn_keep):
         return pallas_core(qq, qk, lq, lk, v, bias=bias, config=config, mask=mask)
+    keep = {} if attn_keep is None else {"attn_keep": attn_keep}
     return attention_core_flash(
-        qq, qk, lq, lk, v, bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=jax_xp
+        qq,
+        qk,
+        lq,
+        lk,
+        v,
+        bias=bias,
+        config=config,
+        mask=mask,
+        segment_ids=segment_ids,
+        xp=jax_xp,
+        **keep,
     )
 
 

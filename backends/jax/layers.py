@@ -9,6 +9,15 @@ Each module holds its parameters natively as ``nnx.Param`` under Flax-style name
     model = FLASH(cfg, rngs=nnx.Rngs(0))                   # or FLASH(cfg, params=canonical_dict)
     y = model(x, mask=None, segment_ids=None)              # (b, t, d) -> (b, t, d)
     model.load_canonical(params); params = model.to_canonical()
+
+Dropout (``config.dropout`` > 0) follows NNX's ``nnx.Dropout``: modules start in training mode
+(``deterministic=False``); ``model.eval()`` sets ``deterministic=True`` (exactly the deterministic
+layer) and ``model.train()`` back. In training mode each call draws fresh keep-masks
+(:func:`flashcore.jax.functional.dropout_masks`) from the module's ``dropout`` stream: forked from
+``rngs`` at construction (``rngs=nnx.Rngs(0, dropout=1)``; without a ``dropout`` stream the
+default one), or from ``dropout_rngs=`` when built from ``params=``; a call may pass
+``deterministic=`` and ``rngs=`` (an Rngs, an RngStream or a key) that take precedence, or
+``dropout=`` keep-masks to apply as given.
 """
 
 from __future__ import annotations
@@ -122,10 +131,57 @@ def _cast_all(params: dict, dtypes: dict) -> dict[str, jax.Array]:
     return out
 
 
+def _batch_time(tokens) -> tuple[int, int]:
+    """(b, t) of token ids for drawing masks; a wrong rank is left to the spec's own check."""
+    shape = tuple(tokens.shape) + (1, 1)
+    return shape[0], shape[1]
+
+
+def _fork(rngs) -> nnx.RngStream | None:
+    """The dropout stream of ``rngs`` (an Rngs: its ``dropout`` stream, else its default; an
+    RngStream), forked; None for None."""
+    if isinstance(rngs, nnx.Rngs):
+        return rngs["dropout"].fork()
+    if isinstance(rngs, nnx.RngStream):
+        return rngs.fork()
+    if rngs is None:
+        return None
+    raise TypeError(f"dropout rngs must be an nnx.Rngs, nnx.RngStream or None, got {type(rngs)}")
+
+
 class _Canonical(nnx.Module):
     """Shared: construction from canonical params and the canonical <-> native round trip."""
 
     config: FlashConfig | TransformerConfig | LMConfig
+
+    def _dropout_init(self, rngs, dropout_rngs, deterministic: bool) -> None:
+        self.deterministic = deterministic
+        self.dropout_rngs = nnx.data(_fork(dropout_rngs if dropout_rngs is not None else rngs))
+
+    def _masks(self, b: int, t: int, dropout, deterministic, rngs) -> dict | None:
+        """The keep-masks of one call: ``dropout`` if given, None when deterministic or p = 0,
+        else fresh ones from ``rngs`` (the call's) or the module's dropout stream."""
+        if dropout is not None:
+            return dropout
+        det = self.deterministic if deterministic is None else deterministic
+        if det or fc.dropout.rate(self.config) == 0.0:
+            return None
+        source = rngs if rngs is not None else self.dropout_rngs
+        if isinstance(source, nnx.Rngs):
+            key = source["dropout"]()
+        elif isinstance(source, nnx.RngStream):
+            key = source()
+        elif isinstance(source, jax.Array):
+            key = source
+        elif source is None:
+            raise ValueError(
+                f"{type(self).__name__}: dropout={fc.dropout.rate(self.config)} in training mode "
+                "(deterministic=False) needs a dropout stream: build with rngs= or dropout_rngs=, "
+                "pass rngs= to the call, or call .eval() for the deterministic layer"
+            )
+        else:
+            raise TypeError(f"rngs must be an nnx.Rngs, nnx.RngStream or a key, got {type(source)}")
+        return functional.dropout_masks(self.config, key, b, t)
 
     def _build(self, config, rngs: nnx.Rngs | None, params: dict | None, dtype) -> dict:
         """Check and return the canonical params to build from (given, or drawn from ``rngs``)."""
@@ -169,10 +225,43 @@ class _Canonical(nnx.Module):
 class _Layer(_Canonical):
     """A single layer or block: canonical params placed by the naming table."""
 
-    def __init__(self, config, *, rngs=None, params=None, dtype=None):
+    def __init__(
+        self,
+        config,
+        *,
+        rngs=None,
+        params=None,
+        dtype=None,
+        dropout_rngs=None,
+        deterministic: bool = False,
+    ):
         params = self._build(config, rngs, params, dtype)
         for name, (path, transpose) in self.table.items():
             _place(self, path, _native(params[name], transpose))
+        self._dropout_init(rngs, dropout_rngs, deterministic)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        mask=None,
+        segment_ids=None,
+        *,
+        dropout=None,
+        deterministic: bool | None = None,
+        rngs=None,
+    ) -> jax.Array:
+        """x: (b, t, d); mask: (b, t) bool; segment_ids: (b, t) ints -> (b, t, d). dropout:
+        keep-masks to apply; deterministic / rngs: override the module's (see the module doc)."""
+        masks = self._masks(x.shape[0], x.shape[1], dropout, deterministic, rngs)
+        return functional.apply(
+            self.to_canonical(),
+            x,
+            config=self.config,
+            mask=mask,
+            segment_ids=segment_ids,
+            core=getattr(self, "core", None),
+            dropout=masks,
+        )
 
 
 class _FlashLayer(_Layer):
@@ -186,22 +275,20 @@ class _FlashLayer(_Layer):
         params: dict | None = None,
         dtype=None,
         core: Callable | None = None,
+        dropout_rngs=None,
+        deterministic: bool = False,
     ):
         if not isinstance(config, FlashConfig) or config.kind != self.kind:
             raise ValueError(f"{type(self).__name__} needs a FlashConfig with kind={self.kind!r}")
-        super().__init__(config, rngs=rngs, params=params, dtype=dtype)
-        self.core = core
-
-    def __call__(self, x: jax.Array, mask=None, segment_ids=None) -> jax.Array:
-        """x: (b, t, d); mask: (b, t) bool; segment_ids: (b, t) ints -> (b, t, d)."""
-        return functional.apply(
-            self.to_canonical(),
-            x,
-            config=self.config,
-            mask=mask,
-            segment_ids=segment_ids,
-            core=self.core,
+        super().__init__(
+            config,
+            rngs=rngs,
+            params=params,
+            dtype=dtype,
+            dropout_rngs=dropout_rngs,
+            deterministic=deterministic,
         )
+        self.core = core
 
 
 class GAU(_FlashLayer):
@@ -230,15 +317,18 @@ class TransformerBlock(_Layer):
         rngs: nnx.Rngs | None = None,
         params: dict | None = None,
         dtype=None,
+        dropout_rngs=None,
+        deterministic: bool = False,
     ):
         if not isinstance(config, TransformerConfig):
             raise ValueError("TransformerBlock needs a TransformerConfig")
-        super().__init__(config, rngs=rngs, params=params, dtype=dtype)
-
-    def __call__(self, x: jax.Array, mask=None, segment_ids=None) -> jax.Array:
-        """x: (b, t, d) -> (b, t, d)."""
-        return functional.apply(
-            self.to_canonical(), x, config=self.config, mask=mask, segment_ids=segment_ids
+        super().__init__(
+            config,
+            rngs=rngs,
+            params=params,
+            dtype=dtype,
+            dropout_rngs=dropout_rngs,
+            deterministic=deterministic,
         )
 
 
@@ -263,6 +353,8 @@ class LM(_Canonical):
         params: dict | None = None,
         dtype=None,
         core: Callable | None = None,
+        dropout_rngs=None,
+        deterministic: bool = False,
     ):
         if not isinstance(config, LMConfig):
             raise ValueError("LM needs an LMConfig")
@@ -278,9 +370,31 @@ class LM(_Canonical):
             if not name.startswith("layers."):
                 _place(self, path, _native(params[name], transpose))
         self.core = core
+        self._dropout_init(rngs, dropout_rngs, deterministic)
 
-    def __call__(self, tokens: jax.Array, mask=None, segment_ids=None) -> jax.Array:
-        """tokens: (b, t) ints -> logits (b, t, v)."""
+    @classmethod
+    def from_pretrained(cls, name_or_path, *, dtype=None, core: Callable | None = None, **hub):
+        """An LM from a pretrained directory (config.json + canonical model.safetensors, as
+        transformers' ``save_pretrained`` via flashcore.torch.hf and ``flashcore export`` write
+        it) or a Hub id (``hub``: see :func:`flashcore.pretrained.resolve`). ``dtype``: cast the
+        weights (default: the file's). Needs no transformers."""
+        from flashcore import pretrained
+
+        params, config = pretrained.load(name_or_path, **hub)
+        return cls(config, params=params, dtype=dtype, core=core)
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        mask=None,
+        segment_ids=None,
+        *,
+        dropout=None,
+        deterministic: bool | None = None,
+        rngs=None,
+    ) -> jax.Array:
+        """tokens: (b, t) ints -> logits (b, t, v). dropout / deterministic / rngs: as for a
+        layer; the masks are ``layers.{i}.<site>``."""
         return functional.logits(
             self.to_canonical(),
             tokens,
@@ -288,10 +402,22 @@ class LM(_Canonical):
             mask=mask,
             segment_ids=segment_ids,
             core=self.core,
+            dropout=self._masks(*_batch_time(tokens), dropout, deterministic, rngs),
         )
 
-    def loss(self, inputs: jax.Array, targets: jax.Array, mask=None, segment_ids=None):
-        """Mean next-token cross-entropy (nats) of ``targets`` given ``inputs``, both (b, t): ()."""
+    def loss(
+        self,
+        inputs: jax.Array,
+        targets: jax.Array,
+        mask=None,
+        segment_ids=None,
+        *,
+        dropout=None,
+        deterministic: bool | None = None,
+        rngs=None,
+    ):
+        """Mean next-token cross-entropy (nats) of ``targets`` given ``inputs``, both (b, t): ().
+        dropout / deterministic / rngs: as for :meth:`__call__`."""
         return functional.loss(
             self.to_canonical(),
             inputs,
@@ -300,4 +426,5 @@ class LM(_Canonical):
             mask=mask,
             segment_ids=segment_ids,
             core=self.core,
+            dropout=self._masks(*_batch_time(inputs), dropout, deterministic, rngs),
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 
 from flashcore.config import LMConfig
+from flashcore.conformance import golden
 from flashcore.conformance.adapters.base import Adapter, Result
 
 __all__ = ["TFAdapter"]
@@ -58,6 +59,9 @@ class TFAdapter(Adapter):
         layer = layer_for(config)(config, params=params, dtype=POLICIES[dtype])
         compute = tf.as_dtype(layer.compute_dtype)
         kw = {k: tf.constant(inputs[k]) for k in ("mask", "segment_ids") if k in inputs}
+        masks = golden.dropout_masks(inputs)  # given keep-masks (dropout cases)
+        if masks is not None:
+            kw["dropout"] = {k: tf.constant(v) for k, v in masks.items()}
         variables = layer.native_variables()
         lm = isinstance(config, LMConfig)
 

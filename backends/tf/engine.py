@@ -4,7 +4,9 @@ steps, and AdamW with its moments kept in canonical layout.
 AdamW is written out here (a few lines over ``tf.Variable`` s) rather than taken from
 ``keras.optimizers.AdamW``, whose epsilon sits outside the bias correction: written out, it is
 the update of :mod:`flashcore.runtime` exactly, so a run moves between engines without a jump.
-bfloat16 runs the layers under Keras' ``mixed_bfloat16`` policy (float32 variables).
+bfloat16 runs the layers under Keras' ``mixed_bfloat16`` policy (float32 variables). Dropout (the
+block config's rate) is drawn in the training step only (``training=True``, the LM's seed
+generator, seeded with the run's seed); evaluation and generation apply none.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 import flashcore as fc
+from flashcore import generation, sampling
 from flashcore.runtime import OptimConfig, check_dtype, decays, single_process_only
 
 from .layers import LM
@@ -40,7 +43,10 @@ class Engine:
         self.workers, self.workers_note, self.is_main = 1, "", True  # no data parallelism
         policy = "mixed_bfloat16" if dtype == "bfloat16" else "float32"
         self.model = LM(
-            config, params={k: np.asarray(v, np.float32) for k, v in params.items()}, dtype=policy
+            config,
+            params={k: np.asarray(v, np.float32) for k, v in params.items()},
+            dtype=policy,
+            seed=seed,
         )
         self.optim_config = optim or OptimConfig()
         native = self.model.native_variables()
@@ -56,15 +62,15 @@ class Engine:
         self._train = tf.function(self._train_step, jit_compile=True, reduce_retracing=True)
         self._eval = tf.function(self._loss, jit_compile=True, reduce_retracing=True)
 
-    def _loss(self, x, y):
-        logits = self.model(x)
+    def _loss(self, x, y, training=False):
+        logits = self.model(x, training=training)
         return tf.cast(fc.cross_entropy(logits, y, xp=xp), tf.float32)
 
     def _train_step(self, x, y, lr):
         o = self.optim_config
         variables = [v for _, v, _, _ in self.slots]
         with tf.GradientTape() as tape:
-            loss = self._loss(x, y)
+            loss = self._loss(x, y, training=True)
         grads = tape.gradient(loss, variables)
         grads = [
             tf.zeros_like(v) if g is None else tf.cast(g, v.dtype) for g, v in zip(grads, variables)
@@ -129,39 +135,28 @@ class Engine:
         *,
         temperature: float = 1.0,
         top_k: int | None = None,
+        top_p: float | None = None,
         seed: int = 0,
+        lengths: np.ndarray | None = None,
     ) -> np.ndarray:
-        rng = np.random.default_rng(seed)
-        tokens = np.asarray(prompt, np.int64)
-        block = self.config.block
-        incremental = isinstance(block, fc.FlashConfig) and block.kind == "flash" and block.causal
-        if incremental:
-            state = self.model.decode_init(tokens.shape[0])
-            step = tf.function(self.model.decode_step, jit_compile=True, reduce_retracing=True)
-            for i in range(tokens.shape[1]):
-                logits, state = step(tf.constant(tokens[:, i], tf.int32), state)
-        else:  # GAU / Transformer++: rerun the forward on the growing sequence
+        """:func:`flashcore.generation.generate_lm` with the LM's decode step and the sampler,
+        each compiled once by XLA (a "recompute" LM reruns the forward eagerly per length)."""
+        sampling.check_options(temperature, top_k, top_p)
+        opts = dict(temperature=float(temperature), top_k=top_k, top_p=top_p)
+        step = tf.function(self.model.decode_step, jit_compile=True, reduce_retracing=True)
 
-            def step(new, _state, so_far=None):
-                seq = np.concatenate(out, axis=1)
-                return self.model(tf.constant(seq, tf.int32))[:, -1], None
+        @tf.function(jit_compile=True, reduce_retracing=True)
+        def pick(logits, u):
+            return sampling.sample(logits, tf.cast(u, logits.dtype), xp=xp, **opts)
 
-            state = None
-            logits = self.model(tf.constant(tokens, tf.int32))[:, -1]
-        out = [tokens]
-        for n in range(max_new_tokens):
-            z = np.asarray(logits, np.float64)
-            if temperature == 0:
-                new = z.argmax(-1)
-            else:
-                z = z / temperature
-                if top_k is not None and top_k < z.shape[-1]:
-                    kth = np.sort(z, axis=-1)[:, -top_k][:, None]
-                    z = np.where(z < kth, -np.inf, z)
-                prob = np.exp(z - z.max(-1, keepdims=True))
-                prob /= prob.sum(-1, keepdims=True)
-                new = np.array([rng.choice(len(row), p=row) for row in prob])
-            out.append(new[:, None])
-            if n + 1 < max_new_tokens:
-                logits, state = step(tf.constant(new, tf.int32), state)
-        return np.concatenate(out, axis=1)
+        return generation.generate_lm(
+            self.config,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            lengths=lengths,
+            seed=seed,
+            init=self.model.decode_init,
+            step=lambda tok, state: step(tf.constant(tok, tf.int32), state),
+            forward_last=lambda tokens: self.model(tf.constant(tokens, tf.int32))[:, -1],
+            pick=lambda logits, u: pick(logits, tf.constant(u)).numpy(),
+        )

@@ -27,8 +27,12 @@ Python) one example at a time under ``tf.map_fn``.
 
 Precision: any Keras dtype policy. Variables are read in the compute dtype, so ``mixed_bfloat16``
 (float32 variables, bfloat16 compute) equals bfloat16 weights; the spec then runs its attention core
-in float32. ``FlashConfig.dropout`` / ``TransformerConfig.dropout`` > 0 raise in training: the spec
-does not define where dropout applies.
+in float32.
+
+Dropout (``config.dropout`` > 0) follows Keras: with ``training=True`` (as ``fit`` passes it) each
+call draws fresh keep-masks (:mod:`flashcore.dropout`) from the layer's
+``keras.random.SeedGenerator(seed)``; ``training`` False or None applies none, exactly the
+deterministic layer. ``dropout=`` keep-masks given to a call are applied as given.
 """
 
 from __future__ import annotations
@@ -108,13 +112,14 @@ def naming_table(config: FlashConfig | TransformerConfig | LMConfig) -> Table:
     return {name: table[name] for name in fc.param_spec(config)}
 
 
-def _run_static(fn, x, mask, segment_ids, *, out_dtype, per_example: bool = False):
-    """fn(xp, x, mask, segment_ids) where the spec sees static shapes.
+def _run_static(fn, x, mask, segment_ids, *, out_dtype, per_example: bool = False, dropout=None):
+    """fn(xp, x, mask, segment_ids, dropout) where the spec sees static shapes.
 
-    x: (b, t, ...); mask / segment_ids: (b, t) or None. t must be known at trace time. With b
-    unknown, ``None`` in the spec's shapes stands for the batch size (:meth:`Namespace.with_batch`),
-    or, with ``per_example`` (the Transformer++ block, whose spec multiplies b by the head count),
-    fn runs on one example at a time under ``tf.map_fn``.
+    x: (b, t, ...); mask / segment_ids: (b, t) or None; dropout: {site: (b, ...) bool} or None.
+    t must be known at trace time. With b unknown, ``None`` in the spec's shapes stands for the
+    batch size (:meth:`Namespace.with_batch`), or, with ``per_example`` (the Transformer++ block,
+    whose spec multiplies b by the head count), fn runs on one example at a time under
+    ``tf.map_fn``.
     """
     if x.shape.rank is None or x.shape.rank < 2 or x.shape[1] is None:
         raise ValueError(
@@ -123,15 +128,18 @@ def _run_static(fn, x, mask, segment_ids, *, out_dtype, per_example: bool = Fals
             "to a fixed T (a dynamic time dimension is not supported)"
         )
     if x.shape[0] is not None:
-        return fn(xp, x, mask, segment_ids)
+        return fn(xp, x, mask, segment_ids, dropout)
     if not per_example:
-        return fn(xp.with_batch(tf.shape(x)[0]), x, mask, segment_ids)
+        return fn(xp.with_batch(tf.shape(x)[0]), x, mask, segment_ids, dropout)
     present = tuple(a for a in (x, mask, segment_ids) if a is not None)
+    if dropout is not None:
+        present += (dropout,)
 
     def one(example):
         it = iter(example)
         x1, m1, s1 = (None if a is None else next(it)[None] for a in (x, mask, segment_ids))
-        return fn(xp, x1, m1, s1)[0]
+        d1 = None if dropout is None else {k: v[None] for k, v in next(it).items()}
+        return fn(xp, x1, m1, s1, d1)[0]
 
     return tf.map_fn(one, present, fn_output_signature=tf.TensorSpec(None, out_dtype))
 
@@ -166,6 +174,8 @@ class _Canonical(keras.layers.Layer):
         self.config = config
         self.seed = seed
         self.supports_masking = True
+        if fc.dropout.rate(config) > 0:  # dropout's generator (training=True calls only)
+            self.seed_generator = keras.random.SeedGenerator(seed)
         if params is None:
             params = fc.init(config, seed, np.float32)
         fc.check_params(params, config)
@@ -206,7 +216,7 @@ class _Canonical(keras.layers.Layer):
         native = self.native_variables()
         out = {}
         for name, (path, transpose) in self.table.items():
-            value = keras.ops.convert_to_numpy(native[path])
+            value = native[path].numpy()  # (not convert_to_numpy: np.array(x) warns on a Variable)
             out[name] = value.T if transpose else value
         return out
 
@@ -239,15 +249,23 @@ class _Canonical(keras.layers.Layer):
             out[name] = tf.transpose(value) if transpose else value
         return out
 
-    # ---- Keras plumbing -------------------------------------------------------------------
-    def _check_training(self, training) -> None:
-        block = getattr(self.config, "block", self.config)
-        if training and block.dropout > 0:
-            raise NotImplementedError(
-                f"dropout={block.dropout} in training: the flashcore spec does not define where "
-                "dropout applies, so flashcore.tf does not apply it; set dropout=0"
-            )
+    # ---- dropout --------------------------------------------------------------------------
+    def _masks(self, x, training, dropout) -> dict | None:
+        """The keep-masks of one call on x (b, t, ...): ``dropout`` if given, fresh ones from the
+        seed generator when ``training`` and p > 0, else None."""
+        if dropout is not None:
+            return {k: tf.convert_to_tensor(v) for k, v in dropout.items()}
+        if not training or fc.dropout.rate(self.config) == 0.0:
+            return None
+        b = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
 
+        def bernoulli(site: str, shape: tuple, keep: float) -> tf.Tensor:
+            u = keras.random.uniform(shape, seed=self.seed_generator, dtype="float32")
+            return u < keep
+
+        return fc.dropout.draw(self.config, b, x.shape[1], bernoulli)
+
+    # ---- Keras plumbing -------------------------------------------------------------------
     def compute_mask(self, inputs, mask=None):
         return mask
 
@@ -259,24 +277,48 @@ class _Block(_Canonical):
     """A layer or block mapping (b, t, d) -> (b, t, d) through ``fc.block_fn(config)``."""
 
     @_no_autograph
-    def call(self, inputs, mask=None, segment_ids=None, training=None):
-        """inputs: (b, t, d) float; mask: (b, t) bool (True = real); segment_ids: (b, t) ints."""
-        self._check_training(training)
+    def call(self, inputs, mask=None, segment_ids=None, training=None, dropout=None):
+        """inputs: (b, t, d) float; mask: (b, t) bool (True = real); segment_ids: (b, t) ints;
+        dropout: keep-masks (None: drawn when ``training``, see the module doc)."""
         params = self.canonical_params()
         fn = fc.block_fn(self.config)
         mask = None if mask is None else tf.convert_to_tensor(mask)  # the spec checks it is bool
         segment_ids = None if segment_ids is None else tf.convert_to_tensor(segment_ids)
+        inputs = tf.convert_to_tensor(inputs)
+        masks = self._masks(inputs, training, dropout)
 
-        def run(xp, x, m, s):
-            return fn(params, x, config=self.config, mask=m, segment_ids=s, xp=xp)
+        def run(xp, x, m, s, d):
+            return fn(params, x, config=self.config, mask=m, segment_ids=s, xp=xp, dropout=d)
 
         per_example = isinstance(self.config, TransformerConfig)
         return _run_static(
-            run, inputs, mask, segment_ids, out_dtype=self.compute_dtype, per_example=per_example
+            run,
+            inputs,
+            mask,
+            segment_ids,
+            out_dtype=self.compute_dtype,
+            per_example=per_example,
+            dropout=masks,
         )
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    # ---- incremental decoding (causal blocks; flashcore.decode) ----------------------------
+    def decode_init(self, batch: int, capacity: int | None = None) -> dict[str, tf.Tensor]:
+        """An empty decoding state for ``batch`` sequences (FLASH's state, or a GAU /
+        Transformer++ key/value cache of ``capacity`` positions; see :mod:`flashcore.decode`)."""
+        dtype = tf.as_dtype(self.compute_dtype)
+        state = decode.decode_init(self.config, batch, capacity=capacity, xp=xp, dtype=dtype)
+        return _decode_state(state)
+
+    @_no_autograph
+    def decode_step(self, x_t, state: dict) -> tuple[tf.Tensor, dict]:
+        """One position: x_t (b, d) -> (out (b, d), new state), the forward's row at this
+        position (for GAU: the last row of the forward on the prefix). Wrap in ``tf.function``
+        to compile one step for every position."""
+        x_t = tf.cast(x_t, self.compute_dtype)
+        return decode.decode_step(self.canonical_params(), x_t, state, config=self.config, xp=xp)
 
 
 class _FlashBlock(_Block):
@@ -302,20 +344,9 @@ class GAU(_FlashBlock):
 @keras.saving.register_keras_serializable(package="flashcore")
 class FLASH(_FlashBlock):
     """Mixed-chunk FLASH layer. (b, t, d) -> (b, t, d); weights: norm, uvz (d -> 2e+s), qk (4, s),
-    rel_pos_bias, out (e -> d). Causal layers decode incrementally (:meth:`decode_step`)."""
+    rel_pos_bias, out (e -> d)."""
 
     kind = "flash"
-
-    def decode_init(self, batch: int) -> dict[str, tf.Tensor]:
-        """An empty decoding state (see :mod:`flashcore.decode`) for ``batch`` sequences."""
-        dtype = tf.as_dtype(self.compute_dtype)
-        return _decode_state(decode.decode_init(self.config, batch, xp=xp, dtype=dtype))
-
-    @_no_autograph
-    def decode_step(self, x_t, state: dict) -> tuple[tf.Tensor, dict]:
-        """One position: x_t (b, d) -> (out (b, d), new state). Wrap in ``tf.function`` to compile."""
-        x_t = tf.cast(x_t, self.compute_dtype)
-        return decode.decode_step(self.canonical_params(), x_t, state, config=self.config, xp=xp)
 
 
 @keras.saving.register_keras_serializable(package="flashcore")
@@ -365,6 +396,20 @@ class LM(_Canonical):
         ]
         super()._create_weights(params)
 
+    @classmethod
+    def from_pretrained(cls, name_or_path, *, dtype: str | None = None, **hub) -> LM:
+        """An LM from a pretrained directory (config.json + canonical model.safetensors, as
+        transformers' ``save_pretrained`` via flashcore.torch.hf and ``flashcore export`` write
+        it) or a Hub id (``hub``: see :func:`flashcore.pretrained.resolve`). ``dtype``: a Keras
+        dtype or policy (default: the file's dtype). Needs no transformers."""
+        from flashcore import pretrained
+        from flashcore.weightmeta import common_dtype
+
+        params, config = pretrained.load(name_or_path, **hub)
+        if dtype is None:
+            dtype = common_dtype(params).name
+        return cls(config, params=params, dtype=dtype)
+
     def native_variables(self) -> dict[str, keras.Variable]:
         out = dict(self._native)
         for i, block in enumerate(self.blocks):
@@ -372,29 +417,39 @@ class LM(_Canonical):
         return out
 
     @_no_autograph
-    def call(self, inputs, mask=None, segment_ids=None, training=None):
-        """inputs: (b, t) token ids; mask: (b, t) bool; segment_ids: (b, t) ints -> (b, t, v)."""
-        self._check_training(training)
+    def call(self, inputs, mask=None, segment_ids=None, training=None, dropout=None):
+        """inputs: (b, t) token ids; mask: (b, t) bool; segment_ids: (b, t) ints -> (b, t, v).
+        dropout: keep-masks ``layers.{i}.<site>`` (None: drawn when ``training``)."""
         params = self.canonical_params()
         tokens = tf.convert_to_tensor(inputs)  # ints (checked by the spec): Input(dtype="int32")
         mask = None if mask is None else tf.convert_to_tensor(mask)  # the spec checks it is bool
         segment_ids = None if segment_ids is None else tf.convert_to_tensor(segment_ids)
+        masks = self._masks(tokens, training, dropout)
 
-        def run(xp, t, m, s):
-            return fc.lm_logits(params, t, config=self.config, mask=m, segment_ids=s, xp=xp)
+        def run(xp, t, m, s, d):
+            return fc.lm_logits(
+                params, t, config=self.config, mask=m, segment_ids=s, xp=xp, dropout=d
+            )
 
         per_example = isinstance(self.config.block, TransformerConfig)
         return _run_static(
-            run, tokens, mask, segment_ids, out_dtype=self.compute_dtype, per_example=per_example
+            run,
+            tokens,
+            mask,
+            segment_ids,
+            out_dtype=self.compute_dtype,
+            per_example=per_example,
+            dropout=masks,
         )
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:2], self.config.vocab_size)
 
-    def decode_init(self, batch: int) -> dict:
-        """An empty decoding state for ``batch`` sequences (causal FLASH blocks only)."""
+    def decode_init(self, batch: int, capacity: int | None = None) -> dict:
+        """An empty decoding state for ``batch`` sequences (``capacity``: positions of a GAU /
+        Transformer++ cache; see :func:`flashcore.decode.lm_decode_init`)."""
         dtype = tf.as_dtype(self.compute_dtype)
-        state = decode.lm_decode_init(self.config, batch, xp=xp, dtype=dtype)
+        state = decode.lm_decode_init(self.config, batch, capacity=capacity, xp=xp, dtype=dtype)
         return {k: _decode_state(v) for k, v in state.items()}
 
     @_no_autograph

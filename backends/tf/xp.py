@@ -202,6 +202,22 @@ class Namespace:
         return tf.reduce_max(x, axis=axis, keepdims=keepdims)
 
     @staticmethod
+    def min(x, /, *, axis=None, keepdims=False) -> tf.Tensor:
+        return tf.reduce_min(x, axis=axis, keepdims=keepdims)
+
+    @staticmethod
+    def argmax(x, /, *, axis=None, keepdims=False) -> tf.Tensor:
+        """Index of the first largest entry along ``axis`` (int64)."""
+        if axis is None:
+            x, axis = tf.reshape(x, [-1]), 0
+        out = tf.math.argmax(x, axis=axis, output_type=tf.int64)
+        return tf.expand_dims(out, axis) if keepdims else out
+
+    @staticmethod
+    def sort(x, /, *, axis=-1, descending=False, stable=True) -> tf.Tensor:
+        return tf.sort(x, axis=axis, direction="DESCENDING" if descending else "ASCENDING")
+
+    @staticmethod
     def cumulative_sum(x, /, *, axis=None, dtype=None, include_initial=False) -> tf.Tensor:
         """Inclusive cumulative sum along ``axis``; ``include_initial`` prepends a zero, so the
         axis grows by one (``out[..., :n]`` is then the exclusive sum)."""

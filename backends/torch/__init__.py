@@ -11,7 +11,10 @@ Modules built from the frozen flashcore configs; their forward calls the flashco
 ``seed=`` gives the weights of ``flashcore.init(config, seed)``; ``load_canonical`` /
 ``to_canonical`` exchange canonical weights through the naming tables in
 :mod:`flashcore.torch.naming`; :mod:`flashcore.torch.io` saves and loads weight files (canonical
-safetensors and torch state-dict files) with native tensors.
+safetensors and torch state-dict files) with native tensors. ``LM.from_pretrained(dir)`` reads a
+Hugging Face style folder (config.json + canonical model.safetensors). :mod:`flashcore.torch.hf`
+(imported on its own; the ``[hf]`` extra) is the transformers integration: ``AutoModelForCausalLM``,
+``generate``, the ``Trainer``.
 """
 
 from . import io

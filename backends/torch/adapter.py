@@ -18,6 +18,7 @@ import contextlib
 import numpy as np
 
 import flashcore as fc
+from flashcore.conformance import golden
 from flashcore.conformance.adapters.base import Adapter, Result
 
 __all__ = ["TorchAdapter", "build"]
@@ -75,6 +76,9 @@ class TorchAdapter(Adapter):
         module = build(config, params).to(dt).eval()
         t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
         kw = dict(mask=t.get("mask"), segment_ids=t.get("segment_ids"))
+        masks = golden.dropout_masks(t)  # given keep-masks (dropout cases), applied in eval mode
+        if masks is not None:
+            kw["dropout"] = masks
         grads: dict[str, np.ndarray] = {}
         if isinstance(config, fc.LMConfig):
             out = module(t["tokens"], **kw)  # (b, t, v)

@@ -1,6 +1,8 @@
 """The torch :class:`flashcore.runtime.Engine`: an :class:`~flashcore.torch.LM` with torch.optim.AdamW.
 
 bfloat16 runs as CPU/CUDA autocast over float32 weights (the attention core accumulates in float32).
+Dropout (the block config's rate) is drawn in ``train_step`` (train mode, the model's own seeded
+generator) and never in ``eval_loss`` or ``generate`` (eval mode).
 Optimizer moments are exchanged in canonical layout through the LM's naming table.
 
 ``data_parallel=True`` under torchrun (``WORLD_SIZE`` > 1) joins the process group
@@ -81,6 +83,10 @@ class Engine:
             eps=o.eps,
         )
         self.generator = torch.Generator().manual_seed(seed)
+        # Dropout (config.dropout > 0) in train_step only; each rank its own masks.
+        self.model.generator = torch.Generator(device=self.device).manual_seed(
+            seed + 7919 * self.dp.rank
+        )
 
     def _autocast(self):
         if self.dtype == "bfloat16":
@@ -174,17 +180,19 @@ class Engine:
         *,
         temperature: float = 1.0,
         top_k: int | None = None,
+        top_p: float | None = None,
         seed: int = 0,
+        lengths: np.ndarray | None = None,
     ) -> np.ndarray:
         self.model.eval()
-        gen = torch.Generator(device=self.device).manual_seed(seed)
         with self._autocast():
             out = self.model.generate(
-                self._tensor(prompt),
+                prompt,
                 max_new_tokens,
                 temperature=temperature,
                 top_k=top_k,
-                greedy=temperature == 0,
-                generator=gen,
+                top_p=top_p,
+                seed=seed,
+                lengths=lengths,
             )
         return out.cpu().numpy()

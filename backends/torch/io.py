@@ -3,6 +3,7 @@
     save(path, module)                       torch file: the module's state_dict + config + tag
     load(path, *, config=None, device=None)  -> a new module (FLASH, GAU, TransformerBlock or LM)
     save_canonical(path, module)             canonical safetensors via safetensors.torch
+    save_canonical_tensors(path, tensors, config)   the same from canonical tensors
     load_canonical(path, *, device=None)     -> a new module, in the file's dtype
     write_params(path, params, config)       canonical weights -> torch file (for flashcore.app.convert)
     read_params(path, *, config=None)        torch file -> (canonical NumPy weights, config)
@@ -37,7 +38,15 @@ from .lm import LM
 from .module import CanonicalModule, _to_numpy, _to_tensor
 from .naming import naming_table
 
-__all__ = ["save", "load", "save_canonical", "load_canonical", "write_params", "read_params"]
+__all__ = [
+    "save",
+    "load",
+    "save_canonical",
+    "save_canonical_tensors",
+    "load_canonical",
+    "write_params",
+    "read_params",
+]
 
 Config = fc.FlashConfig | fc.TransformerConfig | fc.LMConfig
 
@@ -150,11 +159,20 @@ def load(path: str | os.PathLike, *, config: Config | None = None, device=None) 
 
 def save_canonical(path: str | os.PathLike, module: CanonicalModule) -> Path:
     """A module -> a canonical safetensors file (``safetensors.torch``; bfloat16 stays bfloat16)."""
+    return save_canonical_tensors(path, module.to_canonical(tensors=True), module.config)
+
+
+def save_canonical_tensors(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], config: Config
+) -> Path:
+    """Canonical CPU tensors (kernels ``[in, out]``) -> a canonical safetensors file, atomically;
+    names and shapes are checked against ``config`` first."""
     from safetensors.torch import save_file
 
+    fc.check_params(tensors, config)
     path = Path(path)
-    tensors = module.to_canonical(tensors=True)
-    metadata = make_metadata(module.config)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    metadata = make_metadata(config)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
 

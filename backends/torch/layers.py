@@ -5,6 +5,12 @@ state_dict names and the canonical names they map to are in :mod:`flashcore.torc
 
     layer = FLASH(FlashConfig(dim=512, causal=True), seed=0)  # weights = flashcore.init(cfg, 0)
     y = layer(x, mask=None, segment_ids=None)                 # (b, t, d) -> (b, t, d)
+
+Dropout (``config.dropout`` > 0) follows torch: in ``module.train()`` mode (the default) each
+forward draws fresh keep-masks (:mod:`flashcore.dropout`) from ``module.generator`` (a
+``torch.Generator`` on the input's device; None: torch's global generator); ``module.eval()``
+draws none and is exactly the deterministic layer. ``forward(..., dropout=masks)`` applies given
+keep-masks in either mode.
 """
 
 from __future__ import annotations
@@ -14,24 +20,58 @@ from torch import nn
 
 import flashcore as fc
 from flashcore import decode
+from flashcore import dropout as drop
 
 from . import kernels
 from .module import CanonicalModule, ParamGroup, norm_params
 from .xp import xp
 
-__all__ = ["GAU", "FLASH", "TransformerBlock", "block_class", "check_no_dropout"]
+__all__ = ["GAU", "FLASH", "TransformerBlock", "block_class", "check_no_dropout", "draw_dropout"]
 
 
 def check_no_dropout(module: nn.Module, config) -> None:
-    """Training with dropout needs a hook the spec does not have yet; refuse rather than ignore."""
+    """For paths that do not apply dropout (context parallelism): refuse training with
+    dropout rather than ignore it."""
     if module.training and config.dropout > 0:
         raise NotImplementedError(
             f"{type(module).__name__}: dropout={config.dropout} in training mode is not supported "
-            "(the flashcore spec has no dropout hook); use dropout=0.0 or module.eval()"
+            "here (context parallel FLASH applies no dropout); use dropout=0.0 or module.eval()"
         )
 
 
-class _FlashLayer(CanonicalModule):
+def draw_dropout(module: nn.Module, config, b: int, t: int, device) -> dict | None:
+    """Fresh keep-masks for one forward of ``module`` on (b, t) inputs (:mod:`flashcore.dropout`):
+    None in eval mode or with dropout 0; drawn from ``module.generator`` (None: the global one)."""
+    if not module.training or drop.rate(config) == 0.0:
+        return None
+    gen = getattr(module, "generator", None)
+
+    def bernoulli(site: str, shape: tuple, keep: float) -> torch.Tensor:
+        return torch.rand(shape, generator=gen, device=device) < keep
+
+    return drop.draw(config, b, t, bernoulli)
+
+
+class _Decoding:
+    """Incremental decoding of a causal block (:mod:`flashcore.decode`): FLASH's constant-size
+    state, or a GAU / Transformer++ key/value cache of ``capacity`` positions."""
+
+    def decode_init(self, batch: int, capacity: int | None = None) -> dict[str, torch.Tensor]:
+        """An empty decoding state for ``batch`` sequences, in the parameters' dtype and device."""
+        p = next(self.parameters())
+        return decode.decode_init(
+            self.config, batch, capacity=capacity, xp=xp, dtype=p.dtype, device=p.device
+        )
+
+    def decode_step(
+        self, x_t: torch.Tensor, state: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One position per row: x_t (b, d) -> (out (b, d), new state); out equals the
+        forward's at this position (the last row of the forward on the prefix, for GAU)."""
+        return decode.decode_step(self.canonical_params(), x_t, state, config=self.config, xp=xp)
+
+
+class _FlashLayer(_Decoding, CanonicalModule):
     """Parameters shared by GAU and FLASH.
 
     ``seed`` sets the weights to ``flashcore.init(config, seed)`` (None: a seed from torch's
@@ -62,7 +102,13 @@ class _FlashLayer(CanonicalModule):
         elif config.rel_bias == "t5":
             self.rel_bias = ParamGroup({"weight": (config.t5_buckets,)}, **f)
         self.out = nn.Linear(e, d, **f)  # (d, e)
+        self.generator: torch.Generator | None = None  # dropout's; None: torch's global one
         self._init(seed, init)
+
+    def _masks(self, x: torch.Tensor, dropout):
+        if dropout is not None:
+            return dropout
+        return draw_dropout(self, self.config, x.shape[0], x.shape[1], x.device)
 
 
 class GAU(_FlashLayer):
@@ -70,9 +116,9 @@ class GAU(_FlashLayer):
 
     kind = "gau"
 
-    def forward(self, x: torch.Tensor, mask=None, segment_ids=None) -> torch.Tensor:
-        """x: (b, t, d); mask: (b, t) bool, True = real; segment_ids: (b, t) ints -> (b, t, d)."""
-        check_no_dropout(self, self.config)
+    def forward(self, x: torch.Tensor, mask=None, segment_ids=None, dropout=None) -> torch.Tensor:
+        """x: (b, t, d); mask: (b, t) bool, True = real; segment_ids: (b, t) ints -> (b, t, d).
+        dropout: keep-masks {"attn", "out"} (None: drawn in train mode, see the module doc)."""
         return fc.gau(
             self.canonical_params(),
             x,
@@ -80,6 +126,7 @@ class GAU(_FlashLayer):
             mask=mask,
             segment_ids=segment_ids,
             xp=xp,
+            dropout=self._masks(x, dropout),
         )
 
 
@@ -89,9 +136,10 @@ class FLASH(_FlashLayer):
 
     kind = "flash"
 
-    def forward(self, x: torch.Tensor, mask=None, segment_ids=None) -> torch.Tensor:
-        """x: (b, t, d); mask: (b, t) bool, True = real; segment_ids: (b, t) ints -> (b, t, d)."""
-        check_no_dropout(self, self.config)
+    def forward(self, x: torch.Tensor, mask=None, segment_ids=None, dropout=None) -> torch.Tensor:
+        """x: (b, t, d); mask: (b, t) bool, True = real; segment_ids: (b, t) ints -> (b, t, d).
+        dropout: keep-masks {"attn", "out"} (None: drawn in train mode, see the module doc); with
+        masks the attention core is the spec's (the fused cores apply no dropout)."""
         return fc.flash(
             self.canonical_params(),
             x,
@@ -100,23 +148,11 @@ class FLASH(_FlashLayer):
             segment_ids=segment_ids,
             xp=xp,
             core=kernels.attention_core,
+            dropout=self._masks(x, dropout),
         )
 
-    # -- incremental decoding (causal only; flashcore.decode) ---------------------------------
-    def decode_init(self, batch: int) -> dict[str, torch.Tensor]:
-        """An empty decoding state for ``batch`` sequences (see :mod:`flashcore.decode`)."""
-        p = self.hidden.weight
-        return decode.decode_init(self.config, batch, xp=xp, dtype=p.dtype, device=p.device)
 
-    def step(
-        self, x_t: torch.Tensor, state: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One position per row: x_t (b, d) -> (out (b, d), new state); out equals the forward's
-        row at this position."""
-        return decode.decode_step(self.canonical_params(), x_t, state, config=self.config, xp=xp)
-
-
-class TransformerBlock(CanonicalModule):
+class TransformerBlock(_Decoding, CanonicalModule):
     """The Transformer++ baseline block (pre-norm softmax attention with RoPE, then SwiGLU).
 
     ``seed`` / ``init``: as for :class:`FLASH`.
@@ -148,11 +184,14 @@ class TransformerBlock(CanonicalModule):
                 "down": nn.Linear(ff, d, **f),  # (d, f)
             }
         )
+        self.generator: torch.Generator | None = None  # dropout's; None: torch's global one
         self._init(seed, init)
 
-    def forward(self, x: torch.Tensor, mask=None, segment_ids=None) -> torch.Tensor:
-        """x: (b, t, d); mask: (b, t) bool, True = real; segment_ids: (b, t) ints -> (b, t, d)."""
-        check_no_dropout(self, self.config)
+    def forward(self, x: torch.Tensor, mask=None, segment_ids=None, dropout=None) -> torch.Tensor:
+        """x: (b, t, d); mask: (b, t) bool, True = real; segment_ids: (b, t) ints -> (b, t, d).
+        dropout: keep-masks {"attn", "attn_out", "ffn_out"} (None: drawn in train mode)."""
+        if dropout is None:
+            dropout = draw_dropout(self, self.config, x.shape[0], x.shape[1], x.device)
         return fc.transformer_block(
             self.canonical_params(),
             x,
@@ -160,6 +199,7 @@ class TransformerBlock(CanonicalModule):
             mask=mask,
             segment_ids=segment_ids,
             xp=xp,
+            dropout=dropout,
         )
 
 

@@ -1,26 +1,30 @@
 """The language model as a torch module: embedding, blocks, final norm, head (tied by default).
 
-The forward and the loss are flashcore.lm_logits / lm_loss; FLASH LMs decode incrementally through
-flashcore.decode.
+The forward and the loss are flashcore.lm_logits / lm_loss; decoding is flashcore.decode (FLASH's
+state, GAU / Transformer++ key/value caches) driven by the one loop of flashcore.generation.
 
     lm = LM(LMConfig(block=FlashConfig(dim=256, causal=True), vocab_size=256), seed=0)
     logits = lm(tokens)                       # (b, t) ints -> (b, t, v)
     loss = lm.loss(tokens, targets)           # mean next-token cross-entropy, nats
-    out = lm.generate(prompt, 100, top_k=40)  # (b, t0) -> (b, t0 + 100)
+    out = lm.generate(prompt, 100, top_k=40, seed=0)  # (b, t0) -> (b, t0 + 100)
+    lm = LM.from_pretrained("dir")            # config.json + canonical model.safetensors
+
+Dropout as in :mod:`flashcore.torch.layers`: train mode draws keep-masks ``layers.{i}.<site>``
+from ``lm.generator`` (None: torch's global generator), eval mode none.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 import flashcore as fc
-from flashcore import decode
+from flashcore import decode, generation, sampling
 
 from . import kernels
-from .layers import block_class, check_no_dropout
+from .layers import block_class, draw_dropout
 from .module import CanonicalModule, ParamGroup, norm_params
-from .sampling import next_token
 from .xp import xp
 
 __all__ = ["LM"]
@@ -59,12 +63,36 @@ class LM(CanonicalModule):
             self.head = nn.Linear(d, v, bias=config.head_bias, **f)  # (v, d), (v,)
         elif config.head_bias:
             self.head = ParamGroup({"bias": (v,)}, **f)  # the weight is embed.weight
+        self.generator: torch.Generator | None = None  # dropout's; None: torch's global one
         self._init(seed, init)
 
-    def forward(self, tokens: torch.Tensor, mask=None, segment_ids=None) -> torch.Tensor:
+    def _masks(self, tokens: torch.Tensor, dropout):
+        if dropout is not None:
+            return dropout
+        return draw_dropout(self, self.config, tokens.shape[0], tokens.shape[1], tokens.device)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, *, device=None, **hub) -> LM:
+        """An LM from a pretrained directory (config.json + canonical model.safetensors, as
+        ``save_pretrained`` and ``flashcore export`` write it) or a Hub id (``hub``: revision,
+        cache_dir, local_files_only, token; see :func:`flashcore.pretrained.resolve`), in the
+        file's dtype. Needs no transformers."""
+        from flashcore import pretrained
+
+        from . import io
+
+        directory, path = pretrained.weights_file(name_or_path, **hub)
+        lm = io.load_canonical(path, device=device)
+        if not isinstance(lm, cls):
+            raise fc.io.WeightFileError(f"{path}: holds a {type(lm).__name__}, not an LM")
+        pretrained.check_config_json(directory, lm.config)
+        return lm
+
+    def forward(
+        self, tokens: torch.Tensor, mask=None, segment_ids=None, dropout=None
+    ) -> torch.Tensor:
         """tokens: (b, t) ints; mask: (b, t) bool, True = real; segment_ids: (b, t) ints
-        -> logits (b, t, v)."""
-        check_no_dropout(self, self.config.block)
+        -> logits (b, t, v). dropout: keep-masks (None: drawn in train mode)."""
         return fc.lm_logits(
             self.canonical_params(),
             tokens,
@@ -73,14 +101,20 @@ class LM(CanonicalModule):
             segment_ids=segment_ids,
             xp=xp,
             core=kernels.attention_core,
+            dropout=self._masks(tokens, dropout),
         )
 
     def loss(
-        self, tokens: torch.Tensor, targets: torch.Tensor, mask=None, segment_ids=None
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor,
+        mask=None,
+        segment_ids=None,
+        dropout=None,
     ) -> torch.Tensor:
         """Mean next-token cross-entropy (nats) of ``targets`` (b, t) given ``tokens`` (b, t),
-        counted at real positions of ``mask``: ``flashcore.lm_loss``. Returns a 0-d tensor."""
-        check_no_dropout(self, self.config.block)
+        counted at real positions of ``mask``: ``flashcore.lm_loss``. Returns a 0-d tensor.
+        dropout: keep-masks (None: drawn in train mode)."""
         return fc.lm_loss(
             self.canonical_params(),
             tokens,
@@ -90,6 +124,7 @@ class LM(CanonicalModule):
             segment_ids=segment_ids,
             xp=xp,
             core=kernels.attention_core,
+            dropout=self._masks(tokens, dropout),
         )
 
     @staticmethod
@@ -99,15 +134,18 @@ class LM(CanonicalModule):
 
     # -- generation ------------------------------------------------------------------------
     @property
-    def incremental(self) -> bool:
-        """True when the blocks are causal FLASH layers, which decode at constant cost per token."""
-        block = self.config.block
-        return isinstance(block, fc.FlashConfig) and block.kind == "flash" and block.causal
+    def decode_method(self) -> str:
+        """How this LM decodes (:func:`flashcore.decode.decode_method`): "state", "cache" or
+        "recompute"."""
+        return decode.decode_method(self.config)
 
-    def decode_init(self, batch: int) -> dict[str, dict[str, torch.Tensor]]:
-        """An empty state ``{"layers.{i}": layer state}`` (see :mod:`flashcore.decode`)."""
+    def decode_init(self, batch: int, capacity: int | None = None) -> dict[str, dict]:
+        """An empty state ``{"layers.{i}": layer state}`` (see :mod:`flashcore.decode`);
+        ``capacity``: positions of a GAU / Transformer++ cache."""
         p = self.embed.weight
-        return decode.lm_decode_init(self.config, batch, xp=xp, dtype=p.dtype, device=p.device)
+        return decode.lm_decode_init(
+            self.config, batch, capacity=capacity, xp=xp, dtype=p.dtype, device=p.device
+        )
 
     def decode_step(
         self, tokens_t: torch.Tensor, state: dict
@@ -121,36 +159,44 @@ class LM(CanonicalModule):
     @torch.no_grad()
     def generate(
         self,
-        prompt_tokens: torch.Tensor,
+        prompt_tokens,
         max_new_tokens: int,
+        *,
         temperature: float = 1.0,
         top_k: int | None = None,
-        greedy: bool = False,
-        generator: torch.Generator | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        lengths=None,
     ) -> torch.Tensor:
-        """Continue ``prompt_tokens`` (b, t0) by ``max_new_tokens`` -> (b, t0 + max_new_tokens).
+        """Continue ``prompt_tokens`` (b, t0) by ``max_new_tokens`` -> (b, max(lengths) +
+        max_new_tokens) int64 on the parameters' device.
 
-        FLASH LMs feed the prompt and then each new token through :meth:`decode_step` (constant
-        cost per token); GAU and Transformer++ LMs rerun the forward on the growing sequence.
-        Tokens are chosen by :func:`flashcore.torch.sampling.next_token`.
+        :func:`flashcore.generation.generate_lm` with this module's decode step (or its forward,
+        for a "recompute" LM) and :func:`flashcore.sampling.sample` (temperature 0: greedy).
+        ``lengths`` (b,): prompts of different lengths, right-padded (see
+        :mod:`flashcore.generation`). ``seed`` gives the same tokens in every backend.
         """
-        if not self.config.block.causal:
-            raise ValueError("generate needs a causal block; this LM is bidirectional")
-        if prompt_tokens.ndim != 2 or prompt_tokens.shape[1] == 0:
-            raise ValueError(f"prompt_tokens must be (batch, time >= 1), got {prompt_tokens.shape}")
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        pick = dict(temperature=temperature, top_k=top_k, greedy=greedy, generator=generator)
-        tokens = prompt_tokens
-        if self.incremental:
-            state = self.decode_init(tokens.shape[0])
-            for i in range(tokens.shape[1]):
-                logits, state = self.decode_step(tokens[:, i], state)  # (b, v)
-        for n in range(max_new_tokens):
-            if not self.incremental:
-                logits = self(tokens)[:, -1]  # (b, v)
-            new = next_token(logits, **pick)  # (b,)
-            tokens = torch.cat([tokens, new[:, None].to(tokens.dtype)], dim=1)
-            if self.incremental and n + 1 < max_new_tokens:
-                logits, state = self.decode_step(new, state)
-        return tokens
+        sampling.check_options(temperature, top_k, top_p)
+        dev = self.embed.weight.device
+        opts = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+
+        def tensor(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(a, device=dev)
+
+        def pick(logits, u):
+            return sampling.sample(logits, tensor(u), xp=xp, **opts).cpu().numpy()
+
+        if isinstance(prompt_tokens, torch.Tensor):
+            prompt_tokens = prompt_tokens.cpu().numpy()
+        out = generation.generate_lm(
+            self.config,
+            prompt_tokens,
+            max_new_tokens=max_new_tokens,
+            lengths=lengths,
+            seed=seed,
+            init=self.decode_init,
+            step=lambda tok, state: self.decode_step(tensor(tok), state),
+            forward_last=lambda tokens: self(tensor(tokens))[:, -1],
+            pick=pick,
+        )
+        return tensor(out)

@@ -17,6 +17,10 @@ def test_gate_passes_for_the_spec_and_writes_json(tmp_path, capsys):
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "flash-shapes" in text and "pass" in text
+    assert text.splitlines()[0].split()[:2] == ["backend", "group"]  # the header row
+    assert "worst: the largest error of the cell's checks as a fraction of its tolerance" in (
+        " ".join(text.split())
+    )  # the legend
     data = json.loads(out.read_text())
     assert data["summary"]["pass"] > 0 and "fail" not in data["summary"]
 
@@ -57,3 +61,14 @@ def test_console_script_runs():
     )  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
     assert "lm" in res.stdout
+
+
+def test_skipped_checks_say_why_on_screen(capsys):
+    from flashcore.conformance.runner import Check
+
+    checks = [
+        Check("numpy", "lm-x", "lm", "float64", "grad_params", "skip", reason="no gradients"),
+        Check("numpy", "lm-y", "lm", "float64", "grad_params", "skip", reason="no gradients"),
+    ]
+    assert report.skip_reasons(checks) == ["numpy: 2 skipped: no gradients"]
+    assert report._cell(checks) == "0 pass, skip 2"

@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import statistics
+import sys
 from collections.abc import Callable, Iterable
+
+from . import progress
 
 __all__ = ["parse_length", "parse_lengths", "parse_args", "print_table", "main"]
 
@@ -37,6 +40,7 @@ def parse_args(prog: str, description: str, argv: list[str] | None):
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--chunk", type=int, default=256)
     ap.add_argument("--qk", type=int, default=128)
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     lengths = parse_lengths(ap, args.lengths)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
@@ -56,6 +60,7 @@ def print_table(
     chunk: int,
     qk: int,
     batch: int,
+    quiet: bool = False,
 ) -> None:
     """Run ``bench_one(t, dtype, ...) -> (compile seconds, step seconds)`` for every length and
     dtype and print median ms per step, µs per token, min ms and compile seconds."""
@@ -64,17 +69,17 @@ def print_table(
     )
     print(header)
     print("-" * len(header))
-    for t in lengths:
-        for dtype in dtypes:
-            compile_s, times = bench_one(
-                t, dtype, repeats=repeats, dim=dim, chunk=chunk, qk=qk, batch=batch
-            )
-            med = statistics.median(times)
-            print(
-                f"{t:>7} {dtype:>9} {med * 1e3:>11.1f} {med * 1e6 / (t * batch):>9.2f} "
-                f"{min(times) * 1e3:>9.1f} {compile_s:>10.1f}",
-                flush=True,
-            )
+    jobs = [(t, dtype) for t in lengths for dtype in dtypes]
+    for t, dtype in progress.iterate(jobs, desc="bench", quiet=quiet):
+        compile_s, times = bench_one(
+            t, dtype, repeats=repeats, dim=dim, chunk=chunk, qk=qk, batch=batch
+        )
+        med = statistics.median(times)
+        progress.note(
+            f"{t:>7} {dtype:>9} {med * 1e3:>11.1f} {med * 1e6 / (t * batch):>9.2f} "
+            f"{min(times) * 1e3:>9.1f} {compile_s:>10.1f}",
+            file=sys.stdout,
+        )
 
 
 def main(backend: str, argv: list[str] | None = None) -> int:
@@ -85,5 +90,5 @@ def main(backend: str, argv: list[str] | None = None) -> int:
     )
     sizes = dict(batch=args.batch, dim=args.dim, chunk=args.chunk, qk=args.qk)
     print(mod.describe(repeats=args.repeats, **sizes))
-    print_table(mod.bench_one, lengths, dtypes, repeats=args.repeats, **sizes)
+    print_table(mod.bench_one, lengths, dtypes, repeats=args.repeats, quiet=args.quiet, **sizes)
     return 0

@@ -5,6 +5,10 @@ flashcore conformance [...]          the conformance suite as a CI gate (see --h
 flashcore bench --backend B [...]    a backend's benchmark (see flashcore.<B>.bench)
 flashcore weights-table              the canonical weight table (docs/weights.md)
 flashcore convert SRC DST [...]      convert weights: canonical, torch, flax, keras, flash-pytorch
+flashcore export RUN DST [--force]   a train run -> a Hugging Face directory (needs the [hf] extra)
+flashcore train / eval / generate    train a byte-level LM, evaluate it, sample from it (see --help)
+
+--verbose (with any command): keep TensorFlow's and absl's start-up log lines (silenced by default)
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ from . import benchtable
 COMMANDS = {
     "demo": "flashcore.app.demo:main",
     "train": "flashcore.app.train:train_main",
-    "eval": "flashcore.app.train:eval_main",
-    "generate": "flashcore.app.train:generate_main",
+    "eval": "flashcore.app.evaluate:eval_main",
+    "generate": "flashcore.app.evaluate:generate_main",
     "quality": "flashcore.app.quality:main",
     "conformance": "flashcore.conformance.report:main",
     "weights-table": "flashcore.params:print_weight_table",
     "convert": "flashcore.app.convert:main",
+    "export": "flashcore.app.export:main",
 }
 
 
@@ -48,6 +53,12 @@ def _bench(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" in argv:
+        argv.remove("--verbose")
+    else:
+        from .quiet import quiet_frameworks
+
+        quiet_frameworks()
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2

@@ -22,7 +22,8 @@ The source format is read from the file (magic bytes and stored tags first, the 
 unless given; a given format that the file contradicts is an error. The destination format comes
 from its suffix unless given. Writing is atomic (a temporary file in the destination's folder,
 then a rename): a failed conversion leaves no destination and no temporary file, and an existing
-destination is never replaced unless ``force=True`` (``--force``).
+destination is never replaced unless ``force=True`` (``--force``). Canonical to canonical keeps
+the source's metadata (a run checkpoint's step, corpus, train_loss).
 """
 
 from __future__ import annotations
@@ -305,21 +306,23 @@ def write_weights(
     fmt: str | None = None,
     *,
     force: bool = False,
+    extra: dict[str, str] | None = None,
 ) -> Path:
     """Canonical weights -> a file in format ``fmt`` (None: from the suffix), atomically.
 
-    An existing ``path`` is kept (FileExistsError) unless ``force``.
+    An existing ``path`` is kept (FileExistsError) unless ``force``. ``extra``: metadata strings
+    for a canonical destination (e.g. a run checkpoint's step, corpus, train_loss).
     """
     path = Path(path)
     f = _dst_format(path, fmt)
     if path.exists() and not force:
-        raise FileExistsError(f"{path} exists; pass --force (force=True) to replace it")
+        raise FileExistsError(_exists(path))
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder")
     if f.name == "canonical":
         from ..io import save
 
-        return save(path, params, config)
+        return save(path, params, config, extra=extra)
     backend = _backend(f)
     try:
         return backend.write_params(path, params, config)
@@ -347,11 +350,25 @@ def convert(
     src, dst = Path(src), Path(dst)
     out = _dst_format(dst, dst_format)
     if dst.exists() and not force:
-        raise FileExistsError(f"{dst} exists; pass --force (force=True) to replace it")
+        raise FileExistsError(_exists(dst))
     fmt = src_format or detect_format(src, config=config)
     params, cfg = read_weights(src, fmt, config=config, **peer)
-    write_weights(dst, params, cfg, out.name, force=force)
+    extra = training_metadata(src) if fmt == "canonical" else {}
+    write_weights(dst, params, cfg, out.name, force=force, extra=extra or None)
     return dst, fmt, out.name
+
+
+def _exists(path: Path) -> str:
+    return f"{path} exists; pass --force to replace it"
+
+
+def training_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata a canonical file carries beside its format and config (a run checkpoint's
+    step, corpus, corpus_sha256, train_loss), which ``convert`` copies to a canonical file."""
+    from .io import read_header
+
+    meta = read_header(path)
+    return {k: v for k, v in meta.items() if k not in ("format", "format_version", "config")}
 
 
 # ---- command line ----------------------------------------------------------------------------
@@ -410,4 +427,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flashcore convert: error: {err}", file=sys.stderr)
         return 2  # as flashcore train / eval do for a bad file or argument
     print(f"wrote {dst} ({src_fmt} -> {dst_fmt})")
+    if src_fmt == "canonical" and dst_fmt != "canonical":
+        dropped = sorted(training_metadata(args.src))
+        if dropped:
+            print(
+                f"note: the {dst_fmt} format holds weights and config only; not kept: "
+                + ", ".join(dropped),
+                file=sys.stderr,
+            )
     return 0

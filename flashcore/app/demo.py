@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flashcore demo: {args.out} is not empty; pass another --out", file=sys.stderr)
         return 2
     extra = ["--quiet"] if args.quiet else []
-    rc = train.train_main([*DEFAULT, "--steps", str(args.steps), "--out", str(args.out), *extra])
+    argv = [*DEFAULT, "--steps", str(args.steps), "--out", str(args.out), *extra]
+    rc = train.train_main(argv, announce=False)  # the checkpoint line is printed below, once
     if rc:
         return rc
     rows = train.evaluate_checkpoint(args.out, args.backends, eval_tokens=16384)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -24,9 +25,10 @@ import numpy as np
 
 from ..config import FlashConfig, LMConfig, TransformerConfig
 from ..params import init
+from . import progress
 from .data import VOCAB_SIZE, eval_batches, load_corpus, sample_batch
 from .engine import OptimConfig, load_engine
-from .train import lr_at
+from .schedule import lr_at
 
 ARCHS = ("flash", "gau", "transformer")
 
@@ -65,6 +67,9 @@ def run_one(arch, lr, args, context, corpus) -> dict:
     batch = max(1, args.tokens_per_step // context)
     curve, step, spent = [], 0, 0.0
     est_steps = args.max_steps
+    pb = progress.bar(
+        args.budget, desc=f"{arch} lr {lr:g} ctx {context}", quiet=args.quiet, unit="s"
+    )
     while spent < args.budget and step < args.max_steps:
         step += 1
         x, y = sample_batch(corpus.train, batch, context, rng)
@@ -76,14 +81,18 @@ def run_one(arch, lr, args, context, corpus) -> dict:
                 step, lr=lr, warmup=args.warmup, steps=est_steps, schedule="constant", min_ratio=1.0
             ),
         )
-        spent += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        spent += dt
+        pb.update(min(dt, max(0.0, args.budget - pb.n)))
         if step % args.eval_every == 0 or spent >= args.budget:
             loss = held_out(engine, corpus.valid, context, batch, args.eval_tokens)
             curve.append({"step": step, "seconds": spent, "loss": loss, "bpb": loss / math.log(2)})
-            print(
-                f"  {arch:<11} lr {lr:g} ctx {context}: step {step:>5} {spent:7.1f}s bpb {curve[-1]['bpb']:.4f}",
-                flush=True,
+            progress.note(
+                f"  {arch:<11} lr {lr:g} ctx {context}: step {step:>5} {spent:7.1f}s "
+                f"bpb {curve[-1]['bpb']:.4f}",
+                file=sys.stdout,
             )
+    pb.close()
     n_params = sum(v.size for v in params.values())
     return {
         "arch": arch,
@@ -209,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/quality"))
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     corpus = load_corpus(None)
     args.out.mkdir(parents=True, exist_ok=True)

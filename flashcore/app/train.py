@@ -1,21 +1,26 @@
-"""``flashcore train``, ``flashcore eval`` and ``flashcore generate``: byte-level language models.
+"""``flashcore train``: train a byte-level language model into a run folder; ``--resume`` it.
 
-    flashcore train [--arch flash|gau|transformer] [--backend torch|jax|tf] [--steps N] [--out DIR]
-                    [--data PATH] [--resume DIR] [--bf16] ...   (see --help)
-    flashcore eval DIR_OR_FILE [--backend torch,jax,tf] [--eval-tokens N]
-    flashcore generate DIR_OR_FILE --prompt TEXT [--max-new N] [--temperature T] [--top-k K]
+    flashcore train [--arch flash|gau|transformer] [--backend torch|jax|tf] [--steps N] [--out RUN]
+                    [--data PATH] [--keep K] [--force] [--bf16] ...   (see --help)
+    flashcore train --resume RUN [--steps N] [--backend B] [--eval-every N] ...
 
-A run directory holds ``model.safetensors`` (canonical weights and config; any backend loads it),
-``train_state.safetensors`` (AdamW moments in canonical layout, the step, the data sampler's state
-and the run's arguments) and ``log.jsonl``. ``--resume DIR`` continues the same loss curve.
+The run folder (layout: :mod:`flashcore.app.runstate`) holds ``run.json`` (the arguments),
+``log.jsonl``, one folder per checkpoint under ``ckpt/`` (weights, AdamW moments, the data
+sampler's state; each published whole, the newest ``--keep`` kept) and ``model.safetensors``, the
+newest checkpoint's weights, which any backend loads. ``--resume RUN`` continues the same loss
+curve from the newest complete checkpoint, whatever moment the run was stopped or killed at.
+``--out`` on a folder that holds a run is an error unless ``--force``; a lock file stops a second
+process from writing the same run (:mod:`flashcore.app.runlock`).
 
 Data parallel, automatically: under torchrun (``WORLD_SIZE`` > 1) the torch engine trains one
 DistributedDataParallel replica per process; the jax engine shards each batch over all the devices
 it sees. ``--batch`` is the global batch either way (divisible by the number of workers): every
 process draws the same batches, the engine splits them, the loss curve is the single-process one,
-and only the main process writes logs and checkpoints.
+and only the main process writes logs and checkpoints (and holds the lock).
 
     torchrun --standalone --nproc_per_node=2 -m flashcore train --batch 8 ...
+
+``flashcore eval`` and ``flashcore generate`` live in :mod:`flashcore.app.evaluate`.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,33 +38,43 @@ import numpy as np
 from .. import io
 from ..config import FlashConfig, LMConfig, TransformerConfig
 from ..params import init
+from . import progress, runstate
+from .cli_args import nonneg_int, positive
 from .data import VOCAB_SIZE, DataError, eval_batches, load_corpus, sample_batch
 from .engine import BACKENDS, OptimConfig, ParallelError, load_engine
+from .evaluate import eval_main, evaluate, evaluate_checkpoint, generate_main, results_table
+from .runlock import RunLock, RunLocked
+from .schedule import lr_at
 
-__all__ = ["train_main", "eval_main", "generate_main", "build_config", "evaluate", "lr_at"]
+__all__ = [
+    "train_main",
+    "eval_main",
+    "generate_main",
+    "build_config",
+    "evaluate",
+    "evaluate_checkpoint",
+    "results_table",
+    "lr_at",
+    "resume_conflicts",
+    "RESUME_MAY_CHANGE",
+]
 
-STATE_FORMAT = "flashcore-train-state"
+# what --resume may change; every other argument is the run's and must not contradict it
+RESUME_MAY_CHANGE = (
+    "steps", "stop_after", "backend", "eval_every", "eval_tokens", "log_every", "keep", "quiet",
+)  # fmt: skip
+_NOT_RUN_ARGS = ("out", "resume", "force")  # how to start, not what the run is
 
 
-def lr_at(
-    step: int, *, lr: float, warmup: int, steps: int, schedule: str, min_ratio: float
-) -> float:
-    """Learning rate at ``step`` (1-based): linear warmup, then cosine / linear decay or constant."""
-    if warmup and step <= warmup:
-        return lr * step / warmup
-    if schedule == "constant" or steps <= warmup:
-        return lr
-    frac = min(1.0, (step - warmup) / max(1, steps - warmup))
-    if schedule == "linear":
-        return lr * (1.0 - (1.0 - min_ratio) * frac)
-    return lr * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac)))
+class ArgumentConflict(ValueError):
+    """Arguments that contradict the run being resumed (or each other)."""
 
 
 def build_config(args: argparse.Namespace) -> LMConfig:
     """The LMConfig the command-line options describe."""
     if args.arch == "transformer":
         block: FlashConfig | TransformerConfig = TransformerConfig(
-            dim=args.dim, heads=args.heads, causal=True
+            dim=args.dim, heads=args.heads, causal=True, dropout=args.dropout
         )
     else:
         block = FlashConfig(
@@ -72,28 +86,9 @@ def build_config(args: argparse.Namespace) -> LMConfig:
             causal=True,
             max_len=max(args.context, 1),
             rel_bias="learned" if args.arch == "flash" else "t5",
+            dropout=args.dropout,
         )
     return LMConfig(block=block, vocab_size=VOCAB_SIZE, num_layers=args.layers)
-
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
-
-
-def _nonneg_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -102,200 +97,165 @@ def train_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--backend", choices=BACKENDS, default=None, help="default: torch, or the run's"
     )
-    ap.add_argument("--dim", type=_positive(int), default=128)
-    ap.add_argument("--layers", type=_positive(int), default=4)
-    ap.add_argument("--qk-dim", type=_positive(int), default=64)
-    ap.add_argument("--expansion", type=_positive(float), default=2.0)
-    ap.add_argument("--chunk", type=_positive(int), default=64, help="FLASH chunk size C")
-    ap.add_argument("--heads", type=_positive(int), default=4, help="Transformer++ heads")
-    ap.add_argument("--context", type=_positive(int), default=256)
-    ap.add_argument("--batch", type=_positive(int), default=8)
-    ap.add_argument("--steps", type=_positive(int), default=300)
-    ap.add_argument("--lr", type=_positive(float), default=3e-3)
-    ap.add_argument("--warmup", type=_nonneg_int, default=30)
+    ap.add_argument("--dim", type=positive(int), default=128)
+    ap.add_argument("--layers", type=positive(int), default=4)
+    ap.add_argument("--qk-dim", type=positive(int), default=64)
+    ap.add_argument("--expansion", type=positive(float), default=2.0)
+    ap.add_argument("--chunk", type=positive(int), default=64, help="FLASH chunk size C")
+    ap.add_argument("--heads", type=positive(int), default=4, help="Transformer++ heads")
+    ap.add_argument("--context", type=positive(int), default=256)
+    ap.add_argument("--batch", type=positive(int), default=8)
+    ap.add_argument("--steps", type=positive(int), default=300)
+    ap.add_argument("--lr", type=positive(float), default=3e-3)
+    ap.add_argument("--warmup", type=nonneg_int, default=30)
     ap.add_argument("--schedule", choices=["cosine", "linear", "constant"], default="cosine")
     ap.add_argument("--min-lr-ratio", type=float, default=0.1)
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--grad-clip", type=float, default=1.0)
+    ap.add_argument(
+        "--dropout",
+        type=float,
+        default=0.0,
+        help="dropout rate p in [0, 1) on the attention weights and each block's output before "
+        "its residual (training steps only; see docs/math.md)",
+    )
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast / mixed precision")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", type=Path, help="a text file or folder (default: the Python stdlib)")
-    ap.add_argument("--eval-every", type=_nonneg_int, default=100, help="0: only at the end")
-    ap.add_argument("--eval-tokens", type=_positive(int), default=32768)
-    ap.add_argument("--log-every", type=_positive(int), default=10)
+    ap.add_argument("--eval-every", type=nonneg_int, default=100, help="0: only at the end")
+    ap.add_argument("--eval-tokens", type=positive(int), default=32768)
+    ap.add_argument("--log-every", type=positive(int), default=10)
     ap.add_argument("--out", type=Path, default=Path("runs/latest"))
-    ap.add_argument("--resume", type=Path, help="continue the run saved in this directory")
+    ap.add_argument("--resume", type=Path, help="continue the run saved in this folder")
+    ap.add_argument(
+        "--force", action="store_true", help="replace the run already in --out (it is deleted)"
+    )
+    ap.add_argument(
+        "--keep", type=positive(int), default=2, help="checkpoints kept (newest; default 2)"
+    )
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument(
-        "--stop-after", type=_positive(int), default=None,
+        "--stop-after", type=positive(int), default=None,
         help="stop (and save) after this step, keeping the --steps schedule; resume later",
     )  # fmt: skip
     return ap
 
 
-# -- progress --------------------------------------------------------------------------------
+def _given(argv: list[str]) -> dict:
+    """The arguments written on the command line (not the defaults), parsed."""
+    ap = train_parser()
+    for action in ap._actions:
+        action.default = argparse.SUPPRESS
+    return vars(ap.parse_args(argv))
 
 
-class Progress:
-    """A one-line progress bar on stderr (a line per update when stderr is not a terminal)."""
-
-    def __init__(self, total: int, start: int, quiet: bool, muted: bool = False):
-        self.total, self.start, self.quiet, self.muted = total, start, quiet or muted, muted
-        self.t0 = time.perf_counter()
-        self.tty = sys.stderr.isatty()
-
-    def update(self, step: int, loss: float, tokens_per_s: float) -> None:
-        if self.quiet:
-            return
-        done = (step - self.start) / max(1, self.total - self.start)
-        elapsed = time.perf_counter() - self.t0
-        eta = elapsed / done * (1 - done) if done > 0 else 0.0
-        width = 24
-        bar = "#" * int(width * step / self.total) + "." * (width - int(width * step / self.total))
-        line = (
-            f"step {step:>6}/{self.total} [{bar}] loss {loss:.4f} | "
-            f"{tokens_per_s / 1e3:7.1f}k tok/s | eta {int(eta) // 60}m{int(eta) % 60:02d}s"
-        )
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr)
-        sys.stderr.flush()
-
-    def note(self, text: str) -> None:
-        if self.muted:  # a data-parallel worker other than the main one
-            return
-        if self.tty and not self.quiet:
-            print(file=sys.stderr)
-        print(text, file=sys.stderr)
+def _plain(value):
+    return str(value) if isinstance(value, Path) else value
 
 
-# -- checkpoints -----------------------------------------------------------------------------
+def resume_conflicts(given: dict, saved: dict) -> list[str]:
+    """Lines ``--arch: the run has flash, you gave gau``, one per given argument that is not in
+    :data:`RESUME_MAY_CHANGE` and differs from the run's (``saved``; a missing one: its default)."""
+    defaults = vars(train_parser().parse_args([]))
+    lines = []
+    for key, value in given.items():
+        if key in RESUME_MAY_CHANGE or key in _NOT_RUN_ARGS:
+            continue
+        have = saved.get(key, _plain(defaults.get(key)))
+        if _plain(value) != have:
+            flag = "--" + key.replace("_", "-")
+            lines.append(f"{flag}: the run has {have}, you gave {_plain(value)}")
+    return lines
 
 
-@dataclass
-class RunState:
-    step: int
-    rng_state: dict
-    args: dict
+# -- the command -----------------------------------------------------------------------------
 
 
-def save_run(
-    out: Path, engine, config: LMConfig, state: RunState, corpus, train_loss: float
-) -> None:
-    """model.safetensors then train_state.safetensors, each written atomically; both carry the step."""
-    from safetensors.numpy import save_file
-
-    meta = {"step": str(state.step), "corpus": corpus.name, "corpus_sha256": corpus.fingerprint}
-    io.save(
-        out / "model.safetensors",
-        engine.params(),
-        config,
-        extra={**meta, "train_loss": f"{train_loss:.6f}"},
-    )
-    opt = {k: np.asarray(v).copy(order="C") for k, v in engine.optimizer_state().items()}
-    smeta = {
-        "format": STATE_FORMAT,
-        "step": str(state.step),
-        "rng": json.dumps(state.rng_state),
-        "args": json.dumps(state.args),
-    }
-    io.atomic_write(
-        out / "train_state.safetensors", lambda tmp: save_file(opt, tmp, metadata=smeta)
-    )
-
-
-def load_run(directory: Path) -> tuple[dict, LMConfig, dict, RunState]:
-    """-> params, config, optimizer state, run state. Errors name the file and the problem."""
-    from safetensors import safe_open
-    from safetensors.numpy import load_file
-
-    model_path, state_path = directory / "model.safetensors", directory / "train_state.safetensors"
-    params, config = io.load(model_path)
-    if not state_path.is_file():
-        raise io.WeightFileError(
-            f"{state_path}: missing; cannot resume without the optimizer state"
-        )
-    try:
-        with safe_open(str(state_path), "np") as f:
-            meta = f.metadata() or {}
-        opt = load_file(str(state_path))
-    except Exception as err:
-        raise io.WeightFileError(
-            f"{state_path}: unreadable (truncated or corrupt?): {err}"
-        ) from err
-    if meta.get("format") != STATE_FORMAT:
-        raise io.WeightFileError(f"{state_path}: not a flashcore training state")
-    model_step = io.read_header(model_path).get("step")
-    if model_step != meta.get("step"):
-        raise io.WeightFileError(
-            f"{directory}: model.safetensors is at step {model_step} but train_state.safetensors at "
-            f"step {meta.get('step')} (a save was interrupted); resume from a consistent copy"
-        )
-    state = RunState(int(meta["step"]), json.loads(meta["rng"]), json.loads(meta["args"]))
-    return params, config, opt, state
-
-
-def _resolve_model(path: Path) -> Path:
-    return path / "model.safetensors" if path.is_dir() else path
-
-
-# -- evaluation ------------------------------------------------------------------------------
-
-
-def evaluate(engine, data: np.ndarray, *, context: int, batch: int, max_tokens: int) -> dict:
-    """Held-out loss (nats/token), bits per byte and tokens/s over the first ``max_tokens``."""
-    total, count = 0.0, 0
-    t0 = time.perf_counter()
-    for x, y in eval_batches(data, batch, context, max_tokens):
-        s, n = engine.eval_loss(x, y)
-        total, count = total + s, count + n
-    seconds = time.perf_counter() - t0
-    loss = total / count
-    return {
-        "loss": loss,
-        "bits_per_byte": loss / math.log(2),
-        "tokens_per_s": count / seconds,
-        "tokens": count,
-    }
-
-
-# -- commands --------------------------------------------------------------------------------
-
-
-def train_main(argv: list[str] | None = None) -> int:
+def train_main(argv: list[str] | None = None, *, announce: bool = True) -> int:
+    """``flashcore train ARGV`` -> exit code (2: a bad argument, file, run folder or lock).
+    ``announce``: print where the checkpoint went at the end (the demo prints its own line)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     ap = train_parser()
     args = ap.parse_args(argv)
     try:
-        return _train(args, ap)
-    except (DataError, io.WeightFileError, FileNotFoundError, ParallelError) as err:
+        return _train(args, _given(argv), ap, announce)
+    except (
+        DataError, io.WeightFileError, FileNotFoundError, ParallelError, RunLocked,
+        ArgumentConflict,
+    ) as err:  # fmt: skip
         print(f"flashcore train: {err}", file=sys.stderr)
         return 2
 
 
-def _train(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
-    resume = None
-    if args.resume is not None:
-        params, config, opt_state, resume = load_run(args.resume)
-        saved = dict(resume.args)
-        saved.update(
-            steps=args.steps,
-            out=str(args.resume),
-            resume=str(args.resume),
-            quiet=args.quiet,
-            stop_after=args.stop_after,
-        )
-        if args.backend is not None:  # a run may move to another backend
-            saved["backend"] = args.backend
-        args = argparse.Namespace(**{**vars(args), **saved})
-        args.out, args.data = Path(args.out), (Path(args.data) if args.data else None)
-        if args.steps <= resume.step:
-            ap.error(f"--steps {args.steps} must exceed the {resume.step} steps already done")
+def _resume_args(args, given: dict, ap):
+    """-> args merged with the run's, params, config, optimizer state, RunState (None: from
+    step 0), the checkpoint, notes to print."""
+    run = args.resume
+    if args.force:
+        raise ArgumentConflict("--force starts a new run and --resume continues one: pass one")
+    if "out" in given and Path(given["out"]).resolve() != run.resolve():
+        raise ArgumentConflict(f"--resume writes into the run's own folder {run}; drop --out")
+    if not run.is_dir():
+        raise FileNotFoundError(f"--resume {run}: no such run folder")
+    notes: list[str] = []
+    ckpt = runstate.latest(run, notes=notes)
+    params = opt_state = resume = None
+    if ckpt is not None:
+        params, config, opt_state, resume = runstate.load_checkpoint(ckpt)
+        saved = resume.args
     else:
+        try:
+            saved = runstate.read_run_info(run)
+        except FileNotFoundError:
+            raise runstate.RunStateError(
+                f"--resume {run}: no run there (no run.json, no complete checkpoint)"
+                + "".join(f"\n  {n}" for n in notes)
+            ) from None
+        notes.append(f"{run}: no complete checkpoint yet; starting the run again from step 0")
+    conflicts = resume_conflicts(given, saved)
+    if conflicts:
+        allowed = ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE)
+        raise ArgumentConflict(
+            f"--resume {run}: arguments that contradict the run (--resume may change only "
+            f"{allowed}):\n  " + "\n  ".join(conflicts)
+        )
+    merged = {**vars(args), **saved}
+    for key in RESUME_MAY_CHANGE:
+        if key in given:
+            merged[key] = given[key]
+    merged.update(out=run, resume=run, force=False, quiet=args.quiet)
+    merged["stop_after"] = args.stop_after
+    merged["data"] = Path(merged["data"]) if merged.get("data") else None
+    if "steps" not in given:
+        merged["steps"] = saved.get("steps", args.steps)
+    args = argparse.Namespace(**merged)
+    done = resume.step if resume else 0
+    if args.steps <= done:
+        ap.error(f"--steps {args.steps} must exceed the {done} steps already done")
+    if resume is None:
+        config = build_config(args)
+        params = init(config, seed=args.seed)
+    return args, params, config, opt_state, resume, ckpt, notes
+
+
+def _train(args: argparse.Namespace, given: dict, ap, announce: bool) -> int:
+    ckpt, notes = None, []
+    if args.resume is not None:
+        args, params, config, opt_state, resume, ckpt, notes = _resume_args(args, given, ap)
+    else:
+        present = runstate.holds_run(args.out)
+        if present and not args.force:
+            raise runstate.RunStateError(
+                f"{args.out} already holds a run ({', '.join(present)}); continue it with "
+                f"--resume {args.out}, or start over there (deleting it) with --force"
+            )
         args.backend = args.backend or "torch"
         try:
             config = build_config(args)
         except ValueError as err:
             ap.error(str(err))
         params = init(config, seed=args.seed)
-        opt_state = None
+        opt_state = resume = None
     corpus = load_corpus(args.data)
     sample_batch(corpus.train, 1, args.context, np.random.default_rng(0))  # data long enough?
     list(eval_batches(corpus.valid, 1, args.context, args.context))
@@ -307,41 +267,65 @@ def _train(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         seed=args.seed,
         data_parallel=True,
     )
+    lock = RunLock(args.out)
     try:
-        return _train_loop(args, engine, config, params, opt_state, resume, corpus)
+        if args.batch % engine.workers:
+            raise ParallelError(
+                f"--batch {args.batch} is the global batch and must be divisible by the "
+                f"{engine.workers} data-parallel workers ({engine.workers_note})"
+            )
+        if engine.is_main:  # only the main data-parallel worker writes, under the lock
+            lock.acquire()
+            for text in [*notes, lock.note]:  # at once: a crash below must not swallow them
+                if text:
+                    progress.note(text)
+            _prepare_folder(args, resume, ckpt, progress.note)
+        return _train_loop(args, engine, config, params, opt_state, resume, corpus, announce)
     finally:
+        lock.release()
         engine.close()
 
 
-def _train_loop(
-    args: argparse.Namespace,
-    engine,
-    config: LMConfig,
-    params: dict[str, np.ndarray],
-    opt_state: dict[str, np.ndarray] | None,
-    resume: RunState | None,
-    corpus,
-) -> int:
+def _prepare_folder(args, resume, ckpt, say) -> None:
+    """Under the lock: a new run's folder (emptied with --force, run.json written), or a resumed
+    run's repaired (leftovers of a killed save removed, the log cut back to the checkpoint)."""
+    run = args.out
+    saved_args = {k: _plain(v) for k, v in vars(args).items()}
+    if args.resume is None:
+        present = runstate.holds_run(run)
+        if present and not args.force:  # appeared since the check: another process's
+            raise RunLocked(f"{run}: another process started a run there just now")
+        runstate.remove_run(run)
+        runstate.write_run_info(run, saved_args)
+        return
+    for text in runstate.clean_partials(run):
+        say(text)
+    now = runstate.latest(run)
+    if (now and now.step) != (ckpt and ckpt.step):
+        raise RunLocked(f"{run}: another process saved a checkpoint meanwhile; resume again")
+    dropped = runstate.trim_log(run, resume.step if resume else 0)
+    if dropped:
+        say(f"{run / 'log.jsonl'}: dropped {dropped} records after the checkpoint")
+    if ckpt is not None:
+        runstate.publish_model(run, ckpt)
+    if not (run / "run.json").exists():
+        runstate.write_run_info(run, saved_args)
+
+
+def _train_loop(args, engine, config, params, opt_state, resume, corpus, announce) -> int:
     """The steps, logs, evaluations and checkpoints of :func:`_train`, on a ready engine."""
-    if args.batch % engine.workers:
-        raise ParallelError(
-            f"--batch {args.batch} is the global batch and must be divisible by the "
-            f"{engine.workers} data-parallel workers ({engine.workers_note})"
-        )
+    say = progress.note if engine.is_main else (lambda text: None)
     rng = np.random.default_rng(args.seed)
     start = 0
     if resume is not None:
         engine.load_optimizer_state(opt_state)
         rng.bit_generator.state = resume.rng_state
         start = resume.step
-    saved_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    if engine.is_main:  # only the main data-parallel worker writes
-        args.out.mkdir(parents=True, exist_ok=True)
+    saved_args = {k: _plain(v) for k, v in vars(args).items()}
     log = (args.out / "log.jsonl" if engine.is_main else Path(os.devnull)).open("a")
     n_params = sum(v.size for v in params.values())
-    progress = Progress(args.steps, start, args.quiet, muted=not engine.is_main)
     parallel = f", data parallel over {engine.workers_note}" if engine.workers > 1 else ""
-    progress.note(
+    say(
         f"{'resuming' if resume else 'training'} {args.arch} LM, {n_params:,} parameters, "
         f"backend {args.backend}{parallel}, {'bf16' if args.bf16 else 'fp32'}; "
         f"{corpus.describe()}"
@@ -356,156 +340,54 @@ def _train_loop(
         min_ratio=args.min_lr_ratio,
     )
     last = min(args.steps, args.stop_after or args.steps)
-    for step in range(start + 1, last + 1):
-        x, y = sample_batch(corpus.train, args.batch, args.context, rng)
-        lr = lr_at(step, **sched)
-        loss = engine.train_step(x, y, lr)
-        if not math.isfinite(loss):
-            progress.note(f"step {step}: loss is {loss}; stopping (lower --lr or use fp32)")
-            return 1
-        if step % args.log_every == 0 or step == last:
-            now = time.perf_counter()
-            rate = tokens_per_step * min(args.log_every, step - start) / (now - t_last)
-            t_last = now
-            progress.update(step, loss, rate)
-            log.write(
-                json.dumps(
-                    {
-                        "step": step,
-                        "loss": loss,
-                        "lr": lr,
-                        "tokens_per_s": rate,
-                        "time": time.time(),
-                    }
+    quiet = args.quiet or not engine.is_main
+    with progress.bar(args.steps, desc="train", quiet=quiet, initial=start, unit="step") as bar:
+        for step in range(start + 1, last + 1):
+            x, y = sample_batch(corpus.train, args.batch, args.context, rng)
+            lr = lr_at(step, **sched)
+            loss = engine.train_step(x, y, lr)
+            bar.update(1)
+            if not math.isfinite(loss):
+                say(f"step {step}: loss is {loss}; stopping (lower --lr or use fp32)")
+                return 1
+            if step % args.log_every == 0 or step == last:
+                now = time.perf_counter()
+                rate = tokens_per_step * min(args.log_every, step - start) / (now - t_last)
+                t_last = now
+                bar.set_postfix_str(f"loss {loss:.4f}, {rate / 1e3:.1f}k tok/s", refresh=False)
+                rec = {"step": step, "loss": loss, "lr": lr, "tokens_per_s": rate}
+                log.write(json.dumps({**rec, "time": time.time()}) + "\n")
+            if (args.eval_every and step % args.eval_every == 0) or step == last:
+                ev = evaluate(
+                    engine,
+                    corpus.valid,
+                    context=args.context,
+                    batch=args.batch,
+                    max_tokens=args.eval_tokens,
                 )
-                + "\n"
-            )
-        if (args.eval_every and step % args.eval_every == 0) or step == last:
-            ev = evaluate(
-                engine,
-                corpus.valid,
-                context=args.context,
-                batch=args.batch,
-                max_tokens=args.eval_tokens,
-            )
-            progress.note(
-                f"step {step}: held-out loss {ev['loss']:.4f} nats, {ev['bits_per_byte']:.4f} bits/byte"
-            )
-            log.write(json.dumps({"step": step, "eval": ev, "time": time.time()}) + "\n")
-            if engine.is_main:
-                state = RunState(step, rng.bit_generator.state, saved_args)
-                save_run(args.out, engine, config, state, corpus, loss)
-            t_last = time.perf_counter()
-        log.flush()
+                say(
+                    f"step {step}: held-out loss {ev['loss']:.4f} nats, "
+                    f"{ev['bits_per_byte']:.4f} bits/byte"
+                )
+                log.write(json.dumps({"step": step, "eval": ev, "time": time.time()}) + "\n")
+                log.flush()
+                if engine.is_main:
+                    runstate.save_checkpoint(
+                        args.out,
+                        engine.params(),
+                        engine.optimizer_state(),
+                        config,
+                        runstate.RunState(step, rng.bit_generator.state, saved_args),
+                        model_meta={
+                            "corpus": corpus.name,
+                            "corpus_sha256": corpus.fingerprint,
+                            "train_loss": f"{loss:.6f}",
+                        },
+                        keep=args.keep,
+                    )
+                t_last = time.perf_counter()
+            log.flush()
     log.close()
-    progress.note(f"checkpoint: {args.out / 'model.safetensors'}")
-    return 0
-
-
-def eval_main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="flashcore eval", description="Held-out loss of a checkpoint."
-    )
-    ap.add_argument("checkpoint", type=Path, help="a run directory or a model.safetensors")
-    ap.add_argument("--backend", default="torch", help="comma-separated, or 'all' (installed ones)")
-    ap.add_argument("--data", type=Path)
-    ap.add_argument("--context", type=_positive(int), default=None, help="default: the run's")
-    ap.add_argument("--batch", type=_positive(int), default=8)
-    ap.add_argument("--eval-tokens", type=_positive(int), default=32768)
-    ap.add_argument("--bf16", action="store_true")
-    ap.add_argument("--json", action="store_true", help="print the results as JSON")
-    args = ap.parse_args(argv)
-    try:
-        results = evaluate_checkpoint(
-            args.checkpoint, args.backend, data=args.data, context=args.context, batch=args.batch,
-            eval_tokens=args.eval_tokens, bf16=args.bf16,
-        )  # fmt: skip
-    except (DataError, io.WeightFileError, FileNotFoundError, ValueError, ImportError) as err:
-        print(f"flashcore eval: {err}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(results, indent=1))
-    else:
-        print(results_table(results))
-    return 0
-
-
-def evaluate_checkpoint(path: Path, backends: str, *, data=None, context=None, batch=8,
-                        eval_tokens=32768, bf16=False) -> list[dict]:  # fmt: skip
-    """Evaluate one checkpoint in each requested backend -> rows of results."""
-    model_path = _resolve_model(Path(path))
-    params, config = io.load(model_path)
-    if not isinstance(config, LMConfig):
-        raise ValueError(f"{model_path} holds a single layer, not a language model")
-    if context is None:
-        state_path = model_path.parent / "train_state.safetensors"
-        context = 256
-        if state_path.is_file():
-            from safetensors import safe_open
-
-            with safe_open(str(state_path), "np") as f:
-                context = int(
-                    json.loads((f.metadata() or {}).get("args", "{}")).get("context", 256)
-                )
-    corpus = load_corpus(data)
-    names = (
-        list(BACKENDS)
-        if backends == "all"
-        else [b.strip() for b in backends.split(",") if b.strip()]
-    )
-    rows = []
-    for name in names:
-        try:
-            engine = load_engine(name)(config, params, dtype="bfloat16" if bf16 else "float32")
-        except ImportError as err:
-            if backends == "all":
-                rows.append({"backend": name, "error": f"not installed ({err})"})
-                continue
-            raise
-        ev = evaluate(engine, corpus.valid, context=context, batch=batch, max_tokens=eval_tokens)
-        rows.append({"backend": name, **ev})
-    return rows
-
-
-def results_table(rows: list[dict]) -> str:
-    lines = [f"{'backend':<8} {'loss (nats)':>12} {'bits/byte':>10} {'tokens/s':>10}"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"{r['backend']:<8} {r['error']}")
-        else:
-            lines.append(
-                f"{r['backend']:<8} {r['loss']:>12.6f} {r['bits_per_byte']:>10.4f} {r['tokens_per_s']:>10.0f}"
-            )
-    return "\n".join(lines)
-
-
-def generate_main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="flashcore generate", description="Sample text from a checkpoint."
-    )
-    ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--prompt", required=True)
-    ap.add_argument("--max-new", type=_nonneg_int, default=200)
-    ap.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
-    ap.add_argument("--top-k", type=_positive(int), default=None)
-    ap.add_argument("--backend", choices=BACKENDS, default="torch")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    if args.temperature < 0:
-        ap.error("--temperature must be >= 0")
-    prompt = np.frombuffer(args.prompt.encode(), dtype=np.uint8).astype(np.int64)[None, :]
-    if prompt.size == 0:
-        ap.error("--prompt must not be empty")
-    try:
-        params, config = io.load(_resolve_model(args.checkpoint))
-        engine = load_engine(args.backend)(config, params)
-    except (io.WeightFileError, FileNotFoundError, ImportError) as err:
-        print(f"flashcore generate: {err}", file=sys.stderr)
-        return 2
-    out = engine.generate(
-        prompt, args.max_new, temperature=args.temperature, top_k=args.top_k, seed=args.seed
-    )
-    sys.stdout.write(
-        bytes(out[0].astype(np.uint8).tolist()).decode("utf-8", errors="replace") + "\n"
-    )
+    if announce:
+        say(f"checkpoint: {args.out / 'model.safetensors'}")
     return 0

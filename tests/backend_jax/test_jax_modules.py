@@ -11,6 +11,8 @@ jnp = jax.numpy
 from _jax_cases import ALL_CONFIGS, LAYER_CONFIGS, LM_CONFIGS, inputs_for, noisy_params  # noqa: E402
 
 import flashcore as fc  # noqa: E402
+from flashcore.conformance.assertions import assert_close  # noqa: E402
+from flashcore.conformance.tolerances import longest_reduction  # noqa: E402
 from flashcore.jax import (  # noqa: E402
     FLASH,
     GAU,
@@ -123,7 +125,9 @@ def test_transpose_flag_is_honoured():
         model.to_canonical()["out.kernel"], params["out.kernel"].astype(np.float32)
     )
     x = jnp.asarray(inputs_for(cfg)["x"])
-    np.testing.assert_allclose(model(x), FLASH(cfg, params=params)(x), rtol=0, atol=0)
+    # Another memory layout of out.kernel: the same math, another summation order.
+    want = FLASH(cfg, params=params)(x)
+    assert_close(model(x), want, reorder=longest_reduction(cfg, x.shape[1]))
 
 
 @pytest.mark.parametrize(
@@ -142,13 +146,12 @@ def test_module_forward_is_the_functional_api(name):
     i = {k: jnp.asarray(v) for k, v in inputs_for(cfg).items()}
     p = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
     x = i["tokens"] if isinstance(cfg, fc.LMConfig) else i["x"]
-    np.testing.assert_array_equal(
-        model(x, mask=i["mask"]), functional.apply(p, x, config=cfg, mask=i["mask"])
-    )
+    n = longest_reduction(cfg, x.size)
+    want = functional.apply(p, x, config=cfg, mask=i["mask"])
+    assert_close(model(x, mask=i["mask"]), want, reorder=n)
     if isinstance(cfg, fc.LMConfig):
-        assert float(model.loss(x, i["targets"], mask=i["mask"])) == float(
-            functional.loss(p, x, i["targets"], config=cfg, mask=i["mask"])
-        )
+        want = functional.loss(p, x, i["targets"], config=cfg, mask=i["mask"])
+        assert_close(model.loss(x, i["targets"], mask=i["mask"]), want, reorder=n)
 
 
 def test_constructor_takes_exactly_one_source_of_weights():

@@ -1,5 +1,5 @@
-"""Incremental decoding in a compiled tf.function equals the full forward, token by token, across
-chunk boundaries (float32)."""
+"""Incremental decoding in a compiled tf.function equals the forward, token by token (float64):
+FLASH's state across chunk boundaries, GAU and Transformer++ key/value caches."""
 
 import numpy as np
 import pytest
@@ -8,68 +8,82 @@ tf = pytest.importorskip("tensorflow", reason="the TF backend needs tensorflow")
 
 import flashcore as fc  # noqa: E402
 from flashcore.conformance.tolerances import tolerance  # noqa: E402
-from flashcore.tf import FLASH, GAU, LM  # noqa: E402
+from flashcore.tf import LM, layer_for  # noqa: E402
 
 rng = np.random.default_rng(0)
-RTOL, ATOL = tolerance("float32", "output")  # 1e-5, relative to the tensor's scale
+RTOL, ATOL = tolerance("float64", "output")
 
 
 def _noisy(cfg, seed=0):
     r = np.random.default_rng(seed)
-    return {k: v + r.normal(0, 0.3, v.shape) for k, v in fc.init(cfg, seed).items()}
+    return {k: v + r.normal(0, 0.3, v.shape) for k, v in fc.init(cfg, seed, np.float64).items()}
 
 
 def _close(got, want, what):
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL * np.abs(want).max(), err_msg=what)
 
 
-@pytest.mark.parametrize(
-    "opts",
-    [{}, dict(linear_norm="mean", token_shift=True, attention="laplace", rel_bias="t5")],
-    ids=["default", "mean-shift-laplace-t5"],
-)
-def test_layer_decoding_equals_full_forward(opts):
-    cfg = fc.FlashConfig(dim=16, qk_dim=8, chunk_size=4, causal=True, **opts)
-    layer = FLASH(cfg, params=_noisy(cfg))
+def _flash(**kw):
+    return fc.FlashConfig(dim=16, qk_dim=8, chunk_size=4, causal=True, max_len=16, **kw)
+
+
+BLOCKS = {
+    "flash": _flash(),
+    "flash-mean-shift-laplace-t5": _flash(
+        linear_norm="mean", token_shift=True, attention="laplace", rel_bias="t5"
+    ),
+    "gau": _flash(kind="gau"),
+    "gau-softmax-plus-shift-t5": _flash(
+        kind="gau", attention="softmax_plus", token_shift=True, rel_bias="t5"
+    ),
+    "transformer": fc.TransformerConfig(dim=16, heads=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BLOCKS))
+def test_layer_decoding_equals_the_forward_on_the_prefix(name):
+    cfg = BLOCKS[name]
+    layer = layer_for(cfg)(cfg, params=_noisy(cfg), dtype="float64")
     t = 11  # two chunk boundaries and a partial chunk
-    x = rng.normal(size=(2, t, 16)).astype(np.float32)
+    x = rng.normal(size=(2, t, 16))
     full = layer(x).numpy()
     step = tf.function(layer.decode_step, jit_compile=True)
-    state = layer.decode_init(2)
+    state = layer.decode_init(2, capacity=t)
     for i in range(t):
         out, state = step(tf.constant(x[:, i]), state)
-        _close(out.numpy(), full[:, i], f"position {i}")
+        want = layer(x[:, : i + 1]).numpy()[:, i] if cfg.kind == "gau" else full[:, i]
+        _close(out.numpy(), want, f"position {i}")
     assert int(state["pos"]) == t
     assert step.experimental_get_tracing_count() == 1  # one compiled step for every position
 
 
-LM_OPTIONS = {
-    "tied": {},
-    "peer-options": dict(
-        tie_embeddings=False, head_bias=True, final_norm="layer", abs_pos="scaled_sinusoidal"
-    ),
+LM_BLOCKS = {
+    "flash": _flash(token_shift=True),
+    "gau-prefix": _flash(kind="gau", length_mode="prefix"),
+    "transformer": fc.TransformerConfig(dim=16, heads=2),
 }
 
 
-@pytest.mark.parametrize("name", sorted(LM_OPTIONS))
+@pytest.mark.parametrize("name", sorted(LM_BLOCKS))
 def test_lm_decoding_equals_full_forward_logits(name):
-    block = fc.FlashConfig(dim=16, qk_dim=8, chunk_size=3, causal=True, token_shift=True)
-    cfg = fc.LMConfig(block=block, vocab_size=11, num_layers=2, **LM_OPTIONS[name])
-    lm = LM(cfg, params=_noisy(cfg))
+    cfg = fc.LMConfig(
+        block=LM_BLOCKS[name], vocab_size=11, num_layers=2, tie_embeddings=False, head_bias=True,
+        final_norm="layer", abs_pos="scaled_sinusoidal",
+    )  # fmt: skip
+    lm = LM(cfg, params=_noisy(cfg), dtype="float64")
     tokens = rng.integers(0, 11, (2, 10))
-    full = lm(tf.constant(tokens)).numpy()
+    full = lm(tf.constant(tokens)).numpy()  # row by row causal: one forward
     step = tf.function(lm.decode_step, jit_compile=True)
-    state = lm.decode_init(2)
+    state = lm.decode_init(2, capacity=10)
     for i in range(tokens.shape[1]):
         logits, state = step(tf.constant(tokens[:, i]), state)
         _close(logits.numpy(), full[:, i], f"position {i}")
     assert step.experimental_get_tracing_count() == 1
 
 
-def test_decoding_is_only_for_causal_flash():
+def test_decoding_needs_a_causal_block_and_an_exact_cache():
     with pytest.raises(ValueError, match="causal=True"):
-        FLASH(fc.FlashConfig(dim=16, qk_dim=8, chunk_size=4)).decode_init(1)
-    gau = fc.LMConfig(block=fc.FlashConfig(dim=16, qk_dim=8, kind="gau", causal=True))
-    with pytest.raises(ValueError, match="kind='flash'"):
+        layer_for(_flash())(fc.FlashConfig(dim=16, qk_dim=8, chunk_size=4)).decode_init(1)
+    gau = fc.LMConfig(block=_flash(kind="gau"), num_layers=2)
+    with pytest.raises(ValueError, match="length_mode='prefix'"):
         LM(gau).decode_init(1)
-    assert not hasattr(GAU, "decode_step")

@@ -45,10 +45,12 @@ def test_two_processes_follow_the_single_process_run(tmp_path):
     second = _torchrun("-m", "flashcore", "train", "--resume", str(ddp), "--steps", "5", "--quiet")
     assert second.returncode == 0, second.stderr[-4000:]
     assert sorted(p.name for p in ddp.iterdir()) == [
+        "ckpt",
         "log.jsonl",
         "model.safetensors",
-        "train_state.safetensors",
-    ]  # rank 1 wrote nothing beside rank 0's files (no temporaries left)
+        "run.json",
+    ]  # rank 1 wrote nothing beside rank 0's files (no temporaries, no lock left)
+    assert sorted(p.name for p in (ddp / "ckpt").iterdir()) == ["step-000003", "step-000005"]
 
     worst = compare_runs(ddp, single, steps=5)
     print(worst)

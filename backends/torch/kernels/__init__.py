@@ -9,6 +9,9 @@
    fast path) when :func:`can_use_torch_core` passes: any device, same configurations;
 3. otherwise the spec's own core, which is also the oracle both are tested against.
 
+Training with dropout hands the core a keep-mask of the local attention weights (``attn_keep``);
+neither fused core applies one, so those calls take the spec's core.
+
 Supported configuration (see :func:`._common.unsupported_reason`): attention='relu2', any
 linear_norm, any relative bias, causal or not, an optional key mask, no segment_ids. Tensors
 inside a torch.func transform (vmap, grad, jvp) always take the spec's path.
@@ -61,35 +64,40 @@ def _plain_tensor(v) -> bool:
     return not torch._C._functorch.is_functorch_wrapped_tensor(v)
 
 
-def can_use_kernel(v, config, mask, segment_ids) -> bool:
+def can_use_kernel(v, config, mask, segment_ids, attn_keep=None) -> bool:
     """Whether the fused Triton kernel handles this call: CUDA tensors of float16, bfloat16 or
-    float32, a supported configuration (no segment_ids, attention='relu2'), Triton importable."""
+    float32, a supported configuration (no segment_ids, attention='relu2', no dropout keep-mask),
+    Triton importable."""
     if not _plain_tensor(v) or not v.is_cuda or v.dtype not in _TRITON_DTYPES:
         return False
-    if unsupported_reason(config, mask, segment_ids) is not None:
+    if unsupported_reason(config, mask, segment_ids, attn_keep) is not None:
         return False
     return _triton_available()
 
 
-def can_use_torch_core(v, config, mask, segment_ids) -> bool:
+def can_use_torch_core(v, config, mask, segment_ids, attn_keep=None) -> bool:
     """Whether the blocked torch core (the CPU fast path; any device) handles this call."""
     if not _plain_tensor(v) or v.dtype not in FLOAT_DTYPES:
         return False
-    return unsupported_reason(config, mask, segment_ids) is None
+    return unsupported_reason(config, mask, segment_ids, attn_keep) is None
 
 
-def core_path(v, config, mask=None, segment_ids=None) -> str:
+def core_path(v, config, mask=None, segment_ids=None, attn_keep=None) -> str:
     """Which implementation :func:`attention_core` takes: 'triton', 'torch' or 'spec'."""
-    if can_use_kernel(v, config, mask, segment_ids):
+    if can_use_kernel(v, config, mask, segment_ids, attn_keep):
         return "triton"
-    if can_use_torch_core(v, config, mask, segment_ids):
+    if can_use_torch_core(v, config, mask, segment_ids, attn_keep):
         return "torch"
     return "spec"
 
 
-def attention_core(qq, qk, lq, lk, v, *, bias, config, mask=None, segment_ids=None, xp=None):
-    """(b, t, s) x4 and (b, t, e) -> (b, t, e); see flashcore.layers.attention_core_flash."""
-    path = core_path(v, config, mask, segment_ids)
+def attention_core(
+    qq, qk, lq, lk, v, *, bias, config, mask=None, segment_ids=None, xp=None, attn_keep=None
+):
+    """(b, t, s) x4 and (b, t, e) -> (b, t, e); see flashcore.layers.attention_core_flash.
+
+    attn_keep: (b, g, c, k) bool dropout keep-mask or None; given, the spec's core runs."""
+    path = core_path(v, config, mask, segment_ids, attn_keep)
     if path == "triton":
         from .triton_core import attention_core_triton
 
@@ -97,6 +105,17 @@ def attention_core(qq, qk, lq, lk, v, *, bias, config, mask=None, segment_ids=No
     if path == "torch":
         fn = _torch_core_outside_graph() if torch.compiler.is_compiling() else _torch_core()
         return fn(qq, qk, lq, lk, v, bias=bias, config=config, mask=mask)
+    keep = {} if attn_keep is None else {"attn_keep": attn_keep}
     return attention_core_flash(
-        qq, qk, lq, lk, v, bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=xp
+        qq,
+        qk,
+        lq,
+        lk,
+        v,
+        bias=bias,
+        config=config,
+        mask=mask,
+        segment_ids=segment_ids,
+        xp=xp,
+        **keep,
     )

@@ -34,15 +34,19 @@ def _config_fields(config) -> list[str]:
     return [f.name for f in dataclasses.fields(config)] if dataclasses.is_dataclass(config) else []
 
 
-def unsupported_reason(config, mask, segment_ids) -> str | None:
+def unsupported_reason(config, mask, segment_ids, attn_keep=None) -> str | None:
     """None when an accelerated core implements this configuration, else why not.
 
     Supported: a FLASH layer with attention='relu2', any linear_norm ('sum', 'mean', 'length'
     with either length_mode), any relative bias (passed in as a (C, C) tensor or None, added before
     or after the 1/C scaling), causal or not, an optional (b, t) bool key mask, and no
     segment_ids. A config field this module does not know makes the call unsupported, so that a
-    new spec option can never be silently ignored by a fused core.
+    new spec option can never be silently ignored by a fused core. ``attn_keep`` (a dropout
+    keep-mask of the local attention weights, training only) is not fused: such calls take the
+    spec's core (``config.dropout`` alone, in evaluation, changes nothing in the core).
     """
+    if attn_keep is not None:
+        return "dropout on the attention weights (attn_keep) is not fused"
     unknown = sorted(set(_config_fields(config)) - KNOWN_FIELDS)
     if unknown:
         return f"FlashConfig fields {unknown} are new to the fused cores"

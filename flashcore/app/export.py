@@ -1,0 +1,143 @@
+"""``flashcore export RUN DST``: a training run -> a Hugging Face pretrained directory.
+
+    flashcore export RUN DST [--force]
+
+RUN is a ``flashcore train`` run folder (its ``model.safetensors``: canonical weights with the
+config and the training metadata) or such a file itself. DST becomes a folder holding
+``config.json`` (``model_type`` "flashcore", the LM config under ``flashcore``),
+``generation_config.json`` and ``model.safetensors``, a byte copy of the run's weight file, so
+nothing is converted or rounded. It loads with ``AutoModelForCausalLM.from_pretrained(DST)``
+(after ``import flashcore.torch.hf``) and with ``flashcore.{torch,jax,tf}.LM.from_pretrained(DST)``.
+
+Atomic: everything is written into a temporary folder next to DST, checked by loading it back,
+fsynced, then renamed to DST. A failed export leaves no DST; an existing DST is an error unless
+``--force``, which replaces it only once the new folder is complete. Needs the ``[hf]`` extra
+(transformers writes config.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+__all__ = ["main", "export"]
+
+WEIGHTS_NAME = "model.safetensors"
+
+
+class ExportError(ValueError):
+    """An export that cannot be done: a bad source, an existing destination, a missing extra."""
+
+
+def _source_file(run: Path) -> Path:
+    """The canonical weight file of a run folder (its newest complete checkpoint's), or the file
+    given."""
+    from .evaluate import resolve_model
+
+    path = resolve_model(run)
+    if not path.is_file():
+        where = f"{run} holds no {WEIGHTS_NAME}" if run.is_dir() else f"no run folder or file {run}"
+        raise FileNotFoundError(where)
+    return path
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_folder(folder: Path, source: Path, config) -> None:
+    """config.json, generation_config.json and a byte copy of the weight file into ``folder``."""
+    try:
+        from transformers import GenerationConfig
+
+        from flashcore.torch.hf import FlashcoreConfig, FlashcoreForCausalLM
+    except ImportError as err:
+        raise ExportError(
+            f"flashcore export needs the Hugging Face extra (pip install 'flashcore[hf]'): {err}"
+        ) from err
+    shutil.copyfile(source, folder / WEIGHTS_NAME)
+    hf_config = FlashcoreConfig.from_lm_config(config)
+    hf_config.architectures = [FlashcoreForCausalLM.__name__]
+    hf_config.save_pretrained(folder)
+    GenerationConfig.from_model_config(hf_config).save_pretrained(folder)
+    for path in folder.iterdir():
+        _fsync(path)
+    _fsync(folder)
+
+
+def export(run: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False) -> Path:
+    """Write the pretrained directory ``dst`` from the run ``run``; returns ``dst``.
+
+    Raises FileNotFoundError / WeightFileError for a missing or unusable source, ExportError for
+    an existing ``dst`` without ``force`` or a missing extra. Nothing is left at ``dst`` (nor in
+    its parent) when it fails; with ``force`` the old ``dst`` stays until the new one is complete.
+    """
+    from flashcore import io, pretrained
+    from flashcore.config import LMConfig
+
+    run, dst = Path(run), Path(dst)
+    source = _source_file(run)
+    _, config = io.load(source)  # every name and shape checked against the stored config
+    if not isinstance(config, LMConfig):
+        raise io.WeightFileError(f"{source}: holds a {type(config).__name__}, not a language model")
+    if (dst.exists() or dst.is_symlink()) and not force:
+        raise ExportError(f"{dst} exists; pass --force to replace it")
+    if dst.exists() and not dst.is_dir():
+        raise ExportError(f"{dst} is a file, not a folder; remove it first")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
+    old = None
+    try:
+        _write_folder(tmp, source, config)
+        pretrained.load(tmp)  # the folder as a reader sees it: weights and config.json agree
+        if dst.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
+            os.replace(dst, old / dst.name)
+        try:
+            os.replace(tmp, dst)
+        except BaseException:
+            if old is not None:  # put the previous export back
+                os.replace(old / dst.name, dst)
+            raise
+        _fsync(dst.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not (old / dst.name).exists():
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return dst
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="flashcore export",
+        description="A flashcore train run -> a Hugging Face pretrained directory "
+        "(config.json + canonical model.safetensors).",
+    )
+    ap.add_argument("run", type=Path, help="a run folder (or its model.safetensors)")
+    ap.add_argument("dst", type=Path, help="the folder to create")
+    ap.add_argument("--force", action="store_true", help="replace an existing DST")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from flashcore.io import WeightFileError
+
+    args = parser().parse_args(argv)
+    try:
+        dst = export(args.run, args.dst, force=args.force)
+    except (ExportError, WeightFileError, FileNotFoundError, OSError) as err:
+        print(f"flashcore export: {err}", file=sys.stderr)
+        return 2
+    print(f"exported {args.run} -> {dst} (config.json, generation_config.json, {WEIGHTS_NAME})")
+    return 0
