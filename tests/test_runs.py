@@ -27,14 +27,14 @@ from flashcore.app import (
 )
 from flashcore.app.evaluate import resolve_model  # noqa: E402
 from flashcore.app.runlock import LOCK_NAME, RunLock, RunLocked  # noqa: E402
+from flashcore.conformance.tolerances import training_tolerance  # noqa: E402
 
 TINY = ["--dim", "32", "--layers", "2", "--qk-dim", "16", "--chunk", "16", "--context", "48",
         "--batch", "2", "--eval-tokens", "96", "--log-every", "1", "--quiet", "--warmup", "2"]  # fmt: skip
 
-# 1e-6 relative: the resumed run repeats the same float32 operations on the same restored bytes
-# (weights, AdamW moments, sampler state) in the same program and environment; a wrong batch, a
-# lost or repeated step, or a stale moment moves the loss by 1e-3 or more.
-RTOL = 1e-6
+# the resumed run against the uninterrupted one: see conformance/tolerances.py TRAINING
+RTOL, _ = training_tolerance("resume", "loss")
+PARAM_RTOL, PARAM_ATOL = training_tolerance("resume", "params")
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_curve(tmp_pat
     a, _ = io.load(run / "model.safetensors")
     b, _ = io.load(tmp_path / "ref" / "model.safetensors")
     for k in b:
-        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a[k], b[k], rtol=PARAM_RTOL, atol=PARAM_ATOL)
     print(f"killed at: {killed_at}")
 
 

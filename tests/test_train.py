@@ -14,6 +14,10 @@ pytest.importorskip("torch", reason="the training tests use the torch engine")
 
 from flashcore import io  # noqa: E402
 from flashcore.app import train  # noqa: E402
+from flashcore.conformance.tolerances import training_tolerance  # noqa: E402
+
+LOSS_RTOL, _ = training_tolerance("resume", "loss")
+PARAM_RTOL, PARAM_ATOL = training_tolerance("resume", "params")
 
 TINY = ["--dim", "32", "--layers", "2", "--qk-dim", "16", "--chunk", "16", "--context", "48",
         "--batch", "2", "--eval-tokens", "192", "--log-every", "1", "--quiet", "--warmup", "2"]  # fmt: skip
@@ -46,13 +50,13 @@ def test_resume_continues_the_same_loss_curve(tmp_path, corpus):
     straight, split = _losses(tmp_path / "straight"), _losses(tmp_path / "split")
     assert sorted(split) == list(range(1, 9))
     np.testing.assert_allclose(
-        [split[s] for s in range(1, 9)], [straight[s] for s in range(1, 9)], rtol=1e-6
+        [split[s] for s in range(1, 9)], [straight[s] for s in range(1, 9)], rtol=LOSS_RTOL
     )
     assert straight[8] < straight[1]  # it learns
     params, config = io.load(tmp_path / "split" / "model.safetensors")
     ref, _ = io.load(tmp_path / "straight" / "model.safetensors")
     for k in params:
-        np.testing.assert_allclose(params[k], ref[k], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(params[k], ref[k], rtol=PARAM_RTOL, atol=PARAM_ATOL)
 
 
 def test_eval_and_generate(tmp_path, corpus, capsys):
