@@ -365,7 +365,7 @@ def _exists(path: Path) -> str:
 def training_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata a canonical file carries beside its format and config (a run checkpoint's
     step, corpus, corpus_sha256, train_loss), which ``convert`` copies to a canonical file."""
-    from .io import read_header
+    from ..io import read_header
 
     meta = read_header(path)
     return {k: v for k, v in meta.items() if k not in ("format", "format_version", "config")}
