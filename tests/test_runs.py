@@ -278,6 +278,19 @@ def test_convert_keeps_a_checkpoints_training_metadata(tmp_path, corpus, capsys)
         k: want[k] for k in ("step", "corpus", "corpus_sha256", "train_loss")
     }
     assert got["step"] == "2"
+    # through every native format and back: torch, Flax and Keras files keep it beside the config
+    keys = ("step", "corpus", "corpus_sha256", "train_loss")
+    hop = src
+    for suffix, module in [(".pt", "torch"), (".msgpack", "jax"), (".weights.h5", "tf")]:
+        backend_io = pytest.importorskip(f"flashcore.{module}.io", reason=f"{module} not installed")
+        nxt = tmp_path / f"hop{suffix}"
+        assert cli_main(["convert", str(hop), str(nxt)]) == 0
+        kept = backend_io.read_extra(nxt)
+        assert {k: kept.get(k) for k in keys} == {k: want[k] for k in keys}, suffix
+        hop = nxt
+    back = tmp_path / "back.safetensors"
+    assert cli_main(["convert", str(hop), str(back)]) == 0
+    assert {k: io.read_header(back).get(k) for k in keys} == {k: want[k] for k in keys}
     capsys.readouterr()
     assert cli_main(["convert", str(src), str(dst)]) == 2
     err = capsys.readouterr().err
