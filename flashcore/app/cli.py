@@ -24,7 +24,7 @@ COMMANDS = {
     "eval": "flashcore.app.evaluate:eval_main",
     "generate": "flashcore.app.evaluate:generate_main",
     "quality": "flashcore.app.quality:main",
-    "conformance": "flashcore.conformance.report:main",
+    "conformance": "flashcore.app.conformance:main",
     "weights-table": "flashcore.params:print_weight_table",
     "convert": "flashcore.app.convert:main",
     "export": "flashcore.app.export:main",
