@@ -326,6 +326,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("bench-torch"), help="output directory")
     p.add_argument("--timeout", type=float, default=3600.0, help="per measurement, seconds")
     p.add_argument("--matmul-size", type=int, default=4096, help="n of the n x n peak matmul")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -340,9 +341,26 @@ def _fmt(x, spec=".1f", missing="-"):
     return format(x, spec)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; returns a process exit code (0 even when targets are missed)."""
+class _Plain:
+    """Progress without a bar: a plain iteration, lines printed as they come."""
+
+    @staticmethod
+    def iterate(items, *, desc: str, quiet: bool = False, unit: str = "it"):
+        return iter(items)
+
+    @staticmethod
+    def note(text: str, *, file=None) -> None:
+        print(text, file=file or sys.stdout, flush=True)
+
+
+def main(argv: list[str] | None = None, *, progress=None) -> int:
+    """Run the benchmark; returns a process exit code (0 even when targets are missed).
+
+    ``progress``: an object with ``iterate(items, desc=, quiet=)`` and ``note(text, file=)`` (the
+    ``flashcore bench`` command passes :mod:`flashcore.app.progress`, a tqdm bar over the
+    measurements); None: no bar."""
     args = _parse(argv)
+    progress = progress or _Plain
     if args.child:
         return _child(json.loads(args.child))
 
@@ -372,35 +390,34 @@ def main(argv: list[str] | None = None) -> int:
 
     peak_start = peaks("start")
     rows: list[dict] = []
-    for t in args.lengths:
-        for dt in args.dtypes:
-            for model in args.models:
-                row = {"model": model, "dtype": dt, "t": t}
-                if model == "transformer++" and t > args.transformer_max_len:
-                    row["skipped"] = f"T > --transformer-max-len {args.transformer_max_len}"
-                    rows.append(row)
-                    continue
-                job = {
-                    "kind": "step",
-                    "model": model,
-                    "dtype": dt,
-                    "t": t,
-                    "threads": args.threads,
-                    "repeats": args.repeats or _default_repeats(t),
-                    "warmup": args.warmup,
-                    "ffn_dim": ffn,
-                    "compile": args.compile,
-                }
-                res = _run_child(job, env, args.timeout)
-                row.update(res)
-                if "wall_s" in res:
-                    row["us_per_token"] = res["wall_s"] * 1e6 / t
-                    row["cpu_us_per_token"] = res["cpu_s"] * 1e6 / t
-                    flop = flops_per_token(model, t, ffn) * t
-                    row["gflops"] = flop / res["wall_s"] / 1e9
-                    row["gflops_cpu"] = flop / res["cpu_s"] / 1e9
-                rows.append(row)
-                print("  " + _row_text(row))
+    grid = [(t, dt, m) for t in args.lengths for dt in args.dtypes for m in args.models]
+    for t, dt, model in progress.iterate(grid, desc="bench torch", quiet=args.quiet):
+        row = {"model": model, "dtype": dt, "t": t}
+        if model == "transformer++" and t > args.transformer_max_len:
+            row["skipped"] = f"T > --transformer-max-len {args.transformer_max_len}"
+            rows.append(row)
+            continue
+        job = {
+            "kind": "step",
+            "model": model,
+            "dtype": dt,
+            "t": t,
+            "threads": args.threads,
+            "repeats": args.repeats or _default_repeats(t),
+            "warmup": args.warmup,
+            "ffn_dim": ffn,
+            "compile": args.compile,
+        }
+        res = _run_child(job, env, args.timeout)
+        row.update(res)
+        if "wall_s" in res:
+            row["us_per_token"] = res["wall_s"] * 1e6 / t
+            row["cpu_us_per_token"] = res["cpu_s"] * 1e6 / t
+            flop = flops_per_token(model, t, ffn) * t
+            row["gflops"] = flop / res["wall_s"] / 1e9
+            row["gflops_cpu"] = flop / res["cpu_s"] / 1e9
+        rows.append(row)
+        progress.note("  " + _row_text(row), file=sys.stdout)
     peak_end = peaks("end")
     peak = {
         dt: {k: max(peak_start[dt][k], peak_end[dt][k]) for k in ("gflops", "gflops_cpu")}

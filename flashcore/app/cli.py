@@ -48,7 +48,9 @@ def _bench(argv: list[str]) -> int:
         return 2
     if backend in benchtable.TABLE_BACKENDS:
         return benchtable.main(backend, argv)
-    return int(mod.main(argv) or 0)
+    from . import progress
+
+    return int(mod.main(argv, progress=progress) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
