@@ -101,6 +101,7 @@ class LM(CanonicalModule):
             segment_ids=segment_ids,
             xp=xp,
             core=kernels.attention_core,
+            attn_core=kernels.softmax_core,
             dropout=self._masks(tokens, dropout),
         )
 
@@ -124,6 +125,7 @@ class LM(CanonicalModule):
             segment_ids=segment_ids,
             xp=xp,
             core=kernels.attention_core,
+            attn_core=kernels.softmax_core,
             dropout=self._masks(tokens, dropout),
         )
 

@@ -23,7 +23,12 @@ def _concrete(a) -> np.ndarray | None:
 
 def _dense(h: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """h W + b in one addmm: ``kernel`` (i, o) is the module's (o, i) weight seen through ``.mT``,
-    so ``kernel.mT`` hands F.linear the contiguous weight back (no copy)."""
+    so ``kernel.mT`` hands F.linear the contiguous weight back (no copy). Mixed dtypes outside
+    autocast take the array API's promotion (F.linear has none)."""
+    dtypes = {h.dtype, kernel.dtype} | ({bias.dtype} if bias is not None else set())
+    if len(dtypes) > 1 and not torch.is_autocast_enabled(h.device.type):
+        y = _compat.matmul(h, kernel)
+        return y if bias is None else y + bias
     return torch.nn.functional.linear(h, kernel.mT, bias)
 
 

@@ -58,3 +58,10 @@ def test_split_last_equals_slices_and_its_gradient_is_one_piece_per_slice():
     torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
     with pytest.raises(ValueError, match="do not add up"):
         ops.split(a, (4, 4), xp)
+
+
+def test_dense_promotes_mixed_dtypes_as_the_array_api_does():
+    h, kernel, b = _leaf(3, 8), _leaf(8, 4, dtype=torch.float32), _leaf(4, dtype=torch.float32)
+    y = ops.dense(h, kernel, b, xp)
+    assert y.dtype == torch.float64
+    assert_close(y, h @ kernel.double() + b.double(), reorder=8)
