@@ -22,6 +22,7 @@ temporary file before it is renamed into place.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import h5py
@@ -71,7 +72,15 @@ def save(path: str | os.PathLike, layer, *, extra: dict[str, str] | None = None)
     attrs[_PREFIX + "dtype"] = str(layer.dtype)
 
     def write(tmp: str) -> None:
-        keras.saving.save_weights(layer, tmp)
+        with warnings.catch_warnings():
+            # Keras 3.15's weight store calls np.array(variable) (keras/src/backend/tensorflow/
+            # core.py convert_to_numpy); NumPy 2 then warns once per variable that the
+            # variable's __array__ takes no copy keyword. The values are copied either way.
+            warnings.filterwarnings(
+                "ignore", message="__array__ implementation doesn't accept a copy keyword",
+                category=DeprecationWarning,
+            )  # fmt: skip
+            keras.saving.save_weights(layer, tmp)
         with h5py.File(tmp, "a") as f:
             f.attrs.update(attrs)
 
