@@ -44,6 +44,7 @@ def records(run: Path) -> tuple[dict[int, float], dict[int, float]]:
     for line in (run / "log.jsonl").read_text().splitlines():
         rec = json.loads(line)
         if "loss" in rec:
+            assert rec["step"] not in losses, f"{run}: step {rec['step']} logged twice"
             losses[rec["step"]] = rec["loss"]
         if "eval" in rec:
             evals[rec["step"]] = rec["eval"]["loss"]

@@ -11,12 +11,12 @@ import random
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _data_parallel import make_corpus, records
 
 pytest.importorskip("torch", reason="the training tests use the torch engine")
 
@@ -39,21 +39,11 @@ PARAM_RTOL, PARAM_ATOL = training_tolerance("resume", "params")
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("corpus")
-    src = Path(sysconfig.get_paths()["stdlib"])
-    for name in ("abc.py", "bisect.py", "colorsys.py", "keyword.py", "this.py", "copy.py"):
-        (folder / name).write_bytes((src / name).read_bytes())
-    return folder
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def _losses(run: Path) -> dict[int, float]:
-    out = {}
-    for line in (run / "log.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            assert rec["step"] not in out, f"step {rec['step']} logged twice"
-            out[rec["step"]] = rec["loss"]
-    return out
+    return records(run)[0]
 
 
 def _start(args: list[str], crash_at: str | None = None) -> subprocess.Popen:

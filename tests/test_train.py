@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import sysconfig
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _data_parallel import make_corpus, records
 
 pytest.importorskip("torch", reason="the training tests use the torch engine")
 
@@ -25,20 +24,11 @@ TINY = ["--dim", "32", "--layers", "2", "--qk-dim", "16", "--chunk", "16", "--co
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("corpus")
-    src = Path(sysconfig.get_paths()["stdlib"])
-    for name in ("abc.py", "bisect.py", "colorsys.py", "keyword.py", "this.py", "copy.py"):
-        (folder / name).write_bytes((src / name).read_bytes())
-    return folder
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def _losses(run: Path) -> dict[int, float]:
-    out = {}
-    for line in (run / "log.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            out[rec["step"]] = rec["loss"]
-    return out
+    return records(run)[0]
 
 
 def test_resume_continues_the_same_loss_curve(tmp_path, corpus):
