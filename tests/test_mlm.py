@@ -15,7 +15,7 @@ import pytest
 
 import flashcore as fc
 from flashcore import mlm
-from flashcore.app import evaluate, train
+from flashcore.app import evaluate, runstate, train
 from flashcore.app.engine import BACKENDS, load_engine
 from flashcore.conformance.assertions import assert_close
 
@@ -180,7 +180,7 @@ def test_train_and_eval_mlm_end_to_end(tmp_path, corpus, backend, capsys):
     run = tmp_path / "run"
     argv = [*TINY, "--objective", "mlm", "--steps", "4", "--backend", backend]
     assert train.train_main([*argv, "--data", str(corpus), "--out", str(run)]) == 0
-    assert json.loads((run / "run.json").read_text())["objective"] == "mlm"
+    assert runstate.read_run_info(run)["objective"] == "mlm"
     params, config = fc.io.load(run / "model.safetensors")
     assert not config.block.causal and config.vocab_size == mlm.BYTE_MLM_VOCAB
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
