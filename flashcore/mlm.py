@@ -1,7 +1,7 @@
 """The masked-LM objective (BERT-style), spec storey: NumPy masking, the loss through :mod:`lm`.
 
     inputs, targets, loss_mask = mask_tokens(tokens, rng, mask_id=256, vocab_size=257)
-    loss = mlm_loss(params, inputs, targets, loss_mask, config=LMConfig(causal block=False))
+    loss = mlm_loss(params, inputs, targets, loss_mask, config=config)  # block causal=False
 
 Masking (on the host, from a seeded ``numpy.random.Generator``, so that every backend trains on
 the same batches): in each row, ``round(rate * n)`` of its ``n`` real positions (at least one when
