@@ -2,7 +2,8 @@
 
     transformer_block(params, x, config=TransformerConfig, mask=None, segment_ids=None) -> (b, t, d)
     lm_logits(params, tokens, config=LMConfig, mask=None, segment_ids=None)            -> (b, t, v)
-    lm_loss(params, inputs, targets, config=LMConfig, mask=None, segment_ids=None)     -> ()
+    lm_loss(params, inputs, targets, config=LMConfig, mask=None, segment_ids=None,
+            loss_mask=None)                                                            -> ()
 
 Each also takes ``dropout``: None, or keep-masks (:mod:`flashcore.dropout`; an LM's are named
 ``layers.{i}.<site>``).
@@ -286,18 +287,22 @@ def lm_loss(
     core=None,
     attn_core=None,
     dropout=None,
+    loss_mask=None,
 ):
     """Mean cross-entropy (nats) of ``targets`` given ``inputs``; both (b, t) ints.
 
     For next-token prediction, targets are inputs shifted by one and the block must be causal (a
     bidirectional block sees its targets; use that only for masked-token objectives).
-    ``mask`` marks real positions of ``inputs``; the loss counts only those. dropout: as
-    :func:`lm_hidden`.
+    ``mask`` marks real positions of ``inputs``; the loss counts only those. ``loss_mask``:
+    (b, t) bool or None, the positions to count among those (e.g. the masked-LM objective's
+    chosen positions, :mod:`flashcore.mlm`); attention still sees every real position.
+    dropout: as :func:`lm_hidden`.
     """
     xp = namespace(inputs, xp=xp)
     b, t = check_tokens(targets, config.vocab_size, xp)
     if tuple(inputs.shape) != (b, t):
         raise ValueError(f"inputs {tuple(inputs.shape)} and targets {(b, t)} must have one shape")
+    check_mask(loss_mask, b, t)
     logits = lm_logits(
         params,
         inputs,
@@ -309,4 +314,5 @@ def lm_loss(
         attn_core=attn_core,
         dropout=dropout,
     )
-    return cross_entropy(logits, targets, mask, xp=xp)
+    count = mask if loss_mask is None else (loss_mask if mask is None else loss_mask & mask)
+    return cross_entropy(logits, targets, count, xp=xp)
