@@ -24,8 +24,6 @@ FLASH (``"state"``, constant cost per token, O(C (s + e) + s e)):
     qk       (b, C, s)  acc     quad keys of the current chunk (slots < t mod C are filled)
     v        (b, C, e)  acc     values of the current chunk
     prev     (b, d)     dtype   normed input of the previous token (token shift)
-    prev_x   (b, d)     dtype   the previous token's input before the norm (what a streamed
-                                prefill, :mod:`flashcore.prefill`, hands the token shift)
 
 At the end of a chunk, ``pending`` moves into ``lin``: exactly the spec's exclusive prefix sum
 over chunks, accumulated token by token.
@@ -196,7 +194,6 @@ def _flash_init(config: FlashConfig, batch: int, *, xp, dtype, device=None) -> d
         "qk": xp.zeros((b, c, s), dtype=acc, **kw),
         "v": xp.zeros((b, c, e), dtype=acc, **kw),
         "prev": xp.zeros((b, d), dtype=dtype, **kw),
-        "prev_x": xp.zeros((b, d), dtype=dtype, **kw),
     }
 
 
@@ -256,7 +253,6 @@ def _flash_step(params: dict, x_t, state: dict, *, config: FlashConfig, xp):
         "qk": qk_buf,
         "v": v_buf,
         "prev": h,
-        "prev_x": x_t,
     }
     return out, new_state
 
