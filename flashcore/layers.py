@@ -83,12 +83,21 @@ def scores_to_logits(scores, bias, scale, config: FlashConfig):
 
 
 def normed_input(
-    params: dict, x, config: FlashConfig, mask, segment_ids, xp, prev=None, prev_keep=None
+    params: dict,
+    x,
+    config: FlashConfig,
+    mask,
+    segment_ids,
+    xp,
+    prev=None,
+    prev_keep=None,
+    prev_normed: bool = False,
 ):
     """h = Norm(x), then the optional token shift. x: (b, t, d) -> (b, t, d).
 
     prev: (b, d), the input row before x[:, 0] (context parallelism), read by the token shift
-    where ``prev_keep`` (b,) bool is True; None: position 0 reads nothing.
+    where ``prev_keep`` (b,) bool is True; None: position 0 reads nothing. ``prev_normed``: prev
+    is already Norm(row) (a decoding state's ``prev``, :mod:`flashcore.stream`).
     """
     h = layer_norm(params, x, config, xp)
     if not config.token_shift:
@@ -109,7 +118,7 @@ def normed_input(
         keep = xp.concat([first, rest], axis=1)
     if prev is None:
         return ops.token_shift(h, keep, xp)
-    h_prev = layer_norm(params, prev[:, None, :], config, xp)  # (b, 1, d)
+    h_prev = prev[:, None, :] if prev_normed else layer_norm(params, prev[:, None, :], config, xp)
     return ops.token_shift(h, keep, xp, prev=h_prev)
 
 
@@ -136,15 +145,26 @@ def project(
     position_offset=0,
     prev=None,
     prev_keep=None,
+    prev_normed: bool = False,
 ):
     """Norm, optional token shift, the fused dense layer, SiLU, scale-offset and RoPE.
 
     x: (b, t, d) -> u, v: (b, t, e); heads: list of h arrays (b, t, s). Context parallelism
     (:mod:`flashcore.context_parallel`): x is one shard of a longer sequence, at global
     positions ``position_offset + arange(t)`` (an int, or an integer array of shape () that may
-    be traced); ``prev``, ``prev_keep``: see :func:`normed_input`.
+    be traced); ``prev``, ``prev_keep``, ``prev_normed``: see :func:`normed_input`.
     """
-    h = normed_input(params, x, config, mask, segment_ids, xp, prev=prev, prev_keep=prev_keep)
+    h = normed_input(
+        params,
+        x,
+        config,
+        mask,
+        segment_ids,
+        xp,
+        prev=prev,
+        prev_keep=prev_keep,
+        prev_normed=prev_normed,
+    )
     u, v, heads = hidden(params, h, config, xp)
     rope = dict(dims=config.rotary_dims, mode=config.rope, base=config.rope_base, xp=xp)
     if isinstance(position_offset, int):
@@ -296,13 +316,15 @@ def flash_checked(
     exchange=None,
     others_bad=None,
     dropout=None,
+    halo_normed: bool = False,
 ):
     """:func:`flash` after its input checks; the keywords after ``core`` serve context
     parallelism (:mod:`flashcore.context_parallel`), where x is one shard of a longer sequence.
     dropout: checked keep-masks or None (see :func:`flash`).
 
     position_offset: the global position of x[:, 0] (int, or an int array of shape ()).
-    halo: x (b, t, d) -> (prev (b, d), prev_keep (b,) bool), the row before x for the token shift.
+    halo: x (b, t, d) -> (prev (b, d), prev_keep (b,) bool), the row before x for the token shift
+    (``halo_normed``: already normed, as a decoding state holds it).
     exchange: see :func:`_linear`. others_bad: (b,) bool, "a real row of mine holds NaN / Inf" ->
     (b,) bool, the same from the shards this one depends on.
     """
@@ -319,6 +341,7 @@ def flash_checked(
         position_offset=position_offset,
         prev=prev,
         prev_keep=prev_keep,
+        prev_normed=halo_normed,
     )
     if is_low_precision(x.dtype):  # the core gets (and returns) float32 in low precision
         qq, qk, lq, lk = (xp.astype(a, xp.float32, copy=False) for a in heads)

@@ -148,11 +148,21 @@ def rope_offset(x, offset, *, dims: int, mode: str, base: float, xp):
     """
     if mode == "none" or dims == 0:
         return x
-    cos_np, sin_np = rope_tables(np.arange(x.shape[-2]), dims, base)
-    cos_l, sin_l = const(xp, cos_np, like=x), const(xp, sin_np, like=x)  # (t, dims/2)
-    cos_o, sin_o = angles_at(offset, dims=dims, base=base, xp=xp, like=x)  # (1, dims/2)
-    cos, sin = cos_l * cos_o - sin_l * sin_o, sin_l * cos_o + cos_l * sin_o  # (t, dims/2)
+    cos, sin = angles_offset(offset, x.shape[-2], dims=dims, base=base, xp=xp, like=x)
     return rope_rotate(x, cos, sin, dims=dims, mode=mode, xp=xp)
+
+
+def angles_offset(offset, t: int, *, dims: int, base: float, xp, like):
+    """cos, sin of p * theta_k at positions p = ``offset + arange(t)``, ``offset`` an integer
+    array of shape () that may be traced -> two (t, dims/2) arrays in ``like``'s dtype.
+
+    offset * theta and i * theta are exact float64 host tables (:func:`angles_at`), combined
+    with the angle-sum identity.
+    """
+    cos_np, sin_np = rope_tables(np.arange(t), dims, base)
+    cos_l, sin_l = const(xp, cos_np, like=like), const(xp, sin_np, like=like)  # (t, dims/2)
+    cos_o, sin_o = angles_at(offset, dims=dims, base=base, xp=xp, like=like)  # (1, dims/2)
+    return cos_l * cos_o - sin_l * sin_o, sin_l * cos_o + cos_l * sin_o
 
 
 def rope_rotate(x, cos, sin, *, dims: int, mode: str, xp):

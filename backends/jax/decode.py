@@ -10,6 +10,7 @@ the angle-sum identity, exact up to ``flashcore.ops.ROPE_MAX_POSITION`` even in 
     y_t, state = decode_step(params, x_t, state, config=cfg)   # x_t: (b, d) or tokens (b,)
     ys, state = scan(params, xs, state, config=cfg)            # xs: (b, t, d) or tokens (b, t)
     tokens = generate(params, prompt, config=lm_cfg, max_new_tokens=32, top_k=40, seed=0)
+    logits, state = prefill(params, tokens, config=lm_cfg, piece=4096, last_only=True)
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from flashcore import decode as spec_decode
-from flashcore import generation, sampling
+from flashcore import generation, sampling, stream
 from flashcore.config import FlashConfig, LMConfig, TransformerConfig
 from flashcore.lm import lm_logits
 
+from . import kernels
 from .xp import xp
 
-__all__ = ["decode_init", "decode_step", "scan", "generate"]
+__all__ = ["decode_init", "decode_step", "scan", "generate", "prefill"]
 
 Config = FlashConfig | TransformerConfig | LMConfig
 
@@ -106,4 +108,44 @@ def generate(
         step=lambda tok, st: _step(params, jnp.asarray(tok, jnp.int32), st, config=config),
         forward_last=lambda t: _forward(params, jnp.asarray(t, jnp.int32), config=config)[:, -1],
         pick=lambda logits, u: _pick(logits, jnp.asarray(u, logits.dtype), **opts),
+    )
+
+
+_piece = jax.jit(stream.prefill_piece, static_argnames=("config", "xp", "core", "last_only"))
+
+
+def prefill(
+    params: dict,
+    tokens,
+    *,
+    config: LMConfig,
+    piece: int = 4096,
+    state: dict | None = None,
+    last_only: bool = False,
+    core=None,
+):
+    """Streamed prefill of a causal FLASH LM (:func:`flashcore.stream.lm_prefill`): tokens
+    (b, T) ints, ``piece`` positions (a multiple of C) at a time through one jitted
+    :func:`flashcore.stream.prefill_piece` (compiled once per piece length: at most two), the
+    last T mod C positions through the jitted decode step. ``core``: the mixed-chunk core (None:
+    :func:`flashcore.jax.kernels.flash_core`).
+
+    -> (logits (b, T, v), or the last position's (b, v) with ``last_only``; a decoding state
+    for :func:`decode_step`, or ``state=`` to stream on).
+    """
+    tokens = jnp.asarray(tokens)
+    if state is None:
+        stream.check_stream(config)
+        state = decode_init(config, tokens.shape[0], params["embed.weight"].dtype)
+    opts = dict(config=config, xp=xp, core=core or kernels.flash_core, last_only=last_only)
+    return stream.lm_prefill(
+        params,
+        tokens,
+        config=config,
+        piece=piece,
+        state=state,
+        last_only=last_only,
+        xp=xp,
+        piece_fn=lambda t, st: _piece(params, t, st, **opts),
+        step_fn=lambda t, st: _step(params, t, st, config=config),
     )

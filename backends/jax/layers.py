@@ -405,6 +405,24 @@ class LM(_Canonical):
             dropout=self._masks(*_batch_time(tokens), dropout, deterministic, rngs),
         )
 
+    def prefill(
+        self, tokens, *, piece: int = 4096, state: dict | None = None, last_only: bool = False
+    ):
+        """Streamed prefill of a causal FLASH LM (:func:`flashcore.jax.decode.prefill`, jitted
+        pieces with this LM's core): tokens (b, T) -> (logits (b, T, v), or (b, v) with
+        ``last_only``; a decoding state for :func:`flashcore.jax.decode.decode_step`)."""
+        from .decode import prefill
+
+        return prefill(
+            self.to_canonical(),
+            tokens,
+            config=self.config,
+            piece=piece,
+            state=state,
+            last_only=last_only,
+            core=self.core,
+        )
+
     def loss(
         self,
         inputs: jax.Array,

@@ -44,7 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 import flashcore as fc
-from flashcore import decode
+from flashcore import decode, stream
 from flashcore.config import FlashConfig, LMConfig, TransformerConfig
 
 from .xp import xp
@@ -460,4 +460,32 @@ class LM(_Canonical):
         """
         return decode.lm_decode_step(
             self.canonical_params(), tokens_t, state, config=self.config, xp=xp
+        )
+
+    @_no_autograph
+    def prefill(
+        self, tokens, *, piece: int = 4096, state: dict | None = None, last_only: bool = False
+    ) -> tuple[tf.Tensor, dict]:
+        """Streamed prefill of a causal FLASH LM (:func:`flashcore.stream.lm_prefill`): tokens
+        (b, T) ints, ``piece`` positions (a multiple of C) at a time, each piece one
+        ``tf.function`` call (traced once per piece length) carrying the decoding state.
+
+        -> (logits (b, T, v), or the last position's (b, v) with ``last_only``; a decoding state
+        for :meth:`decode_step`, or ``state=`` to stream on).
+        """
+        params = self.canonical_params()
+        tokens = tf.convert_to_tensor(tokens)
+        if state is None:
+            state = self.decode_init(int(tokens.shape[0]))
+        opts = dict(config=self.config, xp=xp, last_only=last_only)
+        piece_fn = tf.function(lambda t, s: stream.prefill_piece(params, t, s, **opts))
+        return stream.lm_prefill(
+            params,
+            tokens,
+            config=self.config,
+            piece=piece,
+            state=state,
+            last_only=last_only,
+            xp=xp,
+            piece_fn=piece_fn,
         )

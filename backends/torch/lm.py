@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import flashcore as fc
-from flashcore import decode, generation, sampling
+from flashcore import decode, generation, sampling, stream
 
 from . import kernels
 from .layers import block_class, draw_dropout
@@ -159,6 +159,33 @@ class LM(CanonicalModule):
         the forward's at this position."""
         return decode.lm_decode_step(
             self.canonical_params(), tokens_t, state, config=self.config, xp=xp
+        )
+
+    @torch.no_grad()
+    def prefill(
+        self,
+        tokens: torch.Tensor,
+        *,
+        piece: int = 4096,
+        state: dict | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
+        """Streamed prefill of a causal FLASH LM (:func:`flashcore.stream.lm_prefill`): tokens
+        (b, T) ints, ``piece`` positions (a multiple of C) at a time, each through the fused
+        core (:mod:`flashcore.torch.kernels`) with the carried state; memory independent of T.
+
+        -> (logits (b, T, v), or the last position's (b, v) with ``last_only``; a decoding state
+        that :meth:`decode_step` continues and ``state=`` streams on from). No autograd.
+        """
+        return stream.lm_prefill(
+            self.canonical_params(),
+            tokens,
+            config=self.config,
+            piece=piece,
+            state=state,
+            last_only=last_only,
+            xp=xp,
+            core=kernels.attention_core,
         )
 
     @torch.no_grad()

@@ -1,0 +1,267 @@
+"""Streamed prefill: a causal FLASH LM over a long sequence, piece by piece, in constant memory.
+
+    logits, state = lm_prefill(params, tokens, config=cfg, piece=4096, last_only=True)
+    logits, state = lm_decode_step(params, next_tokens, state, config=cfg)   # continue
+
+tokens: (b, T) ints, T as long as wanted. The sequence goes through the LM ``piece`` positions
+at a time (a multiple of C); each FLASH layer carries between pieces exactly what
+:mod:`flashcore.decode` keeps for it (``lin``: the sum of the chunk states K^T V / C of every
+chunk so far, ``count``, and ``prev``: the normed last row, for the token shift), so that the
+working memory is that of one piece whatever T is. A piece runs the layer's own whole-sequence
+path (:func:`flashcore.layers.flash_checked`, with the fused core a backend hands in) at global
+positions ``pos .. pos + piece - 1``, with the carried state added to every chunk's linear
+state the way context parallelism adds the earlier shards' (:mod:`flashcore.context_parallel`);
+positions past the last whole chunk (T not a multiple of C) are fed one token at a time by
+:func:`flashcore.decode.lm_decode_step`. The returned state is a decoding state
+(:func:`flashcore.decode.lm_decode_init`'s layout): ``lm_decode_step`` continues from it, and
+``lm_prefill`` takes it back as ``state=`` to stream on.
+
+Logits equal :func:`flashcore.lm_logits` on the whole sequence (the same formulas summed in
+another order). ``last_only=True`` returns only the last position's, (b, v), so that nothing
+grows with T. No mask and no segment_ids: each batch row is one sequence, every position real
+(as in decoding); evaluation only (no dropout). A NaN / Inf embedding row reaches what it reaches
+in the forward: every later position of its row.
+
+Only FLASH has a state of constant size: a GAU or Transformer++ LM attends to every earlier
+position (use :func:`flashcore.lm_logits`, or a key/value cache with
+:func:`flashcore.decode.lm_decode_step`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from . import ops
+from ._xp import const, device_of, namespace
+from .checks import check_tokens, concrete
+from .config import FlashConfig, LMConfig
+from .decode import lm_decode_init, lm_decode_step
+from .layers import attention_core_flash, flash_checked, layer_norm
+from .lm import abs_positions, final_norm, head
+from .params import subtree
+
+__all__ = ["check_stream", "carry_core", "prefill_piece", "lm_prefill"]
+
+
+def check_stream(config) -> None:
+    """Raise a clear error unless ``config`` is an LMConfig of causal FLASH layers."""
+    if not isinstance(config, LMConfig):
+        raise TypeError(f"streamed prefill takes an LMConfig, got {type(config).__name__}")
+    block = config.block
+    if not isinstance(block, FlashConfig) or block.kind != "flash":
+        kind = block.kind if isinstance(block, FlashConfig) else "Transformer++"
+        raise ValueError(
+            f"streamed prefill needs FLASH layers (a constant-size carried state); this LM has "
+            f"{kind} layers, which attend to every earlier position: use flashcore.lm_logits "
+            "(the full forward) or the key/value cache of flashcore.decode.lm_decode_step"
+        )
+    if not block.causal:
+        raise ValueError(
+            "streamed prefill needs causal=True: a bidirectional FLASH layer reads positions "
+            "that have not arrived yet; run flashcore.lm_logits on the whole sequence"
+        )
+
+
+def _check_piece(piece, chunk: int) -> None:
+    if isinstance(piece, bool) or not isinstance(piece, (int, np.integer)) or piece < 1:
+        raise ValueError(f"piece must be a positive int, got {piece!r}")
+    if piece % chunk:
+        raise ValueError(
+            f"piece={piece} must be a multiple of chunk_size={chunk} (the last piece of a "
+            "sequence may be shorter; lm_prefill cuts it)"
+        )
+
+
+def carry_core(core: Callable | None) -> Callable:
+    """A mixed-chunk core that takes a carried state (``exchange=``) from ``core``, one that
+    does not (a backend's fused kernel; None: the spec's, which does).
+
+    With ``linear_norm='sum'``, no mask, no segments and no dropout, lin is linear in the state:
+    lq (S_piece + S_in) = core's output + lq S_in. ``exchange`` receives the piece's sum of
+    chunk states, sum_t lk_t^T v_t / C (b, s, e), and returns S_in. Every other case runs the
+    spec's core with ``exchange`` (see :func:`flashcore.layers.attention_core_flash`).
+    """
+    if core is None:
+        return attention_core_flash
+
+    def run(qq, qk, lq, lk, v, *, bias, config, mask=None, segment_ids=None, xp=None, **kw):
+        exchange = kw.pop("exchange", None)
+        args = dict(bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=xp)
+        if exchange is None:
+            return core(qq, qk, lq, lk, v, **args, **kw)
+        fused = config.linear_norm == "sum" and mask is None and segment_ids is None and not kw
+        if not fused:
+            return attention_core_flash(qq, qk, lq, lk, v, **args, exchange=exchange, **kw)
+        xp = namespace(v, xp=xp)
+        piece = xp.matmul(xp.permute_dims(lk, (0, 2, 1)), v) / float(config.chunk_size)
+        carried, _ = exchange(piece, None)  # (b, s, e)
+        return core(qq, qk, lq, lk, v, **args) + xp.matmul(lq, carried)
+
+    return run
+
+
+def _layer_piece(params: dict, x, st: dict, *, config: FlashConfig, xp, core: Callable):
+    """One FLASH layer over one piece. x: (b, t, d), t a multiple of C, at positions
+    st["pos"] + arange(t) (a chunk boundary) -> (out (b, t, d), the layer's new decoding state)."""
+    b, t, _ = x.shape
+    lin, count = st["lin"], st["count"]  # (b, s, e), (b,)
+    lin_bad = ~xp.isfinite(
+        xp.sum(xp.reshape(lin, (b, lin.shape[1] * lin.shape[2])), axis=-1)
+    )  # (b,)
+    got = {}
+
+    def exchange(piece_sum, piece_count):  # this piece's sums in, the carried ones out
+        got["sum"] = piece_sum
+        return lin, (None if piece_count is None else count)
+
+    def halo(_x):
+        started = xp.reshape(st["pos"] > 0, (1,))
+        return st["prev"], xp.broadcast_to(started, (b,))
+
+    def others_bad(mine):  # (b,) bool: NaN / Inf in this piece, in earlier pieces
+        got["bad"] = mine
+        return lin_bad
+
+    out = flash_checked(
+        params,
+        x,
+        config=config,
+        mask=None,
+        segment_ids=None,
+        xp=xp,
+        core=core,
+        position_offset=st["pos"],
+        halo=halo,
+        halo_normed=True,
+        exchange=exchange,
+        others_bad=others_bad,
+    )
+    new_lin = lin + got["sum"]
+    nan = const(xp, np.full((1, 1, 1), np.nan), like=new_lin)
+    new_lin = xp.where((got["bad"] | lin_bad)[:, None, None], nan, new_lin)  # keep the poison
+    new = dict(st)
+    new["pos"] = st["pos"] + t
+    new["lin"] = new_lin
+    new["count"] = count + float(t // config.chunk_size)
+    new["prev"] = layer_norm(params, x[:, -1, :], config, xp)  # (b, d), as decode_step keeps it
+    return out, new
+
+
+def prefill_piece(
+    params: dict,
+    tokens,
+    state: dict,
+    *,
+    config: LMConfig,
+    xp=None,
+    core: Callable | None = None,
+    last_only: bool = False,
+):
+    """One piece through the LM. tokens: (b, t) ints, t a multiple of C; ``state`` a decoding
+    state at a chunk boundary (its pos a multiple of C; :func:`lm_prefill` makes sure).
+    -> (logits (b, t, v), or (b, v) with ``last_only``; the new state). Jit-able: no Python
+    branch on values. ``core``: the FLASH layers' mixed-chunk core (see :func:`carry_core`)."""
+    check_stream(config)
+    xp = namespace(tokens, xp=xp)
+    b, t = check_tokens(tokens, config.vocab_size, xp)
+    _check_piece(t, config.block.chunk_size)
+    run_core = carry_core(core)
+    x = xp.reshape(
+        xp.take(params["embed.weight"], xp.reshape(tokens, (-1,)), axis=0), (b, t, config.dim)
+    )
+    if config.abs_pos == "scaled_sinusoidal":
+        pos = state["layers.0"]["pos"]
+        cos, sin = ops.angles_offset(pos, t, dims=config.dim, base=10000.0, xp=xp, like=x)
+        x = x + abs_positions(params, cos, sin, xp)  # (t, d) broadcast over b
+    new_state = {}
+    for i in range(config.num_layers):
+        key = f"layers.{i}"
+        x, new_state[key] = _layer_piece(
+            subtree(params, key + "."), x, state[key], config=config.block, xp=xp, core=run_core
+        )
+    if last_only:
+        x = x[:, -1, :]
+    return head(params, final_norm(params, x, config, xp), config, xp), new_state
+
+
+def _position(state: dict, xp) -> int:
+    pos = concrete(state["layers.0"]["pos"], xp)
+    if pos is None:
+        raise TypeError("lm_prefill drives pieces from Python: call it eagerly, not under a trace")
+    return int(pos)
+
+
+def lm_prefill(
+    params: dict,
+    tokens,
+    *,
+    config: LMConfig,
+    piece: int,
+    state: dict | None = None,
+    last_only: bool = False,
+    xp=None,
+    core: Callable | None = None,
+    piece_fn: Callable | None = None,
+    step_fn: Callable | None = None,
+):
+    """Run a causal FLASH LM over ``tokens`` (b, T) ints, ``piece`` positions at a time.
+
+    piece: a multiple of C; the pieces are ``piece`` long, the last whole-chunk one may be
+    shorter, and the last T mod C positions go token by token through ``lm_decode_step``.
+    state: a decoding state to continue from (None: an empty one in the embedding's dtype and
+    device); one that stops mid-chunk is first fed token by token up to the chunk boundary.
+    Returns (logits (b, T, v), or the last position's (b, v) with ``last_only``; the decoding
+    state after position T - 1, for :func:`flashcore.decode.lm_decode_step`).
+
+    piece_fn(tokens (b, t), state) -> (logits, state) and step_fn(tokens_t (b,), state) ->
+    (logits (b, v), state) let a backend run its own compiled versions of
+    :func:`prefill_piece` (with ``last_only`` as given here) and ``lm_decode_step``; ``core``
+    is handed to the spec's prefill_piece when piece_fn is None.
+    """
+    check_stream(config)
+    xp = namespace(tokens, xp=xp)
+    c = config.block.chunk_size
+    _check_piece(piece, c)
+    piece = int(piece)
+    b, total = check_tokens(tokens, config.vocab_size, xp)
+    if state is None:
+        embed = params["embed.weight"]
+        state = lm_decode_init(config, b, xp=xp, dtype=embed.dtype, device=device_of(embed))
+    if piece_fn is None:
+
+        def piece_fn(tok, st):
+            opts = dict(config=config, xp=xp, core=core, last_only=last_only)
+            return prefill_piece(params, tok, st, **opts)
+
+    if step_fn is None:
+
+        def step_fn(tok, st):
+            return lm_decode_step(params, tok, st, config=config, xp=xp)
+
+    outs = []  # (b, t_i, v) parts, or only the latest (b, v) with last_only
+
+    def keep(logits, one_step: bool):
+        if last_only:
+            outs[:] = [logits]
+        else:
+            outs.append(xp.expand_dims(logits, axis=1) if one_step else logits)
+
+    def steps(i: int, j: int, st):
+        for k in range(i, j):
+            logits, st = step_fn(tokens[:, k], st)
+            keep(logits, True)
+        return st
+
+    i = min(total, (-_position(state, xp)) % c)  # to the next chunk boundary
+    state = steps(0, i, state)
+    while total - i >= c:
+        n = min(piece, (total - i) // c * c)
+        logits, state = piece_fn(tokens[:, i : i + n], state)
+        keep(logits, False)
+        i += n
+    state = steps(i, total, state)
+    if last_only:
+        return outs[0], state
+    return (outs[0] if len(outs) == 1 else xp.concat(outs, axis=1)), state
