@@ -1,4 +1,6 @@
-"""The quality experiment runs end to end at a toy budget and writes its table and plots."""
+"""The quality experiment (``flashcore quality``) end to end at toy size: both objectives, a
+learning-rate sweep of two, the files and the table it writes, resuming after a kill, and the
+refusals (unequal models, a conflicting --resume, a folder that already holds an experiment)."""
 
 import json
 
@@ -8,24 +10,162 @@ pytest.importorskip("torch", reason="the experiment trains with the torch engine
 
 from flashcore.app import quality  # noqa: E402
 
+TOY = [
+    "--steps", "4", "--eval-every", "2", "--eval-tokens", "128", "--tokens-per-step", "128",
+    "--dim", "32", "--layers", "2", "--qk-dim", "16", "--chunk", "16", "--heads", "2",
+    "--warmup", "1", "--time-rounds", "2", "--time-warmup", "1", "--quiet",
+]  # fmt: skip
 
-def test_quality_experiment_smoke(tmp_path):
-    rc = quality.main([
-        "--contexts", "64", "--budget", "1.5", "--max-steps", "6", "--dim", "32", "--layers", "2",
-        "--qk-dim", "16", "--chunk", "16", "--tokens-per-step", "128", "--eval-every", "3",
-        "--eval-tokens", "256", "--out", str(tmp_path),
-    ])  # fmt: skip
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small text file, so that each toy run does not read the whole standard library."""
+    path = tmp_path_factory.mktemp("data") / "corpus.txt"
+    text = "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(3000))
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, corpus):
+    out = tmp_path_factory.mktemp("quality")
+    argv = ["--settings", "clm-64", "mlm-64", "--lrs", "1e-3", "3e-3", "--data", corpus]
+    rc = quality.main([*argv, *TOY, "--out", str(out)])
+    return out, rc, argv
+
+
+def test_experiment_writes_results_table_and_plots(experiment):
+    out, rc, _ = experiment
     assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    runs = results["runs"]
+    # the sweep (2 lrs x 3 archs) at clm-64, each arch's best lr reused at mlm-64
+    assert len(runs) == 9
+    sweep = [r for r in runs if r["setting"] == "clm-64"]
+    assert sorted((r["arch"], r["lr"]) for r in sweep) == sorted(
+        (a, lr) for a in quality.ARCHS for lr in (1e-3, 3e-3)
+    )
+    for r in runs:
+        assert [p["step"] for p in r["curve"]] == [2, 4]  # every eval of every run, to the end
+        assert r["tokens_seen"] == 4 * 128 and r["steps"] == 4
+    best = {a: min((r for r in sweep if r["arch"] == a), key=lambda r: r["curve"][-1]["loss"])
+            for a in quality.ARCHS}  # fmt: skip
+    for r in runs:
+        if r["setting"] == "mlm-64":
+            assert r["lr"] == best[r["arch"]]["lr"] and r["objective"] == "mlm"
+    flash = [r["params"] for r in runs if r["setting"] == "clm-64" and r["arch"] == "flash"][0]
+    assert all(abs(r["params"] - flash) <= 0.02 * flash for r in sweep)
+    assert set(results["step_times"]) == {"clm-64", "mlm-64"}
+    assert all(v["median_s"] > 0 for d in results["step_times"].values() for v in d.values())
+    table = (out / "table.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| clm-64") or
+            line.startswith("| mlm-64")]  # fmt: skip
+    assert len(rows) == 6 and "| clm-64 | FLASH |" in table and "Transformer++" in table
+    for name in ("loss_vs_steps.png", "loss_vs_seconds.png"):
+        assert (out / name).stat().st_size > 1000
+
+
+def test_summary_follows_from_the_curves_and_step_times(experiment):
+    out, _, _ = experiment
+    results = json.loads((out / "results.json").read_text())
+    rows = quality.summarize(results["runs"], results["step_times"], ["clm-64", "mlm-64"])
+    assert rows == results["summary"]
+    for row in rows:
+        tpp = next(r for r in rows if r["setting"] == row["setting"] and r["arch"] == "transformer")
+        assert row["gap_pct"] == pytest.approx(
+            (row["final_bpb"] - tpp["final_bpb"]) / tpp["final_bpb"] * 100
+        )
+        if row.get("seconds_to_tpp") is not None:
+            assert row["seconds_to_tpp"] == pytest.approx(row["steps_to_tpp"] * row["step_s"])
+
+
+def test_resume_reads_finished_runs_back(experiment, monkeypatch):
+    out, _, argv = experiment
+    trained = []
+    monkeypatch.setattr(quality, "_train_run", lambda run, flags: trained.append(run))
+    assert quality.main(["--resume", "--out", str(out), "--quiet"]) == 0
+    assert trained == []  # nothing redone
+
+
+def test_a_killed_experiment_continues_where_it_stopped(tmp_path, corpus, monkeypatch):
+    argv = ["--settings", "clm-64", "--lrs", "1e-3", "--data", corpus, *TOY, "--out", str(tmp_path)]
+    real, calls = quality._train_run, []
+
+    def killed_after_two(run, flags):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the experiment is stopped during its third run
+        calls.append(run.name)
+        real(run, flags)
+
+    monkeypatch.setattr(quality, "_train_run", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        quality.main(argv)
+    assert not (tmp_path / "results.json").exists()
+    again = []
+    monkeypatch.setattr(
+        quality, "_train_run", lambda run, flags: (again.append(run.name), real(run, flags))
+    )
+    assert quality.main(["--resume", "--out", str(tmp_path), "--quiet"]) == 0
+    assert again == ["clm-64-transformer-lr0.001"]  # only the run that had not finished
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
-    assert {r["arch"] for r in runs} == {"flash", "gau", "transformer"}
-    assert all(r["curve"] for r in runs)
-    table = (tmp_path / "table.md").read_text()
-    assert "| 64 | flash" in table and "Transformer++" in table
-    assert (tmp_path / "loss_vs_steps.png").stat().st_size > 1000
-    assert (tmp_path / "loss_vs_seconds.png").stat().st_size > 1000
+    assert [r["arch"] for r in runs] == list(quality.ARCHS)
 
 
-def test_time_to_reach_interpolates():
-    curve = [{"seconds": 10, "loss": 3.0}, {"seconds": 20, "loss": 2.0}]
-    assert quality.time_to_reach(curve, 2.5) == 15
-    assert quality.time_to_reach(curve, 1.0) is None
+def test_refusals(tmp_path, corpus, capsys):
+    base = ["--settings", "clm-64", "--lrs", "1e-3", "--data", corpus, *TOY]
+    assert quality.main(["--resume", "--out", str(tmp_path / "none")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "experiment.json").write_text(
+        json.dumps(
+            {
+                "format": quality.FORMAT,
+                "version": quality.VERSION,
+                "args": quality._plain(quality.parser().parse_args(base)),
+            }
+        )  # fmt: skip
+    )
+    assert quality.main([*base, "--out", str(tmp_path / "b")]) == 2
+    assert "holds an experiment" in capsys.readouterr().err
+    assert quality.main(["--resume", "--steps", "9", "--out", str(tmp_path / "b")]) == 2
+    assert "--steps: the experiment has 4, you gave 9" in capsys.readouterr().err
+    assert quality.main(["--resume", "--force", "--out", str(tmp_path / "b")]) == 2
+
+
+def test_unequal_models_are_refused_before_anything_is_written(tmp_path, capsys):
+    args = quality.parser().parse_args(
+        [
+            "--dim",
+            "32",
+            "--layers",
+            "2",
+            "--qk-dim",
+            "16",
+            "--chunk",
+            "16",
+            "--heads",
+            "2",
+            "--param-tolerance",
+            "0.0001",
+        ]  # fmt: skip
+    )
+    with pytest.raises(quality.QualityError, match="parameter counts differ"):
+        quality.model_argv(quality.Setting.parse("clm-64"), args)
+    rc = quality.main(["--dim", "32", "--layers", "2", "--qk-dim", "16", "--chunk", "16",
+                       "--heads", "2", "--param-tolerance", "0.0001", "--out", str(tmp_path)])  # fmt: skip
+    assert rc == 2 and "parameter counts differ" in capsys.readouterr().err
+    assert not (tmp_path / "experiment.json").exists()
+
+
+def test_settings_parse():
+    assert quality.Setting.parse("mlm-1024") == quality.Setting("mlm", 1024)
+    for bad in ("clm", "xlm-64", "clm-0", "clm-x"):
+        with pytest.raises(Exception, match="a setting is"):
+            quality.Setting.parse(bad)
+
+
+def test_crossing_interpolates_in_steps():
+    curve = [{"step": 10, "loss": 3.0}, {"step": 20, "loss": 2.0}]
+    assert quality.crossing(curve, 2.5) == 15
+    assert quality.crossing(curve, 3.5) == 10
+    assert quality.crossing(curve, 1.0) is None

@@ -1,15 +1,30 @@
-"""``flashcore quality``: the paper's claim at small scale, on this machine.
+"""``flashcore quality``: the paper's claim, by steps and measured step time, resumable.
 
-Trains FLASH, FLASH-Quad (GAU) and Transformer++ language models of (nearly) the same parameter
-count on the embedded corpus, at each context length, under the same wall-clock budget, with the
-same data order, batch, schedule and learning-rate sweep; reports the best of each. Writes:
+FLASH, FLASH-Quad (GAU) and Transformer++ language models of equal parameter count (within
+``--param-tolerance``) are trained with ``flashcore train`` (one run folder each) for the same
+number of steps on the same batches in the same order, with the same AdamW schedule, in every
+*setting* (``clm-1024``: causal LM at context 1024; ``mlm-1024``: BERT-style masked LM with
+bidirectional layers). The learning rates ``--lrs`` are swept per architecture at ``--sweep-at``
+(default: the first setting) and the best of each is reused at the other settings (``--sweep-all``
+sweeps everywhere). Because every model takes the same steps, quality at equal steps cannot
+depend on other load on the machine; time enters only through each model's median train-step
+time, measured side by side (interleaved, same shapes) in one process, so that
 
-    OUT/results.json        every evaluation (step, seconds, held-out loss) of every run
-    OUT/table.md            final held-out bits per byte, and the wall time FLASH needed to reach
-                            Transformer++'s final loss
-    OUT/loss_vs_steps.png, OUT/loss_vs_seconds.png
+    seconds to reach Transformer++'s final loss = steps needed x measured step time.
 
-    flashcore quality --contexts 1024 4096 --budget 600 --out runs/quality
+Writes (OUT):
+
+    experiment.json      the experiment's arguments (what ``--resume`` continues)
+    results.json         every run (arguments, parameters, tokens seen, held-out curve), the step
+                         times, the per-setting summary and the machine
+    table.md             the summary table; loss_vs_steps.png, loss_vs_seconds.png
+
+Run folders (weights, checkpoints, logs) go under ``--runs`` (default OUT/runs). A killed
+experiment continues with ``--resume``: finished runs are read back, an unfinished one continues
+from its newest checkpoint.
+
+    flashcore quality --out docs/quality --runs runs/quality
+    flashcore quality --resume --out docs/quality --runs runs/quality
 """
 
 from __future__ import annotations
@@ -17,225 +32,540 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import platform
+import shutil
+import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..config import FlashConfig, LMConfig, TransformerConfig
-from ..params import init
-from . import progress
-from .data import VOCAB_SIZE, eval_batches, load_corpus, sample_batch
-from .engine import OptimConfig, load_engine
-from .schedule import lr_at
+from .. import io, mlm
+from ..params import init, param_spec
+from . import progress, runstate
+from .cli_args import nonneg_int, positive
+from .data import load_corpus, sample_batch
+from .engine import BACKENDS, OptimConfig, load_engine
+from .train import build_config, train_main, train_parser
+
+__all__ = [
+    "ARCHS",
+    "Setting",
+    "QualityError",
+    "main",
+    "model_argv",
+    "param_count",
+    "crossing",
+    "summarize",
+]
 
 ARCHS = ("flash", "gau", "transformer")
+NAMES = {"flash": "FLASH", "gau": "FLASH-Quad", "transformer": "Transformer++"}
+FORMAT, VERSION = "flashcore-quality", 1
+# what --resume may change: how to run, not what the experiment is
+RESUME_MAY_CHANGE = ("quiet", "resume", "force", "time_rounds", "time_warmup")
 
 
-def model_config(
-    arch: str, *, dim: int, layers: int, context: int, chunk: int, qk: int
-) -> LMConfig:
-    """Same width; the Transformer++ gets half the layers (one block ~ two GAU layers, 12 d^2)."""
-    if arch == "transformer":
-        block = TransformerConfig(dim=dim, heads=max(1, dim // 64), causal=True)
-        return LMConfig(block=block, vocab_size=VOCAB_SIZE, num_layers=max(1, layers // 2))
-    block = FlashConfig(
-        dim=dim, kind=arch, qk_dim=qk, chunk_size=chunk, causal=True, max_len=context,
-        rel_bias="learned" if arch == "flash" else "t5",
-    )  # fmt: skip
-    return LMConfig(block=block, vocab_size=VOCAB_SIZE, num_layers=layers)
+class QualityError(ValueError):
+    """An experiment that cannot run as asked (unequal models, a conflicting --resume, ...)."""
 
 
-def held_out(engine, data, context, batch, tokens) -> float:
-    total = count = 0
-    for x, y in eval_batches(data, batch, context, tokens):
-        s, n = engine.eval_loss(x, y)
-        total, count = total + s, count + n
-    return total / count
+@dataclass(frozen=True)
+class Setting:
+    """One of the paper's settings: ``objective`` "clm" (causal) or "mlm", at ``context``."""
+
+    objective: str
+    context: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.objective}-{self.context}"
+
+    @classmethod
+    def parse(cls, text: str) -> Setting:
+        """``clm-1024`` / ``mlm-1024`` -> Setting (argparse type)."""
+        objective, _, ctx = text.partition("-")
+        if objective not in ("clm", "mlm") or not ctx.isdigit() or int(ctx) < 1:
+            raise argparse.ArgumentTypeError(
+                f"a setting is clm-CONTEXT or mlm-CONTEXT (e.g. clm-1024), got {text!r}"
+            )
+        return cls(objective, int(ctx))
 
 
-def run_one(arch, lr, args, context, corpus) -> dict:
-    cfg = model_config(
-        arch, dim=args.dim, layers=args.layers, context=context, chunk=args.chunk, qk=args.qk_dim
-    )
-    params = init(cfg, seed=args.seed)
-    engine = load_engine(args.backend)(
-        cfg, params, dtype="bfloat16" if args.bf16 else "float32", optim=OptimConfig()
-    )
-    rng = np.random.default_rng(args.seed)  # the same batches for every model
-    batch = max(1, args.tokens_per_step // context)
-    curve, step, spent = [], 0, 0.0
-    est_steps = args.max_steps
-    pb = progress.bar(
-        args.budget, desc=f"{arch} lr {lr:g} ctx {context}", quiet=args.quiet, unit="s"
-    )
-    while spent < args.budget and step < args.max_steps:
-        step += 1
-        x, y = sample_batch(corpus.train, batch, context, rng)
-        t0 = time.perf_counter()
-        engine.train_step(
-            x,
-            y,
-            lr_at(
-                step, lr=lr, warmup=args.warmup, steps=est_steps, schedule="constant", min_ratio=1.0
-            ),
+# -- the models ------------------------------------------------------------------------------
+
+
+def _model_flags(arch: str, setting: Setting, args, ffn_dim: int | None = None) -> list[str]:
+    flags = [
+        "--arch", arch, "--objective", setting.objective, "--context", str(setting.context),
+        "--dim", str(args.dim),
+    ]  # fmt: skip
+    if arch == "transformer":  # one block ~ two GAU layers (12 d^2 each way)
+        flags += ["--layers", str(max(1, args.layers // 2)), "--heads", str(args.heads)]
+        if ffn_dim is not None:
+            flags += ["--ffn-dim", str(ffn_dim)]
+    else:
+        flags += [
+            "--layers", str(args.layers), "--qk-dim", str(args.qk_dim),
+            "--expansion", str(args.expansion), "--chunk", str(args.chunk),
+        ]  # fmt: skip
+    return flags
+
+
+def param_count(flags: list[str]) -> int:
+    """Parameters of the model that ``flashcore train FLAGS`` builds."""
+    config = build_config(train_parser().parse_args(flags))
+    return sum(math.prod(s.shape) for s in param_spec(config).values())
+
+
+def model_argv(setting: Setting, args) -> dict[str, tuple[list[str], int]]:
+    """arch -> (``flashcore train`` model flags, parameter count) for every arch in ``args.archs``.
+
+    FLASH and FLASH-Quad have the same layers; Transformer++ gets half as many blocks and the
+    SwiGLU width (a multiple of 8) that brings its parameter count nearest FLASH's. Raises
+    :class:`QualityError` when a model is further than ``args.param_tolerance`` from FLASH's."""
+    ref_arch = "flash" if "flash" in args.archs else args.archs[0]
+    out = {a: _model_flags(a, setting, args) for a in args.archs if a != "transformer"}
+    ref = param_count(_model_flags(ref_arch, setting, args))
+    if "transformer" in args.archs:
+        at = lambda h: param_count(_model_flags("transformer", setting, args, h))  # noqa: E731
+        slope = (at(16) - at(8)) / 8  # parameters per unit of SwiGLU width
+        best = max(8, 8 * round((ref - at(8)) / slope / 8 + 1))
+        out["transformer"] = _model_flags("transformer", setting, args, best)
+    counts = {a: (flags, param_count(flags)) for a, flags in out.items()}
+    far = {a: n for a, (_, n) in counts.items() if abs(n - ref) > args.param_tolerance * ref}
+    if far:
+        raise QualityError(
+            f"{setting.name}: parameter counts differ from {NAMES[ref_arch]}'s {ref:,} by more "
+            f"than {args.param_tolerance:.0%}: "
+            + ", ".join(f"{NAMES[a]} {n:,}" for a, n in far.items())
+            + " (change --dim / --layers / --expansion / --qk-dim)"
         )
-        dt = time.perf_counter() - t0
-        spent += dt
-        pb.update(min(dt, max(0.0, args.budget - pb.n)))
-        if step % args.eval_every == 0 or spent >= args.budget:
-            loss = held_out(engine, corpus.valid, context, batch, args.eval_tokens)
-            curve.append({"step": step, "seconds": spent, "loss": loss, "bpb": loss / math.log(2)})
+    return counts
+
+
+# -- the runs --------------------------------------------------------------------------------
+
+
+def _run_id(setting: Setting, arch: str, lr: float) -> str:
+    return f"{setting.name}-{arch}-lr{lr:g}"
+
+
+def _train_flags(args, lr: float, setting: Setting) -> list[str]:
+    flags = [
+        "--backend", args.backend, "--steps", str(args.steps), "--lr", repr(lr),
+        "--batch", str(max(1, args.tokens_per_step // setting.context)),
+        "--warmup", str(args.warmup), "--schedule", "cosine",
+        "--eval-every", str(args.eval_every), "--eval-tokens", str(args.eval_tokens),
+        "--seed", str(args.seed), "--keep", "1",
+    ]  # fmt: skip
+    if args.data is not None:
+        flags += ["--data", str(args.data)]
+    if args.dtype == "bf16":
+        flags.append("--bf16")
+    if args.quiet:
+        flags.append("--quiet")
+    return flags
+
+
+def read_curve(run: Path) -> list[dict]:
+    """The held-out evaluations in ``run``'s log: [{step, loss, bpb}] by step (the last record of
+    a step wins: a resumed run's log is cut back to its checkpoint before it continues)."""
+    by_step: dict[int, dict] = {}
+    log = run / "log.jsonl"
+    if log.exists():
+        for line in log.read_text().splitlines():
+            rec = json.loads(line)
+            if "eval" in rec:
+                ev = rec["eval"]
+                by_step[rec["step"]] = {
+                    "step": rec["step"],
+                    "loss": ev["loss"],
+                    "bpb": ev["bits_per_byte"],
+                }
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _finished(run: Path, steps: int) -> bool:
+    ckpt = runstate.latest(run, hashes=False)
+    return ckpt is not None and ckpt.step >= steps
+
+
+def _train_run(run: Path, flags: list[str]) -> None:
+    """Train (or continue) one run folder to the end; raises QualityError on failure."""
+    if runstate.holds_run(run):
+        argv = ["--resume", str(run)] + (["--quiet"] if "--quiet" in flags else [])
+    else:
+        argv = [*flags, "--out", str(run)]
+    rc = train_main(argv, announce=False)
+    if rc != 0:
+        raise QualityError(f"flashcore train {' '.join(argv)} failed (exit code {rc})")
+
+
+def run_all(args, settings: list[Setting], runs_dir: Path) -> list[dict]:
+    """Every run of the experiment, trained or read back -> run records."""
+    sweep_at = args.sweep_at or settings[0]
+    order = [sweep_at] + [s for s in settings if s != sweep_at]
+    models = {s: model_argv(s, args) for s in order}  # every size checked before any training
+    records: list[dict] = []
+    best_lr: dict[str, float] = {}
+    for setting in order:
+        swept = args.sweep_all or setting == sweep_at
+        plan = [(a, lr) for a in args.archs for lr in (args.lrs if swept else [None])]
+        for arch, lr in plan:
+            setting_ = setting
+            lr = best_lr[arch] if lr is None else lr
+            flags, n_params = models[setting_][arch]
+            run = runs_dir / _run_id(setting_, arch, lr)
+            done = _finished(run, args.steps)
             progress.note(
-                f"  {arch:<11} lr {lr:g} ctx {context}: step {step:>5} {spent:7.1f}s "
-                f"bpb {curve[-1]['bpb']:.4f}",
+                f"[{len(records) + 1}] {setting_.name} {NAMES[arch]} lr {lr:g}, {n_params:,} "
+                f"parameters: {'finished, read back' if done else 'training'} ({run})",
                 file=sys.stdout,
             )
-    pb.close()
-    n_params = sum(v.size for v in params.values())
-    return {
-        "arch": arch,
-        "lr": lr,
-        "context": context,
-        "params": int(n_params),
-        "batch": batch,
-        "curve": curve,
-    }
+            if not done:
+                _train_run(run, [*flags, *_train_flags(args, lr, setting_)])
+            batch = max(1, args.tokens_per_step // setting_.context)
+            records.append({
+                "id": run.name, "setting": setting_.name, "objective": setting_.objective,
+                "context": setting_.context, "arch": arch, "lr": lr, "params": n_params,
+                "batch": batch, "steps": args.steps,
+                "tokens_seen": args.steps * batch * setting_.context,
+                "train_flags": flags, "curve": read_curve(run), "swept": swept,
+            })  # fmt: skip
+        if setting == sweep_at:
+            for arch in args.archs:
+                mine = [r for r in records if r["arch"] == arch and r["setting"] == setting.name]
+                best_lr[arch] = min(mine, key=lambda r: r["curve"][-1]["loss"])["lr"]
+    return records
 
 
-def time_to_reach(curve: list[dict], target: float) -> float | None:
-    """Seconds at which a curve first reaches ``target`` loss (linear between evaluations)."""
+# -- step times ------------------------------------------------------------------------------
+
+
+def step_times(args, settings: list[Setting]) -> dict:
+    """setting -> arch -> {"median_s", "samples_s"}: train steps of every model (the experiment's
+    shapes and dtype), measured side by side, interleaved round by round, in this process."""
+    corpus = load_corpus(args.data)
+    out: dict[str, dict] = {}
+    for setting in settings:
+        models = model_argv(setting, args)
+        batch = max(1, args.tokens_per_step // setting.context)
+        rng = np.random.default_rng(args.seed)
+        x, y = sample_batch(corpus.train, batch, setting.context, rng)
+        mask = None
+        if setting.objective == "mlm":
+            x, y, mask = mlm.mask_tokens(x, rng)
+        engines = {}
+        for arch, (flags, _) in models.items():
+            config = build_config(train_parser().parse_args(flags))
+            engines[arch] = load_engine(args.backend)(
+                config,
+                init(config, seed=args.seed),
+                dtype="bfloat16" if args.dtype == "bf16" else "float32",
+                optim=OptimConfig(),
+                seed=args.seed,
+            )
+        samples: dict[str, list[float]] = {a: [] for a in engines}
+        lr = 1e-4  # a small constant rate: the timed steps barely move the weights
+        total = (args.time_warmup + args.time_rounds) * len(engines)
+        with progress.bar(total, desc=f"step times {setting.name}", quiet=args.quiet) as bar:
+            for r in range(args.time_warmup + args.time_rounds):
+                for arch, engine in engines.items():
+                    t0 = time.perf_counter()
+                    engine.train_step(x, y, lr, mask)  # returns a float: the step has finished
+                    dt = time.perf_counter() - t0
+                    if r >= args.time_warmup:
+                        samples[arch].append(dt)
+                    bar.update(1)
+        for engine in engines.values():
+            engine.close()
+        out[setting.name] = {
+            a: {"median_s": statistics.median(s), "samples_s": s} for a, s in samples.items()
+        }
+    return out
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+def crossing(curve: list[dict], target: float) -> float | None:
+    """The (fractional) step at which ``curve`` first reaches ``target`` loss, linear between
+    evaluations; None when it never does."""
     prev = None
     for pt in curve:
         if pt["loss"] <= target:
             if prev is None:
-                return pt["seconds"]
-            f = (prev["loss"] - target) / max(prev["loss"] - pt["loss"], 1e-12)
-            return prev["seconds"] + f * (pt["seconds"] - prev["seconds"])
+                return float(pt["step"])
+            f = (prev["loss"] - target) / max(prev["loss"] - pt["loss"], 1e-300)
+            return prev["step"] + f * (pt["step"] - prev["step"])
         prev = pt
     return None
 
 
-def loss_at_step(curve: list[dict], step: int) -> float | None:
-    pts = [p for p in curve if p["step"] <= step]
-    return pts[-1]["loss"] if pts else None
+def best_runs(records: list[dict], setting: str) -> dict[str, dict]:
+    """arch -> its run with the lowest final held-out loss at ``setting``."""
+    best: dict[str, dict] = {}
+    for r in records:
+        if r["setting"] == setting and r["curve"]:
+            if (
+                r["arch"] not in best
+                or r["curve"][-1]["loss"] < best[r["arch"]]["curve"][-1]["loss"]
+            ):
+                best[r["arch"]] = r
+    return best
 
 
-def summarize(results: list[dict], contexts: list[int]) -> str:
-    lines = [
-        "| context | model | parameters | steps | final bits/byte | at Transformer++'s steps |",
-        "|---|---|---|---|---|---|",
-    ]
-    notes = []
-    for ctx in contexts:
-        best = {}
-        for r in results:
-            if r["context"] == ctx and r["curve"]:
-                if (
-                    r["arch"] not in best
-                    or r["curve"][-1]["loss"] < best[r["arch"]]["curve"][-1]["loss"]
-                ):
-                    best[r["arch"]] = r
+def summarize(records: list[dict], times: dict, settings: list[str]) -> list[dict]:
+    """One row per (setting, arch): final bits per byte, the gap to Transformer++ at equal steps,
+    steps and estimated seconds to reach Transformer++'s final loss, and the speedup."""
+    rows = []
+    for setting in settings:
+        best = best_runs(records, setting)
         tpp = best.get("transformer")
         for arch in ARCHS:
             if arch not in best:
                 continue
             r = best[arch]
-            at = loss_at_step(r["curve"], tpp["curve"][-1]["step"]) if tpp else None
-            at_s = f"{at / math.log(2):.4f}" if at is not None else "-"
-            lines.append(
-                f"| {ctx} | {arch} (lr {r['lr']:g}) | {r['params']:,} | {r['curve'][-1]['step']} | "
-                f"{r['curve'][-1]['bpb']:.4f} | {at_s} |"
-            )
-        if tpp and "flash" in best:
-            target = tpp["curve"][-1]["loss"]
-            t = time_to_reach(best["flash"]["curve"], target)
-            total = tpp["curve"][-1]["seconds"]
-            if t is None:
-                notes.append(
-                    f"- context {ctx}: FLASH did not reach Transformer++'s final loss ({target / math.log(2):.4f} bits/byte) within the budget."
-                )
-            else:
-                notes.append(
-                    f"- context {ctx}: FLASH reached Transformer++'s final loss ({target / math.log(2):.4f} bits/byte) "
-                    f"after {t:.0f} s of training, {t / total:.2f}x the {total:.0f} s Transformer++ used."
-                )
-            same_step = loss_at_step(best["flash"]["curve"], tpp["curve"][-1]["step"])
-            if same_step is not None:
-                gap = (same_step - target) / target * 100
-                notes.append(
-                    f"- context {ctx}: at Transformer++'s final step count, FLASH's held-out loss is {gap:+.1f}% of Transformer++'s."
-                )
-    return "\n".join(lines + [""] + notes)
+            step_s = times.get(setting, {}).get(arch, {}).get("median_s")
+            row = {
+                "setting": setting, "arch": arch, "lr": r["lr"], "params": r["params"],
+                "steps": r["curve"][-1]["step"], "tokens_seen": r["tokens_seen"],
+                "final_bpb": r["curve"][-1]["bpb"], "step_s": step_s,
+            }  # fmt: skip
+            if tpp is not None:
+                target = tpp["curve"][-1]["loss"]
+                need = crossing(r["curve"], target)
+                tpp_s = times.get(setting, {}).get("transformer", {}).get("median_s")
+                row["gap_pct"] = (r["curve"][-1]["loss"] - target) / target * 100
+                row["steps_to_tpp"] = need
+                if need is not None and step_s is not None and tpp_s is not None:
+                    row["seconds_to_tpp"] = need * step_s
+                    row["speedup"] = tpp["curve"][-1]["step"] * tpp_s / (need * step_s)
+            rows.append(row)
+    return rows
 
 
-def plot(results: list[dict], out: Path) -> None:
+def table(rows: list[dict]) -> str:
+    """The summary rows as a markdown table."""
+    lines = [
+        "| setting | model | parameters | best lr | tokens seen | final bits/byte "
+        "| vs Transformer++ | steps to T++'s final loss | step time (ms) "
+        "| est. seconds to T++'s final loss | speedup |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    for r in rows:
+        lines.append(
+            f"| {r['setting']} | {NAMES[r['arch']]} | {r['params']:,} | {r['lr']:g} "
+            f"| {r['tokens_seen']:,} | {r['final_bpb']:.4f} "
+            f"| {fmt(r.get('gap_pct'), '+.1f')}% | {fmt(r.get('steps_to_tpp'), '.0f')} "
+            f"| {fmt(None if r['step_s'] is None else r['step_s'] * 1e3, '.1f')} "
+            f"| {fmt(r.get('seconds_to_tpp'), '.0f')} | {fmt(r.get('speedup'), '.2f')}x |"
+        )
+    return "\n".join(lines)
+
+
+def plot(records: list[dict], times: dict, settings: list[str], out: Path) -> None:
+    """loss_vs_steps.png (every run of the sweep) and loss_vs_seconds.png (each architecture's
+    best run; seconds = step x its measured step time), one panel per setting."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for xkey, fname in (("step", "loss_vs_steps.png"), ("seconds", "loss_vs_seconds.png")):
-        contexts = sorted({r["context"] for r in results})
-        fig, axes = plt.subplots(1, len(contexts), figsize=(6 * len(contexts), 4), squeeze=False)
-        for ax, ctx in zip(axes[0], contexts):
-            for r in results:
-                if r["context"] == ctx and r["curve"]:
-                    ax.plot(
-                        [p[xkey] for p in r["curve"]],
-                        [p["bpb"] for p in r["curve"]],
-                        marker="o",
-                        markersize=3,
-                        label=f"{r['arch']} lr {r['lr']:g}",
-                    )
-            ax.set_title(f"context {ctx}")
-            ax.set_xlabel(xkey)
+    for kind in ("steps", "seconds"):
+        fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4), squeeze=False)
+        for ax, setting in zip(axes[0], settings):
+            best = best_runs(records, setting)
+            for r in records:
+                if r["setting"] != setting or not r["curve"]:
+                    continue
+                is_best = best.get(r["arch"]) is r
+                scale = 1.0
+                if kind == "seconds":
+                    if not is_best or r["arch"] not in times.get(setting, {}):
+                        continue
+                    scale = times[setting][r["arch"]]["median_s"]
+                ax.plot(
+                    [p["step"] * scale for p in r["curve"]],
+                    [p["bpb"] for p in r["curve"]],
+                    marker="o" if is_best else None,
+                    markersize=3,
+                    alpha=1.0 if is_best else 0.35,
+                    label=f"{NAMES[r['arch']]} lr {r['lr']:g}",
+                )
+            ax.set_title(setting)
+            ax.set_xlabel("step" if kind == "steps" else "estimated seconds (steps x step time)")
             ax.set_ylabel("held-out bits per byte")
-            ax.legend()
+            ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(out / fname, dpi=90)
+        fig.savefig(out / f"loss_vs_{kind}.png", dpi=90)
         plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def machine() -> dict:
+    """Where the experiment ran: CPU, cores, threads, library versions."""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version()}
+    try:
+        import torch
+
+        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    except ImportError:
+        pass
+    return info
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="flashcore quality", description=__doc__.splitlines()[0])
-    ap.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096])
+    ap.add_argument(
+        "--settings", type=Setting.parse, nargs="+",
+        default=[Setting("clm", 1024), Setting("clm", 4096), Setting("mlm", 1024)],
+        help="clm-CONTEXT (causal LM) / mlm-CONTEXT (masked LM); default clm-1024 clm-4096 mlm-1024",
+    )  # fmt: skip
     ap.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
-    ap.add_argument("--budget", type=float, default=300.0, help="training seconds per run")
-    ap.add_argument("--max-steps", type=int, default=100_000)
-    ap.add_argument("--lrs", type=float, nargs="+", default=[3e-3])
-    ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--qk-dim", type=int, default=64)
-    ap.add_argument("--chunk", type=int, default=128)
-    ap.add_argument("--tokens-per-step", type=int, default=8192)
-    ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--eval-every", type=int, default=25)
-    ap.add_argument("--eval-tokens", type=int, default=16384)
-    ap.add_argument("--backend", default="torch")
-    ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--lrs", type=positive(float), nargs="+", default=[1e-3, 2e-3, 4e-3])
+    ap.add_argument("--sweep-at", type=Setting.parse, default=None, help="default: the first")
+    ap.add_argument("--sweep-all", action="store_true", help="sweep --lrs at every setting")
+    ap.add_argument("--steps", type=positive(int), default=1000)
+    ap.add_argument("--tokens-per-step", type=positive(int), default=8192)
+    ap.add_argument("--warmup", type=nonneg_int, default=50)
+    ap.add_argument("--eval-every", type=positive(int), default=50)
+    ap.add_argument("--eval-tokens", type=positive(int), default=65536)
+    ap.add_argument("--dim", type=positive(int), default=256)
+    ap.add_argument("--layers", type=positive(int), default=4, help="FLASH / GAU layers")
+    ap.add_argument("--qk-dim", type=positive(int), default=64)
+    ap.add_argument("--expansion", type=positive(float), default=2.0)
+    ap.add_argument("--chunk", type=positive(int), default=256, help="FLASH chunk size C")
+    ap.add_argument("--heads", type=positive(int), default=4, help="Transformer++ heads")
+    ap.add_argument("--param-tolerance", type=positive(float), default=0.02)
+    ap.add_argument("--backend", choices=BACKENDS, default="torch")
+    ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", type=Path, help="a text file or folder (default: the Python stdlib)")
+    ap.add_argument("--time-rounds", type=positive(int), default=10, help="timed steps per model")
+    ap.add_argument("--time-warmup", type=nonneg_int, default=3)
     ap.add_argument("--out", type=Path, default=Path("runs/quality"))
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--runs", type=Path, default=None, help="run folders (default OUT/runs)")
+    ap.add_argument("--resume", action="store_true", help="continue the experiment in OUT")
+    ap.add_argument("--force", action="store_true", help="start over (deletes OUT's runs)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    return ap
+
+
+def _plain_value(v):
+    if isinstance(v, list):
+        return [_plain_value(i) for i in v]
+    if isinstance(v, Setting):
+        return v.name
+    return str(v) if isinstance(v, Path) else v
+
+
+def _plain(args: argparse.Namespace) -> dict:
+    """The arguments as JSON values (settings by name, paths as strings)."""
+    return {k: _plain_value(v) for k, v in vars(args).items()}
+
+
+def _check_resume(args, argv: list[str], ap) -> argparse.Namespace:
+    """``--resume``: the saved experiment's arguments, with what was given checked against them."""
+    path = args.out / "experiment.json"
+    if not path.exists():
+        raise QualityError(f"--resume: {path} does not exist (no experiment in {args.out})")
+    saved = json.loads(path.read_text())
+    if saved.get("format") != FORMAT or saved.get("version") != VERSION:
+        raise QualityError(f"{path}: not a {FORMAT} version {VERSION} file")
+    for action in ap._actions:
+        action.default = argparse.SUPPRESS
+    given = _plain(argparse.Namespace(**vars(ap.parse_args(argv))))
+    conflicts = [
+        f"--{k.replace('_', '-')}: the experiment has {saved['args'].get(k)}, you gave {v}"
+        for k, v in given.items()
+        if k not in RESUME_MAY_CHANGE and saved["args"].get(k) != v
+    ]
+    if conflicts:
+        raise QualityError(
+            "--resume: arguments that contradict the experiment:\n  " + "\n  ".join(conflicts)
+        )
+    merged = parser().parse_args([])
+    for k, v in saved["args"].items():
+        if k in RESUME_MAY_CHANGE:
+            continue
+        if k == "settings":
+            v = [Setting.parse(s) for s in v]
+        elif k == "sweep_at" and v is not None:
+            v = Setting.parse(v)
+        elif k in ("out", "runs", "data") and v is not None:
+            v = Path(v)
+        setattr(merged, k, v)
+    for k in RESUME_MAY_CHANGE:  # given on this command line, else the experiment's
+        setattr(
+            merged, k, getattr(args, k) if k in given else saved["args"].get(k, getattr(merged, k))
+        )
+    merged.resume, merged.force = True, False
+    return merged
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``flashcore quality ARGV`` -> exit code (2: a bad argument or experiment folder)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = parser()
     args = ap.parse_args(argv)
-    corpus = load_corpus(None)
-    args.out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for ctx in args.contexts:
-        for arch in args.archs:
-            for lr in args.lrs:
-                results.append(run_one(arch, lr, args, ctx, corpus))
-                (args.out / "results.json").write_text(
-                    json.dumps(
-                        {"args": {k: str(v) for k, v in vars(args).items()}, "runs": results},
-                        indent=1,
-                    )
-                )
-    table = summarize(results, args.contexts)
-    (args.out / "table.md").write_text(table + "\n")
-    plot(results, args.out)
-    print(table)
-    print(f"\nwrote {args.out}/table.md, results.json, loss_vs_steps.png, loss_vs_seconds.png")
+    try:
+        return _main(args, argv, ap)
+    except (QualityError, runstate.RunStateError) as err:
+        print(f"flashcore quality: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(args, argv, ap) -> int:
+    if args.resume and args.force:
+        raise QualityError("--force starts over and --resume continues: pass one")
+    if args.resume:
+        args = _check_resume(args, argv, ap)
+    if args.sweep_at is not None and args.sweep_at not in args.settings:
+        raise QualityError(f"--sweep-at {args.sweep_at.name} is not one of --settings")
+    runs_dir = args.runs or args.out / "runs"
+    exp = args.out / "experiment.json"
+    if not args.resume:
+        if exp.exists() and not args.force:
+            raise QualityError(
+                f"{args.out} holds an experiment; continue it with --resume, or start over "
+                f"(deleting its runs in {runs_dir}) with --force"
+            )
+        if args.force and runs_dir.exists():
+            shutil.rmtree(runs_dir)
+        for s in args.settings:
+            model_argv(s, args)  # refuse unequal models before writing anything
+        saved = {"format": FORMAT, "version": VERSION, "args": _plain(args)}
+        io.atomic_write(exp, lambda tmp: Path(tmp).write_text(json.dumps(saved, indent=1)))
+    records = run_all(args, args.settings, runs_dir)
+    names = [s.name for s in args.settings]
+    times = step_times(args, args.settings)
+    rows = summarize(records, times, names)
+    results = {
+        "format": FORMAT, "version": VERSION, "args": _plain(args), "machine": machine(),
+        "runs": records, "step_times": times, "summary": rows,
+    }  # fmt: skip
+    text = json.dumps(results, indent=1)
+    io.atomic_write(args.out / "results.json", lambda tmp: Path(tmp).write_text(text))
+    md = table(rows)
+    io.atomic_write(args.out / "table.md", lambda tmp: Path(tmp).write_text(md + "\n"))
+    plot(records, times, names, args.out)
+    print(md)
+    print(f"\nwrote {args.out}/results.json, table.md, loss_vs_steps.png, loss_vs_seconds.png")
     return 0

@@ -85,7 +85,11 @@ def build_config(args: argparse.Namespace) -> LMConfig:
     causal = not masked
     if args.arch == "transformer":
         block: FlashConfig | TransformerConfig = TransformerConfig(
-            dim=args.dim, heads=args.heads, causal=causal, dropout=args.dropout
+            dim=args.dim,
+            heads=args.heads,
+            ffn_dim=getattr(args, "ffn_dim", None),
+            causal=causal,
+            dropout=args.dropout,
         )
     else:
         block = FlashConfig(
@@ -122,6 +126,10 @@ def train_parser() -> argparse.ArgumentParser:
     ap.add_argument("--expansion", type=positive(float), default=2.0)
     ap.add_argument("--chunk", type=positive(int), default=64, help="FLASH chunk size C")
     ap.add_argument("--heads", type=positive(int), default=4, help="Transformer++ heads")
+    ap.add_argument(
+        "--ffn-dim", type=positive(int), default=None,
+        help="Transformer++ SwiGLU width (default: 8/3 dim, rounded up to a multiple of 8)",
+    )  # fmt: skip
     ap.add_argument("--context", type=positive(int), default=256)
     ap.add_argument("--batch", type=positive(int), default=8)
     ap.add_argument("--steps", type=positive(int), default=300)
