@@ -1,5 +1,16 @@
 """Repository-wide pytest options: which conformance backends to run."""
 
+import os
+
+# Under pytest-xdist (the README's test command runs ``-n 2``) each worker process gets its share
+# of the cores for intra-op threads (one each on 2 cores), so that the workers keep every core busy
+# without oversubscribing them. Set before any framework is imported; a value the user set stays.
+# Tests that depend on a thread count set it themselves.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _share = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, str(_share))
+
 
 def pytest_addoption(parser):
     parser.addoption(
