@@ -7,14 +7,6 @@ a context manager (a thread-local override of the flag in JAX >= 0.5; ``jax.expe
 is gone in 0.10). Float64 runs therefore really run in float64, float32 / bfloat16 runs run with
 JAX's default (x64 off) whatever the process set, and nothing leaks to other code in the process;
 jit caches are keyed on the flag, so the two modes never share a compiled function.
-
-Compile time: each (case, dtype) is one new XLA program, and compiling is almost all of a run
-(about 1 s each on a 2-core CPU, 339 of them). The adapter compiles with :data:`COMPILER_OPTIONS`:
-LLVM's optimisation level 0 and no expensive LLVM passes (what ``jax_disable_most_optimizations``
-sets). XLA's own HLO passes (fusion, algebraic simplification, layout) still run, so the program
-checked is the one users run; only its translation to machine code is unoptimised, and LLVM keeps
-IEEE semantics at every level without fast-math (off in XLA by default). About half the compile
-time.
 """
 
 from __future__ import annotations
@@ -27,9 +19,7 @@ from flashcore.config import LMConfig
 from flashcore.conformance import golden
 from flashcore.conformance.adapters.base import Adapter, Result
 
-__all__ = ["JaxAdapter", "COMPILER_OPTIONS"]
-
-COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+__all__ = ["JaxAdapter"]
 
 
 class JaxAdapter(Adapter):
@@ -80,8 +70,7 @@ def _run(config, params, inputs, dtype) -> Result:
             loss = model.loss(tokens, targets, mask=mask, segment_ids=seg, **drop)
             return loss, model(tokens, mask=mask, segment_ids=seg, **drop)
 
-        step = jax.jit(jax.value_and_grad(f, has_aux=True), compiler_options=COMPILER_OPTIONS)
-        (loss, out), g_state = step(state)
+        (loss, out), g_state = jax.jit(jax.value_and_grad(f, has_aux=True))(state)
         grads = {}
     else:
         x = jnp.asarray(inputs["x"], dtype=dt)
@@ -91,9 +80,7 @@ def _run(config, params, inputs, dtype) -> Result:
             out = nnx.merge(graphdef, state)(x, mask=mask, segment_ids=seg, **drop)
             return jnp.sum(out.astype(acc) * cot), out
 
-        step = jax.jit(
-            jax.value_and_grad(f, argnums=(0, 1), has_aux=True), compiler_options=COMPILER_OPTIONS
-        )
+        step = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
         (loss, out), (g_state, g_x) = step(state, x)
         grads = {"x": g_x}
     grads.update({f"param/{k}": v for k, v in nnx.merge(graphdef, g_state).to_canonical().items()})
