@@ -65,6 +65,7 @@ def test_wheel_ships_backends_under_flashcore(tmp_path):
     ):
         assert f"flashcore/{sub}/__init__.py" in names
     assert any(n.startswith("flashcore/conformance/golden/") and n.endswith(".npz") for n in names)
+    assert "flashcore/conformance/xfail/README.md" in names  # the folder the runner reads
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
