@@ -21,8 +21,22 @@ import functools
 import importlib.util
 
 import numpy as np
+from _cases import noisy_params
 
 import flashcore as fc
+
+__all__ = [
+    "BACKENDS",
+    "forward",
+    "jax_x64",
+    "layer_fn",
+    "noisy_params",
+    "pallas_core",
+    "pullback",
+    "skip_reason",
+    "torch_core",
+    "unsupported",
+]
 
 BACKENDS = ("spec", "torch-spec", "torch-core", "jax", "jax-pallas", "tf")
 _NEEDS = {"torch": "torch", "jax": "jax", "tf": "tensorflow"}
@@ -139,14 +153,6 @@ def forward(backend, config, params, x, mask=None, segment_ids=None, dtype="floa
         )
         return tf.cast(out, tf.float64).numpy()
     raise ValueError(f"unknown backend {backend!r}")
-
-
-def noisy_params(config, seed: int = 0) -> dict[str, np.ndarray]:
-    """Canonical float64 weights: the initializer plus noise, so that every term matters."""
-    rng = np.random.default_rng(seed + 1)
-    return {
-        k: v + rng.normal(0.0, 0.3, v.shape) for k, v in fc.init(config, seed, np.float64).items()
-    }
 
 
 def pullback(backend, config, params, x, mask=None, segment_ids=None, dtype="float64"):

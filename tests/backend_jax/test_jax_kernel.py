@@ -10,7 +10,7 @@ import pytest
 jax = pytest.importorskip("jax", reason="flashcore.jax needs jax")
 jnp = jax.numpy
 
-from _jax_cases import flash_cfg, noisy_params, rel_err  # noqa: E402
+from _cases import flash_cfg, noisy_params, rel_err  # noqa: E402
 
 import flashcore as fc  # noqa: E402
 from flashcore.jax import functional  # noqa: E402

@@ -9,7 +9,7 @@ jax = pytest.importorskip("jax", reason="flashcore.jax needs jax")
 nnx = pytest.importorskip("flax.nnx", reason="flashcore.jax needs flax")
 serialization = pytest.importorskip("flax.serialization", reason="flashcore.jax needs flax")
 
-from _jax_cases import ALL_CONFIGS, noisy_params  # noqa: E402
+from _cases import ALL_CONFIGS, noisy_params  # noqa: E402
 
 import flashcore as fc  # noqa: E402
 from flashcore.io import WeightFileError  # noqa: E402
