@@ -98,6 +98,43 @@ def test_tf_first_then_torch_and_triton_does_not_abort():
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
 
 
+_FRAMEWORKS = ("torch", "triton", "jax", "jaxlib", "tensorflow", "keras", "flax")
+
+
+def test_the_conftests_import_no_framework():
+    """A spec-only test process (tests/test_data.py, say) loads no framework through a conftest,
+    nor when a test only probes whether TensorFlow is installed."""
+    code = (
+        "import importlib.util, runpy, sys\n"
+        "for c in ('conftest.py', 'tests/conftest.py', 'conformance/tests/conftest.py'):\n"
+        "    runpy.run_path(c)\n"
+        "importlib.util.find_spec('tensorflow')\n"
+        f"bad = [m for m in sys.modules if m.split('.')[0] in {_FRAMEWORKS!r}]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_in_a_test_process_tensorflow_comes_after_torch_and_triton():
+    """The root conftest's rule: the first import of tensorflow loads torch and triton first."""
+    import importlib.util
+
+    if not all(importlib.util.find_spec(m) for m in ("tensorflow", "torch", "triton")):
+        pytest.skip("needs tensorflow, torch and triton installed")
+    code = (
+        "import sys; sys.path.insert(0, '.'); import conftest, tensorflow\n"
+        "m = list(sys.modules)\n"
+        "assert m.index('torch') < m.index('tensorflow') and m.index('triton') < m.index('tensorflow')\n"
+        "assert type(tensorflow.__spec__.loader).__name__ != '_FirstLoader'\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
+
+
 def test_test_module_names_are_unique():
     """pytest imports test files by basename (no __init__.py): two with one name break collection."""
     names = [
