@@ -30,7 +30,6 @@ def test_backends_map_to_top_level_folders_in_this_install():
         assert Path(mod.__file__).resolve().parent == ROOT / "backends" / folder
 
 
-@pytest.mark.slow
 def test_every_package_folder_is_listed_in_pyproject():
     """A new subpackage that pyproject.toml does not list would be missing from the wheel."""
     import tomllib
@@ -46,6 +45,7 @@ def test_every_package_folder_is_listed_in_pyproject():
             assert folder in mapped, f"{folder.relative_to(ROOT)} is not in pyproject's package-dir"
 
 
+@pytest.mark.slow  # builds and installs the wheel
 def test_wheel_ships_backends_under_flashcore(tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
@@ -85,6 +85,7 @@ def test_wheel_ships_backends_under_flashcore(tmp_path):
     assert out.stdout.strip().startswith(str(target))
 
 
+@pytest.mark.slow  # imports every framework in a new process
 def test_tf_first_then_torch_and_triton_does_not_abort():
     """LLVM aborts when triton loads after TensorFlow; flashcore.tf loads triton first."""
     import importlib.util

@@ -64,6 +64,7 @@ def test_transformer_baseline_matches_the_flash_pair_in_size():
     assert_close(model(x2)[:, :10].detach(), y[:, :10].detach(), reorder=40)
 
 
+@pytest.mark.slow  # a child process per (model, dtype)
 def test_bench_main_end_to_end(tmp_path):
     models = ["flashcore", "transformer++"]
     try:
