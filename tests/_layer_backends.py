@@ -24,6 +24,7 @@ import numpy as np
 from _cases import noisy_params
 
 import flashcore as fc
+from flashcore.layers import fused_core_unsupported
 
 __all__ = [
     "BACKENDS",
@@ -45,14 +46,10 @@ _NEEDS = {"torch": "torch", "jax": "jax", "tf": "tensorflow"}
 def unsupported(backend: str, config: fc.FlashConfig, segment_ids=None) -> str | None:
     """Why ``backend`` does not cover ``config`` (with these segment ids), or None. Such
     combinations are left out of the tests' parameters, not skipped."""
-    accelerated = backend in ("torch-core", "jax-pallas")
-    if accelerated and config.kind != "flash":
-        return "GAU has no accelerated core"
-    if accelerated and (config.attention != "relu2" or segment_ids is not None):
-        return f"{backend} covers relu2 attention without segment ids only"
-    if backend == "jax-pallas" and config.linear_norm != "sum":
-        return "the Pallas core covers linear_norm='sum' only"
-    return None
+    core = {"torch-core": "torch", "jax-pallas": "pallas"}.get(backend)
+    if core is None:
+        return None
+    return fused_core_unsupported(core, config, segment_ids=segment_ids)  # the spec's table
 
 
 def skip_reason(backend: str, config: fc.FlashConfig, segment_ids=None) -> str | None:

@@ -115,8 +115,8 @@ def test_lm_under_jit_and_grad():
 def test_pallas_guard_hands_masked_calls_to_the_spec(monkeypatch):
     cfg = CONFIGS["flash"]
     keep = jnp.ones(fc.dropout_shapes(cfg, 2, 9)["attn"], bool)
-    assert kernels.can_use_kernel(cfg, backend="gpu")
-    assert not kernels.can_use_kernel(cfg, backend="gpu", attn_keep=keep)
+    assert kernels.can_use_kernel(None, cfg, backend="gpu")
+    assert not kernels.can_use_kernel(None, cfg, attn_keep=keep, backend="gpu")
 
     def refuse(*args, **kwargs):
         raise AssertionError("the Pallas kernel got a dropout call")
