@@ -23,10 +23,9 @@ __all__ = [
 
 def module_for(config, **kw):
     """The flashcore.torch module class for ``config``, built with ``kw``."""
-    from flashcore.torch import LM, block_class
+    from flashcore.torch import block_class
 
-    cls = LM if isinstance(config, fc.LMConfig) else block_class(config)
-    return cls(config, **kw)
+    return block_class(config)(config, **kw)
 
 
 def sample_inputs(config, b: int = 2, t: int = 11, seed: int = 0, dtype=None):
