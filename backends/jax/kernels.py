@@ -78,11 +78,8 @@ def flash_core(
     """
     if can_use_kernel(v, config, mask, segment_ids, attn_keep):
         return pallas_core(qq, qk, lq, lk, v, bias=bias, config=config, mask=mask)
-    keep = {} if attn_keep is None else {"attn_keep": attn_keep}
-    return attention_core_flash(
-        qq, qk, lq, lk, v, bias=bias, config=config, mask=mask, segment_ids=segment_ids,
-        xp=jax_xp, **keep,
-    )  # fmt: skip
+    spec = dict(config=config, mask=mask, segment_ids=segment_ids, xp=jax_xp, attn_keep=attn_keep)
+    return attention_core_flash(qq, qk, lq, lk, v, bias=bias, **spec)
 
 
 def pallas_core(

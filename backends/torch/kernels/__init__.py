@@ -118,17 +118,5 @@ def attention_core(
     if path == "torch":
         fn = _torch_core_outside_graph() if torch.compiler.is_compiling() else _torch_core()
         return fn(qq, qk, lq, lk, v, bias=bias, config=config, mask=mask)
-    keep = {} if attn_keep is None else {"attn_keep": attn_keep}
-    return attention_core_flash(
-        qq,
-        qk,
-        lq,
-        lk,
-        v,
-        bias=bias,
-        config=config,
-        mask=mask,
-        segment_ids=segment_ids,
-        xp=xp,
-        **keep,
-    )
+    spec = dict(config=config, mask=mask, segment_ids=segment_ids, xp=xp, attn_keep=attn_keep)
+    return attention_core_flash(qq, qk, lq, lk, v, bias=bias, **spec)
