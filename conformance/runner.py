@@ -18,8 +18,19 @@ from . import golden
 from .adapters import Adapter
 from .tolerances import tolerance
 
-__all__ = ["Check", "compare", "run_case", "XFail", "load_xfails", "repro_command"]
+__all__ = [
+    "Check",
+    "compare",
+    "run_case",
+    "XFail",
+    "XFAIL_DIR",
+    "load_xfails",
+    "dead_xfails",
+    "repro_command",
+]
 
+# the in-tree expected-failure files: conformance/xfail/<backend>.txt (the folder ships with the
+# package; it holds a README and, while a backend has known failures, that backend's file)
 XFAIL_DIR = Path(__file__).resolve().parent / "xfail"
 
 
@@ -195,6 +206,12 @@ def load_xfails(backend: str, directory: Path | None = None) -> list[XFail]:
             raise ValueError(f"{path}:{n}: an expected failure needs a reason after '#': {raw!r}")
         out.append(XFail(pattern.strip(), reason.strip(), n))
     return out
+
+
+def dead_xfails(xfails: list[XFail], check_ids: list[str]) -> list[XFail]:
+    """The entries whose pattern matches none of ``check_ids`` (``backend/case/dtype/quantity``):
+    a typo or a renamed case, an entry that silently excuses nothing."""
+    return [xf for xf in xfails if not any(fnmatch.fnmatchcase(i, xf.pattern) for i in check_ids)]
 
 
 def apply_xfails(checks: list[Check], xfails: list[XFail]) -> list[Check]:

@@ -31,6 +31,7 @@ is gathered too; see :mod:`flashcore.nonfinite`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -39,7 +40,26 @@ from .checks import check_mask, check_x
 from .config import FlashConfig
 from .layers import flash_checked
 
-__all__ = ["flash_shard", "check_shard", "summary_bytes"]
+__all__ = ["flash_shard", "check_shard", "summary_bytes", "CommStats"]
+
+
+@dataclass
+class CommStats:
+    """Bytes one device passed through a backend's collectives: ``sent`` (its own tensors) and
+    ``received`` (the other devices' parts); ``calls``: (op, shape, bytes sent) per collective,
+    in order. The backends count into it (``flashcore.torch.context_parallel`` forward and
+    backward; ``flashcore.jax.context_parallel`` the all-gathers of a forward, when traced)."""
+
+    sent: int = 0
+    received: int = 0
+    calls: list = field(default_factory=list)
+
+    def record(self, op: str, shape: tuple[int, ...], nbytes: int, world: int) -> None:
+        """Count one collective ``op`` on this device's part (``shape``, ``nbytes`` bytes) among
+        ``world`` devices."""
+        self.sent += nbytes
+        self.received += nbytes * (world - 1)
+        self.calls.append((op, tuple(shape), nbytes))
 
 
 def check_shard(config: FlashConfig, t: int, *, segment_ids=None) -> None:

@@ -15,6 +15,7 @@ Letters: see :mod:`flashcore.ops`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -35,7 +36,59 @@ __all__ = [
     "attention_core_flash",
     "flash_checked",
     "causal_mask",
+    "FUSED_CORE_FIELDS",
+    "FUSED_CORE_LINEAR_NORMS",
+    "fused_core_unsupported",
 ]
+
+# -- what the backends' fused attention cores cover (the one table they and the tests read) -----
+
+#: FlashConfig fields whose meaning for the attention core the fused cores account for. Fields
+#: that only act outside the core (norms, RoPE, the bias table, token shift, dropout, ...) are
+#: listed too; the core-relevant ones are kind, chunk_size, causal, attention, linear_norm,
+#: length_mode and bias_before_scale. A field not listed makes every fused core decline, so that
+#: a new spec option is never silently ignored by a kernel.
+FUSED_CORE_FIELDS = frozenset(
+    {
+        "dim", "kind", "expansion", "qk_dim", "chunk_size", "causal", "attention", "rope",
+        "rope_dims", "rope_base", "rel_bias", "max_len", "t5_buckets", "t5_max_distance",
+        "bias_scale", "norm", "norm_eps", "norm_eps_mode", "linear_norm", "fixed_length",
+        "length_mode", "bias_before_scale", "token_shift", "dropout",
+    }
+)  # fmt: skip
+
+#: The linear_norm values each fused core implements ('triton' and 'torch': flashcore.torch's
+#: kernels; 'pallas': flashcore.jax's). Every one: kind='flash', attention='relu2', any relative
+#: bias (before or after the 1/C scale), causal or not, a key mask, no segment ids, no dropout
+#: keep-mask of the attention weights.
+FUSED_CORE_LINEAR_NORMS = {
+    "triton": ("sum", "mean", "length"),
+    "torch": ("sum", "mean", "length"),
+    "pallas": ("sum",),
+}
+
+
+def fused_core_unsupported(core: str, config, *, segment_ids=None, attn_keep=None) -> str | None:
+    """None when the fused core ``core`` (a key of :data:`FUSED_CORE_LINEAR_NORMS`) implements
+    :func:`attention_core_flash` for ``config`` with these arguments, else why not.
+
+    segment_ids: (b, t) ints or None; attn_keep: (b, g, c, k) bool dropout keep-mask or None."""
+    if attn_keep is not None:
+        return "dropout on the attention weights (attn_keep) is not fused"
+    if dataclasses.is_dataclass(config):
+        unknown = sorted({f.name for f in dataclasses.fields(config)} - FUSED_CORE_FIELDS)
+        if unknown:
+            return f"FlashConfig fields {unknown} are new to the fused cores"
+    if getattr(config, "kind", None) != "flash":
+        return f"config.kind must be 'flash', got {getattr(config, 'kind', None)!r}"
+    if config.attention != "relu2":
+        return f"attention={config.attention!r} (only 'relu2' is fused)"
+    norms = FUSED_CORE_LINEAR_NORMS[core]
+    if config.linear_norm not in norms:
+        return f"linear_norm={config.linear_norm!r} (the {core} core covers {list(norms)})"
+    if segment_ids is not None:
+        return "segment_ids (packed sequences) are not fused"
+    return None
 
 
 def _check_config(config, kind: str) -> None:

@@ -30,13 +30,25 @@ class ParamSpec:
     init: Init
     doc: str
 
+    @property
+    def std(self) -> float | None:
+        """The standard deviation of the normal initializer (mean 0): fan_in^-1/2 (fan_in =
+        ``shape[0]``, kernels are [in, out]) for 'lecun', 0.02 for 'qk_gamma' and 'embed'; None
+        for the constants 'zeros' and 'ones'. Every backend's initializer reads it here."""
+        if self.init == "lecun":
+            return self.shape[0] ** -0.5
+        return _NORMAL_STD.get(self.init)
+
+
+_NORMAL_STD = {"qk_gamma": 0.02, "embed": 0.02}  # the paper's N(0, 0.02^2) for gamma / beta
+
 
 _INIT_DOC = {
     "zeros": "0",
     "ones": "1",
     "lecun": "N(0, 1/fan_in)",
-    "qk_gamma": "N(0, 0.02^2) (paper)",
-    "embed": "N(0, 0.02^2)",
+    "qk_gamma": f"N(0, {_NORMAL_STD['qk_gamma']}^2) (paper)",
+    "embed": f"N(0, {_NORMAL_STD['embed']}^2)",
 }
 
 
@@ -121,10 +133,8 @@ def init(
             a = np.zeros(ps.shape)
         elif ps.init == "ones":
             a = np.ones(ps.shape)
-        elif ps.init == "lecun":
-            a = rng.normal(0.0, ps.shape[0] ** -0.5, ps.shape)
-        else:  # qk_gamma, embed
-            a = rng.normal(0.0, 0.02, ps.shape)
+        else:  # lecun, qk_gamma, embed
+            a = rng.normal(0.0, ps.std, ps.shape)
         out[name] = a.astype(dtype)
     return out
 

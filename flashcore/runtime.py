@@ -39,6 +39,8 @@ __all__ = [
     "launched_processes",
     "check_dtype",
     "check_split",
+    "counted_positions",
+    "loss_mask_rows",
     "single_process_only",
 ]
 
@@ -90,6 +92,18 @@ def single_process_only(backend: str, advice: str) -> None:
             f"the {backend} engine does not run under torchrun "
             f"(WORLD_SIZE={launched_processes()}): {advice}"
         )
+
+
+def loss_mask_rows(loss_mask: np.ndarray | None, rows=slice(None)) -> np.ndarray | None:
+    """An engine's (b, t) loss mask as bool NumPy, its ``rows`` only (a data-parallel worker's
+    part of the global batch; default all): (rows, t) bool, or None (every position counts)."""
+    return None if loss_mask is None else np.asarray(loss_mask, bool)[rows]
+
+
+def counted_positions(targets: np.ndarray, loss_mask: np.ndarray | None) -> int:
+    """How many positions a loss over (b, t) ``targets`` counts: all of them, or the True
+    entries of the (b, t) ``loss_mask``."""
+    return int(np.asarray(targets).size if loss_mask is None else np.asarray(loss_mask).sum())
 
 
 def check_split(batch: int, workers: int, note: str) -> None:

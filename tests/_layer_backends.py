@@ -21,8 +21,23 @@ import functools
 import importlib.util
 
 import numpy as np
+from _cases import noisy_params
 
 import flashcore as fc
+from flashcore.layers import fused_core_unsupported
+
+__all__ = [
+    "BACKENDS",
+    "forward",
+    "jax_x64",
+    "layer_fn",
+    "noisy_params",
+    "pallas_core",
+    "pullback",
+    "skip_reason",
+    "torch_core",
+    "unsupported",
+]
 
 BACKENDS = ("spec", "torch-spec", "torch-core", "jax", "jax-pallas", "tf")
 _NEEDS = {"torch": "torch", "jax": "jax", "tf": "tensorflow"}
@@ -31,14 +46,10 @@ _NEEDS = {"torch": "torch", "jax": "jax", "tf": "tensorflow"}
 def unsupported(backend: str, config: fc.FlashConfig, segment_ids=None) -> str | None:
     """Why ``backend`` does not cover ``config`` (with these segment ids), or None. Such
     combinations are left out of the tests' parameters, not skipped."""
-    accelerated = backend in ("torch-core", "jax-pallas")
-    if accelerated and config.kind != "flash":
-        return "GAU has no accelerated core"
-    if accelerated and (config.attention != "relu2" or segment_ids is not None):
-        return f"{backend} covers relu2 attention without segment ids only"
-    if backend == "jax-pallas" and config.linear_norm != "sum":
-        return "the Pallas core covers linear_norm='sum' only"
-    return None
+    core = {"torch-core": "torch", "jax-pallas": "pallas"}.get(backend)
+    if core is None:
+        return None
+    return fused_core_unsupported(core, config, segment_ids=segment_ids)  # the spec's table
 
 
 def skip_reason(backend: str, config: fc.FlashConfig, segment_ids=None) -> str | None:
@@ -139,14 +150,6 @@ def forward(backend, config, params, x, mask=None, segment_ids=None, dtype="floa
         )
         return tf.cast(out, tf.float64).numpy()
     raise ValueError(f"unknown backend {backend!r}")
-
-
-def noisy_params(config, seed: int = 0) -> dict[str, np.ndarray]:
-    """Canonical float64 weights: the initializer plus noise, so that every term matters."""
-    rng = np.random.default_rng(seed + 1)
-    return {
-        k: v + rng.normal(0.0, 0.3, v.shape) for k, v in fc.init(config, seed, np.float64).items()
-    }
 
 
 def pullback(backend, config, params, x, mask=None, segment_ids=None, dtype="float64"):

@@ -135,7 +135,7 @@ def _jax() -> Backend:
     return Backend(
         "jax",
         jnp.asarray,
-        lambda config, params: fj.module_for(config)(config, params=params),
+        lambda config, params: fj.block_class(config)(config, params=params),
         lambda m, x, mask=None, segment_ids=None: m(x, mask=mask, segment_ids=segment_ids),
         lambda m, tokens, targets: m.loss(tokens, targets),
         lambda m, params: m.load_canonical(params),
@@ -161,7 +161,7 @@ def _tf() -> Backend:
     return Backend(
         "tf",
         tf.convert_to_tensor,
-        lambda config, params: ftf.layer_for(config)(config, params=params),
+        lambda config, params: ftf.block_class(config)(config, params=params),
         lambda m, x, mask=None, segment_ids=None: m(x, mask=mask, segment_ids=segment_ids),
         # no loss method on the Keras LM: the spec's loss on its weights, as the tf engine does
         lambda m, tokens, targets: fc.lm_loss(

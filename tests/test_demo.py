@@ -12,6 +12,7 @@ from flashcore.app import demo  # noqa: E402
 from flashcore.app.quiet import is_framework_log  # noqa: E402
 
 
+@pytest.mark.slow  # trains on three backends in a new process
 def test_demo_end_to_end(tmp_path):
     """As a user runs it (``flashcore demo``, a new process): the table, the checkpoint line once,
     and no framework start-up log line on either stream."""

@@ -75,6 +75,7 @@ def measured(request) -> dict:
     return out
 
 
+@pytest.mark.slow  # the 64K / 256K runs of every backend (the fixture)
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", LOW)
 def test_low_precision_stays_finite_and_close_to_float32(measured, dtype, case):
@@ -85,6 +86,7 @@ def test_low_precision_stays_finite_and_close_to_float32(measured, dtype, case):
     assert err <= bound, f"{dtype} {case}: error {err:.3e} of scale > bound {bound:.1e}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("measured", ["torch"], indirect=True)  # a torch namespace does it
 def test_a_state_summed_in_bfloat16_breaks_the_bound(measured):
     """What the float16 bound would see if the chunk states were accumulated in bfloat16."""

@@ -30,7 +30,6 @@ def test_backends_map_to_top_level_folders_in_this_install():
         assert Path(mod.__file__).resolve().parent == ROOT / "backends" / folder
 
 
-@pytest.mark.slow
 def test_every_package_folder_is_listed_in_pyproject():
     """A new subpackage that pyproject.toml does not list would be missing from the wheel."""
     import tomllib
@@ -46,6 +45,7 @@ def test_every_package_folder_is_listed_in_pyproject():
             assert folder in mapped, f"{folder.relative_to(ROOT)} is not in pyproject's package-dir"
 
 
+@pytest.mark.slow  # builds and installs the wheel
 def test_wheel_ships_backends_under_flashcore(tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
@@ -65,6 +65,7 @@ def test_wheel_ships_backends_under_flashcore(tmp_path):
     ):
         assert f"flashcore/{sub}/__init__.py" in names
     assert any(n.startswith("flashcore/conformance/golden/") and n.endswith(".npz") for n in names)
+    assert "flashcore/conformance/xfail/README.md" in names  # the folder the runner reads
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
@@ -84,6 +85,7 @@ def test_wheel_ships_backends_under_flashcore(tmp_path):
     assert out.stdout.strip().startswith(str(target))
 
 
+@pytest.mark.slow  # imports every framework in a new process
 def test_tf_first_then_torch_and_triton_does_not_abort():
     """LLVM aborts when triton loads after TensorFlow; flashcore.tf loads triton first."""
     import importlib.util
@@ -94,6 +96,43 @@ def test_tf_first_then_torch_and_triton_does_not_abort():
         pytest.skip("needs both tensorflow and triton installed")
     code = "import flashcore.tf, flashcore.torch, triton.language; print('ok')"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
+
+
+_FRAMEWORKS = ("torch", "triton", "jax", "jaxlib", "tensorflow", "keras", "flax")
+
+
+def test_the_conftests_import_no_framework():
+    """A spec-only test process (tests/test_data.py, say) loads no framework through a conftest,
+    nor when a test only probes whether TensorFlow is installed."""
+    code = (
+        "import importlib.util, runpy, sys\n"
+        "for c in ('conftest.py', 'tests/conftest.py', 'conformance/tests/conftest.py'):\n"
+        "    runpy.run_path(c)\n"
+        "importlib.util.find_spec('tensorflow')\n"
+        f"bad = [m for m in sys.modules if m.split('.')[0] in {_FRAMEWORKS!r}]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_in_a_test_process_tensorflow_comes_after_torch_and_triton():
+    """The root conftest's rule: the first import of tensorflow loads torch and triton first."""
+    import importlib.util
+
+    if not all(importlib.util.find_spec(m) for m in ("tensorflow", "torch", "triton")):
+        pytest.skip("needs tensorflow, torch and triton installed")
+    code = (
+        "import sys; sys.path.insert(0, '.'); import conftest, tensorflow\n"
+        "m = list(sys.modules)\n"
+        "assert m.index('torch') < m.index('tensorflow') and m.index('triton') < m.index('tensorflow')\n"
+        "assert type(tensorflow.__spec__.loader).__name__ != '_FirstLoader'\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
 
 

@@ -21,6 +21,7 @@ from flashcore.peers.flash_pytorch import import_state_dict  # noqa: E402
 
 D, S, G, T = 16, 40, 8, 19  # S = 40: rotary covers the first 32 of 40 dims; T % G != 0
 BACKENDS = ["torch", "jax", "tf"]
+WHERE = ["spec", *BACKENDS]  # the spec, then each backend (a named skip when not installed)
 
 
 def _randomize(module, seed):
@@ -54,23 +55,25 @@ def _peer_output(module, x_or_tokens, mask):
     return out.double().numpy()
 
 
-def _compare(cfg, params, inputs, ref, mask, backends=True):
-    """The spec (and, with ``backends``, every installed backend) against the peer's output
-    ``ref`` at real positions."""
+def _compare(where, cfg, params, inputs, ref, mask):
+    """The spec (``where="spec"``) or one backend against the peer's output ``ref`` at real
+    positions; a backend that is not installed is a named skip."""
     real = np.ones(ref.shape[:2], bool) if mask is None else mask
-    got = spec_output(cfg, params, inputs)
-    assert np.abs(got - ref)[real].max() <= 1e-9
-    for name in BACKENDS if backends else []:
-        adapter, _ = load_adapter(name)
-        if adapter is None:
-            continue
-        for dtype, tol in (("float64", 1e-9), ("float32", 1e-5)):
-            if dtype not in adapter.dtypes:
-                continue
-            with adapter.strict_precision():
-                res = adapter.run(cfg, params, inputs, dtype)
-            err = np.abs(res.output - ref)[real].max() / max(1.0, np.abs(ref[real]).max())
-            assert err <= tol, f"{name} {dtype}: {err:.3g}"
+    if where == "spec":
+        got = spec_output(cfg, params, inputs)
+        assert np.abs(got - ref)[real].max() <= 1e-9
+        return
+    adapter, reason = load_adapter(where)
+    if adapter is None:
+        pytest.skip(f"backend {where} {reason}")
+    checked = [dt for dt in ("float64", "float32") if dt in adapter.dtypes]
+    assert checked, f"{where} runs neither float64 nor float32: {adapter.dtypes}"
+    for dtype in checked:
+        tol = {"float64": 1e-9, "float32": 1e-5}[dtype]
+        with adapter.strict_precision():
+            res = adapter.run(cfg, params, inputs, dtype)
+        err = np.abs(res.output - ref)[real].max() / max(1.0, np.abs(ref[real]).max())
+        assert err <= tol, f"{where} {dtype}: {err:.3g}"
 
 
 def _inputs(kind, masked, seed=0):
@@ -90,12 +93,8 @@ def _inputs(kind, masked, seed=0):
     return {"x": x, "cotangent": x, **({"mask": mask} if masked else {})}, x, mask
 
 
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("norm", ["scalenorm", "layernorm"])
-@pytest.mark.parametrize("shift", [False, True])
-@pytest.mark.parametrize("rotary", [False, True])
-@pytest.mark.parametrize("masked", [False, True])
-def test_flash_layer(causal, norm, shift, rotary, masked):
+def _flash_layer_case(causal, norm, shift, rotary, masked):
+    """(config, params, inputs, the peer's output, mask) of one randomized peer FLASH layer."""
     norm_klass = (
         flash_pytorch.flash_pytorch.ScaleNorm if norm == "scalenorm" else torch.nn.LayerNorm
     )
@@ -109,15 +108,33 @@ def test_flash_layer(causal, norm, shift, rotary, masked):
     )
     assert cfg.rope == ("interleaved" if rotary else "none") and cfg.token_shift == shift
     inputs, x, mask = _inputs("layer", masked)
-    # Every combination against the spec; the backends (which the conformance suite already holds
-    # to the spec) on the combinations with every option switched on, to keep the suite quick.
-    _compare(cfg, params, inputs, _peer_output(peer, x, mask), mask, backends=shift and rotary)
+    return cfg, params, inputs, _peer_output(peer, x, mask), mask
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("norm", ["scalenorm", "layernorm"])
+@pytest.mark.parametrize("shift", [False, True])
+@pytest.mark.parametrize("rotary", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_flash_layer(causal, norm, shift, rotary, masked):
+    _compare("spec", *_flash_layer_case(causal, norm, shift, rotary, masked))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("norm", ["scalenorm", "layernorm"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_flash_layer_in_backend(backend, causal, norm, masked):
+    # every combination runs against the spec above; the backends (which the conformance suite
+    # already holds to the spec) with every option switched on, to keep the suite quick
+    _compare(backend, *_flash_layer_case(causal, norm, True, True, masked))
 
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("norm", ["scalenorm", "layernorm"])
 @pytest.mark.parametrize("masked", [False, True])
-def test_gau_layer(causal, norm, masked):
+@pytest.mark.parametrize("where", WHERE)
+def test_gau_layer(where, causal, norm, masked):
     norm_klass = (
         flash_pytorch.flash_pytorch.ScaleNorm if norm == "scalenorm" else torch.nn.LayerNorm
     )
@@ -125,13 +142,14 @@ def test_gau_layer(causal, norm, masked):
     _randomize(peer, 2)
     params, cfg = import_state_dict(peer.state_dict(), "GAU", causal=causal)
     inputs, x, mask = _inputs("layer", masked)
-    _compare(cfg, params, inputs, _peer_output(peer, x, mask), mask)
+    _compare(where, cfg, params, inputs, _peer_output(peer, x, mask), mask)
 
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("norm", ["scalenorm", "layernorm"])
 @pytest.mark.parametrize("masked", [False, True])
-def test_flash_transformer(causal, norm, masked):
+@pytest.mark.parametrize("where", WHERE)
+def test_flash_transformer(where, causal, norm, masked):
     peer = flash_pytorch.FLASHTransformer(
         dim=D, num_tokens=23, depth=2, group_size=G, query_key_dim=S, causal=causal, norm_type=norm
     ).double()
@@ -141,10 +159,11 @@ def test_flash_transformer(causal, norm, masked):
     )
     assert cfg.block.rope_dims == 32 and cfg.block.token_shift
     inputs, tokens, mask = _inputs("lm", masked)
-    _compare(cfg, params, inputs, _peer_output(peer, tokens, mask), mask)
+    _compare(where, cfg, params, inputs, _peer_output(peer, tokens, mask), mask)
 
 
-def test_laplace_attention_function():
+@pytest.mark.parametrize("where", WHERE)
+def test_laplace_attention_function(where):
     peer = flash_pytorch.FLASH(
         dim=D, group_size=G, query_key_dim=S, causal=True, laplace_attn_fn=True
     ).double()
@@ -153,7 +172,7 @@ def test_laplace_attention_function():
         peer.state_dict(), "FLASH", causal=True, group_size=G, laplace_attn_fn=True
     )
     inputs, x, mask = _inputs("layer", False)
-    _compare(cfg, params, inputs, _peer_output(peer, x, mask), mask)
+    _compare(where, cfg, params, inputs, _peer_output(peer, x, mask), mask)
 
 
 def test_float32_checkpoint_matches_in_float32():

@@ -59,6 +59,7 @@ def test_eval_in_tf_prints_no_framework_log_line(tmp_path):
     assert not noise and "oneDNN" not in res.stderr, res.stderr
 
 
+@pytest.mark.slow  # imports TensorFlow in a new process
 def test_a_look_up_of_tensorflow_does_not_use_the_quiet_import_up():
     """Availability checks call importlib.util.find_spec("tensorflow") before the import; the
     filter must still be there for the import itself (the demo printed TF's log lines)."""

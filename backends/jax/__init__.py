@@ -16,7 +16,7 @@ The math is the flashcore spec, called with ``jax.numpy`` as its array namespace
 
 from . import decode, functional, io, parallel
 from .functional import apply, init, logits, loss
-from .layers import FLASH, GAU, LM, TransformerBlock, module_for, naming_table
+from .layers import FLASH, GAU, LM, TransformerBlock, block_class, naming_table
 
 __all__ = [
     "init",
@@ -27,7 +27,7 @@ __all__ = [
     "GAU",
     "TransformerBlock",
     "LM",
-    "module_for",
+    "block_class",
     "naming_table",
     "functional",
     "decode",

@@ -52,11 +52,11 @@ def _run(config, params, inputs, dtype) -> Result:
     import jax.numpy as jnp
     from flax import nnx
 
-    from .layers import module_for
+    from .layers import block_class
 
     dt = jnp.dtype(dtype)
     acc = jnp.float32 if dtype == "bfloat16" else dt  # the loss is summed in at least float32
-    graphdef, state = nnx.split(module_for(config)(config, params=params, dtype=dt))
+    graphdef, state = nnx.split(block_class(config)(config, params=params, dtype=dt))
     mask = None if "mask" not in inputs else jnp.asarray(inputs["mask"])
     seg = None if "segment_ids" not in inputs else jnp.asarray(inputs["segment_ids"])
     masks = golden.dropout_masks(inputs)  # given keep-masks (dropout cases)

@@ -59,7 +59,7 @@ def describe(*, batch: int, dim: int, chunk: int, qk: int, repeats: int) -> str:
 
     from .kernels import can_use_kernel
 
-    kernel = can_use_kernel(fc.FlashConfig(causal=True))
+    kernel = can_use_kernel(None, fc.FlashConfig(causal=True))
     return (
         f"flashcore.jax bench: 2 causal FLASH layers, forward + backward, batch {batch}, "
         f"dim {dim}, chunk {chunk}, qk {qk}; jax {jax.__version__} on "

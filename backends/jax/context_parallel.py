@@ -13,8 +13,6 @@ gradients come out whole. Works under ``jax.jit``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,26 +20,11 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
 from flashcore.config import FlashConfig
-from flashcore.context_parallel import check_shard, flash_shard
+from flashcore.context_parallel import CommStats, check_shard, flash_shard
 
 from .xp import xp
 
 __all__ = ["CommStats", "context_mesh", "apply"]
-
-
-@dataclass
-class CommStats:
-    """Bytes one device passes into the all-gathers of one forward (counted when traced: a
-    jitted function counts on its first call only); ``calls``: (shape, bytes) per all-gather."""
-
-    sent: int = 0
-    calls: list = field(default_factory=list)
-
-    def record(self, a) -> None:
-        """Count one all-gather of ``a`` (this device's part)."""
-        n = int(np.prod(a.shape)) * jnp.dtype(a.dtype).itemsize
-        self.sent += n
-        self.calls.append((tuple(a.shape), n))
 
 
 def context_mesh(devices=None, axis: str = "context") -> Mesh:
@@ -73,8 +56,9 @@ def apply(
     seq = PartitionSpec(None, axis)
 
     def gather(a):
-        if stats is not None:
-            stats.record(a)
+        if stats is not None:  # counted when traced: a jitted function counts on its first call
+            nbytes = int(np.prod(a.shape)) * jnp.dtype(a.dtype).itemsize
+            stats.record("all_gather", a.shape, nbytes, world)
         return lax.all_gather(a, axis)
 
     def body(p, x_mine, *m):

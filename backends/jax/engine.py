@@ -27,6 +27,7 @@ from flashcore.runtime import (
     OptimConfig,
     check_dtype,
     check_split,
+    counted_positions,
     decays,
     single_process_only,
 )
@@ -170,7 +171,7 @@ class Engine:
     ) -> tuple[float, int]:
         count = self._batch(loss_mask, bool)
         loss = self._eval(self.state, self._batch(inputs), self._batch(targets), count)
-        n = int(np.asarray(targets).size if loss_mask is None else np.asarray(loss_mask).sum())
+        n = counted_positions(targets, loss_mask)
         return float(loss) * n, n
 
     def params(self) -> dict[str, np.ndarray]:

@@ -29,15 +29,11 @@ __all__ = ["init", "apply", "logits", "loss", "dropout_masks", "Config"]
 
 Config = FlashConfig | TransformerConfig | LMConfig
 
-# Standard deviations of the normal initializers of ParamSpec.init ("lecun" is fan_in^-1/2), as
-# documented in flashcore/params.py (_INIT_DOC) and drawn there with NumPy by fc.init.
-_STD = {"qk_gamma": 0.02, "embed": 0.02}
-
 
 def init(config: Config, key: jax.Array, dtype=jnp.float32) -> dict[str, jax.Array]:
     """Fresh canonical parameters drawn with ``key``: {name: array of ``param_spec`` shape}.
 
-    Same distributions as :func:`flashcore.init` (zeros, ones, N(0, 1/fan_in), N(0, 0.02^2)); each
+    Same distributions as :func:`flashcore.init` (zeros, ones, N(0, ``ParamSpec.std``^2)); each
     tensor uses ``fold_in(key, crc32(name))``, so adding a parameter never changes the others.
     Traceable: ``jax.eval_shape(lambda k: init(cfg, k), key)`` gives shapes without computing.
     """
@@ -48,9 +44,8 @@ def init(config: Config, key: jax.Array, dtype=jnp.float32) -> dict[str, jax.Arr
         elif ps.init == "ones":
             out[name] = jnp.ones(ps.shape, dtype)
         else:
-            std = ps.shape[0] ** -0.5 if ps.init == "lecun" else _STD[ps.init]
             k = jax.random.fold_in(key, zlib.crc32(name.encode()))
-            out[name] = (std * jax.random.normal(k, ps.shape, jnp.float32)).astype(dtype)
+            out[name] = (ps.std * jax.random.normal(k, ps.shape, jnp.float32)).astype(dtype)
     return out
 
 

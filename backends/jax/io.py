@@ -40,7 +40,7 @@ from flashcore.weightmeta import (
     to_native,
 )
 
-from .layers import _get, module_for, naming_table
+from .layers import _get, block_class, naming_table
 
 __all__ = [
     "save",
@@ -147,7 +147,7 @@ def read_params(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]
 def load(path: str | os.PathLike):
     """A Flax file -> a new module holding the stored weights (each in its stored dtype)."""
     params, config = read_params(path)
-    return module_for(config)(config, params=params)
+    return block_class(config)(config, params=params)
 
 
 def save_canonical(path: str | os.PathLike, module) -> Path:
@@ -159,4 +159,4 @@ def save_canonical(path: str | os.PathLike, module) -> Path:
 def load_canonical(path: str | os.PathLike):
     """A canonical safetensors file -> a new module in the file's dtypes."""
     params, config = _load_canonical_numpy(path)
-    return module_for(config)(config, params=params)
+    return block_class(config)(config, params=params)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from flashcore.config import FlashConfig
-from flashcore.layers import attention_core_flash
+from flashcore.layers import attention_core_flash, fused_core_unsupported
 
 from .xp import xp as jax_xp
 
@@ -37,23 +37,24 @@ __all__ = ["can_use_kernel", "flash_core", "pallas_core"]
 
 
 def can_use_kernel(
-    config: FlashConfig, *, segment_ids=None, backend: str | None = None, attn_keep=None
+    v, config: FlashConfig, mask=None, segment_ids=None, attn_keep=None, *, backend=None
 ) -> bool:
-    """True when the Pallas kernel computes this core on this JAX backend.
+    """True when the Pallas kernel computes this core call on this JAX backend (the signature of
+    ``flashcore.torch.kernels.can_use_kernel``; ``backend`` overrides ``jax.default_backend()``).
 
-    Needs a GPU or TPU backend (on CPU Pallas only interprets, slower than XLA's fusion of the
-    spec), relu^2 attention, linear_norm='sum', no segment ids and no dropout keep-mask of the
-    attention weights (``attn_keep``, training with dropout: the kernel applies none).
+    v: (b, t, e) floating array (or None: the config alone); mask: (b, t) or None. Needs a GPU
+    or TPU backend (on CPU Pallas only interprets, slower than XLA's fusion of the spec) and a
+    call the spec's fused-core table gives the 'pallas' core
+    (:func:`flashcore.layers.fused_core_unsupported`: relu^2 attention, linear_norm='sum', no
+    segment ids, no dropout keep-mask ``attn_keep`` of the attention weights).
     """
     backend = backend or jax.default_backend()
-    return (
-        attn_keep is None
-        and backend in ("gpu", "cuda", "rocm", "tpu")
-        and config.kind == "flash"
-        and config.attention == "relu2"
-        and config.linear_norm == "sum"
-        and segment_ids is None
-    )
+    if backend not in ("gpu", "cuda", "rocm", "tpu"):
+        return False
+    if v is not None and not jnp.issubdtype(v.dtype, jnp.floating):
+        return False
+    reason = fused_core_unsupported("pallas", config, segment_ids=segment_ids, attn_keep=attn_keep)
+    return reason is None
 
 
 def flash_core(
@@ -75,22 +76,10 @@ def flash_core(
     qq, qk, lq, lk: (b, t, s); v: (b, t, e); bias: (C, C) or None -> (b, t, e).
     attn_keep: (b, g, c, k) bool dropout keep-mask or None; given, the spec's core runs.
     """
-    if can_use_kernel(config, segment_ids=segment_ids, attn_keep=attn_keep):
+    if can_use_kernel(v, config, mask, segment_ids, attn_keep):
         return pallas_core(qq, qk, lq, lk, v, bias=bias, config=config, mask=mask)
-    keep = {} if attn_keep is None else {"attn_keep": attn_keep}
-    return attention_core_flash(
-        qq,
-        qk,
-        lq,
-        lk,
-        v,
-        bias=bias,
-        config=config,
-        mask=mask,
-        segment_ids=segment_ids,
-        xp=jax_xp,
-        **keep,
-    )
+    spec = dict(config=config, mask=mask, segment_ids=segment_ids, xp=jax_xp, attn_keep=attn_keep)
+    return attention_core_flash(qq, qk, lq, lk, v, bias=bias, **spec)
 
 
 def pallas_core(
@@ -111,12 +100,9 @@ def pallas_core(
 
     Raises NotImplementedError for what the kernel does not cover (see :func:`can_use_kernel`).
     """
-    if config.attention != "relu2" or config.linear_norm != "sum" or segment_ids is not None:
-        raise NotImplementedError(
-            "the Pallas core covers relu2 attention, linear_norm='sum' and no segment ids; "
-            f"got attention={config.attention!r}, linear_norm={config.linear_norm!r}, "
-            f"segment_ids={'given' if segment_ids is not None else None}"
-        )
+    reason = fused_core_unsupported("pallas", config, segment_ids=segment_ids)
+    if reason is not None:
+        raise NotImplementedError(f"the Pallas core does not cover this call: {reason}")
     b, t, _ = v.shape
     c = config.chunk_size
     pad = -t % c

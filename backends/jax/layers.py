@@ -33,7 +33,7 @@ from flashcore.config import FlashConfig, LMConfig, TransformerConfig
 
 from . import functional
 
-__all__ = ["naming_table", "GAU", "FLASH", "TransformerBlock", "LM", "Group", "module_for"]
+__all__ = ["naming_table", "GAU", "FLASH", "TransformerBlock", "LM", "Group", "block_class"]
 
 Table = dict[str, tuple[str, bool]]
 
@@ -332,7 +332,7 @@ class TransformerBlock(_Layer):
         )
 
 
-def module_for(config: FlashConfig | TransformerConfig | LMConfig) -> type[_Canonical]:
+def block_class(config: FlashConfig | TransformerConfig | LMConfig) -> type[_Canonical]:
     """The module class of a config: FLASH, GAU, TransformerBlock or LM."""
     if isinstance(config, LMConfig):
         return LM
@@ -359,7 +359,7 @@ class LM(_Canonical):
         if not isinstance(config, LMConfig):
             raise ValueError("LM needs an LMConfig")
         params = self._build(config, rngs, params, dtype)
-        block = module_for(config.block)
+        block = block_class(config.block)
         self.layers = nnx.List(
             [
                 block(config.block, params=fc.subtree(params, f"layers.{i}."))

@@ -29,7 +29,7 @@ if _keras.backend.backend() != "tensorflow":
     )
 
 from . import io  # noqa: E402
-from .layers import FLASH, GAU, LM, TransformerBlock, layer_for, naming_table  # noqa: E402
+from .layers import FLASH, GAU, LM, TransformerBlock, block_class, naming_table  # noqa: E402
 from .xp import xp  # noqa: E402
 
-__all__ = ["FLASH", "GAU", "TransformerBlock", "LM", "layer_for", "naming_table", "xp", "io"]
+__all__ = ["FLASH", "GAU", "TransformerBlock", "LM", "block_class", "naming_table", "xp", "io"]

@@ -54,9 +54,9 @@ class TFAdapter(Adapter):
         import tensorflow as tf
 
         import flashcore as fc
-        from flashcore.tf import layer_for, xp
+        from flashcore.tf import block_class, xp
 
-        layer = layer_for(config)(config, params=params, dtype=POLICIES[dtype])
+        layer = block_class(config)(config, params=params, dtype=POLICIES[dtype])
         compute = tf.as_dtype(layer.compute_dtype)
         kw = {k: tf.constant(inputs[k]) for k in ("mask", "segment_ids") if k in inputs}
         masks = golden.dropout_masks(inputs)  # given keep-masks (dropout cases)

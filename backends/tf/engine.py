@@ -16,7 +16,14 @@ import tensorflow as tf
 
 import flashcore as fc
 from flashcore import generation, sampling
-from flashcore.runtime import OptimConfig, check_dtype, decays, single_process_only
+from flashcore.runtime import (
+    OptimConfig,
+    check_dtype,
+    counted_positions,
+    decays,
+    loss_mask_rows,
+    single_process_only,
+)
 
 from .layers import LM
 from .xp import xp
@@ -92,7 +99,8 @@ class Engine:
 
     @staticmethod
     def _count(loss_mask: np.ndarray | None):
-        return None if loss_mask is None else tf.constant(np.asarray(loss_mask, bool))
+        m = loss_mask_rows(loss_mask)
+        return None if m is None else tf.constant(m)
 
     def train_step(
         self,
@@ -111,7 +119,7 @@ class Engine:
     ) -> tuple[float, int]:
         x = tf.constant(np.asarray(inputs, np.int32))
         y = tf.constant(np.asarray(targets, np.int32))
-        n = int(np.asarray(targets).size if loss_mask is None else np.asarray(loss_mask).sum())
+        n = counted_positions(targets, loss_mask)
         return float(self._eval(x, y, self._count(loss_mask))) * n, n
 
     def close(self) -> None:

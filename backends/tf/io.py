@@ -35,7 +35,7 @@ from flashcore.io import load as _load_canonical_numpy
 from flashcore.io import save as _save_canonical_numpy
 from flashcore.weightmeta import check_file_params, common_dtype, extra_of, make_tag, read_tag
 
-from .layers import layer_for
+from .layers import block_class
 
 __all__ = [
     "SUFFIX",
@@ -94,7 +94,7 @@ def write_params(
     """Canonical weights of one dtype (bfloat16 via ml_dtypes) -> a Keras weights file."""
     fc.check_params(params, config)
     dtype = common_dtype(params)
-    layer = layer_for(config)(config, params=params, dtype=dtype.name)
+    layer = block_class(config)(config, params=params, dtype=dtype.name)
     return save(path, layer, extra=extra)
 
 
@@ -136,7 +136,7 @@ def load(path: str | os.PathLike):
         raise FileNotFoundError(f"no weight file at {path}")
     _check_suffix(path)
     config, dtype = _read_attrs(path)
-    layer = layer_for(config)(config, dtype=dtype)
+    layer = block_class(config)(config, dtype=dtype)
     try:
         keras.saving.load_weights(layer, str(path))
     except Exception as err:
@@ -168,4 +168,4 @@ def load_canonical(path: str | os.PathLike, *, dtype: str | None = None):
             dtype = common_dtype(params).name
         except ValueError:
             dtype = None
-    return layer_for(config)(config, params=params, dtype=dtype)
+    return block_class(config)(config, params=params, dtype=dtype)

@@ -49,7 +49,7 @@ from flashcore.config import FlashConfig, LMConfig, TransformerConfig
 
 from .xp import xp
 
-__all__ = ["naming_table", "FLASH", "GAU", "TransformerBlock", "LM", "layer_for"]
+__all__ = ["naming_table", "FLASH", "GAU", "TransformerBlock", "LM", "block_class"]
 
 Table = dict[str, tuple[str, bool]]
 
@@ -357,7 +357,7 @@ class TransformerBlock(_Block):
     config_type = TransformerConfig
 
 
-def layer_for(config: FlashConfig | TransformerConfig | LMConfig) -> type[_Canonical]:
+def block_class(config: FlashConfig | TransformerConfig | LMConfig) -> type[_Canonical]:
     """The layer class of a config: FLASH, GAU, TransformerBlock or LM."""
     if isinstance(config, LMConfig):
         return LM
@@ -384,7 +384,7 @@ class LM(_Canonical):
     config_type = LMConfig
 
     def _create_weights(self, params: dict) -> None:
-        cls = layer_for(self.config.block)
+        cls = block_class(self.config.block)
         self.blocks = [
             cls(
                 self.config.block,

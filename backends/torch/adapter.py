@@ -29,9 +29,8 @@ def build(config, params: dict[str, np.ndarray]):
     import torch
 
     from .layers import block_class
-    from .lm import LM
 
-    cls = LM if isinstance(config, fc.LMConfig) else block_class(config)
+    cls = block_class(config)
     module = cls(config, init=False, dtype=torch.float64)
     module.load_canonical(params)
     return module

@@ -16,35 +16,15 @@ Works with gloo (CPU) and nccl.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.distributed as dist
 
-from flashcore.context_parallel import flash_shard
+from flashcore.context_parallel import CommStats, flash_shard
 
 from .layers import FLASH, check_no_dropout
 from .xp import xp
 
 __all__ = ["CommStats", "all_gather", "context_parallel_flash"]
-
-
-@dataclass
-class CommStats:
-    """Bytes this rank passed through the collectives: ``sent`` (its own tensors) and
-    ``received`` (the other ranks' parts), forward and backward; ``calls``: (op, shape, bytes
-    sent) per collective, in order."""
-
-    sent: int = 0
-    received: int = 0
-    calls: list = field(default_factory=list)
-
-    def record(self, op: str, t: torch.Tensor, world: int) -> None:
-        """Count one collective on tensor ``t`` (this rank's part) among ``world`` ranks."""
-        n = t.numel() * t.element_size()
-        self.sent += n
-        self.received += n * (world - 1)
-        self.calls.append((op, tuple(t.shape), n))
 
 
 class _AllGather(torch.autograd.Function):
@@ -58,7 +38,7 @@ class _AllGather(torch.autograd.Function):
         parts = [torch.empty_like(a) for _ in range(world)]
         dist.all_gather(parts, a, group=group)
         if stats is not None:
-            stats.record("all_gather", a, world)
+            stats.record("all_gather", a.shape, a.numel() * a.element_size(), world)
         return torch.stack(parts)  # (world, ...)
 
     @staticmethod
@@ -66,7 +46,7 @@ class _AllGather(torch.autograd.Function):
         grad = grad.contiguous().clone()  # (world, ...): every rank's gradient for every part
         dist.all_reduce(grad, group=ctx.group)
         if ctx.stats is not None:  # a ring all-reduce moves about 2x the tensor; count 1x each way
-            ctx.stats.record("all_reduce", grad, 2)
+            ctx.stats.record("all_reduce", grad.shape, grad.numel() * grad.element_size(), 2)
         return grad[dist.get_rank(ctx.group)], None, None
 
 

@@ -21,7 +21,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import flashcore as fc
-from flashcore.runtime import OptimConfig, check_dtype, check_split, decays
+from flashcore.runtime import (
+    OptimConfig,
+    check_dtype,
+    check_split,
+    counted_positions,
+    decays,
+    loss_mask_rows,
+)
 
 from . import parallel
 from .lm import LM
@@ -100,9 +107,8 @@ class Engine:
 
     def _bool(self, a: np.ndarray | None, rows) -> torch.Tensor | None:
         """A (b, t) bool loss mask's ``rows`` as a tensor (None stays None)."""
-        if a is None:
-            return None
-        return torch.as_tensor(np.asarray(a, bool)[rows], device=self.device)
+        m = loss_mask_rows(a, rows)
+        return None if m is None else torch.as_tensor(m, device=self.device)
 
     def train_step(
         self,
@@ -139,7 +145,7 @@ class Engine:
         mine = parallel.rows(len(targets), self.dp)
         x, y = np.asarray(inputs)[mine], np.asarray(targets)[mine]
         m = self._bool(loss_mask, mine)
-        total, n = 0.0, int(y.size if m is None else m.sum())
+        total, n = 0.0, counted_positions(y, loss_mask_rows(loss_mask, mine))
         if n:
             self.model.eval()
             with self._autocast():

@@ -37,7 +37,6 @@ from flashcore.weightmeta import (
 )
 
 from .layers import block_class
-from .lm import LM
 from .module import CanonicalModule, _to_numpy, _to_tensor
 from .naming import naming_table
 
@@ -56,7 +55,7 @@ Config = fc.FlashConfig | fc.TransformerConfig | fc.LMConfig
 
 
 def _module_class(config: Config) -> type[CanonicalModule]:
-    return LM if isinstance(config, fc.LMConfig) else block_class(config)
+    return block_class(config)
 
 
 def _transpose(t: torch.Tensor) -> torch.Tensor:

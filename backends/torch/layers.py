@@ -204,8 +204,15 @@ class TransformerBlock(_Decoding, CanonicalModule):
         )
 
 
-def block_class(config: fc.FlashConfig | fc.TransformerConfig) -> type[CanonicalModule]:
-    """FLASH, GAU or TransformerBlock for a block config."""
+def block_class(
+    config: fc.FlashConfig | fc.TransformerConfig | fc.LMConfig,
+) -> type[CanonicalModule]:
+    """The module class of a config: FLASH, GAU, TransformerBlock or LM (the finder every
+    backend has under this name)."""
+    if isinstance(config, fc.LMConfig):
+        from .lm import LM  # lm builds on this module
+
+        return LM
     if isinstance(config, fc.TransformerConfig):
         return TransformerBlock
     return FLASH if config.kind == "flash" else GAU

@@ -5,7 +5,6 @@ pytest conformance/tests --backend torch          # or FLASHCORE_BACKENDS=torch,
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import itertools
 
@@ -14,7 +13,13 @@ import pytest
 from flashcore.conformance import golden
 from flashcore.conformance.adapters import load_adapter
 from flashcore.conformance.cases import CASES
-from flashcore.conformance.runner import apply_xfails, load_xfails, run_case
+from flashcore.conformance.runner import (
+    XFAIL_DIR,
+    apply_xfails,
+    dead_xfails,
+    load_xfails,
+    run_case,
+)
 from flashcore.conformance.tolerances import QUANTITIES
 
 
@@ -49,18 +54,25 @@ def test_gradients(grad_backend_case_dtype):
     _judge([c for c in checks if c.quantity in ("grad_input", "grad_params")])
 
 
+def dead_entries(backend: str, adapter, directory=None) -> list[str]:
+    """Lines of ``<directory>/<backend>.txt`` (default: the in-tree folder) that name no check."""
+    ids = [
+        f"{backend}/{c.name}/{dt}/{q}"
+        for c, dt, q in itertools.product(CASES, adapter.dtypes, QUANTITIES)
+    ]
+    return [
+        f"line {x.line}: {x.pattern}" for x in dead_xfails(load_xfails(backend, directory), ids)
+    ]
+
+
+def test_the_xfail_folder_is_where_the_runner_reads_it():
+    assert XFAIL_DIR.is_dir() and (XFAIL_DIR / "README.md").is_file(), XFAIL_DIR
+
+
 def test_xfail_entries_name_real_checks(backend):
     """Every expected-failure pattern must match at least one check id of this backend."""
     adapter, reason = load_adapter(backend)
     if adapter is None:
         pytest.skip(f"backend {backend} {reason}")
-    ids = [
-        f"{backend}/{c.name}/{dt}/{q}"
-        for c, dt, q in itertools.product(CASES, adapter.dtypes, QUANTITIES)
-    ]
-    dead = [
-        xf
-        for xf in load_xfails(backend)
-        if not any(fnmatch.fnmatchcase(i, xf.pattern) for i in ids)
-    ]
-    assert not dead, [f"line {x.line}: {x.pattern}" for x in dead]
+    dead = dead_entries(backend, adapter)
+    assert not dead, f"{XFAIL_DIR / backend}.txt: entries that name no check: {dead}"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 from test_catches_bugs import FlippedLinearSign
+from test_conformance import dead_entries
 
 from flashcore.conformance import golden
+from flashcore.conformance.adapters import load_adapter
 from flashcore.conformance.runner import apply_xfails, load_xfails, run_case
 
 
@@ -31,3 +33,16 @@ def test_a_line_without_a_reason_is_an_error(tmp_path):
     (tmp_path / "x.txt").write_text("x/flash-*/float32/output\n")
     with pytest.raises(ValueError, match="needs a reason"):
         load_xfails("x", tmp_path)
+
+
+def test_an_entry_that_names_no_check_is_reported(tmp_path):
+    (tmp_path / "numpy.txt").write_text(
+        "numpy/flash-bidir-T%C/float64/output  # names a real check\n"
+        "numpy/flash-no-such-case/*  # a typo: excuses nothing\n"
+        "torch/flash-*  # another backend's id\n"
+    )
+    adapter, _ = load_adapter("numpy")
+    assert dead_entries("numpy", adapter, tmp_path) == [
+        "line 2: numpy/flash-no-such-case/*",
+        "line 3: torch/flash-*",
+    ]

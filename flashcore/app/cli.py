@@ -1,12 +1,5 @@
-"""The ``flashcore`` command.
-
-flashcore demo                       a short run of the spec on NumPy (the main job's stand-in)
-flashcore conformance [...]          the conformance suite as a CI gate (see --help)
-flashcore bench --backend B [...]    a backend's benchmark (see flashcore.<B>.bench)
-flashcore weights-table              the canonical weight table (docs/weights.md)
-flashcore convert SRC DST [...]      convert weights: canonical, torch, flax, keras, flash-pytorch
-flashcore export RUN DST [--force]   a train run -> a Hugging Face directory (needs the [hf] extra)
-flashcore train / eval / generate    train a byte-level LM, evaluate it, sample from it (see --help)
+"""The ``flashcore`` command: one sub-command per entry of :data:`COMMANDS`, whose table is also
+what ``flashcore --help`` prints (:func:`usage`).
 
 --verbose (with any command): keep TensorFlow's and absl's start-up log lines (silenced by default)
 """
@@ -15,31 +8,93 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import NamedTuple
 
 from . import benchtable
 
-COMMANDS = {
-    "demo": "flashcore.app.demo:main",
-    "train": "flashcore.app.train:train_main",
-    "eval": "flashcore.app.evaluate:eval_main",
-    "generate": "flashcore.app.evaluate:generate_main",
-    "quality": "flashcore.app.quality:main",
-    "conformance": "flashcore.app.conformance:main",
-    "weights-table": "flashcore.params:print_weight_table",
-    "convert": "flashcore.app.convert:main",
-    "export": "flashcore.app.export:main",
+
+class Command(NamedTuple):
+    target: str  # "module:function" taking argv (list[str]) and returning an exit code
+    args: str  # what follows the command's name, for the help
+    summary: str  # one line: what it does
+
+
+COMMANDS: dict[str, Command] = {
+    "demo": Command(
+        "flashcore.app.demo:main",
+        "[--steps N]",
+        "train a small FLASH LM with torch, evaluate it in every backend",
+    ),
+    "train": Command("flashcore.app.train:train_main", "[...]", "train a byte-level LM"),
+    "eval": Command(
+        "flashcore.app.evaluate:eval_main", "CHECKPOINT [...]", "held-out loss of a checkpoint"
+    ),
+    "generate": Command(
+        "flashcore.app.evaluate:generate_main",
+        "CHECKPOINT --prompt P [...]",
+        "sample text from a checkpoint",
+    ),
+    "quality": Command(
+        "flashcore.app.quality:main",
+        "[...]",
+        "FLASH vs GAU vs Transformer++ at one size and time budget",
+    ),
+    "conformance": Command(
+        "flashcore.app.conformance:main", "[...]", "the conformance suite as a CI gate"
+    ),
+    "bench": Command(
+        "flashcore.app.cli:bench_main",
+        "--backend B [...]",
+        "a backend's speed benchmark (see flashcore.<B>.bench)",
+    ),
+    "weights-table": Command(
+        "flashcore.params:print_weight_table", "", "the canonical weight table (docs/weights.md)"
+    ),
+    "convert": Command(
+        "flashcore.app.convert:main",
+        "SRC DST [...]",
+        "convert weights: canonical, torch, flax, keras, flash-pytorch",
+    ),
+    "export": Command(
+        "flashcore.app.export:main",
+        "RUN DST [--force]",
+        "a train run -> a Hugging Face folder (the [hf] extra)",
+    ),
 }
 
 
-def _bench(argv: list[str]) -> int:
+def usage() -> str:
+    """The help text: every command of :data:`COMMANDS` with its one-line summary."""
+    rows = [(f"flashcore {name} {c.args}".rstrip(), c.summary) for name, c in COMMANDS.items()]
+    width = max(len(left) for left, _ in rows) + 2
+    lines = ["usage: flashcore COMMAND [options]   (flashcore COMMAND --help for its options)", ""]
+    lines += [f"{left:<{width}}{summary}" for left, summary in rows]
+    lines += ["", __doc__.strip().splitlines()[-1]]
+    return "\n".join(lines)
+
+
+def framework_backends() -> list[str]:
+    """The framework backends (torch, jax, tf): the conformance registry's entries that live in
+    ``flashcore.<name>``; installed or not."""
+    from flashcore.conformance.adapters import BUILTIN
+
+    return [name for name, target in BUILTIN.items() if target.startswith(f"flashcore.{name}.")]
+
+
+def bench_main(argv: list[str]) -> int:
+    """``flashcore bench --backend B [options]``: B's benchmark; 2 (message on stderr) for no
+    or an unknown backend, or one whose benchmark cannot be imported."""
     backend = None
     if "--backend" in argv:
         i = argv.index("--backend")
         if i + 1 < len(argv):
             backend = argv[i + 1]
             argv = argv[:i] + argv[i + 2 :]
-    if backend not in ("torch", "jax", "tf"):
-        print("usage: flashcore bench --backend {torch,jax,tf} [options]", file=sys.stderr)
+    backends = framework_backends()
+    if backend not in backends:
+        print(
+            f"usage: flashcore bench --backend {{{','.join(backends)}}} [options]", file=sys.stderr
+        )
         return 2
     try:
         mod = importlib.import_module(f"flashcore.{backend}.bench")
@@ -62,15 +117,13 @@ def main(argv: list[str] | None = None) -> int:
 
         quiet_frameworks()
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
+        print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
-    if name == "bench":
-        return _bench(rest)
     if name not in COMMANDS:
-        print(f"flashcore: unknown command {name!r}\n{__doc__}", file=sys.stderr)
+        print(f"flashcore: unknown command {name!r}\n{usage()}", file=sys.stderr)
         return 2
-    module, _, attr = COMMANDS[name].partition(":")
+    module, _, attr = COMMANDS[name].target.partition(":")
     return int(getattr(importlib.import_module(module), attr)(rest) or 0)
 
 

@@ -413,7 +413,8 @@ def _load_config_json(path: str) -> AnyConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """``flashcore convert SRC DST [--from F] [--to F] [--config JSON] [--force] [...]``; 0 on
-    success, 1 (message on stderr) for a bad file, an existing DST or a failed write."""
+    success, 2 (message on stderr) for a bad file, an existing DST or a failed write (as
+    ``flashcore train`` / ``eval`` do; argparse also exits 2 on a bad argument)."""
     args = _parser().parse_args(argv)
     peer = {k: getattr(args, k) for k in PEER_OPTIONS}
     try:

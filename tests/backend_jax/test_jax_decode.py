@@ -8,7 +8,7 @@ import pytest
 jax = pytest.importorskip("jax", reason="flashcore.jax needs jax")
 jnp = jax.numpy
 
-from _jax_cases import flash_cfg, noisy_params  # noqa: E402
+from _cases import flash_cfg, noisy_params  # noqa: E402
 
 import flashcore as fc  # noqa: E402
 from flashcore import ops  # noqa: E402

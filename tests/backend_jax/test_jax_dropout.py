@@ -12,7 +12,7 @@ jnp = jax.numpy
 
 import flashcore as fc  # noqa: E402
 from flashcore.conformance.tolerances import tolerance  # noqa: E402
-from flashcore.jax import LM, functional, kernels, module_for  # noqa: E402
+from flashcore.jax import LM, block_class, functional, kernels  # noqa: E402
 
 D, P = 16, 0.3
 CONFIGS = {
@@ -49,7 +49,7 @@ def test_keep_rate_is_binomial():
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_train_draws_and_eval_is_the_deterministic_layer(name):
     config = CONFIGS[name]
-    cls = module_for(config)
+    cls = block_class(config)
     params = _noisy(config)
     model = cls(config, params=params, dropout_rngs=nnx.Rngs(dropout=0))
     plain = cls(config.replace(dropout=0.0), params=params)
@@ -66,7 +66,7 @@ def test_train_draws_and_eval_is_the_deterministic_layer(name):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_the_drawn_masks_are_the_ones_applied(name):
     config = CONFIGS[name]
-    model = module_for(config)(config, params=_noisy(config))
+    model = block_class(config)(config, params=_noisy(config))
     key = jax.random.key(11)
     masks = functional.dropout_masks(config, key, *X.shape[:2])
     got = model(X, rngs=key)
@@ -80,14 +80,14 @@ def test_seeds_reproduce_and_differ():
     params = _noisy(config)
 
     def run(seed):
-        return module_for(config)(config, params=params, dropout_rngs=nnx.Rngs(seed))(X)
+        return block_class(config)(config, params=params, dropout_rngs=nnx.Rngs(seed))(X)
 
     np.testing.assert_array_equal(run(1), run(1))
     assert float(jnp.max(jnp.abs(run(1) - run(2)))) > 1e-3
     # rngs= at construction gives the weights (its params stream) and the dropout stream.
-    built = module_for(config)(config, rngs=nnx.Rngs(params=0, dropout=1))
+    built = block_class(config)(config, rngs=nnx.Rngs(params=0, dropout=1))
     assert float(jnp.max(jnp.abs(built(X) - built(X, deterministic=True)))) > 0
-    model = module_for(config)(config, params=params)  # no dropout stream
+    model = block_class(config)(config, params=params)  # no dropout stream
     with pytest.raises(ValueError, match="needs a dropout stream"):
         model(X)
     model.eval()
@@ -115,15 +115,15 @@ def test_lm_under_jit_and_grad():
 def test_pallas_guard_hands_masked_calls_to_the_spec(monkeypatch):
     cfg = CONFIGS["flash"]
     keep = jnp.ones(fc.dropout_shapes(cfg, 2, 9)["attn"], bool)
-    assert kernels.can_use_kernel(cfg, backend="gpu")
-    assert not kernels.can_use_kernel(cfg, backend="gpu", attn_keep=keep)
+    assert kernels.can_use_kernel(None, cfg, backend="gpu")
+    assert not kernels.can_use_kernel(None, cfg, attn_keep=keep, backend="gpu")
 
     def refuse(*args, **kwargs):
         raise AssertionError("the Pallas kernel got a dropout call")
 
     monkeypatch.setattr(kernels.jax, "default_backend", lambda: "gpu")
     monkeypatch.setattr(kernels, "pallas_core", refuse)
-    model = module_for(cfg)(cfg, params=_noisy(cfg), dropout_rngs=nnx.Rngs(dropout=0))
+    model = block_class(cfg)(cfg, params=_noisy(cfg), dropout_rngs=nnx.Rngs(dropout=0))
     assert model(X).shape == X.shape  # training with dropout: the spec's core
     model.eval()
     with pytest.raises(AssertionError, match="Pallas"):

@@ -7,7 +7,7 @@ import pytest
 jax = pytest.importorskip("jax", reason="flashcore.jax needs jax")
 jnp = pytest.importorskip("jax.numpy", reason="flashcore.jax needs jax")
 
-from _jax_cases import ALL_CONFIGS, LAYER_CONFIGS, LM_CONFIGS, inputs_for, noisy_params, rel_err  # noqa: E402
+from _cases import ALL_CONFIGS, LAYER_CONFIGS, LM_CONFIGS, inputs_for, noisy_params, rel_err  # noqa: E402
 
 import flashcore as fc  # noqa: E402
 from flashcore.jax import functional as F  # noqa: E402

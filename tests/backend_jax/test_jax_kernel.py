@@ -10,7 +10,7 @@ import pytest
 jax = pytest.importorskip("jax", reason="flashcore.jax needs jax")
 jnp = jax.numpy
 
-from _jax_cases import flash_cfg, noisy_params, rel_err  # noqa: E402
+from _cases import flash_cfg, noisy_params, rel_err  # noqa: E402
 
 import flashcore as fc  # noqa: E402
 from flashcore.jax import functional  # noqa: E402
@@ -85,11 +85,15 @@ def test_lm_with_the_kernel_equals_the_spec_lm():
 
 def test_guard_takes_the_kernel_only_on_accelerators_for_supported_configs():
     cfg = flash_cfg()
-    assert can_use_kernel(cfg, backend="gpu") and can_use_kernel(cfg, backend="tpu")
-    assert not can_use_kernel(cfg, backend="cpu")
+    v = jnp.zeros((1, 4, 32), jnp.float32)
+    assert can_use_kernel(v, cfg, backend="gpu") and can_use_kernel(v, cfg, backend="tpu")
+    assert can_use_kernel(None, cfg, backend="gpu")  # the config alone
+    assert not can_use_kernel(v, cfg, backend="cpu")
+    assert not can_use_kernel(v.astype(jnp.int32), cfg, backend="gpu")
     for other in (dict(attention="laplace"), dict(linear_norm="mean")):
-        assert not can_use_kernel(flash_cfg(**other), backend="gpu")
-    assert not can_use_kernel(cfg, segment_ids=jnp.zeros((1, 4), jnp.int32), backend="gpu")
+        assert not can_use_kernel(v, flash_cfg(**other), backend="gpu")
+    seg = jnp.zeros((1, 4), jnp.int32)
+    assert not can_use_kernel(v, cfg, None, seg, backend="gpu")
     with pytest.raises(NotImplementedError, match="relu2"):
         arrays, bias, mask, _ = _inputs(8)
         pallas_core(*arrays, bias=bias, config=flash_cfg(attention="laplace"), interpret=True)

@@ -8,7 +8,7 @@ jax = pytest.importorskip("jax", reason="flashcore.jax needs jax")
 nnx = pytest.importorskip("flax.nnx", reason="flashcore.jax needs flax")
 jnp = jax.numpy
 
-from _jax_cases import ALL_CONFIGS, LAYER_CONFIGS, LM_CONFIGS, inputs_for, noisy_params  # noqa: E402
+from _cases import ALL_CONFIGS, LAYER_CONFIGS, LM_CONFIGS, inputs_for, noisy_params  # noqa: E402
 
 import flashcore as fc  # noqa: E402
 from flashcore.conformance.assertions import assert_close  # noqa: E402
@@ -18,8 +18,8 @@ from flashcore.jax import (  # noqa: E402
     GAU,
     LM,
     TransformerBlock,
+    block_class,
     functional,
-    module_for,
     naming_table,
 )
 
@@ -45,7 +45,7 @@ def _same(a: dict, b: dict) -> bool:
 @pytest.mark.parametrize("name", list(ALL_CONFIGS))
 def test_naming_table_covers_exactly_the_native_parameters(name):
     cfg = ALL_CONFIGS[name]
-    model = module_for(cfg)(cfg, rngs=nnx.Rngs(0))
+    model = block_class(cfg)(cfg, rngs=nnx.Rngs(0))
     table = naming_table(cfg)
     assert set(table) == set(fc.param_spec(cfg))
     assert {path for path, _ in table.values()} == _native_paths(model)
@@ -61,14 +61,14 @@ def test_naming_table_covers_exactly_the_native_parameters(name):
 def test_canonical_round_trip_is_bit_exact(name, dtype):
     cfg = ALL_CONFIGS[name]
     params = {k: jnp.asarray(v, dtype) for k, v in noisy_params(cfg).items()}
-    model = module_for(cfg)(cfg, rngs=nnx.Rngs(1), dtype=dtype)
+    model = block_class(cfg)(cfg, rngs=nnx.Rngs(1), dtype=dtype)
     model.load_canonical(params)
     assert _same(model.to_canonical(), params)
     # Built directly from canonical weights, and exported as NumPy by the caller.
-    rebuilt = module_for(cfg)(cfg, params=params)
+    rebuilt = block_class(cfg)(cfg, params=params)
     assert _same(rebuilt.to_canonical(), params)
     host = {k: np.asarray(v) for k, v in rebuilt.to_canonical().items()}
-    again = module_for(cfg)(cfg, params=host)
+    again = block_class(cfg)(cfg, params=host)
     assert _same(again.to_canonical(), params)
 
 
@@ -142,7 +142,7 @@ def test_transpose_flag_is_honoured():
 def test_module_forward_is_the_functional_api(name):
     cfg = ALL_CONFIGS[name]
     params = noisy_params(cfg)
-    model = module_for(cfg)(cfg, params=params)
+    model = block_class(cfg)(cfg, params=params)
     i = {k: jnp.asarray(v) for k, v in inputs_for(cfg).items()}
     p = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
     x = i["tokens"] if isinstance(cfg, fc.LMConfig) else i["x"]

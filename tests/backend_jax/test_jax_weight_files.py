@@ -9,13 +9,13 @@ jax = pytest.importorskip("jax", reason="flashcore.jax needs jax")
 nnx = pytest.importorskip("flax.nnx", reason="flashcore.jax needs flax")
 serialization = pytest.importorskip("flax.serialization", reason="flashcore.jax needs flax")
 
-from _jax_cases import ALL_CONFIGS, noisy_params  # noqa: E402
+from _cases import ALL_CONFIGS, noisy_params  # noqa: E402
 
 import flashcore as fc  # noqa: E402
 from flashcore.io import WeightFileError  # noqa: E402
 from flashcore.io import load as load_canonical_numpy  # noqa: E402
+from flashcore.jax import block_class  # noqa: E402
 from flashcore.jax import io as jio  # noqa: E402
-from flashcore.jax import module_for  # noqa: E402
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 CASES = ["flash-causal-t5-layer-shift", "gau", "transformer", "lm-flash", "lm-flash-abspos"]
@@ -24,7 +24,7 @@ CASES = ["flash-causal-t5-layer-shift", "gau", "transformer", "lm-flash", "lm-fl
 def _module(name, dtype, seed=0):
     config = ALL_CONFIGS[name]
     params = {k: np.asarray(v).astype(dtype) for k, v in noisy_params(config, seed).items()}
-    return module_for(config)(config, params=params)
+    return block_class(config)(config, params=params)
 
 
 def _bits(params: dict) -> dict:

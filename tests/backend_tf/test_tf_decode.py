@@ -8,7 +8,7 @@ tf = pytest.importorskip("tensorflow", reason="the TF backend needs tensorflow")
 
 import flashcore as fc  # noqa: E402
 from flashcore.conformance.tolerances import tolerance  # noqa: E402
-from flashcore.tf import LM, layer_for  # noqa: E402
+from flashcore.tf import LM, block_class  # noqa: E402
 
 rng = np.random.default_rng(0)
 RTOL, ATOL = tolerance("float64", "output")
@@ -43,7 +43,7 @@ BLOCKS = {
 @pytest.mark.parametrize("name", sorted(BLOCKS))
 def test_layer_decoding_equals_the_forward_on_the_prefix(name):
     cfg = BLOCKS[name]
-    layer = layer_for(cfg)(cfg, params=_noisy(cfg), dtype="float64")
+    layer = block_class(cfg)(cfg, params=_noisy(cfg), dtype="float64")
     t = 11  # two chunk boundaries and a partial chunk
     x = rng.normal(size=(2, t, 16))
     full = layer(x).numpy()
@@ -83,7 +83,7 @@ def test_lm_decoding_equals_full_forward_logits(name):
 
 def test_decoding_needs_a_causal_block_and_an_exact_cache():
     with pytest.raises(ValueError, match="causal=True"):
-        layer_for(_flash())(fc.FlashConfig(dim=16, qk_dim=8, chunk_size=4)).decode_init(1)
+        block_class(_flash())(fc.FlashConfig(dim=16, qk_dim=8, chunk_size=4)).decode_init(1)
     gau = fc.LMConfig(block=_flash(kind="gau"), num_layers=2)
     with pytest.raises(ValueError, match="length_mode='prefix'"):
         LM(gau).decode_init(1)

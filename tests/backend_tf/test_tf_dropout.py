@@ -12,7 +12,7 @@ keras = pytest.importorskip("keras", reason="the TF backend needs keras")
 import flashcore as fc  # noqa: E402
 from flashcore.conformance.assertions import assert_close  # noqa: E402
 from flashcore.conformance.tolerances import longest_reduction, tolerance  # noqa: E402
-from flashcore.tf import LM, layer_for, xp  # noqa: E402
+from flashcore.tf import LM, block_class, xp  # noqa: E402
 
 D, P, T = 16, 0.3, 9
 CONFIGS = {
@@ -35,7 +35,7 @@ def _noisy(config, seed=0):
 
 def _layer(name, seed=0):
     config = CONFIGS[name]
-    return layer_for(config)(config, params=_noisy(config), seed=seed)
+    return block_class(config)(config, params=_noisy(config), seed=seed)
 
 
 def _max_diff(a, b) -> float:
@@ -57,7 +57,7 @@ def test_keep_rate_is_binomial():
 def test_training_draws_and_inference_is_the_deterministic_layer(name):
     layer = _layer(name)
     config = CONFIGS[name]
-    plain = layer_for(config)(config.replace(dropout=0.0), params=_noisy(config))
+    plain = block_class(config)(config.replace(dropout=0.0), params=_noisy(config))
     a, b = layer(X, training=True), layer(X, training=True)
     assert _max_diff(a, b) > 1e-3
     np.testing.assert_array_equal(layer(X), plain(X))  # training=None: no dropout, same code

@@ -12,7 +12,7 @@ keras = pytest.importorskip("keras", reason="the TF backend needs keras")
 import flashcore as fc  # noqa: E402
 from flashcore.conformance.assertions import assert_close  # noqa: E402
 from flashcore.conformance.tolerances import longest_reduction, tolerance  # noqa: E402
-from flashcore.tf import FLASH, GAU, LM, TransformerBlock, layer_for, naming_table  # noqa: E402
+from flashcore.tf import FLASH, GAU, LM, TransformerBlock, block_class, naming_table  # noqa: E402
 
 rng = np.random.default_rng(0)
 T, D = 10, 16
@@ -59,7 +59,7 @@ def test_naming_table_and_weights_match_the_spec_exactly(name):
     table, spec = naming_table(cfg), fc.param_spec(cfg)
     assert list(table) == list(spec)
     assert len({native for native, _ in table.values()}) == len(table)
-    layer = layer_for(cfg)(cfg)
+    layer = block_class(cfg)(cfg)
     native = layer.native_variables()
     assert set(native) == {n for n, _ in table.values()}
     assert len(layer.weights) == len(table)
@@ -71,7 +71,7 @@ def test_naming_table_and_weights_match_the_spec_exactly(name):
 @pytest.mark.parametrize("name", ["flash", "lm"])
 def test_initial_weights_are_fc_init(name):
     cfg = CONFIGS[name]
-    got = layer_for(cfg)(cfg, seed=3).to_canonical()
+    got = block_class(cfg)(cfg, seed=3).to_canonical()
     want = fc.init(cfg, 3, np.float32)
     assert list(got) == list(want)
     for k in want:
@@ -84,7 +84,7 @@ def test_canonical_round_trip_is_bit_exact(name, policy):
     cfg = CONFIGS[name]
     dtype = np.float32 if policy == "float32" else ml_dtypes.bfloat16
     params = _noisy(cfg, seed=1, dtype=dtype)
-    layer = layer_for(cfg)(cfg, dtype=policy)
+    layer = block_class(cfg)(cfg, dtype=policy)
     layer.load_canonical(params)
     back = layer.to_canonical()
     assert list(back) == list(params)
@@ -120,7 +120,7 @@ def test_a_failed_load_lists_the_problem_and_changes_nothing(defect):
 def test_layer_equals_the_spec_with_explicit_masks_and_segments(name):
     cfg = CONFIGS[name]
     params = _noisy(cfg, dtype=np.float64)
-    layer = layer_for(cfg)(cfg, params=params, dtype="float64")
+    layer = block_class(cfg)(cfg, params=params, dtype="float64")
     x = _input(cfg)
     x = tf.cast(x, tf.float64) if x.dtype.is_floating else x
     mask = np.ones((2, T), bool)
@@ -174,7 +174,7 @@ def test_sequential_model_composes_the_spec():
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_get_config_carries_the_flashcore_config(name):
     cfg = CONFIGS[name]
-    layer = layer_for(cfg)(cfg, seed=5, name="mine", dtype="mixed_bfloat16")
+    layer = block_class(cfg)(cfg, seed=5, name="mine", dtype="mixed_bfloat16")
     conf = layer.get_config()
     json.dumps(conf)  # plain JSON
     assert fc.config_from_dict(conf["config"]) == cfg and conf["seed"] == 5
@@ -210,7 +210,7 @@ def test_unknown_batch_size_traces_and_differentiates(name):
     """Keras fit traces with batch None: GAU / FLASH use xp.with_batch, Transformer++ tf.map_fn.
     (Graph mode; XLA on this path is covered by the model.fit test.)"""
     cfg = CONFIGS[name]
-    layer = layer_for(cfg)(cfg, params=_noisy(cfg))
+    layer = block_class(cfg)(cfg, params=_noisy(cfg))
     x = _input(cfg, b=3)
     mask = np.ones((3, T), bool)
     mask[1, 8:] = False
@@ -252,7 +252,7 @@ def test_mixed_bfloat16_runs_in_bfloat16_within_the_bf16_table(name):
     """Well-scaled (fc.init) weights: mixed_bfloat16 vs the float64 spec, with the table's bf16
     output tolerance (the golden weights carry N(0, 0.3) noise; see the conformance report)."""
     cfg = CONFIGS[name]
-    layer = layer_for(cfg)(cfg, seed=0, dtype="mixed_bfloat16")
+    layer = block_class(cfg)(cfg, seed=0, dtype="mixed_bfloat16")
     x = _input(cfg)
     y = layer(x)
     assert y.dtype == tf.bfloat16

@@ -15,8 +15,8 @@ h5py = pytest.importorskip("h5py", reason="Keras weights files are HDF5")
 import flashcore as fc  # noqa: E402
 from flashcore.io import WeightFileError  # noqa: E402
 from flashcore.io import load as load_canonical_numpy  # noqa: E402
+from flashcore.tf import block_class  # noqa: E402
 from flashcore.tf import io as kio  # noqa: E402
-from flashcore.tf import layer_for  # noqa: E402
 
 BLOCK = fc.FlashConfig(dim=16, qk_dim=8, chunk_size=4, causal=True, norm="layer", rel_bias="t5")
 CONFIGS = {
@@ -38,7 +38,7 @@ def _layer(name, dtype, seed=0):
     config = CONFIGS[name]
     rng = np.random.default_rng(seed)
     params = {k: rng.normal(size=s.shape).astype(dtype) for k, s in fc.param_spec(config).items()}
-    return layer_for(config)(config, params=params, dtype=np.dtype(dtype).name)
+    return block_class(config)(config, params=params, dtype=np.dtype(dtype).name)
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -60,7 +60,7 @@ def test_keras_file_round_trips_bit_exactly(tmp_path, name, dtype):
     assert type(back) is type(layer) and back.config == layer.config and back.dtype == dtype
     assert _same(back.to_canonical(), layer.to_canonical())
     # a genuine Keras file: Keras itself loads it into a fresh layer
-    fresh = layer_for(layer.config)(layer.config, seed=7, dtype=dtype)
+    fresh = block_class(layer.config)(layer.config, seed=7, dtype=dtype)
     keras.saving.load_weights(fresh, str(path))
     assert _same(fresh.to_canonical(), layer.to_canonical())
     params, config = kio.read_params(path)

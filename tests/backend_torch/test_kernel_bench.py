@@ -13,11 +13,37 @@ from flashcore.conformance.assertions import assert_close  # noqa: E402
 from flashcore.torch import TransformerBlock, bench  # noqa: E402
 
 
-def test_flash_flops_per_token():
-    d, e, s, c = 512, 1024, 128, 256
-    layer = 2 * (d * (2 * e + s) + e * d) + 2 * (c * s + c * e + 2 * s * e)
-    assert bench.flops_per_token("flashcore", 4096) == 6 * layer
-    assert bench.flops_per_token("flash-pytorch", 65536) == 6 * layer  # linear in T
+def _counted_flops(model, t: int) -> dict[str, int]:
+    """torch's own count of the matmul FLOPs of one forward+backward step at (1, t, DIM), by op."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(1, t, bench.DIM, requires_grad=True)
+    # the math SDPA: its matmuls are visible to the counter (the fused CPU kernel's are not)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        y = model(x)
+        (y * torch.randn_like(y)).sum().backward()
+    return {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+
+
+def test_flash_flops_per_token_matches_torchs_count_of_the_spec_core():
+    # independent of the formula: torch counts every matmul of two FLASH layers with the spec's
+    # own core (dense C x C chunks, as the formula assumes), forward and backward, at T = 2 chunks
+    t = 2 * bench.CHUNK
+    counted = sum(_counted_flops(bench._flashcore_pair(spec_core=True), t).values())
+    assert bench.flops_per_token("flashcore", t) == counted / t
+    assert bench.flops_per_token("flash-pytorch", 8 * t) == counted / t  # linear in T
+
+
+def test_transformer_flops_per_token_matches_torchs_count():
+    # torch's count of the block's matmuls; its dense T x T attention matmuls (bmm) are halved,
+    # as the formula counts causal attention
+    t = 2 * bench.CHUNK
+    ffn = bench.matched_ffn_dim(2 * bench._flash_layer_params())
+    counted = _counted_flops(bench._transformer_block(ffn), t)
+    assert set(counted) == {"aten.mm", "aten.bmm"}, counted
+    per_token = (counted["aten.mm"] + counted["aten.bmm"] / 2) / t
+    assert bench.flops_per_token("transformer++", t, ffn) == per_token
 
 
 def test_transformer_baseline_matches_the_flash_pair_in_size():
@@ -38,6 +64,7 @@ def test_transformer_baseline_matches_the_flash_pair_in_size():
     assert_close(model(x2)[:, :10].detach(), y[:, :10].detach(), reorder=40)
 
 
+@pytest.mark.slow  # a child process per (model, dtype)
 def test_bench_main_end_to_end(tmp_path):
     models = ["flashcore", "transformer++"]
     try:

@@ -245,5 +245,20 @@ def test_direct_call_rejects_unsupported():
 def test_every_config_field_is_known_to_the_guard():
     """A new FlashConfig field makes the guard refuse (the spec path runs); this test fails so
     that someone decides whether the fused cores must implement it, then lists it."""
+    from flashcore.layers import FUSED_CORE_FIELDS
+
     fields = {f.name for f in dataclasses.fields(fc.FlashConfig)}
-    assert fields <= _common.KNOWN_FIELDS, sorted(fields - _common.KNOWN_FIELDS)
+    assert fields <= FUSED_CORE_FIELDS, sorted(fields - FUSED_CORE_FIELDS)
+
+
+def test_a_field_new_to_the_table_makes_every_fused_core_decline():
+    from flashcore.layers import FUSED_CORE_LINEAR_NORMS, fused_core_unsupported
+
+    @dataclasses.dataclass(frozen=True)
+    class Newer(fc.FlashConfig):
+        brand_new: int = 0
+
+    config = Newer(dim=16, qk_dim=8, chunk_size=4)
+    for core in FUSED_CORE_LINEAR_NORMS:
+        assert "brand_new" in fused_core_unsupported(core, config)
+    assert "brand_new" in _common.unsupported_reason(config, None, None)

@@ -9,6 +9,8 @@ from _torch_cases import LAYER_CONFIGS, module_for, noisy_params, sample_inputs 
 from flashcore.conformance.assertions import assert_close  # noqa: E402
 from flashcore.conformance.tolerances import longest_reduction  # noqa: E402
 
+pytestmark = pytest.mark.slow  # each test compiles (20-80 s on 2 cores)
+
 
 def _build(name):
     config = LAYER_CONFIGS[name]

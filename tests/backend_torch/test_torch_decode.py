@@ -37,7 +37,7 @@ def _close(got, want, what):
 
 
 def _module(config):
-    cls = ft.LM if isinstance(config, fc.LMConfig) else ft.block_class(config)
+    cls = ft.block_class(config)
     m = cls(config, init=False, dtype=torch.float64)
     m.load_canonical(noisy_params(config))
     return m.eval()

@@ -76,10 +76,11 @@ def _plain_tensor(v) -> bool:
     return not torch._C._functorch.is_functorch_wrapped_tensor(v)
 
 
-def can_use_kernel(v, config, mask, segment_ids, attn_keep=None) -> bool:
+def can_use_kernel(v, config, mask=None, segment_ids=None, attn_keep=None) -> bool:
     """Whether the fused Triton kernel handles this call: CUDA tensors of float16, bfloat16 or
-    float32, a supported configuration (no segment_ids, attention='relu2', no dropout keep-mask),
-    Triton importable."""
+    float32, a configuration the spec's fused-core table gives it
+    (:func:`flashcore.layers.fused_core_unsupported`), Triton importable. The signature of
+    ``flashcore.jax.kernels.can_use_kernel``. v: (b, t, e); mask, segment_ids: (b, t) or None."""
     if not _plain_tensor(v) or not v.is_cuda or v.dtype not in _TRITON_DTYPES:
         return False
     if unsupported_reason(config, mask, segment_ids, attn_keep) is not None:
@@ -87,7 +88,7 @@ def can_use_kernel(v, config, mask, segment_ids, attn_keep=None) -> bool:
     return _triton_available()
 
 
-def can_use_torch_core(v, config, mask, segment_ids, attn_keep=None) -> bool:
+def can_use_torch_core(v, config, mask=None, segment_ids=None, attn_keep=None) -> bool:
     """Whether the blocked torch core (the CPU fast path; any device) handles this call."""
     if not _plain_tensor(v) or v.dtype not in FLOAT_DTYPES:
         return False
@@ -117,17 +118,5 @@ def attention_core(
     if path == "torch":
         fn = _torch_core_outside_graph() if torch.compiler.is_compiling() else _torch_core()
         return fn(qq, qk, lq, lk, v, bias=bias, config=config, mask=mask)
-    keep = {} if attn_keep is None else {"attn_keep": attn_keep}
-    return attention_core_flash(
-        qq,
-        qk,
-        lq,
-        lk,
-        v,
-        bias=bias,
-        config=config,
-        mask=mask,
-        segment_ids=segment_ids,
-        xp=xp,
-        **keep,
-    )
+    spec = dict(config=config, mask=mask, segment_ids=segment_ids, xp=xp, attn_keep=attn_keep)
+    return attention_core_flash(qq, qk, lq, lk, v, bias=bias, **spec)

@@ -2,62 +2,33 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
+
+from flashcore.layers import fused_core_unsupported
 
 __all__ = [
     "unsupported_reason",
     "check_core_args",
     "state_weights",
     "FLOAT_DTYPES",
-    "KNOWN_FIELDS",
 ]
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-#: FlashConfig fields whose meaning for the attention core the fused cores account for. Fields
-#: that only act outside the core (norms, RoPE, the bias table, token shift, dropout, ...) are
-#: listed too; the core-relevant ones are kind, chunk_size, causal, attention, linear_norm,
-#: length_mode and bias_before_scale.
-KNOWN_FIELDS = frozenset(
-    {
-        "dim", "kind", "expansion", "qk_dim", "chunk_size", "causal", "attention", "rope",
-        "rope_dims", "rope_base", "rel_bias", "max_len", "t5_buckets", "t5_max_distance",
-        "bias_scale", "norm", "norm_eps", "norm_eps_mode", "linear_norm", "fixed_length",
-        "length_mode", "bias_before_scale", "token_shift", "dropout",
-    }
-)  # fmt: skip
-
-
-def _config_fields(config) -> list[str]:
-    return [f.name for f in dataclasses.fields(config)] if dataclasses.is_dataclass(config) else []
-
 
 def unsupported_reason(config, mask, segment_ids, attn_keep=None) -> str | None:
-    """None when an accelerated core implements this configuration, else why not.
+    """None when the fused cores (Triton, blocked torch) implement this call, else why not.
 
-    Supported: a FLASH layer with attention='relu2', any linear_norm ('sum', 'mean', 'length'
-    with either length_mode), any relative bias (passed in as a (C, C) tensor or None, added before
-    or after the 1/C scaling), causal or not, an optional (b, t) bool key mask, and no
-    segment_ids. A config field this module does not know makes the call unsupported, so that a
-    new spec option can never be silently ignored by a fused core. ``attn_keep`` (a dropout
-    keep-mask of the local attention weights, training only) is not fused: such calls take the
-    spec's core (``config.dropout`` alone, in evaluation, changes nothing in the core).
+    What they cover is the spec's table (:func:`flashcore.layers.fused_core_unsupported`: FLASH,
+    relu2, any linear_norm, any relative bias, causal or not, no segment_ids, no ``attn_keep``,
+    no config field the table does not know); here also the torch side: an optional (b, t)
+    bool torch key mask. ``attn_keep`` (a dropout keep-mask of the local attention weights,
+    training only) is not fused: such calls take the spec's core (``config.dropout`` alone, in
+    evaluation, changes nothing in the core).
     """
-    if attn_keep is not None:
-        return "dropout on the attention weights (attn_keep) is not fused"
-    unknown = sorted(set(_config_fields(config)) - KNOWN_FIELDS)
-    if unknown:
-        return f"FlashConfig fields {unknown} are new to the fused cores"
-    if getattr(config, "kind", None) != "flash":
-        return f"config.kind must be 'flash', got {getattr(config, 'kind', None)!r}"
-    if config.attention != "relu2":
-        return f"attention={config.attention!r} (only 'relu2' is fused)"
-    if config.linear_norm not in ("sum", "mean", "length"):
-        return f"linear_norm={config.linear_norm!r}"
-    if segment_ids is not None:
-        return "segment_ids (packed sequences) are not fused"
+    reason = fused_core_unsupported("torch", config, segment_ids=segment_ids, attn_keep=attn_keep)
+    if reason is not None:
+        return reason
     if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool):
         return "mask must be a bool torch.Tensor"
     return None

@@ -1,7 +1,6 @@
-"""Shared configs for the flashcore.jax tests (tiny sizes: each test takes seconds).
-
-Imported by the test modules after their ``pytest.importorskip("jax")``.
-"""
+"""Shared test cases for every backend's tests: tiny configs (each test takes seconds), noisy
+canonical weights, NumPy inputs and a relative error. Framework-free; each backend's tests add
+their own tensor helpers (``backend_torch/_torch_cases.py``)."""
 
 from __future__ import annotations
 
@@ -11,10 +10,12 @@ import flashcore as fc
 
 
 def flash_cfg(**kw) -> fc.FlashConfig:
+    """A tiny FLASH / GAU config (dim 16, qk 8, chunk 4) with ``kw`` changed."""
     base = dict(dim=16, qk_dim=8, chunk_size=4, max_len=32, t5_buckets=8, t5_max_distance=16)
     return fc.FlashConfig(**{**base, **kw})
 
 
+# One config per module type and option family; ids name what they vary.
 LAYER_CONFIGS = {
     "flash": flash_cfg(),
     "flash-causal-t5-layer-shift": flash_cfg(
@@ -35,6 +36,7 @@ LM_CONFIGS = {
     "lm-transformer-headbias": fc.LMConfig(
         block=fc.TransformerConfig(dim=16, heads=2), vocab_size=11, head_bias=True
     ),
+    "lm-flash-bidir": fc.LMConfig(block=flash_cfg(), vocab_size=11),
     "lm-flash-abspos": fc.LMConfig(
         block=flash_cfg(causal=True, norm="layer"),
         vocab_size=11,
@@ -57,7 +59,8 @@ def noisy_params(config, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def inputs_for(config, b: int = 2, t: int = 9, seed: int = 0, mask: bool = True) -> dict:
-    """x (or tokens / targets) and a right-padding mask on row 0, as NumPy."""
+    """x (b, t, d) float32 (or tokens / targets (b, t) int32) and a (b, t) mask that pads the
+    last 3 positions of row 0, as NumPy."""
     rng = np.random.default_rng(seed)
     out = {}
     if isinstance(config, fc.LMConfig):
