@@ -8,9 +8,8 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
-import sys
-
 import os
+import sys
 
 # Under pytest-xdist (the README's test command runs ``-n 2``) each worker process gets its share
 # of the cores for intra-op threads (one each on 2 cores), so that the workers keep every core busy
