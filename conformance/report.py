@@ -6,8 +6,9 @@ Rows are backend x case group, columns dtypes; a cell reads ``12 pass, worst 0.0
 passed; the worst error as a fraction of its tolerance: 1 is at the tolerance, above fails),
 ``FAIL 2/12, worst 3.1``, ``xfail N`` (known failures listed in xfail/), ``skip N`` (checks the
 backend cannot run; the reasons are listed under the matrix) or ``not installed: reason``.
-``--report x.json`` / ``x.md`` writes the same. A progress bar shows on a terminal (``--quiet``:
-none). The exit status is 1
+``--report x.json`` / ``x.md`` writes the same. ``flashcore conformance`` shows a progress bar on
+a terminal (``--quiet``: none; the application hands :func:`main` its bar as ``each``). The exit
+status is 1
 when any check fails or an expected-failure entry is stale, so CI pipelines can gate on it.
 """
 
@@ -36,10 +37,22 @@ LEGEND = (
 )
 
 
-def run(backends: list[str], dtypes: list[str] | None, cases: list[str] | None, quiet: bool = True):
-    """-> (checks, {backend: reason not installed}, unused xfail lines per backend)."""
-    from flashcore.app import progress
+def _plain(items, *, desc: str, quiet: bool = False):
+    return iter(items)
 
+
+def run(
+    backends: list[str],
+    dtypes: list[str] | None,
+    cases: list[str] | None,
+    quiet: bool = True,
+    each=None,
+):
+    """-> (checks, {backend: reason not installed}, unused xfail lines per backend).
+
+    ``each(items, desc=..., quiet=...)``: how to iterate over the cases of a backend (a progress
+    bar; default a plain iteration)."""
+    each = each or _plain
     selected = [c for c in CASES if not cases or any(fnmatch.fnmatchcase(c.name, p) for p in cases)]
     if not selected:
         raise SystemExit(f"no golden case matches {cases}")
@@ -52,7 +65,7 @@ def run(backends: list[str], dtypes: list[str] | None, cases: list[str] | None, 
             missing[backend] = reason or "unavailable"
             continue
         xfails = load_xfails(backend)
-        for case in progress.iterate(selected, desc=f"conformance {backend}", quiet=quiet):
+        for case in each(selected, desc=f"conformance {backend}", quiet=quiet):
             g = golden.load(case.name)
             for dtype in adapter.dtypes:
                 if dtypes and dtype not in dtypes:
@@ -119,7 +132,8 @@ def _markdown(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, each=None) -> int:
+    """The command; ``each``: the case iteration of :func:`run` (the CLI passes a progress bar)."""
     ap = argparse.ArgumentParser(prog="flashcore conformance", description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--backend",
@@ -135,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--report must end in .json or .md, got {args.report}")
     backends = selected_backends(args.backend)
     t0 = time.perf_counter()
-    checks, missing, stale = run(backends, args.dtype, args.case, quiet=args.quiet)
+    checks, missing, stale = run(backends, args.dtype, args.case, quiet=args.quiet, each=each)
     dtypes = [d for d in DTYPES if any(c.dtype == d for c in checks)] or list(
         args.dtype or DTYPES[:1]
     )

@@ -34,6 +34,10 @@ __all__ = [
     "REORDER_ULPS",
     "reorder_tolerance",
     "longest_reduction",
+    "ELEMENTWISE_ULPS",
+    "elementwise_tolerance",
+    "TRAINING",
+    "training_tolerance",
 ]
 
 QUANTITIES = ("output", "loss", "grad_input", "grad_params")
@@ -135,3 +139,46 @@ def longest_reduction(config, time: int = 1) -> int:
         if isinstance(value, int):
             sizes.append(value)
     return max(sizes)
+
+
+# One elementwise function (erf, silu, a rotary angle, their derivatives) against its formula in
+# float64: a correctly rounded result is within half an ulp, a libm-style one within a few; each
+# further function composed adds as much. 4 ulps of the result per function.
+ELEMENTWISE_ULPS = 4.0
+
+
+def elementwise_tolerance(dtype: str, functions: int = 1) -> float:
+    """The bound, relative to the result's scale, for ``functions`` elementwise functions composed
+    in ``dtype`` against float64."""
+    try:
+        eps = EPS[dtype]
+    except KeyError:
+        raise KeyError(f"no unit roundoff for dtype {dtype!r}") from None
+    return ELEMENTWISE_ULPS * eps * max(int(functions), 1)
+
+
+# Short float32 training runs compared step by step (a few steps of a 2-layer d = 32 LM):
+# - "resume": a run stopped (or SIGKILLed) and resumed against an uninterrupted one. The resumed
+#   process repeats the same float32 operations on the restored bytes (weights, AdamW moments,
+#   sampler state), but in a new process whose thread schedule may sum in another order: a few
+#   ulps per step, compounding over the run. Loss: 1e-6 relative (~8 ulps); weights after the
+#   run: 1e-5 relative and 1e-6 absolute (weights of order 1e-2 move by AdamW's lr-sized steps).
+# - "data_parallel": two workers against one process on the same global batch: the gradient is
+#   summed over workers in another order every step; 1e-5 relative on the loss and the weights.
+# What these catch: a wrong batch, a lost or repeated step, a stale AdamW moment, a gradient not
+# averaged over workers all move the loss by 1e-3 relative or more within the first steps.
+TRAINING: dict[tuple[str, str], tuple[float, float]] = {
+    ("resume", "loss"): (1e-6, 0.0),
+    ("resume", "params"): (1e-5, 1e-6),
+    ("data_parallel", "loss"): (1e-5, 0.0),
+    ("data_parallel", "params"): (1e-5, 0.0),
+}
+
+
+def training_tolerance(kind: str, quantity: str) -> tuple[float, float]:
+    """(rtol, atol) of :data:`TRAINING` for ``kind`` ('resume', 'data_parallel') and ``quantity``
+    ('loss', 'params')."""
+    try:
+        return TRAINING[(kind, quantity)]
+    except KeyError:
+        raise KeyError(f"no training tolerance for {kind!r} and {quantity!r}") from None

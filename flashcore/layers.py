@@ -127,9 +127,11 @@ def hidden(params: dict, h, config: FlashConfig, xp):
 
     h: (..., d) -> u, v: (..., e); heads: list of h arrays (..., s).
     """
-    e = config.expanded_dim
-    uvz = ops.silu(xp.matmul(h, params["hidden.kernel"]) + params["hidden.bias"], xp)  # (…, 2e+s)
-    u, v, z = uvz[..., :e], uvz[..., e : 2 * e], uvz[..., 2 * e :]
+    e, s = config.expanded_dim, config.qk_dim
+    uvz = ops.silu(
+        ops.dense(h, params["hidden.kernel"], params["hidden.bias"], xp), xp
+    )  # (…, 2e+s)
+    u, v, z = ops.split(uvz, (e, e, s), xp)
     return u, v, ops.scale_offset(z, params["qk.gamma"], params["qk.beta"])
 
 
@@ -183,9 +185,8 @@ def finish(params, x, u, att, mask, xp, keep=None, p: float = 0.0):
 
     keep: (b, t, d) bool or None, the dropout keep-mask of the output before the residual (rate p).
     """
-    y = (
-        xp.matmul(u * xp.astype(att, u.dtype, copy=False), params["out.kernel"])
-        + params["out.bias"]
+    y = ops.dense(
+        u * xp.astype(att, u.dtype, copy=False), params["out.kernel"], params["out.bias"], xp
     )
     if keep is not None:
         y = drop.apply_keep(y, keep, p, xp)
@@ -342,9 +343,11 @@ def flash_checked(
         prev_keep=prev_keep,
         prev_normed=halo_normed,
     )
-    acc = xp.float32 if is_low_precision(x.dtype) else x.dtype
-    qq, qk, lq, lk = (xp.astype(a, acc, copy=False) for a in heads)
-    v = xp.astype(v, acc, copy=False)
+    if is_low_precision(x.dtype):  # the core gets (and returns) float32 in low precision
+        qq, qk, lq, lk = (xp.astype(a, xp.float32, copy=False) for a in heads)
+        v = xp.astype(v, xp.float32, copy=False)
+    else:  # x's dtype, or under torch autocast v's (the autocast dtype the core computes in)
+        qq, qk, lq, lk = (xp.astype(a, v.dtype, copy=False) for a in heads)
     chunk_pos = np.arange(config.chunk_size)
     bias = ops.rel_bias(
         params.get("rel_bias.weight"), chunk_pos, chunk_pos, config=config, xp=xp, like=v

@@ -2,7 +2,8 @@
 
     transformer_block(params, x, config=TransformerConfig, mask=None, segment_ids=None) -> (b, t, d)
     lm_logits(params, tokens, config=LMConfig, mask=None, segment_ids=None)            -> (b, t, v)
-    lm_loss(params, inputs, targets, config=LMConfig, mask=None, segment_ids=None)     -> ()
+    lm_loss(params, inputs, targets, config=LMConfig, mask=None, segment_ids=None,
+            loss_mask=None)                                                            -> ()
 
 Each also takes ``dropout``: None, or keep-masks (:mod:`flashcore.dropout`; an LM's are named
 ``layers.{i}.<site>``).
@@ -26,6 +27,7 @@ from .params import subtree
 
 __all__ = [
     "transformer_block",
+    "attention_core_softmax",
     "attn_qkv",
     "ffn",
     "block_fn",
@@ -48,6 +50,7 @@ def transformer_block(
     segment_ids=None,
     xp=None,
     dropout=None,
+    core=None,
 ):
     """Pre-norm multi-head softmax attention with RoPE, then a SwiGLU FFN. x: (b, t, d) -> (b, t, d).
 
@@ -55,7 +58,8 @@ def transformer_block(
     out = a + (silu(norm(a) W_gate) * norm(a) W_up) W_down. Outputs at padded positions are 0.
     dropout: None or keep-masks {"attn": (b, n, t, j), "attn_out": (b, t, d), "ffn_out":
     (b, t, d)} bool: the softmax probabilities, and each branch's output before its residual
-    (scaled by 1 / (1 - p)).
+    (scaled by 1 / (1 - p)). core: the attention core, called as :func:`attention_core_softmax`
+    (None: that one; a backend passes its fused attention behind a guard).
     """
     if not isinstance(config, TransformerConfig):
         raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
@@ -68,28 +72,18 @@ def transformer_block(
     d, n, hd = config.dim, config.heads, config.head_dim
     qkv = attn_qkv(params, x, config, xp)  # (b, t, 3d)
 
-    def heads(a):  # (b, t, d) -> (b * n, t, hd)
-        a = xp.permute_dims(xp.reshape(a, (b, t, n, hd)), (0, 2, 1, 3))
-        return xp.reshape(a, (b * n, t, hd))
+    def heads(a):  # (b, t, d) -> (b, n, t, hd)
+        return xp.permute_dims(xp.reshape(a, (b, t, n, hd)), (0, 2, 1, 3))
 
-    q, k, v = heads(qkv[..., :d]), heads(qkv[..., d : 2 * d]), heads(qkv[..., 2 * d :])
+    q, k, v = (heads(a) for a in ops.split(qkv, (d, d, d), xp))
     pos = np.arange(t)
     q = ops.rope(q, pos, dims=hd, mode="half", base=config.rope_base, xp=xp)
     k = ops.rope(k, pos, dims=hd, mode="half", base=config.rope_base, xp=xp)
-    scores = xp.reshape(xp.matmul(q, xp.permute_dims(k, (0, 2, 1))), (b, n, t, t))
-    scores = scores / math.sqrt(hd)
-    allowed = const(xp, causal_mask(t), like=x) if config.causal else None
-    if mask is not None:
-        key_ok = mask[:, None, None, :]
-        allowed = key_ok if allowed is None else (allowed & key_ok)
-    if segment_ids is not None:
-        same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
-        allowed = same if allowed is None else (allowed & same)
-    a = ops.masked_softmax(scores, allowed, xp)  # (b, n, t, j)
-    if dropout is not None:
-        a = drop.apply_keep(a, dropout["attn"], p, xp)
-    o = xp.matmul(xp.reshape(a, (b * n, t, t)), v)  # (b * n, t, hd)
-    o = xp.reshape(xp.permute_dims(xp.reshape(o, (b, n, t, hd)), (0, 2, 1, 3)), (b, t, d))
+    attn_keep = None if dropout is None else dropout["attn"]
+    o = (core or attention_core_softmax)(
+        q, k, v, config=config, mask=mask, segment_ids=segment_ids, attn_keep=attn_keep, xp=xp
+    )  # (b, n, t, hd)
+    o = xp.reshape(xp.permute_dims(o, (0, 2, 1, 3)), (b, t, d))
     y = xp.matmul(o, params["attn.out.kernel"])  # (b, t, d)
     if dropout is not None:
         y = drop.apply_keep(y, dropout["attn_out"], p, xp)
@@ -98,6 +92,35 @@ def transformer_block(
     if mask is not None:
         x = xp.where(mask[..., None], x, xp.zeros_like(x))
     return x
+
+
+def attention_core_softmax(
+    q, k, v, *, config: TransformerConfig, mask=None, segment_ids=None, attn_keep=None, xp=None
+):
+    """softmax(Q K^T / sqrt(hd) + mask) V per head, the Transformer++ attention core.
+
+    q, k, v: (b, n, t, hd); mask: (b, t) bool, True at real keys; segment_ids: (b, t) ints (a
+    query sees the keys of its own segment); causal per ``config.causal``; attn_keep: (b, n, t, j)
+    bool dropout keep-mask of the probabilities (rate ``config.dropout``) or None -> (b, n, t, hd).
+    A query row with no allowed key gets zeros.
+    """
+    xp = namespace(q, xp=xp)
+    b, n, t, hd = q.shape
+    fold = lambda a: xp.reshape(a, (b * n, t, hd))  # noqa: E731
+    scores = xp.matmul(fold(q), xp.permute_dims(fold(k), (0, 2, 1)))  # (b * n, t, j)
+    scores = xp.reshape(scores, (b, n, t, t)) / math.sqrt(hd)
+    allowed = const(xp, causal_mask(t), like=q) if config.causal else None
+    if mask is not None:
+        key_ok = mask[:, None, None, :]
+        allowed = key_ok if allowed is None else (allowed & key_ok)
+    if segment_ids is not None:
+        same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+        allowed = same if allowed is None else (allowed & same)
+    a = ops.masked_softmax(scores, allowed, xp)  # (b, n, t, j)
+    if attn_keep is not None:
+        a = drop.apply_keep(a, attn_keep, config.dropout, xp)
+    o = xp.matmul(xp.reshape(a, (b * n, t, t)), fold(v))  # (b * n, t, hd)
+    return xp.reshape(o, (b, n, t, hd))
 
 
 def attn_qkv(params: dict, x, config: TransformerConfig, xp):
@@ -135,11 +158,14 @@ def lm_hidden(
     segment_ids=None,
     xp=None,
     core=None,
+    attn_core=None,
     dropout=None,
 ):
     """Embedding, the blocks and the final norm. tokens: (b, t) ints -> (b, t, d).
 
-    ``core``: a fused mixed-chunk kernel handed to every FLASH layer (see :func:`flashcore.flash`).
+    ``core``: a fused mixed-chunk kernel handed to every FLASH layer (see :func:`flashcore.flash`);
+    ``attn_core``: a fused softmax attention core handed to every Transformer++ block (see
+    :func:`transformer_block`).
     dropout: None or keep-masks ``layers.{i}.<site>`` (:func:`flashcore.dropout.dropout_shapes`).
     """
     if not isinstance(config, LMConfig):
@@ -154,6 +180,8 @@ def lm_hidden(
         x = x + abs_positions(params, const(xp, cos, like=x), const(xp, sin, like=x), xp)
     layer = block_fn(config.block)
     extra = {"core": core} if layer is flash and core is not None else {}
+    if layer is transformer_block and attn_core is not None:
+        extra["core"] = attn_core
     for i in range(config.num_layers):
         if dropout is not None:
             extra["dropout"] = subtree(dropout, f"layers.{i}.")
@@ -209,6 +237,7 @@ def lm_logits(
     segment_ids=None,
     xp=None,
     core=None,
+    attn_core=None,
     dropout=None,
 ):
     """Next-token logits. tokens: (b, t) ints -> (b, t, v). dropout: as :func:`lm_hidden`."""
@@ -221,6 +250,7 @@ def lm_logits(
         segment_ids=segment_ids,
         xp=xp,
         core=core,
+        attn_core=attn_core,
         dropout=dropout,
     )
     return head(params, h, config, xp)
@@ -255,19 +285,24 @@ def lm_loss(
     segment_ids=None,
     xp=None,
     core=None,
+    attn_core=None,
     dropout=None,
+    loss_mask=None,
 ):
     """Mean cross-entropy (nats) of ``targets`` given ``inputs``; both (b, t) ints.
 
     For next-token prediction, targets are inputs shifted by one and the block must be causal (a
     bidirectional block sees its targets; use that only for masked-token objectives).
-    ``mask`` marks real positions of ``inputs``; the loss counts only those. dropout: as
-    :func:`lm_hidden`.
+    ``mask`` marks real positions of ``inputs``; the loss counts only those. ``loss_mask``:
+    (b, t) bool or None, the positions to count among those (e.g. the masked-LM objective's
+    chosen positions, :mod:`flashcore.mlm`); attention still sees every real position.
+    dropout: as :func:`lm_hidden`.
     """
     xp = namespace(inputs, xp=xp)
     b, t = check_tokens(targets, config.vocab_size, xp)
     if tuple(inputs.shape) != (b, t):
         raise ValueError(f"inputs {tuple(inputs.shape)} and targets {(b, t)} must have one shape")
+    check_mask(loss_mask, b, t)
     logits = lm_logits(
         params,
         inputs,
@@ -276,6 +311,8 @@ def lm_loss(
         segment_ids=segment_ids,
         xp=xp,
         core=core,
+        attn_core=attn_core,
         dropout=dropout,
     )
-    return cross_entropy(logits, targets, mask, xp=xp)
+    count = mask if loss_mask is None else (loss_mask if mask is None else loss_mask & mask)
+    return cross_entropy(logits, targets, count, xp=xp)

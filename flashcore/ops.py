@@ -64,6 +64,33 @@ def silu(x, xp):
     return x / (1.0 + xp.exp(-x))
 
 
+def dense(h, kernel, bias, xp):
+    """h W + b. h: (..., i); kernel: (i, o); bias: (o,) or None -> (..., o). ``xp.dense`` when the
+    namespace has one (a backend's fused matmul-plus-bias, e.g. torch's addmm), the formula
+    otherwise."""
+    fused = getattr(xp, "dense", None)
+    if fused is not None:
+        return fused(h, kernel, bias)
+    y = xp.matmul(h, kernel)
+    return y if bias is None else y + bias
+
+
+def split(a, sizes: tuple[int, ...], xp) -> list:
+    """``a`` cut along its last axis into pieces of ``sizes`` (summing to a.shape[-1]).
+    ``xp.split_last`` when the namespace has one (one backward for all pieces instead of one
+    zero-filled gradient per slice), slicing otherwise."""
+    if sum(sizes) != a.shape[-1]:
+        raise ValueError(f"sizes {sizes} do not add up to the last axis {a.shape[-1]}")
+    fused = getattr(xp, "split_last", None)
+    if fused is not None:
+        return list(fused(a, sizes))
+    out, i = [], 0
+    for n in sizes:
+        out.append(a[..., i : i + n])
+        i += n
+    return out
+
+
 def token_shift(h, keep_prev, xp, prev=None):
     """Shift the first ceil(d/2) channels one step forward in time; zeros where the previous
     position is padding, in another segment, or t = 0.

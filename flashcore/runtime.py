@@ -117,14 +117,25 @@ class Engine(Protocol):
         data_parallel: bool = False,
     ) -> None: ...
 
-    def train_step(self, inputs: np.ndarray, targets: np.ndarray, lr: float) -> float:
+    def train_step(
+        self,
+        inputs: np.ndarray,
+        targets: np.ndarray,
+        lr: float,
+        loss_mask: np.ndarray | None = None,
+    ) -> float:
         """One AdamW step on (b, t) int64 batches; returns the loss before the update (nats).
 
+        loss_mask: (b, t) bool, the positions the loss counts (the masked-LM objective's chosen
+        positions, :mod:`flashcore.mlm`); None counts every position (the causal LM).
         Data parallel: (b, t) is the global batch (the same in every process), b divisible by
         ``workers``; the loss is the mean over the whole batch."""
 
-    def eval_loss(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
-        """(sum of per-token losses in nats, number of tokens) without updating anything.
+    def eval_loss(
+        self, inputs: np.ndarray, targets: np.ndarray, loss_mask: np.ndarray | None = None
+    ) -> tuple[float, int]:
+        """(sum of per-token losses in nats, number of tokens counted) without updating anything;
+        loss_mask as in :meth:`train_step` (the count is then its number of True entries).
 
         Data parallel: of the whole (b, t) batch, any b; every process must call it."""
 

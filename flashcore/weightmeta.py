@@ -6,7 +6,9 @@ A native file (torch, Flax, Keras) stores, next to its tensors, three strings:
     format_version  "1"
     config          the flashcore config as JSON (``config.to_dict()``)
 
-so that it can be loaded or converted without guessing. This module writes and checks the tag and
+so that it can be loaded or converted without guessing, and, optionally, extra strings beside them
+(a run checkpoint's ``step``, ``corpus``, ``corpus_sha256``, ``train_loss``), which ``flashcore
+convert`` carries from format to format (:func:`extra_of`). This module writes and checks the tag and
 names the file in every error (:class:`flashcore.io.WeightFileError`); it imports NumPy only.
 """
 
@@ -26,6 +28,7 @@ __all__ = [
     "NATIVE_VERSION",
     "make_tag",
     "read_tag",
+    "extra_of",
     "config_from_json",
     "check_file_params",
     "common_dtype",
@@ -38,10 +41,33 @@ NATIVE_VERSION = 1
 AnyConfig = FlashConfig | TransformerConfig | LMConfig
 
 
-def make_tag(kind: str, config: AnyConfig) -> dict[str, str]:
-    """{"format": "flashcore-<kind>", "format_version": "1", "config": JSON} for a native file."""
-    tag = make_metadata(config)  # the canonical file's, with this format's name and version
+_TAG_KEYS = ("format", "format_version", "config")
+
+
+def make_tag(
+    kind: str,
+    config: AnyConfig,
+    extra: dict[str, str] | None = None,
+    *,
+    reserved: tuple[str, ...] = (),
+) -> dict[str, str]:
+    """{"format": "flashcore-<kind>", "format_version": "1", "config": JSON, **extra} for a native
+    file. ``reserved``: the container's own keys (e.g. ``state_dict``), which ``extra`` must not
+    use (ValueError)."""
+    clash = sorted(set(extra or {}) & set(reserved))
+    if clash:
+        raise ValueError(f"extra metadata keys {clash} are reserved in a flashcore-{kind} file")
+    tag = make_metadata(config, extra)  # the canonical file's, with this format's name and version
     return {**tag, "format": f"flashcore-{kind}", "format_version": str(NATIVE_VERSION)}
+
+
+def extra_of(tag: dict, *, reserved: tuple[str, ...] = ()) -> dict[str, str]:
+    """The extra strings of a file's tag: everything but format, format_version, config and the
+    container's ``reserved`` keys (values given back as bytes are decoded)."""
+    skip = set(_TAG_KEYS) | set(reserved)
+    return {
+        k: v.decode() if isinstance(v, bytes) else str(v) for k, v in tag.items() if k not in skip
+    }
 
 
 def config_from_json(path: str | os.PathLike, text: str) -> AnyConfig:

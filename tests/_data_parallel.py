@@ -19,8 +19,9 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from flashcore.app import runstate
+from flashcore.conformance.tolerances import training_tolerance
 
-RTOL = 1e-5
+RTOL, _ = training_tolerance("data_parallel", "loss")  # of the scale, every tensor
 
 # global batch 4 over 2 workers; --eval-tokens 192 = 3 held-out windows: an uneven last batch
 TINY = ["train", "--dim", "32", "--layers", "2", "--qk-dim", "16", "--chunk", "16",
@@ -43,6 +44,7 @@ def records(run: Path) -> tuple[dict[int, float], dict[int, float]]:
     for line in (run / "log.jsonl").read_text().splitlines():
         rec = json.loads(line)
         if "loss" in rec:
+            assert rec["step"] not in losses, f"{run}: step {rec['step']} logged twice"
             losses[rec["step"]] = rec["loss"]
         if "eval" in rec:
             evals[rec["step"]] = rec["eval"]["loss"]

@@ -415,3 +415,20 @@ def test_written_files_get_ordinary_permissions(tmp_path, flash_file):
     plain.write_bytes(b"")
     out = cv.convert(src, tmp_path / "out.safetensors")[0]
     assert out.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
+@pytest.mark.parametrize(
+    "fmt, key",
+    [("canonical", "config"), ("torch", "state_dict"), ("flax", "params"), ("keras", "dtype")],
+)
+def test_extra_metadata_may_not_take_a_key_of_the_file_itself(tmp_path, fmt, key):
+    _need(fmt)
+    config = fc.FlashConfig(dim=16, qk_dim=8, chunk_size=4)
+    params = fc.init(config, 0)
+    suffix = cv.FORMATS[fmt].suffixes[0]
+    path = tmp_path / f"w{suffix}"
+    with pytest.raises(ValueError, match="reserved"):
+        cv.write_weights(path, params, config, fmt, extra={key: "x"})
+    assert not path.exists() and not list(tmp_path.iterdir())  # nothing half-written
+    cv.write_weights(path, params, config, fmt, extra={"step": "7"})
+    assert cv.training_metadata(path, fmt) == {"step": "7"}

@@ -103,8 +103,17 @@ def _check(got, want, cfg, what):
     assert_close(to_numpy(got), want, reorder=longest_reduction(cfg, T), err_msg=what)
 
 
-@pytest.mark.parametrize("config", list(CONFIGS))
-@pytest.mark.parametrize("backend", BACKENDS)
+# The compiled backends (jax, tf: each piece length is a compilation of the whole LM, 10-30 s on
+# 2 cores) run the first config at one piece size; the spec and torch run every config and size.
+CASES = [
+    (backend, config)
+    for backend in BACKENDS
+    for config in CONFIGS
+    if backend in ("spec", "torch") or config == next(iter(CONFIGS))
+]
+
+
+@pytest.mark.parametrize("backend, config", CASES)
 def test_prefill_equals_the_full_forward(backend, config):
     cfg = CONFIGS[config]
     p = _params(cfg)
@@ -114,7 +123,7 @@ def test_prefill_equals_the_full_forward(backend, config):
     with be.ctx:
         # one chunk, two, three, longer than the sequence; compiled backends (each piece length
         # is a compilation) take two of them to keep the file fast
-        pieces = (4, 8, 12, 32) if backend in ("spec", "torch") else (8, 12)
+        pieces = (4, 8, 12, 32) if backend in ("spec", "torch") else (8,)
         for piece in pieces:
             logits, state = be.prefill(tokens, piece)
             assert tuple(logits.shape) == want.shape

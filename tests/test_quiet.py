@@ -57,3 +57,21 @@ def test_eval_in_tf_prints_no_framework_log_line(tmp_path):
     assert res.stdout.splitlines()[1].startswith("tf ")
     noise = [line for line in res.stderr.splitlines() if is_framework_log(line)]
     assert not noise and "oneDNN" not in res.stderr, res.stderr
+
+
+def test_a_look_up_of_tensorflow_does_not_use_the_quiet_import_up():
+    """Availability checks call importlib.util.find_spec("tensorflow") before the import; the
+    filter must still be there for the import itself (the demo printed TF's log lines)."""
+    code = (
+        "import importlib.util, sys\n"
+        "from flashcore.app.quiet import _QuietImport, quiet_frameworks\n"
+        "quiet_frameworks()\n"
+        "assert importlib.util.find_spec('tensorflow') is not None\n"
+        "assert any(isinstance(f, _QuietImport) for f in sys.meta_path), 'used up by a look-up'\n"
+        "import tensorflow\n"
+        "assert not any(isinstance(f, _QuietImport) for f in sys.meta_path), 'not removed'\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    noise = [line for line in res.stderr.splitlines() if is_framework_log(line)]
+    assert not noise, noise

@@ -11,12 +11,12 @@ import random
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _data_parallel import make_corpus, records
 
 pytest.importorskip("torch", reason="the training tests use the torch engine")
 
@@ -27,33 +27,23 @@ from flashcore.app import (
 )
 from flashcore.app.evaluate import resolve_model  # noqa: E402
 from flashcore.app.runlock import LOCK_NAME, RunLock, RunLocked  # noqa: E402
+from flashcore.conformance.tolerances import training_tolerance  # noqa: E402
 
 TINY = ["--dim", "32", "--layers", "2", "--qk-dim", "16", "--chunk", "16", "--context", "48",
         "--batch", "2", "--eval-tokens", "96", "--log-every", "1", "--quiet", "--warmup", "2"]  # fmt: skip
 
-# 1e-6 relative: the resumed run repeats the same float32 operations on the same restored bytes
-# (weights, AdamW moments, sampler state) in the same program and environment; a wrong batch, a
-# lost or repeated step, or a stale moment moves the loss by 1e-3 or more.
-RTOL = 1e-6
+# the resumed run against the uninterrupted one: see conformance/tolerances.py TRAINING
+RTOL, _ = training_tolerance("resume", "loss")
+PARAM_RTOL, PARAM_ATOL = training_tolerance("resume", "params")
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("corpus")
-    src = Path(sysconfig.get_paths()["stdlib"])
-    for name in ("abc.py", "bisect.py", "colorsys.py", "keyword.py", "this.py", "copy.py"):
-        (folder / name).write_bytes((src / name).read_bytes())
-    return folder
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def _losses(run: Path) -> dict[int, float]:
-    out = {}
-    for line in (run / "log.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            assert rec["step"] not in out, f"step {rec['step']} logged twice"
-            out[rec["step"]] = rec["loss"]
-    return out
+    return records(run)[0]
 
 
 def _start(args: list[str], crash_at: str | None = None) -> subprocess.Popen:
@@ -142,7 +132,7 @@ def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_curve(tmp_pat
     a, _ = io.load(run / "model.safetensors")
     b, _ = io.load(tmp_path / "ref" / "model.safetensors")
     for k in b:
-        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a[k], b[k], rtol=PARAM_RTOL, atol=PARAM_ATOL)
     print(f"killed at: {killed_at}")
 
 
@@ -278,6 +268,19 @@ def test_convert_keeps_a_checkpoints_training_metadata(tmp_path, corpus, capsys)
         k: want[k] for k in ("step", "corpus", "corpus_sha256", "train_loss")
     }
     assert got["step"] == "2"
+    # through every native format and back: torch, Flax and Keras files keep it beside the config
+    keys = ("step", "corpus", "corpus_sha256", "train_loss")
+    hop = src
+    for suffix, module in [(".pt", "torch"), (".msgpack", "jax"), (".weights.h5", "tf")]:
+        backend_io = pytest.importorskip(f"flashcore.{module}.io", reason=f"{module} not installed")
+        nxt = tmp_path / f"hop{suffix}"
+        assert cli_main(["convert", str(hop), str(nxt)]) == 0
+        kept = backend_io.read_extra(nxt)
+        assert {k: kept.get(k) for k in keys} == {k: want[k] for k in keys}, suffix
+        hop = nxt
+    back = tmp_path / "back.safetensors"
+    assert cli_main(["convert", str(hop), str(back)]) == 0
+    assert {k: io.read_header(back).get(k) for k in keys} == {k: want[k] for k in keys}
     capsys.readouterr()
     assert cli_main(["convert", str(src), str(dst)]) == 2
     err = capsys.readouterr().err

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import sysconfig
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _data_parallel import make_corpus, records
 
 pytest.importorskip("torch", reason="the training tests use the torch engine")
 
 from flashcore import io  # noqa: E402
 from flashcore.app import train  # noqa: E402
+from flashcore.conformance.tolerances import training_tolerance  # noqa: E402
+
+LOSS_RTOL, _ = training_tolerance("resume", "loss")
+PARAM_RTOL, PARAM_ATOL = training_tolerance("resume", "params")
 
 TINY = ["--dim", "32", "--layers", "2", "--qk-dim", "16", "--chunk", "16", "--context", "48",
         "--batch", "2", "--eval-tokens", "192", "--log-every", "1", "--quiet", "--warmup", "2"]  # fmt: skip
@@ -21,20 +24,11 @@ TINY = ["--dim", "32", "--layers", "2", "--qk-dim", "16", "--chunk", "16", "--co
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("corpus")
-    src = Path(sysconfig.get_paths()["stdlib"])
-    for name in ("abc.py", "bisect.py", "colorsys.py", "keyword.py", "this.py", "copy.py"):
-        (folder / name).write_bytes((src / name).read_bytes())
-    return folder
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def _losses(run: Path) -> dict[int, float]:
-    out = {}
-    for line in (run / "log.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            out[rec["step"]] = rec["loss"]
-    return out
+    return records(run)[0]
 
 
 def test_resume_continues_the_same_loss_curve(tmp_path, corpus):
@@ -46,13 +40,13 @@ def test_resume_continues_the_same_loss_curve(tmp_path, corpus):
     straight, split = _losses(tmp_path / "straight"), _losses(tmp_path / "split")
     assert sorted(split) == list(range(1, 9))
     np.testing.assert_allclose(
-        [split[s] for s in range(1, 9)], [straight[s] for s in range(1, 9)], rtol=1e-6
+        [split[s] for s in range(1, 9)], [straight[s] for s in range(1, 9)], rtol=LOSS_RTOL
     )
     assert straight[8] < straight[1]  # it learns
     params, config = io.load(tmp_path / "split" / "model.safetensors")
     ref, _ = io.load(tmp_path / "straight" / "model.safetensors")
     for k in params:
-        np.testing.assert_allclose(params[k], ref[k], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(params[k], ref[k], rtol=PARAM_RTOL, atol=PARAM_ATOL)
 
 
 def test_eval_and_generate(tmp_path, corpus, capsys):

@@ -93,14 +93,15 @@ class Engine:
         self.dropout_key = jax.random.key(seed)
         self.steps = 0  # train steps done (the dropout stream's counter)
 
-        def loss_fn(p, x, y, masks=None):
+        def loss_fn(p, x, y, count=None, masks=None):  # count: the (b, t) bool loss mask
             cast = {k: v.astype(self.compute) for k, v in p.items()}
-            return functional.loss(cast, x, y, config=config, dropout=masks).astype(jnp.float32)
+            loss = functional.loss(cast, x, y, config=config, dropout=masks, loss_mask=count)
+            return loss.astype(jnp.float32)
 
-        def train(p, opt_state, x, y, lr, key):
+        def train(p, opt_state, x, y, count, lr, key):
             opt_state = self._set_lr(opt_state, lr)
             masks = functional.dropout_masks(config, key, *x.shape)  # None when p = 0
-            loss, grads = jax.value_and_grad(loss_fn)(p, x, y, masks)
+            loss, grads = jax.value_and_grad(loss_fn)(p, x, y, count, masks)
             updates, opt_state = self.tx.update(grads, opt_state, p)
             return loss, optax.apply_updates(p, updates), opt_state
 
@@ -115,11 +116,13 @@ class Engine:
         """``tree`` replicated over the mesh (unchanged without one)."""
         return tree if self.mesh is None else parallel.replicate(tree, self.mesh)
 
-    def _batch(self, a: np.ndarray):
-        """(b, t) -> a jax array; split on b over the mesh when it divides evenly."""
+    def _batch(self, a: np.ndarray | None, dtype=np.int32):
+        """(b, t) -> a jax array; split on b over the mesh when it divides evenly (None stays)."""
+        if a is None:
+            return None
         if self.mesh is None:
-            return jnp.asarray(a)
-        a = np.asarray(a, np.int32)
+            return jnp.asarray(np.asarray(a, dtype))
+        a = np.asarray(a, dtype)
         if len(a) % self.workers:  # e.g. the last held-out batch: run it whole on every device
             return parallel.replicate(a, self.mesh)
         return parallel.shard_batch(a, self.mesh)
@@ -141,7 +144,13 @@ class Engine:
 
         return jax.tree_util.tree_map(fix, opt_state, is_leaf=has_hyper)
 
-    def train_step(self, inputs: np.ndarray, targets: np.ndarray, lr: float) -> float:
+    def train_step(
+        self,
+        inputs: np.ndarray,
+        targets: np.ndarray,
+        lr: float,
+        loss_mask: np.ndarray | None = None,
+    ) -> float:
         check_split(len(inputs), self.workers, self.workers_note)
         key = jax.random.fold_in(self.dropout_key, self.steps)
         loss, self.state, self.opt_state = self._train(
@@ -149,15 +158,19 @@ class Engine:
             self.opt_state,
             self._batch(inputs),
             self._batch(targets),
+            self._batch(loss_mask, bool),
             jnp.float32(lr),
             key,
         )
         self.steps += 1
         return float(loss)
 
-    def eval_loss(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
-        loss = self._eval(self.state, self._batch(inputs), self._batch(targets))
-        n = int(np.asarray(targets).size)
+    def eval_loss(
+        self, inputs: np.ndarray, targets: np.ndarray, loss_mask: np.ndarray | None = None
+    ) -> tuple[float, int]:
+        count = self._batch(loss_mask, bool)
+        loss = self._eval(self.state, self._batch(inputs), self._batch(targets), count)
+        n = int(np.asarray(targets).size if loss_mask is None else np.asarray(loss_mask).sum())
         return float(loss) * n, n
 
     def params(self) -> dict[str, np.ndarray]:

@@ -130,9 +130,11 @@ def loss(
     segment_ids: jax.Array | None = None,
     core: Callable | None = None,
     dropout: dict | None = None,
+    loss_mask: jax.Array | None = None,
 ) -> jax.Array:
     """Mean next-token cross-entropy (nats) of ``targets`` (b, t) given ``inputs`` (b, t): ().
-    ``dropout``: as in :func:`apply`."""
+    ``dropout``: as in :func:`apply`; ``loss_mask``: (b, t) bool, the positions counted (None:
+    every real one)."""
     return fc.lm_loss(
         params,
         inputs,
@@ -143,4 +145,5 @@ def loss(
         xp=xp,
         core=core or kernels.flash_core,
         dropout=dropout,
+        loss_mask=loss_mask,
     )

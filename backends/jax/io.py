@@ -4,8 +4,10 @@
     load(path)                           -> a new module (FLASH, GAU, TransformerBlock or LM)
     save_canonical(path, module)         canonical safetensors (flashcore.io; bfloat16 kept)
     load_canonical(path)                 -> a new module
-    write_params(path, params, config)   canonical weights -> Flax file (for flashcore.app.convert)
+    write_params(path, params, config, *, extra=None)   canonical weights -> Flax file (for
+                                         flashcore.app.convert; extra: metadata strings)
     read_params(path)                    Flax file -> (canonical NumPy weights, config)
+    read_extra(path)                     Flax file -> its extra metadata strings
 
 The JAX convention used here is Flax's msgpack serialization
 (``flax.serialization.msgpack_serialize``), which keeps every dtype bit-exactly, bfloat16
@@ -29,11 +31,26 @@ import flashcore as fc
 from flashcore.io import WeightFileError, atomic_write
 from flashcore.io import load as _load_canonical_numpy
 from flashcore.io import save as _save_canonical_numpy
-from flashcore.weightmeta import check_file_params, from_native, make_tag, read_tag, to_native
+from flashcore.weightmeta import (
+    check_file_params,
+    extra_of,
+    from_native,
+    make_tag,
+    read_tag,
+    to_native,
+)
 
 from .layers import _get, module_for, naming_table
 
-__all__ = ["save", "load", "save_canonical", "load_canonical", "write_params", "read_params"]
+__all__ = [
+    "save",
+    "load",
+    "save_canonical",
+    "load_canonical",
+    "write_params",
+    "read_params",
+    "read_extra",
+]
 
 Config = fc.FlashConfig | fc.TransformerConfig | fc.LMConfig
 
@@ -60,18 +77,27 @@ def _flatten(tree, prefix: str = "") -> dict:
     return out
 
 
-def _write(path: str | os.PathLike, native: dict[str, np.ndarray], config: Config) -> Path:
+def _write(
+    path: str | os.PathLike,
+    native: dict[str, np.ndarray],
+    config: Config,
+    extra: dict[str, str] | None = None,
+) -> Path:
     path = Path(path)
-    blob = serialization.msgpack_serialize({**make_tag("flax", config), "params": _nest(native)})
+    tag = make_tag("flax", config, extra, reserved=("params",))
+    blob = serialization.msgpack_serialize({**tag, "params": _nest(native)})
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
     return path
 
 
-def write_params(path: str | os.PathLike, params: dict, config: Config) -> Path:
-    """Canonical weights (any arrays; bfloat16 via ml_dtypes) -> a Flax file at ``path``."""
+def write_params(
+    path: str | os.PathLike, params: dict, config: Config, *, extra: dict[str, str] | None = None
+) -> Path:
+    """Canonical weights (any arrays; bfloat16 via ml_dtypes) -> a Flax file at ``path``;
+    ``extra``: metadata strings stored beside the tag (:func:`read_extra`)."""
     fc.check_params(params, config)
     arrays = {k: np.asarray(v) for k, v in params.items()}
-    return _write(path, to_native(arrays, naming_table(config), np.transpose), config)
+    return _write(path, to_native(arrays, naming_table(config), np.transpose), config, extra)
 
 
 def save(path: str | os.PathLike, module) -> Path:
@@ -80,12 +106,7 @@ def save(path: str | os.PathLike, module) -> Path:
     return _write(path, native, module.config)
 
 
-def read_params(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]:
-    """A Flax file -> (canonical NumPy weights, each in its stored dtype, config).
-
-    Raises WeightFileError naming the file for a foreign, truncated or mismatched file.
-    """
-    path = Path(path)
+def _read_tree(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no weight file at {path}")
     try:
@@ -96,6 +117,24 @@ def read_params(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]
         ) from err
     if not isinstance(tree, dict):
         raise WeightFileError(f"{path}: not a flashcore flax weight file (no map at the top)")
+    return tree
+
+
+def read_extra(path: str | os.PathLike) -> dict[str, str]:
+    """A Flax file's extra metadata strings (what ``write_params(extra=...)`` stored; {} if none)."""
+    path = Path(path)
+    tree = _read_tree(path)
+    read_tag(path, {k: v for k, v in tree.items() if k != "params"}, "flax")
+    return extra_of(tree, reserved=("params",))
+
+
+def read_params(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]:
+    """A Flax file -> (canonical NumPy weights, each in its stored dtype, config).
+
+    Raises WeightFileError naming the file for a foreign, truncated or mismatched file.
+    """
+    path = Path(path)
+    tree = _read_tree(path)
     config = read_tag(path, {k: v for k, v in tree.items() if k != "params"}, "flax")
     if not isinstance(tree.get("params"), dict):
         raise WeightFileError(f"{path}: no params tree in the file")

@@ -62,15 +62,16 @@ class Engine:
         self._train = tf.function(self._train_step, jit_compile=True, reduce_retracing=True)
         self._eval = tf.function(self._loss, jit_compile=True, reduce_retracing=True)
 
-    def _loss(self, x, y, training=False):
+    def _loss(self, x, y, count=None, training=False):
+        """(b, t) inputs and targets, count: (b, t) bool loss mask or None -> () float32."""
         logits = self.model(x, training=training)
-        return tf.cast(fc.cross_entropy(logits, y, xp=xp), tf.float32)
+        return tf.cast(fc.cross_entropy(logits, y, count, xp=xp), tf.float32)
 
-    def _train_step(self, x, y, lr):
+    def _train_step(self, x, y, count, lr):
         o = self.optim_config
         variables = [v for _, v, _, _ in self.slots]
         with tf.GradientTape() as tape:
-            loss = self._loss(x, y, training=True)
+            loss = self._loss(x, y, count, training=True)
         grads = tape.gradient(loss, variables)
         grads = [
             tf.zeros_like(v) if g is None else tf.cast(g, v.dtype) for g, v in zip(grads, variables)
@@ -89,16 +90,29 @@ class Engine:
             p.assign_sub(lr / bc1 * m / (tf.sqrt(v) / tf.sqrt(bc2) + o.eps))
         return loss
 
-    def train_step(self, inputs: np.ndarray, targets: np.ndarray, lr: float) -> float:
-        x = tf.constant(np.asarray(inputs, np.int32))
-        y = tf.constant(np.asarray(targets, np.int32))
-        return float(self._train(x, y, tf.constant(lr, tf.float32)))
+    @staticmethod
+    def _count(loss_mask: np.ndarray | None):
+        return None if loss_mask is None else tf.constant(np.asarray(loss_mask, bool))
 
-    def eval_loss(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
+    def train_step(
+        self,
+        inputs: np.ndarray,
+        targets: np.ndarray,
+        lr: float,
+        loss_mask: np.ndarray | None = None,
+    ) -> float:
         x = tf.constant(np.asarray(inputs, np.int32))
         y = tf.constant(np.asarray(targets, np.int32))
-        n = int(np.asarray(targets).size)
-        return float(self._eval(x, y)) * n, n
+        count = self._count(loss_mask)
+        return float(self._train(x, y, count, tf.constant(lr, tf.float32)))
+
+    def eval_loss(
+        self, inputs: np.ndarray, targets: np.ndarray, loss_mask: np.ndarray | None = None
+    ) -> tuple[float, int]:
+        x = tf.constant(np.asarray(inputs, np.int32))
+        y = tf.constant(np.asarray(targets, np.int32))
+        n = int(np.asarray(targets).size if loss_mask is None else np.asarray(loss_mask).sum())
+        return float(self._eval(x, y, self._count(loss_mask))) * n, n
 
     def close(self) -> None:
         pass

@@ -4,14 +4,17 @@
     load(path)                           -> a new layer (FLASH, GAU, TransformerBlock or LM)
     save_canonical(path, layer)          canonical safetensors (flashcore.io; bfloat16 kept)
     load_canonical(path)                 -> a new layer
-    write_params(path, params, config)   canonical weights -> Keras file (for flashcore.app.convert)
+    write_params(path, params, config, *, extra=None)   canonical weights -> Keras file (for
+                                         flashcore.app.convert; extra: metadata strings)
     read_params(path)                    Keras file -> (canonical NumPy weights, config)
+    read_extra(path)                     Keras file -> its extra metadata strings
 
 The Keras file is what ``keras.saving.save_weights(layer, path)`` writes (HDF5; Keras stores
 variables by creation order under the layer's path and keeps bfloat16), plus three attributes on
 the HDF5 root group, which Keras ignores: ``flashcore_format`` = "flashcore-keras",
 ``flashcore_format_version`` = "1" and ``flashcore_config`` (JSON), and ``flashcore_dtype`` (the
-variables' dtype, so the layer is rebuilt in it and nothing is cast). Keras insists on the
+variables' dtype, so the layer is rebuilt in it and nothing is cast), and any extra metadata
+strings as ``flashcore_<key>``. Keras insists on the
 ``.weights.h5`` suffix for reading and writing. Writes are atomic; the attributes are added to the
 temporary file before it is renamed into place.
 """
@@ -19,6 +22,7 @@ temporary file before it is renamed into place.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import h5py
@@ -29,7 +33,7 @@ import flashcore as fc
 from flashcore.io import WeightFileError, atomic_write
 from flashcore.io import load as _load_canonical_numpy
 from flashcore.io import save as _save_canonical_numpy
-from flashcore.weightmeta import check_file_params, common_dtype, make_tag, read_tag
+from flashcore.weightmeta import check_file_params, common_dtype, extra_of, make_tag, read_tag
 
 from .layers import layer_for
 
@@ -41,6 +45,7 @@ __all__ = [
     "load_canonical",
     "write_params",
     "read_params",
+    "read_extra",
 ]
 
 SUFFIX = ".weights.h5"
@@ -57,15 +62,25 @@ def _check_suffix(path: Path) -> None:
         )
 
 
-def save(path: str | os.PathLike, layer) -> Path:
-    """A flashcore.tf layer -> a Keras weights file with the config and dtype as HDF5 attributes."""
+def save(path: str | os.PathLike, layer, *, extra: dict[str, str] | None = None) -> Path:
+    """A flashcore.tf layer -> a Keras weights file with the config and dtype as HDF5 attributes
+    (``extra``: metadata strings stored beside them, :func:`read_extra`)."""
     path = Path(path)
     _check_suffix(path)
-    attrs = {_PREFIX + k: v for k, v in make_tag("keras", layer.config).items()}
+    tag = make_tag("keras", layer.config, extra, reserved=("dtype",))
+    attrs = {_PREFIX + k: v for k, v in tag.items()}
     attrs[_PREFIX + "dtype"] = str(layer.dtype)
 
     def write(tmp: str) -> None:
-        keras.saving.save_weights(layer, tmp)
+        with warnings.catch_warnings():
+            # Keras 3.15's weight store calls np.array(variable) (keras/src/backend/tensorflow/
+            # core.py convert_to_numpy); NumPy 2 then warns once per variable that the
+            # variable's __array__ takes no copy keyword. The values are copied either way.
+            warnings.filterwarnings(
+                "ignore", message="__array__ implementation doesn't accept a copy keyword",
+                category=DeprecationWarning,
+            )  # fmt: skip
+            keras.saving.save_weights(layer, tmp)
         with h5py.File(tmp, "a") as f:
             f.attrs.update(attrs)
 
@@ -73,15 +88,17 @@ def save(path: str | os.PathLike, layer) -> Path:
     return path
 
 
-def write_params(path: str | os.PathLike, params: dict, config: Config) -> Path:
+def write_params(
+    path: str | os.PathLike, params: dict, config: Config, *, extra: dict[str, str] | None = None
+) -> Path:
     """Canonical weights of one dtype (bfloat16 via ml_dtypes) -> a Keras weights file."""
     fc.check_params(params, config)
     dtype = common_dtype(params)
     layer = layer_for(config)(config, params=params, dtype=dtype.name)
-    return save(path, layer)
+    return save(path, layer, extra=extra)
 
 
-def _read_attrs(path: Path) -> tuple[Config, str]:
+def _read_tag(path: Path) -> dict:
     try:
         with h5py.File(path, "r") as f:
             attrs = dict(f.attrs)
@@ -89,7 +106,21 @@ def _read_attrs(path: Path) -> tuple[Config, str]:
         raise WeightFileError(
             f"{path}: not a readable HDF5 file (truncated or corrupt?): {err}"
         ) from err
-    tag = {k[len(_PREFIX) :]: v for k, v in attrs.items() if k.startswith(_PREFIX)}
+    return {k[len(_PREFIX) :]: v for k, v in attrs.items() if k.startswith(_PREFIX)}
+
+
+def read_extra(path: str | os.PathLike) -> dict[str, str]:
+    """A Keras file's extra metadata strings (what ``write_params(extra=...)`` stored; {} if none)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weight file at {path}")
+    tag = _read_tag(path)
+    read_tag(path, tag, "keras")
+    return extra_of(tag, reserved=("dtype",))
+
+
+def _read_attrs(path: Path) -> tuple[Config, str]:
+    tag = _read_tag(path)
     config = read_tag(path, tag, "keras")
     dtype = tag.get("dtype")
     dtype = dtype.decode() if isinstance(dtype, bytes) else dtype

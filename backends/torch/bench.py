@@ -8,9 +8,10 @@ bfloat16 autocast):
 - ``flashcore-speccore`` (optional): the same layers with the spec's own core (no fast path);
 - ``flash-pytorch``: two ``flash_pytorch.FLASH(dim=512, group_size=256, query_key_dim=128,
   causal=True)`` layers (version 0.1.9, the peer implementation);
-- ``transformer++``: one pre-norm Transformer++ layer (RMSNorm, RoPE, causal
-  ``scaled_dot_product_attention``, SwiGLU) with the FFN width chosen so that it has the
-  parameter count of the FLASH pair.
+- ``transformer++``: one ``flashcore.torch.TransformerBlock`` (RMSNorm, RoPE, causal attention
+  on ``scaled_dot_product_attention``, SwiGLU: the block ``flashcore train --arch transformer``
+  trains) with the FFN width chosen from the parameter spec so that it has the parameter count
+  of the FLASH pair.
 
 Every (model, dtype, T) runs in its own child process (so that peak memory is that run's own
 high-water mark, and one model's allocations do not slow the next); the fp32 and bf16 matmul
@@ -109,58 +110,34 @@ def _flash_pytorch_pair():
     return nn.Sequential(make(), make())
 
 
-def matched_ffn_dim(target_params: int, d: int = DIM) -> int:
-    """SwiGLU width f (a multiple of 8) that gives 4 d^2 + 3 d f + 2 d ~ target_params."""
-    return max(8, int(round((target_params - 4 * d * d - 2 * d) / (3 * d) / 8)) * 8)
+def _spec_params(config) -> int:
+    """The parameter count of a block config, from its canonical parameter spec."""
+    import numpy as np
+
+    import flashcore as fc
+
+    return sum(int(np.prod(p.shape)) for p in fc.param_spec(config).values())
 
 
-class _TransformerPP:
-    """Factory for the Transformer++ baseline module (built lazily: torch is imported late)."""
+def _transformer_config(ffn_dim: int):
+    import flashcore as fc
 
-    @staticmethod
-    def build(ffn_dim: int):
-        import torch
-        import torch.nn.functional as F
-        from torch import nn
+    return fc.TransformerConfig(dim=DIM, heads=HEADS, ffn_dim=ffn_dim, causal=True)
 
-        class TransformerPP(nn.Module):
-            """Pre-norm RMSNorm, RoPE (half-split, all head dims), causal SDPA, SwiGLU."""
 
-            def __init__(self, d: int, heads: int, f: int):
-                super().__init__()
-                self.d, self.heads = d, heads
-                self.attn_norm = nn.RMSNorm(d, eps=1e-5)
-                self.qkv = nn.Linear(d, 3 * d, bias=False)
-                self.out = nn.Linear(d, d, bias=False)
-                self.ffn_norm = nn.RMSNorm(d, eps=1e-5)
-                self.gate = nn.Linear(d, f, bias=False)
-                self.up = nn.Linear(d, f, bias=False)
-                self.down = nn.Linear(f, d, bias=False)
-                self._rope: dict = {}
+def matched_ffn_dim(target_params: int) -> int:
+    """The SwiGLU width f (a multiple of 8) whose Transformer++ block has about ``target_params``
+    parameters (counted from the parameter spec; the count grows linearly in f)."""
+    p8, p16 = _spec_params(_transformer_config(8)), _spec_params(_transformer_config(16))
+    slope = (p16 - p8) / 8
+    return max(8, int(round((8 + (target_params - p8) / slope) / 8)) * 8)
 
-            def rope(self, t: int, hd: int, device):
-                if t not in self._rope:
-                    inv = 10000.0 ** (-torch.arange(0, hd // 2, dtype=torch.float64) * 2 / hd)
-                    ang = torch.arange(t, dtype=torch.float64)[:, None] * inv[None, :]
-                    self._rope[t] = (ang.cos().float().to(device), ang.sin().float().to(device))
-                return self._rope[t]
 
-            def forward(self, x):
-                b, t, d = x.shape  # (b, t, d)
-                n, hd = self.heads, d // self.heads
-                q, k, v = self.qkv(self.attn_norm(x)).view(b, t, 3, n, hd).permute(2, 0, 3, 1, 4)
-                cos, sin = self.rope(t, hd, x.device)  # (t, hd/2)
+def _transformer_block(ffn_dim: int):
+    """flashcore.torch's Transformer++ block (its attention on torch's SDPA), seeded."""
+    from flashcore.torch import TransformerBlock
 
-                def rot(a):  # (b, n, t, hd)
-                    a1, a2 = a[..., : hd // 2], a[..., hd // 2 :]
-                    return torch.cat([a1 * cos - a2 * sin, a2 * cos + a1 * sin], dim=-1).to(v.dtype)
-
-                o = F.scaled_dot_product_attention(rot(q), rot(k), v, is_causal=True)
-                x = x + self.out(o.transpose(1, 2).reshape(b, t, d))
-                h = self.ffn_norm(x)
-                return x + self.down(F.silu(self.gate(h)) * self.up(h))
-
-        return TransformerPP(DIM, HEADS, ffn_dim)
+    return TransformerBlock(_transformer_config(ffn_dim), seed=0)
 
 
 def flops_per_token(model: str, t: int, ffn_dim: int | None = None) -> float:
@@ -174,8 +151,7 @@ def flops_per_token(model: str, t: int, ffn_dim: int | None = None) -> float:
 
 
 def _flash_layer_params() -> int:
-    d, e, s = DIM, EXPANSION * DIM, QK
-    return d * (2 * e + s) + (2 * e + s) + e * d + d + 2 * 4 * s + (2 * CHUNK - 1) + 1
+    return _spec_params(_flash_config())
 
 
 # -- the child process: one measurement ------------------------------------------------------------
@@ -236,7 +212,7 @@ def _child_step(job: dict) -> dict:
     elif model_name == "flash-pytorch":
         model = _flash_pytorch_pair()
     else:
-        model = _TransformerPP.build(job["ffn_dim"])
+        model = _transformer_block(job["ffn_dim"])
     info["params"] = _param_count(model)
     if job.get("compile"):
         model = torch.compile(model)
@@ -326,6 +302,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("bench-torch"), help="output directory")
     p.add_argument("--timeout", type=float, default=3600.0, help="per measurement, seconds")
     p.add_argument("--matmul-size", type=int, default=4096, help="n of the n x n peak matmul")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -340,9 +317,26 @@ def _fmt(x, spec=".1f", missing="-"):
     return format(x, spec)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; returns a process exit code (0 even when targets are missed)."""
+class _Plain:
+    """Progress without a bar: a plain iteration, lines printed as they come."""
+
+    @staticmethod
+    def iterate(items, *, desc: str, quiet: bool = False, unit: str = "it"):
+        return iter(items)
+
+    @staticmethod
+    def note(text: str, *, file=None) -> None:
+        print(text, file=file or sys.stdout, flush=True)
+
+
+def main(argv: list[str] | None = None, *, progress=None) -> int:
+    """Run the benchmark; returns a process exit code (0 even when targets are missed).
+
+    ``progress``: an object with ``iterate(items, desc=, quiet=)`` and ``note(text, file=)`` (the
+    ``flashcore bench`` command passes :mod:`flashcore.app.progress`, a tqdm bar over the
+    measurements); None: no bar."""
     args = _parse(argv)
+    progress = progress or _Plain
     if args.child:
         return _child(json.loads(args.child))
 
@@ -372,35 +366,34 @@ def main(argv: list[str] | None = None) -> int:
 
     peak_start = peaks("start")
     rows: list[dict] = []
-    for t in args.lengths:
-        for dt in args.dtypes:
-            for model in args.models:
-                row = {"model": model, "dtype": dt, "t": t}
-                if model == "transformer++" and t > args.transformer_max_len:
-                    row["skipped"] = f"T > --transformer-max-len {args.transformer_max_len}"
-                    rows.append(row)
-                    continue
-                job = {
-                    "kind": "step",
-                    "model": model,
-                    "dtype": dt,
-                    "t": t,
-                    "threads": args.threads,
-                    "repeats": args.repeats or _default_repeats(t),
-                    "warmup": args.warmup,
-                    "ffn_dim": ffn,
-                    "compile": args.compile,
-                }
-                res = _run_child(job, env, args.timeout)
-                row.update(res)
-                if "wall_s" in res:
-                    row["us_per_token"] = res["wall_s"] * 1e6 / t
-                    row["cpu_us_per_token"] = res["cpu_s"] * 1e6 / t
-                    flop = flops_per_token(model, t, ffn) * t
-                    row["gflops"] = flop / res["wall_s"] / 1e9
-                    row["gflops_cpu"] = flop / res["cpu_s"] / 1e9
-                rows.append(row)
-                print("  " + _row_text(row))
+    grid = [(t, dt, m) for t in args.lengths for dt in args.dtypes for m in args.models]
+    for t, dt, model in progress.iterate(grid, desc="bench torch", quiet=args.quiet):
+        row = {"model": model, "dtype": dt, "t": t}
+        if model == "transformer++" and t > args.transformer_max_len:
+            row["skipped"] = f"T > --transformer-max-len {args.transformer_max_len}"
+            rows.append(row)
+            continue
+        job = {
+            "kind": "step",
+            "model": model,
+            "dtype": dt,
+            "t": t,
+            "threads": args.threads,
+            "repeats": args.repeats or _default_repeats(t),
+            "warmup": args.warmup,
+            "ffn_dim": ffn,
+            "compile": args.compile,
+        }
+        res = _run_child(job, env, args.timeout)
+        row.update(res)
+        if "wall_s" in res:
+            row["us_per_token"] = res["wall_s"] * 1e6 / t
+            row["cpu_us_per_token"] = res["cpu_s"] * 1e6 / t
+            flop = flops_per_token(model, t, ffn) * t
+            row["gflops"] = flop / res["wall_s"] / 1e9
+            row["gflops_cpu"] = flop / res["cpu_s"] / 1e9
+        rows.append(row)
+        progress.note("  " + _row_text(row), file=sys.stdout)
     peak_end = peaks("end")
     peak = {
         dt: {k: max(peak_start[dt][k], peak_end[dt][k]) for k in ("gflops", "gflops_cpu")}

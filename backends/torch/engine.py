@@ -36,9 +36,11 @@ class _Loss(nn.Module):
         super().__init__()
         self.lm = lm
 
-    def forward(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """(b, t), (b, t) -> () mean cross-entropy."""
-        return self.lm.loss(tokens, targets)
+    def forward(
+        self, tokens: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(b, t), (b, t), (b, t) bool or None -> () mean cross-entropy."""
+        return self.lm.loss(tokens, targets, loss_mask=loss_mask)
 
 
 class Engine:
@@ -96,13 +98,26 @@ class Engine:
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a, np.int64), device=self.device)
 
-    def train_step(self, inputs: np.ndarray, targets: np.ndarray, lr: float) -> float:
+    def _bool(self, a: np.ndarray | None, rows) -> torch.Tensor | None:
+        """A (b, t) bool loss mask's ``rows`` as a tensor (None stays None)."""
+        if a is None:
+            return None
+        return torch.as_tensor(np.asarray(a, bool)[rows], device=self.device)
+
+    def train_step(
+        self,
+        inputs: np.ndarray,
+        targets: np.ndarray,
+        lr: float,
+        loss_mask: np.ndarray | None = None,
+    ) -> float:
         check_split(len(inputs), self.workers, self.workers_note)
         mine = parallel.rows(len(inputs), self.dp)  # this rank's rows of the global batch
         x, y = np.asarray(inputs)[mine], np.asarray(targets)[mine]  # (b / workers, t)
+        m = self._bool(loss_mask, mine)  # (b / workers, t) or None
         self.model.train()
         with self._autocast():
-            loss = self._loss(self._tensor(x), self._tensor(y))
+            loss = self._loss(self._tensor(x), self._tensor(y), loss_mask=m)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.optim_config.grad_clip > 0:
@@ -113,17 +128,23 @@ class Engine:
         if self.workers == 1:
             return float(loss.detach())
         (total,) = parallel.all_sum([float(loss.detach())], self.dp)
-        return total / self.workers  # equal rows per rank: the mean of the means
+        # equal rows per rank: the mean of the means (with a loss mask, the mean over the counted
+        # positions when every row counts as many, as flashcore.mlm.mask_tokens's rows do)
+        return total / self.workers
 
     @torch.no_grad()
-    def eval_loss(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
+    def eval_loss(
+        self, inputs: np.ndarray, targets: np.ndarray, loss_mask: np.ndarray | None = None
+    ) -> tuple[float, int]:
         mine = parallel.rows(len(targets), self.dp)
         x, y = np.asarray(inputs)[mine], np.asarray(targets)[mine]
-        total, n = 0.0, int(y.size)
+        m = self._bool(loss_mask, mine)
+        total, n = 0.0, int(y.size if m is None else m.sum())
         if n:
             self.model.eval()
             with self._autocast():
-                total = float(self.model.loss(self._tensor(x), self._tensor(y))) * n
+                loss = self.model.loss(self._tensor(x), self._tensor(y), loss_mask=m)
+                total = float(loss) * n
         if self.workers == 1:
             return total, n
         total, count = parallel.all_sum([total, n], self.dp)

@@ -5,8 +5,10 @@
     save_canonical(path, module)             canonical safetensors via safetensors.torch
     save_canonical_tensors(path, tensors, config)   the same from canonical tensors
     load_canonical(path, *, device=None)     -> a new module, in the file's dtype
-    write_params(path, params, config)       canonical weights -> torch file (for flashcore.app.convert)
+    write_params(path, params, config, *, extra=None)   canonical weights -> torch file (for
+                                             flashcore.app.convert; extra: metadata strings)
     read_params(path, *, config=None)        torch file -> (canonical NumPy weights, config)
+    read_extra(path)                         torch file -> its extra metadata strings
 
 The torch file is ``torch.save`` of ``{"format": "flashcore-torch", "format_version": "1",
 "config": <JSON>, "state_dict": {native name: tensor}}``: native names and layout (``nn.Linear``
@@ -27,6 +29,7 @@ from flashcore.io import WeightFileError, atomic_write, make_metadata, read_head
 from flashcore.weightmeta import (
     check_file_params,
     config_from_json,
+    extra_of,
     from_native,
     make_tag,
     read_tag,
@@ -46,6 +49,7 @@ __all__ = [
     "load_canonical",
     "write_params",
     "read_params",
+    "read_extra",
 ]
 
 Config = fc.FlashConfig | fc.TransformerConfig | fc.LMConfig
@@ -59,23 +63,41 @@ def _transpose(t: torch.Tensor) -> torch.Tensor:
     return t.mT
 
 
-def _write(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], config: Config) -> Path:
+def _write(
+    path: str | os.PathLike,
+    state_dict: dict[str, torch.Tensor],
+    config: Config,
+    extra: dict[str, str] | None = None,
+) -> Path:
     path = Path(path)
     sd = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-    obj = {**make_tag("torch", config), "state_dict": sd}
+    obj = {**make_tag("torch", config, extra, reserved=("state_dict",)), "state_dict": sd}
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
     return path
 
 
-def write_params(path: str | os.PathLike, params: dict, config: Config) -> Path:
+def write_params(
+    path: str | os.PathLike, params: dict, config: Config, *, extra: dict[str, str] | None = None
+) -> Path:
     """Canonical weights (NumPy, bfloat16 via ml_dtypes, or tensors) -> a torch file at ``path``.
 
     Names and shapes are checked first; each tensor keeps its dtype; kernels are transposed to
-    ``nn.Linear``'s ``[out, in]`` exactly where the naming table says so.
+    ``nn.Linear``'s ``[out, in]`` exactly where the naming table says so. ``extra``: metadata
+    strings stored beside the tag (:func:`read_extra` gives them back).
     """
     fc.check_params(params, config)
     tensors = {k: _to_tensor(v) for k, v in params.items()}
-    return _write(path, to_native(tensors, naming_table(config), _transpose), config)
+    return _write(path, to_native(tensors, naming_table(config), _transpose), config, extra)
+
+
+def read_extra(path: str | os.PathLike) -> dict[str, str]:
+    """A torch file's extra metadata strings (what ``write_params(extra=...)`` stored; {} if none)."""
+    path = Path(path)
+    obj = _read_state_dict(path)
+    if not (isinstance(obj, dict) and "format" in obj):
+        return {}  # a bare state dict carries nothing beside its tensors
+    read_tag(path, {k: v for k, v in obj.items() if k != "state_dict"}, "torch")
+    return extra_of(obj, reserved=("state_dict",))
 
 
 def save(path: str | os.PathLike, module: CanonicalModule) -> Path:

@@ -200,6 +200,7 @@ class TransformerBlock(_Decoding, CanonicalModule):
             segment_ids=segment_ids,
             xp=xp,
             dropout=dropout,
+            core=kernels.softmax_core,
         )
 
 

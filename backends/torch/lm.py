@@ -101,6 +101,7 @@ class LM(CanonicalModule):
             segment_ids=segment_ids,
             xp=xp,
             core=kernels.attention_core,
+            attn_core=kernels.softmax_core,
             dropout=self._masks(tokens, dropout),
         )
 
@@ -111,10 +112,12 @@ class LM(CanonicalModule):
         mask=None,
         segment_ids=None,
         dropout=None,
+        loss_mask=None,
     ) -> torch.Tensor:
         """Mean next-token cross-entropy (nats) of ``targets`` (b, t) given ``tokens`` (b, t),
-        counted at real positions of ``mask``: ``flashcore.lm_loss``. Returns a 0-d tensor.
-        dropout: keep-masks (None: drawn in train mode)."""
+        counted at real positions of ``mask`` (and of ``loss_mask`` (b, t) bool, when given):
+        ``flashcore.lm_loss``. Returns a 0-d tensor. dropout: keep-masks (None: drawn in train
+        mode)."""
         return fc.lm_loss(
             self.canonical_params(),
             tokens,
@@ -124,7 +127,9 @@ class LM(CanonicalModule):
             segment_ids=segment_ids,
             xp=xp,
             core=kernels.attention_core,
+            attn_core=kernels.softmax_core,
             dropout=self._masks(tokens, dropout),
+            loss_mask=loss_mask,
         )
 
     @staticmethod

@@ -1,6 +1,7 @@
 """The namespace the torch backend hands the spec: ``array_api_compat.torch`` plus torch's own
-``silu`` (fused) and ``erf``, and the tracing hooks of torch.compile (see
-:func:`flashcore._xp.extended`). Use :data:`xp`."""
+``silu`` (fused) and ``erf``, ``dense`` (matmul plus bias in one addmm, autocast-aware),
+``split_last`` (one backward for [U | V | Z] instead of a zero-filled gradient per slice), and the
+tracing hooks of torch.compile (see :func:`flashcore._xp.extended`). Use :data:`xp`."""
 
 from __future__ import annotations
 
@@ -20,10 +21,28 @@ def _concrete(a) -> np.ndarray | None:
     return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
 
 
+def _dense(h: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """h W + b in one addmm: ``kernel`` (i, o) is the module's (o, i) weight seen through ``.mT``,
+    so ``kernel.mT`` hands F.linear the contiguous weight back (no copy). Mixed dtypes outside
+    autocast take the array API's promotion (F.linear has none)."""
+    dtypes = {h.dtype, kernel.dtype} | ({bias.dtype} if bias is not None else set())
+    if len(dtypes) > 1 and not torch.is_autocast_enabled(h.device.type):
+        y = _compat.matmul(h, kernel)
+        return y if bias is None else y + bias
+    return torch.nn.functional.linear(h, kernel.mT, bias)
+
+
+def _split_last(a: torch.Tensor, sizes) -> tuple[torch.Tensor, ...]:
+    """torch.split along the last axis: its backward is one concatenation."""
+    return torch.split(a, list(sizes), dim=-1)
+
+
 xp = extended(
     _compat,
     "flashcore.torch.xp",
     silu=torch.nn.functional.silu,
+    dense=_dense,
+    split_last=_split_last,
     erf=torch.special.erf,
     concrete=_concrete,
     is_tracing=torch.compiler.is_compiling,

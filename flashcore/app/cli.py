@@ -24,7 +24,7 @@ COMMANDS = {
     "eval": "flashcore.app.evaluate:eval_main",
     "generate": "flashcore.app.evaluate:generate_main",
     "quality": "flashcore.app.quality:main",
-    "conformance": "flashcore.conformance.report:main",
+    "conformance": "flashcore.app.conformance:main",
     "weights-table": "flashcore.params:print_weight_table",
     "convert": "flashcore.app.convert:main",
     "export": "flashcore.app.export:main",
@@ -48,7 +48,9 @@ def _bench(argv: list[str]) -> int:
         return 2
     if backend in benchtable.TABLE_BACKENDS:
         return benchtable.main(backend, argv)
-    return int(mod.main(argv) or 0)
+    from . import progress
+
+    return int(mod.main(argv, progress=progress) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,8 +22,9 @@ The source format is read from the file (magic bytes and stored tags first, the 
 unless given; a given format that the file contradicts is an error. The destination format comes
 from its suffix unless given. Writing is atomic (a temporary file in the destination's folder,
 then a rename): a failed conversion leaves no destination and no temporary file, and an existing
-destination is never replaced unless ``force=True`` (``--force``). Canonical to canonical keeps
-the source's metadata (a run checkpoint's step, corpus, train_loss).
+destination is never replaced unless ``force=True`` (``--force``). The source's metadata beside its
+config (a run checkpoint's step, corpus, corpus_sha256, train_loss) goes with the weights into
+every writable format (flash-pytorch files carry none).
 """
 
 from __future__ import annotations
@@ -311,7 +312,7 @@ def write_weights(
     """Canonical weights -> a file in format ``fmt`` (None: from the suffix), atomically.
 
     An existing ``path`` is kept (FileExistsError) unless ``force``. ``extra``: metadata strings
-    for a canonical destination (e.g. a run checkpoint's step, corpus, train_loss).
+    stored beside the config (e.g. a run checkpoint's step, corpus, train_loss), in any format.
     """
     path = Path(path)
     f = _dst_format(path, fmt)
@@ -325,7 +326,7 @@ def write_weights(
         return save(path, params, config, extra=extra)
     backend = _backend(f)
     try:
-        return backend.write_params(path, params, config)
+        return backend.write_params(path, params, config, extra=extra)
     except ValueError as err:
         if isinstance(err, WeightFileError):
             raise
@@ -353,7 +354,7 @@ def convert(
         raise FileExistsError(_exists(dst))
     fmt = src_format or detect_format(src, config=config)
     params, cfg = read_weights(src, fmt, config=config, **peer)
-    extra = training_metadata(src) if fmt == "canonical" else {}
+    extra = training_metadata(src, fmt)
     write_weights(dst, params, cfg, out.name, force=force, extra=extra or None)
     return dst, fmt, out.name
 
@@ -362,13 +363,16 @@ def _exists(path: Path) -> str:
     return f"{path} exists; pass --force to replace it"
 
 
-def training_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The metadata a canonical file carries beside its format and config (a run checkpoint's
-    step, corpus, corpus_sha256, train_loss), which ``convert`` copies to a canonical file."""
-    from .io import read_header
+def training_metadata(path: str | os.PathLike, fmt: str = "canonical") -> dict[str, str]:
+    """The metadata a weight file of format ``fmt`` carries beside its format and config (a run
+    checkpoint's step, corpus, corpus_sha256, train_loss), which ``convert`` copies along."""
+    if fmt == "canonical":
+        from ..io import read_header
 
-    meta = read_header(path)
-    return {k: v for k, v in meta.items() if k not in ("format", "format_version", "config")}
+        meta = read_header(path)
+        return {k: v for k, v in meta.items() if k not in ("format", "format_version", "config")}
+    module = FORMATS[fmt].module
+    return _backend(FORMATS[fmt]).read_extra(path) if module else {}
 
 
 # ---- command line ----------------------------------------------------------------------------
@@ -427,12 +431,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flashcore convert: error: {err}", file=sys.stderr)
         return 2  # as flashcore train / eval do for a bad file or argument
     print(f"wrote {dst} ({src_fmt} -> {dst_fmt})")
-    if src_fmt == "canonical" and dst_fmt != "canonical":
-        dropped = sorted(training_metadata(args.src))
-        if dropped:
-            print(
-                f"note: the {dst_fmt} format holds weights and config only; not kept: "
-                + ", ".join(dropped),
-                file=sys.stderr,
-            )
     return 0

@@ -5,6 +5,13 @@
 
 A run folder (``flashcore train --out RUN``) stands for its newest complete checkpoint
 (:func:`resolve_model`); a file is any canonical ``model.safetensors``.
+
+A masked LM (``flashcore train --objective mlm``; known by its bidirectional block,
+:func:`objective_of`) is scored on masked positions only: the held-out windows are masked as in
+training (:func:`flashcore.mlm.mask_tokens`), window ``i`` from its own generator
+``default_rng((MLM_EVAL_SEED, i))``, so every evaluation of every backend, at any ``--batch``,
+masks the same positions.
+It reports masked-position bits per byte; it cannot generate.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import io
+from .. import io, mlm
 from ..config import LMConfig
 from . import runstate
 from .cli_args import nonneg_int, positive
@@ -32,7 +39,26 @@ __all__ = [
     "eval_main",
     "generate_main",
     "resolve_model",
+    "objective_of",
+    "score_label",
+    "MLM_EVAL_SEED",
 ]
+
+MLM_EVAL_SEED = 16  # the held-out masking's seed: fixed, so evaluations compare
+
+
+def objective_of(config: LMConfig) -> str:
+    """ "clm" for a causal LM, "mlm" for a bidirectional one (which sees its next-byte targets, so
+    only the masked-LM score means anything; MLMError if it cannot be one)."""
+    if config.block.causal:
+        return "clm"
+    mlm.check_config(config, mlm.BYTE_MASK_ID)
+    return "mlm"
+
+
+def score_label(objective: str) -> str:
+    """What bits/byte measures for an objective (for printed lines)."""
+    return "masked-position bits/byte" if objective == "mlm" else "bits/byte"
 
 
 def resolve_model(path: Path) -> Path:
@@ -59,21 +85,48 @@ def _run_context(model_path: Path) -> int:
         return 256
 
 
-def evaluate(engine, data: np.ndarray, *, context: int, batch: int, max_tokens: int) -> dict:
-    """Held-out loss (nats/token), bits per byte and tokens/s over the first ``max_tokens``."""
-    total, count = 0.0, 0
+def evaluate(
+    engine,
+    data: np.ndarray,
+    *,
+    context: int,
+    batch: int,
+    max_tokens: int,
+    objective: str = "clm",
+) -> dict:
+    """Held-out loss (nats/token), bits per byte and tokens/s over the first ``max_tokens``.
+
+    objective "mlm": window ``i`` masked from ``default_rng((MLM_EVAL_SEED, i))``; loss, bits per
+    byte and ``tokens`` are over the masked positions only (tokens/s still counts every input)."""
+    if objective not in ("clm", "mlm"):
+        raise ValueError(f"objective must be clm or mlm, got {objective!r}")
+    total, count, seen = 0.0, 0, 0
     t0 = time.perf_counter()
     for x, y in eval_batches(data, batch, context, max_tokens):
-        s, n = engine.eval_loss(x, y)
-        total, count = total + s, count + n
+        if objective == "mlm":
+            s, n = engine.eval_loss(*_mask_windows(x, first=seen // x.shape[1]))
+        else:
+            s, n = engine.eval_loss(x, y)
+        total, count, seen = total + s, count + n, seen + x.size
     seconds = time.perf_counter() - t0
     loss = total / count
     return {
         "loss": loss,
         "bits_per_byte": loss / math.log(2),
-        "tokens_per_s": count / seconds,
+        "tokens_per_s": seen / seconds,
         "tokens": count,
+        "objective": objective,
     }
+
+
+def _mask_windows(x: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Held-out windows x: (b, t), the first being window number ``first``, masked each from its
+    own seeded generator -> inputs, targets, loss mask: (b, t) each."""
+    rows = [
+        mlm.mask_tokens(x[i : i + 1], np.random.default_rng((MLM_EVAL_SEED, first + i)))
+        for i in range(len(x))
+    ]
+    return tuple(np.concatenate(parts) for parts in zip(*rows))
 
 
 def eval_main(argv: list[str] | None = None) -> int:
@@ -111,6 +164,7 @@ def evaluate_checkpoint(path: Path, backends: str, *, data=None, context=None, b
     params, config = io.load(model_path)
     if not isinstance(config, LMConfig):
         raise ValueError(f"{model_path} holds a single layer, not a language model")
+    objective = objective_of(config)
     if context is None:
         context = _run_context(model_path)
     corpus = load_corpus(data)
@@ -128,13 +182,23 @@ def evaluate_checkpoint(path: Path, backends: str, *, data=None, context=None, b
                 rows.append({"backend": name, "error": f"not installed ({err})"})
                 continue
             raise
-        ev = evaluate(engine, corpus.valid, context=context, batch=batch, max_tokens=eval_tokens)
+        ev = evaluate(
+            engine,
+            corpus.valid,
+            context=context,
+            batch=batch,
+            max_tokens=eval_tokens,
+            objective=objective,
+        )
         rows.append({"backend": name, **ev})
     return rows
 
 
 def results_table(rows: list[dict]) -> str:
+    """A printable table of :func:`evaluate_checkpoint`'s rows (a masked LM's says so)."""
     lines = [f"{'backend':<8} {'loss (nats)':>12} {'bits/byte':>10} {'tokens/s':>10}"]
+    if any(r.get("objective") == "mlm" for r in rows):
+        lines.insert(0, "masked LM: loss and bits/byte at the masked positions only")
     for r in rows:
         if "error" in r:
             lines.append(f"{r['backend']:<8} {r['error']}")
@@ -164,8 +228,13 @@ def generate_main(argv: list[str] | None = None) -> int:
         ap.error("--prompt must not be empty")
     try:
         params, config = io.load(resolve_model(args.checkpoint))
+        if isinstance(config, LMConfig) and not config.block.causal:
+            raise mlm.MLMError(
+                f"{args.checkpoint} is a masked (bidirectional) LM, trained with --objective mlm: "
+                "it predicts masked bytes, not the next one, and cannot generate text"
+            )
         engine = load_engine(args.backend)(config, params)
-    except (io.WeightFileError, FileNotFoundError, ImportError) as err:
+    except (io.WeightFileError, FileNotFoundError, ImportError, mlm.MLMError) as err:
         print(f"flashcore generate: {err}", file=sys.stderr)
         return 2
     out = engine.generate(

@@ -64,18 +64,30 @@ def _fd2_filtered():
 
 
 class _QuietImport(importlib.abc.MetaPathFinder):
-    """Runs the first import of ``tensorflow`` under :func:`_fd2_filtered`."""
+    """Runs the first import of ``tensorflow`` under :func:`_fd2_filtered`.
+
+    It stays on ``sys.meta_path`` until that import executes: a mere look-up
+    (``importlib.util.find_spec("tensorflow")``, as availability checks do) must not use it up.
+    """
+
+    def __init__(self):
+        self._looking = False
 
     def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
+        if name != "tensorflow" or self._looking:
             return None
-        sys.meta_path.remove(self)  # once, and not for the look-up below
-        spec = importlib.util.find_spec(name)
+        self._looking = True  # the look-up below must not come back here
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self._looking = False
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
-        run = spec.loader.exec_module
+        run, finder = spec.loader.exec_module, self
 
         def exec_module(module):
+            if finder in sys.meta_path:  # the first real import: once
+                sys.meta_path.remove(finder)
             with _fd2_filtered():
                 run(module)
 

@@ -3,6 +3,7 @@
     flashcore train [--arch flash|gau|transformer] [--backend torch|jax|tf] [--steps N] [--out RUN]
                     [--data PATH] [--keep K] [--force] [--bf16] ...   (see --help)
     flashcore train --resume RUN [--steps N] [--backend B] [--eval-every N] ...
+    flashcore train --objective mlm ...   (masked LM: a bidirectional block, :mod:`flashcore.mlm`)
 
 The run folder (layout: :mod:`flashcore.app.runstate`) holds ``run.json`` (the arguments),
 ``log.jsonl``, one folder per checkpoint under ``ckpt/`` (weights, AdamW moments, the data
@@ -35,14 +36,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import io
+from .. import io, mlm
 from ..config import FlashConfig, LMConfig, TransformerConfig
 from ..params import init
 from . import progress, runstate
 from .cli_args import nonneg_int, positive
 from .data import VOCAB_SIZE, DataError, eval_batches, load_corpus, sample_batch
 from .engine import BACKENDS, OptimConfig, ParallelError, load_engine
-from .evaluate import eval_main, evaluate, evaluate_checkpoint, generate_main, results_table
+from .evaluate import (
+    eval_main,
+    evaluate,
+    evaluate_checkpoint,
+    generate_main,
+    results_table,
+    score_label,
+)
 from .runlock import RunLock, RunLocked
 from .schedule import lr_at
 
@@ -71,10 +79,13 @@ class ArgumentConflict(ValueError):
 
 
 def build_config(args: argparse.Namespace) -> LMConfig:
-    """The LMConfig the command-line options describe."""
+    """The LMConfig the command-line options describe. ``--objective mlm``: a bidirectional
+    block and the byte vocabulary grown by the mask token (:data:`flashcore.mlm.BYTE_MLM_VOCAB`)."""
+    masked = getattr(args, "objective", "clm") == "mlm"
+    causal = not masked
     if args.arch == "transformer":
         block: FlashConfig | TransformerConfig = TransformerConfig(
-            dim=args.dim, heads=args.heads, causal=True, dropout=args.dropout
+            dim=args.dim, heads=args.heads, causal=causal, dropout=args.dropout
         )
     else:
         block = FlashConfig(
@@ -83,17 +94,25 @@ def build_config(args: argparse.Namespace) -> LMConfig:
             expansion=args.expansion,
             qk_dim=args.qk_dim,
             chunk_size=args.chunk,
-            causal=True,
+            causal=causal,
             max_len=max(args.context, 1),
             rel_bias="learned" if args.arch == "flash" else "t5",
             dropout=args.dropout,
         )
-    return LMConfig(block=block, vocab_size=VOCAB_SIZE, num_layers=args.layers)
+    vocab = mlm.BYTE_MLM_VOCAB if masked else VOCAB_SIZE
+    config = LMConfig(block=block, vocab_size=vocab, num_layers=args.layers)
+    if masked:
+        mlm.check_config(config, mlm.BYTE_MASK_ID)
+    return config
 
 
 def train_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="flashcore train", description="Train a byte-level LM.")
     ap.add_argument("--arch", choices=["flash", "gau", "transformer"], default="flash")
+    ap.add_argument(
+        "--objective", choices=["clm", "mlm"], default="clm",
+        help="clm: next-byte prediction (causal); mlm: BERT-style masked bytes (bidirectional)",
+    )  # fmt: skip
     ap.add_argument(
         "--backend", choices=BACKENDS, default=None, help="default: torch, or the run's"
     )
@@ -326,11 +345,14 @@ def _train_loop(args, engine, config, params, opt_state, resume, corpus, announc
     n_params = sum(v.size for v in params.values())
     parallel = f", data parallel over {engine.workers_note}" if engine.workers > 1 else ""
     say(
-        f"{'resuming' if resume else 'training'} {args.arch} LM, {n_params:,} parameters, "
+        f"{'resuming' if resume else 'training'} {args.arch} "
+        f"{'masked LM' if getattr(args, 'objective', 'clm') == 'mlm' else 'LM'}, "
+        f"{n_params:,} parameters, "
         f"backend {args.backend}{parallel}, {'bf16' if args.bf16 else 'fp32'}; "
         f"{corpus.describe()}"
     )
     tokens_per_step = args.batch * args.context
+    objective = getattr(args, "objective", "clm")
     t_last, loss = time.perf_counter(), float("nan")
     sched = dict(
         lr=args.lr,
@@ -344,8 +366,11 @@ def _train_loop(args, engine, config, params, opt_state, resume, corpus, announc
     with progress.bar(args.steps, desc="train", quiet=quiet, initial=start, unit="step") as bar:
         for step in range(start + 1, last + 1):
             x, y = sample_batch(corpus.train, args.batch, args.context, rng)
+            count = None  # the causal LM counts every position
+            if objective == "mlm":  # the same rng: a resumed run masks as it would have
+                x, y, count = mlm.mask_tokens(x, rng)
             lr = lr_at(step, **sched)
-            loss = engine.train_step(x, y, lr)
+            loss = engine.train_step(x, y, lr, count)
             bar.update(1)
             if not math.isfinite(loss):
                 say(f"step {step}: loss is {loss}; stopping (lower --lr or use fp32)")
@@ -364,10 +389,11 @@ def _train_loop(args, engine, config, params, opt_state, resume, corpus, announc
                     context=args.context,
                     batch=args.batch,
                     max_tokens=args.eval_tokens,
+                    objective=objective,
                 )
                 say(
                     f"step {step}: held-out loss {ev['loss']:.4f} nats, "
-                    f"{ev['bits_per_byte']:.4f} bits/byte"
+                    f"{ev['bits_per_byte']:.4f} {score_label(objective)}"
                 )
                 log.write(json.dumps({"step": step, "eval": ev, "time": time.time()}) + "\n")
                 log.flush()

@@ -1,8 +1,8 @@
 """The TF array-API shim against array-api-strict: every function flashcore calls, with broadcasting
 and dtypes; then the whole spec on the shim against the golden files."""
 
+import ast
 import math
-import re
 from pathlib import Path
 
 import array_api_strict as strict
@@ -15,7 +15,7 @@ from flashcore.conformance import golden  # noqa: E402
 from flashcore.conformance.assertions import assert_close  # noqa: E402
 from flashcore.conformance.cases import CASES  # noqa: E402
 from flashcore.conformance.runner import compare  # noqa: E402
-from flashcore.conformance.tolerances import tolerance  # noqa: E402
+from flashcore.conformance.tolerances import EPS, elementwise_tolerance, tolerance  # noqa: E402
 from flashcore.tf.xp import Namespace, xp  # noqa: E402
 
 SPEC = Path(__file__).resolve().parents[2] / "flashcore"
@@ -128,10 +128,13 @@ def test_shim_matches_array_api_strict(name):
 
 
 def test_shim_has_every_name_the_spec_calls():
-    """Reads every ``xp.<name>`` in flashcore/*.py: a new call there must be added to the shim."""
-    used = set()
+    """Reads every ``xp.<name>`` in flashcore/*.py: a new call there must be added to the shim (the
+    optional hooks the spec reads with getattr, such as ``concrete``, are not calls)."""
+    used = set()  # attribute reads ``xp.<name>`` in the code (docstrings and comments aside)
     for path in SPEC.glob("*.py"):
-        used |= set(re.findall(r"\bxp\.([A-Za-z_][A-Za-z0-9_]*)", path.read_text()))
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and getattr(node.value, "id", None) == "xp":
+                used.add(node.attr)
     assert used, "found no xp.* calls: the scan is broken"
     missing = sorted(n for n in used if not hasattr(xp, n))
     assert not missing, f"flashcore calls xp.{missing} but the TF shim lacks them"
@@ -148,11 +151,11 @@ def test_erf_matches_math_erf_and_differentiates(dtype):
         y = xp.erf(t)
     assert y.dtype == t.dtype
     want = np.array([math.erf(v) for v in tf.cast(t, tf.float64).numpy()])
-    tol = {"float64": 1e-15, "float32": 1e-6, "bfloat16": 1e-2}[dtype]
+    tol = elementwise_tolerance(dtype)  # |erf| <= 1: the scale is 1
     np.testing.assert_allclose(tf.cast(y, tf.float64).numpy(), want, atol=tol)
     slope = 2.0 / math.sqrt(math.pi) * np.exp(-(x**2))
     grad = tf.cast(tape.gradient(y, t), tf.float64).numpy()
-    np.testing.assert_allclose(grad, slope, atol=tol * 4)
+    np.testing.assert_allclose(grad, slope, atol=elementwise_tolerance(dtype, 3))  # exp, 2 products
 
 
 KINDS = [
@@ -187,9 +190,11 @@ def test_silu_is_x_sigmoid_x_and_differentiates(dtype):
         y = xp.silu(t)
     assert y.dtype == t.dtype
     sig = 1.0 / (1.0 + np.exp(-x))
-    tol = {"float64": 1e-14, "float32": 1e-6}[dtype]
-    np.testing.assert_allclose(y.numpy(), x * sig, rtol=tol, atol=tol)
-    np.testing.assert_allclose(tape.gradient(y, t).numpy(), sig * (1 + x * (1 - sig)), atol=tol)
+    tol = elementwise_tolerance(dtype, 2)  # sigmoid, a product
+    np.testing.assert_allclose(y.numpy(), x * sig, rtol=tol, atol=tol * np.abs(x).max())
+    slope = sig * (1 + x * (1 - sig))
+    tol = elementwise_tolerance(dtype, 4)  # sigmoid and three arithmetic steps
+    np.testing.assert_allclose(tape.gradient(y, t).numpy(), slope, atol=tol * np.abs(slope).max())
 
 
 def test_default_dtypes_and_bfloat16_casts():
@@ -199,7 +204,8 @@ def test_default_dtypes_and_bfloat16_casts():
     assert xp.arange(3).dtype == tf.int64
     h = xp.astype(tf.constant(A), xp.bfloat16)
     assert h.dtype == tf.bfloat16
-    np.testing.assert_allclose(tf.cast(h, tf.float64).numpy(), A, rtol=2**-8)
+    # a cast rounds to nearest: at most half a bfloat16 ulp (2^-8 relative)
+    np.testing.assert_allclose(tf.cast(h, tf.float64).numpy(), A, rtol=EPS["bfloat16"] / 2)
 
 
 def test_asarray_places_on_a_device_string():

@@ -16,9 +16,9 @@ seen: list[tuple[int, ...]] = []
 _forward = engine._Loss.forward
 
 
-def _recording(self, tokens, targets):
+def _recording(self, tokens, targets, loss_mask=None):
     seen.append(tuple(tokens.shape))  # (b / world, t)
-    return _forward(self, tokens, targets)
+    return _forward(self, tokens, targets, loss_mask=loss_mask)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from flashcore.torch import bench  # noqa: E402
+from flashcore.conformance.assertions import assert_close  # noqa: E402
+from flashcore.torch import TransformerBlock, bench  # noqa: E402
 
 
 def test_flash_flops_per_token():
@@ -25,7 +26,8 @@ def test_transformer_baseline_matches_the_flash_pair_in_size():
     target = 2 * sum(a.size for a in fc.init(bench._flash_config(), 0).values())
     assert target == 2 * bench._flash_layer_params()
     ffn = bench.matched_ffn_dim(target)
-    model = bench._TransformerPP.build(ffn)
+    model = bench._transformer_block(ffn)  # flashcore.torch's block, not a private copy
+    assert isinstance(model, TransformerBlock) and model.config.ffn_dim == ffn
     assert abs(bench._param_count(model) - target) / target < 0.01
     x = torch.randn(1, 40, bench.DIM)
     y = model(x)
@@ -33,7 +35,7 @@ def test_transformer_baseline_matches_the_flash_pair_in_size():
     # causal: the first 10 outputs do not depend on later positions
     x2 = x.clone()
     x2[:, 10:] += 1.0
-    assert torch.allclose(model(x2)[:, :10], y[:, :10], atol=1e-5)
+    assert_close(model(x2)[:, :10].detach(), y[:, :10].detach(), reorder=40)
 
 
 def test_bench_main_end_to_end(tmp_path):

@@ -12,6 +12,9 @@
 Training with dropout hands the core a keep-mask of the local attention weights (``attn_keep``);
 neither fused core applies one, so those calls take the spec's core.
 
+``softmax_core`` (:mod:`.sdpa`) is the Transformer++ block's: torch's
+``scaled_dot_product_attention`` behind :func:`can_use_sdpa`, the spec's softmax core otherwise.
+
 Supported configuration (see :func:`._common.unsupported_reason`): attention='relu2', any
 linear_norm, any relative bias, causal or not, an optional key mask, no segment_ids. Tensors
 inside a torch.func transform (vmap, grad, jvp) always take the spec's path.
@@ -26,8 +29,17 @@ import torch
 from flashcore.layers import attention_core_flash
 
 from ._common import FLOAT_DTYPES, unsupported_reason
+from .sdpa import can_use_sdpa, softmax_core, softmax_core_path
 
-__all__ = ["attention_core", "can_use_kernel", "can_use_torch_core", "core_path"]
+__all__ = [
+    "attention_core",
+    "can_use_kernel",
+    "can_use_torch_core",
+    "core_path",
+    "softmax_core",
+    "can_use_sdpa",
+    "softmax_core_path",
+]
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
