@@ -172,6 +172,8 @@ class Engine(Protocol):
         *,
         temperature: float = 1.0,
         top_k: int | None = None,
+        top_p: float | None = None,
         seed: int = 0,
     ) -> np.ndarray:
-        """Sample a continuation of ``prompt`` (b, t0) -> (b, t0 + max_new_tokens) int64."""
+        """Sample a continuation of ``prompt`` (b, t0) -> (b, t0 + max_new_tokens) int64
+        (:func:`flashcore.sampling.sample`: temperature 0 greedy, top-k, top-p nucleus)."""

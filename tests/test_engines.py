@@ -150,3 +150,5 @@ def test_engine_generate_is_the_argmax_of_the_forward_and_reproducible(backend, 
     a, b = engine.generate(prompt, 5, **kw), engine.generate(prompt, 5, **kw)
     np.testing.assert_array_equal(a, b)
     assert a.min() >= 0 and a.max() < 32
+    tiny = engine.generate(prompt, 5, temperature=1.0, top_p=1e-9, seed=3, lengths=lengths)
+    np.testing.assert_array_equal(tiny, out)  # a nucleus of one token: greedy

@@ -17,9 +17,10 @@ TABLE_BACKENDS = ("jax", "tf")  # the backends whose bench module is a step buil
 
 
 def parse_length(text: str) -> int:
-    """'4K' -> 4096, '1000' -> 1000."""
+    """'4K' -> 4096, '1M' -> 1048576, '1000' -> 1000."""
     text = text.strip().upper()
-    return int(text[:-1]) * 1024 if text.endswith("K") else int(text)
+    scale = {"K": 1024, "M": 1024**2}.get(text[-1:], 1)
+    return int(text[:-1] if scale > 1 else text) * scale
 
 
 def parse_lengths(ap: argparse.ArgumentParser, text: str) -> list[int]:

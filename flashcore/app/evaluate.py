@@ -2,6 +2,7 @@
 
     flashcore eval RUN_OR_FILE [--backend torch,jax,tf|all] [--eval-tokens N] [--json]
     flashcore generate RUN_OR_FILE --prompt TEXT [--max-new N] [--temperature T] [--top-k K]
+                       [--top-p P] [--backend torch|jax|tf] [--seed S] [--json]
 
 A run folder (``flashcore train --out RUN``) stands for its newest complete checkpoint
 (:func:`resolve_model`); a file is any canonical ``model.safetensors``.
@@ -12,6 +13,12 @@ training (:func:`flashcore.mlm.mask_tokens`), window ``i`` from its own generato
 ``default_rng((MLM_EVAL_SEED, i))``, so every evaluation of every backend, at any ``--batch``,
 masks the same positions.
 It reports masked-position bits per byte; it cannot generate.
+
+``generate`` samples with :func:`flashcore.sampling.sample` (temperature, then top-k, then the
+top-p nucleus; temperature 0: greedy) through the backend engine's decoder, the one
+:func:`flashcore.decode.decode_method` names for the run (FLASH's state, a key/value cache, or
+the forward rerun per token). It prints the prompt and its continuation as text (bytes that are
+not UTF-8 shown as U+FFFD), or with ``--json`` the token ids too.
 """
 
 from __future__ import annotations
@@ -27,8 +34,9 @@ import numpy as np
 
 from .. import io, mlm
 from ..config import LMConfig
+from ..decode import decode_method
 from . import runstate
-from .cli_args import nonneg_int, positive
+from .cli_args import nonneg_int, positive, probability
 from .data import DataError, eval_batches, load_corpus
 from .engine import BACKENDS, load_engine
 
@@ -217,9 +225,17 @@ def generate_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt", required=True)
     ap.add_argument("--max-new", type=nonneg_int, default=200)
     ap.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
-    ap.add_argument("--top-k", type=positive(int), default=None)
+    ap.add_argument("--top-k", type=positive(int), default=None, help="keep the K likeliest")
+    ap.add_argument(
+        "--top-p", type=probability, default=None,
+        help="keep the likeliest tokens whose probability sums to P, 0 < P <= 1 (nucleus)",
+    )  # fmt: skip
     ap.add_argument("--backend", choices=BACKENDS, default="torch")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--json", action="store_true",
+        help="print {backend, decoder, prompt_tokens, new_tokens, text} as JSON",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     if args.temperature < 0:
         ap.error("--temperature must be >= 0")
@@ -237,10 +253,20 @@ def generate_main(argv: list[str] | None = None) -> int:
     except (io.WeightFileError, FileNotFoundError, ImportError, mlm.MLMError) as err:
         print(f"flashcore generate: {err}", file=sys.stderr)
         return 2
-    out = engine.generate(
-        prompt, args.max_new, temperature=args.temperature, top_k=args.top_k, seed=args.seed
-    )
-    sys.stdout.write(
-        bytes(out[0].astype(np.uint8).tolist()).decode("utf-8", errors="replace") + "\n"
-    )
+    opts = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    out = engine.generate(prompt, args.max_new, seed=args.seed, **opts)
+    tokens = out[0].astype(np.int64).tolist()
+    text = bytes(out[0].astype(np.uint8).tolist()).decode("utf-8", errors="replace")
+    if args.json:
+        n = prompt.shape[1]
+        report = {
+            "backend": args.backend,
+            "decoder": decode_method(config),
+            "prompt_tokens": tokens[:n],
+            "new_tokens": tokens[n:],
+            "text": text,
+        }
+        print(json.dumps(report))
+    else:
+        sys.stdout.write(text + "\n")
     return 0

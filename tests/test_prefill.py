@@ -104,7 +104,7 @@ def _check(got, want, cfg, what):
 
 
 # The compiled backends (jax, tf: each piece length is a compilation of the whole LM, 10-30 s on
-# 2 cores) run the first config at one piece size; the spec and torch run every config and size.
+# 2 cores) run the first config at two piece sizes; the spec and torch run every config and size.
 CASES = [
     (backend, config)
     for backend in BACKENDS
@@ -122,13 +122,16 @@ def test_prefill_equals_the_full_forward(backend, config):
     be = _Backend(backend, cfg, p)
     with be.ctx:
         # one chunk, two, three, longer than the sequence; compiled backends (each piece length
-        # is a compilation) take two of them to keep the file fast
-        pieces = (4, 8, 12, 32) if backend in ("spec", "torch") else (8,)
+        # is a compilation) take two that need no other: 8 runs pieces 8, 8, 4 and 3 steps, 4
+        # runs five pieces of 4 and 3 steps (last_only at 8 only)
+        pieces = (4, 8, 12, 32) if backend in ("spec", "torch") else (8, 4)
         for piece in pieces:
             logits, state = be.prefill(tokens, piece)
             assert tuple(logits.shape) == want.shape
             _check(logits, want, cfg, f"{backend} piece={piece}")
             assert int(to_numpy(state["layers.1"]["pos"])) == T
+            if backend in ("jax", "tf") and piece != pieces[0]:
+                continue
             last, _ = be.prefill(tokens, piece, last_only=True)
             assert tuple(last.shape) == (2, cfg.vocab_size)
             _check(last, want[:, -1], cfg, f"{backend} piece={piece} last_only")
@@ -155,7 +158,9 @@ def test_prefill_state_continues_in_decode_and_in_prefill(backend):
 
 def test_prefill_without_token_shift_or_abs_pos_and_the_nonfinite_rule():
     cfg = fc.LMConfig(
-        block=fc.FlashConfig(dim=16, qk_dim=8, chunk_size=4, causal=True), vocab_size=13
+        block=fc.FlashConfig(dim=16, qk_dim=8, chunk_size=4, causal=True),
+        vocab_size=13,
+        tie_embeddings=False,  # a NaN embedding row must not reach the head's weights
     )
     p = _params(cfg)
     tokens = _tokens()[:, :T]
