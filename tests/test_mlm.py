@@ -31,6 +31,20 @@ CFG = fc.LMConfig(
     vocab_size=mlm.BYTE_MLM_VOCAB,
     num_layers=2,
 )
+# the masked LM of every architecture: bidirectional FLASH, GAU and Transformer++ blocks
+ARCH_CFGS = {
+    "flash": CFG,
+    "gau": fc.LMConfig(
+        block=fc.FlashConfig(dim=16, kind="gau", qk_dim=8, causal=False, max_len=32),
+        vocab_size=mlm.BYTE_MLM_VOCAB,
+        num_layers=2,
+    ),
+    "transformer": fc.LMConfig(
+        block=fc.TransformerConfig(dim=16, heads=2, causal=False),
+        vocab_size=mlm.BYTE_MLM_VOCAB,
+        num_layers=1,
+    ),
+}
 
 
 def _bytes(shape, seed=0) -> np.ndarray:
@@ -141,15 +155,18 @@ def test_engine_loss_counts_only_chosen_positions(backend):
     assert n_all == y.size and not math.isclose(full / n_all, total / n)
 
 
+@pytest.mark.parametrize("arch", sorted(ARCH_CFGS))
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_mlm_loss_is_the_same_in_every_backend(backend):
+def test_mlm_loss_is_the_same_in_every_backend(backend, arch):
     """float32 engines on the same weights and batch against the spec in float64 (so each pair of
-    backends agrees too): eval loss and the first training step's loss, on the float32 loss row
-    of conformance/tolerances.py (1e-5 relative)."""
-    params = fc.init(CFG, 0)
+    backends agrees too), for the bidirectional FLASH, GAU and Transformer++ masked LMs: eval
+    loss and the first training step's loss, on the float32 loss row of
+    conformance/tolerances.py (1e-5 relative)."""
+    cfg = ARCH_CFGS[arch]
+    params = fc.init(cfg, 0)
     x, y, m = _batch(1)
-    want = mlm.mlm_loss({k: v.astype(np.float64) for k, v in params.items()}, x, y, m, config=CFG)
-    engine = _engine_or_skip(backend)(CFG, params)
+    want = mlm.mlm_loss({k: v.astype(np.float64) for k, v in params.items()}, x, y, m, config=cfg)
+    engine = _engine_or_skip(backend)(cfg, params)
     total, n = engine.eval_loss(x, y, m)
     assert_close(total / n, float(want), quantity="loss", dtype="float32", err_msg="eval")
     step = engine.train_step(x, y, 1e-3, m)  # the loss before the update
