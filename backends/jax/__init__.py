@@ -16,7 +16,9 @@ The math is the flashcore spec, called with ``jax.numpy`` as its array namespace
 
 from . import decode, functional, io, parallel
 from .functional import apply, init, logits, loss
-from .layers import FLASH, GAU, LM, TransformerBlock, module_for, naming_table
+from .layers import FLASH, GAU, TransformerBlock, module_for
+from .lm import LM
+from .naming import naming_table
 
 __all__ = [
     "init",

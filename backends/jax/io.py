@@ -40,7 +40,9 @@ from flashcore.weightmeta import (
     to_native,
 )
 
-from .layers import _get, module_for, naming_table
+from .layers import module_for
+from .module import _get
+from .naming import naming_table
 
 __all__ = [
     "save",

@@ -29,7 +29,9 @@ if _keras.backend.backend() != "tensorflow":
     )
 
 from . import io  # noqa: E402
-from .layers import FLASH, GAU, LM, TransformerBlock, layer_for, naming_table  # noqa: E402
+from .layers import FLASH, GAU, TransformerBlock, layer_for  # noqa: E402
+from .lm import LM  # noqa: E402
+from .naming import naming_table  # noqa: E402
 from .xp import xp  # noqa: E402
 
 __all__ = ["FLASH", "GAU", "TransformerBlock", "LM", "layer_for", "naming_table", "xp", "io"]

@@ -18,7 +18,7 @@ import flashcore as fc
 from flashcore import generation, sampling
 from flashcore.runtime import OptimConfig, check_dtype, decays, single_process_only
 
-from .layers import LM
+from .lm import LM
 from .xp import xp
 
 __all__ = ["Engine"]
