@@ -31,12 +31,13 @@ from flax import nnx
 from flashcore.config import FlashConfig, LMConfig, TransformerConfig
 
 from . import functional
+from .decode import BlockDecoding
 from .module import CanonicalModule, _native, _place
 
 __all__ = ["GAU", "FLASH", "TransformerBlock", "module_for"]
 
 
-class _Layer(CanonicalModule):
+class _Layer(BlockDecoding, CanonicalModule):
     """A single layer or block: canonical params placed by the naming table."""
 
     def __init__(

@@ -2,7 +2,8 @@
 
 The forward and the loss are :mod:`flashcore.jax.functional`'s ``logits`` / ``loss`` on the
 module's canonical parameters; dropout as in :mod:`flashcore.jax.layers` (masks
-``layers.{i}.<site>``).
+``layers.{i}.<site>``); decoding (``decode_init`` / ``decode_step`` / ``prefill`` /
+``generate``) is :class:`flashcore.jax.decode.LMDecoding`.
 
     lm = LM(LMConfig(block=FlashConfig(dim=256, causal=True), vocab_size=256), rngs=nnx.Rngs(0))
     logits = lm(tokens)                       # (b, t) ints -> (b, t, v)
@@ -21,13 +22,14 @@ import flashcore as fc
 from flashcore.config import LMConfig
 
 from . import functional
+from .decode import LMDecoding
 from .layers import module_for
 from .module import CanonicalModule, _batch_time, _native, _place
 
 __all__ = ["LM"]
 
 
-class LM(CanonicalModule):
+class LM(LMDecoding, CanonicalModule):
     """Causal LM: embed (v, d), ``layers`` (nnx.List of blocks), final_norm, head (untied only),
     abs_pos (scaled sinusoidal only). ``core``: FLASH layers' mixed-chunk core, as in FLASH."""
 
@@ -89,24 +91,6 @@ class LM(CanonicalModule):
             segment_ids=segment_ids,
             core=self.core,
             dropout=self._masks(*_batch_time(tokens), dropout, deterministic, rngs),
-        )
-
-    def prefill(
-        self, tokens, *, piece: int = 4096, state: dict | None = None, last_only: bool = False
-    ):
-        """Streamed prefill of a causal FLASH LM (:func:`flashcore.jax.decode.prefill`, jitted
-        pieces with this LM's core): tokens (b, T) -> (logits (b, T, v), or (b, v) with
-        ``last_only``; a decoding state for :func:`flashcore.jax.decode.decode_step`)."""
-        from .decode import prefill
-
-        return prefill(
-            self.to_canonical(),
-            tokens,
-            config=self.config,
-            piece=piece,
-            state=state,
-            last_only=last_only,
-            core=self.core,
         )
 
     def loss(

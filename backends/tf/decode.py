@@ -1,20 +1,23 @@
 """Causal incremental decoding of the Keras layers (:mod:`flashcore.decode`): the methods
 ``decode_init`` / ``decode_step`` of every causal block and of the LM, and the LM's streamed
-``prefill`` (:mod:`flashcore.stream`).
+``prefill`` (:mod:`flashcore.stream`) and ``generate`` (the one loop of :mod:`flashcore.generation`
+with :func:`flashcore.sampling.sample`).
 
     state = layer.decode_init(batch, capacity=None)   # FLASH state, or a GAU / Transformer++ cache
     y_t, state = layer.decode_step(x_t, state)        # x_t (b, d) -> (b, d)
     logits_t, state = lm.decode_step(tokens_t, state) # tokens_t (b,) ints -> (b, v)
     logits, state = lm.prefill(tokens, piece=4096, last_only=True)
+    out = lm.generate(prompt, 100, top_k=40, seed=0)  # (b, t0) -> (b, t0 + 100) int64
 
 Wrap ``decode_step`` in ``tf.function(jit_compile=True)`` to compile one step for every position.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
-from flashcore import decode, stream
+from flashcore import decode, generation, sampling, stream
 
 from .module import no_autograph
 from .xp import xp
@@ -48,7 +51,8 @@ class BlockDecoding:
 
 
 class LMDecoding:
-    """``decode_init`` / ``decode_step`` / ``prefill`` of the LM (mixed into :class:`LM`)."""
+    """``decode_init`` / ``decode_step`` / ``prefill`` / ``generate`` of the LM (mixed into
+    :class:`flashcore.tf.LM`)."""
 
     def decode_init(self, batch: int, capacity: int | None = None) -> dict:
         """An empty decoding state for ``batch`` sequences (``capacity``: positions of a GAU /
@@ -93,4 +97,39 @@ class LMDecoding:
             last_only=last_only,
             xp=xp,
             piece_fn=piece_fn,
+        )
+
+    def generate(
+        self,
+        prompt_tokens,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        lengths=None,
+    ) -> np.ndarray:
+        """Continue ``prompt_tokens`` (b, t0) by ``max_new_tokens`` -> (b, max(lengths) +
+        max_new_tokens) int64: :func:`flashcore.generation.generate_lm` with this LM's decode
+        step and the sampler, each compiled once by XLA (a "recompute" LM reruns the forward
+        eagerly per length). Temperature 0 is greedy; ``lengths``: right-padded prompts."""
+        sampling.check_options(temperature, top_k, top_p)
+        opts = dict(temperature=float(temperature), top_k=top_k, top_p=top_p)
+        step = tf.function(self.decode_step, jit_compile=True, reduce_retracing=True)
+
+        @tf.function(jit_compile=True, reduce_retracing=True)
+        def pick(logits, u):
+            return sampling.sample(logits, tf.cast(u, logits.dtype), xp=xp, **opts)
+
+        return generation.generate_lm(
+            self.config,
+            np.asarray(prompt_tokens),
+            max_new_tokens=max_new_tokens,
+            lengths=lengths,
+            seed=seed,
+            init=self.decode_init,
+            step=lambda tok, state: step(tf.constant(tok, tf.int32), state),
+            forward_last=lambda tokens: self(tf.constant(tokens, tf.int32))[:, -1],
+            pick=lambda logits, u: pick(logits, tf.constant(u)).numpy(),
         )
