@@ -4,8 +4,9 @@ their base in :mod:`flashcore.jax.module`).
 Each module holds its parameters natively as ``nnx.Param`` under Flax-style names (kernels
 ``[in, out]``, norms ``scale`` / ``bias``, embeddings ``embedding``) and calls the spec through
 :mod:`flashcore.jax.functional`. The map to canonical names is the explicit table
-:func:`flashcore.jax.naming.naming_table` ``{canonical: (native_path, transpose)}``; :meth:`load_canonical` and
-:meth:`to_canonical` go through it and nothing else.
+:func:`flashcore.jax.naming.naming_table` ``{canonical: (native_path, transpose)}``;
+``load_canonical`` and ``to_canonical`` go through it and nothing else. Causal blocks decode
+incrementally with ``decode_init`` / ``decode_step`` (:mod:`flashcore.jax.decode`).
 
     model = FLASH(cfg, rngs=nnx.Rngs(0))                   # or FLASH(cfg, params=canonical_dict)
     y = model(x, mask=None, segment_ids=None)              # (b, t, d) -> (b, t, d)

@@ -1,14 +1,7 @@
 """The base of every flashcore.tf layer: Keras weights from canonical params, the canonical <->
 native round trip (through :func:`flashcore.tf.naming.naming_table` and nothing else), dropout
 keep-masks, the Keras config, and :func:`run_static` (the spec on static shapes under Keras'
-unknown batch).
-
-Shapes: the spec builds its masks, RoPE tables and chunk layout on the host from the static
-sequence length, so the time dimension must be known when the layer is traced
-(``keras.Input((T, ...))``); an unknown one raises ValueError. The batch dimension may be unknown
-(Keras' ``fit`` traces its step with batch None): GAU / FLASH then run with
-``xp.with_batch(tf.shape(x)[0])``, the Transformer++ block (whose spec computes b * heads in
-Python) one example at a time under ``tf.map_fn``.
+unknown batch; the rules are the "Shapes" paragraph of :mod:`flashcore.tf.layers`).
 """
 
 from __future__ import annotations
