@@ -5,18 +5,24 @@ The math is the flashcore spec, called with ``jax.numpy`` as its array namespace
 
     functional: init(config, key) -> {canonical name: array}; apply(params, x, config=...);
                 logits / loss for LMs. Pure, for jax.jit / grad / vmap and optax.
-    layers:     FLASH, GAU, TransformerBlock, LM (nnx.Module, parameters as nnx.Param);
-                load_canonical / to_canonical through :func:`naming_table`.
-    decode:     decode_init / decode_step / scan (lax.scan) / generate: causal incremental
-                decoding (FLASH state, GAU / Transformer++ key/value caches).
+    layers, lm: FLASH, GAU, TransformerBlock (layers), LM (lm): nnx.Module, parameters as
+                nnx.Param; load_canonical / to_canonical through :func:`naming_table` (naming).
+    decode:     decode_init / decode_step / scan (lax.scan) / generate / prefill functions, and
+                the same names as methods of the modules: causal incremental decoding (FLASH
+                state, GAU / Transformer++ key/value caches).
     parallel:   data_mesh / shard_batch / replicate: data parallelism with jax.sharding.
     kernels:    flash_core (a Pallas mixed-chunk attention kernel) behind can_use_kernel.
     io:         save / load (Flax msgpack files), save_canonical / load_canonical (safetensors).
+    xp:         the namespace the modules hand the spec.
 """
 
 from . import decode, functional, io, parallel
 from .functional import apply, init, logits, loss
-from .layers import FLASH, GAU, LM, TransformerBlock, block_class, naming_table
+from .layers import FLASH, GAU, TransformerBlock, block_class
+from .lm import LM
+from .module import CanonicalModule
+from .naming import naming_table
+from .xp import xp
 
 __all__ = [
     "init",
@@ -28,9 +34,11 @@ __all__ = [
     "TransformerBlock",
     "LM",
     "block_class",
+    "CanonicalModule",
     "naming_table",
     "functional",
     "decode",
     "parallel",
     "io",
+    "xp",
 ]

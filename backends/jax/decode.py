@@ -11,6 +11,10 @@ the angle-sum identity, exact up to ``flashcore.ops.ROPE_MAX_POSITION`` even in 
     ys, state = scan(params, xs, state, config=cfg)            # xs: (b, t, d) or tokens (b, t)
     tokens = generate(params, prompt, config=lm_cfg, max_new_tokens=32, top_k=40, seed=0)
     logits, state = prefill(params, tokens, config=lm_cfg, piece=4096, last_only=True)
+
+The NNX modules carry the same entry points as methods, named as in every backend
+(:class:`BlockDecoding`, :class:`LMDecoding`): ``module.decode_init(batch, capacity=None)``,
+``module.decode_step(x_t, state)``, ``lm.prefill(tokens, ...)``, ``lm.generate(prompt, n, ...)``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,15 @@ from flashcore.lm import lm_logits
 from . import kernels
 from .xp import xp
 
-__all__ = ["decode_init", "decode_step", "scan", "generate", "prefill"]
+__all__ = [
+    "decode_init",
+    "decode_step",
+    "scan",
+    "generate",
+    "prefill",
+    "BlockDecoding",
+    "LMDecoding",
+]
 
 Config = FlashConfig | TransformerConfig | LMConfig
 
@@ -149,3 +161,67 @@ def prefill(
         piece_fn=lambda t, st: _piece(params, t, st, **opts),
         step_fn=lambda t, st: _step(params, t, st, config=config),
     )
+
+
+class BlockDecoding:
+    """``decode_init`` / ``decode_step`` methods of a causal block (mixed into GAU, FLASH and
+    TransformerBlock): :func:`decode_init` / the jitted :func:`decode_step` on the module's
+    canonical parameters."""
+
+    def decode_init(self, batch: int, capacity: int | None = None) -> dict:
+        """An empty decoding state for ``batch`` sequences in the parameters' dtype (FLASH's
+        state, or a GAU / Transformer++ key/value cache of ``capacity`` positions)."""
+        dtype = next(iter(self.to_canonical().values())).dtype
+        return decode_init(self.config, batch, dtype, capacity=capacity)
+
+    def decode_step(self, x_t, state: dict):
+        """One position: x_t (b, d) -> (out (b, d), new state); the LM: tokens (b,) ints ->
+        (logits (b, v), new state). Equal to the forward's row at this position."""
+        return _step(self.to_canonical(), jnp.asarray(x_t), state, config=self.config)
+
+
+class LMDecoding(BlockDecoding):
+    """The LM's decoding methods (mixed into :class:`flashcore.jax.LM`): ``decode_init`` /
+    ``decode_step`` (from :class:`BlockDecoding`), ``prefill`` and ``generate``."""
+
+    def prefill(
+        self, tokens, *, piece: int = 4096, state: dict | None = None, last_only: bool = False
+    ):
+        """Streamed prefill of a causal FLASH LM (:func:`prefill`, jitted pieces with this LM's
+        core): tokens (b, T) -> (logits (b, T, v), or (b, v) with ``last_only``; a decoding state
+        for :meth:`decode_step`)."""
+        return prefill(
+            self.to_canonical(),
+            tokens,
+            config=self.config,
+            piece=piece,
+            state=state,
+            last_only=last_only,
+            core=self.core,
+        )
+
+    def generate(
+        self,
+        prompt_tokens,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        lengths=None,
+    ) -> np.ndarray:
+        """Continue ``prompt_tokens`` (b, t0) by ``max_new_tokens`` -> (b, max(lengths) +
+        max_new_tokens) int64: :func:`generate` on this LM's parameters (the same tokens as every
+        backend for one ``seed``; temperature 0 is greedy)."""
+        return generate(
+            self.to_canonical(),
+            prompt_tokens,
+            config=self.config,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            lengths=lengths,
+        )

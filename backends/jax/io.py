@@ -40,7 +40,9 @@ from flashcore.weightmeta import (
     to_native,
 )
 
-from .layers import _get, block_class, naming_table
+from .layers import block_class
+from .module import _get
+from .naming import naming_table
 
 __all__ = [
     "save",

@@ -5,6 +5,9 @@ TensorFlow and Keras; Keras must run on its TensorFlow backend (``KERAS_BACKEND`
 
     from flashcore.tf import FLASH, GAU, TransformerBlock, LM, xp
     from flashcore.tf import io   # save / load (Keras .weights.h5), save_canonical / load_canonical
+
+Every causal block and the LM decode incrementally with ``decode_init`` / ``decode_step``
+(:mod:`flashcore.tf.decode`; the LM also ``prefill`` / ``generate``).
 """
 
 import os as _os
@@ -28,8 +31,22 @@ if _keras.backend.backend() != "tensorflow":
         f"{_keras.backend.backend()!r}; set KERAS_BACKEND=tensorflow before importing keras"
     )
 
-from . import io  # noqa: E402
-from .layers import FLASH, GAU, LM, TransformerBlock, block_class, naming_table  # noqa: E402
+from . import decode, io  # noqa: E402
+from .layers import FLASH, GAU, TransformerBlock, block_class  # noqa: E402
+from .lm import LM  # noqa: E402
+from .module import CanonicalModule  # noqa: E402
+from .naming import naming_table  # noqa: E402
 from .xp import xp  # noqa: E402
 
-__all__ = ["FLASH", "GAU", "TransformerBlock", "LM", "block_class", "naming_table", "xp", "io"]
+__all__ = [
+    "FLASH",
+    "GAU",
+    "TransformerBlock",
+    "LM",
+    "block_class",
+    "CanonicalModule",
+    "naming_table",
+    "decode",
+    "io",
+    "xp",
+]

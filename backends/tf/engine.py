@@ -15,7 +15,6 @@ import numpy as np
 import tensorflow as tf
 
 import flashcore as fc
-from flashcore import generation, sampling
 from flashcore.runtime import (
     OptimConfig,
     check_dtype,
@@ -25,7 +24,7 @@ from flashcore.runtime import (
     single_process_only,
 )
 
-from .layers import LM
+from .lm import LM
 from .xp import xp
 
 __all__ = ["Engine"]
@@ -161,24 +160,13 @@ class Engine:
         seed: int = 0,
         lengths: np.ndarray | None = None,
     ) -> np.ndarray:
-        """:func:`flashcore.generation.generate_lm` with the LM's decode step and the sampler,
-        each compiled once by XLA (a "recompute" LM reruns the forward eagerly per length)."""
-        sampling.check_options(temperature, top_k, top_p)
-        opts = dict(temperature=float(temperature), top_k=top_k, top_p=top_p)
-        step = tf.function(self.model.decode_step, jit_compile=True, reduce_retracing=True)
-
-        @tf.function(jit_compile=True, reduce_retracing=True)
-        def pick(logits, u):
-            return sampling.sample(logits, tf.cast(u, logits.dtype), xp=xp, **opts)
-
-        return generation.generate_lm(
-            self.config,
+        """:meth:`flashcore.tf.LM.generate` (:mod:`flashcore.tf.decode`)."""
+        return self.model.generate(
             prompt,
-            max_new_tokens=max_new_tokens,
-            lengths=lengths,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
             seed=seed,
-            init=self.model.decode_init,
-            step=lambda tok, state: step(tf.constant(tok, tf.int32), state),
-            forward_last=lambda tokens: self.model(tf.constant(tokens, tf.int32))[:, -1],
-            pick=lambda logits, u: pick(logits, tf.constant(u)).numpy(),
+            lengths=lengths,
         )

@@ -8,6 +8,9 @@ Modules built from the frozen flashcore configs; their forward calls the flashco
     TransformerBlock(TransformerConfig)   (b, t, d) -> (b, t, d)
     LM(LMConfig)                          (b, t) ints -> (b, t, v) logits
 
+Every causal block and the LM decode incrementally with ``decode_init`` / ``decode_step``
+(:mod:`flashcore.torch.decode`; the LM also ``prefill`` / ``generate``).
+
 ``seed=`` gives the weights of ``flashcore.init(config, seed)``; ``load_canonical`` /
 ``to_canonical`` exchange canonical weights through the naming tables in
 :mod:`flashcore.torch.naming`; :mod:`flashcore.torch.io` saves and loads weight files (canonical
@@ -17,11 +20,12 @@ Hugging Face style folder (config.json + canonical model.safetensors). :mod:`fla
 ``generate``, the ``Trainer``.
 """
 
-from . import io
+from . import decode, io
 from .layers import FLASH, GAU, TransformerBlock, block_class
 from .lm import LM
 from .module import CanonicalModule, ParamGroup
 from .naming import naming_table
+from .xp import xp
 
 __all__ = [
     "GAU",
@@ -32,5 +36,7 @@ __all__ = [
     "CanonicalModule",
     "ParamGroup",
     "naming_table",
+    "decode",
     "io",
+    "xp",
 ]

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 import flashcore as fc
-from flashcore import decode
 from flashcore import dropout as drop
 
 from . import kernels
+from .decode import BlockDecoding
 from .module import CanonicalModule, ParamGroup, norm_params
 from .xp import xp
 
@@ -52,26 +52,7 @@ def draw_dropout(module: nn.Module, config, b: int, t: int, device) -> dict | No
     return drop.draw(config, b, t, bernoulli)
 
 
-class _Decoding:
-    """Incremental decoding of a causal block (:mod:`flashcore.decode`): FLASH's constant-size
-    state, or a GAU / Transformer++ key/value cache of ``capacity`` positions."""
-
-    def decode_init(self, batch: int, capacity: int | None = None) -> dict[str, torch.Tensor]:
-        """An empty decoding state for ``batch`` sequences, in the parameters' dtype and device."""
-        p = next(self.parameters())
-        return decode.decode_init(
-            self.config, batch, capacity=capacity, xp=xp, dtype=p.dtype, device=p.device
-        )
-
-    def decode_step(
-        self, x_t: torch.Tensor, state: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One position per row: x_t (b, d) -> (out (b, d), new state); out equals the
-        forward's at this position (the last row of the forward on the prefix, for GAU)."""
-        return decode.decode_step(self.canonical_params(), x_t, state, config=self.config, xp=xp)
-
-
-class _FlashLayer(_Decoding, CanonicalModule):
+class _FlashLayer(BlockDecoding, CanonicalModule):
     """Parameters shared by GAU and FLASH.
 
     ``seed`` sets the weights to ``flashcore.init(config, seed)`` (None: a seed from torch's
@@ -152,7 +133,7 @@ class FLASH(_FlashLayer):
         )
 
 
-class TransformerBlock(_Decoding, CanonicalModule):
+class TransformerBlock(BlockDecoding, CanonicalModule):
     """The Transformer++ baseline block (pre-norm softmax attention with RoPE, then SwiGLU).
 
     ``seed`` / ``init``: as for :class:`FLASH`.

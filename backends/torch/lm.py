@@ -1,7 +1,7 @@
 """The language model as a torch module: embedding, blocks, final norm, head (tied by default).
 
-The forward and the loss are flashcore.lm_logits / lm_loss; decoding is flashcore.decode (FLASH's
-state, GAU / Transformer++ key/value caches) driven by the one loop of flashcore.generation.
+The forward and the loss are flashcore.lm_logits / lm_loss; decoding (``decode_init`` /
+``decode_step`` / ``prefill`` / ``generate``) is :class:`flashcore.torch.decode.LMDecoding`.
 
     lm = LM(LMConfig(block=FlashConfig(dim=256, causal=True), vocab_size=256), seed=0)
     logits = lm(tokens)                       # (b, t) ints -> (b, t, v)
@@ -15,14 +15,13 @@ from ``lm.generator`` (None: torch's global generator), eval mode none.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 import flashcore as fc
-from flashcore import decode, generation, sampling, stream
 
 from . import kernels
+from .decode import LMDecoding
 from .layers import block_class, draw_dropout
 from .module import CanonicalModule, ParamGroup, norm_params
 from .xp import xp
@@ -30,7 +29,7 @@ from .xp import xp
 __all__ = ["LM"]
 
 
-class LM(CanonicalModule):
+class LM(LMDecoding, CanonicalModule):
     """A causal LM over ``LMConfig``; ``layers[i]`` is a FLASH, GAU or TransformerBlock module.
 
     ``seed`` initialises the whole model as ``flashcore.init(config, seed)`` (None: a seed from
@@ -136,99 +135,3 @@ class LM(CanonicalModule):
     def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask=None) -> torch.Tensor:
         """``flashcore.cross_entropy`` on logits already computed: (b, t, v), (b, t) -> ()."""
         return fc.cross_entropy(logits, targets, mask, xp=xp)
-
-    # -- generation ------------------------------------------------------------------------
-    @property
-    def decode_method(self) -> str:
-        """How this LM decodes (:func:`flashcore.decode.decode_method`): "state", "cache" or
-        "recompute"."""
-        return decode.decode_method(self.config)
-
-    def decode_init(self, batch: int, capacity: int | None = None) -> dict[str, dict]:
-        """An empty state ``{"layers.{i}": layer state}`` (see :mod:`flashcore.decode`);
-        ``capacity``: positions of a GAU / Transformer++ cache."""
-        p = self.embed.weight
-        return decode.lm_decode_init(
-            self.config, batch, capacity=capacity, xp=xp, dtype=p.dtype, device=p.device
-        )
-
-    def decode_step(
-        self, tokens_t: torch.Tensor, state: dict
-    ) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
-        """One token per row: tokens_t (b,) ints -> (logits (b, v), new state); the logits equal
-        the forward's at this position."""
-        return decode.lm_decode_step(
-            self.canonical_params(), tokens_t, state, config=self.config, xp=xp
-        )
-
-    @torch.no_grad()
-    def prefill(
-        self,
-        tokens: torch.Tensor,
-        *,
-        piece: int = 4096,
-        state: dict | None = None,
-        last_only: bool = False,
-    ) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
-        """Streamed prefill of a causal FLASH LM (:func:`flashcore.stream.lm_prefill`): tokens
-        (b, T) ints, ``piece`` positions (a multiple of C) at a time, each through the fused
-        core (:mod:`flashcore.torch.kernels`) with the carried state; memory independent of T.
-
-        -> (logits (b, T, v), or the last position's (b, v) with ``last_only``; a decoding state
-        that :meth:`decode_step` continues and ``state=`` streams on from). No autograd.
-        """
-        return stream.lm_prefill(
-            self.canonical_params(),
-            tokens,
-            config=self.config,
-            piece=piece,
-            state=state,
-            last_only=last_only,
-            xp=xp,
-            core=kernels.attention_core,
-        )
-
-    @torch.no_grad()
-    def generate(
-        self,
-        prompt_tokens,
-        max_new_tokens: int,
-        *,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int = 0,
-        lengths=None,
-    ) -> torch.Tensor:
-        """Continue ``prompt_tokens`` (b, t0) by ``max_new_tokens`` -> (b, max(lengths) +
-        max_new_tokens) int64 on the parameters' device.
-
-        :func:`flashcore.generation.generate_lm` with this module's decode step (or its forward,
-        for a "recompute" LM) and :func:`flashcore.sampling.sample` (temperature 0: greedy).
-        ``lengths`` (b,): prompts of different lengths, right-padded (see
-        :mod:`flashcore.generation`). ``seed`` gives the same tokens in every backend.
-        """
-        sampling.check_options(temperature, top_k, top_p)
-        dev = self.embed.weight.device
-        opts = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-
-        def tensor(a: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(a, device=dev)
-
-        def pick(logits, u):
-            return sampling.sample(logits, tensor(u), xp=xp, **opts).cpu().numpy()
-
-        if isinstance(prompt_tokens, torch.Tensor):
-            prompt_tokens = prompt_tokens.cpu().numpy()
-        out = generation.generate_lm(
-            self.config,
-            prompt_tokens,
-            max_new_tokens=max_new_tokens,
-            lengths=lengths,
-            seed=seed,
-            init=self.decode_init,
-            step=lambda tok, state: self.decode_step(tensor(tok), state),
-            forward_last=lambda tokens: self(tensor(tokens))[:, -1],
-            pick=pick,
-        )
-        return tensor(out)

@@ -97,15 +97,15 @@ def bench_main(argv: list[str]) -> int:
         )
         return 2
     try:
-        mod = importlib.import_module(f"flashcore.{backend}.bench")
+        importlib.import_module(f"flashcore.{backend}.bench")  # its own dependencies present?
     except ImportError as err:
         print(f"flashcore bench: the {backend} benchmark is not available: {err}", file=sys.stderr)
         return 2
     if backend in benchtable.TABLE_BACKENDS:
         return benchtable.main(backend, argv)
-    from . import progress
+    from . import torchbench  # the torch comparison run around flashcore.torch.bench
 
-    return int(mod.main(argv, progress=progress) or 0)
+    return torchbench.main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

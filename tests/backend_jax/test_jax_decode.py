@@ -154,3 +154,31 @@ def test_generate_rejects_bad_options():
             decode.generate(p, np.zeros((1, 2), int), config=cfg, max_new_tokens=2, **kw)
     with pytest.raises(ValueError, match=r"\[0, 13\)"):
         decode.generate(p, np.full((1, 2), 13), config=cfg, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("name", ["flash", "gau", "transformer"])
+def test_module_methods_decode_as_the_functions(name):
+    """The NNX modules' decode_init / decode_step (the names of every backend) follow the forward
+    on the prefix, as the functions do; the LM's generate is decode.generate on its weights."""
+    from flashcore.jax import LM, block_class
+
+    cfg = BLOCKS[name]
+    with jax.enable_x64(True):
+        p = _p64(cfg)
+        layer = block_class(cfg)(cfg, params=p)
+        x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 5, 16)))
+        state = layer.decode_init(2, capacity=5)
+        assert state["pos"].shape == () and int(state["pos"]) == 0
+        for i in range(5):
+            y, state = layer.decode_step(x[:, i], state)
+            _close(y, apply(p, x[:, : i + 1], config=cfg)[:, i], f"position {i}")
+    lm_cfg = fc.LMConfig(block=GENERATE[name], vocab_size=13)
+    lp = {k: jnp.asarray(v, jnp.float32) for k, v in noisy_params(lm_cfg, 3).items()}
+    lm = LM(lm_cfg, params=lp)
+    prompt = np.random.default_rng(4).integers(0, 13, (2, 5))
+    kw = dict(temperature=1.5, top_k=3, seed=2)
+    want = decode.generate(lp, prompt, config=lm_cfg, max_new_tokens=3, **kw)
+    np.testing.assert_array_equal(lm.generate(prompt, 3, **kw), want)  # the same function
+    if fc.decode.decode_method(lm_cfg) != "recompute":  # (two GAU layers rerun the forward)
+        logits, st = lm.decode_step(prompt[:, 0], lm.decode_init(2, capacity=5))
+        assert logits.shape == (2, 13) and int(st["layers.0"]["pos"]) == 1

@@ -269,9 +269,9 @@ def test_mixed_bfloat16_runs_in_bfloat16_within_the_bf16_table(name):
 
 def test_the_transpose_flag_of_the_table_is_honoured(monkeypatch):
     """Keras needs no transposes, but the loader must honour the flag: store out.kernel as (d, e)."""
-    from flashcore.tf import layers
+    from flashcore.tf import naming
 
-    monkeypatch.setitem(layers._FLASH, "out.kernel", ("out_kernel_t", True))
+    monkeypatch.setitem(naming._FLASH, "out.kernel", ("out_kernel_t", True))
     cfg = FLASH_CFG
     params = _noisy(cfg)
     layer = FLASH(cfg, params=params)

@@ -1,5 +1,5 @@
-"""flashcore.torch.bench: the FLOP model, the matched Transformer++ baseline, and a tiny end-to-end
-run of ``main`` (children, table, JSON, plot)."""
+"""flashcore.torch.bench: the FLOP model, the matched Transformer++ baseline; and a tiny end-to-end
+run of the command, flashcore.app.torchbench.main (children, table, JSON, plot)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from flashcore.app import torchbench  # noqa: E402
 from flashcore.conformance.assertions import assert_close  # noqa: E402
 from flashcore.torch import TransformerBlock, bench  # noqa: E402
 
@@ -39,7 +40,7 @@ def test_transformer_flops_per_token_matches_torchs_count():
     # torch's count of the block's matmuls; its dense T x T attention matmuls (bmm) are halved,
     # as the formula counts causal attention
     t = 2 * bench.CHUNK
-    ffn = bench.matched_ffn_dim(2 * bench._flash_layer_params())
+    ffn = bench.matched_ffn_dim(2 * bench.flash_layer_params())
     counted = _counted_flops(bench._transformer_block(ffn), t)
     assert set(counted) == {"aten.mm", "aten.bmm"}, counted
     per_token = (counted["aten.mm"] + counted["aten.bmm"] / 2) / t
@@ -50,7 +51,7 @@ def test_transformer_baseline_matches_the_flash_pair_in_size():
     import flashcore as fc
 
     target = 2 * sum(a.size for a in fc.init(bench._flash_config(), 0).values())
-    assert target == 2 * bench._flash_layer_params()
+    assert target == 2 * bench.flash_layer_params()
     ffn = bench.matched_ffn_dim(target)
     model = bench._transformer_block(ffn)  # flashcore.torch's block, not a private copy
     assert isinstance(model, TransformerBlock) and model.config.ffn_dim == ffn
@@ -76,7 +77,7 @@ def test_bench_main_end_to_end(tmp_path):
     argv = ["--lengths", "256", "--dtypes", "float32", "bfloat16", "--repeats", "1"]
     argv += ["--warmup", "0", "--threads", "1", "--matmul-size", "256", "--out", str(tmp_path)]
     argv += ["--models", *models]
-    assert bench.main(argv) == 0
+    assert torchbench.main(argv) == 0
     data = json.loads((tmp_path / "bench.json").read_text())
     rows = {(r["model"], r["dtype"]): r for r in data["rows"]}
     for model in models:

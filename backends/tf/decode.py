@@ -1,0 +1,135 @@
+"""Causal incremental decoding of the Keras layers (:mod:`flashcore.decode`): the methods
+``decode_init`` / ``decode_step`` of every causal block and of the LM, and the LM's streamed
+``prefill`` (:mod:`flashcore.stream`) and ``generate`` (the one loop of :mod:`flashcore.generation`
+with :func:`flashcore.sampling.sample`).
+
+    state = layer.decode_init(batch, capacity=None)   # FLASH state, or a GAU / Transformer++ cache
+    y_t, state = layer.decode_step(x_t, state)        # x_t (b, d) -> (b, d)
+    logits_t, state = lm.decode_step(tokens_t, state) # tokens_t (b,) ints -> (b, v)
+    logits, state = lm.prefill(tokens, piece=4096, last_only=True)
+    out = lm.generate(prompt, 100, top_k=40, seed=0)  # (b, t0) -> (b, t0 + 100) int64
+
+Wrap ``decode_step`` in ``tf.function(jit_compile=True)`` to compile one step for every position.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from flashcore import decode, generation, sampling, stream
+
+from .module import no_autograph
+from .xp import xp
+
+__all__ = ["BlockDecoding", "LMDecoding"]
+
+
+def _decode_state(state: dict) -> dict:
+    # TF does not promote int32 with int64, and the spec compares pos with int64 host constants.
+    return {**state, "pos": tf.cast(state["pos"], tf.int64)}
+
+
+class BlockDecoding:
+    """``decode_init`` / ``decode_step`` of a causal block (mixed into GAU, FLASH and
+    TransformerBlock)."""
+
+    def decode_init(self, batch: int, capacity: int | None = None) -> dict[str, tf.Tensor]:
+        """An empty decoding state for ``batch`` sequences (FLASH's state, or a GAU /
+        Transformer++ key/value cache of ``capacity`` positions; see :mod:`flashcore.decode`)."""
+        dtype = tf.as_dtype(self.compute_dtype)
+        state = decode.decode_init(self.config, batch, capacity=capacity, xp=xp, dtype=dtype)
+        return _decode_state(state)
+
+    @no_autograph
+    def decode_step(self, x_t, state: dict) -> tuple[tf.Tensor, dict]:
+        """One position: x_t (b, d) -> (out (b, d), new state), the forward's row at this
+        position (for GAU: the last row of the forward on the prefix). Wrap in ``tf.function``
+        to compile one step for every position."""
+        x_t = tf.cast(x_t, self.compute_dtype)
+        return decode.decode_step(self.canonical_params(), x_t, state, config=self.config, xp=xp)
+
+
+class LMDecoding:
+    """``decode_init`` / ``decode_step`` / ``prefill`` / ``generate`` of the LM (mixed into
+    :class:`flashcore.tf.LM`)."""
+
+    def decode_init(self, batch: int, capacity: int | None = None) -> dict:
+        """An empty decoding state for ``batch`` sequences (``capacity``: positions of a GAU /
+        Transformer++ cache; see :func:`flashcore.decode.lm_decode_init`)."""
+        dtype = tf.as_dtype(self.compute_dtype)
+        state = decode.lm_decode_init(self.config, batch, capacity=capacity, xp=xp, dtype=dtype)
+        return {k: _decode_state(v) for k, v in state.items()}
+
+    @no_autograph
+    def decode_step(self, tokens_t, state: dict) -> tuple[tf.Tensor, dict]:
+        """One token per row: tokens_t (b,) ints -> (logits (b, v), new state).
+
+        Wrap in ``tf.function(jit_compile=True)`` to compile one step for every position.
+        """
+        return decode.lm_decode_step(
+            self.canonical_params(), tokens_t, state, config=self.config, xp=xp
+        )
+
+    @no_autograph
+    def prefill(
+        self, tokens, *, piece: int = 4096, state: dict | None = None, last_only: bool = False
+    ) -> tuple[tf.Tensor, dict]:
+        """Streamed prefill of a causal FLASH LM (:func:`flashcore.stream.lm_prefill`): tokens
+        (b, T) ints, ``piece`` positions (a multiple of C) at a time, each piece one
+        ``tf.function`` call (traced once per piece length) carrying the decoding state.
+
+        -> (logits (b, T, v), or the last position's (b, v) with ``last_only``; a decoding state
+        for :meth:`decode_step`, or ``state=`` to stream on).
+        """
+        params = self.canonical_params()
+        tokens = tf.convert_to_tensor(tokens)
+        if state is None:
+            state = self.decode_init(int(tokens.shape[0]))
+        opts = dict(config=self.config, xp=xp, last_only=last_only)
+        piece_fn = tf.function(lambda t, s: stream.prefill_piece(params, t, s, **opts))
+        return stream.lm_prefill(
+            params,
+            tokens,
+            config=self.config,
+            piece=piece,
+            state=state,
+            last_only=last_only,
+            xp=xp,
+            piece_fn=piece_fn,
+        )
+
+    def generate(
+        self,
+        prompt_tokens,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        lengths=None,
+    ) -> np.ndarray:
+        """Continue ``prompt_tokens`` (b, t0) by ``max_new_tokens`` -> (b, max(lengths) +
+        max_new_tokens) int64: :func:`flashcore.generation.generate_lm` with this LM's decode
+        step and the sampler, each compiled once by XLA (a "recompute" LM reruns the forward
+        eagerly per length). Temperature 0 is greedy; ``lengths``: right-padded prompts."""
+        sampling.check_options(temperature, top_k, top_p)
+        opts = dict(temperature=float(temperature), top_k=top_k, top_p=top_p)
+        step = tf.function(self.decode_step, jit_compile=True, reduce_retracing=True)
+
+        @tf.function(jit_compile=True, reduce_retracing=True)
+        def pick(logits, u):
+            return sampling.sample(logits, tf.cast(u, logits.dtype), xp=xp, **opts)
+
+        return generation.generate_lm(
+            self.config,
+            np.asarray(prompt_tokens),
+            max_new_tokens=max_new_tokens,
+            lengths=lengths,
+            seed=seed,
+            init=self.decode_init,
+            step=lambda tok, state: step(tf.constant(tok, tf.int32), state),
+            forward_last=lambda tokens: self(tf.constant(tokens, tf.int32))[:, -1],
+            pick=lambda logits, u: pick(logits, tf.constant(u)).numpy(),
+        )

@@ -1,0 +1,99 @@
+"""The language model as a Keras 3 layer: embedding, blocks, final norm, head (tied by default).
+
+The forward is one call of ``flashcore.lm_logits`` on the TF namespace; decoding
+(``decode_init`` / ``decode_step`` / ``prefill``) is :class:`flashcore.tf.decode.LMDecoding`.
+Masks, shapes, precision and dropout as in :mod:`flashcore.tf.layers`.
+
+    lm = LM(LMConfig(block=FlashConfig(dim=256, causal=True), vocab_size=256))
+    logits = lm(tokens)                                    # (b, t) ints -> (b, t, v)
+    lm = LM.from_pretrained("dir")                         # config.json + canonical safetensors
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+import flashcore as fc
+from flashcore.config import LMConfig, TransformerConfig
+
+from .decode import LMDecoding
+from .layers import block_class
+from .module import CanonicalModule, no_autograph, run_static
+
+__all__ = ["LM"]
+
+
+@keras.saving.register_keras_serializable(package="flashcore")
+class LM(LMDecoding, CanonicalModule):
+    """A causal language model: tokens (b, t) ints -> logits (b, t, v).
+
+    Sub-layers ``blocks[i]`` (named ``block_{i}``) hold the block weights; the LM holds
+    ``embeddings`` (v, d), ``abs_pos_scale`` (1,) with scaled sinusoidal positions, the final norm
+    and, as configured, ``head_kernel`` (d, v) and ``head_bias`` (v,). The forward is one call of
+    ``fc.lm_logits``.
+    """
+
+    config_type = LMConfig
+
+    def _create_weights(self, params: dict) -> None:
+        cls = block_class(self.config.block)
+        self.blocks = [
+            cls(
+                self.config.block,
+                params=fc.subtree(params, f"layers.{i}."),
+                name=f"block_{i}",
+                dtype=self.dtype_policy,
+            )
+            for i in range(self.config.num_layers)
+        ]
+        super()._create_weights(params)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, *, dtype: str | None = None, **hub) -> LM:
+        """An LM from a pretrained directory (config.json + canonical model.safetensors, as
+        transformers' ``save_pretrained`` via flashcore.torch.hf and ``flashcore export`` write
+        it) or a Hub id (``hub``: see :func:`flashcore.pretrained.resolve`). ``dtype``: a Keras
+        dtype or policy (default: the file's dtype). Needs no transformers."""
+        from flashcore import pretrained
+        from flashcore.weightmeta import common_dtype
+
+        params, config = pretrained.load(name_or_path, **hub)
+        if dtype is None:
+            dtype = common_dtype(params).name
+        return cls(config, params=params, dtype=dtype)
+
+    def native_variables(self) -> dict[str, keras.Variable]:
+        out = dict(self._native)
+        for i, block in enumerate(self.blocks):
+            out |= {f"block_{i}/{k}": v for k, v in block.native_variables().items()}
+        return out
+
+    @no_autograph
+    def call(self, inputs, mask=None, segment_ids=None, training=None, dropout=None):
+        """inputs: (b, t) token ids; mask: (b, t) bool; segment_ids: (b, t) ints -> (b, t, v).
+        dropout: keep-masks ``layers.{i}.<site>`` (None: drawn when ``training``)."""
+        params = self.canonical_params()
+        tokens = tf.convert_to_tensor(inputs)  # ints (checked by the spec): Input(dtype="int32")
+        mask = None if mask is None else tf.convert_to_tensor(mask)  # the spec checks it is bool
+        segment_ids = None if segment_ids is None else tf.convert_to_tensor(segment_ids)
+        masks = self._masks(tokens, training, dropout)
+
+        def run(xp, t, m, s, d):
+            return fc.lm_logits(
+                params, t, config=self.config, mask=m, segment_ids=s, xp=xp, dropout=d
+            )
+
+        per_example = isinstance(self.config.block, TransformerConfig)
+        return run_static(
+            run,
+            tokens,
+            mask,
+            segment_ids,
+            out_dtype=self.compute_dtype,
+            per_example=per_example,
+            dropout=masks,
+        )
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:2], self.config.vocab_size)
