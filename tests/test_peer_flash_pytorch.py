@@ -81,8 +81,8 @@ def _compare(where, cfg, params, inputs, ref, mask):
     for dtype in checked:
         tol = {"float64": 1e-9, "float32": 1e-5}[dtype]
         with adapter.strict_precision():
-            res = adapter.run(cfg, params, inputs, dtype)
-        err = np.abs(res.output - ref)[real].max() / max(1.0, np.abs(ref[real]).max())
+            out = adapter.output(cfg, params, inputs, dtype)
+        err = np.abs(out - ref)[real].max() / max(1.0, np.abs(ref[real]).max())
         assert err <= tol, f"{where} {dtype}: {err:.3g}"
 
 

@@ -46,8 +46,15 @@ class JaxAdapter(Adapter):
         with jax.enable_x64(dtype == "float64"):
             return _run(config, params, inputs, dtype)
 
+    def output(self, config, params, inputs, dtype) -> np.ndarray:
+        """The jitted forward alone (no gradient program to compile)."""
+        import jax
 
-def _run(config, params, inputs, dtype) -> Result:
+        with jax.enable_x64(dtype == "float64"):
+            return _run(config, params, inputs, dtype, grads=False).output
+
+
+def _run(config, params, inputs, dtype, grads: bool = True) -> Result:
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -62,6 +69,15 @@ def _run(config, params, inputs, dtype) -> Result:
     masks = golden.dropout_masks(inputs)  # given keep-masks (dropout cases)
     drop = {"dropout": {k: jnp.asarray(v) for k, v in masks.items()}} if masks else {}
 
+    f64 = lambda a: np.asarray(a).astype(np.float64)  # noqa: E731  (bfloat16 via ml_dtypes)
+    if not grads:
+        key = "tokens" if isinstance(config, LMConfig) else "x"
+        first = jnp.asarray(inputs[key], dtype=None if key == "tokens" else dt)
+
+        def forward(state, first):
+            return nnx.merge(graphdef, state)(first, mask=mask, segment_ids=seg, **drop)
+
+        return Result(f64(jax.jit(forward)(state, first)), float("nan"), None, "output only")
     if isinstance(config, LMConfig):
         tokens, targets = jnp.asarray(inputs["tokens"]), jnp.asarray(inputs["targets"])
 
@@ -84,5 +100,4 @@ def _run(config, params, inputs, dtype) -> Result:
         (loss, out), (g_state, g_x) = step(state, x)
         grads = {"x": g_x}
     grads.update({f"param/{k}": v for k, v in nnx.merge(graphdef, g_state).to_canonical().items()})
-    f64 = lambda a: np.asarray(a).astype(np.float64)  # noqa: E731  (bfloat16 via ml_dtypes)
     return Result(f64(out), float(loss), {k: f64(v) for k, v in grads.items()})

@@ -68,3 +68,15 @@ class Adapter:
         "targets" (b, t) int64 for LMs; optional "mask" (b, t) bool and "segment_ids" (b, t) int64.
         """
         raise NotImplementedError
+
+    def output(
+        self,
+        config: fc.FlashConfig | fc.TransformerConfig | fc.LMConfig,
+        params: dict[str, np.ndarray],
+        inputs: dict[str, np.ndarray],
+        dtype: str,
+    ) -> np.ndarray:
+        """Only :meth:`run`'s output, (b, t, d) or (b, t, v) float64, for checks that need no
+        gradients (the peer-parity tests). The default calls :meth:`run`; a backend whose
+        gradients are costly to compile may override it with a forward-only call."""
+        return self.run(config, params, inputs, dtype).output

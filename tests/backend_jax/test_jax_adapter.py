@@ -54,3 +54,16 @@ def test_bfloat16_layer_output_within_tolerance():
     checks = runner.run_case(JaxAdapter(), golden.load("flash-causal-T%C"), "bfloat16", "jax")
     out = [c for c in checks if c.quantity == "output"]
     assert out and out[0].status == "pass", out[0].describe()
+
+
+@pytest.mark.parametrize("name", ["gau-bidir-pad", "lm-flash"])
+def test_output_alone_is_the_golden_output(name):
+    """``output`` (a forward-only program, for the peer-parity tests) against the golden output,
+    on the table's output tolerance in float64 and float32."""
+    from flashcore.conformance.assertions import assert_close
+
+    g = golden.load(name)
+    for dtype in ("float64", "float32"):
+        got = JaxAdapter().output(g.config, g.params, g.inputs, dtype)
+        assert got.shape == g.output.shape
+        assert_close(got, g.output, quantity="output", dtype=dtype, err_msg=f"{name} {dtype}")
