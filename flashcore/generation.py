@@ -29,6 +29,10 @@ decode_method` names for the LM (a state or cache sized for the whole output, or
 
 ``start``: positions already consumed by ``state`` (a prefill of ``prompt[:, :start]``, at most
 ``min(lengths) - 1``); the loop feeds ``prompt[:, start]`` first.
+
+:class:`Generating` is the public ``generate`` method of every backend's LM module and engine,
+written once: the options, their check and the documentation; each class supplies
+``_generate(prompt, max_new_tokens, sampler, seed, lengths)``.
 """
 
 from __future__ import annotations
@@ -39,9 +43,9 @@ import numpy as np
 
 from .config import LMConfig
 from .decode import decode_method
-from .sampling import uniform_draws
+from .sampling import check_options, uniform_draws
 
-__all__ = ["generate", "generate_lm", "recompute", "check_prompt"]
+__all__ = ["generate", "generate_lm", "recompute", "check_prompt", "Generating"]
 
 
 def check_prompt(prompt, lengths, max_new_tokens: int, vocab_size: int | None):
@@ -148,3 +152,35 @@ def generate_lm(
         seed=seed,
         vocab_size=config.vocab_size,
     )
+
+
+class Generating:
+    """``generate`` for a backend's LM module or engine (a mixin; no framework here). The class
+    supplies ``_generate(prompt, max_new_tokens, sampler, seed, lengths)``, ``sampler`` being the
+    checked ``{"temperature", "top_k", "top_p"}`` for :func:`flashcore.sampling.sample`."""
+
+    def generate(
+        self,
+        prompt,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        lengths=None,
+    ):
+        """Continue ``prompt`` (b, t0) token ids by ``max_new_tokens`` -> (b, max(lengths) +
+        max_new_tokens) int64 (NumPy from engines; the framework's array from LM modules).
+
+        :func:`generate_lm`: the LM's cached decoder (FLASH state, key/value cache) or a rerun of
+        its forward (a "recompute" LM), and :func:`flashcore.sampling.sample`: ``temperature`` 0
+        is greedy, ``top_k`` / ``top_p`` restrict the draw. ``lengths`` (b,): prompts of
+        different lengths, right-padded. One ``seed`` gives the same tokens in every backend.
+        """
+        check_options(temperature, top_k, top_p)
+        sampler = {"temperature": float(temperature), "top_k": top_k, "top_p": top_p}
+        return self._generate(prompt, max_new_tokens, sampler, seed, lengths)
+
+    def _generate(self, prompt, max_new_tokens: int, sampler: dict, seed: int, lengths):
+        raise NotImplementedError

@@ -42,7 +42,7 @@ from .layers import attention_core_flash, flash_checked, layer_norm
 from .lm import abs_positions, final_norm, head
 from .params import subtree
 
-__all__ = ["check_stream", "carry_core", "prefill_piece", "lm_prefill"]
+__all__ = ["check_stream", "carry_core", "prefill_piece", "lm_prefill", "Prefilling"]
 
 
 def check_stream(config) -> None:
@@ -265,3 +265,22 @@ def lm_prefill(
     if last_only:
         return outs[0], state
     return (outs[0] if len(outs) == 1 else xp.concat(outs, axis=1)), state
+
+
+class Prefilling:
+    """``prefill`` for a backend's LM module (a mixin; no framework here). The class supplies
+    ``_prefill(tokens, options)``, ``options`` being ``{"piece", "state", "last_only"}`` for
+    :func:`lm_prefill` with the backend's compiled pieces."""
+
+    def prefill(self, tokens, *, piece: int = 4096, state: dict | None = None, last_only=False):
+        """Streamed prefill of a causal FLASH LM (:func:`lm_prefill`): tokens (b, T) ints,
+        ``piece`` positions (a multiple of C) at a time through the backend's core, carrying the
+        linear-attention state and token-shift row; memory independent of T.
+
+        -> (logits (b, T, v), or the last position's (b, v) with ``last_only``; a decoding state
+        that ``decode_step`` continues and ``state=`` streams on from). No gradients.
+        """
+        return self._prefill(tokens, {"piece": piece, "state": state, "last_only": last_only})
+
+    def _prefill(self, tokens, options: dict):
+        raise NotImplementedError

@@ -180,48 +180,20 @@ class BlockDecoding:
         return _step(self.to_canonical(), jnp.asarray(x_t), state, config=self.config)
 
 
-class LMDecoding(BlockDecoding):
+class LMDecoding(BlockDecoding, generation.Generating, stream.Prefilling):
     """The LM's decoding methods (mixed into :class:`flashcore.jax.LM`): ``decode_init`` /
     ``decode_step`` (from :class:`BlockDecoding`), ``prefill`` and ``generate``."""
 
-    def prefill(
-        self, tokens, *, piece: int = 4096, state: dict | None = None, last_only: bool = False
-    ):
-        """Streamed prefill of a causal FLASH LM (:func:`prefill`, jitted pieces with this LM's
-        core): tokens (b, T) -> (logits (b, T, v), or (b, v) with ``last_only``; a decoding state
-        for :meth:`decode_step`)."""
-        return prefill(
-            self.to_canonical(),
-            tokens,
-            config=self.config,
-            piece=piece,
-            state=state,
-            last_only=last_only,
-            core=self.core,
-        )
+    def _prefill(self, tokens, options: dict):
+        """:meth:`prefill` (:class:`flashcore.stream.Prefilling`): :func:`prefill`, jitted pieces
+        with this LM's core."""
+        return prefill(self.to_canonical(), tokens, config=self.config, core=self.core, **options)
 
-    def generate(
-        self,
-        prompt_tokens,
-        max_new_tokens: int,
-        *,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int = 0,
-        lengths=None,
-    ) -> np.ndarray:
-        """Continue ``prompt_tokens`` (b, t0) by ``max_new_tokens`` -> (b, max(lengths) +
-        max_new_tokens) int64: :func:`generate` on this LM's parameters (the same tokens as every
-        backend for one ``seed``; temperature 0 is greedy)."""
+    def _generate(self, prompt_tokens, max_new_tokens: int, sampler: dict, seed: int, lengths):
+        """:meth:`generate` (:class:`flashcore.generation.Generating`): :func:`generate` on this
+        LM's parameters -> NumPy int64."""
+        params = self.to_canonical()
         return generate(
-            self.to_canonical(),
-            prompt_tokens,
-            config=self.config,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            lengths=lengths,
-        )
+            params, prompt_tokens, config=self.config, max_new_tokens=max_new_tokens, seed=seed,
+            lengths=lengths, **sampler,
+        )  # fmt: skip

@@ -23,6 +23,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 import flashcore as fc
+from flashcore.generation import Generating
 from flashcore.runtime import (
     OptimConfig,
     check_dtype,
@@ -55,7 +56,7 @@ def _replace_adam(state, new):
     )
 
 
-class Engine:
+class Engine(Generating):
     def __init__(
         self,
         config: fc.LMConfig,
@@ -201,28 +202,12 @@ class Engine:
     def close(self) -> None:
         pass
 
-    def generate(
-        self,
-        prompt: np.ndarray,
-        max_new_tokens: int,
-        *,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int = 0,
-        lengths: np.ndarray | None = None,
-    ) -> np.ndarray:
+    def _generate(self, prompt, max_new_tokens: int, sampler: dict, seed: int, lengths):
+        """:meth:`generate` (:class:`flashcore.generation.Generating`) on one device."""
         params = {k: v.astype(self.compute) for k, v in self.state.items()}
         if self.mesh is not None:  # decode on one device
             params = jax.device_put(params, jax.devices()[0])
         return decode.generate(
-            params,
-            prompt,
-            config=self.config,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            lengths=lengths,
-        )
+            params, prompt, config=self.config, max_new_tokens=max_new_tokens, seed=seed,
+            lengths=lengths, **sampler,
+        )  # fmt: skip

@@ -50,7 +50,7 @@ class BlockDecoding:
         return decode.decode_step(self.canonical_params(), x_t, state, config=self.config, xp=xp)
 
 
-class LMDecoding:
+class LMDecoding(generation.Generating, stream.Prefilling):
     """``decode_init`` / ``decode_step`` / ``prefill`` / ``generate`` of the LM (mixed into
     :class:`flashcore.tf.LM`)."""
 
@@ -72,55 +72,28 @@ class LMDecoding:
         )
 
     @no_autograph
-    def prefill(
-        self, tokens, *, piece: int = 4096, state: dict | None = None, last_only: bool = False
-    ) -> tuple[tf.Tensor, dict]:
-        """Streamed prefill of a causal FLASH LM (:func:`flashcore.stream.lm_prefill`): tokens
-        (b, T) ints, ``piece`` positions (a multiple of C) at a time, each piece one
-        ``tf.function`` call (traced once per piece length) carrying the decoding state.
-
-        -> (logits (b, T, v), or the last position's (b, v) with ``last_only``; a decoding state
-        for :meth:`decode_step`, or ``state=`` to stream on).
-        """
+    def _prefill(self, tokens, options: dict) -> tuple[tf.Tensor, dict]:
+        """:meth:`prefill` (:class:`flashcore.stream.Prefilling`): each piece one ``tf.function``
+        call (traced once per piece length) carrying the decoding state."""
         params = self.canonical_params()
         tokens = tf.convert_to_tensor(tokens)
-        if state is None:
-            state = self.decode_init(int(tokens.shape[0]))
-        opts = dict(config=self.config, xp=xp, last_only=last_only)
+        if options["state"] is None:
+            options = {**options, "state": self.decode_init(int(tokens.shape[0]))}
+        opts = dict(config=self.config, xp=xp, last_only=options["last_only"])
         piece_fn = tf.function(lambda t, s: stream.prefill_piece(params, t, s, **opts))
         return stream.lm_prefill(
-            params,
-            tokens,
-            config=self.config,
-            piece=piece,
-            state=state,
-            last_only=last_only,
-            xp=xp,
-            piece_fn=piece_fn,
+            params, tokens, config=self.config, xp=xp, piece_fn=piece_fn, **options
         )
 
-    def generate(
-        self,
-        prompt_tokens,
-        max_new_tokens: int,
-        *,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int = 0,
-        lengths=None,
-    ) -> np.ndarray:
-        """Continue ``prompt_tokens`` (b, t0) by ``max_new_tokens`` -> (b, max(lengths) +
-        max_new_tokens) int64: :func:`flashcore.generation.generate_lm` with this LM's decode
-        step and the sampler, each compiled once by XLA (a "recompute" LM reruns the forward
-        eagerly per length). Temperature 0 is greedy; ``lengths``: right-padded prompts."""
-        sampling.check_options(temperature, top_k, top_p)
-        opts = dict(temperature=float(temperature), top_k=top_k, top_p=top_p)
+    def _generate(self, prompt_tokens, max_new_tokens: int, sampler: dict, seed: int, lengths):
+        """:meth:`generate` (:class:`flashcore.generation.Generating`): this LM's decode step
+        and the sampler, each compiled once by XLA (a "recompute" LM reruns the forward eagerly
+        per length) -> NumPy int64."""
         step = tf.function(self.decode_step, jit_compile=True, reduce_retracing=True)
 
         @tf.function(jit_compile=True, reduce_retracing=True)
         def pick(logits, u):
-            return sampling.sample(logits, tf.cast(u, logits.dtype), xp=xp, **opts)
+            return sampling.sample(logits, tf.cast(u, logits.dtype), xp=xp, **sampler)
 
         return generation.generate_lm(
             self.config,

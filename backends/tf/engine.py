@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 import flashcore as fc
+from flashcore.generation import Generating
 from flashcore.runtime import (
     OptimConfig,
     check_dtype,
@@ -30,7 +31,7 @@ from .xp import xp
 __all__ = ["Engine"]
 
 
-class Engine:
+class Engine(Generating):
     def __init__(
         self,
         config: fc.LMConfig,
@@ -149,24 +150,7 @@ class Engine:
             v.assign(b.astype(np.float32))
         self.step.assign(int(np.asarray(state["step"])))
 
-    def generate(
-        self,
-        prompt: np.ndarray,
-        max_new_tokens: int,
-        *,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int = 0,
-        lengths: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """:meth:`flashcore.tf.LM.generate` (:mod:`flashcore.tf.decode`)."""
-        return self.model.generate(
-            prompt,
-            max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            lengths=lengths,
-        )
+    def _generate(self, prompt, max_new_tokens: int, sampler: dict, seed: int, lengths):
+        """:meth:`generate` (:class:`flashcore.generation.Generating`): :meth:`flashcore.tf.LM.
+        generate` (:mod:`flashcore.tf.decode`)."""
+        return self.model.generate(prompt, max_new_tokens, seed=seed, lengths=lengths, **sampler)

@@ -43,7 +43,7 @@ class BlockDecoding:
         return decode.decode_step(self.canonical_params(), x_t, state, config=self.config, xp=xp)
 
 
-class LMDecoding:
+class LMDecoding(generation.Generating, stream.Prefilling):
     """``decode_method`` / ``decode_init`` / ``decode_step`` / ``prefill`` / ``generate`` of the
     LM (mixed into :class:`flashcore.torch.LM`)."""
 
@@ -71,61 +71,29 @@ class LMDecoding:
         )
 
     @torch.no_grad()
-    def prefill(
-        self,
-        tokens: torch.Tensor,
-        *,
-        piece: int = 4096,
-        state: dict | None = None,
-        last_only: bool = False,
-    ) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
-        """Streamed prefill of a causal FLASH LM (:func:`flashcore.stream.lm_prefill`): tokens
-        (b, T) ints, ``piece`` positions (a multiple of C) at a time, each through the fused
-        core (:mod:`flashcore.torch.kernels`) with the carried state; memory independent of T.
-
-        -> (logits (b, T, v), or the last position's (b, v) with ``last_only``; a decoding state
-        that :meth:`decode_step` continues and ``state=`` streams on from). No autograd.
-        """
+    def _prefill(self, tokens: torch.Tensor, options: dict):
+        """:meth:`prefill` (:class:`flashcore.stream.Prefilling`) on the fused core
+        (:mod:`flashcore.torch.kernels`), without autograd."""
         return stream.lm_prefill(
             self.canonical_params(),
             tokens,
             config=self.config,
-            piece=piece,
-            state=state,
-            last_only=last_only,
             xp=xp,
             core=kernels.attention_core,
+            **options,
         )
 
     @torch.no_grad()
-    def generate(
-        self,
-        prompt_tokens,
-        max_new_tokens: int,
-        *,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int = 0,
-        lengths=None,
-    ) -> torch.Tensor:
-        """Continue ``prompt_tokens`` (b, t0) by ``max_new_tokens`` -> (b, max(lengths) +
-        max_new_tokens) int64 on the parameters' device.
-
-        :func:`flashcore.generation.generate_lm` with this module's decode step (or its forward,
-        for a "recompute" LM) and :func:`flashcore.sampling.sample` (temperature 0: greedy).
-        ``lengths`` (b,): prompts of different lengths, right-padded (see
-        :mod:`flashcore.generation`). ``seed`` gives the same tokens in every backend.
-        """
-        sampling.check_options(temperature, top_k, top_p)
+    def _generate(self, prompt_tokens, max_new_tokens: int, sampler: dict, seed: int, lengths):
+        """:meth:`generate` (:class:`flashcore.generation.Generating`): this module's decode
+        step (or its forward) and the sampler, on the parameters' device -> a tensor there."""
         dev = self.embed.weight.device
-        opts = dict(temperature=temperature, top_k=top_k, top_p=top_p)
 
         def tensor(a: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(a, device=dev)
 
         def pick(logits, u):
-            return sampling.sample(logits, tensor(u), xp=xp, **opts).cpu().numpy()
+            return sampling.sample(logits, tensor(u), xp=xp, **sampler).cpu().numpy()
 
         if isinstance(prompt_tokens, torch.Tensor):
             prompt_tokens = prompt_tokens.cpu().numpy()

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import flashcore as fc
+from flashcore.generation import Generating
 from flashcore.runtime import (
     OptimConfig,
     check_dtype,
@@ -50,7 +51,7 @@ class _Loss(nn.Module):
         return self.lm.loss(tokens, targets, loss_mask=loss_mask)
 
 
-class Engine:
+class Engine(Generating):
     def __init__(
         self,
         config: fc.LMConfig,
@@ -200,26 +201,10 @@ class Engine:
                 "exp_avg_sq": v,
             }
 
-    def generate(
-        self,
-        prompt: np.ndarray,
-        max_new_tokens: int,
-        *,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int = 0,
-        lengths: np.ndarray | None = None,
-    ) -> np.ndarray:
+    def _generate(self, prompt, max_new_tokens: int, sampler: dict, seed: int, lengths):
+        """:meth:`generate` (:class:`flashcore.generation.Generating`): the LM's, in eval mode
+        under the engine's autocast -> NumPy."""
         self.model.eval()
         with self._autocast():
-            out = self.model.generate(
-                prompt,
-                max_new_tokens,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                seed=seed,
-                lengths=lengths,
-            )
+            out = self.model.generate(prompt, max_new_tokens, seed=seed, lengths=lengths, **sampler)
         return out.cpu().numpy()
