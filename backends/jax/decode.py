@@ -81,35 +81,35 @@ _step = jax.jit(decode_step, static_argnames="config")
 _forward = jax.jit(lm_logits, static_argnames="config")
 
 
+_SAMPLER = {"temperature": 1.0, "top_k": None, "top_p": None}  # generate's options, defaults
+
+
 @functools.partial(jax.jit, static_argnames=("temperature", "top_k", "top_p"))
 def _pick(logits, u, *, temperature, top_k, top_p):
     return sampling.sample(logits, u, temperature=temperature, top_k=top_k, top_p=top_p, xp=xp)
 
 
 def generate(
-    params: dict,
-    prompt,
-    *,
-    config: LMConfig,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int = 0,
-    lengths=None,
-) -> np.ndarray:
+    params: dict, prompt, *, config: LMConfig, max_new_tokens: int, seed: int = 0, lengths=None,
+    **sampler,
+) -> np.ndarray:  # fmt: skip
     """Extend ``prompt`` (b, t0) ints by ``max_new_tokens`` -> (b, max(lengths) +
     max_new_tokens) int64: :func:`flashcore.generation.generate_lm` with a jitted
     :func:`decode_step` (one compilation for every position) and a jitted
     :func:`flashcore.sampling.sample`; a "recompute" LM (:func:`flashcore.decode.decode_method`)
     reruns the jitted forward, compiled once per length. ``lengths``: right-padded prompts of
-    different lengths (:mod:`flashcore.generation`); temperature 0 is greedy.
+    different lengths (:mod:`flashcore.generation`). ``sampler``: ``temperature`` (1.0; 0 is
+    greedy), ``top_k`` and ``top_p`` (None), as :meth:`flashcore.generation.Generating.generate`.
     """
     if not isinstance(config, LMConfig):
         raise TypeError(f"generate needs an LMConfig, got {type(config).__name__}")
-    sampling.check_options(temperature, top_k, top_p)
+    unknown = sorted(set(sampler) - set(_SAMPLER))
+    if unknown:
+        raise TypeError(f"generate() got unknown sampling options {unknown}; known: {_SAMPLER}")
+    opts = {**_SAMPLER, **sampler}
+    sampling.check_options(opts["temperature"], opts["top_k"], opts["top_p"])
+    opts["temperature"] = float(opts["temperature"])
     dtype = params["embed.weight"].dtype
-    opts = dict(temperature=float(temperature), top_k=top_k, top_p=top_p)
     return generation.generate_lm(
         config,
         np.asarray(prompt),
