@@ -87,6 +87,34 @@ def test_resume_reads_finished_runs_back(experiment, monkeypatch):
     assert trained == []  # nothing redone
 
 
+def test_a_fresh_clone_resumes_from_the_committed_records(experiment, tmp_path, monkeypatch):
+    """Run folders are not committed; OUT/records are: without the folders every finished run is
+    read back from its record, and a record that is not this run's (other flags) is retrained."""
+    import shutil
+
+    out, _, _ = experiment
+    clone = tmp_path / "clone"
+    shutil.copytree(out, clone, ignore=shutil.ignore_patterns("runs"))
+    records = sorted((clone / "records").glob("*.json"))
+    assert len(records) == 9
+    rec = json.loads(records[0].read_text())
+    assert rec["curve"][-1]["step"] == 4 and "commit" in rec
+    rec["run_flags"] = [*rec["run_flags"], "--changed"]
+    records[0].write_text(json.dumps(rec))
+    exp = json.loads((clone / "experiment.json").read_text())
+    exp["args"]["out"] = str(clone)
+    (clone / "experiment.json").write_text(json.dumps(exp))
+    trained = []
+    monkeypatch.setattr(quality, "_train_run", lambda run, flags: trained.append(run.name))
+    monkeypatch.setattr(quality, "read_curve", lambda run: json.loads(
+        (out / "records" / f"{run.name}.json").read_text())["curve"])  # fmt: skip
+    assert quality.main(["--resume", "--out", str(clone), "--quiet"]) == 0
+    assert trained == [records[0].stem]
+    first = json.loads((out / "results.json").read_text())["runs"]
+    again = json.loads((clone / "results.json").read_text())["runs"]
+    assert [r["curve"] for r in again] == [r["curve"] for r in first]
+
+
 def test_a_killed_experiment_continues_where_it_stopped(tmp_path, corpus, monkeypatch):
     argv = ["--settings", "clm-64", "--lrs", "1e-3", "--data", corpus, *TOY, "--out", str(tmp_path)]
     real, calls = quality._train_run, []

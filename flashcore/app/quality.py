@@ -15,6 +15,8 @@ time, measured side by side (interleaved, same shapes) in one process, so that
 Writes (OUT):
 
     experiment.json      the experiment's arguments (what ``--resume`` continues)
+    records/ID.json      each finished run's arguments, commit and held-out curve (a fresh clone
+                         resumes with these read back: commit them)
     results.json         every run (arguments, parameters, tokens seen, held-out curve), the step
                          times, the per-setting summary and the machine
     table.md             the summary table; loss_vs_steps.png, loss_vs_seconds.png
@@ -194,6 +196,35 @@ def _finished(run: Path, steps: int) -> bool:
     return ckpt is not None and ckpt.step >= steps
 
 
+def _commit() -> str | None:
+    """The git commit of the code that runs, "-dirty" when the checkout has changes (None outside
+    a git checkout)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=40"], capture_output=True,
+            text=True, timeout=10, cwd=Path(__file__).resolve().parent,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def _read_record(path: Path, record: dict) -> dict | None:
+    """A finished run's record saved in OUT/records, when it is the run ``record`` describes
+    (same model, training flags and steps) and reached the last step; else None."""
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    same = all(saved.get(k) == record[k] for k in ("train_flags", "run_flags", "steps", "lr"))
+    if not same or not saved.get("curve") or saved["curve"][-1]["step"] < record["steps"]:
+        return None
+    return saved
+
+
 def _train_run(run: Path, flags: list[str]) -> None:
     """Train (or continue) one run folder to the end; raises QualityError on failure."""
     if runstate.holds_run(run):
@@ -206,7 +237,12 @@ def _train_run(run: Path, flags: list[str]) -> None:
 
 
 def run_all(args, settings: list[Setting], runs_dir: Path) -> list[dict]:
-    """Every run of the experiment, trained or read back -> run records."""
+    """Every run of the experiment, trained or read back -> run records.
+
+    Each finished run's record (its arguments and held-out curve) is also written to
+    OUT/records/ID.json, small enough to commit: a fresh clone resumes with those runs read back
+    from the records even where their run folders (weights, checkpoints) are gone."""
+    records_dir = args.out / "records"
     sweep_at = args.sweep_at or settings[0]
     order = [sweep_at] + [s for s in settings if s != sweep_at]
     models = {s: model_argv(s, args) for s in order}  # every size checked before any training
@@ -220,22 +256,38 @@ def run_all(args, settings: list[Setting], runs_dir: Path) -> list[dict]:
             lr = best_lr[arch] if lr is None else lr
             flags, n_params = models[setting_][arch]
             run = runs_dir / _run_id(setting_, arch, lr)
-            done = _finished(run, args.steps)
-            progress.note(
-                f"[{len(records) + 1}] {setting_.name} {NAMES[arch]} lr {lr:g}, {n_params:,} "
-                f"parameters: {'finished, read back' if done else 'training'} ({run})",
-                file=sys.stdout,
-            )
-            if not done:
-                _train_run(run, [*flags, *_train_flags(args, lr, setting_)])
+            run_flags = _train_flags(args, lr, setting_)
             batch = max(1, args.tokens_per_step // setting_.context)
-            records.append({
+            record = {
                 "id": run.name, "setting": setting_.name, "objective": setting_.objective,
                 "context": setting_.context, "arch": arch, "lr": lr, "params": n_params,
                 "batch": batch, "steps": args.steps,
                 "tokens_seen": args.steps * batch * setting_.context,
-                "train_flags": flags, "curve": read_curve(run), "swept": swept,
-            })  # fmt: skip
+                "train_flags": flags, "run_flags": [f for f in run_flags if f != "--quiet"],
+                "swept": swept,
+            }  # fmt: skip
+            record_path = records_dir / f"{run.name}.json"
+            done = _finished(run, args.steps)
+            saved = None if done else _read_record(record_path, record)
+            how = "finished, read back" if done else "recorded, read back" if saved else "training"
+            progress.note(
+                f"[{len(records) + 1}] {setting_.name} {NAMES[arch]} lr {lr:g}, {n_params:,} "
+                f"parameters: {how} ({record_path if saved else run})",
+                file=sys.stdout,
+            )
+            if saved is not None:
+                records.append(saved)
+                continue
+            if not done:
+                _train_run(run, [*flags, *run_flags])
+                record["commit"] = _commit()
+            elif record_path.exists():  # keep the commit that trained it
+                record["commit"] = json.loads(record_path.read_text()).get("commit")
+            record["curve"] = read_curve(run)
+            text = json.dumps(record, indent=1)
+            records_dir.mkdir(parents=True, exist_ok=True)
+            io.atomic_write(record_path, lambda tmp, text=text: Path(tmp).write_text(text))
+            records.append(record)
         if setting == sweep_at:
             for arch in args.archs:
                 mine = [r for r in records if r["arch"] == arch and r["setting"] == setting.name]
@@ -547,8 +599,10 @@ def _main(args, argv, ap) -> int:
                 f"{args.out} holds an experiment; continue it with --resume, or start over "
                 f"(deleting its runs in {runs_dir}) with --force"
             )
-        if args.force and runs_dir.exists():
-            shutil.rmtree(runs_dir)
+        if args.force:
+            for folder in (runs_dir, args.out / "records"):
+                if folder.exists():
+                    shutil.rmtree(folder)
         for s in args.settings:
             model_argv(s, args)  # refuse unequal models before writing anything
         saved = {"format": FORMAT, "version": VERSION, "args": _plain(args)}
