@@ -285,3 +285,27 @@ def test_convert_keeps_a_checkpoints_training_metadata(tmp_path, corpus, capsys)
     assert cli_main(["convert", str(src), str(dst)]) == 2
     err = capsys.readouterr().err
     assert "exists; pass --force to replace it" in err and "force=True" not in err
+
+
+def test_eval_tokens_per_s_is_the_steady_rate():
+    """The first call (jax / tf compile there) and a short last batch (a new shape: compiled
+    again) are not timed; the loss still counts every batch."""
+    import time as _time
+
+    import numpy as np
+
+    from flashcore.app.evaluate import evaluate
+
+    class SlowFirstEngine:
+        calls = 0
+
+        def eval_loss(self, x, y, loss_mask=None):
+            self.calls += 1
+            _time.sleep(0.5 if self.calls == 1 or x.shape[0] < 4 else 0.01)
+            return 2.0 * y.size, y.size
+
+    data = np.arange(4 * 16 * 5 + 2 * 16 + 1) % 256  # 5 full batches of 4 windows, then 2 windows
+    out = evaluate(SlowFirstEngine(), data, context=16, batch=4, max_tokens=10**6)
+    assert out["loss"] == 2.0 and out["tokens"] == 22 * 16
+    # timed: batches 2..5 (4 x 64 tokens) at ~10 ms each; the 0.5 s calls would give < 700
+    assert out["tokens_per_s"] > 2000
