@@ -151,9 +151,9 @@ def decode_step(
     return _flash_step(params, x_t, state, config=config, xp=xp)
 
 
-def _rope_step(q, pos, config: FlashConfig, xp):
-    return ops.rope_at(
-        q, pos, dims=config.rotary_dims, mode=config.rope, base=config.rope_base, xp=xp
+def _rope_step(heads: list, pos, config: FlashConfig, xp) -> list:
+    return ops.rope_all_at(
+        heads, pos, dims=config.rotary_dims, mode=config.rope, base=config.rope_base, xp=xp
     )
 
 
@@ -209,7 +209,7 @@ def _flash_step(params: dict, x_t, state: dict, *, config: FlashConfig, xp):
     h, h_in = _normed_step(params, x_t, state, config, xp)
     u, v, heads = hidden(params, h_in, config, xp)  # (b, e) x2, 4 x (b, s)
     acc = state["lin"].dtype
-    qq, qk, lq, lk = (xp.astype(_rope_step(q, pos, config, xp), acc) for q in heads)
+    qq, qk, lq, lk = (xp.astype(q, acc) for q in _rope_step(heads, pos, config, xp))
     v = xp.astype(v, acc)
 
     # Write this token's key and value into slot c of the chunk buffers.
@@ -264,7 +264,7 @@ def _gau_step(params: dict, x_t, state: dict, *, config: FlashConfig, xp):
     acc = state["k"].dtype
     h, h_in = _normed_step(params, x_t, state, config, xp)
     u, v, (q, k) = hidden(params, h_in, config, xp)  # (b, e) x2, (b, s) x2
-    q, k = (xp.astype(_rope_step(a, pos, config, xp), acc) for a in (q, k))
+    q, k = (xp.astype(a, acc) for a in _rope_step([q, k], pos, config, xp))
     k_buf, slots = _write(state["k"], 1, pos, k, xp)  # (b, L, s)
     v_buf, _ = _write(state["v"], 1, pos, xp.astype(v, acc), xp)  # (b, L, e)
     scores = xp.matmul(k_buf, q[..., None])[..., 0]  # (b, L)
@@ -295,7 +295,7 @@ def _transformer_step(params: dict, x_t, state: dict, *, config: TransformerConf
     qkv = attn_qkv(params, x_t, config, xp)  # (b, 3d)
     q, k, v = (xp.reshape(qkv[:, i * d : (i + 1) * d], (b, nh, hd)) for i in range(3))
     rope = dict(dims=hd, mode="half", base=config.rope_base, xp=xp)
-    q, k = ops.rope_at(q, pos, **rope), ops.rope_at(k, pos, **rope)
+    q, k = ops.rope_all_at([q, k], pos, **rope)
     k_buf, slots = _write(state["k"], 2, pos, k, xp)  # (b, nh, L, hd)
     v_buf, _ = _write(state["v"], 2, pos, v, xp)
     scores = xp.matmul(k_buf, q[..., None])[..., 0] / math.sqrt(hd)  # (b, nh, L)

@@ -26,6 +26,7 @@ __all__ = [
     "rope_rotate",
     "rope_offset",
     "rope_at",
+    "rope_all_at",
     "angles_at",
     "rel_bias",
     "t5_bucket",
@@ -199,10 +200,16 @@ def rope_at(x, pos, *, dims: int, mode: str, base: float, xp):
     result is as exact as the whole-sequence path even at millions of positions, where float32
     pos * theta would be off by 1e-2 rad.
     """
-    if mode == "none" or dims == 0:
-        return x
-    cos, sin = angles_at(pos, dims=dims, base=base, xp=xp, like=x)
-    return rope_rotate(x, cos, sin, dims=dims, mode=mode, xp=xp)
+    return rope_all_at([x], pos, dims=dims, mode=mode, base=base, xp=xp)[0]
+
+
+def rope_all_at(xs: list, pos, *, dims: int, mode: str, base: float, xp) -> list:
+    """:func:`rope_at` on every array of ``xs`` (each (b, s), one dtype) at the same position,
+    the angles looked up once (a decoding step rotates 2-4 heads at one position)."""
+    if mode == "none" or dims == 0 or not xs:
+        return list(xs)
+    cos, sin = angles_at(pos, dims=dims, base=base, xp=xp, like=xs[0])
+    return [rope_rotate(x, cos, sin, dims=dims, mode=mode, xp=xp) for x in xs]
 
 
 def angles_at(pos, *, dims: int, base: float, xp, like):

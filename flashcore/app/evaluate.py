@@ -244,7 +244,7 @@ def generate_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--json", action="store_true",
-        help="print {backend, decoder, prompt_tokens, new_tokens, text} as JSON",
+        help="print {backend, decoder, prompt_tokens, new_tokens, text, seconds, new_tokens_per_s} as JSON",
     )  # fmt: skip
     args = ap.parse_args(argv)
     if args.temperature < 0:
@@ -264,7 +264,9 @@ def generate_main(argv: list[str] | None = None) -> int:
         print(f"flashcore generate: {err}", file=sys.stderr)
         return 2
     opts = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    t0 = time.perf_counter()
     out = engine.generate(prompt, args.max_new, seed=args.seed, **opts)
+    seconds = time.perf_counter() - t0
     tokens = out[0].astype(np.int64).tolist()
     text = bytes(out[0].astype(np.uint8).tolist()).decode("utf-8", errors="replace")
     if args.json:
@@ -275,6 +277,8 @@ def generate_main(argv: list[str] | None = None) -> int:
             "prompt_tokens": tokens[:n],
             "new_tokens": tokens[n:],
             "text": text,
+            "seconds": seconds,  # the whole generate call: prompt, new tokens, any compilation
+            "new_tokens_per_s": args.max_new / seconds if seconds > 0 else None,
         }
         print(json.dumps(report))
     else:
