@@ -279,8 +279,8 @@ def run_all(args, settings: list[Setting], runs_dir: Path) -> list[dict]:
                 records.append(saved)
                 continue
             if not done:
+                record["commit"] = _commit()  # the code that trains it (from here on)
                 _train_run(run, [*flags, *run_flags])
-                record["commit"] = _commit()
             elif record_path.exists():  # keep the commit that trained it
                 record["commit"] = json.loads(record_path.read_text()).get("commit")
             record["curve"] = read_curve(run)
