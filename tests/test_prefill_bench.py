@@ -42,12 +42,32 @@ def test_the_table_and_a_skipped_full_forward(capsys):
     assert "| streamed prefill, piece 512 | 1,024 |" in out and "full forward" not in out
 
 
+@pytest.mark.parametrize("backend", ["torch", "jax", "tf"])
+def test_decoding_latency_after_two_prompt_lengths(capsys, backend):
+    pytest.importorskip({"torch": "torch", "jax": "jax", "tf": "tensorflow"}[backend],
+                        reason=f"{backend} is not installed")  # fmt: skip
+    argv = ["--backend", backend, "--tokens", "128", "--piece", "128", "--full-tokens", "0",
+            "--dim", "16", "--chunk", "64", "--qk-dim", "16", "--layers", "1",
+            "--decode-after", "128,256", "--decode-steps", "3", "--json"]  # fmt: skip
+    assert prefill_bench.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    first, second = report["decode"]
+    assert (first["tokens"], second["tokens"]) == (128, 256)
+    for r in report["decode"]:
+        assert r["mode"] == "decode" and r["steps"] == 3 and len(r["ms_all"]) == 3 and r["finite"]
+        assert r["ms_per_token"] == pytest.approx(sorted(r["ms_all"])[1])
+    assert report["decode_latency_ratio"] == pytest.approx(
+        second["ms_per_token"] / first["ms_per_token"]
+    )
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["--piece", "1000"], "must be a multiple of --chunk"),
         (["--tokens", "1K", "--piece", "2K"], "at least one piece"),
         (["--tokens", "lots"], "integers, nK or nM"),
+        (["--piece", "1K", "--decode-after", "512"], "at least one piece"),
         (["--backend", "mxnet"], "invalid choice"),
     ],
 )

@@ -2,7 +2,8 @@
 the full forward of the same model at a length that fits.
 
     python -m flashcore.app.prefill_bench [--backend torch|jax|tf] [--tokens 1M] [--piece 8K]
-        [--full-tokens 64K] [--dim 512] [--layers 4] [--chunk 256] [--json]
+        [--full-tokens 64K] [--dim 512] [--layers 4] [--chunk 256] [--qk-dim 128]
+        [--decode-after 1K,64K] [--decode-steps 64] [--json]
 
 The model: ``LMConfig(FlashConfig(dim, chunk_size=chunk, causal=True), vocab_size=256,
 num_layers)`` (the other dimensions FlashConfig's defaults: s = 128, e = 2 d), weights from
@@ -17,6 +18,11 @@ before the run and its warm-up (after imports, model and tokens), so ``peak_rss 
 what running the model added. One untimed piece first (one warm-up forward for the full forward in jax) takes
 compilation out of the time; tokens/s = tokens / the timed run's wall seconds. Threads: what the
 frameworks take from the environment (set ``OMP_NUM_THREADS``).
+
+``--decode-after 1K,64K``: per-token decoding latency after a prompt of each length (its streamed
+prefill untimed): greedy decoding steps of the backend LM's ``decode_step`` (torch eager, jax
+jitted, tf one XLA-compiled ``tf.function``), each timed alone to its logits on the host, the
+median; FLASH's state is the same size after any prompt, so the latency should not grow.
 """
 
 from __future__ import annotations
@@ -39,11 +45,11 @@ __all__ = ["main", "model_config", "measure", "cpu_name"]
 BACKENDS = ("torch", "jax", "tf")
 
 
-def model_config(dim: int, layers: int, chunk: int):
+def model_config(dim: int, layers: int, chunk: int, qk_dim: int = 128):
     """The benchmarked LM: ``layers`` causal FLASH layers of width ``dim``, byte vocabulary."""
     import flashcore as fc
 
-    block = fc.FlashConfig(dim=dim, chunk_size=chunk, causal=True)
+    block = fc.FlashConfig(dim=dim, chunk_size=chunk, qk_dim=qk_dim, causal=True)
     return fc.LMConfig(block=block, vocab_size=256, num_layers=layers)
 
 
@@ -116,13 +122,98 @@ def _runner(backend: str, config, mode: str, piece: int):
     return run, None
 
 
-def measure(backend: str, mode: str, tokens: int, piece: int, dim: int, layers: int,
-            chunk: int) -> dict:  # fmt: skip
-    """One measurement in this process -> {mode, tokens, seconds, tokens_per_s, peak_rss,
-    base_rss, logits_shape, finite}. mode: "prefill" (streamed, last logits) or "full"."""
+def _decoder(backend: str, config, piece: int):
+    """(prefill(tokens (1, T) NumPy) -> (last logits, state), step(token (1,) NumPy, state) ->
+    (logits (1, v) NumPy, state)) for one backend: the LM's streamed prefill, then its decoding
+    step (torch eager without autograd, jax jitted, tf one XLA-compiled tf.function)."""
+    import flashcore as fc
+
+    params = fc.init(config, 0)
+    if backend == "torch":
+        import torch
+
+        from flashcore.torch import LM
+
+        lm = LM(config, init=False).eval()
+        lm.load_canonical(params)
+
+        @torch.no_grad()
+        def prefill(tokens):
+            return lm.prefill(torch.from_numpy(tokens), piece=piece, last_only=True)
+
+        @torch.no_grad()
+        def step(tok, state):
+            logits, state = lm.decode_step(torch.from_numpy(tok), state)
+            return logits.numpy(), state
+
+        return prefill, step
+    if backend == "jax":
+        from flashcore.jax import LM
+
+        lm = LM(config, params=params)
+
+        def step(tok, state):
+            logits, state = lm.decode_step(tok, state)
+            return np.asarray(logits), state
+
+        return lambda t: lm.prefill(t, piece=piece, last_only=True), step
+    from flashcore.tf import LM  # noqa: I001  (before tensorflow itself: it loads triton first)
+    import tensorflow as tf
+
+    lm = LM(config, params=params)
+    compiled = tf.function(lm.decode_step, jit_compile=True, reduce_retracing=True)
+
+    def step(tok, state):
+        logits, state = compiled(tf.constant(tok.astype(np.int32)), state)
+        return logits.numpy(), state
+
+    return lambda t: lm.prefill(t.astype(np.int32), piece=piece, last_only=True), step
+
+
+def measure_decode(backend: str, tokens: int, piece: int, dim: int, layers: int, chunk: int,
+                   steps: int = 64, qk_dim: int = 128) -> dict:  # fmt: skip
+    """Per-token decoding latency after a prompt of ``tokens`` positions (streamed prefill, not
+    timed): ``steps`` greedy decoding steps after 4 untimed ones (compilation), each timed
+    alone to the logits on the host -> {mode: "decode", tokens, steps, ms_per_token (median),
+    ms_all, tokens_per_s, prefill_seconds, finite}."""
     if backend == "torch":
         import torch  # noqa: F401  (torch before tensorflow, whatever runs)
-    config = model_config(dim, layers, chunk)
+    import time as _time
+
+    config = model_config(dim, layers, chunk, qk_dim)
+    prefill, step = _decoder(backend, config, piece)
+    x = np.random.default_rng(0).integers(0, 256, (1, tokens), dtype=np.int64)
+    t0 = _time.perf_counter()
+    logits, state = prefill(x)
+    prefill_s = _time.perf_counter() - t0
+    tok = np.argmax(np.asarray(logits, np.float32), axis=-1).astype(np.int64)
+    times, finite = [], True
+    for i in range(4 + steps):
+        t0 = _time.perf_counter()
+        out, state = step(tok, state)
+        dt = _time.perf_counter() - t0
+        if i >= 4:
+            times.append(dt)
+        finite = finite and bool(np.isfinite(out).all())
+        tok = np.argmax(out, axis=-1).astype(np.int64)
+    ms = 1e3 * float(np.median(times))
+    return {
+        "mode": "decode", "tokens": tokens, "steps": steps, "ms_per_token": ms,
+        "ms_all": [1e3 * t for t in times], "tokens_per_s": 1e3 / ms,
+        "prefill_seconds": prefill_s, "finite": finite,
+    }  # fmt: skip
+
+
+def measure(backend: str, mode: str, tokens: int, piece: int, dim: int, layers: int,
+            chunk: int, qk_dim: int = 128, steps: int = 64) -> dict:  # fmt: skip
+    """One measurement in this process -> {mode, tokens, seconds, tokens_per_s, peak_rss,
+    base_rss, logits_shape, finite}. mode: "prefill" (streamed, last logits), "full", or
+    "decode" (:func:`measure_decode`)."""
+    if mode == "decode":
+        return measure_decode(backend, tokens, piece, dim, layers, chunk, steps, qk_dim)
+    if backend == "torch":
+        import torch  # noqa: F401  (torch before tensorflow, whatever runs)
+    config = model_config(dim, layers, chunk, qk_dim)
     run, warm = _runner(backend, config, mode, piece)
     x = np.random.default_rng(0).integers(0, 256, (1, tokens), dtype=np.int64)
     base = _rss_bytes()
@@ -148,7 +239,8 @@ def measure(backend: str, mode: str, tokens: int, piece: int, dim: int, layers: 
 def _child(backend: str, mode: str, tokens: int, args: argparse.Namespace) -> dict:
     """:func:`measure` in a fresh interpreter (its own peak RSS) -> its result."""
     spec = dict(backend=backend, mode=mode, tokens=tokens, piece=args.piece, dim=args.dim,
-                layers=args.layers, chunk=args.chunk)  # fmt: skip
+                layers=args.layers, chunk=args.chunk, qk_dim=args.qk_dim,
+                steps=args.decode_steps)  # fmt: skip
     cmd = [sys.executable, "-m", "flashcore.app.prefill_bench", "--child", json.dumps(spec)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -169,6 +261,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--chunk", type=int, default=256, help="FLASH chunk size C")
+    ap.add_argument("--qk-dim", type=int, default=128, help="s, the query / key width")
+    ap.add_argument(
+        "--decode-after", default="",
+        help="prompt lengths (e.g. 1K,64K): per-token decoding latency after each; '' skips",
+    )  # fmt: skip
+    ap.add_argument("--decode-steps", type=int, default=64, help="timed decoding steps")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -178,10 +276,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         args.tokens = parse_length(args.tokens)
         args.piece = parse_length(args.piece)
         args.full_tokens = parse_length(args.full_tokens)
+        args.decode_after = [parse_length(t) for t in args.decode_after.split(",") if t.strip()]
     except ValueError:
-        ap.error("--tokens, --piece and --full-tokens must be integers, nK or nM")
-    if min(args.dim, args.layers, args.chunk, args.tokens, args.piece) < 1 or args.full_tokens < 0:
-        ap.error("--tokens, --piece, --dim, --layers and --chunk must be >= 1, --full-tokens >= 0")
+        ap.error("--tokens, --piece, --full-tokens and --decode-after take integers, nK or nM")
+    if min(args.dim, args.layers, args.chunk, args.tokens, args.piece, args.qk_dim,
+           args.decode_steps) < 1 or args.full_tokens < 0:  # fmt: skip
+        ap.error(
+            "--tokens, --piece, --dim, --layers, --chunk, --qk-dim and --decode-steps must be "
+            ">= 1, --full-tokens >= 0"
+        )
+    bad = [t for t in args.decode_after if t < args.piece or t % args.chunk]
+    if bad:
+        ap.error(
+            f"--decode-after lengths must be at least one piece ({args.piece}) and multiples of "
+            f"--chunk {args.chunk}, got {bad}"
+        )
     if args.piece % args.chunk:
         ap.error(f"--piece {args.piece} must be a multiple of --chunk {args.chunk}")
     if args.tokens < args.piece:
@@ -218,7 +327,11 @@ def main(argv: list[str] | None = None) -> int:
         },
         "prefill": _child(args.backend, "prefill", args.tokens, args),
         "full": _child(args.backend, "full", args.full_tokens, args) if args.full_tokens else None,
+        "decode": [_child(args.backend, "decode", t, args) for t in args.decode_after],
     }
+    if len(report["decode"]) > 1:
+        first, last = report["decode"][0], report["decode"][-1]
+        report["decode_latency_ratio"] = last["ms_per_token"] / first["ms_per_token"]
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
@@ -238,6 +351,20 @@ def main(argv: list[str] | None = None) -> int:
             f"| {label} | {r['tokens']:,} | {r['seconds']:.1f} | {r['tokens_per_s']:,.0f} | "
             f"{_gib(r['peak_rss'])} | {_gib(r['peak_rss'] - r['base_rss'])} |"
         )
+    if report["decode"]:
+        print(f"\ndecoding ({args.decode_steps} greedy steps timed one by one, after 4 untimed):")
+        print("| prompt tokens | ms per token (median) | tokens/s | prefill seconds |")
+        print("|---|---|---|---|")
+        for r in report["decode"]:
+            print(
+                f"| {r['tokens']:,} | {r['ms_per_token']:.2f} | {r['tokens_per_s']:,.0f} | "
+                f"{r['prefill_seconds']:.1f} |"
+            )
+        if "decode_latency_ratio" in report:
+            print(
+                f"latency after {report['decode'][-1]['tokens']:,} vs {report['decode'][0]['tokens']:,}"
+                f" prompt tokens: {report['decode_latency_ratio']:.2f}x"
+            )
     return 0
 
 
