@@ -13,7 +13,8 @@ matrices of the linear branch every later chunk of every segment. Instead ``gau`
    the flagged position and later ones; a padded position is nobody's dependency.
 
 The dependency rule is the layers' masking rule and nothing else, so it holds for any core. The
-cost is three elementwise passes over x (b, t, d) and O(log t) passes over (b, t) booleans; for
+cost is three elementwise passes over x (b, t, d) and O(log t) passes over (b, t) booleans (one
+pass where the namespace can tell eagerly that no row is flagged, :func:`known_clear`); for
 finite inputs no value and no gradient changes. Not covered: a non-finite value that arises
 inside the layer from finite inputs (an overflow in the projections).
 """
@@ -24,7 +25,7 @@ import numpy as np
 
 from ._xp import const, device_of, is_low_precision
 
-__all__ = ["nonfinite_rows", "zero_rows", "reach", "poison"]
+__all__ = ["nonfinite_rows", "zero_rows", "reach", "poison", "known_clear"]
 
 
 def nonfinite_rows(x, xp):
@@ -38,14 +39,26 @@ def nonfinite_rows(x, xp):
     return ~xp.isfinite(xp.sum(x, axis=-1, dtype=acc))  # (b, t)
 
 
+def known_clear(rows, xp) -> bool:
+    """True when ``rows`` (bool) is known to hold no True without tracing or a device sync:
+    ``xp.known_all_false(rows)`` where the namespace has that hook (torch on the CPU, eagerly),
+    else False. Lets :func:`zero_rows` and :func:`poison` skip their pass for finite inputs."""
+    hook = getattr(xp, "known_all_false", None)
+    return bool(hook is not None and hook(rows))
+
+
 def zero_rows(a, rows, xp):
     """a: (b, t, .) with its rows where ``rows`` (b, t) is True set to 0."""
+    if known_clear(rows, xp):
+        return a
     zero = const(xp, np.zeros((1, 1, 1)), like=a)
     return xp.where(rows[..., None], zero, a)
 
 
 def poison(a, rows, xp):
     """a: (b, t, .) with its rows where ``rows`` (b, t) is True set to NaN."""
+    if known_clear(rows, xp):
+        return a
     nan = const(xp, np.full((1, 1, 1), np.nan), like=a)
     return xp.where(rows[..., None], nan, a)
 

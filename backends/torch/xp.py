@@ -1,6 +1,7 @@
 """The namespace the torch backend hands the spec: ``array_api_compat.torch`` plus torch's own
 ``silu`` (fused) and ``erf``, ``dense`` (matmul plus bias in one addmm, autocast-aware),
-``split_last`` (one backward for [U | V | Z] instead of a zero-filled gradient per slice), and the
+``split_last`` (one backward for [U | V | Z] instead of a zero-filled gradient per slice),
+``known_all_false`` (the NaN / Inf containment's passes skipped for finite CPU inputs), and the
 tracing hooks of torch.compile (see :func:`flashcore._xp.extended`). Use :data:`xp`."""
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ def _split_last(a: torch.Tensor, sizes) -> tuple[torch.Tensor, ...]:
     return torch.split(a, list(sizes), dim=-1)
 
 
+def _known_all_false(rows: torch.Tensor) -> bool:
+    """True when ``rows`` (bool) holds no True, read eagerly on the CPU (no device sync); False
+    when that cannot be known cheaply (CUDA, torch.compile tracing, torch.func transforms)."""
+    if torch.compiler.is_compiling() or not isinstance(rows, torch.Tensor):
+        return False
+    if rows.device.type != "cpu" or torch._C._functorch.is_functorch_wrapped_tensor(rows):
+        return False
+    return not bool(rows.any())
+
+
 xp = extended(
     _compat,
     "flashcore.torch.xp",
@@ -45,5 +56,6 @@ xp = extended(
     split_last=_split_last,
     erf=torch.special.erf,
     concrete=_concrete,
+    known_all_false=_known_all_false,
     is_tracing=torch.compiler.is_compiling,
 )
