@@ -111,7 +111,9 @@ def build_step(
     net = build_model(model, config, weights)
     info: dict = {"params": sum(p.numel() for p in net.parameters())}
     if model == "flashcore":
-        info["core_path"] = kernels.core_path(torch.zeros(1, x.shape[1], config.expanded_dim), config)
+        info["core_path"] = kernels.core_path(
+            torch.zeros(1, x.shape[1], config.expanded_dim), config
+        )
     info["threads"] = torch.get_num_threads()
     step_net = torch.compile(net) if compile else net
     xt = torch.from_numpy(x).requires_grad_(True)

@@ -16,7 +16,7 @@ The step, one definition for every backend and model: forward of the model on x 
 ``loss = sum(y * cotangent)`` summed in float32 with a fixed random cotangent (1, T, 512), and
 the backward pass w.r.t. x and every parameter. The flashcore models' weights are the canonical
 ``flashcore.init(config, seed=i)`` of layer i, loaded into each backend's module, and x and the
-cotangent are the same NumPy draws (:func:`inputs`) in every backend, so the three backends'
+cotangent are the same NumPy draws (``benchrun.inputs``) in every backend, so the three backends'
 steps compute the same gradients (``tests/test_bench.py`` checks it). Each backend writes the step
 natively (``flashcore.<backend>.bench.build_step``): torch autograd, ``jax.jit(jax.value_and_grad)``
 (compiled once), ``tf.function(jit_compile=True)`` around ``tf.GradientTape`` (compiled once).
@@ -24,7 +24,7 @@ natively (``flashcore.<backend>.bench.build_step``): torch autograd, ``jax.jit(j
 bfloat16, as each backend trains in it: torch ``torch.autocast("cpu", torch.bfloat16)`` (float32
 parameters and x; bf16 matmuls); jax the module built in bfloat16 (bf16 parameters and x); tf the
 Keras policy ``mixed_bfloat16`` (float32 variables read as bf16, x cast to bf16 by Keras). In all
-three the attention core accumulates in float32 and the loss is summed in float32.
+three the loss is summed in float32.
 
 Each measurement is ``python -m flashcore.app.benchrun --child JSON`` (:func:`child`): it builds
 the step, runs ``warmup`` steps (at least one for jax / tf: the first call compiles, so compile
@@ -79,6 +79,7 @@ __all__ = [
     "run_child",
     "measure",
     "child",
+    "doc_paragraph",
 ]
 
 DIM, CHUNK, QK, EXPANSION, HEADS = 512, 256, 128, 2, 8
@@ -162,6 +163,13 @@ def flops_per_token(model: str, t: int, ffn_dim: int | None = None) -> float:
     return 3.0 * (2 * (4 * d * d + 3 * d * f) + 2 * t * d)
 
 
+def doc_paragraph(start: str) -> str:
+    """The paragraph of this module's docstring that begins with ``start``, on one line, in
+    markdown (for bench.md)."""
+    text = __doc__.split("\n" + start, 1)[1].split("\n\n")[0]
+    return " ".join((start + text).split()).replace("``", "`")
+
+
 # -- the parent's side: one child per measurement ---------------------------------------------------
 
 
@@ -217,7 +225,9 @@ def build(job: dict):
     gradients as float64 NumPy, {"loss", "x", "layers.{i}.<canonical name>"} (the peer: loss and
     x only); info: what the backend reports about the model (e.g. the torch core's path)."""
     backend = importlib.import_module(f"flashcore.{job['backend']}.bench")
-    config = model_config(job["model"], job.get("ffn_dim") or matched_ffn_dim(2 * flash_layer_params()))
+    config = model_config(
+        job["model"], job.get("ffn_dim") or matched_ffn_dim(2 * flash_layer_params())
+    )
     x, cot = inputs(job["t"], config.dim)
     return backend.build_step(
         job["model"],
