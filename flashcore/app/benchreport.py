@@ -225,7 +225,7 @@ def markdown(rows, targets, meta) -> str:
             continue
         lines.append(
             f"{head} {r['wall_s'] * 1e3:.1f} | {r['us_per_token']:.2f} | "
-            f"{r['cpu_us_per_token']:.2f} | {r['gflops_cpu']:.0f} | "
+            f"{r['cpu_us_per_token']:.2f} | {fmt(r.get('gflops_cpu'), '.0f')} | "
             f"{fmt(100 * r.get('peak_fraction_cpu', float('nan')), '.0f')} | {r['peak_mb']:.0f} | "
             f"{_pair(r, 'x_vs_flash_pytorch')} | {_pair(r, 'x_vs_tpp')} | {_pair(r, 'x_vs_torch')} |"
         )
