@@ -209,7 +209,8 @@ def markdown(rows, targets, meta) -> str:
         "ms and us/token: median wall time per step (batch 1); cpu: process CPU time (all "
         "threads), less sensitive to other load. GFLOP/s and % peak by CPU time (against the "
         "CPU-time matmul peak); wall-clock figures are in bench.json. peak MB: the child's maximum "
-        "resident set above what was resident before the first step. x fp / x T++ / x torch: how "
+        "resident set above what was resident before the first step (jax / tf: their compile "
+        "included). x fp / x T++ / x torch: how "
         "many times faster than flash-pytorch / the same backend's Transformer++ / torch's row of "
         "the same model, at the same T and dtype in this run, by wall | CPU time (> 1: faster).",
         "",
