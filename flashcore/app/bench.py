@@ -82,9 +82,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--transformer-max-len",
         type=int,
         default=None,
-        help="skip transformer++ above this T (its attention is quadratic; default: torch "
-        + ", ".join(f"{k} {v}" for k, v in TRANSFORMER_MAX_LEN.items() if k != "torch")
-        + f", torch {TRANSFORMER_MAX_LEN['torch']})",
+        help="skip transformer++ above this T, in every backend (its attention is quadratic; "
+        "default: " + ", ".join(f"{k} {v}" for k, v in TRANSFORMER_MAX_LEN.items()) + ")",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile every torch model")
     p.add_argument(
