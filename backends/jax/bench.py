@@ -1,68 +1,80 @@
-"""``flashcore bench --backend jax``: jitted forward + backward of a pair of causal FLASH layers.
+"""The jax step of ``flashcore bench`` (the models, the step's one definition, the children and
+the report are the application's: :mod:`flashcore.app.benchrun`, :mod:`flashcore.app.bench`).
 
-    flashcore bench --backend jax                          # T = 1K, 4K, 16K, 64K; float32, bfloat16
-    flashcore bench --backend jax --lengths 1K,4K --dtypes float32 --repeats 5
-
-One step is ``jax.value_and_grad`` of mean(layer2(layer1(x))^2) w.r.t. both layers' parameters, batch 1,
-dim 512, chunk 256, qk 128 (the paper's FLASH sizes), jitted once per (T, dtype); the table gives
-the median over ``--repeats`` timed steps after one warm-up, and microseconds per token. The core is
-``flashcore.jax.kernels.flash_core`` (the Pallas kernel on GPU / TPU, the spec's core elsewhere).
-
-This module builds and times the steps; the command and the table are the application's
-(:mod:`flashcore.app.benchtable`).
+Models: ``flashcore`` (``flashcore.jax.FLASH`` NNX layers; their core is
+``flashcore.jax.kernels.flash_core``: the Pallas kernel on GPU / TPU, the spec's core elsewhere)
+and ``transformer++`` (``flashcore.jax.TransformerBlock``, the spec's dense attention). One step:
+``jax.jit(jax.value_and_grad)`` of sum(y * cotangent) (summed in float32) w.r.t. every layer's
+``nnx.State`` and x, compiled once; bfloat16 is the modules built in bfloat16 (bf16 parameters and
+x). A call returns after ``jax.block_until_ready`` on the loss and every gradient.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 
-__all__ = ["bench_one", "describe"]
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from .layers import FLASH, TransformerBlock
+
+__all__ = ["MODELS", "build_step"]
+
+MODELS = ("flashcore", "transformer++")
 
 
-def bench_one(t: int, dtype: str, *, repeats: int, dim: int, chunk: int, qk: int, batch: int = 1):
-    """(compile seconds, list of step seconds) for one sequence length and dtype."""
-    import jax
-    import jax.numpy as jnp
+def build_step(
+    model: str,
+    config,
+    weights: list[dict],
+    x: np.ndarray,
+    cot: np.ndarray,
+    dtype: str,
+    *,
+    threads: int | None = None,
+    compile: bool = False,
+) -> tuple[Callable[[], object], Callable[[], dict], dict]:
+    """One benchmark step of ``model`` on x / cot (1, T, d) float32 in ``dtype``.
 
-    import flashcore as fc
-
-    from . import functional
-
-    cfg = fc.FlashConfig(dim=dim, chunk_size=chunk, qk_dim=qk, causal=True)
+    Returns (run, gradients, info): run() does one jitted forward + backward of sum(y * cot) and
+    blocks on it; gradients() does one and returns {"loss", "x", "layers.{i}.<canonical name>"}
+    as float64 NumPy; info: jax's version, platform and the FLASH core. ``threads`` is set by
+    the caller through XLA_FLAGS before jax starts; ``compile`` (torch.compile) does not apply."""
+    if model not in MODELS:
+        raise ValueError(f"flashcore.jax.bench has no model {model!r} (it has {MODELS})")
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
     dt = jnp.dtype(dtype)
-    keys = jax.random.split(jax.random.key(0), 3)
-    pair = [functional.init(cfg, k, dt) for k in keys[:2]]
-    x = jax.random.normal(keys[2], (batch, t, dim), jnp.float32).astype(dt)
+    cls = FLASH if model == "flashcore" else TransformerBlock
+    graphdefs, states = zip(*(nnx.split(cls(config, params=w, dtype=dt)) for w in weights))
+    xj = jnp.asarray(x, dtype=dt)
+    cj = jnp.asarray(cot, dtype=jnp.float32)
 
-    def loss(pair, x):  # not sum(x): XLA would constant-fold a constant cotangent's reductions
-        for p in pair:
-            x = functional.apply(p, x, config=cfg)
-        return jnp.mean(jnp.square(x.astype(jnp.float32)))
+    def loss(states, x, cot):
+        h = x
+        for graphdef, state in zip(graphdefs, states):
+            h = nnx.merge(graphdef, state)(h)
+        return jnp.sum(h.astype(jnp.float32) * cot)
 
-    step = jax.jit(jax.value_and_grad(loss))
-    t0 = time.perf_counter()
-    jax.block_until_ready(step(pair, x))  # compile + warm-up
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(step(pair, x))
-        times.append(time.perf_counter() - t0)
-    return compile_s, times
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
 
+    def run():
+        return jax.block_until_ready(step(states, xj, cj))
 
-def describe(*, batch: int, dim: int, chunk: int, qk: int, repeats: int) -> str:
-    """The line above the table: what one step is, the framework version, device and core."""
-    import jax
+    def gradients() -> dict:
+        value, (g_states, g_x) = run()
+        f64 = lambda a: np.asarray(a).astype(np.float64)  # noqa: E731  (bfloat16 via ml_dtypes)
+        out = {"loss": f64(value), "x": f64(g_x)}
+        for i, (graphdef, g) in enumerate(zip(graphdefs, g_states)):
+            for name, v in nnx.merge(graphdef, g).to_canonical().items():
+                out[f"layers.{i}.{name}"] = f64(v)
+        return out
 
-    import flashcore as fc
+    info = {"jax": jax.__version__, "platform": jax.default_backend()}
+    if model == "flashcore":
+        from .kernels import can_use_kernel
 
-    from .kernels import can_use_kernel
-
-    kernel = can_use_kernel(None, fc.FlashConfig(causal=True))
-    return (
-        f"flashcore.jax bench: 2 causal FLASH layers, forward + backward, batch {batch}, "
-        f"dim {dim}, chunk {chunk}, qk {qk}; jax {jax.__version__} on "
-        f"{jax.default_backend()} ({jax.device_count()} device(s)); core: "
-        f"{'Pallas kernel' if kernel else 'spec (XLA)'}; median of {repeats}"
-    )
+        info["core_path"] = "pallas" if can_use_kernel(None, config) else "spec"
+    return run, gradients, info

@@ -1,71 +1,91 @@
-"""``flashcore bench --backend tf``: XLA-compiled forward + backward of a pair of causal FLASH layers.
+"""The tf step of ``flashcore bench`` (the models, the step's one definition, the children and the
+report are the application's: :mod:`flashcore.app.benchrun`, :mod:`flashcore.app.bench`).
 
-    flashcore bench --backend tf                           # T = 1K, 4K, 16K, 64K; float32, bfloat16
-    flashcore bench --backend tf --lengths 1K,4K --dtypes float32 --repeats 5
-
-One step is ``tf.GradientTape`` of sum(layer2(layer1(x))) w.r.t. both Keras layers' weights, batch 1,
-dim 512, chunk 256, qk 128 (the paper's FLASH sizes), in one ``tf.function(jit_compile=True)``
-compiled once per (T, dtype). bfloat16 is the Keras policy ``mixed_bfloat16`` (float32 variables,
-bfloat16 compute; the attention core in float32), as in :mod:`flashcore.tf.adapter`. The table
-gives the median over ``--repeats`` timed steps after one warm-up, and microseconds per token.
-
-This module builds and times the steps; the command and the table are the application's
-(:mod:`flashcore.app.benchtable`).
+Models: ``flashcore`` (``flashcore.tf.FLASH`` Keras layers) and ``transformer++``
+(``flashcore.tf.TransformerBlock``, the spec's dense attention). One step: ``tf.GradientTape`` of
+sum(y * cotangent) (summed in float32) w.r.t. x and every layer's weights, in one
+``tf.function(jit_compile=True)`` compiled once. bfloat16 is the Keras policy ``mixed_bfloat16``
+(float32 variables read as bfloat16, x cast to bfloat16 by Keras; the attention core in float32),
+as in :mod:`flashcore.tf.adapter`. A call returns after ``.numpy()`` of the loss: the compiled
+function is one XLA program, whose outputs are all computed when it returns.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 
-__all__ = ["bench_one", "describe"]
+import numpy as np
+import tensorflow as tf
 
+from .layers import FLASH, TransformerBlock
+
+__all__ = ["MODELS", "POLICIES", "build_step"]
+
+MODELS = ("flashcore", "transformer++")
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 
-def bench_one(t: int, dtype: str, *, repeats: int, dim: int, chunk: int, qk: int, batch: int = 1):
-    """(compile seconds, list of step seconds) for one sequence length and dtype."""
-    import tensorflow as tf
+def build_step(
+    model: str,
+    config,
+    weights: list[dict],
+    x: np.ndarray,
+    cot: np.ndarray,
+    dtype: str,
+    *,
+    threads: int | None = None,
+    compile: bool = False,
+) -> tuple[Callable[[], object], Callable[[], dict], dict]:
+    """One benchmark step of ``model`` on x / cot (1, T, d) float32 in ``dtype``.
 
-    import flashcore as fc
-
-    from .layers import FLASH
-
-    cfg = fc.FlashConfig(dim=dim, chunk_size=chunk, qk_dim=qk, causal=True)
-    pair = [FLASH(cfg, seed=i, dtype=POLICIES[dtype]) for i in range(2)]
-    weights = [w for layer in pair for w in layer.trainable_variables]
-    x = tf.random.stateless_normal((batch, t, dim), seed=(0, 1))
+    Returns (run, gradients, info): run() does one XLA-compiled forward + backward of
+    sum(y * cot) and waits for it; gradients() does one and returns {"loss", "x",
+    "layers.{i}.<canonical name>"} as float64 NumPy; info: TensorFlow's version and devices.
+    ``threads``: TensorFlow's intra-op threads; ``compile`` (torch.compile) does not apply."""
+    if model not in MODELS:
+        raise ValueError(f"flashcore.tf.bench has no model {model!r} (it has {MODELS})")
+    if dtype not in POLICIES:
+        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    cls = FLASH if model == "flashcore" else TransformerBlock
+    layers = [cls(config, params=w, dtype=POLICIES[dtype]) for w in weights]
+    sources = {}  # "layers.{i}.<canonical>" -> the Keras variable
+    transposed = set()
+    for i, layer in enumerate(layers):
+        variables = layer.native_variables()
+        for name, (native, transpose) in layer.table.items():
+            sources[f"layers.{i}.{name}"] = variables[native]
+            if transpose:
+                transposed.add(f"layers.{i}.{name}")
+    xt, ct = tf.constant(x), tf.constant(cot)
 
     @tf.function(jit_compile=True, autograph=False)
-    def step(x):
+    def step(x, cot):
         with tf.GradientTape() as tape:
+            tape.watch(x)
             h = x
-            for layer in pair:
+            for layer in layers:
                 h = layer(h)
-            loss = tf.reduce_sum(tf.cast(h, tf.float32))
-        return loss, tape.gradient(loss, weights)
+            loss = tf.reduce_sum(tf.cast(h, tf.float32) * cot)
+        grads = tape.gradient(loss, {"x": x, **sources})
+        # gathered weights (rel_bias) get IndexedSlices
+        return loss, {k: tf.convert_to_tensor(v) for k, v in grads.items()}
 
     def run():
-        loss, grads = step(x)
-        loss.numpy(), [g.numpy() for g in grads[:1]]  # wait for the results
+        loss, grads = step(xt, ct)
+        loss.numpy()  # wait for the compiled program
+        return loss, grads
 
-    t0 = time.perf_counter()
-    run()  # compile + warm-up
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return compile_s, times
+    def gradients() -> dict:
+        loss, grads = run()
+        out = {"loss": np.float64(loss.numpy())}
+        for k, g in grads.items():
+            g = tf.cast(g, tf.float64).numpy()
+            out[k] = g.T if k in transposed else g
+        return out
 
-
-def describe(*, batch: int, dim: int, chunk: int, qk: int, repeats: int) -> str:
-    """The line above the table: what one step is, the framework version, device and core."""
-    import tensorflow as tf
-
-    devices = ", ".join(d.device_type for d in tf.config.list_logical_devices())
-    return (
-        f"flashcore.tf bench: 2 causal FLASH layers, forward + backward, batch {batch}, "
-        f"dim {dim}, chunk {chunk}, qk {qk}; tensorflow {tf.__version__} on "
-        f"{devices}; XLA (jit_compile=True); median of {repeats}"
-    )
+    info = {"tensorflow": tf.__version__}
+    info["devices"] = ", ".join(d.device_type for d in tf.config.list_logical_devices())
+    return run, gradients, info

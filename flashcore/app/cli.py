@@ -10,8 +10,6 @@ import importlib
 import sys
 from typing import NamedTuple
 
-from . import benchtable
-
 
 class Command(NamedTuple):
     target: str  # "module:function" taking argv (list[str]) and returning an exit code
@@ -43,9 +41,9 @@ COMMANDS: dict[str, Command] = {
         "flashcore.app.conformance:main", "[...]", "the conformance suite as a CI gate"
     ),
     "bench": Command(
-        "flashcore.app.cli:bench_main",
-        "--backend B [...]",
-        "a backend's speed benchmark (see flashcore.<B>.bench)",
+        "flashcore.app.bench:main",
+        "[--backends B ...] [...]",
+        "FLASH's speed in torch, jax, tf against flash-pytorch and Transformer++",
     ),
     "weights-table": Command(
         "flashcore.params:print_weight_table", "", "the canonical weight table (docs/weights.md)"
@@ -79,33 +77,6 @@ def framework_backends() -> list[str]:
     from flashcore.conformance.adapters import BUILTIN
 
     return [name for name, target in BUILTIN.items() if target.startswith(f"flashcore.{name}.")]
-
-
-def bench_main(argv: list[str]) -> int:
-    """``flashcore bench --backend B [options]``: B's benchmark; 2 (message on stderr) for no
-    or an unknown backend, or one whose benchmark cannot be imported."""
-    backend = None
-    if "--backend" in argv:
-        i = argv.index("--backend")
-        if i + 1 < len(argv):
-            backend = argv[i + 1]
-            argv = argv[:i] + argv[i + 2 :]
-    backends = framework_backends()
-    if backend not in backends:
-        print(
-            f"usage: flashcore bench --backend {{{','.join(backends)}}} [options]", file=sys.stderr
-        )
-        return 2
-    try:
-        importlib.import_module(f"flashcore.{backend}.bench")  # its own dependencies present?
-    except ImportError as err:
-        print(f"flashcore bench: the {backend} benchmark is not available: {err}", file=sys.stderr)
-        return 2
-    if backend in benchtable.TABLE_BACKENDS:
-        return benchtable.main(backend, argv)
-    from . import torchbench  # the torch comparison run around flashcore.torch.bench
-
-    return torchbench.main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

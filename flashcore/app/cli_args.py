@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["positive", "nonneg_int", "probability"]
+__all__ = ["positive", "nonneg_int", "probability", "parse_length", "parse_lengths"]
 
 
 def positive(kind):
@@ -42,3 +42,18 @@ def probability(text: str) -> float:
     if not 0.0 < value <= 1.0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
     return value
+
+
+def parse_length(text: str) -> int:
+    """'4K' -> 4096, '1M' -> 1048576, '1000' -> 1000."""
+    text = text.strip().upper()
+    scale = {"K": 1024, "M": 1024**2}.get(text[-1:], 1)
+    return int(text[:-1] if scale > 1 else text) * scale
+
+
+def parse_lengths(ap: argparse.ArgumentParser, text: str) -> list[int]:
+    """'1K,4K,1000' -> [1024, 4096, 1000]; anything else is ``ap``'s usage error."""
+    try:
+        return [parse_length(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        ap.error(f"--lengths must be integers or nK, got {text!r}")

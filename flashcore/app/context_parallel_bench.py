@@ -29,7 +29,7 @@ from flashcore.context_parallel import summary_bytes
 from flashcore.torch.context_parallel import CommStats, context_parallel_flash
 from flashcore.torch.layers import FLASH
 
-from .benchtable import parse_lengths
+from .cli_args import parse_lengths
 
 __all__ = ["main"]
 

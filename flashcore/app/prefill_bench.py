@@ -38,7 +38,7 @@ import time
 
 import numpy as np
 
-from .benchtable import parse_length
+from .cli_args import parse_length
 
 __all__ = ["main", "model_config", "measure", "cpu_name"]
 
