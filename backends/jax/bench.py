@@ -11,6 +11,8 @@ x). A call returns after ``jax.block_until_ready`` on the loss and every gradien
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable
 
 import jax
@@ -78,3 +80,25 @@ def build_step(
 
         info["core_path"] = "pallas" if can_use_kernel(None, config) else "spec"
     return run, gradients, info
+
+
+def matmul_peak(n: int, dtype: str, *, repeats: int = 5) -> dict:
+    """GFLOP/s of a jitted ``jnp.dot`` of n x n in ``dtype`` (median of ``repeats`` after two
+    untimed calls, the first compiling), by wall and by process CPU time: whether XLA's CPU build
+    multiplies bfloat16 natively (about 2x its float32 rate) or through float32."""
+    rng = np.random.default_rng(0)
+    a, b = (jnp.asarray(rng.standard_normal((n, n)), dtype=dtype) for _ in range(2))
+    mm = jax.jit(jnp.dot)
+    for _ in range(2):
+        mm(a, b).block_until_ready()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        mm(a, b).block_until_ready()
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+    flop = 2 * n**3
+    return {
+        "gflops": flop / statistics.median(wall) / 1e9,
+        "gflops_cpu": flop / statistics.median(cpu) / 1e9,
+    }

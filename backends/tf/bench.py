@@ -12,6 +12,8 @@ function is one XLA program, whose outputs are all computed when it returns.
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -89,3 +91,25 @@ def build_step(
     info = {"tensorflow": tf.__version__}
     info["devices"] = ", ".join(d.device_type for d in tf.config.list_logical_devices())
     return run, gradients, info
+
+
+def matmul_peak(n: int, dtype: str, *, repeats: int = 5) -> dict:
+    """GFLOP/s of an XLA-compiled ``tf.linalg.matmul`` of n x n in ``dtype`` (median of
+    ``repeats`` after two untimed calls, the first compiling), by wall and by process CPU time:
+    whether TF's CPU build multiplies bfloat16 natively or through float32."""
+    rng = np.random.default_rng(0)
+    a, b = (tf.cast(rng.standard_normal((n, n)), dtype) for _ in range(2))
+    mm = tf.function(tf.linalg.matmul, jit_compile=True)
+    for _ in range(2):
+        mm(a, b).numpy()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        mm(a, b).numpy()
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+    flop = 2 * n**3
+    return {
+        "gflops": flop / statistics.median(wall) / 1e9,
+        "gflops_cpu": flop / statistics.median(cpu) / 1e9,
+    }

@@ -168,6 +168,17 @@ def main(argv: list[str] | None = None, *, progress=None) -> int:
         return out
 
     peak_start = peaks("start")
+    framework_peaks = {}  # jax / tf: the evidence whether their CPU build has native bf16 matmuls
+    for b in args.backends:
+        if b == "torch" or _missing(NEEDS[b]):
+            continue
+        framework_peaks[b] = {}
+        for dt in args.dtypes:
+            job = {"kind": "matmul", "backend": b, "dtype": dt, "n": args.matmul_size}
+            r = benchrun.run_child(job, env(b), args.timeout)
+            framework_peaks[b][dt] = {k: r.get(k, float("nan")) for k in ("gflops", "gflops_cpu")}
+            wall = benchreport.fmt(framework_peaks[b][dt]["gflops"], ".0f")
+            print(f"  {b} matmul {dt}: {wall} GFLOP/s wall")
     rows = _grid(args)
     for row in progress.iterate(rows, desc="bench", quiet=args.quiet):
         if "skipped" not in row:
@@ -212,6 +223,7 @@ def main(argv: list[str] | None = None, *, progress=None) -> int:
         "malloc_env": {} if args.system_malloc else benchrun.MALLOC_ENV,
         "matmul_peak_gflops": {"start": peak_start, "end": peak_end, "used": peak},
         "matmul_size": args.matmul_size,
+        "framework_matmul_gflops": framework_peaks,
         "params": {"flash_pair": flash_params, "transformer++_ffn_dim": ffn},
         "step": benchrun.doc_paragraph("The step, "),
         "bfloat16": benchrun.doc_paragraph("bfloat16, as "),

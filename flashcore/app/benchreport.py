@@ -200,7 +200,13 @@ def markdown(rows, targets, meta) -> str:
             f"{k} {fmt(v['gflops'], '.0f')} GFLOP/s wall / {fmt(v['gflops_cpu'], '.0f')} by CPU time"
             for k, v in pk.items()
         )
-        + ".",
+        + "."
+        + "".join(
+            f" {b} matmul (the same n, jitted): "
+            + ", ".join(f"{dt} {fmt(v['gflops'], '.0f')}" for dt, v in d.items())
+            + " GFLOP/s wall."
+            for b, d in meta.get("framework_matmul_gflops", {}).items()
+        ),
         "",
         meta["step"],
         "",

@@ -279,9 +279,16 @@ def measure(run, *, warmup: int, repeats: int) -> dict:
 
 def _child_job(job: dict) -> dict:
     if job["kind"] == "matmul":
-        from flashcore.torch import bench
+        backend = job.get("backend", "torch")
+        if backend == "torch":
+            from flashcore.torch import bench
 
-        return bench.matmul_peak(job["n"], job["dtype"], threads=job.get("threads"))
+            return bench.matmul_peak(job["n"], job["dtype"], threads=job.get("threads"))
+        if backend == "jax":
+            from flashcore.jax import bench
+        else:
+            from flashcore.tf import bench
+        return bench.matmul_peak(job["n"], job["dtype"])
     run, _, info = build(job)
     compiles = job["backend"] != "torch" or job.get("compile", False)
     warmup = max(job["warmup"], 1 if compiles else 0)  # the compiling first call is not timed
