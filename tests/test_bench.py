@@ -251,6 +251,9 @@ def test_bench_main_end_to_end(tmp_path, capsys):
         if peer and (b, m) != ("torch", "flash-pytorch"):
             assert "x_vs_flash_pytorch" in r
     assert rows[("torch", "flashcore", "float32")]["core_path"] == "torch"
+    fw = data["meta"]["framework_matmul_gflops"]  # the jax / tf bf16-vs-fp32 matmul evidence
+    assert set(fw) == set(backends) - {"torch"}
+    assert all(fw[b][dt]["gflops"] > 0 for b in fw for dt in ("float32", "bfloat16"))
     md = (tmp_path / "bench.md").read_text()
     assert f"`flashcore bench {' '.join(argv)}`" in md.splitlines()[2]
     assert "| torch | flashcore | float32 | 256 |" in md and "## Targets" in md
