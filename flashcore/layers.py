@@ -34,11 +34,13 @@ __all__ = [
     "normed_input",
     "hidden",
     "attention_core_flash",
+    "attention_core_gau",
     "flash_checked",
     "causal_mask",
     "FUSED_CORE_FIELDS",
     "FUSED_CORE_LINEAR_NORMS",
     "fused_core_unsupported",
+    "fused_gau_unsupported",
 ]
 
 # -- what the backends' fused attention cores cover (the one table they and the tests read) -----
@@ -86,6 +88,35 @@ def fused_core_unsupported(core: str, config, *, segment_ids=None, attn_keep=Non
     norms = FUSED_CORE_LINEAR_NORMS[core]
     if config.linear_norm not in norms:
         return f"linear_norm={config.linear_norm!r} (the {core} core covers {list(norms)})"
+    if segment_ids is not None:
+        return "segment_ids (packed sequences) are not fused"
+    return None
+
+
+def fused_gau_unsupported(config, *, masked: bool, segment_ids=None, attn_keep=None) -> str | None:
+    """None when a fused GAU core (one that computes relu(Q K^T / t + B)^2 V, causal or not, with
+    masked keys zeroed) implements :func:`attention_core_gau` for this call, else why not.
+
+    The scale must be 1 / t for every query: no ``fixed_length``, no ``length_mode='prefix'``,
+    and with a key mask (``masked``) only ``length_mode='array'`` (with 'real' n is each row's
+    number of real keys). segment_ids: (b, t) ints or None; attn_keep: dropout keep-mask or None.
+    """
+    if attn_keep is not None:
+        return "dropout on the attention weights (attn_keep) is not fused"
+    if dataclasses.is_dataclass(config):
+        unknown = sorted({f.name for f in dataclasses.fields(config)} - FUSED_CORE_FIELDS)
+        if unknown:
+            return f"FlashConfig fields {unknown} are new to the fused cores"
+    if getattr(config, "kind", None) != "gau":
+        return f"config.kind must be 'gau', got {getattr(config, 'kind', None)!r}"
+    if config.attention != "relu2":
+        return f"attention={config.attention!r} (only 'relu2' is fused)"
+    if config.fixed_length is not None:
+        return "fixed_length (a scale other than 1 / t) is not fused"
+    if config.length_mode == "prefix":
+        return "length_mode='prefix' (a scale per query) is not fused"
+    if masked and config.length_mode != "array":
+        return "a key mask with length_mode='real' (a scale per row) is not fused"
     if segment_ids is not None:
         return "segment_ids (packed sequences) are not fused"
     return None
@@ -271,12 +302,38 @@ def gau(
     u, v, (q, k) = project(params, x, config, mask, segment_ids, xp)
     acc = xp.float32 if is_low_precision(x.dtype) else x.dtype
     q, k, v = (xp.astype(a, acc, copy=False) for a in (q, k, v))
+    pos = np.arange(t)
+    bias = ops.rel_bias(params.get("rel_bias.weight"), pos, pos, config=config, xp=xp, like=q)
+    core = getattr(xp, "gau_core", None) or attention_core_gau  # a backend's fused core
+    attn_keep = None if dropout is None else dropout["attn"]
+    att = core(
+        q, k, v, bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=xp,
+        attn_keep=attn_keep,
+    )  # fmt: skip
+    reached = nonfinite.reach(bad, mask, segment_ids, causal=config.causal, xp=xp)
+    out_keep = None if dropout is None else dropout["out"]
+    x = nonfinite.poison(x, reached, xp)
+    return finish(params, x, u, att, mask, xp, keep=out_keep, p=config.dropout)
+
+
+def attention_core_gau(
+    q, k, v, *, bias, config: FlashConfig, mask=None, segment_ids=None, xp=None, attn_keep=None
+):
+    """GAU's quadratic attention after the projections and RoPE: A V with A = f(Q K^T / n + B).
+
+    q, k: (b, t, s); v: (b, t, e), all in the accumulation dtype (float32 for float16 /
+    bfloat16 layers); bias: (t, t) or None; mask, segment_ids: (b, t) or None; attn_keep:
+    (b, t, j) bool dropout keep-mask or None. Returns (b, t, e). This is the piece a backend's
+    fused core replaces (``xp.gau_core``, same signature); it is that core's oracle.
+    """
+    xp = namespace(v, xp=xp)
+    b, t, _ = v.shape
+    acc = v.dtype
     if mask is not None:
         k = xp.where(mask[..., None], k, xp.zeros_like(k))
         v = xp.where(mask[..., None], v, xp.zeros_like(v))
     scores = xp.matmul(q, xp.permute_dims(k, (0, 2, 1)))  # (b, t, j)
-    pos = np.arange(t)
-    causal = const(xp, causal_mask(t), like=x) if config.causal else None
+    causal = const(xp, causal_mask(t), like=v) if config.causal else None
     key_ok = mask[:, None, :] if mask is not None else None  # (b, 1, j)
     same = _same_segment(segment_ids, segment_ids) if segment_ids is not None else None
     member = _and(key_ok, same)  # keys that count towards n
@@ -290,17 +347,12 @@ def gau(
     else:
         member_f = xp.astype(xp.broadcast_to(member, (b, t, t)), acc)
         n = xp.maximum(xp.sum(member_f, axis=-1, keepdims=True), xp.ones((b, t, 1), dtype=acc))
-    bias = ops.rel_bias(params.get("rel_bias.weight"), pos, pos, config=config, xp=xp, like=scores)
     scale = 1.0 / math.sqrt(config.qk_dim) if config.attention == "softmax_plus" else 1.0 / n
     scores = scores_to_logits(scores, bias, scale, config)
     a = ops.attend(scores, _and(causal, member), kind=config.attention, length=n, xp=xp)
-    if dropout is not None:
-        a = drop.apply_keep(a, dropout["attn"], config.dropout, xp)
-    att = xp.matmul(a, v)  # (b, t, e)
-    reached = nonfinite.reach(bad, mask, segment_ids, causal=config.causal, xp=xp)
-    out_keep = None if dropout is None else dropout["out"]
-    x = nonfinite.poison(x, reached, xp)
-    return finish(params, x, u, att, mask, xp, keep=out_keep, p=config.dropout)
+    if attn_keep is not None:
+        a = drop.apply_keep(a, attn_keep, config.dropout, xp)
+    return xp.matmul(a, v)  # (b, t, e)
 
 
 def _pad_chunks(a, pad: int, g: int, c: int, xp, fill=None):

@@ -1,7 +1,8 @@
 """The namespace the torch backend hands the spec: ``array_api_compat.torch`` plus torch's own
 ``silu`` (fused) and ``erf``, ``dense`` (matmul plus bias in one addmm, autocast-aware),
 ``split_last`` (one backward for [U | V | Z] instead of a zero-filled gradient per slice),
-``known_all_false`` (the NaN / Inf containment's passes skipped for finite CPU inputs), and the
+``known_all_false`` (the NaN / Inf containment's passes skipped for finite CPU inputs),
+``gau_core`` (GAU's fused attention core, :mod:`flashcore.torch.kernels`), and the
 tracing hooks of torch.compile (see :func:`flashcore._xp.extended`). Use :data:`xp`."""
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ def _known_all_false(rows: torch.Tensor) -> bool:
     return not bool(rows.any())
 
 
+def _gau_core(q, k, v, **kw):
+    """GAU's attention core: :func:`flashcore.torch.kernels.gau_core` (imported on first use:
+    the kernels import this module)."""
+    from .kernels import gau_core
+
+    return gau_core(q, k, v, **kw)
+
+
 xp = extended(
     _compat,
     "flashcore.torch.xp",
@@ -57,5 +66,6 @@ xp = extended(
     erf=torch.special.erf,
     concrete=_concrete,
     known_all_false=_known_all_false,
+    gau_core=_gau_core,
     is_tracing=torch.compiler.is_compiling,
 )

@@ -12,6 +12,12 @@
 Training with dropout hands the core a keep-mask of the local attention weights (``attn_keep``);
 neither fused core applies one, so those calls take the spec's core.
 
+``gau_core`` is GAU's (``xp.gau_core``, the namespace hook :func:`flashcore.gau` takes): the
+blocked torch core with one chunk of length t and no linear part behind
+:func:`can_use_gau_core` (relu2 with the scale 1 / t, causal or not, any relative bias, no
+segment_ids, no dropout keep-mask), the spec's :func:`flashcore.layers.attention_core_gau`
+otherwise.
+
 ``softmax_core`` (:mod:`.sdpa`) is the Transformer++ block's: torch's
 ``scaled_dot_product_attention`` behind :func:`can_use_sdpa`, the spec's softmax core otherwise.
 
@@ -26,7 +32,7 @@ import functools
 
 import torch
 
-from flashcore.layers import attention_core_flash
+from flashcore.layers import attention_core_flash, attention_core_gau, fused_gau_unsupported
 
 from ._common import FLOAT_DTYPES, unsupported_reason
 from .sdpa import can_use_sdpa, softmax_core, softmax_core_path
@@ -39,6 +45,9 @@ __all__ = [
     "softmax_core",
     "can_use_sdpa",
     "softmax_core_path",
+    "gau_core",
+    "can_use_gau_core",
+    "gau_core_path",
 ]
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -120,3 +129,33 @@ def attention_core(
         return fn(qq, qk, lq, lk, v, bias=bias, config=config, mask=mask)
     spec = dict(config=config, mask=mask, segment_ids=segment_ids, xp=xp, attn_keep=attn_keep)
     return attention_core_flash(qq, qk, lq, lk, v, bias=bias, **spec)
+
+
+def can_use_gau_core(v, config, mask=None, segment_ids=None, attn_keep=None) -> bool:
+    """Whether :func:`gau_core` runs the blocked torch core: a plain floating torch tensor and a
+    configuration the spec's table passes (:func:`flashcore.layers.fused_gau_unsupported`)."""
+    if not _plain_tensor(v) or v.dtype not in FLOAT_DTYPES:
+        return False
+    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool):
+        return False
+    masked = mask is not None
+    return fused_gau_unsupported(config, masked=masked, segment_ids=segment_ids,
+                                 attn_keep=attn_keep) is None  # fmt: skip
+
+
+def gau_core_path(v, config, mask=None, segment_ids=None, attn_keep=None) -> str:
+    """Which implementation :func:`gau_core` takes: 'torch' or 'spec'."""
+    return "torch" if can_use_gau_core(v, config, mask, segment_ids, attn_keep) else "spec"
+
+
+def gau_core(q, k, v, *, bias, config, mask=None, segment_ids=None, xp=None, attn_keep=None):
+    """q, k: (b, t, s); v: (b, t, e) -> (b, t, e); see flashcore.layers.attention_core_gau."""
+    if can_use_gau_core(v, config, mask, segment_ids, attn_keep):
+        from .torch_core import gau_core_torch
+
+        fn = gau_core_torch
+        if torch.compiler.is_compiling():
+            fn = torch.compiler.disable(gau_core_torch)
+        return fn(q, k, v, bias=bias, config=config, mask=mask)
+    spec = dict(config=config, mask=mask, segment_ids=segment_ids, xp=xp, attn_keep=attn_keep)
+    return attention_core_gau(q, k, v, bias=bias, **spec)

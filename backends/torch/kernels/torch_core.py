@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ._common import check_core_args, state_weights
 
-__all__ = ["attention_core_torch", "BLOCK_TOKENS"]
+__all__ = ["attention_core_torch", "gau_core_torch", "BLOCK_TOKENS"]
 
 #: Query rows per block of the quadratic part (rounded to whole chunks, at least one chunk).
 BLOCK_TOKENS = 1024
@@ -60,7 +60,7 @@ def _store(dst, res, scratch, i0: int, i1: int) -> None:
 class _MixedChunkCore(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qq, qk, lq, lk, v, bias, keep, wts, c, causal, block, cdt):
-        b, t, s = qq.shape
+        b, t, s = lq.shape  # s: the linear heads' width (qq, qk may differ: GAU passes width 1)
         e = v.shape[-1]
         g = -(-t // c)
         pad = g * c - t
@@ -268,3 +268,37 @@ def attention_core_torch(
             BLOCK_TOKENS if block_tokens is None else int(block_tokens),
             cdt,
         )
+
+
+def gau_core_torch(q, k, v, *, bias, config, mask=None):
+    """GAU's quadratic attention, relu(Q K^T / t + B)^2 V (lower triangle if causal), as the
+    mixed-chunk core's quadratic part with one chunk of length t and no linear part (the same
+    autograd Function and hand-written backward).
+
+    q, k: (b, t, s); v: (b, t, e), one floating dtype; bias: (t, t) or None; mask: (b, t) bool
+    or None (masked keys zeroed; the caller zeroes masked rows). The configuration must pass
+    :func:`flashcore.layers.fused_gau_unsupported`. Returns (b, t, e) in v's dtype; under
+    autocast float32 inputs are computed in the autocast dtype (bf16 matmuls, float32
+    accumulation), only R = relu(S) (b, t, t) in that dtype is saved for the backward."""
+    b, t, _ = q.shape
+    for name, a in (("q", q), ("k", k)):
+        if a.shape != q.shape or a.dtype != v.dtype:
+            raise ValueError(f"{name} must be (b, t, s) = {tuple(q.shape)} in {v.dtype}")
+    if v.dim() != 3 or v.shape[:2] != q.shape[:2]:
+        raise ValueError(f"v must be (b, t, e) with (b, t) = {(b, t)}, got {tuple(v.shape)}")
+    if bias is not None and tuple(bias.shape) != (t, t):
+        raise ValueError(f"bias must be (t, t) = {(t, t)}, got {tuple(bias.shape)}")
+    dev = v.device.type
+    cdt = v.dtype
+    if cdt == torch.float32 and torch.is_autocast_enabled(dev):
+        cdt = torch.get_autocast_dtype(dev)
+    with torch.autocast(dev, enabled=False):
+        keep = mask[..., None] if mask is not None else None
+        if bias is not None:
+            bias = bias.to(v.dtype)
+            if config.bias_before_scale:  # (Q K^T + B) / t = Q K^T / t + B / t
+                bias = bias * (1.0 / t)
+        none = q.new_zeros((b, t, 1))  # the linear part's heads: width 1, all zero
+        return _MixedChunkCore.apply(
+            q, k, none, none, v, bias, keep, [[0.0]] * b, t, config.causal, t, cdt
+        )  # fmt: skip
