@@ -28,6 +28,8 @@ from .params import subtree
 __all__ = [
     "transformer_block",
     "attention_core_softmax",
+    "fused_softmax_allowed",
+    "query_blocks",
     "attn_qkv",
     "ffn",
     "block_fn",
@@ -121,6 +123,54 @@ def attention_core_softmax(
         a = drop.apply_keep(a, attn_keep, config.dropout, xp)
     o = xp.matmul(xp.reshape(a, (b * n, t, t)), fold(v))  # (b * n, t, hd)
     return xp.reshape(o, (b, n, t, hd))
+
+
+def fused_softmax_allowed(
+    config: TransformerConfig,
+    t: int,
+    mask=None,
+    segment_ids=None,
+    *,
+    rows: tuple[int, int] | None = None,
+    keys: int | None = None,
+    xp,
+    like,
+):
+    """The boolean mask a fused softmax attention kernel gets in place of
+    :func:`attention_core_softmax`'s: (b or 1, 1, r, keys), True where query i (of rows
+    ``start..stop``, r = stop - start, of the t positions) may see key j < ``keys``; or None when
+    every key is allowed (not causal, no mask, no segments).
+
+    causal: j <= i; mask: (b, t) bool, key j real; segment_ids: (b, t) ints, the same segment.
+    With a mask, each query's own key is allowed as well. A real query sees itself already, so
+    nothing changes for it; a padded query (whose output the block zeroes, so that nothing flows
+    back from it) then has one key instead of possibly none. Fused kernels give an empty row NaN
+    or the mean of every value where the spec gives zeros; with this mask no row is empty.
+    ``rows`` (default (0, t)) and ``keys`` (default t) cut out one block of queries and the
+    leading keys it needs (a causal block of rows up to stop needs keys < stop only).
+    """
+    start, stop = (0, t) if rows is None else rows
+    keys = t if keys is None else keys
+    i = np.arange(start, stop)[:, None]  # (r, 1) query positions
+    j = np.arange(keys)[None, :]  # (1, keys) key positions
+    allowed = const(xp, (j <= i)[None, None], like=like) if config.causal else None
+    if mask is not None:
+        key_ok = mask[:, None, None, :keys]  # (b, 1, 1, keys)
+        allowed = key_ok if allowed is None else (allowed & key_ok)
+    if segment_ids is not None:
+        same = segment_ids[:, None, start:stop, None] == segment_ids[:, None, None, :keys]
+        allowed = same if allowed is None else (allowed & same)
+    if mask is not None:
+        allowed = allowed | const(xp, (j == i)[None, None], like=like)
+    return allowed
+
+
+def query_blocks(t: int, block: int, causal: bool) -> list[tuple[int, int, int]]:
+    """Blocks of at most ``block`` query rows over t positions: [(start, stop, keys)], keys the
+    number of leading keys the block's queries may see (stop when causal, else t)."""
+    if block < 1:
+        raise ValueError(f"block must be a positive number of rows, got {block!r}")
+    return [(s, min(s + block, t), min(s + block, t) if causal else t) for s in range(0, t, block)]
 
 
 def attn_qkv(params: dict, x, config: TransformerConfig, xp):

@@ -1,4 +1,5 @@
-"""A Pallas kernel for FLASH's mixed-chunk attention core, behind a guard.
+"""A Pallas kernel for FLASH's mixed-chunk attention core, and the Transformer++ attention core on
+``jax.nn.dot_product_attention``, each behind a guard.
 
 It replaces :func:`flashcore.layers.attention_core_flash` (same signature, so ``fc.flash(...,
 core=flash_core)`` takes it) for the paper's configuration: relu^2 attention, linear_norm='sum',
@@ -18,11 +19,27 @@ backend and a supported config), else the spec's core, which is also the oracle 
 (``interpret=True`` runs the kernel on CPU). The kernel is checked here only in interpret mode;
 the first run on real hardware should be ``tests/backend_jax/test_jax_kernel.py``, whose compiled
 test runs only where a GPU or TPU is present.
+
+:func:`softmax_core` has the signature of :func:`flashcore.lm.attention_core_softmax` and is what
+the Transformer++ block and LM take by default (``transformer_block(..., core=softmax_core)``).
+It runs ``jax.nn.dot_product_attention`` (``implementation=None``: XLA's, on every platform
+today; logits and softmax in float32 for bfloat16 / float16 inputs) behind the guard
+:func:`can_use_fused_attention`, which sends to the spec's core what that call does not compute
+the same way: a dropout keep-mask of the probabilities (``attn_keep``: it has no dropout), and
+float64 (its softmax runs in float32). Inside ``jit``, ``grad`` and ``vmap`` it is the same call.
+A padding mask or segment_ids become its boolean ``mask`` with every query's own key allowed
+(:func:`flashcore.lm.fused_softmax_allowed`): it averages every value on a row with no allowed
+key where the spec gives zeros, and the block zeroes padded rows afterwards. Past
+:data:`QUERY_BLOCK` positions it runs one call per block of query rows (a causal block with only
+the keys up to its last row), each under ``jax.checkpoint``, so the scores held, forward and
+backward, are (b, n, block, T) rather than (b, n, T, T); the price is one more evaluation of each
+block's scores in the backward pass.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -30,10 +47,19 @@ from jax.experimental import pallas as pl
 
 from flashcore.config import FlashConfig
 from flashcore.layers import attention_core_flash, fused_core_unsupported
+from flashcore.lm import attention_core_softmax, fused_softmax_allowed, query_blocks
 
 from .xp import xp as jax_xp
 
-__all__ = ["can_use_kernel", "flash_core", "pallas_core"]
+__all__ = [
+    "can_use_kernel",
+    "flash_core",
+    "pallas_core",
+    "can_use_fused_attention",
+    "softmax_core",
+    "softmax_core_path",
+    "QUERY_BLOCK",
+]
 
 
 def can_use_kernel(
@@ -280,3 +306,87 @@ def _core_bwd(static, res, do):
 
 
 _core.defvjp(_core_fwd, _core_bwd)
+
+
+# ---- the Transformer++ softmax core -------------------------------------------------------------
+
+QUERY_BLOCK = 1024
+"""Query rows per ``jax.nn.dot_product_attention`` call in :func:`softmax_core` (longer inputs
+run block by block)."""
+
+FUSED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
+
+
+def can_use_fused_attention(q, config, mask=None, segment_ids=None, attn_keep=None) -> bool:
+    """Whether :func:`softmax_core` runs ``jax.nn.dot_product_attention`` for these inputs (else
+    the spec's core): no dropout keep-mask ``attn_keep`` and q (b, n, t, hd) in float32, bfloat16
+    or float16 (its softmax runs in float32, so float64 goes to the spec). Masks, segments, jit,
+    grad and vmap are all fine."""
+    return attn_keep is None and q.dtype in FUSED_DTYPES
+
+
+def softmax_core_path(q, config, mask=None, segment_ids=None, attn_keep=None) -> str:
+    """'fused' or 'spec': which core :func:`softmax_core` takes."""
+    return "fused" if can_use_fused_attention(q, config, mask, segment_ids, attn_keep) else "spec"
+
+
+def softmax_core(
+    q,
+    k,
+    v,
+    *,
+    config,
+    mask=None,
+    segment_ids=None,
+    attn_keep=None,
+    xp=None,
+    block: int | None = None,
+):
+    """q, k, v: (b, n, t, hd) -> (b, n, t, hd); see :func:`flashcore.lm.attention_core_softmax`.
+
+    ``jax.nn.dot_product_attention`` when :func:`can_use_fused_attention` (and k, v share q's
+    dtype), else the spec's core. ``block``: query rows per call (None: :data:`QUERY_BLOCK`).
+    """
+    same = k.dtype == q.dtype and v.dtype == q.dtype
+    if not (same and can_use_fused_attention(q, config, mask, segment_ids, attn_keep)):
+        return attention_core_softmax(
+            q,
+            k,
+            v,
+            config=config,
+            mask=mask,
+            segment_ids=segment_ids,
+            attn_keep=attn_keep,
+            xp=xp or jax_xp,
+        )
+    t = q.shape[2]
+    block = QUERY_BLOCK if block is None else block
+    qt, kt, vt = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))  # (b, t, n, hd)
+    spans = query_blocks(t, block, bool(config.causal))
+    if len(spans) == 1:
+        out = _attend(qt, kt, vt, mask, segment_ids, config=config, t=t, span=spans[0])
+    else:
+        pieces = []
+        for start, stop, keys in spans:
+            one = functools.partial(_attend, config=config, t=t, span=(start, stop, keys))
+            pieces.append(
+                jax.checkpoint(one)(
+                    qt[:, start:stop], kt[:, :keys], vt[:, :keys], mask, segment_ids
+                )
+            )
+        out = jnp.concatenate(pieces, axis=1)  # (b, t, n, hd)
+    return jnp.swapaxes(out, 1, 2)
+
+
+def _attend(qb, kb, vb, mask, segment_ids, *, config, t, span):
+    """One block of query rows: qb (b, r, n, hd), kb, vb (b, keys, n, hd) -> (b, r, n, hd)."""
+    start, stop, keys = span
+    scale = 1.0 / math.sqrt(qb.shape[-1])
+    if mask is None and segment_ids is None and (not config.causal or start == 0):
+        return jax.nn.dot_product_attention(
+            qb, kb, vb, scale=scale, is_causal=bool(config.causal)
+        )  # the first (or only) block: causal is the top-left triangle, keys == stop
+    allowed = fused_softmax_allowed(
+        config, t, mask, segment_ids, rows=(start, stop), keys=keys, xp=jax_xp, like=qb
+    )  # (b or 1, 1, r, keys)
+    return jax.nn.dot_product_attention(qb, kb, vb, mask=allowed, scale=scale)
