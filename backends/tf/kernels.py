@@ -39,8 +39,8 @@ FUSED_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
 def can_use_fused_attention(q, config, mask=None, segment_ids=None, attn_keep=None) -> bool:
     """Whether :func:`softmax_core` runs ``keras.ops.dot_product_attention`` for these inputs
-    (else the spec's core): no dropout keep-mask ``attn_keep``, q (b, n, t, hd) a floating TF
-    tensor. Masks, segments, ``tf.function`` and XLA are all fine."""
+    (else the spec's core): no dropout keep-mask ``attn_keep``, q (b, n, t, hd) float16,
+    bfloat16, float32 or float64. Masks, segments, ``tf.function`` and XLA are all fine."""
     return attn_keep is None and getattr(q, "dtype", None) in FUSED_DTYPES
 
 
