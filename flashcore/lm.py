@@ -29,7 +29,6 @@ __all__ = [
     "transformer_block",
     "attention_core_softmax",
     "fused_softmax_allowed",
-    "query_blocks",
     "attn_qkv",
     "ffn",
     "block_fn",
@@ -127,50 +126,40 @@ def attention_core_softmax(
 
 def fused_softmax_allowed(
     config: TransformerConfig,
-    t: int,
+    q_pos,
+    k_pos,
     mask=None,
     segment_ids=None,
+    q_segment_ids=None,
     *,
-    rows: tuple[int, int] | None = None,
-    keys: int | None = None,
     xp,
-    like,
 ):
     """The boolean mask a fused softmax attention kernel gets in place of
-    :func:`attention_core_softmax`'s: (b or 1, 1, r, keys), True where query i (of rows
-    ``start..stop``, r = stop - start, of the t positions) may see key j < ``keys``; or None when
-    every key is allowed (not causal, no mask, no segments).
+    :func:`attention_core_softmax`'s: (b or 1, 1, r, j) bool, True where a query may see a key;
+    or None when every key is allowed (not causal, no mask, no segments).
 
-    causal: j <= i; mask: (b, t) bool, key j real; segment_ids: (b, t) ints, the same segment.
-    With a mask, each query's own key is allowed as well. A real query sees itself already, so
-    nothing changes for it; a padded query (whose output the block zeroes, so that nothing flows
-    back from it) then has one key instead of possibly none. Fused kernels give an empty row NaN
-    or the mean of every value where the spec gives zeros; with this mask no row is empty.
-    ``rows`` (default (0, t)) and ``keys`` (default t) cut out one block of queries and the
-    leading keys it needs (a causal block of rows up to stop needs keys < stop only).
+    q_pos: (r,) int array, the queries' positions; k_pos: (j,) those of the keys (a block of
+    queries against the keys it needs); mask: (b, j) bool, True at real keys; segment_ids: (b, j)
+    ints of the keys, q_segment_ids: (b, r) those of the queries (None: segment_ids, when the
+    queries are the keys). Allowed: key position <= query position when causal, a real key, the
+    same segment; and, with a mask, each query's own key as well. A real query sees itself
+    already, so nothing changes for it; a padded query (whose output the block zeroes, so that
+    nothing flows back from it) then has one key instead of possibly none. Fused kernels give an
+    empty row NaN or the mean of every value where the spec gives zeros; with this mask no row of
+    a real position is empty.
     """
-    start, stop = (0, t) if rows is None else rows
-    keys = t if keys is None else keys
-    i = np.arange(start, stop)[:, None]  # (r, 1) query positions
-    j = np.arange(keys)[None, :]  # (1, keys) key positions
-    allowed = const(xp, (j <= i)[None, None], like=like) if config.causal else None
+    qp, kp = q_pos[:, None], k_pos[None, :]  # (r, 1), (1, j)
+    allowed = (kp <= qp)[None, None] if config.causal else None  # (1, 1, r, j)
     if mask is not None:
-        key_ok = mask[:, None, None, :keys]  # (b, 1, 1, keys)
+        key_ok = mask[:, None, None, :]  # (b, 1, 1, j)
         allowed = key_ok if allowed is None else (allowed & key_ok)
     if segment_ids is not None:
-        same = segment_ids[:, None, start:stop, None] == segment_ids[:, None, None, :keys]
+        q_seg = segment_ids if q_segment_ids is None else q_segment_ids
+        same = q_seg[:, None, :, None] == segment_ids[:, None, None, :]  # (b, 1, r, j)
         allowed = same if allowed is None else (allowed & same)
     if mask is not None:
-        allowed = allowed | const(xp, (j == i)[None, None], like=like)
+        allowed = allowed | (kp == qp)[None, None]
     return allowed
-
-
-def query_blocks(t: int, block: int, causal: bool) -> list[tuple[int, int, int]]:
-    """Blocks of at most ``block`` query rows over t positions: [(start, stop, keys)], keys the
-    number of leading keys the block's queries may see (stop when causal, else t)."""
-    if block < 1:
-        raise ValueError(f"block must be a positive number of rows, got {block!r}")
-    return [(s, min(s + block, t), min(s + block, t) if causal else t) for s in range(0, t, block)]
 
 
 def attn_qkv(params: dict, x, config: TransformerConfig, xp):

@@ -29,11 +29,12 @@ the same way: a dropout keep-mask of the probabilities (``attn_keep``: it has no
 float64 (its softmax runs in float32). Inside ``jit``, ``grad`` and ``vmap`` it is the same call.
 A padding mask or segment_ids become its boolean ``mask`` with every query's own key allowed
 (:func:`flashcore.lm.fused_softmax_allowed`): it averages every value on a row with no allowed
-key where the spec gives zeros, and the block zeroes padded rows afterwards. Past
-:data:`QUERY_BLOCK` positions it runs one call per block of query rows (a causal block with only
-the keys up to its last row), each under ``jax.checkpoint``, so the scores held, forward and
-backward, are (b, n, block, T) rather than (b, n, T, T); the price is one more evaluation of each
-block's scores in the backward pass.
+key where the spec gives zeros, and the block zeroes padded rows afterwards. XLA materialises
+the (b, n, T, T) scores of one call; past :data:`QUERY_BLOCK` positions the core runs one call
+per block of query rows against every key, in a ``lax.map`` (one block after the other) of a
+``jax.checkpoint``-ed body, so the scores held, forward and backward, are (b, n, block, T); the
+price is one more evaluation of each block's scores in the backward pass. (A Python loop over the
+blocks lets XLA's CPU scheduler keep several blocks' scores alive at once; the map does not.)
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from jax.experimental import pallas as pl
 
 from flashcore.config import FlashConfig
 from flashcore.layers import attention_core_flash, fused_core_unsupported
-from flashcore.lm import attention_core_softmax, fused_softmax_allowed, query_blocks
+from flashcore.lm import attention_core_softmax, fused_softmax_allowed
 
 from .xp import xp as jax_xp
 
@@ -359,34 +360,42 @@ def softmax_core(
             attn_keep=attn_keep,
             xp=xp or jax_xp,
         )
-    t = q.shape[2]
-    block = QUERY_BLOCK if block is None else block
+    b, n, t, hd = q.shape
+    block = QUERY_BLOCK if block is None else int(block)
+    if block < 1:
+        raise ValueError(f"block must be a positive number of query rows, got {block}")
     qt, kt, vt = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))  # (b, t, n, hd)
-    spans = query_blocks(t, block, bool(config.causal))
-    if len(spans) == 1:
-        out = _attend(qt, kt, vt, mask, segment_ids, config=config, t=t, span=spans[0])
-    else:
-        pieces = []
-        for start, stop, keys in spans:
-            one = functools.partial(_attend, config=config, t=t, span=(start, stop, keys))
-            pieces.append(
-                jax.checkpoint(one)(
-                    qt[:, start:stop], kt[:, :keys], vt[:, :keys], mask, segment_ids
-                )
-            )
-        out = jnp.concatenate(pieces, axis=1)  # (b, t, n, hd)
+    k_pos = jnp.arange(t)
+    attend = functools.partial(
+        _attend, kt=kt, vt=vt, k_pos=k_pos, mask=mask, segment_ids=segment_ids, config=config
+    )
+    if t <= block:
+        return jnp.swapaxes(attend(qt, k_pos, segment_ids, square=True), 1, 2)
+
+    def one(start):  # the block of query rows start .. start + block - 1
+        qb = jax.lax.dynamic_slice_in_dim(qt, start, block, axis=1)  # (b, block, n, hd)
+        sb = None
+        if segment_ids is not None:
+            sb = jax.lax.dynamic_slice_in_dim(segment_ids, start, block, axis=1)  # (b, block)
+        return attend(qb, start + jnp.arange(block), sb)
+
+    full = t // block * block
+    outs = jax.lax.map(jax.checkpoint(one), jnp.arange(0, full, block))  # (t // block, b, ...)
+    out = jnp.reshape(jnp.moveaxis(outs, 0, 1), (b, full, n, hd))
+    if full < t:  # the last rows, fewer than a block
+        seg = None if segment_ids is None else segment_ids[:, full:]
+        rest = jax.checkpoint(lambda qb, s: attend(qb, jnp.arange(full, t), s))(qt[:, full:], seg)
+        out = jnp.concatenate([out, rest], axis=1)
     return jnp.swapaxes(out, 1, 2)
 
 
-def _attend(qb, kb, vb, mask, segment_ids, *, config, t, span):
-    """One block of query rows: qb (b, r, n, hd), kb, vb (b, keys, n, hd) -> (b, r, n, hd)."""
-    start, stop, keys = span
+def _attend(qb, q_pos, q_seg, *, kt, vt, k_pos, mask, segment_ids, config, square=False):
+    """Queries qb (b, r, n, hd) at positions q_pos (r,), segments q_seg (b, r) or None, against
+    every key: kt, vt (b, t, n, hd) -> (b, r, n, hd). ``square``: the queries are the keys."""
     scale = 1.0 / math.sqrt(qb.shape[-1])
-    if mask is None and segment_ids is None and (not config.causal or start == 0):
-        return jax.nn.dot_product_attention(
-            qb, kb, vb, scale=scale, is_causal=bool(config.causal)
-        )  # the first (or only) block: causal is the top-left triangle, keys == stop
+    if mask is None and segment_ids is None and (square or not config.causal):
+        return jax.nn.dot_product_attention(qb, kt, vt, scale=scale, is_causal=config.causal)
     allowed = fused_softmax_allowed(
-        config, t, mask, segment_ids, rows=(start, stop), keys=keys, xp=jax_xp, like=qb
-    )  # (b or 1, 1, r, keys)
-    return jax.nn.dot_product_attention(qb, kb, vb, mask=allowed, scale=scale)
+        config, q_pos, k_pos, mask, segment_ids, q_seg, xp=jax_xp
+    )  # (b or 1, 1, r, t)
+    return jax.nn.dot_product_attention(qb, kt, vt, mask=allowed, scale=scale)

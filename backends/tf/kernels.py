@@ -12,9 +12,10 @@ bfloat16, float32 and float64 all run there (float64 keeps its logits and softma
 A padding mask or segment_ids become its boolean ``mask`` with every query's own key allowed
 (:func:`flashcore.lm.fused_softmax_allowed`): the op averages every value on a row with no allowed
 key where the spec gives zeros, and the block zeroes padded rows afterwards. Past
-:data:`QUERY_BLOCK` positions it runs one call per block of query rows (a causal block with only
-the keys up to its last row), so a forward holds (b, n, block, T) scores at a time; the gradient
-keeps each block's probabilities, (b, n, T, T) in all, as the spec does.
+:data:`QUERY_BLOCK` positions it runs one call per block of query rows, a causal block against
+only the keys up to its last row (about half the work of the full causal T x T when there are
+many blocks). The gradient keeps each block's probabilities, (b, n, T, T) in all as in the spec,
+and XLA may keep several blocks' scores alive at once.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from flashcore.lm import attention_core_softmax, fused_softmax_allowed, query_blocks
+from flashcore.lm import attention_core_softmax, fused_softmax_allowed
 
 from .xp import xp as tf_xp
 
@@ -79,23 +80,33 @@ def softmax_core(
             xp=xp or tf_xp,
         )
     t = q.shape[2]
-    block = QUERY_BLOCK if block is None else block
+    block = QUERY_BLOCK if block is None else int(block)
+    if block < 1:
+        raise ValueError(f"block must be a positive number of query rows, got {block}")
+    causal = bool(config.causal)
     qt, kt, vt = (tf.transpose(a, (0, 2, 1, 3)) for a in (q, k, v))  # (b, t, n, hd)
     scale = np.float64(1.0 / math.sqrt(q.shape[-1]))  # (a Python float is cast via float32)
     pieces = []
-    for start, stop, keys in query_blocks(t, block, bool(config.causal)):
+    for start in range(0, t, block):
+        stop = min(start + block, t)
+        keys = stop if causal else t  # a causal block sees no key past its last row
         qb, kb, vb = qt[:, start:stop], kt[:, :keys], vt[:, :keys]
-        if mask is None and segment_ids is None and (not config.causal or start == 0):
-            allowed = None  # the first (or only) block: causal is the top-left triangle
-            causal = bool(config.causal)
+        if mask is None and segment_ids is None and (not causal or start == 0):
+            allowed, is_causal = None, causal  # (the first block: the top-left triangle)
         else:
             allowed = fused_softmax_allowed(
-                config, t, mask, segment_ids, rows=(start, stop), keys=keys, xp=tf_xp, like=qb
+                config,
+                tf.range(start, stop),
+                tf.range(keys),
+                None if mask is None else mask[:, :keys],
+                None if segment_ids is None else segment_ids[:, :keys],
+                None if segment_ids is None else segment_ids[:, start:stop],
+                xp=tf_xp,
             )  # (b or 1, 1, r, keys)
-            causal = False
+            is_causal = False
         pieces.append(
             keras.ops.dot_product_attention(
-                qb, kb, vb, mask=allowed, scale=scale, is_causal=causal, flash_attention=False
+                qb, kb, vb, mask=allowed, scale=scale, is_causal=is_causal, flash_attention=False
             )
         )  # (b, r, n, hd)
     out = pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=1)
