@@ -190,3 +190,22 @@ def test_a_spec_core_is_refused_where_the_config_has_no_softmax_attention():
     p = functional.init(cfg, jax.random.key(0))
     with pytest.raises(ValueError, match="attn_core"):
         functional.apply(p, jnp.zeros((1, 4, 16)), config=cfg, attn_core=attention_core_softmax)
+
+
+def test_query_blocks_bound_the_memory_xla_plans():
+    """Past ``block`` rows the scores held are (b, n, block, T): XLA's plan for the gradient of
+    T = 512 in blocks of 128 needs well under half the scratch of one block of 512."""
+    config = fc.TransformerConfig(dim=64, heads=4, causal=True)
+    q = jnp.zeros((1, 4, 512, 16), jnp.float32)
+
+    def scratch(block):
+        loss = lambda q: jnp.sum(kernels.softmax_core(q, q, q, config=config, block=block))  # noqa: E731
+        stats = jax.jit(jax.grad(loss)).lower(q).compile().memory_analysis()
+        if stats is None:
+            pytest.skip("this XLA backend reports no memory analysis")
+        return stats.temp_size_in_bytes
+
+    one, blocked = scratch(512), scratch(128)
+    scores = 4 * 512 * 512 * 4  # one (b, n, T, T) float32 array
+    assert one >= scores, (one, scores)
+    assert blocked < one / 2, (blocked, one)
