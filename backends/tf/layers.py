@@ -122,8 +122,8 @@ class FLASH(_FlashBlock):
 class TransformerBlock(_Block):
     """The Transformer++ baseline block. (b, t, d) -> (b, t, d); weights: attn_norm, qkv,
     attn_out, ffn_norm, ffn_gate / ffn_up / ffn_down. Its attention core is
-    :func:`flashcore.tf.kernels.softmax_core` (``keras.ops.dot_product_attention`` behind a guard,
-    else the spec's)."""
+    :func:`flashcore.tf.kernels.softmax_core` (a blocked, XLA-fused softmax attention behind a
+    guard, else the spec's)."""
 
     config_type = TransformerConfig
 

@@ -1,4 +1,4 @@
-"""The Transformer++ core on keras.ops.dot_product_attention (flashcore.tf.kernels.softmax_core)
+"""The Transformer++ core in TF ops (flashcore.tf.kernels.softmax_core)
 against the spec's softmax core (flashcore.lm.attention_core_softmax) on the same inputs, both
 under tf.function(jit_compile=True): outputs and gradients w.r.t. q, k, v, causal or not, with
 padding and segments, in float64, float32 and bfloat16, in one block and in several; the guard
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 tf = pytest.importorskip("tensorflow", reason="the TF backend needs tensorflow")
-keras = pytest.importorskip("keras", reason="the TF backend needs keras")
+pytest.importorskip("keras", reason="the TF backend needs keras")
 
 import flashcore as fc  # noqa: E402
 from flashcore.conformance.assertions import assert_close  # noqa: E402
@@ -82,15 +82,16 @@ def test_fused_core_equals_the_spec_core(causal, kind, dtype, block):
 
 
 def _count_fused(monkeypatch) -> list:
-    """Count calls of keras.ops.dot_product_attention (what kernels.softmax_core calls)."""
+    """Count calls of the fused graph (kernels._fused, what kernels.softmax_core runs when its
+    guard allows)."""
     calls = []
-    real = keras.ops.dot_product_attention
+    real = kernels._fused
 
     def counting(*a, **kw):
         calls.append(1)
         return real(*a, **kw)
 
-    monkeypatch.setattr(kernels.keras.ops, "dot_product_attention", counting)
+    monkeypatch.setattr(kernels, "_fused", counting)
     return calls
 
 
@@ -102,11 +103,11 @@ def test_the_guard_sends_dropout_masks_to_the_spec(monkeypatch):
     assert kernels.softmax_core_path(q, config) == "fused"
     assert kernels.softmax_core_path(q, config, attn_keep=keep) == "spec"
     got = kernels.softmax_core(q, k, v, config=config, attn_keep=keep, xp=xp)
-    assert not calls, "a dropout keep-mask reached keras.ops.dot_product_attention"
+    assert not calls, "a dropout keep-mask reached the fused graph"
     want = attention_core_softmax(q, k, v, config=config, attn_keep=keep, xp=xp)
     assert_close(got, want, reorder=T)
     kernels.softmax_core(q, k, v, config=config, xp=xp)
-    assert calls, "without a keep-mask the core did not take keras.ops.dot_product_attention"
+    assert calls, "without a keep-mask the core did not take the fused graph"
 
 
 @pytest.mark.parametrize("batch", ["static", "unknown"])
@@ -136,7 +137,7 @@ def test_the_block_takes_the_fused_core_and_equals_the_spec_block(monkeypatch, b
         return out, tape.gradient(loss, block.trainable_variables)
 
     got, grads = step(x, tf.constant(mask))
-    assert calls, "the block did not take keras.ops.dot_product_attention"
+    assert calls, "the block did not take the fused core"
     params = {k: v.astype(np.float64) for k, v in block.to_canonical().items()}
     want = fc.transformer_block(params, x.numpy().astype(np.float64), config=config, mask=mask)
     assert_close(got, want, dtype="float32")
