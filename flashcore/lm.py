@@ -28,6 +28,7 @@ from .params import subtree
 __all__ = [
     "transformer_block",
     "attention_core_softmax",
+    "fused_softmax_allowed",
     "attn_qkv",
     "ffn",
     "block_fn",
@@ -121,6 +122,44 @@ def attention_core_softmax(
         a = drop.apply_keep(a, attn_keep, config.dropout, xp)
     o = xp.matmul(xp.reshape(a, (b * n, t, t)), fold(v))  # (b * n, t, hd)
     return xp.reshape(o, (b, n, t, hd))
+
+
+def fused_softmax_allowed(
+    config: TransformerConfig,
+    q_pos,
+    k_pos,
+    mask=None,
+    segment_ids=None,
+    q_segment_ids=None,
+    *,
+    xp,
+):
+    """The boolean mask a fused softmax attention kernel gets in place of
+    :func:`attention_core_softmax`'s: (b or 1, 1, r, j) bool, True where a query may see a key;
+    or None when every key is allowed (not causal, no mask, no segments).
+
+    q_pos: (r,) int array, the queries' positions; k_pos: (j,) those of the keys (a block of
+    queries against the keys it needs); mask: (b, j) bool, True at real keys; segment_ids: (b, j)
+    ints of the keys, q_segment_ids: (b, r) those of the queries (None: segment_ids, when the
+    queries are the keys). Allowed: key position <= query position when causal, a real key, the
+    same segment; and, with a mask, each query's own key as well. A real query sees itself
+    already, so nothing changes for it; a padded query (whose output the block zeroes, so that
+    nothing flows back from it) then has one key instead of possibly none. Fused kernels give an
+    empty row NaN or the mean of every value where the spec gives zeros; with this mask no row of
+    a real position is empty.
+    """
+    qp, kp = q_pos[:, None], k_pos[None, :]  # (r, 1), (1, j)
+    allowed = (kp <= qp)[None, None] if config.causal else None  # (1, 1, r, j)
+    if mask is not None:
+        key_ok = mask[:, None, None, :]  # (b, 1, 1, j)
+        allowed = key_ok if allowed is None else (allowed & key_ok)
+    if segment_ids is not None:
+        q_seg = segment_ids if q_segment_ids is None else q_segment_ids
+        same = q_seg[:, None, :, None] == segment_ids[:, None, None, :]  # (b, 1, r, j)
+        allowed = same if allowed is None else (allowed & same)
+    if mask is not None:
+        allowed = allowed | (kp == qp)[None, None]
+    return allowed
 
 
 def attn_qkv(params: dict, x, config: TransformerConfig, xp):

@@ -76,6 +76,40 @@ def test_transformer_block_matches_naive(norm, causal):
     assert_close(spec, ref, reorder=longest_reduction(cfg, x.shape[1]))
 
 
+@pytest.mark.parametrize(
+    "rows", [(0, 8, 8), (3, 6, 8), (3, 6, 6)], ids=["all", "mid", "causal-cut"]
+)
+@pytest.mark.parametrize("masks", list(MASKS))
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_softmax_mask_matches_the_loop_and_leaves_no_row_empty(causal, masks, rows):
+    """flashcore.lm.fused_softmax_allowed for queries start..stop against keys 0..keys, against its
+    definition written as a loop: (j <= i when causal) and key j real and one segment, or j == i
+    when there is a mask. Every real query keeps a key, and with a mask every query does."""
+    start, stop, keys = rows
+    cfg = fc.TransformerConfig(dim=8, heads=2, causal=causal)
+    mask, seg = MASKS[masks]
+    b = 2
+    got = fc.lm.fused_softmax_allowed(
+        cfg,
+        np.arange(start, stop),
+        np.arange(keys),
+        None if mask is None else mask[:, :keys],
+        None if seg is None else seg[:, :keys],
+        None if seg is None else seg[:, start:stop],
+        xp=np,
+    )
+    if mask is None and seg is None and not causal:
+        assert got is None
+        return
+    got = np.broadcast_to(got, (b, 1, stop - start, keys))
+    for row, i, j in itertools.product(range(b), range(start, stop), range(keys)):
+        ok = (not causal or j <= i) and (mask is None or mask[row, j])
+        ok = ok and (seg is None or seg[row, i] == seg[row, j])
+        ok = ok or (mask is not None and i == j)
+        assert bool(got[row, 0, i - start, j]) == ok, (row, i, j)
+    assert got.any(axis=-1).all(), "a query row has no allowed key"  # (keys >= stop here)
+
+
 @pytest.mark.parametrize("block", ["flash", "gau", "transformer"])
 @pytest.mark.parametrize(
     "lm_opts",

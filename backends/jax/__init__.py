@@ -11,7 +11,9 @@ The math is the flashcore spec, called with ``jax.numpy`` as its array namespace
                 the same names as methods of the modules: causal incremental decoding (FLASH
                 state, GAU / Transformer++ key/value caches).
     parallel:   data_mesh / shard_batch / replicate: data parallelism with jax.sharding.
-    kernels:    flash_core (a Pallas mixed-chunk attention kernel) behind can_use_kernel.
+    kernels:    flash_core (a Pallas mixed-chunk attention kernel) behind can_use_kernel, and
+                softmax_core (Transformer++ on jax.nn.dot_product_attention) behind
+                can_use_fused_attention.
     io:         save / load (Flax msgpack files), save_canonical / load_canonical (safetensors).
     xp:         the namespace the modules hand the spec.
 """

@@ -78,7 +78,9 @@ def scan(params: dict, xs: jax.Array, state: dict, *, config: Config):
 
 
 _step = jax.jit(decode_step, static_argnames="config")
-_forward = jax.jit(lm_logits, static_argnames="config")
+_forward = jax.jit(
+    functools.partial(lm_logits, attn_core=kernels.softmax_core), static_argnames="config"
+)  # a "recompute" LM's forward; Transformer++ blocks on the fused softmax core
 
 
 _SAMPLER = {"temperature": 1.0, "top_k": None, "top_p": None}  # generate's options, defaults

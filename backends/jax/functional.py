@@ -70,24 +70,41 @@ def apply(
     segment_ids: jax.Array | None = None,
     core: Callable | None = None,
     dropout: dict | None = None,
+    attn_core: Callable | None = None,
 ) -> jax.Array:
     """One layer or block, or an LM's logits. x: (b, t, d) -> (b, t, d); LM: tokens (b, t) -> (b, t, v).
 
     mask: (b, t) bool, True at real positions; segment_ids: (b, t) ints (packed sequences).
     ``core``: the mixed-chunk attention core of FLASH layers. None takes ``kernels.flash_core``:
     the Pallas kernel where ``kernels.can_use_kernel`` allows (GPU / TPU), else the spec's core.
-    Pass ``flashcore.layers.attention_core_flash`` to force the spec's. dropout: keep-masks
-    (:func:`dropout_masks`) or None (no dropout).
+    Pass ``flashcore.layers.attention_core_flash`` to force the spec's. ``attn_core``: the
+    softmax attention core of Transformer++ blocks. None takes ``kernels.softmax_core``:
+    ``jax.nn.dot_product_attention`` where ``kernels.can_use_fused_attention`` allows, else the
+    spec's core; pass ``flashcore.lm.attention_core_softmax`` to force the spec's. dropout:
+    keep-masks (:func:`dropout_masks`) or None (no dropout).
     """
     if isinstance(config, LMConfig):
         return logits(
-            params, x, config=config, mask=mask, segment_ids=segment_ids, core=core, dropout=dropout
+            params,
+            x,
+            config=config,
+            mask=mask,
+            segment_ids=segment_ids,
+            core=core,
+            dropout=dropout,
+            attn_core=attn_core,
         )
     kw = dict(config=config, mask=mask, segment_ids=segment_ids, xp=xp, dropout=dropout)
     if isinstance(config, FlashConfig) and config.kind == "flash":
+        if attn_core is not None:
+            raise ValueError("attn_core= replaces Transformer++'s softmax core; FLASH has none")
         return fc.flash(params, x, core=core or kernels.flash_core, **kw)
     if core is not None:
         raise ValueError("core= replaces FLASH's mixed-chunk core; this config has none")
+    if isinstance(config, TransformerConfig):
+        return fc.transformer_block(params, x, core=attn_core or kernels.softmax_core, **kw)
+    if attn_core is not None:
+        raise ValueError("attn_core= replaces Transformer++'s softmax core; GAU has none")
     return fc.block_fn(config)(params, x, **kw)
 
 
@@ -100,9 +117,10 @@ def logits(
     segment_ids: jax.Array | None = None,
     core: Callable | None = None,
     dropout: dict | None = None,
+    attn_core: Callable | None = None,
 ) -> jax.Array:
-    """Next-token logits of an LM. tokens: (b, t) ints -> (b, t, v). ``core``, ``dropout``: as in
-    :func:`apply`."""
+    """Next-token logits of an LM. tokens: (b, t) ints -> (b, t, v). ``core``, ``attn_core``,
+    ``dropout``: as in :func:`apply`."""
     return fc.lm_logits(
         params,
         tokens,
@@ -111,6 +129,7 @@ def logits(
         segment_ids=segment_ids,
         xp=xp,
         core=core or kernels.flash_core,
+        attn_core=attn_core or kernels.softmax_core,
         dropout=dropout,
     )
 
@@ -126,10 +145,11 @@ def loss(
     core: Callable | None = None,
     dropout: dict | None = None,
     loss_mask: jax.Array | None = None,
+    attn_core: Callable | None = None,
 ) -> jax.Array:
     """Mean next-token cross-entropy (nats) of ``targets`` (b, t) given ``inputs`` (b, t): ().
-    ``dropout``: as in :func:`apply`; ``loss_mask``: (b, t) bool, the positions counted (None:
-    every real one)."""
+    ``core``, ``attn_core``, ``dropout``: as in :func:`apply`; ``loss_mask``: (b, t) bool, the
+    positions counted (None: every real one)."""
     return fc.lm_loss(
         params,
         inputs,
@@ -139,6 +159,7 @@ def loss(
         segment_ids=segment_ids,
         xp=xp,
         core=core or kernels.flash_core,
+        attn_core=attn_core or kernels.softmax_core,
         dropout=dropout,
         loss_mask=loss_mask,
     )

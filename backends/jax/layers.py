@@ -76,6 +76,7 @@ class _Layer(BlockDecoding, CanonicalModule):
             mask=mask,
             segment_ids=segment_ids,
             core=getattr(self, "core", None),
+            attn_core=getattr(self, "attn_core", None),
             dropout=masks,
         )
 
@@ -124,7 +125,11 @@ class FLASH(_FlashLayer):
 
 
 class TransformerBlock(_Layer):
-    """The Transformer++ baseline block. Params: attn_norm, attn.{qkv,out}, ffn_norm, ffn.{gate,up,down}."""
+    """The Transformer++ baseline block. Params: attn_norm, attn.{qkv,out}, ffn_norm, ffn.{gate,up,down}.
+
+    ``attn_core``: the softmax attention core (None: :func:`flashcore.jax.kernels.softmax_core`,
+    ``jax.nn.dot_product_attention`` where its guard allows, else the spec's).
+    """
 
     def __init__(
         self,
@@ -133,6 +138,7 @@ class TransformerBlock(_Layer):
         rngs: nnx.Rngs | None = None,
         params: dict | None = None,
         dtype=None,
+        attn_core: Callable | None = None,
         dropout_rngs=None,
         deterministic: bool = False,
     ):
@@ -146,6 +152,7 @@ class TransformerBlock(_Layer):
             dropout_rngs=dropout_rngs,
             deterministic=deterministic,
         )
+        self.attn_core = attn_core
 
 
 def block_class(config: FlashConfig | TransformerConfig | LMConfig) -> type[CanonicalModule]:

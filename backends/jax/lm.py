@@ -31,7 +31,8 @@ __all__ = ["LM"]
 
 class LM(LMDecoding, CanonicalModule):
     """Causal LM: embed (v, d), ``layers`` (nnx.List of blocks), final_norm, head (untied only),
-    abs_pos (scaled sinusoidal only). ``core``: FLASH layers' mixed-chunk core, as in FLASH."""
+    abs_pos (scaled sinusoidal only). ``core``: FLASH layers' mixed-chunk core, as in FLASH;
+    ``attn_core``: Transformer++ blocks' softmax core, as in TransformerBlock."""
 
     def __init__(
         self,
@@ -41,6 +42,7 @@ class LM(LMDecoding, CanonicalModule):
         params: dict | None = None,
         dtype=None,
         core: Callable | None = None,
+        attn_core: Callable | None = None,
         dropout_rngs=None,
         deterministic: bool = False,
     ):
@@ -58,10 +60,19 @@ class LM(LMDecoding, CanonicalModule):
             if not name.startswith("layers."):
                 _place(self, path, _native(params[name], transpose))
         self.core = core
+        self.attn_core = attn_core
         self._dropout_init(rngs, dropout_rngs, deterministic)
 
     @classmethod
-    def from_pretrained(cls, name_or_path, *, dtype=None, core: Callable | None = None, **hub):
+    def from_pretrained(
+        cls,
+        name_or_path,
+        *,
+        dtype=None,
+        core: Callable | None = None,
+        attn_core: Callable | None = None,
+        **hub,
+    ):
         """An LM from a pretrained directory (config.json + canonical model.safetensors, as
         transformers' ``save_pretrained`` via flashcore.torch.hf and ``flashcore export`` write
         it) or a Hub id (``hub``: see :func:`flashcore.pretrained.resolve`). ``dtype``: cast the
@@ -69,7 +80,7 @@ class LM(LMDecoding, CanonicalModule):
         from flashcore import pretrained
 
         params, config = pretrained.load(name_or_path, **hub)
-        return cls(config, params=params, dtype=dtype, core=core)
+        return cls(config, params=params, dtype=dtype, core=core, attn_core=attn_core)
 
     def __call__(
         self,
@@ -90,6 +101,7 @@ class LM(LMDecoding, CanonicalModule):
             mask=mask,
             segment_ids=segment_ids,
             core=self.core,
+            attn_core=self.attn_core,
             dropout=self._masks(*_batch_time(tokens), dropout, deterministic, rngs),
         )
 
@@ -114,5 +126,6 @@ class LM(LMDecoding, CanonicalModule):
             mask=mask,
             segment_ids=segment_ids,
             core=self.core,
+            attn_core=self.attn_core,
             dropout=self._masks(*_batch_time(inputs), dropout, deterministic, rngs),
         )

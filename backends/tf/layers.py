@@ -47,6 +47,7 @@ import tensorflow as tf
 import flashcore as fc
 from flashcore.config import FlashConfig, LMConfig, TransformerConfig
 
+from . import kernels
 from .decode import BlockDecoding
 from .module import CanonicalModule, no_autograph, run_static
 
@@ -67,10 +68,14 @@ class _Block(BlockDecoding, CanonicalModule):
         inputs = tf.convert_to_tensor(inputs)
         masks = self._masks(inputs, training, dropout)
 
-        def run(xp, x, m, s, d):
-            return fn(params, x, config=self.config, mask=m, segment_ids=s, xp=xp, dropout=d)
-
         per_example = isinstance(self.config, TransformerConfig)
+        extra = {"core": kernels.softmax_core} if per_example else {}
+
+        def run(xp, x, m, s, d):
+            return fn(
+                params, x, config=self.config, mask=m, segment_ids=s, xp=xp, dropout=d, **extra
+            )
+
         return run_static(
             run,
             inputs,
@@ -116,7 +121,9 @@ class FLASH(_FlashBlock):
 @keras.saving.register_keras_serializable(package="flashcore")
 class TransformerBlock(_Block):
     """The Transformer++ baseline block. (b, t, d) -> (b, t, d); weights: attn_norm, qkv,
-    attn_out, ffn_norm, ffn_gate / ffn_up / ffn_down."""
+    attn_out, ffn_norm, ffn_gate / ffn_up / ffn_down. Its attention core is
+    :func:`flashcore.tf.kernels.softmax_core` (a blocked, XLA-fused softmax attention behind a
+    guard, else the spec's)."""
 
     config_type = TransformerConfig
 

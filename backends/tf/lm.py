@@ -17,6 +17,7 @@ import tensorflow as tf
 import flashcore as fc
 from flashcore.config import LMConfig, TransformerConfig
 
+from . import kernels
 from .decode import LMDecoding
 from .layers import block_class
 from .module import CanonicalModule, no_autograph, run_static
@@ -31,7 +32,7 @@ class LM(LMDecoding, CanonicalModule):
     Sub-layers ``blocks[i]`` (named ``block_{i}``) hold the block weights; the LM holds
     ``embeddings`` (v, d), ``abs_pos_scale`` (1,) with scaled sinusoidal positions, the final norm
     and, as configured, ``head_kernel`` (d, v) and ``head_bias`` (v,). The forward is one call of
-    ``fc.lm_logits``.
+    ``fc.lm_logits``, Transformer++ blocks on :func:`flashcore.tf.kernels.softmax_core`.
     """
 
     config_type = LMConfig
@@ -81,7 +82,14 @@ class LM(LMDecoding, CanonicalModule):
 
         def run(xp, t, m, s, d):
             return fc.lm_logits(
-                params, t, config=self.config, mask=m, segment_ids=s, xp=xp, dropout=d
+                params,
+                t,
+                config=self.config,
+                mask=m,
+                segment_ids=s,
+                xp=xp,
+                dropout=d,
+                attn_core=kernels.softmax_core,
             )
 
         per_example = isinstance(self.config.block, TransformerConfig)
