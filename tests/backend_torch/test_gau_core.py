@@ -57,9 +57,13 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("block", [8, 512], ids=["blocks-of-8", "one-block"])
 @pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
 @pytest.mark.parametrize("case", range(len(CASES)), ids=lambda i: "-".join(map(str, CASES[i])))
-def test_fused_gau_core_equals_the_spec(dtype, case):
+def test_fused_gau_core_equals_the_spec(dtype, case, block, monkeypatch):
+    """t = 37: with blocks of 8 query rows, five blocks (the last of 5 rows), each causal one
+    reading only the keys up to its last row."""
+    monkeypatch.setattr(torch_core, "GAU_BLOCK", block)
     opts = dict(CASES[case])
     masked = opts.pop("mask", False)
     config = fc.FlashConfig(dim=32, kind="gau", qk_dim=16, max_len=64, **opts)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ._common import check_core_args, state_weights
 
-__all__ = ["attention_core_torch", "gau_core_torch", "BLOCK_TOKENS"]
+__all__ = ["attention_core_torch", "gau_core_torch", "BLOCK_TOKENS", "GAU_BLOCK"]
 
 #: Query rows per block of the quadratic part (rounded to whole chunks, at least one chunk).
 BLOCK_TOKENS = 1024
@@ -60,7 +60,7 @@ def _store(dst, res, scratch, i0: int, i1: int) -> None:
 class _MixedChunkCore(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qq, qk, lq, lk, v, bias, keep, wts, c, causal, block, cdt):
-        b, t, s = lq.shape  # s: the linear heads' width (qq, qk may differ: GAU passes width 1)
+        b, t, s = qq.shape
         e = v.shape[-1]
         g = -(-t // c)
         pad = g * c - t
@@ -270,16 +270,102 @@ def attention_core_torch(
         )
 
 
-def gau_core_torch(q, k, v, *, bias, config, mask=None):
-    """GAU's quadratic attention, relu(Q K^T / t + B)^2 V (lower triangle if causal), as the
-    mixed-chunk core's quadratic part with one chunk of length t and no linear part (the same
-    autograd Function and hand-written backward).
+#: Query rows per block of GAU's blocked quadratic core.
+GAU_BLOCK = 512
+
+
+class _BlockedQuadCore(torch.autograd.Function):
+    """GAU's attention relu(S)^2 V, S = Q K^T * scale + B, block by block of query rows: a causal
+    block reads only the keys up to its last row (half the work of the full t x t), and the
+    backward recomputes each block's S instead of saving it (memory: one block, not t x t)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, keep, scale, causal, block, cdt):
+        b, t, _ = q.shape
+        e = v.shape[-1]
+        odt, acc, dev = v.dtype, _acc_dtype(cdt), v.device
+        keep_ = keep.to(cdt) if keep is not None else None  # (b, t, 1) 0/1
+        q_ = q.to(cdt)
+        k_ = k.to(cdt) if keep_ is None else k.to(cdt) * keep_
+        v_ = v.to(cdt) if keep_ is None else v.to(cdt) * keep_
+        bias_ = bias.to(cdt) if bias is not None else None
+        out = torch.empty((b, t, e), dtype=odt, device=dev)
+        tri = {}  # the causal mask of a diagonal block, by its shape
+        for bi in range(b):
+            for i0 in range(0, t, block):
+                i1 = min(t, i0 + block)
+                j1 = i1 if causal else t
+                r = _block_scores(q_[bi, i0:i1], k_[bi, :j1], bias_, i0, i1, j1, scale)
+                r.relu_()
+                if causal:
+                    r[:, i0:].mul_(_diag_mask(tri, i1 - i0, r.dtype, dev))
+                a = r.mul_(r)
+                out[bi, i0:i1].copy_(torch.mm(a, v_[bi, :j1]))
+        ctx.save_for_backward(q_, k_, v_, bias_, keep_)
+        ctx.dims = (scale, causal, block, odt, acc, bias.dtype if bias is not None else None)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        q_, k_, v_, bias_, keep_ = ctx.saved_tensors
+        scale, causal, block, odt, acc, bias_dtype = ctx.dims
+        b, t, _ = q_.shape
+        cdt, dev = q_.dtype, q_.device
+        do_ = dout.to(cdt)
+        dq = torch.empty(q_.shape, dtype=odt, device=dev)
+        dk = torch.zeros(k_.shape, dtype=acc, device=dev)
+        dv = torch.zeros(v_.shape, dtype=acc, device=dev)
+        dbias = torch.zeros((t, t), dtype=acc, device=dev) if bias_ is not None else None
+        tri = {}
+        for bi in range(b):
+            for i0 in range(0, t, block):
+                i1 = min(t, i0 + block)
+                j1 = i1 if causal else t
+                qb, kb, vb, dob = q_[bi, i0:i1], k_[bi, :j1], v_[bi, :j1], do_[bi, i0:i1]
+                r = _block_scores(qb, kb, bias_, i0, i1, j1, scale).relu_()
+                if causal:
+                    r[:, i0:].mul_(_diag_mask(tri, i1 - i0, r.dtype, dev))
+                dv[bi, :j1] += torch.mm(torch.mul(r, r).t(), dob)  # A^T dO
+                ds = torch.mm(dob, vb.t()).mul_(r).mul_(2.0)  # dS = 2 R * (dO V^T)
+                if dbias is not None:
+                    dbias[i0:i1, :j1] += ds
+                dq[bi, i0:i1].copy_(torch.mm(ds, kb).mul_(scale))
+                dk[bi, :j1] += torch.mm(ds.t(), qb).mul_(scale)
+        if keep_ is not None:
+            dk.mul_(keep_)
+            dv.mul_(keep_)
+        dk, dv = dk.to(odt), dv.to(odt)
+        if dbias is not None:
+            dbias = dbias.to(bias_dtype)
+        return dq, dk, dv, dbias, None, None, None, None, None
+
+
+def _block_scores(qb, kb, bias, i0: int, i1: int, j1: int, scale: float):
+    """S = qb kb^T * scale + bias[i0:i1, :j1] for one block: (rows, s), (j1, s) -> (rows, j1)."""
+    if bias is None:
+        return torch.mm(qb, kb.t()).mul_(scale)
+    return torch.addmm(bias[i0:i1, :j1], qb, kb.t(), alpha=scale)
+
+
+def _diag_mask(cache: dict, n: int, dtype, device):
+    """(n, n) lower-triangular 0/1 in ``dtype``: the causal mask of a diagonal block."""
+    if n not in cache:
+        cache[n] = torch.tril(torch.ones((n, n), dtype=dtype, device=device))
+    return cache[n]
+
+
+def gau_core_torch(q, k, v, *, bias, config, mask=None, block: int | None = None):
+    """GAU's quadratic attention, relu(Q K^T / t + B)^2 V (lower triangle if causal), one autograd
+    Function over blocks of query rows (:class:`_BlockedQuadCore`): a causal block reads only the
+    keys up to its last row, and the backward recomputes each block's scores.
 
     q, k: (b, t, s); v: (b, t, e), one floating dtype; bias: (t, t) or None; mask: (b, t) bool
     or None (masked keys zeroed; the caller zeroes masked rows). The configuration must pass
     :func:`flashcore.layers.fused_gau_unsupported`. Returns (b, t, e) in v's dtype; under
-    autocast float32 inputs are computed in the autocast dtype (bf16 matmuls, float32
-    accumulation), only R = relu(S) (b, t, t) in that dtype is saved for the backward."""
+    autocast float32 inputs are computed in the autocast dtype (bf16 matmuls with float32
+    accumulation inside them; dK, dV and dB summed in float32). ``block``: query rows per block
+    (default :data:`GAU_BLOCK`)."""
     b, t, _ = q.shape
     for name, a in (("q", q), ("k", k)):
         if a.shape != q.shape or a.dtype != v.dtype:
@@ -298,7 +384,5 @@ def gau_core_torch(q, k, v, *, bias, config, mask=None):
             bias = bias.to(v.dtype)
             if config.bias_before_scale:  # (Q K^T + B) / t = Q K^T / t + B / t
                 bias = bias * (1.0 / t)
-        none = q.new_zeros((b, t, 1))  # the linear part's heads: width 1, all zero
-        return _MixedChunkCore.apply(
-            q, k, none, none, v, bias, keep, [[0.0]] * b, t, config.causal, t, cdt
-        )  # fmt: skip
+        blk = GAU_BLOCK if block is None else int(block)
+        return _BlockedQuadCore.apply(q, k, v, bias, keep, 1.0 / t, config.causal, blk, cdt)
