@@ -139,6 +139,26 @@ def test_a_killed_experiment_continues_where_it_stopped(tmp_path, corpus, monkey
     assert [r["arch"] for r in runs] == list(quality.ARCHS)
 
 
+def test_resume_may_extend_the_sweep(tmp_path, corpus, monkeypatch):
+    """--resume --lrs with more rates trains only the new rates' runs and saves the longer sweep;
+    dropping a rate is a contradiction."""
+    argv = ["--settings", "clm-64", "--lrs", "1e-3", "--archs", "flash", "--data", corpus, *TOY,
+            "--out", str(tmp_path)]  # fmt: skip
+    assert quality.main(argv) == 0
+    real, trained = quality._train_run, []
+    monkeypatch.setattr(
+        quality, "_train_run", lambda run, flags: (trained.append(run.name), real(run, flags))
+    )
+    assert quality.main(["--resume", "--lrs", "1e-3", "3e-3", "--out", str(tmp_path),
+                         "--quiet"]) == 0  # fmt: skip
+    assert trained == ["clm-64-flash-lr0.003"]
+    saved = json.loads((tmp_path / "experiment.json").read_text())
+    assert saved["args"]["lrs"] == [1e-3, 3e-3]
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert sorted(r["lr"] for r in runs) == [1e-3, 3e-3]
+    assert quality.main(["--resume", "--lrs", "3e-3", "--out", str(tmp_path)]) == 2
+
+
 def test_refusals(tmp_path, corpus, capsys):
     base = ["--settings", "clm-64", "--lrs", "1e-3", "--data", corpus, *TOY]
     assert quality.main(["--resume", "--out", str(tmp_path / "none")]) == 2

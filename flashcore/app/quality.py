@@ -27,6 +27,8 @@ from its newest checkpoint.
 
     flashcore quality --out docs/quality --runs runs/quality
     flashcore quality --resume --out docs/quality --runs runs/quality
+    flashcore quality --resume --lrs 1e-3 2e-3 4e-3 8e-3 ...   # the sweep extended: only the
+                                                               # new rates' runs are trained
 """
 
 from __future__ import annotations
@@ -544,6 +546,11 @@ def _check_resume(args, argv: list[str], ap) -> argparse.Namespace:
     for action in ap._actions:
         action.default = argparse.SUPPRESS
     given = _plain(argparse.Namespace(**vars(ap.parse_args(argv))))
+    extended_lrs = None  # --lrs may add rates to the sweep (the finished runs stay valid)
+    old_lrs = saved["args"].get("lrs", [])
+    if "lrs" in given and given["lrs"] != old_lrs and set(old_lrs) <= set(given["lrs"]):
+        extended_lrs = old_lrs + [lr for lr in given["lrs"] if lr not in old_lrs]
+        del given["lrs"]
     conflicts = [
         f"--{k.replace('_', '-')}: the experiment has {saved['args'].get(k)}, you gave {v}"
         for k, v in given.items()
@@ -569,6 +576,11 @@ def _check_resume(args, argv: list[str], ap) -> argparse.Namespace:
             merged, k, getattr(args, k) if k in given else saved["args"].get(k, getattr(merged, k))
         )
     merged.resume, merged.force = True, False
+    if extended_lrs is not None:  # the experiment now sweeps these: saved for the next --resume
+        merged.lrs = extended_lrs
+        saved["args"]["lrs"] = extended_lrs
+        text = json.dumps(saved, indent=1)
+        io.atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return merged
 
 
