@@ -75,21 +75,30 @@ def fused_core_unsupported(core: str, config, *, segment_ids=None, attn_keep=Non
     :func:`attention_core_flash` for ``config`` with these arguments, else why not.
 
     segment_ids: (b, t) ints or None; attn_keep: (b, g, c, k) bool dropout keep-mask or None."""
+    reason = _fused_common(config, "flash", attn_keep)
+    if reason is not None:
+        return reason
+    norms = FUSED_CORE_LINEAR_NORMS[core]
+    if config.linear_norm not in norms:
+        return f"linear_norm={config.linear_norm!r} (the {core} core covers {list(norms)})"
+    if segment_ids is not None:
+        return "segment_ids (packed sequences) are not fused"
+    return None
+
+
+def _fused_common(config, kind: str, attn_keep) -> str | None:
+    """What every fused core needs: no attention dropout mask, no FlashConfig field new to the
+    table, this layer kind, relu2 attention; None, or why not."""
     if attn_keep is not None:
         return "dropout on the attention weights (attn_keep) is not fused"
     if dataclasses.is_dataclass(config):
         unknown = sorted({f.name for f in dataclasses.fields(config)} - FUSED_CORE_FIELDS)
         if unknown:
             return f"FlashConfig fields {unknown} are new to the fused cores"
-    if getattr(config, "kind", None) != "flash":
-        return f"config.kind must be 'flash', got {getattr(config, 'kind', None)!r}"
+    if getattr(config, "kind", None) != kind:
+        return f"config.kind must be {kind!r}, got {getattr(config, 'kind', None)!r}"
     if config.attention != "relu2":
         return f"attention={config.attention!r} (only 'relu2' is fused)"
-    norms = FUSED_CORE_LINEAR_NORMS[core]
-    if config.linear_norm not in norms:
-        return f"linear_norm={config.linear_norm!r} (the {core} core covers {list(norms)})"
-    if segment_ids is not None:
-        return "segment_ids (packed sequences) are not fused"
     return None
 
 
@@ -101,16 +110,9 @@ def fused_gau_unsupported(config, *, masked: bool, segment_ids=None, attn_keep=N
     and with a key mask (``masked``) only ``length_mode='array'`` (with 'real' n is each row's
     number of real keys). segment_ids: (b, t) ints or None; attn_keep: dropout keep-mask or None.
     """
-    if attn_keep is not None:
-        return "dropout on the attention weights (attn_keep) is not fused"
-    if dataclasses.is_dataclass(config):
-        unknown = sorted({f.name for f in dataclasses.fields(config)} - FUSED_CORE_FIELDS)
-        if unknown:
-            return f"FlashConfig fields {unknown} are new to the fused cores"
-    if getattr(config, "kind", None) != "gau":
-        return f"config.kind must be 'gau', got {getattr(config, 'kind', None)!r}"
-    if config.attention != "relu2":
-        return f"attention={config.attention!r} (only 'relu2' is fused)"
+    reason = _fused_common(config, "gau", attn_keep)
+    if reason is not None:
+        return reason
     if config.fixed_length is not None:
         return "fixed_length (a scale other than 1 / t) is not fused"
     if config.length_mode == "prefix":

@@ -43,6 +43,15 @@ def _chunked(a, pad: int, c: int):
     return a.reshape(-1, c, a.shape[-1])
 
 
+def _compute_dtype(v):
+    """The dtype a core computes in: v's, or under autocast on v's device the autocast dtype for
+    float32 inputs (what the spec's own matmuls would run in there)."""
+    dev = v.device.type
+    if v.dtype == torch.float32 and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return v.dtype
+
+
 def _acc_dtype(dtype):
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
@@ -246,10 +255,7 @@ def attention_core_torch(
     """
 
     check_core_args(qq, qk, lq, lk, v, bias, config, mask, segment_ids)
-    dev = v.device.type
-    cdt = v.dtype
-    if cdt == torch.float32 and torch.is_autocast_enabled(dev):
-        cdt = torch.get_autocast_dtype(dev)
+    dev, cdt = v.device.type, _compute_dtype(v)
     with torch.autocast(dev, enabled=False):
         keep = mask[..., None] if mask is not None else None
         if bias is not None and config.bias_before_scale:  # (Q K^T + B) / C = Q K^T / C + B / C
@@ -374,10 +380,7 @@ def gau_core_torch(q, k, v, *, bias, config, mask=None, block: int | None = None
         raise ValueError(f"v must be (b, t, e) with (b, t) = {(b, t)}, got {tuple(v.shape)}")
     if bias is not None and tuple(bias.shape) != (t, t):
         raise ValueError(f"bias must be (t, t) = {(t, t)}, got {tuple(bias.shape)}")
-    dev = v.device.type
-    cdt = v.dtype
-    if cdt == torch.float32 and torch.is_autocast_enabled(dev):
-        cdt = torch.get_autocast_dtype(dev)
+    dev, cdt = v.device.type, _compute_dtype(v)
     with torch.autocast(dev, enabled=False):
         keep = mask[..., None] if mask is not None else None
         if bias is not None:
