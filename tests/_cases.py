@@ -79,3 +79,26 @@ def rel_err(got, expected) -> float:
     """max |got - expected| / max |expected| (float64)."""
     got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
     return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-30))
+
+
+# -- attention-core inputs (the fused softmax cores' tests) -------------------------------------
+
+#: batch, heads, positions, head width of :func:`softmax_core_inputs`
+SOFTMAX_SHAPE = (2, 2, 13, 8)
+
+
+def softmax_core_inputs(kind: str):
+    """q, k, v (b, n, t, hd) float64 NumPy and mask, segment_ids (b, t) or None, for kind
+    "plain", "padding" (row 0 right-padded, row 1 left-padded: a causal query with no real key)
+    or "segments" (row 0 two segments)."""
+    b, n, t, hd = SOFTMAX_SHAPE
+    r = np.random.default_rng(0)
+    q, k, v = (r.standard_normal((b, n, t, hd)) for _ in range(3))
+    mask = seg = None
+    if kind == "padding":
+        mask = np.ones((b, t), bool)
+        mask[0, 9:] = False
+        mask[1, :2] = False
+    if kind == "segments":
+        seg = np.array([[0] * 5 + [1] * 8, [0] * 13], np.int32)
+    return q, k, v, mask, seg

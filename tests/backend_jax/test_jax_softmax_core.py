@@ -11,27 +11,17 @@ jax = pytest.importorskip("jax", reason="flashcore.jax needs jax")
 jnp = pytest.importorskip("jax.numpy", reason="flashcore.jax needs jax")
 nnx = pytest.importorskip("flax.nnx", reason="flashcore.jax needs flax")
 
+from _cases import SOFTMAX_SHAPE, softmax_core_inputs  # noqa: E402
+
 import flashcore as fc  # noqa: E402
 from flashcore.conformance.assertions import assert_close  # noqa: E402
 from flashcore.jax import LM, TransformerBlock, functional, kernels  # noqa: E402
 from flashcore.jax.xp import xp  # noqa: E402
 from flashcore.lm import attention_core_softmax  # noqa: E402
 
-B, N, T, HD = 2, 2, 13, 8
+B, N, T, HD = SOFTMAX_SHAPE
+_inputs = softmax_core_inputs
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def _inputs(kind: str):
-    r = np.random.default_rng(0)
-    q, k, v = (r.standard_normal((B, N, T, HD)) for _ in range(3))
-    mask = seg = None
-    if kind == "padding":
-        mask = np.ones((B, T), bool)
-        mask[0, 9:] = False
-        mask[1, :2] = False  # left padding: a causal query there has no real key at all
-    if kind == "segments":
-        seg = np.array([[0] * 5 + [1] * 8, [0] * 13], np.int32)
-    return q, k, v, mask, seg
 
 
 def _run(core, q, k, v, dtype, mask=None, segment_ids=None, **kw):

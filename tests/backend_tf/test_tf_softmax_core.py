@@ -10,27 +10,17 @@ import pytest
 tf = pytest.importorskip("tensorflow", reason="the TF backend needs tensorflow")
 pytest.importorskip("keras", reason="the TF backend needs keras")
 
+from _cases import SOFTMAX_SHAPE, softmax_core_inputs  # noqa: E402
+
 import flashcore as fc  # noqa: E402
 from flashcore.conformance.assertions import assert_close  # noqa: E402
 from flashcore.lm import attention_core_softmax  # noqa: E402
 from flashcore.tf import LM, TransformerBlock, kernels  # noqa: E402
 from flashcore.tf.xp import xp  # noqa: E402
 
-B, N, T, HD = 2, 2, 13, 8
+B, N, T, HD = SOFTMAX_SHAPE
+_inputs = softmax_core_inputs
 DTYPES = {"float64": tf.float64, "float32": tf.float32, "bfloat16": tf.bfloat16}
-
-
-def _inputs(kind: str):
-    r = np.random.default_rng(0)
-    q, k, v = (r.standard_normal((B, N, T, HD)) for _ in range(3))
-    mask = seg = None
-    if kind == "padding":
-        mask = np.ones((B, T), bool)
-        mask[0, 9:] = False
-        mask[1, :2] = False  # left padding: a causal query there has no real key at all
-    if kind == "segments":
-        seg = np.array([[0] * 5 + [1] * 8, [0] * 13], np.int32)
-    return q, k, v, mask, seg
 
 
 def _run(core, q, k, v, dtype, mask=None, segment_ids=None, **kw):
