@@ -245,6 +245,7 @@ def run_all(args, settings: list[Setting], runs_dir: Path) -> list[dict]:
     OUT/records/ID.json, small enough to commit: a fresh clone resumes with those runs read back
     from the records even where their run folders (weights, checkpoints) are gone."""
     records_dir = args.out / "records"
+    commit = _commit()  # the code this process runs (imported now, whatever is committed later)
     sweep_at = args.sweep_at or settings[0]
     order = [sweep_at] + [s for s in settings if s != sweep_at]
     models = {s: model_argv(s, args) for s in order}  # every size checked before any training
@@ -281,7 +282,7 @@ def run_all(args, settings: list[Setting], runs_dir: Path) -> list[dict]:
                 records.append(saved)
                 continue
             if not done:
-                record["commit"] = _commit()  # the code that trains it (from here on)
+                record["commit"] = commit  # the code that trains it
                 _train_run(run, [*flags, *run_flags])
             elif record_path.exists():  # keep the commit that trained it
                 record["commit"] = json.loads(record_path.read_text()).get("commit")
