@@ -159,6 +159,47 @@ def test_resume_may_extend_the_sweep(tmp_path, corpus, monkeypatch):
     assert quality.main(["--resume", "--lrs", "3e-3", "--out", str(tmp_path)]) == 2
 
 
+def test_extend_edges_adds_a_rate_past_a_best_rate_at_an_edge(tmp_path, corpus, monkeypatch):
+    """--extend-edges: the sweep goes on past a best rate at an edge (twice the highest, half the
+    lowest) and stops at a best rate inside; raising it on --resume trains only the new runs."""
+    loss = {
+        "flash": lambda lr: -lr,
+        "gau": lambda lr: lr,
+        "transformer": lambda lr: (lr - 2e-3) ** 2,
+    }
+    trained = []
+
+    def fake_train(run, flags):
+        trained.append(run.name)
+
+    def fake_curve(run):
+        arch, lr = run.name.split("-")[2], float(run.name.split("-lr")[1])
+        return [{"step": 4, "loss": 1.0 + loss[arch](lr), "bpb": 1.0}]
+
+    monkeypatch.setattr(quality, "_train_run", fake_train)
+    monkeypatch.setattr(quality, "read_curve", fake_curve)
+    argv = ["--settings", "clm-64", "--lrs", "1e-3", "2e-3", "4e-3", "--data", corpus, *TOY,
+            "--out", str(tmp_path)]  # fmt: skip
+    assert quality.main(argv) == 0
+    assert len(trained) == 9
+    del trained[:]
+    assert quality.main(["--resume", "--extend-edges", "2", "--out", str(tmp_path), "--quiet"]) == 0
+    # FLASH is best at the highest rate (8e-3, then 1.6e-2), FLASH-Quad at the lowest (5e-4,
+    # then 2.5e-4); Transformer++'s best (2e-3) is inside: nothing more
+    assert trained == [
+        "clm-64-flash-lr0.008", "clm-64-flash-lr0.016", "clm-64-gau-lr0.0005",
+        "clm-64-gau-lr0.00025",
+    ]  # fmt: skip
+    assert json.loads((tmp_path / "experiment.json").read_text())["args"]["extend_edges"] == 2
+    rows = json.loads((tmp_path / "results.json").read_text())["summary"]
+    assert {r["arch"]: r["lr"] for r in rows} == {
+        "flash": 1.6e-2,
+        "gau": 2.5e-4,
+        "transformer": 2e-3,
+    }
+    assert quality.edge_rate([], "clm-64", "flash") is None
+
+
 def test_refusals(tmp_path, corpus, capsys):
     base = ["--settings", "clm-64", "--lrs", "1e-3", "--data", corpus, *TOY]
     assert quality.main(["--resume", "--out", str(tmp_path / "none")]) == 2

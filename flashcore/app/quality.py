@@ -6,7 +6,8 @@ number of steps on the same batches in the same order, with the same AdamW sched
 *setting* (``clm-1024``: causal LM at context 1024; ``mlm-1024``: BERT-style masked LM with
 bidirectional layers). The learning rates ``--lrs`` are swept per architecture at ``--sweep-at``
 (default: the first setting) and the best of each is reused at the other settings (``--sweep-all``
-sweeps everywhere). Because every model takes the same steps, quality at equal steps cannot
+sweeps everywhere); ``--extend-edges N`` adds up to N rates per architecture beyond a best rate
+that lies at an edge of the sweep. Because every model takes the same steps, quality at equal steps cannot
 depend on other load on the machine; time enters only through each model's median train-step
 time, measured side by side (interleaved, same shapes) in one process, so that
 
@@ -29,6 +30,7 @@ from its newest checkpoint.
     flashcore quality --resume --out docs/quality --runs runs/quality
     flashcore quality --resume --lrs 1e-3 2e-3 4e-3 8e-3 ...   # the sweep extended: only the
                                                                # new rates' runs are trained
+    flashcore quality --resume --extend-edges 1 ...            # one more rate past an edge
 """
 
 from __future__ import annotations
@@ -251,51 +253,75 @@ def run_all(args, settings: list[Setting], runs_dir: Path) -> list[dict]:
     models = {s: model_argv(s, args) for s in order}  # every size checked before any training
     records: list[dict] = []
     best_lr: dict[str, float] = {}
+
+    def one(setting: Setting, arch: str, lr: float, swept: bool) -> None:
+        flags, n_params = models[setting][arch]
+        run = runs_dir / _run_id(setting, arch, lr)
+        run_flags = _train_flags(args, lr, setting)
+        batch = max(1, args.tokens_per_step // setting.context)
+        record = {
+            "id": run.name, "setting": setting.name, "objective": setting.objective,
+            "context": setting.context, "arch": arch, "lr": lr, "params": n_params,
+            "batch": batch, "steps": args.steps,
+            "tokens_seen": args.steps * batch * setting.context,
+            "train_flags": flags, "run_flags": [f for f in run_flags if f != "--quiet"],
+            "swept": swept,
+        }  # fmt: skip
+        record_path = records_dir / f"{run.name}.json"
+        done = _finished(run, args.steps)
+        saved = None if done else _read_record(record_path, record)
+        how = "finished, read back" if done else "recorded, read back" if saved else "training"
+        progress.note(
+            f"[{len(records) + 1}] {setting.name} {NAMES[arch]} lr {lr:g}, {n_params:,} "
+            f"parameters: {how} ({record_path if saved else run})",
+            file=sys.stdout,
+        )
+        if saved is not None:
+            records.append(saved)
+            return
+        if not done:
+            record["commit"] = commit  # the code that trains it
+            _train_run(run, [*flags, *run_flags])
+        elif record_path.exists():  # keep the commit that trained it
+            record["commit"] = json.loads(record_path.read_text()).get("commit")
+        record["curve"] = read_curve(run)
+        text = json.dumps(record, indent=1)
+        records_dir.mkdir(parents=True, exist_ok=True)
+        io.atomic_write(record_path, lambda tmp, text=text: Path(tmp).write_text(text))
+        records.append(record)
+
     for setting in order:
         swept = args.sweep_all or setting == sweep_at
-        plan = [(a, lr) for a in args.archs for lr in (args.lrs if swept else [None])]
-        for arch, lr in plan:
-            setting_ = setting
-            lr = best_lr[arch] if lr is None else lr
-            flags, n_params = models[setting_][arch]
-            run = runs_dir / _run_id(setting_, arch, lr)
-            run_flags = _train_flags(args, lr, setting_)
-            batch = max(1, args.tokens_per_step // setting_.context)
-            record = {
-                "id": run.name, "setting": setting_.name, "objective": setting_.objective,
-                "context": setting_.context, "arch": arch, "lr": lr, "params": n_params,
-                "batch": batch, "steps": args.steps,
-                "tokens_seen": args.steps * batch * setting_.context,
-                "train_flags": flags, "run_flags": [f for f in run_flags if f != "--quiet"],
-                "swept": swept,
-            }  # fmt: skip
-            record_path = records_dir / f"{run.name}.json"
-            done = _finished(run, args.steps)
-            saved = None if done else _read_record(record_path, record)
-            how = "finished, read back" if done else "recorded, read back" if saved else "training"
-            progress.note(
-                f"[{len(records) + 1}] {setting_.name} {NAMES[arch]} lr {lr:g}, {n_params:,} "
-                f"parameters: {how} ({record_path if saved else run})",
-                file=sys.stdout,
-            )
-            if saved is not None:
-                records.append(saved)
-                continue
-            if not done:
-                record["commit"] = commit  # the code that trains it
-                _train_run(run, [*flags, *run_flags])
-            elif record_path.exists():  # keep the commit that trained it
-                record["commit"] = json.loads(record_path.read_text()).get("commit")
-            record["curve"] = read_curve(run)
-            text = json.dumps(record, indent=1)
-            records_dir.mkdir(parents=True, exist_ok=True)
-            io.atomic_write(record_path, lambda tmp, text=text: Path(tmp).write_text(text))
-            records.append(record)
+        for arch in args.archs:
+            for lr in args.lrs if swept else [best_lr[arch]]:
+                one(setting, arch, lr, swept)
+        if not swept:
+            continue
+        for arch in args.archs:
+            for _ in range(args.extend_edges):  # a best rate at an edge: one more rate beyond it
+                lr = edge_rate(records, setting.name, arch)
+                if lr is None:
+                    break
+                one(setting, arch, lr, swept)
         if setting == sweep_at:
             for arch in args.archs:
-                mine = [r for r in records if r["arch"] == arch and r["setting"] == setting.name]
-                best_lr[arch] = min(mine, key=lambda r: r["curve"][-1]["loss"])["lr"]
+                best_lr[arch] = best_runs(records, setting.name)[arch]["lr"]
     return records
+
+
+def edge_rate(records: list[dict], setting: str, arch: str) -> float | None:
+    """The rate that extends ``arch``'s sweep at ``setting`` past its best rate when that best lies
+    at an edge of the rates tried (half the lowest, twice the highest); None when it is inside
+    (or only one rate was tried)."""
+    lrs = sorted({r["lr"] for r in records if r["setting"] == setting and r["arch"] == arch})
+    if len(lrs) < 2:
+        return None
+    best = best_runs(records, setting)[arch]["lr"]
+    if best == lrs[0]:
+        return lrs[0] / 2
+    if best == lrs[-1]:
+        return lrs[-1] * 2
+    return None
 
 
 # -- step times ------------------------------------------------------------------------------
@@ -497,6 +523,13 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--lrs", type=positive(float), nargs="+", default=[1e-3, 2e-3, 4e-3])
     ap.add_argument("--sweep-at", type=Setting.parse, default=None, help="default: the first")
     ap.add_argument("--sweep-all", action="store_true", help="sweep --lrs at every setting")
+    ap.add_argument(
+        "--extend-edges",
+        type=nonneg_int,
+        default=0,
+        help="up to N more rates per architecture while its best rate lies at an edge of the "
+        "sweep (half the lowest / twice the highest)",
+    )
     ap.add_argument("--steps", type=positive(int), default=1000)
     ap.add_argument("--tokens-per-step", type=positive(int), default=8192)
     ap.add_argument("--warmup", type=nonneg_int, default=50)
@@ -552,10 +585,15 @@ def _check_resume(args, argv: list[str], ap) -> argparse.Namespace:
     if "lrs" in given and given["lrs"] != old_lrs and set(old_lrs) <= set(given["lrs"]):
         extended_lrs = old_lrs + [lr for lr in given["lrs"] if lr not in old_lrs]
         del given["lrs"]
+    raised_edges = None  # so may --extend-edges (a longer sweep, the finished runs stay valid)
+    if given.get("extend_edges", 0) > saved["args"].get("extend_edges", 0):
+        raised_edges = given.pop("extend_edges")
+    defaults = _plain(parser().parse_args([]))  # for what an older experiment.json lacks
+    has = lambda k: saved["args"].get(k, defaults.get(k))  # noqa: E731
     conflicts = [
-        f"--{k.replace('_', '-')}: the experiment has {saved['args'].get(k)}, you gave {v}"
+        f"--{k.replace('_', '-')}: the experiment has {has(k)}, you gave {v}"
         for k, v in given.items()
-        if k not in RESUME_MAY_CHANGE and saved["args"].get(k) != v
+        if k not in RESUME_MAY_CHANGE and has(k) != v
     ]
     if conflicts:
         raise QualityError(
@@ -578,8 +616,10 @@ def _check_resume(args, argv: list[str], ap) -> argparse.Namespace:
         )
     merged.resume, merged.force = True, False
     if extended_lrs is not None:  # the experiment now sweeps these: saved for the next --resume
-        merged.lrs = extended_lrs
-        saved["args"]["lrs"] = extended_lrs
+        merged.lrs = saved["args"]["lrs"] = extended_lrs
+    if raised_edges is not None:
+        merged.extend_edges = saved["args"]["extend_edges"] = raised_edges
+    if extended_lrs is not None or raised_edges is not None:
         text = json.dumps(saved, indent=1)
         io.atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return merged
