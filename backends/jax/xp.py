@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flashcore._xp import extended
+from flashcore._xp import extended, pairwise_cumulative_sum
 
 __all__ = ["xp"]
 
@@ -25,8 +25,9 @@ def _concrete(a) -> np.ndarray | None:
 
 
 def cumulative_sum(x, /, *, axis=None, dtype=None, include_initial=False):
-    """``jnp.cumulative_sum`` with the same arguments, as ``lax.associative_scan`` on CPU
-    (O(n) adds in log2(n) levels; jnp's reduce-window lowering is O(n^2) there)."""
+    """``jnp.cumulative_sum`` with the same arguments, as
+    :func:`flashcore._xp.pairwise_cumulative_sum` on CPU (O(n) adds in log2(n) levels; jnp's
+    reduce-window lowering is O(n^2) there)."""
     x = jnp.asarray(x)
     if jax.default_backend() != "cpu" or x.ndim == 0:
         return jnp.cumulative_sum(x, axis=axis, dtype=dtype, include_initial=include_initial)
@@ -39,7 +40,7 @@ def cumulative_sum(x, /, *, axis=None, dtype=None, include_initial=False):
         x = x.astype(dtype)
     elif x.dtype == jnp.bool_ or jnp.issubdtype(x.dtype, jnp.integer):
         x = x.astype(jnp.cumsum(jnp.zeros((1,), x.dtype)).dtype)  # jnp's promotion
-    out = jax.lax.associative_scan(jnp.add, x, axis=axis) if x.shape[axis] > 1 else x
+    out = pairwise_cumulative_sum(jnp, x, axis)
     if include_initial:
         zero_shape = list(x.shape)
         zero_shape[axis] = 1

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from flashcore._xp import pairwise_cumulative_sum
+
 __all__ = ["Namespace", "xp"]
 
 
@@ -227,7 +229,10 @@ class Namespace:
             axis = 0
         if dtype is not None:
             x = tf.cast(x, dtype)
-        out = tf.cumsum(x, axis=axis)
+        if tf.executing_eagerly() or None in x.shape.as_list():  # TF's own kernel: O(n)
+            out = tf.cumsum(x, axis=axis)
+        else:  # in a graph that XLA may compile, where tf.cumsum is an O(n^2) reduce-window
+            out = pairwise_cumulative_sum(xp, x, axis % x.shape.rank)
         if include_initial:
             pad = [[0, 0]] * x.shape.rank
             pad[axis % x.shape.rank] = [1, 0]

@@ -253,3 +253,28 @@ def test_the_spec_on_the_shim_reproduces_every_golden_case():
         worst[case.name] = compare(g.output, out.numpy(), rtol, atol)[0]
     bad = {k: v for k, v in worst.items() if v > 1.0}
     assert not bad, bad
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_cumulative_sum_in_a_graph_is_the_prefix_sum_and_differentiates(jit):
+    """Traced (where XLA may compile it), the shim's cumulative_sum is the pairwise scan: the same
+    values and gradients as NumPy's sequential sum, for odd and even lengths."""
+    rng_ = np.random.default_rng(4)
+    for n in (1, 7, 16):
+        x = tf.constant(rng_.standard_normal((2, n, 3)), tf.float32)
+        ct = tf.constant(rng_.standard_normal((2, n + 1, 3)), tf.float32)
+
+        @tf.function(jit_compile=jit, autograph=False)
+        def run(a, c):
+            with tf.GradientTape() as tape:
+                tape.watch(a)
+                y = xp.cumulative_sum(a, axis=1, include_initial=True)
+            return y, tape.gradient(y, a, output_gradients=c)
+
+        y, grad = run(x, ct)
+        want = np.concatenate([np.zeros((2, 1, 3)), np.cumsum(x.numpy(), axis=1)], axis=1)
+        # d/dx_j of sum_i c_i y_i = sum over i > j of c_i: the reversed cumulative sum of c[1:]
+        want_grad = np.cumsum(ct.numpy()[:, 1:][:, ::-1], axis=1)[:, ::-1]
+        rtol, atol = tolerance("float32", "output")
+        for got, ref in ((y, want), (grad, want_grad)):
+            np.testing.assert_allclose(got.numpy(), ref, rtol=rtol, atol=atol * np.abs(ref).max())
