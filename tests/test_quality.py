@@ -258,3 +258,25 @@ def test_crossing_interpolates_in_steps():
     assert quality.crossing(curve, 2.5) == 15
     assert quality.crossing(curve, 3.5) == 10
     assert quality.crossing(curve, 1.0) is None
+
+
+def test_record_only_records_finished_runs_and_trains_nothing(tmp_path, corpus, capsys):
+    """--record-only: a run folder trained outside the experiment (``flashcore train`` with the
+    command it prints) is recorded; nothing is trained and no report is written."""
+    from flashcore.app.train import train_main
+
+    argv = ["--settings", "clm-64", "--lrs", "1e-3", "--archs", "flash", "gau", "--data", corpus,
+            *TOY, "--out", str(tmp_path), "--record-only"]  # fmt: skip
+    assert quality.main(argv) == 0
+    out = capsys.readouterr().out
+    commands = [line.split("its command: flashcore train ", 1)[1] for line in out.splitlines()
+                if "its command:" in line]  # fmt: skip
+    assert len(commands) == 2 and not (tmp_path / "records").exists()
+    assert not (tmp_path / "results.json").exists()
+    assert train_main(commands[1].split()) == 0  # the FLASH-Quad run, trained by hand
+    assert quality.main(["--resume", "--record-only", "--out", str(tmp_path), "--quiet"]) == 0
+    assert [p.name for p in (tmp_path / "records").iterdir()] == ["clm-64-gau-lr0.001.json"]
+    assert not (tmp_path / "results.json").exists()
+    assert quality.main(["--resume", "--out", str(tmp_path), "--quiet"]) == 0  # trains FLASH
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert sorted(r["arch"] for r in runs) == ["flash", "gau"]

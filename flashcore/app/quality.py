@@ -31,6 +31,10 @@ from its newest checkpoint.
     flashcore quality --resume --lrs 1e-3 2e-3 4e-3 8e-3 ...   # the sweep extended: only the
                                                                # new rates' runs are trained
     flashcore quality --resume --extend-edges 1 ...            # one more rate past an edge
+    flashcore quality --resume --record-only ...               # record the finished run folders
+                                                               # (and print the unfinished runs'
+                                                               # `flashcore train` commands, to
+                                                               # run them in parallel)
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ ARCHS = ("flash", "gau", "transformer")
 NAMES = {"flash": "FLASH", "gau": "FLASH-Quad", "transformer": "Transformer++"}
 FORMAT, VERSION = "flashcore-quality", 1
 # what --resume may change: how to run, not what the experiment is
-RESUME_MAY_CHANGE = ("quiet", "resume", "force", "time_rounds", "time_warmup")
+RESUME_MAY_CHANGE = ("quiet", "resume", "force", "time_rounds", "time_warmup", "record_only")
 
 
 class QualityError(ValueError):
@@ -279,6 +283,10 @@ def run_all(args, settings: list[Setting], runs_dir: Path) -> list[dict]:
         if saved is not None:
             records.append(saved)
             return
+        if not done and args.record_only:
+            command = " ".join(["flashcore train", *flags, *run_flags, "--out", str(run)])
+            progress.note(f"    not finished; its command: {command}", file=sys.stdout)
+            return
         if not done:
             record["commit"] = commit  # the code that trains it
             _train_run(run, [*flags, *run_flags])
@@ -305,6 +313,11 @@ def run_all(args, settings: list[Setting], runs_dir: Path) -> list[dict]:
                 one(setting, arch, lr, swept)
         if setting == sweep_at:
             for arch in args.archs:
+                tried = {
+                    r["lr"] for r in records if r["arch"] == arch and r["setting"] == setting.name
+                }
+                if not set(args.lrs) <= tried:  # --record-only with the sweep unfinished
+                    return records
                 best_lr[arch] = best_runs(records, setting.name)[arch]["lr"]
     return records
 
@@ -553,6 +566,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--resume", action="store_true", help="continue the experiment in OUT")
     ap.add_argument("--force", action="store_true", help="start over (deletes OUT's runs)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument(
+        "--record-only",
+        action="store_true",
+        help="write the records of the run folders that have finished (e.g. trained by "
+        "`flashcore train` with the experiment's flags, in parallel), train nothing, no report",
+    )
     return ap
 
 
@@ -615,6 +634,7 @@ def _check_resume(args, argv: list[str], ap) -> argparse.Namespace:
             merged, k, getattr(args, k) if k in given else saved["args"].get(k, getattr(merged, k))
         )
     merged.resume, merged.force = True, False
+    merged.record_only = bool(given.get("record_only", False))  # this command's, never saved
     if extended_lrs is not None:  # the experiment now sweeps these: saved for the next --resume
         merged.lrs = saved["args"]["lrs"] = extended_lrs
     if raised_edges is not None:
@@ -661,6 +681,9 @@ def _main(args, argv, ap) -> int:
         saved = {"format": FORMAT, "version": VERSION, "args": _plain(args)}
         io.atomic_write(exp, lambda tmp: Path(tmp).write_text(json.dumps(saved, indent=1)))
     records = run_all(args, args.settings, runs_dir)
+    if args.record_only:
+        print(f"{len(records)} runs recorded in {args.out / 'records'}; no report (--record-only)")
+        return 0
     names = [s.name for s in args.settings]
     times = step_times(args, args.settings)
     rows = summarize(records, times, names)
