@@ -275,6 +275,7 @@ def run_all(args, settings: list[Setting], runs_dir: Path) -> list[dict]:
         done = _finished(run, args.steps)
         saved = None if done else _read_record(record_path, record)
         how = "finished, read back" if done else "recorded, read back" if saved else "training"
+        how = "not finished" if how == "training" and args.record_only else how
         progress.note(
             f"[{len(records) + 1}] {setting.name} {NAMES[arch]} lr {lr:g}, {n_params:,} "
             f"parameters: {how} ({record_path if saved else run})",
@@ -285,7 +286,7 @@ def run_all(args, settings: list[Setting], runs_dir: Path) -> list[dict]:
             return
         if not done and args.record_only:
             command = " ".join(["flashcore train", *flags, *run_flags, "--out", str(run)])
-            progress.note(f"    not finished; its command: {command}", file=sys.stdout)
+            progress.note(f"    its command: {command}", file=sys.stdout)
             return
         if not done:
             record["commit"] = commit  # the code that trains it
