@@ -79,6 +79,41 @@ def test_bad_arguments_and_data(tmp_path, corpus, capsys):
     assert "no weight file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("arch", ["flash", "gau"])
+def test_rel_bias_init_starts_every_bias_weight_there(tmp_path, corpus, arch, capsys):
+    args = train.train_parser().parse_args([*TINY, "--arch", arch, "--rel-bias-init", "0.05"])
+    config = train.build_config(args)
+    params = train.initial_params(config, args)
+    plain = train.initial_params(config, train.train_parser().parse_args([*TINY, "--arch", arch]))
+    biases = [k for k in params if k.endswith(".rel_bias.weight")]
+    assert len(biases) == 2  # one per layer
+    for k in params:
+        if k in biases:
+            np.testing.assert_array_equal(params[k], np.full_like(plain[k], 0.05))
+        else:
+            np.testing.assert_array_equal(params[k], plain[k])  # the rest is flashcore.init's
+    run = tmp_path / "run"
+    common = [*TINY, "--arch", arch, "--data", str(corpus), "--rel-bias-init", "0.05"]
+    assert train.train_main([*common, "--steps", "4", "--stop-after", "2", "--out", str(run)]) == 0
+    # the run's own argument: resuming may not change it
+    assert train.train_main(["--resume", str(run), "--rel-bias-init", "0.1"]) == 2
+    assert "--rel-bias-init: the run has 0.05, you gave 0.1" in capsys.readouterr().err
+    assert train.train_main(["--resume", str(run), "--quiet"]) == 0
+
+
+def test_rel_bias_init_refuses_what_it_cannot_do(tmp_path, corpus, capsys):
+    for bad in ("nan", "inf", "x"):
+        with pytest.raises(SystemExit):
+            train.train_main([*TINY, "--rel-bias-init", bad, "--steps", "1"])
+        assert "--rel-bias-init" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.train_main(
+            [*TINY, "--arch", "transformer", "--rel-bias-init", "0.05", "--data", str(corpus),
+             "--steps", "1", "--out", str(tmp_path / "t")]
+        )  # fmt: skip
+    assert "needs --arch flash or gau" in capsys.readouterr().err
+
+
 def test_a_run_folder_of_the_older_flat_layout_resumes(tmp_path, corpus, capsys):
     """Runs saved before checkpoint folders (model and train_state at the top) still resume; one
     whose two files disagree (a save cut between them) is refused by name."""

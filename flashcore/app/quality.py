@@ -291,8 +291,9 @@ def run_all(args, settings: list[Setting], runs_dir: Path) -> list[dict]:
         if not done:
             record["commit"] = commit  # the code that trains it
             _train_run(run, [*flags, *run_flags])
-        elif record_path.exists():  # keep the commit that trained it
-            record["commit"] = json.loads(record_path.read_text()).get("commit")
+        else:  # keep the commit that trained it (None: trained by another process)
+            old = json.loads(record_path.read_text()) if record_path.exists() else {}
+            record["commit"] = old.get("commit")
         record["curve"] = read_curve(run)
         text = json.dumps(record, indent=1)
         records_dir.mkdir(parents=True, exist_ok=True)

@@ -146,6 +146,12 @@ def train_parser() -> argparse.ArgumentParser:
         help="dropout rate p in [0, 1) on the attention weights and each block's output before "
         "its residual (training steps only; see docs/math.md)",
     )
+    ap.add_argument(
+        "--rel-bias-init", type=finite_float, default=0.0,
+        help="start every relative-position bias weight of the FLASH / GAU layers at this value "
+        "(default 0, flashcore.init's): a positive one keeps relu^2 attention off its dead "
+        "start (zero output and zero gradient), which a masked LM can fall into",
+    )  # fmt: skip
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast / mixed precision")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", type=Path, help="a text file or folder (default: the Python stdlib)")
@@ -166,6 +172,29 @@ def train_parser() -> argparse.ArgumentParser:
         help="stop (and save) after this step, keeping the --steps schedule; resume later",
     )  # fmt: skip
     return ap
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite float."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def initial_params(config: LMConfig, args: argparse.Namespace) -> dict:
+    """``flashcore.init(config, seed=args.seed)``, with every ``*.rel_bias.weight`` set to
+    ``args.rel_bias_init`` when that is not 0 (a run of an older version has none: 0)."""
+    params = init(config, seed=args.seed)
+    start = float(getattr(args, "rel_bias_init", 0.0) or 0.0)
+    if start:
+        for name, value in params.items():
+            if name.endswith(".rel_bias.weight"):
+                params[name] = np.full_like(value, start)
+    return params
 
 
 def _given(argv: list[str]) -> dict:
@@ -261,7 +290,7 @@ def _resume_args(args, given: dict, ap):
         ap.error(f"--steps {args.steps} must exceed the {done} steps already done")
     if resume is None:
         config = build_config(args)
-        params = init(config, seed=args.seed)
+        params = initial_params(config, args)
     return args, params, config, opt_state, resume, ckpt, notes
 
 
@@ -281,7 +310,11 @@ def _train(args: argparse.Namespace, given: dict, ap, announce: bool) -> int:
             config = build_config(args)
         except ValueError as err:
             ap.error(str(err))
-        params = init(config, seed=args.seed)
+        if args.rel_bias_init and args.arch == "transformer":
+            ap.error(
+                "--rel-bias-init needs --arch flash or gau (Transformer++ has no relative bias)"
+            )
+        params = initial_params(config, args)
         opt_state = resume = None
     corpus = load_corpus(args.data)
     sample_batch(corpus.train, 1, args.context, np.random.default_rng(0))  # data long enough?
