@@ -253,6 +253,22 @@ def test_settings_parse():
             quality.Setting.parse(bad)
 
 
+def test_the_baseline_row_is_its_own_final_step_and_a_missing_speedup_reads_dash():
+    def run(arch, losses):
+        curve = [{"step": 10 * (i + 1), "loss": v, "bpb": v} for i, v in enumerate(losses)]
+        return {"setting": "clm-64", "arch": arch, "lr": 1e-3, "params": 1, "curve": curve,
+                "tokens_seen": 1}  # fmt: skip
+
+    records = [run("transformer", [3.0, 2.0, 1.90, 1.95]), run("flash", [3.0, 2.5, 2.4, 2.3])]
+    times = {"clm-64": {"transformer": {"median_s": 0.5}, "flash": {"median_s": 0.25}}}
+    rows = {r["arch"]: r for r in quality.summarize(records, times, ["clm-64"])}
+    # its third evaluation (1.90) is below its final loss (1.95), yet it reaches it at step 40
+    assert rows["transformer"]["steps_to_tpp"] == 40 and rows["transformer"]["speedup"] == 1.0
+    assert rows["flash"]["steps_to_tpp"] is None and "speedup" not in rows["flash"]
+    flash_line = [ln for ln in quality.table(list(rows.values())).splitlines() if "FLASH" in ln]
+    assert flash_line[0].endswith("| - | - |")
+
+
 def test_crossing_interpolates_in_steps():
     curve = [{"step": 10, "loss": 3.0}, {"step": 20, "loss": 2.0}]
     assert quality.crossing(curve, 2.5) == 15

@@ -434,7 +434,9 @@ def summarize(records: list[dict], times: dict, settings: list[str]) -> list[dic
             }  # fmt: skip
             if tpp is not None:
                 target = tpp["curve"][-1]["loss"]
-                need = crossing(r["curve"], target)
+                # Transformer++ itself: its final step by definition (an earlier evaluation can
+                # read a little below the final one, and its row compares it with itself)
+                need = float(r["curve"][-1]["step"]) if r is tpp else crossing(r["curve"], target)
                 tpp_s = times.get(setting, {}).get("transformer", {}).get("median_s")
                 row["gap_pct"] = (r["curve"][-1]["loss"] - target) / target * 100
                 row["steps_to_tpp"] = need
@@ -460,9 +462,13 @@ def table(rows: list[dict]) -> str:
             f"| {r['tokens_seen']:,} | {r['final_bpb']:.4f} "
             f"| {fmt(r.get('gap_pct'), '+.1f')}% | {fmt(r.get('steps_to_tpp'), '.0f')} "
             f"| {fmt(None if r['step_s'] is None else r['step_s'] * 1e3, '.1f')} "
-            f"| {fmt(r.get('seconds_to_tpp'), '.0f')} | {fmt(r.get('speedup'), '.2f')}x |"
+            f"| {fmt(r.get('seconds_to_tpp'), '.0f')} "
+            f"| {'-' if r.get('speedup') is None else format(r['speedup'], '.2f') + 'x'} |"
         )
     return "\n".join(lines)
+
+
+COLORS = {"flash": "tab:blue", "gau": "tab:green", "transformer": "tab:orange"}
 
 
 def plot(records: list[dict], times: dict, settings: list[str], out: Path) -> None:
@@ -492,6 +498,7 @@ def plot(records: list[dict], times: dict, settings: list[str], out: Path) -> No
                     marker="o" if is_best else None,
                     markersize=3,
                     alpha=1.0 if is_best else 0.35,
+                    color=COLORS[r["arch"]],  # one colour per architecture in every panel
                     label=f"{NAMES[r['arch']]} lr {r['lr']:g}",
                 )
             ax.set_title(setting)
