@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from ._xp import const, erf, is_low_precision, tracing
+from .checks import concrete
 
 __all__ = [
     "norm",
@@ -215,7 +216,17 @@ def rope_all_at(xs: list, pos, *, dims: int, mode: str, base: float, xp) -> list
 def angles_at(pos, *, dims: int, base: float, xp, like):
     """cos, sin of pos * theta_k (theta_k = base^(-2k/dims)) at an integer-array position ``pos``
     (shape (), may be traced) -> two (1, dims/2) arrays in ``like``'s dtype, exact to
-    ROPE_MAX_POSITION (see :func:`rope_at`)."""
+    ROPE_MAX_POSITION (see :func:`rope_at`).
+
+    Where ``pos`` is concrete (eager, ``xp.concrete`` gives its value) the angle is taken in
+    float64 on the host, and only the (1, dims/2) row moves to the device: an eager decoding step
+    then converts two rows instead of the four tables."""
+    host = _host_position(xp, pos)
+    if host is not None:
+        if not 0 <= host < ROPE_MAX_POSITION:
+            raise ValueError(f"position {host} is outside [0, {ROPE_MAX_POSITION})")
+        cos_np, sin_np = rope_tables(np.asarray([host]), dims, float(base))  # (1, dims/2)
+        return const(xp, cos_np, like=like), const(xp, sin_np, like=like)
     hc, hs, lc, ls = _split_tables(dims, float(base))  # (H, dims/2) x2, (B, dims/2) x2
     hi = xp.reshape(pos // ROPE_BLOCK, (1,))
     lo = xp.reshape(pos % ROPE_BLOCK, (1,))
@@ -321,3 +332,17 @@ def attend(scores, allowed, *, kind: str, length, xp):
     if allowed is None:
         return a
     return xp.where(allowed, a, xp.zeros_like(a))
+
+
+def _host_position(xp, pos) -> int | None:
+    """``pos`` (an integer array of shape ()) as a Python int when its value is known now
+    (:func:`flashcore.checks.concrete`: eager arrays), None while tracing."""
+    if tracing(xp):
+        return None
+    try:
+        value = concrete(pos, xp)
+    except Exception:  # a wrapped tensor (torch.func transforms) that refuses a host copy
+        return None
+    if value is None or np.ndim(value) != 0:
+        return None
+    return int(value)

@@ -50,7 +50,9 @@ class _Backend:
             self.tokens = lambda a: torch.as_tensor(a)
         elif name == "jax":
             jax = pytest.importorskip("jax", reason="flashcore.jax needs jax")
-            self.ctx = jax.enable_x64(True)
+            from _jax64 import x64
+
+            self.ctx = x64(True)
             self.tokens = lambda a: jax.numpy.asarray(a, jax.numpy.int32)
         elif name == "tf":
             tf = pytest.importorskip("tensorflow", reason="the TF backend needs tensorflow")

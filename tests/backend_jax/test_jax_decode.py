@@ -9,6 +9,7 @@ jax = pytest.importorskip("jax", reason="flashcore.jax needs jax")
 jnp = jax.numpy
 
 from _cases import flash_cfg, noisy_params  # noqa: E402
+from _jax64 import x64  # noqa: E402
 
 import flashcore as fc  # noqa: E402
 from flashcore import ops  # noqa: E402
@@ -52,7 +53,7 @@ def _p64(cfg, seed=0):
 @pytest.mark.parametrize("name", sorted(BLOCKS))
 def test_layer_scan_equals_the_forward_on_every_prefix(name):
     cfg = BLOCKS[name]
-    with jax.enable_x64(True):
+    with x64(True):
         p = _p64(cfg)
         x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 11, 16)))  # 3 chunks
         outs, state = scan(p, x, decode.decode_init(cfg, 2, jnp.float64, capacity=11), config=cfg)
@@ -70,7 +71,7 @@ def test_lm_scan_equals_the_forward_and_continues(name):
         block=LM_BLOCKS[name], vocab_size=13, tie_embeddings=False, head_bias=True,
         final_norm="layer", abs_pos="scaled_sinusoidal",
     )  # fmt: skip
-    with jax.enable_x64(True):
+    with x64(True):
         p = _p64(cfg)
         tokens = jnp.asarray(np.random.default_rng(1).integers(0, 13, (2, 10)), jnp.int32)
         # Split the sequence mid-chunk: the state carries across calls.
@@ -163,7 +164,7 @@ def test_module_methods_decode_as_the_functions(name):
     from flashcore.jax import LM, block_class
 
     cfg = BLOCKS[name]
-    with jax.enable_x64(True):
+    with x64(True):
         p = _p64(cfg)
         layer = block_class(cfg)(cfg, params=p)
         x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 5, 16)))

@@ -12,6 +12,7 @@ jnp = pytest.importorskip("jax.numpy", reason="flashcore.jax needs jax")
 nnx = pytest.importorskip("flax.nnx", reason="flashcore.jax needs flax")
 
 from _cases import SOFTMAX_SHAPE, softmax_core_inputs  # noqa: E402
+from _jax64 import x64  # noqa: E402
 
 import flashcore as fc  # noqa: E402
 from flashcore.conformance.assertions import assert_close  # noqa: E402
@@ -45,7 +46,7 @@ def _run(core, q, k, v, dtype, mask=None, segment_ids=None, **kw):
 
 
 def _spec64(q, k, v, **kw):
-    with jax.enable_x64(True):
+    with x64(True):
         return _run(attention_core_softmax, q, k, v, jnp.float64, **kw)
 
 
@@ -72,7 +73,7 @@ def test_float64_goes_to_the_spec(monkeypatch):
     calls = _count_fused(monkeypatch)
     config = fc.TransformerConfig(dim=N * HD, heads=N, causal=True)
     q, k, v, mask, _ = _inputs("padding")
-    with jax.enable_x64(True):
+    with x64(True):
         assert kernels.softmax_core_path(jnp.asarray(q), config, mask) == "spec"
         got, got_grads = _run(kernels.softmax_core, q, k, v, jnp.float64, config=config, mask=mask)
     assert not calls, "float64 reached jax.nn.dot_product_attention"
