@@ -72,6 +72,25 @@ def test_rope_at_is_exact_for_large_positions(pos):
     assert_close(got, ref, dtype="float32")  # float32 against the float64 angle
 
 
+@pytest.mark.parametrize("pos", [0, 1023, 1024, 65_537, 3_000_001])
+def test_angles_at_host_and_table_paths_agree(pos, monkeypatch):
+    """A concrete position takes the host's float64 angle; a traced one (forced here) the split
+    tables: the same angles to float32 rounding."""
+    like = np.zeros((1, 4), np.float32)
+    host = ops.angles_at(np.asarray(pos), dims=8, base=10000.0, xp=xp, like=like)
+    monkeypatch.setattr(ops, "_host_position", lambda xp, pos: None)
+    table = ops.angles_at(np.asarray(pos), dims=8, base=10000.0, xp=xp, like=like)
+    for a, b in zip(host, table):
+        assert a.shape == (1, 4) and a.dtype == np.float32
+        assert_close(a, b.astype(np.float64), dtype="float32")
+
+
+@pytest.mark.parametrize("pos", [-1, ops.ROPE_MAX_POSITION])
+def test_angles_at_refuses_a_position_outside_the_table(pos):
+    with pytest.raises(ValueError, match="outside"):
+        ops.angles_at(np.asarray(pos), dims=8, base=10000.0, xp=xp, like=np.zeros((1, 4)))
+
+
 GAU_OPTIONS = [
     {},
     dict(token_shift=True, rel_bias="t5", rope="interleaved", rope_dims=2),
