@@ -30,6 +30,12 @@ decode_method` names for the LM (a state or cache sized for the whole output, or
 ``start``: positions already consumed by ``state`` (a prefill of ``prompt[:, :start]``, at most
 ``min(lengths) - 1``); the loop feeds ``prompt[:, start]`` first.
 
+``loop`` (optional): the whole loop compiled by the backend, ``loop(state, out (b, total) int64,
+n (b,) int64, draws (steps, b) float64, start) -> out`` filled in: for t from ``start`` to
+``total - 2``, ``step`` on ``out[:, t]``, ``pick`` with ``draws[t]`` and :func:`next_tokens` into
+``out[:, t + 1]``, exactly the Python loop's steps, without a host round trip per token (jax:
+one ``lax.fori_loop`` under ``jit``).
+
 :class:`Generating` is the public ``generate`` method of every backend's LM module and engine,
 written once: the options, their check and the documentation; each class supplies
 ``_generate(prompt, max_new_tokens, sampler, seed, lengths)``.
@@ -45,7 +51,7 @@ from .config import LMConfig
 from .decode import decode_method
 from .sampling import check_options, uniform_draws
 
-__all__ = ["generate", "generate_lm", "recompute", "check_prompt", "Generating"]
+__all__ = ["generate", "generate_lm", "next_tokens", "recompute", "check_prompt", "Generating"]
 
 
 def check_prompt(prompt, lengths, max_new_tokens: int, vocab_size: int | None):
@@ -73,6 +79,15 @@ def check_prompt(prompt, lengths, max_new_tokens: int, vocab_size: int | None):
     return np.where(real, p, 0).astype(np.int64), n.astype(np.int64)
 
 
+def next_tokens(fed, new, nxt, n, xp):
+    """The tokens at position ``nxt`` (an int, or an integer array of shape ()): row i's own
+    prompt token while ``nxt < n[i]``, the one just sampled after that.
+
+    fed: (b,) the prompt's tokens there (zeros past a prompt); new: (b,) sampled; n: (b,) prompt
+    lengths -> (b,). The one rule of the loop, also inside a backend's compiled ``loop``."""
+    return xp.where(nxt < n, fed, new)
+
+
 def generate(
     step: Callable,
     pick: Callable,
@@ -84,9 +99,10 @@ def generate(
     seed: int = 0,
     vocab_size: int | None = None,
     start: int = 0,
+    loop: Callable | None = None,
 ) -> np.ndarray:
     """Continue right-padded prompts (b, t0) by ``max_new_tokens`` each -> (b, max(lengths) +
-    max_new_tokens) int64 (module docstring: the layout, ``step``, ``pick``, ``start``)."""
+    max_new_tokens) int64 (module docstring: the layout, ``step``, ``pick``, ``start``, ``loop``)."""
     prompt, n = check_prompt(prompt, lengths, max_new_tokens, vocab_size)
     b = prompt.shape[0]
     total = int(n.max()) + max_new_tokens
@@ -95,11 +111,14 @@ def generate(
     out = np.zeros((b, total), np.int64)
     out[:, : prompt.shape[1]] = prompt
     draws = uniform_draws(seed, max(total - 1, 0), b)  # (steps, b)
-    for t in range(start, total - 1):
-        logits, state = step(out[:, t], state)
-        new = np.asarray(pick(logits, draws[t]), np.int64)  # (b,)
-        nxt = t + 1  # the position these logits predict
-        out[:, nxt] = np.where(nxt < n, out[:, nxt], new)
+    if loop is not None:  # the backend runs the same steps compiled, on its device
+        if start < total - 1:
+            out = np.asarray(loop(state, out, n, draws, start), np.int64)
+    else:
+        for t in range(start, total - 1):
+            logits, state = step(out[:, t], state)
+            new = np.asarray(pick(logits, draws[t]), np.int64)  # (b,)
+            out[:, t + 1] = next_tokens(out[:, t + 1], new, t + 1, n, np)
     done = np.arange(total)[None, :] < (n + max_new_tokens)[:, None]
     return np.where(done, out, 0)
 
@@ -127,19 +146,21 @@ def generate_lm(
     pick: Callable,
     lengths=None,
     seed: int = 0,
+    loop: Callable | None = None,
 ) -> np.ndarray:
     """:func:`generate` for a causal LM with the decoder its config allows.
 
     init(batch, capacity) -> a fresh state (:func:`flashcore.decode.lm_decode_init`, the cache
     sized for every position fed); step: the compiled :func:`flashcore.decode.lm_decode_step`;
     forward_last(tokens (b, t) int64 NumPy) -> the forward's last logits (b, v), used where
-    :func:`flashcore.decode.decode_method` says ``"recompute"``; pick: as for :func:`generate`.
-    Returns (b, max(lengths) + max_new_tokens) int64 (layout: the module docstring).
+    :func:`flashcore.decode.decode_method` says ``"recompute"``; pick, loop: as for
+    :func:`generate` (``loop`` only for a cached decoder). Returns (b, max(lengths) + max_new_tokens) int64 (layout: the module docstring).
     """
     prompt, n = check_prompt(prompt, lengths, max_new_tokens, config.vocab_size)
     b, total = prompt.shape[0], int(n.max()) + max_new_tokens
     if decode_method(config) == "recompute":
         step, state = recompute(forward_last, b)
+        loop = None  # the state grows by a token per step: the host loop
     else:
         state = init(b, max(total - 1, 1))  # every position but the last is fed
     return generate(
@@ -151,6 +172,7 @@ def generate_lm(
         lengths=n,
         seed=seed,
         vocab_size=config.vocab_size,
+        loop=loop,
     )
 
 

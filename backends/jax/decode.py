@@ -91,14 +91,32 @@ def _pick(logits, u, *, temperature, top_k, top_p):
     return sampling.sample(logits, u, temperature=temperature, top_k=top_k, top_p=top_p, xp=xp)
 
 
+@functools.partial(jax.jit, static_argnames=("config", "start", "temperature", "top_k", "top_p"))
+def _loop(params, state, out, n, draws, *, config, start, temperature, top_k, top_p):
+    """:func:`flashcore.generation.generate`'s loop as one ``lax.fori_loop``: out (b, total)
+    int32 with the prompts, n (b,) their lengths, draws (steps, b) -> out filled in."""
+
+    def body(t, carry):
+        out, state = carry
+        logits, state = decode_step(params, out[:, t], state, config=config)
+        new = sampling.sample(
+            logits, draws[t], temperature=temperature, top_k=top_k, top_p=top_p, xp=xp
+        )  # (b,)
+        col = generation.next_tokens(out[:, t + 1], new.astype(out.dtype), t + 1, n, xp)
+        return out.at[:, t + 1].set(col), state
+
+    return jax.lax.fori_loop(start, out.shape[1] - 1, body, (out, state))[0]
+
+
 def generate(
     params: dict, prompt, *, config: LMConfig, max_new_tokens: int, seed: int = 0, lengths=None,
     **sampler,
 ) -> np.ndarray:  # fmt: skip
     """Extend ``prompt`` (b, t0) ints by ``max_new_tokens`` -> (b, max(lengths) +
-    max_new_tokens) int64: :func:`flashcore.generation.generate_lm` with a jitted
-    :func:`decode_step` (one compilation for every position) and a jitted
-    :func:`flashcore.sampling.sample`; a "recompute" LM (:func:`flashcore.decode.decode_method`)
+    max_new_tokens) int64: :func:`flashcore.generation.generate_lm` with the whole loop of
+    :func:`decode_step` and :func:`flashcore.sampling.sample` in one jitted ``lax.fori_loop``
+    (:func:`_loop`: one compilation per output length, no host round trip per token); a
+    "recompute" LM (:func:`flashcore.decode.decode_method`)
     reruns the jitted forward, compiled once per length. ``lengths``: right-padded prompts of
     different lengths (:mod:`flashcore.generation`). ``sampler``: ``temperature`` (1.0; 0 is
     greedy), ``top_k`` and ``top_p`` (None), as :meth:`flashcore.generation.Generating.generate`.
@@ -122,7 +140,11 @@ def generate(
         step=lambda tok, st: _step(params, jnp.asarray(tok, jnp.int32), st, config=config),
         forward_last=lambda t: _forward(params, jnp.asarray(t, jnp.int32), config=config)[:, -1],
         pick=lambda logits, u: _pick(logits, jnp.asarray(u, logits.dtype), **opts),
-    )
+        loop=lambda state, out, n, draws, start: _loop(
+            params, state, jnp.asarray(out, jnp.int32), jnp.asarray(n, jnp.int32),
+            jnp.asarray(draws, dtype), config=config, start=start, **opts,
+        ),
+    )  # fmt: skip
 
 
 _piece = jax.jit(stream.prefill_piece, static_argnames=("config", "xp", "core", "last_only"))

@@ -1,4 +1,5 @@
-"""Where the application finds a backend's :class:`~flashcore.runtime.Engine`: :func:`load_engine`.
+"""Where the application finds a backend's :class:`~flashcore.runtime.Engine`: :func:`load_engine`;
+the persistent compilation cache of the command-line tools: :func:`enable_compile_cache`.
 
 The protocol, AdamW's hyper-parameters and the engines' checks live in :mod:`flashcore.runtime`
 (the spec storey, so that backends may import them); they are re-exported here for the
@@ -8,6 +9,9 @@ application's modules.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+from pathlib import Path
 
 from ..runtime import (
     Engine,
@@ -20,7 +24,10 @@ from ..runtime import (
 
 __all__ = [
     "BACKENDS",
+    "COMPILE_CACHE_ENV",
     "load_engine",
+    "compile_cache_dir",
+    "enable_compile_cache",
     "Engine",
     "OptimConfig",
     "ParallelError",
@@ -41,3 +48,46 @@ def load_engine(backend: str):
     except ImportError as err:
         raise ImportError(f"the {backend} backend is not available here: {err}") from err
     return module.Engine
+
+
+#: The environment variable that places (a path) or turns off ("off", "0", "none", "") the
+#: persistent compilation cache of ``flashcore generate`` / ``flashcore eval``.
+COMPILE_CACHE_ENV = "FLASHCORE_COMPILE_CACHE"
+
+
+def compile_cache_dir() -> Path | None:
+    """The compilation cache's folder: ``$FLASHCORE_COMPILE_CACHE``, else
+    ``$XDG_CACHE_HOME/flashcore/compile`` (``~/.cache/flashcore/compile``); None when turned off."""
+    value = os.environ.get(COMPILE_CACHE_ENV)
+    if value is not None:
+        if value.strip().lower() in ("", "0", "off", "none", "false"):
+            return None
+        return Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "flashcore" / "compile"
+
+
+def enable_compile_cache(backend: str) -> Path | None:
+    """Turn on the backend's persistent compilation cache for this process, so that a second
+    ``flashcore generate`` or ``eval`` with the same shapes loads its XLA programs instead of
+    compiling them (jax: ``jax_compilation_cache_dir``, every compilation cached; about 1.2 s of
+    a 1.3 s ``generate --max-new 200`` on 2 cores). torch and tf: nothing to do (eager torch
+    compiles nothing; TF has no process-level switch). Returns the folder used, or None (off,
+    another backend, or the folder cannot be made: a warning says so and nothing is cached)."""
+    if backend != "jax":
+        return None
+    folder = compile_cache_dir()
+    if folder is None:
+        return None
+    target = folder / "jax"
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"flashcore: no compilation cache ({target}: {err})", file=sys.stderr)
+        return None
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(target))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return target

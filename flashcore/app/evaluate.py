@@ -19,6 +19,10 @@ top-p nucleus; temperature 0: greedy) through the backend engine's decoder, the 
 :func:`flashcore.decode.decode_method` names for the run (FLASH's state, a key/value cache, or
 the forward rerun per token). It prints the prompt and its continuation as text (bytes that are
 not UTF-8 shown as U+FFFD), or with ``--json`` the token ids too.
+
+Both keep the backend's compiled programs in a persistent cache between runs (jax: its XLA
+compilation cache; ``$FLASHCORE_COMPILE_CACHE`` places it or, set to ``off``, turns it off;
+default ``~/.cache/flashcore/compile``, see :func:`flashcore.app.engine.enable_compile_cache`).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from ..decode import decode_method
 from . import runstate
 from .cli_args import nonneg_int, positive, probability
 from .data import DataError, eval_batches, load_corpus
-from .engine import BACKENDS, load_engine
+from .engine import BACKENDS, enable_compile_cache, load_engine
 
 __all__ = [
     "evaluate",
@@ -194,7 +198,9 @@ def evaluate_checkpoint(path: Path, backends: str, *, data=None, context=None, b
     rows = []
     for name in names:
         try:
-            engine = load_engine(name)(config, params, dtype="bfloat16" if bf16 else "float32")
+            engine_class = load_engine(name)
+            enable_compile_cache(name)
+            engine = engine_class(config, params, dtype="bfloat16" if bf16 else "float32")
         except ImportError as err:
             if backends == "all":
                 rows.append({"backend": name, "error": f"not installed ({err})"})
@@ -259,7 +265,9 @@ def generate_main(argv: list[str] | None = None) -> int:
                 f"{args.checkpoint} is a masked (bidirectional) LM, trained with --objective mlm: "
                 "it predicts masked bytes, not the next one, and cannot generate text"
             )
-        engine = load_engine(args.backend)(config, params)
+        engine_class = load_engine(args.backend)
+        enable_compile_cache(args.backend)
+        engine = engine_class(config, params)
     except (io.WeightFileError, FileNotFoundError, ImportError, mlm.MLMError) as err:
         print(f"flashcore generate: {err}", file=sys.stderr)
         return 2
