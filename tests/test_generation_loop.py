@@ -125,8 +125,16 @@ def test_compile_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert app_engine.compile_cache_dir() == tmp_path / "xdg" / "flashcore" / "compile"
     assert app_engine.enable_compile_cache("torch") is None  # nothing to cache
-    assert app_engine.enable_compile_cache("tf") is None
     assert not (tmp_path / "xdg").exists()
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_auto_jit=0")
+    folder = app_engine.enable_compile_cache("tf")
+    assert folder == tmp_path / "xdg" / "flashcore" / "compile" / "tf" and folder.is_dir()
+    assert os.environ["TF_XLA_FLAGS"] == (
+        f"--tf_xla_auto_jit=0 --tf_xla_persistent_cache_directory={folder}"
+    )
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_persistent_cache_directory=/mine")
+    app_engine.enable_compile_cache("tf")
+    assert os.environ["TF_XLA_FLAGS"] == "--tf_xla_persistent_cache_directory=/mine"  # theirs
 
 
 def _child(code: str, env: dict) -> subprocess.CompletedProcess:

@@ -20,8 +20,8 @@ top-p nucleus; temperature 0: greedy) through the backend engine's decoder, the 
 the forward rerun per token). It prints the prompt and its continuation as text (bytes that are
 not UTF-8 shown as U+FFFD), or with ``--json`` the token ids too.
 
-Both keep the backend's compiled programs in a persistent cache between runs (jax: its XLA
-compilation cache; ``$FLASHCORE_COMPILE_CACHE`` places it or, set to ``off``, turns it off;
+Both keep the backend's compiled programs in a persistent cache between runs (jax's and TF's
+XLA compilation caches; ``$FLASHCORE_COMPILE_CACHE`` places it or, set to ``off``, turns it off;
 default ``~/.cache/flashcore/compile``, see :func:`flashcore.app.engine.enable_compile_cache`).
 """
 
@@ -198,8 +198,8 @@ def evaluate_checkpoint(path: Path, backends: str, *, data=None, context=None, b
     rows = []
     for name in names:
         try:
-            engine_class = load_engine(name)
             enable_compile_cache(name)
+            engine_class = load_engine(name)
             engine = engine_class(config, params, dtype="bfloat16" if bf16 else "float32")
         except ImportError as err:
             if backends == "all":
@@ -265,8 +265,8 @@ def generate_main(argv: list[str] | None = None) -> int:
                 f"{args.checkpoint} is a masked (bidirectional) LM, trained with --objective mlm: "
                 "it predicts masked bytes, not the next one, and cannot generate text"
             )
+        enable_compile_cache(args.backend)  # before the import: TF reads its flag once
         engine_class = load_engine(args.backend)
-        enable_compile_cache(args.backend)
         engine = engine_class(config, params)
     except (io.WeightFileError, FileNotFoundError, ImportError, mlm.MLMError) as err:
         print(f"flashcore generate: {err}", file=sys.stderr)
