@@ -1,6 +1,7 @@
 """The JAX namespace's ``cumulative_sum`` (a parallel prefix scan on CPU, where ``jnp.cumsum``'s
 reduce-window lowering is O(n^2)) against ``jnp.cumulative_sum``: values, dtypes, every argument,
-and gradients."""
+and gradients. Its ``dense`` (h W + b with its own forward-mode rule on CPU) against
+``jnp.matmul`` plus the bias: values, reverse- and forward-mode derivatives, dtypes."""
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import pytest
 jax = pytest.importorskip("jax", reason="the JAX namespace needs jax")
 jnp = jax.numpy
 
-from flashcore.conformance.tolerances import reorder_tolerance  # noqa: E402
+from flashcore.conformance.tolerances import reorder_tolerance, tolerance  # noqa: E402
 from flashcore.jax.xp import xp  # noqa: E402
 
 
@@ -53,3 +54,76 @@ def test_cumulative_sum_grad_and_dtype_argument():
     assert out.dtype == jnp.float32 and out.tolist() == [1.0, 2.0, 3.0, 4.0]
     with pytest.raises(ValueError, match="axis is required"):
         xp.cumulative_sum(jnp.ones((2, 2)))
+
+
+def _dense_case(dtype: str, shape: tuple, bias: bool):
+    rng = np.random.default_rng(3)
+    h = jnp.asarray(rng.standard_normal(shape), dtype=dtype)  # (..., i)
+    w = jnp.asarray(rng.standard_normal((shape[-1], 6)) / np.sqrt(shape[-1]), dtype=dtype)
+    b = jnp.asarray(rng.standard_normal((6,)), dtype=dtype) if bias else None
+    acc = jnp.float64 if dtype == "float64" else jnp.float32  # the loss is summed in this
+    ct = jnp.asarray(rng.standard_normal(shape[:-1] + (6,)), acc)
+    return h, w, b, ct
+
+
+def _plain_dense(h, w, b):
+    y = jnp.matmul(h, w)
+    return y if b is None else y + b
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
+@pytest.mark.parametrize("shape", [(5,), (7, 4), (2, 9, 4)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_is_matmul_plus_bias_with_the_same_derivatives(dtype, shape, bias):
+    """The fast path (on CPU) and the plain formula on the same inputs: the output, the gradient
+    of sum(tanh(y) * ct) with respect to h, W and b under jit, and forward mode (jax.jvp)."""
+    with jax.enable_x64(dtype == "float64"):
+        h, w, b, ct = _dense_case(dtype, shape, bias)
+        k = shape[-1]
+
+        def loss(dense):
+            def f(h, w, b):
+                return jnp.sum(jnp.tanh(dense(h, w, b).astype(ct.dtype)) * ct)
+
+            return f
+
+        got = xp.dense(h, w, b)
+        want = _plain_dense(h, w, b)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        rtol, atol = tolerance(dtype, "output")
+        _scaled_close(got, want, rtol, atol)
+        argnums = (0, 1, 2) if bias else (0, 1)
+        g_got = jax.jit(jax.grad(loss(xp.dense), argnums=argnums))(h, w, b)
+        g_want = jax.grad(loss(_plain_dense), argnums=argnums)(h, w, b)
+        rtol, atol = tolerance(dtype, "grad_params")
+        for a, c in zip(g_got, g_want):
+            assert a.shape == c.shape and a.dtype == c.dtype
+            _scaled_close(a, c, rtol, atol)
+        tangents = (h, w, b)  # any direction: the primals themselves
+        _, t_got = jax.jvp(lambda h, w, b: xp.dense(h, w, b), (h, w, b), tangents)
+        _, t_want = jax.jvp(_plain_dense, (h, w, b), tangents)
+        _scaled_close(t_got, t_want, rtol, atol * max(1, k / 4))
+
+
+def test_dense_derivative_in_one_argument_and_mixed_dtypes():
+    """Only h, or only W, differentiated (the other tangent is a symbolic zero); a float32 h
+    through a bfloat16 W promotes as jnp.matmul does; a second derivative through it."""
+    h, w, b, ct = _dense_case("float32", (3, 4), True)
+    f = lambda dense: lambda h, w: jnp.sum(jnp.sin(dense(h, w, b)) * ct)  # noqa: E731
+    rtol, atol = tolerance("float32", "grad_params")
+    for argnum in (0, 1):
+        got = jax.grad(f(xp.dense), argnums=argnum)(h, w)
+        want = jax.grad(f(_plain_dense), argnums=argnum)(h, w)
+        _scaled_close(got, want, rtol, atol)
+    hess = jax.hessian(f(xp.dense), argnums=1)(h, w)
+    _scaled_close(hess, jax.hessian(f(_plain_dense), argnums=1)(h, w), rtol, atol)
+    wb = w.astype(jnp.bfloat16)
+    got = xp.dense(h, wb, None)
+    assert got.dtype == jnp.matmul(h, wb).dtype
+    g = jax.grad(lambda w: jnp.sum(xp.dense(h, w, None)))(wb)
+    assert g.dtype == jnp.bfloat16 and g.shape == wb.shape
+
+
+def _scaled_close(got, want, rtol, atol):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol * max(np.abs(want).max(), 1.0))
