@@ -222,6 +222,26 @@ def test_the_grid_has_each_backends_models_and_skips_the_quadratic_baseline():
         assert ("torch", "transformer++", 16384) not in skipped
 
 
+def test_children_get_the_malloc_settings_and_keep_the_users_tunables(monkeypatch):
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    env = benchrun.child_env(system_malloc=False)
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    assert env["MALLOC_MMAP_MAX_"] == "0"
+    # another tunable of the user's is kept, and a hugetlb value of theirs wins
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    env = benchrun.child_env(system_malloc=False)
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0:glibc.malloc.arena_max=2")
+    env = benchrun.child_env(system_malloc=False)
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0:glibc.malloc.arena_max=2"
+    assert benchrun.malloc_env(dict(env))["GLIBC_TUNABLES"] == env["GLIBC_TUNABLES"]
+    # --system-malloc leaves the environment as it is
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    monkeypatch.delenv("MALLOC_MMAP_MAX_", raising=False)
+    env = benchrun.child_env(system_malloc=True)
+    assert "GLIBC_TUNABLES" not in env and "MALLOC_MMAP_MAX_" not in env
+
+
 @pytest.mark.slow  # a child process per (backend, model, dtype), an XLA compile in each jax / tf one
 def test_bench_main_end_to_end(tmp_path, capsys):
     backends = [b for b in ("torch", "jax", "tf") if importlib.util.find_spec(NEEDS[b])]

@@ -89,7 +89,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--system-malloc",
         action="store_true",
-        help="leave glibc's malloc settings alone (default: no mmap / no trim for big tensors)",
+        help="leave glibc's malloc settings alone (default: no mmap / no trim, huge pages)",
     )
     p.add_argument("--out", type=Path, default=Path("bench"), help="output directory")
     p.add_argument("--timeout", type=float, default=3600.0, help="per measurement, seconds")
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None, *, progress=None) -> int:
         "processor": platform.processor(),
         "cpu_count": os.cpu_count(),
         "threads": args.threads,
-        "malloc_env": {} if args.system_malloc else benchrun.MALLOC_ENV,
+        "malloc_env": {} if args.system_malloc else benchrun.malloc_env(dict(os.environ)),
         "matmul_peak_gflops": {"start": peak_start, "end": peak_end, "used": peak},
         "matmul_size": args.matmul_size,
         "framework_matmul_gflops": framework_peaks,
