@@ -88,27 +88,12 @@ class LMDecoding(generation.Generating, stream.Prefilling):
     def _generate(self, prompt_tokens, max_new_tokens: int, sampler: dict, seed: int, lengths):
         """:meth:`generate` (:class:`flashcore.generation.Generating`): this LM's decode step
         and the sampler in one XLA-compiled ``tf.while_loop`` (``run``: no host round trip per
-        token; a "recompute" LM reruns the forward eagerly per length) -> NumPy int64."""
-        step = tf.function(self.decode_step, jit_compile=True, reduce_retracing=True)
+        token; a "recompute" LM reruns the forward eagerly per length) -> NumPy int64.
 
-        @tf.function(jit_compile=True, reduce_retracing=True)
-        def pick(logits, u):
-            return sampling.sample(logits, tf.cast(u, logits.dtype), xp=xp, **sampler)
-
-        @tf.function(jit_compile=True, autograph=False)
-        def run(state, out, n, draws, start):  # generation's loop as one XLA while loop
-            total = out.shape[1]
-
-            def body(t, out, state):
-                logits, state = self.decode_step(tf.gather(out, t, axis=1), state)
-                u = tf.cast(tf.gather(draws, t), logits.dtype)
-                new = tf.cast(sampling.sample(logits, u, xp=xp, **sampler), out.dtype)  # (b,)
-                col = generation.next_tokens(tf.gather(out, t + 1, axis=1), new, t + 1, n, xp)
-                here = tf.one_hot(t + 1, total, on_value=True, off_value=False)  # (total,)
-                return t + 1, tf.where(here[None, :], col[:, None], out), state
-
-            done = lambda t, out, state: t < total - 1  # noqa: E731
-            return tf.while_loop(done, body, (start, out, state))[1]
+        The compiled functions are kept on the LM per sampler (:meth:`_generation_fns`), so a
+        second call traces nothing; they read the weights' variables, so later weight updates
+        are seen."""
+        pick, run = self._generation_fns(sampler)
 
         def loop(state, out, n, draws, start):
             args = (tf.constant(out, tf.int32), tf.constant(n, tf.int32), tf.constant(draws))
@@ -121,8 +106,44 @@ class LMDecoding(generation.Generating, stream.Prefilling):
             lengths=lengths,
             seed=seed,
             init=self.decode_init,
-            step=lambda tok, state: step(tf.constant(tok, tf.int32), state),
+            step=lambda tok, state: self.decode_step(tf.constant(tok, tf.int32), state),
             forward_last=lambda tokens: self(tf.constant(tokens, tf.int32))[:, -1],
             pick=lambda logits, u: pick(logits, tf.constant(u)).numpy(),
             loop=loop,
         )
+
+    def _generation_fns(self, sampler: dict) -> tuple:
+        """(pick, run) for one sampler, traced on first use and kept on the LM (outside Keras'
+        attribute tracking): ``pick(logits, u)`` the compiled sampler of a "recompute" LM's host
+        loop, ``run(state, out, n, draws, start)`` generation's loop as one XLA while loop.
+        ``run`` relaxes shapes after a second length (``reduce_retracing``); XLA compiles once
+        per shape."""
+        cache = vars(self).get("_flashcore_generation")
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_flashcore_generation", cache)
+        key = tuple(sorted(sampler.items()))
+        if key in cache:
+            return cache[key]
+
+        @tf.function(jit_compile=True, reduce_retracing=True)
+        def pick(logits, u):
+            return sampling.sample(logits, tf.cast(u, logits.dtype), xp=xp, **sampler)
+
+        @tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
+        def run(state, out, n, draws, start):  # (b, total) int32 with the prompts -> filled in
+            total = tf.shape(out)[1]
+
+            def body(t, out, state):
+                logits, state = self.decode_step(tf.gather(out, t, axis=1), state)
+                u = tf.cast(tf.gather(draws, t), logits.dtype)
+                new = tf.cast(sampling.sample(logits, u, xp=xp, **sampler), out.dtype)  # (b,)
+                col = generation.next_tokens(tf.gather(out, t + 1, axis=1), new, t + 1, n, xp)
+                here = tf.one_hot(t + 1, total, on_value=True, off_value=False)  # (total,)
+                return t + 1, tf.where(here[None, :], col[:, None], out), state
+
+            done = lambda t, out, state: t < total - 1  # noqa: E731
+            return tf.while_loop(done, body, (start, out, state))[1]
+
+        cache[key] = (pick, run)
+        return cache[key]

@@ -87,3 +87,26 @@ def test_decoding_needs_a_causal_block_and_an_exact_cache():
     gau = fc.LMConfig(block=_flash(kind="gau"), num_layers=2)
     with pytest.raises(ValueError, match="length_mode='prefix'"):
         LM(gau).decode_init(1)
+
+
+def test_generate_traces_its_loop_once_and_sees_later_weight_updates():
+    """A second ``generate`` with the same sampler reuses the traced loop (no retrace), a new
+    sampler gets its own, and weights assigned after the first call are what the next one
+    samples with (the loop reads the variables, not a copy taken when it was traced)."""
+    cfg = fc.LMConfig(block=_flash(), vocab_size=11, num_layers=2)
+    p0, p1 = ({k: v.astype(np.float32) for k, v in _noisy(cfg, seed).items()} for seed in (1, 2))
+    lm, other = LM(cfg, params=p0), LM(cfg, params=p1)
+    prompt = rng.integers(0, 11, (2, 3))
+    first = lm.generate(prompt, 6, seed=3, top_k=5)
+    _, run = lm._generation_fns({"temperature": 1.0, "top_k": 5, "top_p": None})
+    traced = run.experimental_get_tracing_count()
+    np.testing.assert_array_equal(lm.generate(prompt, 6, seed=3, top_k=5), first)
+    assert run.experimental_get_tracing_count() == traced
+    lm.generate(prompt, 6, seed=3, temperature=0)
+    assert run.experimental_get_tracing_count() == traced  # greedy: another loop
+    for mine, theirs in zip(lm.weights, other.weights, strict=True):
+        mine.assign(theirs)
+    want = other.generate(prompt, 6, seed=3, top_k=5)
+    assert not np.array_equal(want, first)  # else stale weights would pass unseen
+    np.testing.assert_array_equal(lm.generate(prompt, 6, seed=3, top_k=5), want)
+    assert run.experimental_get_tracing_count() == traced
