@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 
+import array_api_compat.numpy
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,11 +49,17 @@ Config = FlashConfig | TransformerConfig | LMConfig
 
 def decode_init(config: Config, batch: int, dtype=jnp.float32, capacity: int | None = None) -> dict:
     """An empty decoding state (position 0) for a causal block or LM; ``capacity``: the
-    positions of a GAU / Transformer++ cache (:func:`flashcore.decode.decode_init`)."""
-    kw = dict(capacity=capacity, xp=xp, dtype=jnp.dtype(dtype))
+    positions of a GAU / Transformer++ cache (:func:`flashcore.decode.decode_init`).
+
+    The zeros are made by NumPy on the host and moved to the device as they are: made by
+    ``jnp.zeros``, each new shape would compile its own small XLA program (about 20 ms each on
+    CPU, a dozen of them before a first ``generate``)."""
+    kw = dict(capacity=capacity, xp=array_api_compat.numpy, dtype=np.dtype(jnp.dtype(dtype)))
     if isinstance(config, LMConfig):
-        return spec_decode.lm_decode_init(config, batch, **kw)
-    return spec_decode.decode_init(config, batch, **kw)
+        state = spec_decode.lm_decode_init(config, batch, **kw)
+    else:
+        state = spec_decode.decode_init(config, batch, **kw)
+    return jax.device_put(state)
 
 
 def decode_step(params: dict, x_t: jax.Array, state: dict, *, config: Config):
@@ -141,10 +148,18 @@ def generate(
         forward_last=lambda t: _forward(params, jnp.asarray(t, jnp.int32), config=config)[:, -1],
         pick=lambda logits, u: _pick(logits, jnp.asarray(u, logits.dtype), **opts),
         loop=lambda state, out, n, draws, start: _loop(
-            params, state, jnp.asarray(out, jnp.int32), jnp.asarray(n, jnp.int32),
-            jnp.asarray(draws, dtype), config=config, start=start, **opts,
+            params, state, *_host_cast(out, n, draws, dtype), config=config, start=start,
+            **opts,
         ),
     )  # fmt: skip
+
+
+def _host_cast(out, n, draws, dtype) -> tuple:
+    """The loop's NumPy inputs as int32, int32 and ``dtype`` device arrays, cast on the host
+    (``jnp.asarray(x, dtype)`` of an int64 / float64 array compiles a conversion per shape)."""
+    return jax.device_put(
+        (np.asarray(out, np.int32), np.asarray(n, np.int32), np.asarray(draws, np.dtype(dtype)))
+    )
 
 
 _piece = jax.jit(stream.prefill_piece, static_argnames=("config", "xp", "core", "last_only"))

@@ -1,7 +1,9 @@
-"""The JAX namespace's ``cumulative_sum`` (a parallel prefix scan on CPU, where ``jnp.cumsum``'s
-reduce-window lowering is O(n^2)) against ``jnp.cumulative_sum``: values, dtypes, every argument,
-and gradients. Its ``dense`` (h W + b with its own forward-mode rule on CPU) against
+"""The JAX namespace's ``cumulative_sum`` (a parallel prefix scan on CPU for arrays over
+``SMALL_CUMSUM`` elements, jnp's own below) against ``jnp.cumulative_sum``: values, dtypes, every
+argument, and gradients, on both paths. Its ``dense`` (h W + b with its own forward-mode rule on CPU) against
 ``jnp.matmul`` plus the bias: values, reverse- and forward-mode derivatives, dtypes."""
+
+import importlib
 
 import numpy as np
 import pytest
@@ -11,6 +13,18 @@ jnp = jax.numpy
 
 from flashcore.conformance.tolerances import reorder_tolerance, tolerance  # noqa: E402
 from flashcore.jax.xp import xp  # noqa: E402
+
+jax_xp = importlib.import_module(
+    "flashcore.jax.xp"
+)  # the module (the package's ``xp`` is the namespace)
+
+
+@pytest.fixture(params=["pairwise", "small"])
+def cumsum_path(request, monkeypatch):
+    """Both of ``cumulative_sum``'s CPU paths on the same small test arrays: "pairwise" lowers
+    the size threshold to 0, "small" raises it above every array here."""
+    monkeypatch.setattr(jax_xp, "SMALL_CUMSUM", 0 if request.param == "pairwise" else 1 << 30)
+    return request.param
 
 
 def _close(got, want, dtype: str, length: int) -> None:
@@ -25,7 +39,7 @@ def _close(got, want, dtype: str, length: int) -> None:
     "shape, axis", [((7,), None), ((3, 37), 1), ((2, 5, 3, 4), 1), ((5, 4), -2)]
 )
 @pytest.mark.parametrize("include_initial", [False, True])
-def test_cumulative_sum_matches_jnp(dtype, shape, axis, include_initial):
+def test_cumulative_sum_matches_jnp(dtype, shape, axis, include_initial, cumsum_path):
     rng = np.random.default_rng(0)
     with jax.enable_x64(dtype == "float64"):
         if dtype == "bool":
@@ -43,7 +57,7 @@ def test_cumulative_sum_matches_jnp(dtype, shape, axis, include_initial):
             _close(got, want, dtype, shape[axis or 0])
 
 
-def test_cumulative_sum_grad_and_dtype_argument():
+def test_cumulative_sum_grad_and_dtype_argument(cumsum_path):
     x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 9, 3)), jnp.float32)
     ct = jnp.asarray(np.random.default_rng(2).standard_normal((2, 10, 3)), jnp.float32)
     f = lambda cs: lambda a: jnp.sum(cs(a, axis=1, include_initial=True) * ct)  # noqa: E731
@@ -54,6 +68,18 @@ def test_cumulative_sum_grad_and_dtype_argument():
     assert out.dtype == jnp.float32 and out.tolist() == [1.0, 2.0, 3.0, 4.0]
     with pytest.raises(ValueError, match="axis is required"):
         xp.cumulative_sum(jnp.ones((2, 2)))
+
+
+def test_cumulative_sum_takes_the_pairwise_levels_only_above_the_threshold():
+    """The lowered program: a (64, 4096) sum along axis 0 is the pairwise levels (no
+    reduce-window), a sampler-sized (1, 256) row is jnp's."""
+    small = jax.jit(lambda a: xp.cumulative_sum(a, axis=1)).lower(jnp.ones((1, 256))).as_text()
+    big = jax.jit(lambda a: xp.cumulative_sum(a, axis=0)).lower(jnp.ones((64, 4096))).as_text()
+    jnp_big = jax.jit(lambda a: jnp.cumulative_sum(a, axis=0)).lower(jnp.ones((64, 4096)))
+    jnp_small = jax.jit(lambda a: jnp.cumulative_sum(a, axis=1)).lower(jnp.ones((1, 256)))
+    if jax.default_backend() == "cpu":
+        assert small == jnp_small.as_text()
+        assert big != jnp_big.as_text()
 
 
 def _dense_case(dtype: str, shape: tuple, bias: bool):
