@@ -584,22 +584,20 @@ def _linear(lq, lk, v, valid, seg, same, config: FlashConfig, xp, exchange=None)
         has = xp.astype(xp.sum(xp.astype(valid, v.dtype), axis=-1) > 0, v.dtype)  # (b, g)
 
     if seg is None:
-        mean = config.linear_norm == "mean"
-        own = None  # (b, s, e): the sum of every M_h of this sequence (or shard)
+        m = xp.matmul(kt, v) * inv_c  # (b, g, s, e)
         if config.causal:
-            lin = ops.prefix_state_attend(lq, lk, v, inv_c, xp)  # (b, g, c, e): M_h, h < g
-            count = xp.cumulative_sum(has, axis=1, include_initial=True)[:, :g]  # exclusive
+            state = xp.cumulative_sum(m, axis=1, include_initial=True)[:, :g, ...]  # exclusive
+            count = xp.cumulative_sum(has, axis=1, include_initial=True)[:, :g]
         else:
-            own = xp.sum(xp.matmul(kt, v) * inv_c, axis=1)
-            lin = xp.matmul(lq, own[:, None, ...])  # (b, g, c, e)
+            state = xp.broadcast_to(xp.sum(m, axis=1, keepdims=True), m.shape)
             count = xp.broadcast_to(xp.sum(has, axis=1, keepdims=True), has.shape)
         if exchange is not None:
-            if own is None:
-                own = xp.sum(xp.matmul(kt, v) * inv_c, axis=1)
-            in_state, in_count = exchange(own, xp.sum(has, axis=1) if mean else None)
-            lin = lin + xp.matmul(lq, in_state[:, None, ...])  # the other shards' M_h
+            mean = config.linear_norm == "mean"
+            in_state, in_count = exchange(xp.sum(m, axis=1), xp.sum(has, axis=1) if mean else None)
+            state = state + in_state[:, None, ...]  # (b, g, s, e)
             count = count + in_count[:, None] if mean else count
-        if mean:
+        lin = xp.matmul(lq, state)  # (b, g, c, e)
+        if config.linear_norm == "mean":
             lin = lin / xp.maximum(count, xp.ones_like(count))[:, :, None, None]
         return lin
 

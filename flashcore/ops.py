@@ -20,9 +20,6 @@ from .checks import concrete
 __all__ = [
     "norm",
     "silu",
-    "dense",
-    "prefix_state_attend",
-    "prefix_state_attend_plain",
     "token_shift",
     "scale_offset",
     "rope",
@@ -78,28 +75,6 @@ def dense(h, kernel, bias, xp):
         return fused(h, kernel, bias)
     y = xp.matmul(h, kernel)
     return y if bias is None else y + bias
-
-
-def prefix_state_attend(lq, lk, v, inv_c: float, xp):
-    """Causal linear attention across chunks: out_g = lq_g sum_{h<g} lk_h^T v_h * inv_c.
-
-    lq, lk: (b, g, c, s); v: (b, g, c, e) -> (b, g, c, e) (chunk 0 reads an empty sum: zeros).
-    ``xp.prefix_state_attend`` when the namespace has one (a backend's scan that keeps one (b, s, e)
-    running state instead of g of them), :func:`prefix_state_attend_plain` otherwise."""
-    fused = getattr(xp, "prefix_state_attend", None)
-    if fused is not None:
-        return fused(lq, lk, v, inv_c)
-    return prefix_state_attend_plain(lq, lk, v, inv_c, xp)
-
-
-def prefix_state_attend_plain(lq, lk, v, inv_c: float, xp):
-    """:func:`prefix_state_attend` as the formula, the oracle of every fused version: the chunk
-    states M_h = lk_h^T v_h * inv_c (b, g, s, e), their exclusive prefix sum over h, and one
-    batched matmul. Shapes as :func:`prefix_state_attend`."""
-    g = lk.shape[1]
-    m = xp.matmul(xp.permute_dims(lk, (0, 1, 3, 2)), v) * inv_c  # (b, g, s, e)
-    state = xp.cumulative_sum(m, axis=1, include_initial=True)[:, :g, ...]  # (b, g, s, e): h < g
-    return xp.matmul(lq, state)  # (b, g, c, e)
 
 
 def split(a, sizes: tuple[int, ...], xp) -> list:

@@ -16,10 +16,7 @@ one GEMM contracting the token axes of h and the cotangent as they lie. jax's ow
 SiLU(x W), x (1, T, 512), W (512, 2176), 2 threads, 72 -> 36 us/token at T = 1K and
 105 -> 50 us/token at 64K (a one-off script on the 2-core AMD EPYC VM; the FLASH pair with it in
 ``flashcore bench``: README, "Long contexts: huge pages"). A custom_jvp, not a
-custom_vjp: forward mode (``jax.jvp``, ``jax.hessian``) keeps working.
-
-``prefix_state_attend`` (FLASH's causal linear branch) is
-:func:`flashcore.jax.prefix_scan.prefix_state_attend`: a scan on CPU from 32 chunks on."""
+custom_vjp: forward mode (``jax.jvp``, ``jax.hessian``) keeps working."""
 
 from __future__ import annotations
 
@@ -29,8 +26,6 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
 from flashcore._xp import extended, pairwise_cumulative_sum
-
-from .prefix_scan import prefix_state_attend
 
 __all__ = ["xp"]
 
@@ -116,5 +111,4 @@ xp = extended(
     concrete=_concrete,
     cumulative_sum=cumulative_sum,
     dense=dense,
-    prefix_state_attend=prefix_state_attend,
 )
