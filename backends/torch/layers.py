@@ -120,7 +120,14 @@ class FLASH(_FlashLayer):
     def forward(self, x: torch.Tensor, mask=None, segment_ids=None, dropout=None) -> torch.Tensor:
         """x: (b, t, d); mask: (b, t) bool, True = real; segment_ids: (b, t) ints -> (b, t, d).
         dropout: keep-masks {"attn", "out"} (None: drawn in train mode, see the module doc); with
-        masks the attention core is the spec's (the fused cores apply no dropout)."""
+        masks the attention core is the spec's (the fused cores apply no dropout).
+
+        On the CPU a call that :func:`flashcore.torch.kernels.layer_path` passes runs the whole
+        layer as one autograd Function (:mod:`flashcore.torch.kernels.torch_layer`); every other
+        call runs the spec, :func:`flashcore.flash`, with the accelerated attention core."""
+        masks = self._masks(x, dropout)
+        if kernels.layer_path(self, x, mask, segment_ids, masks) == "fused":
+            return kernels.flash_layer(self, x, mask)
         return fc.flash(
             self.canonical_params(),
             x,
@@ -129,7 +136,7 @@ class FLASH(_FlashLayer):
             segment_ids=segment_ids,
             xp=xp,
             core=kernels.attention_core,
-            dropout=self._masks(x, dropout),
+            dropout=masks,
         )
 
 

@@ -66,180 +66,196 @@ def _store(dst, res, scratch, i0: int, i1: int) -> None:
         dst[i0:i1].copy_(res)
 
 
+def core_forward(qq, qk, lq, lk, v, bias, keep, wts, c, causal, block, cdt, need_grad):
+    """The forward of :class:`_MixedChunkCore` (also run by the fused layer of
+    :mod:`.torch_layer`): (out (b, t, e) in v's dtype, saved, dims); ``saved`` and ``dims`` are
+    what :func:`core_backward` takes (``saved`` is None without ``need_grad``)."""
+    b, t, s = qq.shape
+    e = v.shape[-1]
+    g = -(-t // c)
+    pad = g * c - t
+    odt = v.dtype  # dtype of the output and of the input gradients
+    acc = _acc_dtype(cdt)
+    dev = v.device
+    inv_c = 1.0 / c
+    keep = keep.to(cdt) if keep is not None else None  # (b, t, 1) 0/1
+
+    def prep(a, masked):  # (b, t, x) -> (b*g, c, x) in cdt, zero at masked keys
+        a = a.to(cdt)
+        if masked and keep is not None:
+            a = a * keep
+        return _chunked(a, pad, c)
+
+    qq_, lq_ = prep(qq, False), prep(lq, False)
+    qk_, lk_, v_ = prep(qk, True), prep(lk, True), prep(v, True)
+    keep_ = _chunked(keep, pad, c) if keep is not None else None
+
+    nb = max(1, min(g, block // c))
+    rbuf = torch.empty((b * g if need_grad else nb, c, c), dtype=cdt, device=dev)
+    abuf = torch.empty((nb, c, c), dtype=cdt, device=dev)
+    out = torch.empty((b * g, c, e), dtype=odt, device=dev)
+    obuf = torch.empty((nb, c, e), dtype=cdt, device=dev) if odt != cdt else None
+    bias_ = bias.to(cdt).expand(nb, c, c) if bias is not None else None
+    if causal:  # one state per chunk, saved for the backward
+        pbuf = torch.empty((b * g if need_grad else nb, s, e), dtype=cdt, device=dev)
+    else:  # one state per batch row: sum over all chunks of Lk^T V / C
+        lk2, v2 = lk_.view(b, g * c, s), v_.view(b, g * c, e)
+        pbuf = torch.empty((b, s, e), dtype=cdt, device=dev)
+        for bi in range(b):
+            st = torch.mm(lk2[bi].t(), v2[bi]).to(acc)
+            pbuf[bi].copy_(st.mul_(wts[bi][0]))
+    for bi in range(b):
+        run = torch.zeros((s, e), dtype=acc, device=dev) if causal else None
+        for g0 in range(0, g, nb):
+            g1 = min(g, g0 + nb)
+            n = g1 - g0
+            i0, i1 = bi * g + g0, bi * g + g1
+            q_b, k_b, v_b = qq_[i0:i1], qk_[i0:i1], v_[i0:i1]
+            r = rbuf[i0:i1] if need_grad else rbuf[:n]
+            if bias_ is not None:
+                torch.baddbmm(bias_[:n], q_b, k_b.transpose(1, 2), alpha=inv_c, out=r)
+            else:
+                torch.bmm(q_b, k_b.transpose(1, 2), out=r).mul_(inv_c)
+            r.relu_()
+            if causal:
+                r.tril_()
+            a = torch.mul(r, r, out=abuf[:n])
+            o = _target(out, obuf, i0, i1)
+            if causal:
+                p = pbuf[i0:i1] if need_grad else pbuf[:n]
+                m = torch.bmm(lk_[i0:i1].transpose(1, 2).contiguous(), v_b)  # (n, s, e)
+                for j in range(n):
+                    p[j].copy_(run * wts[bi][g0 + j])
+                    run.add_(m[j])
+                torch.bmm(lq_[i0:i1], p, out=o)
+            else:
+                torch.mm(lq_[i0:i1].reshape(-1, s), pbuf[bi], out=o.view(-1, e))
+            o.baddbmm_(a, v_b)
+            _store(out, o, obuf, i0, i1)
+    del abuf, obuf
+    saved = (qq_, qk_, lq_, lk_, v_, rbuf, pbuf, keep_) if need_grad else None
+    dims = (b, t, s, e, c, g, pad, causal, block, wts, bias.dtype if bias is not None else None)
+    out = out.view(b, g * c, e)
+    return (out[:, :t] if pad else out), saved, dims
+
+
+def core_backward(saved, dims, dout, out=None):
+    """The backward of :class:`_MixedChunkCore`: (dqq, dqk, dlq, dlk, dv, dbias) from
+    :func:`core_forward`'s ``saved`` and ``dims`` and dout (b, t, e), in dout's dtype. ``out``:
+    None, or for each of qq, qk, lq, lk, v where its gradient is written, a (b * g, c, x) tensor
+    in dout's dtype (a view with rows of any stride) or None."""
+    qq_, qk_, lq_, lk_, v_, rbuf, pbuf, keep_ = saved
+    b, t, s, e, c, g, pad, causal, block, wts, bias_dtype = dims
+    has_bias = bias_dtype is not None
+    cdt = v_.dtype
+    odt = dout.dtype
+    acc = _acc_dtype(cdt)
+    dev = v_.device
+    inv_c = 1.0 / c
+    two_c = 2.0 * inv_c
+    do_ = _chunked(dout.to(cdt), pad, c)  # (b*g, c, e)
+    if not do_.is_contiguous():
+        do_ = do_.contiguous()
+    nb = max(1, min(g, block // c))
+    conv = odt != cdt
+    dsbuf = torch.empty((nb, c, c), dtype=cdt, device=dev)
+    grads, scratch = [], []
+    for a, o in zip((qq_, qk_, lq_, lk_, v_), out or [None] * 5):
+        grads.append(torch.empty(a.shape, dtype=odt, device=dev) if o is None else o)
+        scratch.append(torch.empty((nb, c, a.shape[-1]), dtype=cdt, device=dev) if conv else None)
+    dqq, dqk, dlq, dlk, dv = grads
+    sqq, sqk, slq, slk, sv = scratch
+    dbias = torch.zeros((c, c), dtype=acc, device=dev) if has_bias else None
+    if causal:
+        dmbuf = torch.empty((nb, s, e), dtype=cdt, device=dev)
+    else:  # dM = sum over all chunks of Lq^T dO / C, one per batch row
+        lq2, do2 = lq_.view(b, g * c, s), do_.view(b, g * c, e)
+        dmbuf = torch.empty((b, s, e), dtype=cdt, device=dev)
+        for bi in range(b):
+            st = torch.mm(lq2[bi].t(), do2[bi]).to(acc)
+            dmbuf[bi].copy_(st.mul_(wts[bi][0]))
+    for bi in range(b):
+        drun = torch.zeros((s, e), dtype=acc, device=dev) if causal else None
+        starts = list(range(0, g, nb))
+        for g0 in reversed(starts) if causal else starts:
+            g1 = min(g, g0 + nb)
+            n = g1 - g0
+            i0, i1 = bi * g + g0, bi * g + g1
+            r, do, v_b = rbuf[i0:i1], do_[i0:i1], v_[i0:i1]
+            if causal:  # dM_h = sum over g > h of dP_g, walking the chunks backwards
+                dp = torch.bmm(lq_[i0:i1].transpose(1, 2).contiguous(), do)  # (n, s, e)
+                dm = dmbuf[:n]
+                for j in reversed(range(n)):
+                    dm[j].copy_(drun)
+                    drun.add_(dp[j], alpha=wts[bi][g0 + j])
+                p = pbuf[i0:i1]
+            else:
+                dm = dmbuf[bi]
+                p = pbuf[bi]
+            ds = torch.bmm(do, v_b.transpose(1, 2), out=dsbuf[:n])  # dA
+            ds.mul_(r)  # dS / 2 (zero where R is)
+            if dbias is not None:
+                dbias += ds.sum(dim=0, dtype=acc)
+            o = _target(dqq, sqq, i0, i1)
+            torch.bmm(ds, qk_[i0:i1], out=o).mul_(two_c)
+            _store(dqq, o, sqq, i0, i1)
+            o = _target(dqk, sqk, i0, i1)
+            torch.bmm(ds.transpose(1, 2), qq_[i0:i1], out=o).mul_(two_c)
+            if keep_ is not None:
+                o.mul_(keep_[i0:i1])
+            _store(dqk, o, sqk, i0, i1)
+            rt = r.transpose(1, 2)
+            at = torch.mul(rt, rt, out=ds)  # (R^2)^T, reusing the buffer
+            o = _target(dv, sv, i0, i1)
+            torch.bmm(at, do, out=o)
+            if causal:
+                o.baddbmm_(lk_[i0:i1], dm)
+            else:
+                o.view(-1, e).addmm_(lk_[i0:i1].reshape(-1, s), dm)
+            if keep_ is not None:
+                o.mul_(keep_[i0:i1])
+            _store(dv, o, sv, i0, i1)
+            o = _target(dlk, slk, i0, i1)
+            if causal:
+                torch.bmm(v_b, dm.transpose(1, 2), out=o)
+            else:
+                torch.mm(v_b.reshape(-1, e), dm.t(), out=o.view(-1, s))
+            if keep_ is not None:
+                o.mul_(keep_[i0:i1])
+            _store(dlk, o, slk, i0, i1)
+            o = _target(dlq, slq, i0, i1)
+            if causal:
+                torch.bmm(do, p.transpose(1, 2), out=o)
+            else:
+                torch.mm(do.reshape(-1, e), p.t(), out=o.view(-1, s))
+            _store(dlq, o, slq, i0, i1)
+    del dsbuf, scratch
+
+    def unchunk(a):
+        a = a.view(b, g * c, a.shape[-1])
+        return a[:, :t] if pad else a
+
+    grads = [unchunk(a) for a in grads]
+    if dbias is not None:
+        dbias = (2.0 * dbias).to(bias_dtype)
+    return (*grads, dbias)
+
+
 class _MixedChunkCore(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qq, qk, lq, lk, v, bias, keep, wts, c, causal, block, cdt):
-        b, t, s = qq.shape
-        e = v.shape[-1]
-        g = -(-t // c)
-        pad = g * c - t
-        odt = v.dtype  # dtype of the output and of the input gradients
-        acc = _acc_dtype(cdt)
-        dev = v.device
-        inv_c = 1.0 / c
-        keep = keep.to(cdt) if keep is not None else None  # (b, t, 1) 0/1
-
-        def prep(a, masked):  # (b, t, x) -> (b*g, c, x) in cdt, zero at masked keys
-            a = a.to(cdt)
-            if masked and keep is not None:
-                a = a * keep
-            return _chunked(a, pad, c)
-
-        qq_, lq_ = prep(qq, False), prep(lq, False)
-        qk_, lk_, v_ = prep(qk, True), prep(lk, True), prep(v, True)
-        keep_ = _chunked(keep, pad, c) if keep is not None else None
-
         need_grad = any(ctx.needs_input_grad[:6])
-        nb = max(1, min(g, block // c))
-        rbuf = torch.empty((b * g if need_grad else nb, c, c), dtype=cdt, device=dev)
-        abuf = torch.empty((nb, c, c), dtype=cdt, device=dev)
-        out = torch.empty((b * g, c, e), dtype=odt, device=dev)
-        obuf = torch.empty((nb, c, e), dtype=cdt, device=dev) if odt != cdt else None
-        bias_ = bias.to(cdt).expand(nb, c, c) if bias is not None else None
-        if causal:  # one state per chunk, saved for the backward
-            pbuf = torch.empty((b * g if need_grad else nb, s, e), dtype=cdt, device=dev)
-        else:  # one state per batch row: sum over all chunks of Lk^T V / C
-            lk2, v2 = lk_.view(b, g * c, s), v_.view(b, g * c, e)
-            pbuf = torch.empty((b, s, e), dtype=cdt, device=dev)
-            for bi in range(b):
-                st = torch.mm(lk2[bi].t(), v2[bi]).to(acc)
-                pbuf[bi].copy_(st.mul_(wts[bi][0]))
-        for bi in range(b):
-            run = torch.zeros((s, e), dtype=acc, device=dev) if causal else None
-            for g0 in range(0, g, nb):
-                g1 = min(g, g0 + nb)
-                n = g1 - g0
-                i0, i1 = bi * g + g0, bi * g + g1
-                q_b, k_b, v_b = qq_[i0:i1], qk_[i0:i1], v_[i0:i1]
-                r = rbuf[i0:i1] if need_grad else rbuf[:n]
-                if bias_ is not None:
-                    torch.baddbmm(bias_[:n], q_b, k_b.transpose(1, 2), alpha=inv_c, out=r)
-                else:
-                    torch.bmm(q_b, k_b.transpose(1, 2), out=r).mul_(inv_c)
-                r.relu_()
-                if causal:
-                    r.tril_()
-                a = torch.mul(r, r, out=abuf[:n])
-                o = _target(out, obuf, i0, i1)
-                if causal:
-                    p = pbuf[i0:i1] if need_grad else pbuf[:n]
-                    m = torch.bmm(lk_[i0:i1].transpose(1, 2).contiguous(), v_b)  # (n, s, e)
-                    for j in range(n):
-                        p[j].copy_(run * wts[bi][g0 + j])
-                        run.add_(m[j])
-                    torch.bmm(lq_[i0:i1], p, out=o)
-                else:
-                    torch.mm(lq_[i0:i1].reshape(-1, s), pbuf[bi], out=o.view(-1, e))
-                o.baddbmm_(a, v_b)
-                _store(out, o, obuf, i0, i1)
-        del abuf, obuf
-        if need_grad:
-            ctx.save_for_backward(qq_, qk_, lq_, lk_, v_, rbuf, pbuf, keep_)
-        ctx.dims = (b, t, s, e, c, g, pad, causal, block, wts)
-        ctx.bias_dtype = bias.dtype if bias is not None else None
-        out = out.view(b, g * c, e)
-        return out[:, :t] if pad else out
+        args = (qq, qk, lq, lk, v, bias, keep, wts, c, causal, block, cdt, need_grad)
+        out, saved, ctx.dims = core_forward(*args)
+        if saved is not None:
+            ctx.save_for_backward(*saved)
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
-        qq_, qk_, lq_, lk_, v_, rbuf, pbuf, keep_ = ctx.saved_tensors
-        b, t, s, e, c, g, pad, causal, block, wts = ctx.dims
-        has_bias = ctx.bias_dtype is not None
-        cdt = v_.dtype
-        odt = dout.dtype
-        acc = _acc_dtype(cdt)
-        dev = v_.device
-        inv_c = 1.0 / c
-        two_c = 2.0 * inv_c
-        do_ = _chunked(dout.to(cdt), pad, c)  # (b*g, c, e)
-        if not do_.is_contiguous():
-            do_ = do_.contiguous()
-        nb = max(1, min(g, block // c))
-        conv = odt != cdt
-        dsbuf = torch.empty((nb, c, c), dtype=cdt, device=dev)
-        grads, scratch = [], []
-        for a in (qq_, qk_, lq_, lk_, v_):
-            grads.append(torch.empty(a.shape, dtype=odt, device=dev))
-            scratch.append(
-                torch.empty((nb, c, a.shape[-1]), dtype=cdt, device=dev) if conv else None
-            )
-        dqq, dqk, dlq, dlk, dv = grads
-        sqq, sqk, slq, slk, sv = scratch
-        dbias = torch.zeros((c, c), dtype=acc, device=dev) if has_bias else None
-        if causal:
-            dmbuf = torch.empty((nb, s, e), dtype=cdt, device=dev)
-        else:  # dM = sum over all chunks of Lq^T dO / C, one per batch row
-            lq2, do2 = lq_.view(b, g * c, s), do_.view(b, g * c, e)
-            dmbuf = torch.empty((b, s, e), dtype=cdt, device=dev)
-            for bi in range(b):
-                st = torch.mm(lq2[bi].t(), do2[bi]).to(acc)
-                dmbuf[bi].copy_(st.mul_(wts[bi][0]))
-        for bi in range(b):
-            drun = torch.zeros((s, e), dtype=acc, device=dev) if causal else None
-            starts = list(range(0, g, nb))
-            for g0 in reversed(starts) if causal else starts:
-                g1 = min(g, g0 + nb)
-                n = g1 - g0
-                i0, i1 = bi * g + g0, bi * g + g1
-                r, do, v_b = rbuf[i0:i1], do_[i0:i1], v_[i0:i1]
-                if causal:  # dM_h = sum over g > h of dP_g, walking the chunks backwards
-                    dp = torch.bmm(lq_[i0:i1].transpose(1, 2).contiguous(), do)  # (n, s, e)
-                    dm = dmbuf[:n]
-                    for j in reversed(range(n)):
-                        dm[j].copy_(drun)
-                        drun.add_(dp[j], alpha=wts[bi][g0 + j])
-                    p = pbuf[i0:i1]
-                else:
-                    dm = dmbuf[bi]
-                    p = pbuf[bi]
-                ds = torch.bmm(do, v_b.transpose(1, 2), out=dsbuf[:n])  # dA
-                ds.mul_(r)  # dS / 2 (zero where R is)
-                if dbias is not None:
-                    dbias += ds.sum(dim=0, dtype=acc)
-                o = _target(dqq, sqq, i0, i1)
-                torch.bmm(ds, qk_[i0:i1], out=o).mul_(two_c)
-                _store(dqq, o, sqq, i0, i1)
-                o = _target(dqk, sqk, i0, i1)
-                torch.bmm(ds.transpose(1, 2), qq_[i0:i1], out=o).mul_(two_c)
-                if keep_ is not None:
-                    o.mul_(keep_[i0:i1])
-                _store(dqk, o, sqk, i0, i1)
-                rt = r.transpose(1, 2)
-                at = torch.mul(rt, rt, out=ds)  # (R^2)^T, reusing the buffer
-                o = _target(dv, sv, i0, i1)
-                torch.bmm(at, do, out=o)
-                if causal:
-                    o.baddbmm_(lk_[i0:i1], dm)
-                else:
-                    o.view(-1, e).addmm_(lk_[i0:i1].reshape(-1, s), dm)
-                if keep_ is not None:
-                    o.mul_(keep_[i0:i1])
-                _store(dv, o, sv, i0, i1)
-                o = _target(dlk, slk, i0, i1)
-                if causal:
-                    torch.bmm(v_b, dm.transpose(1, 2), out=o)
-                else:
-                    torch.mm(v_b.reshape(-1, e), dm.t(), out=o.view(-1, s))
-                if keep_ is not None:
-                    o.mul_(keep_[i0:i1])
-                _store(dlk, o, slk, i0, i1)
-                o = _target(dlq, slq, i0, i1)
-                if causal:
-                    torch.bmm(do, p.transpose(1, 2), out=o)
-                else:
-                    torch.mm(do.reshape(-1, e), p.t(), out=o.view(-1, s))
-                _store(dlq, o, slq, i0, i1)
-        del dsbuf, scratch
-
-        def unchunk(a):
-            a = a.view(b, g * c, a.shape[-1])
-            return a[:, :t] if pad else a
-
-        grads = [unchunk(a) for a in grads]
-        if dbias is not None:
-            dbias = (2.0 * dbias).to(ctx.bias_dtype)
-        return (*grads, dbias, None, None, None, None, None, None)
+        grads = core_backward(ctx.saved_tensors, ctx.dims, dout)
+        return (*grads, None, None, None, None, None, None)
 
 
 def attention_core_torch(

@@ -1,0 +1,283 @@
+"""The whole FLASH layer as one autograd Function: the CPU fast path of ``flashcore.torch.FLASH``.
+
+It computes what :func:`flashcore.flash` computes for the configurations of
+:func:`layer_unsupported`, with fewer passes over memory than the spec's op-by-op autograd: no
+zero-filled gradient per slice of [U | V | Z], one buffer for that gradient written in place by
+each branch, SiLU's derivative in one pass, the four scale-offset heads and their RoPE in one
+(4, b, t, s) tensor, the norm's backward in two passes. N = b t rows, P = 2e + s:
+
+    r = 1 / sqrt(mean(x^2) + eps)                    (b, t, 1)    ScaleNorm / RMSNorm ('add')
+    h = x r w                                        (b, t, d)    w: the norm's (1,) or (d,) gain
+    pre = h W_h + b_h,  act = SiLU(pre)              (b, t, P)    [U | V | Z] = act (views)
+    heads = RoPE(Z gamma_i + beta_i)                 (4, b, t, s) quad_q, quad_k, lin_q, lin_k
+    att = core(heads, V)                             (b, t, e)    torch_core.core_forward
+    out = (U att) W_o + b_o + x                      (b, t, d)    zero at padded positions
+
+    backward, with g = dout (zero at padded positions):
+    db_o = sum g;  dW_o = g^T (U att);  dA = g W_o;  dU = dA att;  datt = dA U
+    dheads, dV, dB = core_backward(datt);  dso = RoPE^T(dheads)   (4, b, t, s)
+    dbeta_i = sum dso_i;  dgamma_i = sum dso_i Z;  dZ = sum_i dso_i gamma_i
+    dpre = [dU | dV | dZ] SiLU'(pre);  db_h = sum dpre;  dW_h = dpre^T h;  dh = dpre W_h
+    dw = sum dh x r (rms; scale: the sum over d too);  dx = g + r w dh - (r^3 / d) (w dh . x) x
+
+Dtypes follow the spec exactly: under CPU autocast (float32 x and parameters) the dense layers,
+the activations and the core run in the autocast dtype (the core accumulates in float32 inside
+its matmuls), the heads' scale-offset and RoPE in float32, the norm and the residual in float32;
+a float16 / bfloat16 layer runs its core in float32 as the spec does. The spec stays the oracle:
+``tests/backend_torch/test_torch_layer.py`` runs both paths on the same inputs.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+from flashcore import ops
+
+from ._common import FLOAT_DTYPES, state_weights, unsupported_reason
+from .torch_core import BLOCK_TOKENS, core_backward, core_forward
+
+__all__ = ["layer_unsupported", "fused_layer_reason", "flash_layer_torch"]
+
+#: Where :func:`flash_layer_torch` runs: the CPU (on CUDA the spec's layer calls the Triton core).
+DEVICES = ("cpu",)
+
+
+def layer_unsupported(config) -> str | None:
+    """None when the fused layer implements :func:`flashcore.flash` for ``config`` (on top of
+    the blocked core's table, :func:`._common.unsupported_reason`), else why not."""
+    reason = unsupported_reason(config, None, None)
+    if reason is not None:
+        return reason
+    if config.norm not in ("scale", "rms") or config.norm_eps_mode != "add":
+        return f"norm={config.norm!r} with norm_eps_mode={config.norm_eps_mode!r}"
+    if config.token_shift:
+        return "token_shift"
+    if config.rope not in ("half", "none"):
+        return f"rope={config.rope!r}"
+    return None
+
+
+def _plain(a) -> bool:
+    """A torch.Tensor outside torch.compile tracing and torch.func transforms."""
+    if not isinstance(a, torch.Tensor) or torch.compiler.is_compiling():
+        return False
+    return not torch._C._functorch.is_functorch_wrapped_tensor(a)
+
+
+def fused_layer_reason(layer, x, mask=None, segment_ids=None, dropout=None) -> str | None:
+    """None when ``flashcore.torch.FLASH.forward`` takes :func:`flash_layer_torch` for this call,
+    else why not. x: (b, t, d); mask: (b, t) bool or None; dropout: the keep-masks the layer
+    drew (None when it draws none). A call the spec would refuse (bad shapes) goes to the spec,
+    whose checks name the problem; so does an input with a NaN or Inf (the spec contains it)."""
+    config = layer.config
+    reason = layer_unsupported(config)
+    if reason is not None:
+        return reason
+    if segment_ids is not None:
+        return "segment_ids"
+    if dropout is not None:
+        return "dropout keep-masks"
+    if not _plain(x) or x.device.type not in DEVICES or x.dtype not in FLOAT_DTYPES:
+        return "x is not a plain floating CPU tensor"
+    if x.dim() != 3 or x.shape[0] < 1 or x.shape[1] < 1 or x.shape[2] != config.dim:
+        return "x is not (b, t, d)"
+    if mask is not None and (
+        not _plain(mask) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(x.shape[:2])
+    ):
+        return "mask is not a (b, t) bool tensor"
+    dtypes = {p.dtype for p in layer.parameters()}
+    if len(dtypes) != 1 or any(p.device != x.device for p in layer.parameters()):
+        return "parameters of several dtypes or on another device"
+    (pdt,) = dtypes
+    if torch.is_autocast_enabled(x.device.type):
+        if x.dtype != torch.float32 or pdt != torch.float32:
+            return "autocast with an input or parameters other than float32"
+    elif pdt != x.dtype:
+        return "parameters in another dtype than x"
+    with torch.no_grad():
+        acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        if not bool(torch.isfinite(x.sum(dim=-1, dtype=acc)).all()):
+            return "x holds NaN or Inf (the spec's containment handles it)"
+    return None
+
+
+@functools.lru_cache(maxsize=16)
+def _rope_tables(t: int, dims: int, base: float, dtype: torch.dtype):
+    """cos, sin (t, dims/2) in ``dtype``, from the spec's float64 tables."""
+    cos, sin = ops.rope_tables(np.arange(t), dims, base)
+    return torch.from_numpy(cos).to(dtype), torch.from_numpy(sin).to(dtype)
+
+
+def _rotate(a, cos, sin, half: int, inverse: bool) -> None:
+    """RoPE ('half') in place on the first 2 * half channels of a (..., s): [a1 cos - a2 sin,
+    a2 cos + a1 sin]; ``inverse``: its transpose, [a1 cos + a2 sin, a2 cos - a1 sin]."""
+    a1, a2 = a[..., :half], a[..., half : 2 * half]
+    keep = a1 * sin
+    a1.mul_(cos).addcmul_(a2, sin, value=1.0 if inverse else -1.0)
+    a2.mul_(cos)
+    if inverse:
+        a2.sub_(keep)
+    else:
+        a2.add_(keep)
+
+
+class _Plan:
+    """What one call needs besides its differentiable inputs (dtypes, tables, mask, sizes)."""
+
+    def __init__(self, config, x, mask):
+        b, t, _ = x.shape
+        self.config = config
+        self.ldt = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        low = x.dtype in (torch.float16, torch.bfloat16)
+        self.acc = torch.float32 if low else x.dtype  # the norm's and the residual's
+        self.cdt = torch.float32 if low else self.ldt  # the core's
+        self.hdt = torch.promote_types(self.ldt, x.dtype)  # the heads' scale-offset and RoPE
+        self.mask = mask
+        self.half = 0 if config.rope == "none" else config.rotary_dims // 2
+        if self.half:
+            self.cos, self.sin = _rope_tables(t, 2 * self.half, float(config.rope_base), self.hdt)
+        self.wts = state_weights(mask, b, t, config, device="cpu").tolist()
+
+
+class _FusedFlash(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, norm_w, w_h, b_h, gamma, beta, bias, w_o, b_o, plan):
+        cfg = plan.config
+        b, t, d = x.shape
+        e, s = cfg.expanded_dim, cfg.qk_dim
+        ldt, cdt, hdt = plan.ldt, plan.cdt, plan.hdt
+        need_grad = any(ctx.needs_input_grad)
+        x2 = x.reshape(b * t, d)
+        # norm: h = x r w, r = 1 / sqrt(mean(x^2) + eps)
+        nrm = torch.linalg.vector_norm(x2, dim=-1, keepdim=True, dtype=plan.acc)  # (N, 1)
+        r = torch.rsqrt(nrm.square_().div_(d).add_(cfg.norm_eps))
+        h = torch.empty((b * t, d), dtype=ldt)
+        if norm_w.numel() == 1:  # ScaleNorm
+            torch.mul(x2, r * norm_w.to(plan.acc), out=h)
+        else:  # RMSNorm
+            torch.mul(x2 * r, norm_w.to(plan.acc), out=h)
+        # [U | V | Z] = SiLU(h W_h + b_h)
+        w_hl, w_ol = w_h.to(ldt), w_o.to(ldt)
+        pre = torch.addmm(b_h.to(ldt), h, w_hl.t())  # (N, P)
+        act = torch.nn.functional.silu(pre)
+        u, v, z = act[:, :e], act[:, e : 2 * e], act[:, 2 * e :]
+        # heads: RoPE(Z gamma_i + beta_i), (4, N, s)
+        so = torch.addcmul(beta[:, None, :].to(hdt), z[None], gamma[:, None, :].to(hdt))
+        so = so.view(4, b, t, s)
+        if plan.half:
+            _rotate(so, plan.cos, plan.sin, plan.half, inverse=False)
+        heads = so.to(cdt)
+        keep = plan.mask[..., None] if plan.mask is not None else None
+        core_bias = bias
+        if bias is not None and cfg.bias_before_scale:  # (Q K^T + B) / C = Q K^T / C + B / C
+            core_bias = bias * (1.0 / cfg.chunk_size)
+        att, saved, dims = core_forward(
+            *heads, v.view(b, t, e), core_bias, keep, plan.wts, cfg.chunk_size, cfg.causal,
+            BLOCK_TOKENS, cdt, need_grad,
+        )  # fmt: skip
+        att = att.reshape(b * t, e)
+        ua = u * att
+        y = torch.addmm(b_o.to(ldt), ua, w_ol.t())  # (N, d)
+        out = torch.add(x2, y).view(b, t, d)
+        if plan.mask is not None:
+            out.masked_fill_(~plan.mask[..., None], 0.0)
+        if need_grad:
+            ctx.save_for_backward(x, r, h, pre, act, att, ua, w_hl, w_ol, norm_w, gamma, *saved)
+            ctx.plan, ctx.dims = plan, dims
+            ctx.dtypes = [a.dtype if a is not None else None for a in (bias, w_h, w_o)]
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        x, r, h, pre, act, att, ua, w_hl, w_ol, norm_w, gamma, *saved = ctx.saved_tensors
+        plan, dims = ctx.plan, ctx.dims
+        cfg = plan.config
+        b, t, d = x.shape
+        n, e, s = b * t, cfg.expanded_dim, cfg.qk_dim
+        ldt, hdt, acc = plan.ldt, plan.hdt, plan.acc
+        pdt = gamma.dtype
+        g = dout.reshape(n, d)
+        if plan.mask is not None:
+            g = g.masked_fill(~plan.mask.reshape(n, 1), 0.0)
+        g_l = g.to(ldt)
+        # out = (U att) W_o + b_o + x
+        db_o = g.sum(dim=0, dtype=acc).to(pdt)
+        dw_o = torch.mm(g_l.t(), ua).to(pdt)  # (d, e)
+        da = torch.mm(g_l, w_ol)  # (N, e)
+        dact = torch.empty((n, act.shape[1]), dtype=ldt)  # [dU | dV | dZ]
+        torch.mul(da, att, out=dact[:, :e])
+        datt = da.mul_(act[:, :e])
+        # the core: dheads (4, b, t', s) and dV straight into dact (t' = t padded to chunks)
+        c = cfg.chunk_size
+        tp = -(-t // c) * c
+        dheads = torch.empty((4, b, tp, s), dtype=ldt)
+        dv_out = None
+        if tp == t:
+            dv_out = dact[:, e : 2 * e].view(b * t // c, c, e)
+        outs = [dheads[i].view(b * tp // c, c, s) for i in range(4)]
+        *_, dv, dbias = core_backward(saved, dims, datt.view(b, t, e), out=[*outs, dv_out])
+        if dv_out is None:
+            dact[:, e : 2 * e].copy_(dv.reshape(n, e))
+        dso = dheads[:, :, :t].to(hdt)  # (4, b, t, s)
+        if plan.half:
+            _rotate(dso, plan.cos, plan.sin, plan.half, inverse=True)
+        dso = dso.reshape(4, n, s)
+        z = act[:, 2 * e :]
+        dbeta = dso.sum(dim=1).to(pdt)
+        dact[:, 2 * e :].copy_((dso * gamma[:, None, :].to(hdt)).sum(dim=0))
+        dgamma = dso.mul_(z).sum(dim=1).to(pdt)
+        # SiLU and the hidden dense layer
+        dpre = torch.ops.aten.silu_backward(dact, pre)
+        del dact
+        db_h = dpre.sum(dim=0, dtype=acc).to(pdt)
+        dw_h = torch.mm(dpre.t(), h).to(pdt)  # (P, d)
+        dh = torch.mm(dpre, w_hl)  # (N, d)
+        del dpre
+        # the norm: h = x r w
+        x2 = x.reshape(n, d).to(acc)
+        w = norm_w.to(acc)
+        if norm_w.numel() == 1:
+            dot = torch.linalg.vecdot(dh.to(acc), x2).unsqueeze_(-1)  # (N, 1): dh . x
+            dnorm = (dot * r).sum().reshape(1).to(norm_w.dtype)
+            dx = torch.addcmul(g, dh, r * w)
+            dx.addcmul_(x2, dot.mul_(r.pow(3)).mul_(w / -d))
+        else:
+            xr = x2 * r
+            dhx = dh * xr  # (N, d)
+            dnorm = dhx.sum(dim=0, dtype=acc).to(norm_w.dtype)
+            dot = dhx.mul_(w).sum(dim=-1, keepdim=True)  # r (w dh . x)
+            dx = torch.addcmul(g, dh * w, r)
+            dx.addcmul_(x2, dot.mul_(r.square()).div_(-d))
+        dx = dx.to(x.dtype).view(b, t, d)
+        bias_dt = ctx.dtypes[0]
+        if dbias is not None and cfg.bias_before_scale:
+            dbias = dbias * (1.0 / cfg.chunk_size)
+        if dbias is not None:
+            dbias = dbias.to(bias_dt)
+        return dx, dnorm, dw_h, db_h, dgamma, dbeta, dbias, dw_o, db_o, None
+
+
+def flash_layer_torch(layer, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``flashcore.torch.FLASH`` ``layer`` on x (b, t, d) with an optional (b, t) bool key mask
+    -> (b, t, d), as one autograd Function (see the module docstring). The call must pass
+    :func:`fused_layer_reason`; the relative bias (C, C) is the spec's
+    :func:`flashcore.ops.rel_bias` of the layer's weights (its gradient flows through it)."""
+    from ..xp import xp
+
+    cfg = layer.config
+    plan = _Plan(cfg, x, mask)
+    norm_w = layer.norm.scale if cfg.norm == "scale" else layer.norm.weight
+    bias = None
+    if cfg.rel_bias != "none":
+        pos = np.arange(cfg.chunk_size)
+        like = torch.empty(0, dtype=plan.cdt, device=x.device)
+        bias = ops.rel_bias(layer.rel_bias.weight, pos, pos, config=cfg, xp=xp, like=like)
+    with torch.autocast("cpu", enabled=False):
+        return _FusedFlash.apply(
+            x, norm_w, layer.hidden.weight, layer.hidden.bias, layer.qk.gamma, layer.qk.beta,
+            bias, layer.out.weight, layer.out.bias, plan,
+        )  # fmt: skip
