@@ -116,12 +116,21 @@ def test_fused_cores_hand_masked_calls_to_the_spec(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the fused core got a dropout call")
 
+    def refuse_layer(*args, **kwargs):
+        raise AssertionError("the fused layer got a dropout call")
+
     monkeypatch.setattr(kernels, "_torch_core", lambda: refuse)
+    monkeypatch.setattr(kernels, "flash_layer", refuse_layer)
     module, x = _module("flash", dtype=torch.float32), _x(dtype=torch.float32)
-    module(x).sum().backward()  # train mode with dropout: the spec's core
+    assert kernels.layer_path(module, x, dropout=fc.dropout_shapes(config, 2, 9)) == "spec"
+    module(x).sum().backward()  # train mode with dropout: the spec's layer and core
     module.eval()
+    assert kernels.layer_path(module, x) == "fused"
+    with pytest.raises(AssertionError, match="fused layer"):
+        module(x)  # eval: the fused layer (so the guards above are what kept it away)
+    monkeypatch.setattr(kernels, "layer_path", lambda *a, **k: "spec")
     with pytest.raises(AssertionError, match="fused core"):
-        module(x)  # eval: the fused core (so the guard above is what kept it away)
+        module(x)  # eval on the spec's layer: the fused core
 
 
 def test_lm_trains_with_dropout_and_evaluates_without():

@@ -156,9 +156,11 @@ def test_lm_loss_helpers_equal_flashcore_lm_loss(name, layout, threads):
 
 
 def test_flash_passes_the_kernel_dispatcher(monkeypatch):
-    """FLASH hands flashcore.flash the torch kernel dispatcher as its attention core."""
+    """FLASH on the spec's layer (a call the fused layer does not take) hands flashcore.flash the
+    torch kernel dispatcher as its attention core."""
     import flashcore.torch.kernels as kernels
 
+    monkeypatch.setattr(kernels, "layer_path", lambda *a, **k: "spec")
     calls = []
     real = kernels.attention_core
 

@@ -140,6 +140,7 @@ class _Plan:
         if self.half:
             self.cos, self.sin = _rope_tables(t, 2 * self.half, float(config.rope_base), self.hdt)
         self.wts = state_weights(mask, b, t, config, device="cpu").tolist()
+        self.need_grad = torch.is_grad_enabled()  # False: nothing is saved for a backward
 
 
 class _FusedFlash(torch.autograd.Function):
@@ -149,7 +150,7 @@ class _FusedFlash(torch.autograd.Function):
         b, t, d = x.shape
         e, s = cfg.expanded_dim, cfg.qk_dim
         ldt, cdt, hdt = plan.ldt, plan.cdt, plan.hdt
-        need_grad = any(ctx.needs_input_grad)
+        need_grad = plan.need_grad and any(ctx.needs_input_grad)
         x2 = x.reshape(b * t, d)
         # norm: h = x r w, r = 1 / sqrt(mean(x^2) + eps)
         nrm = torch.linalg.vector_norm(x2, dim=-1, keepdim=True, dtype=plan.acc)  # (N, 1)
@@ -233,7 +234,7 @@ class _FusedFlash(torch.autograd.Function):
         # SiLU and the hidden dense layer
         dpre = torch.ops.aten.silu_backward(dact, pre)
         del dact
-        db_h = dpre.sum(dim=0, dtype=acc).to(pdt)
+        db_h = dpre.sum(dim=0).to(pdt)  # accumulated in float32 inside the sum
         dw_h = torch.mm(dpre.t(), h).to(pdt)  # (P, d)
         dh = torch.mm(dpre, w_hl)  # (N, d)
         del dpre
