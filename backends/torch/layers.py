@@ -99,7 +99,14 @@ class GAU(_FlashLayer):
 
     def forward(self, x: torch.Tensor, mask=None, segment_ids=None, dropout=None) -> torch.Tensor:
         """x: (b, t, d); mask: (b, t) bool, True = real; segment_ids: (b, t) ints -> (b, t, d).
-        dropout: keep-masks {"attn", "out"} (None: drawn in train mode, see the module doc)."""
+        dropout: keep-masks {"attn", "out"} (None: drawn in train mode, see the module doc).
+
+        On the CPU a call that :func:`flashcore.torch.kernels.layer_path` passes runs the whole
+        layer as one autograd Function (:mod:`flashcore.torch.kernels.torch_layer`); every other
+        call runs the spec, :func:`flashcore.gau` (with the blocked core where it applies)."""
+        masks = self._masks(x, dropout)
+        if kernels.layer_path(self, x, mask, segment_ids, masks) == "fused":
+            return kernels.gau_layer(self, x, mask)
         return fc.gau(
             self.canonical_params(),
             x,
@@ -107,7 +114,7 @@ class GAU(_FlashLayer):
             mask=mask,
             segment_ids=segment_ids,
             xp=xp,
-            dropout=self._masks(x, dropout),
+            dropout=masks,
         )
 
 

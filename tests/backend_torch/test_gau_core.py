@@ -90,7 +90,9 @@ def test_fused_gau_core_equals_the_spec(dtype, case, block, monkeypatch):
 
 
 def test_the_fast_path_runs_and_its_result_differs_from_a_broken_one(monkeypatch):
-    """The module's forward goes through gau_core_torch; a planted error there shows up."""
+    """The module's forward on the spec's layer (a call the fused layer of test_torch_layer.py
+    does not take) goes through gau_core_torch; a planted error there shows up."""
+    monkeypatch.setattr(kernels, "layer_path", lambda *a, **k: "spec")
     config = fc.FlashConfig(dim=16, kind="gau", qk_dim=8, causal=True)
     layer = GAU(config, seed=0).double().eval()
     rng = np.random.default_rng(0)  # every weight of order 1, so that the attention matters

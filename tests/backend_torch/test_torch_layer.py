@@ -1,5 +1,5 @@
-"""The fused FLASH layer (flashcore.torch.kernels.torch_layer, the CPU fast path of
-flashcore.torch.FLASH) against the spec's layer on the same module and inputs: the output and
+"""The fused FLASH and GAU layers (flashcore.torch.kernels.torch_layer, the CPU fast path of
+flashcore.torch.FLASH and GAU) against the spec's layer on the same module and inputs: the output and
 the gradients w.r.t. x and every parameter, in float64, float32, bfloat16 autocast and bfloat16
 weights, with the central tolerance table; and the guard (kernels.layer_path) that decides."""
 
@@ -10,11 +10,12 @@ import itertools
 import pytest
 
 torch = pytest.importorskip("torch")
+compat = pytest.importorskip("array_api_compat.torch")
 
 import flashcore as fc  # noqa: E402
 from flashcore.conformance.tolerances import tolerance  # noqa: E402
 from flashcore.layers import attention_core_flash  # noqa: E402
-from flashcore.torch import FLASH, kernels  # noqa: E402
+from flashcore.torch import FLASH, GAU, kernels  # noqa: E402
 from flashcore.torch.kernels.torch_layer import fused_layer_reason, layer_unsupported  # noqa: E402
 from flashcore.torch.xp import xp  # noqa: E402
 
@@ -34,9 +35,9 @@ def cfg(**kw) -> fc.FlashConfig:
 
 
 def make_layer(config, dtype=torch.float64, seed=0):
-    """A FLASH layer with every weight away from its init (gamma, beta, biases, the bias table
-    all nonzero), so that a dropped term shows."""
-    layer = FLASH(config, seed=seed, dtype=dtype)
+    """A FLASH or GAU layer with every weight away from its init (gamma, beta, biases, the bias
+    table all nonzero), so that a dropped term shows."""
+    layer = (FLASH if config.kind == "flash" else GAU)(config, seed=seed, dtype=dtype)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in layer.parameters():
@@ -62,9 +63,11 @@ def run(layer, x, mask, *, spec: bool, autocast: bool = False):
     layer.zero_grad(set_to_none=True)
     x = x.detach().clone().requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        if spec:
+        if spec and layer.config.kind == "flash":
             p = layer.canonical_params()
             y = fc.flash(p, x, config=layer.config, mask=mask, xp=xp, core=attention_core_flash)
+        elif spec:  # the plain namespace: no fused core, SiLU or dense hook
+            y = fc.gau(layer.canonical_params(), x, config=layer.config, mask=mask, xp=compat)
         else:
             assert kernels.layer_path(layer, x, mask) == "fused"
             y = layer(x, mask=mask)
@@ -113,35 +116,51 @@ VARIANTS = {
     "bidir-length-array-e3": dict(causal=False, linear_norm="length", length_mode="array",
                                   expansion=3),
 }  # fmt: skip
+GAU_VARIANTS = {
+    "gau-causal": dict(kind="gau"),
+    "gau-causal-rms-t5": dict(kind="gau", norm="rms", rel_bias="t5", bias_before_scale=True),
+    "gau-bidir-no-rope": dict(kind="gau", causal=False, rope="none"),
+    "gau-bidir-array": dict(kind="gau", causal=False, length_mode="array", rope_dims=4),
+}
 SHAPES = {"b2-t37": (2, 37), "b1-t48": (1, 48), "b3-t5": (3, 5), "b1-t1": (1, 1)}
 MASKS = ("none", "pad", "holes")
 
 
 @pytest.mark.parametrize(
-    "variant, shape, mask_kind", list(itertools.product(VARIANTS, SHAPES, MASKS))
+    "variant, shape, mask_kind",
+    list(itertools.product(VARIANTS, SHAPES, MASKS))
+    + [  # GAU with a key mask: only length_mode='array' is fused (the scale 1 / t)
+        (v, sh, m)
+        for v, sh, m in itertools.product(GAU_VARIANTS, SHAPES, MASKS)
+        if m == "none" or v == "gau-bidir-array"
+    ],
 )
 def test_fused_layer_equals_the_spec_in_float64(variant, shape, mask_kind):
-    config = cfg(**VARIANTS[variant])
+    config = cfg(**{**VARIANTS, **GAU_VARIANTS}[variant])
     layer = make_layer(config)
     b, t = SHAPES[shape]
     x, mask = make_x(b, t, config.dim, torch.float64, mask_kind)
     check(run(layer, x, mask, spec=True), run(layer, x, mask, spec=False), "float64")
 
 
-@pytest.mark.parametrize("variant", ["causal", "bidir-rms-mean"])
+LOW = {"causal": VARIANTS["causal"], "bidir-rms-mean": VARIANTS["bidir-rms-mean"],
+       "gau-bidir-array": GAU_VARIANTS["gau-bidir-array"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", LOW)
 @pytest.mark.parametrize("mask_kind", ["none", "pad"])
 def test_fused_layer_equals_the_spec_in_float32(variant, mask_kind):
-    config = cfg(**VARIANTS[variant], dim=32, qk_dim=16)
+    config = cfg(**LOW[variant], dim=32, qk_dim=16)
     layer = make_layer(config, dtype=torch.float32)
     x, mask = make_x(2, 45, config.dim, torch.float32, mask_kind)
     check(run(layer, x, mask, spec=True), run(layer, x, mask, spec=False), "float32")
 
 
-@pytest.mark.parametrize("variant", ["causal", "bidir-rms-mean"])
+@pytest.mark.parametrize("variant", LOW)
 @pytest.mark.parametrize("mask_kind", ["none", "pad"])
 def test_fused_layer_equals_the_spec_under_bfloat16_autocast(variant, mask_kind):
     """float32 weights and x under CPU autocast: both paths run bf16 matmuls."""
-    config = cfg(**VARIANTS[variant], dim=32, qk_dim=16)
+    config = cfg(**LOW[variant], dim=32, qk_dim=16)
     layer = make_layer(config, dtype=torch.float32)
     x, mask = make_x(2, 45, config.dim, torch.float32, mask_kind)
     ref = run(layer, x, mask, spec=True, autocast=True)
@@ -149,10 +168,11 @@ def test_fused_layer_equals_the_spec_under_bfloat16_autocast(variant, mask_kind)
     assert all(p.dtype == torch.float32 for p in layer.parameters())
 
 
+@pytest.mark.parametrize("kind", ["flash", "gau"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_fused_layer_equals_the_spec_with_low_precision_weights(dtype):
+def test_fused_layer_equals_the_spec_with_low_precision_weights(dtype, kind):
     """bf16 / fp16 weights and x: the output stays in that dtype; the core runs in float32."""
-    config = cfg(dim=32, qk_dim=16)
+    config = cfg(dim=32, qk_dim=16, kind=kind, length_mode="array")
     layer = make_layer(config, dtype=dtype)
     x, mask = make_x(2, 45, config.dim, dtype, "pad")
     got = run(layer, x, mask, spec=False)
@@ -181,12 +201,14 @@ def test_padded_positions_are_zero_and_get_no_gradient():
     assert bool((x.grad[~mask] == 0).all())
 
 
-def test_module_forward_takes_the_fused_layer(monkeypatch):
-    """FLASH.forward runs the fused layer when the guard passes, and the spec otherwise."""
+@pytest.mark.parametrize("kind", ["flash", "gau"])
+def test_module_forward_takes_the_fused_layer(monkeypatch, kind):
+    """FLASH.forward / GAU.forward run the fused layer when the guard passes, the spec otherwise."""
     calls = []
-    real = kernels.flash_layer
-    monkeypatch.setattr(kernels, "flash_layer", lambda *a: calls.append(1) or real(*a))
-    layer = make_layer(cfg())
+    name = f"{kind}_layer"
+    real = getattr(kernels, name)
+    monkeypatch.setattr(kernels, name, lambda *a: calls.append(1) or real(*a))
+    layer = make_layer(cfg(kind=kind))
     x, _ = make_x(1, 20, 16, torch.float64, "none")
     layer(x)
     assert calls == [1]
@@ -216,6 +238,15 @@ def test_configurations_outside_the_fused_layer_take_the_spec(config_kw, words):
     config = cfg(**config_kw)
     assert words in layer_unsupported(config)
     assert words in _reason(config)
+
+
+def test_gau_scales_other_than_one_over_t_take_the_spec():
+    for kw in (dict(fixed_length=64), dict(length_mode="prefix")):
+        assert "not fused" in _reason(cfg(kind="gau", **kw))
+    layer = make_layer(cfg(kind="gau"))  # length_mode 'real': a key mask changes n per row
+    x = torch.randn(2, 20, 16, dtype=torch.float64)
+    assert _reason(layer=layer, x=x) is None
+    assert "mask" in _reason(layer=layer, x=x, mask=torch.ones(2, 20, dtype=torch.bool))
 
 
 def test_calls_outside_the_fused_layer_take_the_spec():

@@ -18,12 +18,12 @@ blocked torch core with one chunk of length t and no linear part behind
 segment_ids, no dropout keep-mask), the spec's :func:`flashcore.layers.attention_core_gau`
 otherwise.
 
-``layer_path`` / ``flash_layer`` (:mod:`.torch_layer`) are the whole FLASH layer's: on the CPU,
-for the configurations of :func:`.torch_layer.layer_unsupported` (ScaleNorm or RMSNorm, RoPE
-'half' or none, no token shift, on top of the cores' table) and finite inputs without segment
-ids or dropout masks, ``flashcore.torch.FLASH`` runs norm, projections, heads, the blocked core
-and the output as one autograd Function; otherwise it runs the spec's layer with
-``attention_core``.
+``layer_path`` / ``flash_layer`` / ``gau_layer`` (:mod:`.torch_layer`) are the whole layer's: on
+the CPU, for the configurations of :func:`.torch_layer.layer_unsupported` (ScaleNorm or RMSNorm,
+RoPE 'half' or none, no token shift, on top of the cores' tables) and finite inputs without
+segment ids or dropout masks, ``flashcore.torch.FLASH`` and ``GAU`` run norm, projections,
+heads, the blocked core and the output as one autograd Function; otherwise they run the spec's
+layer (FLASH with ``attention_core``, GAU with ``gau_core``).
 
 ``softmax_core`` (:mod:`.sdpa`) is the Transformer++ block's: torch's
 ``scaled_dot_product_attention`` behind :func:`can_use_sdpa`, the spec's softmax core otherwise.
@@ -57,6 +57,7 @@ __all__ = [
     "gau_core_path",
     "layer_path",
     "flash_layer",
+    "gau_layer",
 ]
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -171,8 +172,9 @@ def gau_core(q, k, v, *, bias, config, mask=None, segment_ids=None, xp=None, att
 
 
 def layer_path(layer, x, mask=None, segment_ids=None, dropout=None) -> str:
-    """Which implementation ``flashcore.torch.FLASH.forward`` takes for this call: 'fused' (the
-    whole layer as one autograd Function, :func:`flash_layer`) or 'spec'. dropout: the keep-masks
+    """Which implementation ``flashcore.torch.FLASH.forward`` (``GAU.forward``) takes for this
+    call: 'fused' (the whole layer as one autograd Function, :func:`flash_layer` /
+    :func:`gau_layer`) or 'spec'. dropout: the keep-masks
     the layer drew for the call (None: none)."""
     from .torch_layer import fused_layer_reason
 
@@ -185,3 +187,11 @@ def flash_layer(layer, x, mask=None):
     from .torch_layer import flash_layer_torch
 
     return flash_layer_torch(layer, x, mask)
+
+
+def gau_layer(layer, x, mask=None):
+    """The GAU ``layer`` on x (b, t, d) as one autograd Function; the call must pass
+    :func:`layer_path` (see :func:`.torch_layer.gau_layer_torch`)."""
+    from .torch_layer import gau_layer_torch
+
+    return gau_layer_torch(layer, x, mask)

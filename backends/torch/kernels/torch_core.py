@@ -296,6 +296,71 @@ def attention_core_torch(
 GAU_BLOCK = 512
 
 
+def gau_forward(q, k, v, bias, keep, scale, causal, block, cdt, need_grad):
+    """The forward of :class:`_BlockedQuadCore` (also run by the fused layer of
+    :mod:`.torch_layer`): (out (b, t, e) in v's dtype, saved, dims) for :func:`gau_backward`
+    (``saved`` is None without ``need_grad``)."""
+    b, t, _ = q.shape
+    e = v.shape[-1]
+    odt, acc, dev = v.dtype, _acc_dtype(cdt), v.device
+    keep_ = keep.to(cdt) if keep is not None else None  # (b, t, 1) 0/1
+    q_ = q.to(cdt)
+    k_ = k.to(cdt) if keep_ is None else k.to(cdt) * keep_
+    v_ = v.to(cdt) if keep_ is None else v.to(cdt) * keep_
+    bias_ = bias.to(cdt) if bias is not None else None
+    out = torch.empty((b, t, e), dtype=odt, device=dev)
+    tri = {}  # the causal mask of a diagonal block, by its shape
+    for bi in range(b):
+        for i0 in range(0, t, block):
+            i1 = min(t, i0 + block)
+            j1 = i1 if causal else t
+            r = _block_scores(q_[bi, i0:i1], k_[bi, :j1], bias_, i0, i1, j1, scale)
+            r.relu_()
+            if causal:
+                r[:, i0:].mul_(_diag_mask(tri, i1 - i0, r.dtype, dev))
+            a = r.mul_(r)
+            out[bi, i0:i1].copy_(torch.mm(a, v_[bi, :j1]))
+    saved = (q_, k_, v_, bias_, keep_) if need_grad else None
+    dims = (scale, causal, block, odt, acc, bias.dtype if bias is not None else None)
+    return out, saved, dims
+
+
+def gau_backward(saved, dims, dout):
+    """The backward of :class:`_BlockedQuadCore`: (dq, dk, dv, dbias) from :func:`gau_forward`'s
+    ``saved`` and ``dims`` and dout (b, t, e); dq, dk, dv in the forward's v dtype."""
+    q_, k_, v_, bias_, keep_ = saved
+    scale, causal, block, odt, acc, bias_dtype = dims
+    b, t, _ = q_.shape
+    cdt, dev = q_.dtype, q_.device
+    do_ = dout.to(cdt)
+    dq = torch.empty(q_.shape, dtype=odt, device=dev)
+    dk = torch.zeros(k_.shape, dtype=acc, device=dev)
+    dv = torch.zeros(v_.shape, dtype=acc, device=dev)
+    dbias = torch.zeros((t, t), dtype=acc, device=dev) if bias_ is not None else None
+    tri = {}
+    for bi in range(b):
+        for i0 in range(0, t, block):
+            i1 = min(t, i0 + block)
+            j1 = i1 if causal else t
+            qb, kb, vb, dob = q_[bi, i0:i1], k_[bi, :j1], v_[bi, :j1], do_[bi, i0:i1]
+            r = _block_scores(qb, kb, bias_, i0, i1, j1, scale).relu_()
+            if causal:
+                r[:, i0:].mul_(_diag_mask(tri, i1 - i0, r.dtype, dev))
+            dv[bi, :j1] += torch.mm(torch.mul(r, r).t(), dob)  # A^T dO
+            ds = torch.mm(dob, vb.t()).mul_(r).mul_(2.0)  # dS = 2 R * (dO V^T)
+            if dbias is not None:
+                dbias[i0:i1, :j1] += ds
+            dq[bi, i0:i1].copy_(torch.mm(ds, kb).mul_(scale))
+            dk[bi, :j1] += torch.mm(ds.t(), qb).mul_(scale)
+    if keep_ is not None:
+        dk.mul_(keep_)
+        dv.mul_(keep_)
+    dk, dv = dk.to(odt), dv.to(odt)
+    if dbias is not None:
+        dbias = dbias.to(bias_dtype)
+    return dq, dk, dv, dbias
+
+
 class _BlockedQuadCore(torch.autograd.Function):
     """GAU's attention relu(S)^2 V, S = Q K^T * scale + B, block by block of query rows: a causal
     block reads only the keys up to its last row (half the work of the full t x t), and the
@@ -303,64 +368,19 @@ class _BlockedQuadCore(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, bias, keep, scale, causal, block, cdt):
-        b, t, _ = q.shape
-        e = v.shape[-1]
-        odt, acc, dev = v.dtype, _acc_dtype(cdt), v.device
-        keep_ = keep.to(cdt) if keep is not None else None  # (b, t, 1) 0/1
-        q_ = q.to(cdt)
-        k_ = k.to(cdt) if keep_ is None else k.to(cdt) * keep_
-        v_ = v.to(cdt) if keep_ is None else v.to(cdt) * keep_
-        bias_ = bias.to(cdt) if bias is not None else None
-        out = torch.empty((b, t, e), dtype=odt, device=dev)
-        tri = {}  # the causal mask of a diagonal block, by its shape
-        for bi in range(b):
-            for i0 in range(0, t, block):
-                i1 = min(t, i0 + block)
-                j1 = i1 if causal else t
-                r = _block_scores(q_[bi, i0:i1], k_[bi, :j1], bias_, i0, i1, j1, scale)
-                r.relu_()
-                if causal:
-                    r[:, i0:].mul_(_diag_mask(tri, i1 - i0, r.dtype, dev))
-                a = r.mul_(r)
-                out[bi, i0:i1].copy_(torch.mm(a, v_[bi, :j1]))
-        ctx.save_for_backward(q_, k_, v_, bias_, keep_)
-        ctx.dims = (scale, causal, block, odt, acc, bias.dtype if bias is not None else None)
+        need_grad = any(ctx.needs_input_grad[:4])
+        out, saved, ctx.dims = gau_forward(
+            q, k, v, bias, keep, scale, causal, block, cdt, need_grad
+        )
+        if saved is not None:
+            ctx.save_for_backward(*saved)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
-        q_, k_, v_, bias_, keep_ = ctx.saved_tensors
-        scale, causal, block, odt, acc, bias_dtype = ctx.dims
-        b, t, _ = q_.shape
-        cdt, dev = q_.dtype, q_.device
-        do_ = dout.to(cdt)
-        dq = torch.empty(q_.shape, dtype=odt, device=dev)
-        dk = torch.zeros(k_.shape, dtype=acc, device=dev)
-        dv = torch.zeros(v_.shape, dtype=acc, device=dev)
-        dbias = torch.zeros((t, t), dtype=acc, device=dev) if bias_ is not None else None
-        tri = {}
-        for bi in range(b):
-            for i0 in range(0, t, block):
-                i1 = min(t, i0 + block)
-                j1 = i1 if causal else t
-                qb, kb, vb, dob = q_[bi, i0:i1], k_[bi, :j1], v_[bi, :j1], do_[bi, i0:i1]
-                r = _block_scores(qb, kb, bias_, i0, i1, j1, scale).relu_()
-                if causal:
-                    r[:, i0:].mul_(_diag_mask(tri, i1 - i0, r.dtype, dev))
-                dv[bi, :j1] += torch.mm(torch.mul(r, r).t(), dob)  # A^T dO
-                ds = torch.mm(dob, vb.t()).mul_(r).mul_(2.0)  # dS = 2 R * (dO V^T)
-                if dbias is not None:
-                    dbias[i0:i1, :j1] += ds
-                dq[bi, i0:i1].copy_(torch.mm(ds, kb).mul_(scale))
-                dk[bi, :j1] += torch.mm(ds.t(), qb).mul_(scale)
-        if keep_ is not None:
-            dk.mul_(keep_)
-            dv.mul_(keep_)
-        dk, dv = dk.to(odt), dv.to(odt)
-        if dbias is not None:
-            dbias = dbias.to(bias_dtype)
-        return dq, dk, dv, dbias, None, None, None, None, None
+        grads = gau_backward(ctx.saved_tensors, ctx.dims, dout)
+        return (*grads, None, None, None, None, None)
 
 
 def _block_scores(qb, kb, bias, i0: int, i1: int, j1: int, scale: float):

@@ -1,21 +1,24 @@
-"""The whole FLASH layer as one autograd Function: the CPU fast path of ``flashcore.torch.FLASH``.
+"""The whole FLASH or GAU layer as one autograd Function: the CPU fast path of
+``flashcore.torch.FLASH`` and ``flashcore.torch.GAU``.
 
-It computes what :func:`flashcore.flash` computes for the configurations of
-:func:`layer_unsupported`, with fewer passes over memory than the spec's op-by-op autograd: no
+It computes what :func:`flashcore.flash` (:func:`flashcore.gau`) computes for the configurations
+of :func:`layer_unsupported`, with fewer passes over memory than the spec's op-by-op autograd: no
 zero-filled gradient per slice of [U | V | Z], one buffer for that gradient written in place by
-each branch, SiLU's derivative in one pass, the four scale-offset heads and their RoPE in one
-(4, b, t, s) tensor, the norm's backward in two passes. N = b t rows, P = 2e + s:
+each branch, SiLU's derivative in one pass, the scale-offset heads and their RoPE in one
+(h, b, t, s) tensor, the norm's backward in two passes. N = b t rows, P = 2e + s, h = 4 heads
+(FLASH: quad_q, quad_k, lin_q, lin_k) or 2 (GAU: q, k):
 
     r = 1 / sqrt(mean(x^2) + eps)                    (b, t, 1)    ScaleNorm / RMSNorm ('add')
     h = x r w                                        (b, t, d)    w: the norm's (1,) or (d,) gain
     pre = h W_h + b_h,  act = SiLU(pre)              (b, t, P)    [U | V | Z] = act (views)
-    heads = RoPE(Z gamma_i + beta_i)                 (4, b, t, s) quad_q, quad_k, lin_q, lin_k
-    att = core(heads, V)                             (b, t, e)    torch_core.core_forward
+    heads = RoPE(Z gamma_i + beta_i)                 (h, b, t, s)
+    att = core(heads, V)                             (b, t, e)    torch_core: core_forward
+                                                                  (FLASH), gau_forward (GAU)
     out = (U att) W_o + b_o + x                      (b, t, d)    zero at padded positions
 
     backward, with g = dout (zero at padded positions):
     db_o = sum g;  dW_o = g^T (U att);  dA = g W_o;  dU = dA att;  datt = dA U
-    dheads, dV, dB = core_backward(datt);  dso = RoPE^T(dheads)   (4, b, t, s)
+    dheads, dV, dB = the core's backward(datt);  dso = RoPE^T(dheads)   (h, b, t, s)
     dbeta_i = sum dso_i;  dgamma_i = sum dso_i Z;  dZ = sum_i dso_i gamma_i
     dpre = [dU | dV | dZ] SiLU'(pre);  db_h = sum dpre;  dW_h = dpre^T h;  dh = dpre W_h
     dw = sum dh x r (rms; scale: the sum over d too);  dx = g + r w dh - (r^3 / d) (w dh . x) x
@@ -23,7 +26,8 @@ each branch, SiLU's derivative in one pass, the four scale-offset heads and thei
 Dtypes follow the spec exactly: under CPU autocast (float32 x and parameters) the dense layers,
 the activations and the core run in the autocast dtype (the core accumulates in float32 inside
 its matmuls), the heads' scale-offset and RoPE in float32, the norm and the residual in float32;
-a float16 / bfloat16 layer runs its core in float32 as the spec does. The spec stays the oracle:
+a float16 / bfloat16 layer runs its core in float32 as the spec does (GAU's core output then
+comes back in the activations' dtype directly, where the spec casts its float32 result). The spec stays the oracle:
 ``tests/backend_torch/test_torch_layer.py`` runs both paths on the same inputs.
 """
 
@@ -35,20 +39,26 @@ import numpy as np
 import torch
 
 from flashcore import ops
+from flashcore.layers import fused_gau_unsupported
 
+from . import torch_core
 from ._common import FLOAT_DTYPES, state_weights, unsupported_reason
-from .torch_core import BLOCK_TOKENS, core_backward, core_forward
+from .torch_core import core_backward, core_forward, gau_backward, gau_forward
 
-__all__ = ["layer_unsupported", "fused_layer_reason", "flash_layer_torch"]
+__all__ = ["layer_unsupported", "fused_layer_reason", "flash_layer_torch", "gau_layer_torch"]
 
 #: Where :func:`flash_layer_torch` runs: the CPU (on CUDA the spec's layer calls the Triton core).
 DEVICES = ("cpu",)
 
 
-def layer_unsupported(config) -> str | None:
-    """None when the fused layer implements :func:`flashcore.flash` for ``config`` (on top of
-    the blocked core's table, :func:`._common.unsupported_reason`), else why not."""
-    reason = unsupported_reason(config, None, None)
+def layer_unsupported(config, masked: bool = False) -> str | None:
+    """None when the fused layer implements :func:`flashcore.flash` / :func:`flashcore.gau` for
+    ``config`` (on top of the blocked cores' tables, :func:`._common.unsupported_reason` and
+    :func:`flashcore.layers.fused_gau_unsupported`; ``masked``: with a key mask), else why not."""
+    if getattr(config, "kind", None) == "gau":
+        reason = fused_gau_unsupported(config, masked=masked)
+    else:
+        reason = unsupported_reason(config, None, None)
     if reason is not None:
         return reason
     if config.norm not in ("scale", "rms") or config.norm_eps_mode != "add":
@@ -68,12 +78,12 @@ def _plain(a) -> bool:
 
 
 def fused_layer_reason(layer, x, mask=None, segment_ids=None, dropout=None) -> str | None:
-    """None when ``flashcore.torch.FLASH.forward`` takes :func:`flash_layer_torch` for this call,
-    else why not. x: (b, t, d); mask: (b, t) bool or None; dropout: the keep-masks the layer
+    """None when ``flashcore.torch.FLASH.forward`` (``GAU.forward``) takes :func:`flash_layer_torch`
+    (:func:`gau_layer_torch`) for this call, else why not. x: (b, t, d); mask: (b, t) bool or None; dropout: the keep-masks the layer
     drew (None when it draws none). A call the spec would refuse (bad shapes) goes to the spec,
     whose checks name the problem; so does an input with a NaN or Inf (the spec contains it)."""
     config = layer.config
-    reason = layer_unsupported(config)
+    reason = layer_unsupported(config, masked=mask is not None)
     if reason is not None:
         return reason
     if segment_ids is not None:
@@ -139,11 +149,14 @@ class _Plan:
         self.half = 0 if config.rope == "none" else config.rotary_dims // 2
         if self.half:
             self.cos, self.sin = _rope_tables(t, 2 * self.half, float(config.rope_base), self.hdt)
-        self.wts = state_weights(mask, b, t, config, device="cpu").tolist()
+        if config.kind == "flash":
+            self.wts = state_weights(mask, b, t, config, device="cpu").tolist()
+        self.scale = 1.0 / (config.chunk_size if config.kind == "flash" else t)  # of Q K^T
+        self.bias_dt = self.cdt if config.kind == "flash" else self.acc  # the spec's bias dtype
         self.need_grad = torch.is_grad_enabled()  # False: nothing is saved for a backward
 
 
-class _FusedFlash(torch.autograd.Function):
+class _FusedLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, norm_w, w_h, b_h, gamma, beta, bias, w_o, b_o, plan):
         cfg = plan.config
@@ -166,19 +179,26 @@ class _FusedFlash(torch.autograd.Function):
         act = torch.nn.functional.silu(pre)
         u, v, z = act[:, :e], act[:, e : 2 * e], act[:, 2 * e :]
         # heads: RoPE(Z gamma_i + beta_i), (4, N, s)
+        nh = gamma.shape[0]
         so = torch.addcmul(beta[:, None, :].to(hdt), z[None], gamma[:, None, :].to(hdt))
-        so = so.view(4, b, t, s)
+        so = so.view(nh, b, t, s)
         if plan.half:
             _rotate(so, plan.cos, plan.sin, plan.half, inverse=False)
         heads = so.to(cdt)
         keep = plan.mask[..., None] if plan.mask is not None else None
         core_bias = bias
-        if bias is not None and cfg.bias_before_scale:  # (Q K^T + B) / C = Q K^T / C + B / C
-            core_bias = bias * (1.0 / cfg.chunk_size)
-        att, saved, dims = core_forward(
-            *heads, v.view(b, t, e), core_bias, keep, plan.wts, cfg.chunk_size, cfg.causal,
-            BLOCK_TOKENS, cdt, need_grad,
-        )  # fmt: skip
+        if bias is not None and cfg.bias_before_scale:  # (Q K^T + B) / n = Q K^T / n + B / n
+            core_bias = bias * plan.scale
+        if cfg.kind == "flash":
+            att, saved, dims = core_forward(
+                *heads, v.view(b, t, e), core_bias, keep, plan.wts, cfg.chunk_size, cfg.causal,
+                torch_core.BLOCK_TOKENS, cdt, need_grad,
+            )  # fmt: skip
+        else:
+            att, saved, dims = gau_forward(
+                *heads, v.view(b, t, e), core_bias, keep, plan.scale, cfg.causal,
+                torch_core.GAU_BLOCK, cdt, need_grad,
+            )  # fmt: skip
         att = att.reshape(b * t, e)
         ua = u * att
         y = torch.addmm(b_o.to(ldt), ua, w_ol.t())  # (N, d)
@@ -212,21 +232,24 @@ class _FusedFlash(torch.autograd.Function):
         dact = torch.empty((n, act.shape[1]), dtype=ldt)  # [dU | dV | dZ]
         torch.mul(da, att, out=dact[:, :e])
         datt = da.mul_(act[:, :e])
-        # the core: dheads (4, b, t', s) and dV straight into dact (t' = t padded to chunks)
-        c = cfg.chunk_size
-        tp = -(-t // c) * c
-        dheads = torch.empty((4, b, tp, s), dtype=ldt)
-        dv_out = None
-        if tp == t:
-            dv_out = dact[:, e : 2 * e].view(b * t // c, c, e)
-        outs = [dheads[i].view(b * tp // c, c, s) for i in range(4)]
-        *_, dv, dbias = core_backward(saved, dims, datt.view(b, t, e), out=[*outs, dv_out])
-        if dv_out is None:
+        nh = gamma.shape[0]
+        if cfg.kind == "flash":  # dheads (h, b, t', s) and dV straight into dact (t' = t padded)
+            c = cfg.chunk_size
+            tp = -(-t // c) * c
+            dheads = torch.empty((nh, b, tp, s), dtype=ldt)
+            dv_out = dact[:, e : 2 * e].view(b * t // c, c, e) if tp == t else None
+            outs = [dheads[i].view(b * tp // c, c, s) for i in range(nh)]
+            *_, dv, dbias = core_backward(saved, dims, datt.view(b, t, e), out=[*outs, dv_out])
+            if dv_out is None:
+                dact[:, e : 2 * e].copy_(dv.reshape(n, e))
+        else:
+            dq, dk, dv, dbias = gau_backward(saved, dims, datt.view(b, t, e))
+            dheads = torch.stack([dq, dk])
             dact[:, e : 2 * e].copy_(dv.reshape(n, e))
         dso = dheads[:, :, :t].to(hdt)  # (4, b, t, s)
         if plan.half:
             _rotate(dso, plan.cos, plan.sin, plan.half, inverse=True)
-        dso = dso.reshape(4, n, s)
+        dso = dso.reshape(nh, n, s)
         z = act[:, 2 * e :]
         dbeta = dso.sum(dim=1).to(pdt)
         dact[:, 2 * e :].copy_((dso * gamma[:, None, :].to(hdt)).sum(dim=0))
@@ -256,10 +279,28 @@ class _FusedFlash(torch.autograd.Function):
         dx = dx.to(x.dtype).view(b, t, d)
         bias_dt = ctx.dtypes[0]
         if dbias is not None and cfg.bias_before_scale:
-            dbias = dbias * (1.0 / cfg.chunk_size)
+            dbias = dbias * plan.scale
         if dbias is not None:
             dbias = dbias.to(bias_dt)
         return dx, dnorm, dw_h, db_h, dgamma, dbeta, dbias, dw_o, db_o, None
+
+
+def _apply(layer, x: torch.Tensor, mask, positions: int) -> torch.Tensor:
+    from ..xp import xp
+
+    cfg = layer.config
+    plan = _Plan(cfg, x, mask)
+    norm_w = layer.norm.scale if cfg.norm == "scale" else layer.norm.weight
+    bias = None
+    if cfg.rel_bias != "none":  # the spec's table, (positions, positions)
+        pos = np.arange(positions)
+        like = torch.empty(0, dtype=plan.bias_dt, device=x.device)
+        bias = ops.rel_bias(layer.rel_bias.weight, pos, pos, config=cfg, xp=xp, like=like)
+    with torch.autocast("cpu", enabled=False):
+        return _FusedLayer.apply(
+            x, norm_w, layer.hidden.weight, layer.hidden.bias, layer.qk.gamma, layer.qk.beta,
+            bias, layer.out.weight, layer.out.bias, plan,
+        )  # fmt: skip
 
 
 def flash_layer_torch(layer, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -267,18 +308,10 @@ def flash_layer_torch(layer, x: torch.Tensor, mask: torch.Tensor | None = None) 
     -> (b, t, d), as one autograd Function (see the module docstring). The call must pass
     :func:`fused_layer_reason`; the relative bias (C, C) is the spec's
     :func:`flashcore.ops.rel_bias` of the layer's weights (its gradient flows through it)."""
-    from ..xp import xp
+    return _apply(layer, x, mask, layer.config.chunk_size)
 
-    cfg = layer.config
-    plan = _Plan(cfg, x, mask)
-    norm_w = layer.norm.scale if cfg.norm == "scale" else layer.norm.weight
-    bias = None
-    if cfg.rel_bias != "none":
-        pos = np.arange(cfg.chunk_size)
-        like = torch.empty(0, dtype=plan.cdt, device=x.device)
-        bias = ops.rel_bias(layer.rel_bias.weight, pos, pos, config=cfg, xp=xp, like=like)
-    with torch.autocast("cpu", enabled=False):
-        return _FusedFlash.apply(
-            x, norm_w, layer.hidden.weight, layer.hidden.bias, layer.qk.gamma, layer.qk.beta,
-            bias, layer.out.weight, layer.out.bias, plan,
-        )  # fmt: skip
+
+def gau_layer_torch(layer, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``flashcore.torch.GAU`` ``layer`` on x (b, t, d) -> (b, t, d), as :func:`flash_layer_torch`
+    with GAU's blocked quadratic core (relu(Q K^T / t + B)^2 V); the bias is (t, t)."""
+    return _apply(layer, x, mask, x.shape[1])
