@@ -199,6 +199,7 @@ def lm_hidden(
     core=None,
     attn_core=None,
     dropout=None,
+    blocks=None,
 ):
     """Embedding, the blocks and the final norm. tokens: (b, t) ints -> (b, t, d).
 
@@ -206,6 +207,9 @@ def lm_hidden(
     ``attn_core``: a fused softmax attention core handed to every Transformer++ block (see
     :func:`transformer_block`).
     dropout: None or keep-masks ``layers.{i}.<site>`` (:func:`flashcore.dropout.dropout_shapes`).
+    ``blocks``: None, or a backend's own block i as ``blocks[i](x, mask=, segment_ids=)`` ->
+    (b, t, d), computing :func:`block_fn` with the weights ``layers.{i}.*`` (a fused layer that
+    the backend tests against it); used for the calls without dropout masks.
     """
     if not isinstance(config, LMConfig):
         raise TypeError(f"config must be an LMConfig, got {type(config).__name__}")
@@ -222,6 +226,9 @@ def lm_hidden(
     if layer is transformer_block and attn_core is not None:
         extra["core"] = attn_core
     for i in range(config.num_layers):
+        if blocks is not None and dropout is None:
+            x = blocks[i](x, mask=mask, segment_ids=segment_ids)
+            continue
         if dropout is not None:
             extra["dropout"] = subtree(dropout, f"layers.{i}.")
         x = layer(
@@ -278,8 +285,10 @@ def lm_logits(
     core=None,
     attn_core=None,
     dropout=None,
+    blocks=None,
 ):
-    """Next-token logits. tokens: (b, t) ints -> (b, t, v). dropout: as :func:`lm_hidden`."""
+    """Next-token logits. tokens: (b, t) ints -> (b, t, v). dropout, blocks: as
+    :func:`lm_hidden`."""
     xp = namespace(tokens, xp=xp)
     h = lm_hidden(
         params,
@@ -291,6 +300,7 @@ def lm_logits(
         core=core,
         attn_core=attn_core,
         dropout=dropout,
+        blocks=blocks,
     )
     return head(params, h, config, xp)
 
@@ -327,6 +337,7 @@ def lm_loss(
     attn_core=None,
     dropout=None,
     loss_mask=None,
+    blocks=None,
 ):
     """Mean cross-entropy (nats) of ``targets`` given ``inputs``; both (b, t) ints.
 
@@ -335,7 +346,7 @@ def lm_loss(
     ``mask`` marks real positions of ``inputs``; the loss counts only those. ``loss_mask``:
     (b, t) bool or None, the positions to count among those (e.g. the masked-LM objective's
     chosen positions, :mod:`flashcore.mlm`); attention still sees every real position.
-    dropout: as :func:`lm_hidden`.
+    dropout, blocks: as :func:`lm_hidden`.
     """
     xp = namespace(inputs, xp=xp)
     b, t = check_tokens(targets, config.vocab_size, xp)
@@ -352,6 +363,7 @@ def lm_loss(
         core=core,
         attn_core=attn_core,
         dropout=dropout,
+        blocks=blocks,
     )
     count = mask if loss_mask is None else (loss_mask if mask is None else loss_mask & mask)
     return cross_entropy(logits, targets, count, xp=xp)

@@ -1,6 +1,8 @@
 """The language model as a torch module: embedding, blocks, final norm, head (tied by default).
 
-The forward and the loss are flashcore.lm_logits / lm_loss; decoding (``decode_init`` /
+The forward and the loss are flashcore.lm_logits / lm_loss, each block through its own module
+(``blocks=self.layers``: the fused FLASH / GAU layer where it applies) except in a call with
+dropout keep-masks, which runs the spec's block functions; decoding (``decode_init`` /
 ``decode_step`` / ``prefill`` / ``generate``) is :class:`flashcore.torch.decode.LMDecoding`.
 
     lm = LM(LMConfig(block=FlashConfig(dim=256, causal=True), vocab_size=256), seed=0)
@@ -102,6 +104,7 @@ class LM(LMDecoding, CanonicalModule):
             core=kernels.attention_core,
             attn_core=kernels.softmax_core,
             dropout=self._masks(tokens, dropout),
+            blocks=self.layers,
         )
 
     def loss(
@@ -129,6 +132,7 @@ class LM(LMDecoding, CanonicalModule):
             attn_core=kernels.softmax_core,
             dropout=self._masks(tokens, dropout),
             loss_mask=loss_mask,
+            blocks=self.layers,
         )
 
     @staticmethod

@@ -288,3 +288,44 @@ def test_bad_input_still_gets_the_spec_errors():
         layer(torch.randn(1, 5, 8, dtype=torch.float64))
     with pytest.raises(TypeError, match="mask must be bool"):
         layer(torch.randn(1, 5, 16, dtype=torch.float64), mask=torch.ones(1, 5))
+
+
+@pytest.mark.parametrize("kind", ["flash", "gau"])
+def test_lm_runs_its_blocks_through_the_fused_layer(monkeypatch, kind):
+    """LM.loss hands flashcore.lm_loss its block modules (blocks=lm.layers): each block takes
+    the fused layer, and the loss and every gradient equal the spec's LM on the same weights."""
+    from flashcore.torch import LM
+
+    block = cfg(kind=kind, length_mode="array")
+    config = fc.LMConfig(block=block, vocab_size=23, num_layers=2)
+    lm = LM(config, seed=0, dtype=torch.float64)
+    with torch.no_grad():
+        for p in lm.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3),
+                                     dtype=torch.float64))  # fmt: skip
+    calls = []
+    name = f"{kind}_layer"
+    real = getattr(kernels, name)
+    monkeypatch.setattr(kernels, name, lambda *a: calls.append(1) or real(*a))
+    tokens = torch.randint(0, 23, (2, 37), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(2, 37, dtype=torch.bool)
+    mask[1, 30:] = False
+
+    def grads(loss):
+        lm.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in lm.named_parameters()}
+
+    got = grads(lm.loss(tokens, tokens, mask=mask))
+    assert len(calls) == 2
+    core = dict(core=attention_core_flash) if kind == "flash" else {}
+    spec_xp = xp if kind == "flash" else compat
+    p = lm.canonical_params()
+    ref = grads(fc.lm_loss(p, tokens, tokens, config=config, mask=mask, xp=spec_xp, **core))
+    assert len(calls) == 2
+    rtol, atol = tolerance("float64", "loss")
+    torch.testing.assert_close(got[0], ref[0], rtol=rtol, atol=atol * float(ref[0].abs()))
+    scale = max(float(g.abs().max()) for g in ref[1].values())
+    rtol, atol = tolerance("float64", "grad_params")
+    for n in ref[1]:
+        torch.testing.assert_close(got[1][n], ref[1][n], rtol=rtol, atol=atol * scale, msg=n)
