@@ -2,9 +2,10 @@
 the report are the application's: :mod:`flashcore.app.benchrun`, :mod:`flashcore.app.bench`), and
 the ``torch.mm`` matmul peak the run measures GFLOP/s against.
 
-Models: ``flashcore`` (``flashcore.torch.FLASH`` layers; their attention core goes through
-``flashcore.torch.kernels.attention_core``), ``flashcore-speccore`` (the same layers with the
-spec's own core), ``flash-pytorch`` (the peer, ``flash_pytorch.FLASH``) and ``transformer++``
+Models: ``flashcore`` (``flashcore.torch.FLASH`` layers: on the CPU the fused layer of
+``flashcore.torch.kernels.torch_layer``), ``flashcore-speclayer`` (the same layers through the
+spec's layer, ``flashcore.flash``, with ``flashcore.torch.kernels.attention_core``: the path
+before the fused layer), ``flashcore-speccore`` (the spec's layer with the spec's own core), ``flash-pytorch`` (the peer, ``flash_pytorch.FLASH``) and ``transformer++``
 (``flashcore.torch.TransformerBlock``, attention on SDPA). One step: forward under
 ``torch.autocast("cpu", torch.bfloat16)`` for bfloat16 (float32 parameters and x), then
 ``sum(y.float() * cotangent).backward()`` into x and every parameter.
@@ -30,29 +31,36 @@ from .xp import xp
 
 __all__ = ["MODELS", "build_step", "matmul_peak"]
 
-MODELS = ("flashcore", "flashcore-speccore", "flash-pytorch", "transformer++")
+MODELS = (
+    "flashcore",
+    "flashcore-speclayer",
+    "flashcore-speccore",
+    "flash-pytorch",
+    "transformer++",
+)
 
 
-class _SpecCore(nn.Module):
-    """A flashcore.torch.FLASH layer's parameters through the spec's own attention core."""
+class _SpecLayer(nn.Module):
+    """A flashcore.torch.FLASH layer's parameters through the spec's layer with ``core``."""
 
-    def __init__(self, layer: FLASH):
+    def __init__(self, layer: FLASH, core):
         super().__init__()
-        self.layer = layer
+        self.layer, self.core = layer, core
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (b, t, d) -> (b, t, d)."""
         p = self.layer.canonical_params()
-        return fc.flash(p, x, config=self.layer.config, xp=xp, core=attention_core_flash)
+        return fc.flash(p, x, config=self.layer.config, xp=xp, core=self.core)
 
 
-def _flashcore_layers(config, weights: list[dict], *, spec_core: bool = False) -> nn.Sequential:
-    """``flashcore.torch.FLASH`` layers loaded with ``weights`` (canonical), in sequence."""
+def _flashcore_layers(config, weights: list[dict], *, core=None) -> nn.Sequential:
+    """``flashcore.torch.FLASH`` layers loaded with ``weights`` (canonical), in sequence; with
+    ``core``, each through the spec's layer with that attention core instead."""
     layers = []
     for w in weights:
         layer = FLASH(config, init=False)
         layer.load_canonical(w)
-        layers.append(_SpecCore(layer) if spec_core else layer)
+        layers.append(_SpecLayer(layer, core) if core is not None else layer)
     return nn.Sequential(*layers)
 
 
@@ -80,8 +88,12 @@ def _transformer_block(config, weights: list[dict]):
 
 def build_model(model: str, config, weights: list[dict]):
     """The torch module of a benchmarked model (layers in sequence: (1, T, d) -> (1, T, d))."""
-    if model in ("flashcore", "flashcore-speccore"):
-        return _flashcore_layers(config, weights, spec_core=model == "flashcore-speccore")
+    if model == "flashcore":
+        return _flashcore_layers(config, weights)
+    if model == "flashcore-speclayer":
+        return _flashcore_layers(config, weights, core=kernels.attention_core)
+    if model == "flashcore-speccore":
+        return _flashcore_layers(config, weights, core=attention_core_flash)
     if model == "flash-pytorch":
         return _flash_pytorch_pair(config)
     if model == "transformer++":

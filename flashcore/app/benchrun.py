@@ -4,7 +4,9 @@ The models, at batch 1, d = 512, C = 256, s = 128, e = 1024, causal (the paper's
 
 - ``flashcore``: two FLASH layers of the backend's own module (``flashcore.torch.FLASH``,
   ``flashcore.jax.FLASH`` (Flax NNX), ``flashcore.tf.FLASH`` (a Keras layer)), in torch, jax and tf;
-- ``flashcore-speccore`` (torch, optional): the same torch layers with the spec's attention core;
+- ``flashcore-speclayer`` (torch, optional): the same torch layers through the spec's layer
+  (``flashcore.flash``) with the blocked torch attention core, the path before the fused layer;
+- ``flashcore-speccore`` (torch, optional): the same through the spec's layer and its own core;
 - ``flash-pytorch`` (torch): two ``flash_pytorch.FLASH(dim=512, group_size=256,
   query_key_dim=128, causal=True)`` layers (version 0.1.9, the peer);
 - ``transformer++``: one Transformer++ block of the backend (``TransformerBlock``: RMSNorm, RoPE,
@@ -91,6 +93,7 @@ BACKENDS = ("torch", "jax", "tf")
 # model -> the backends that have it
 MODELS: dict[str, tuple[str, ...]] = {
     "flashcore": BACKENDS,
+    "flashcore-speclayer": ("torch",),
     "flashcore-speccore": ("torch",),
     "flash-pytorch": ("torch",),
     "transformer++": BACKENDS,
@@ -172,7 +175,8 @@ def model_config(model: str, ffn_dim: int) -> fc.FlashConfig | fc.TransformerCon
 def canonical_weights(model: str, config) -> list[dict[str, np.ndarray]]:
     """The canonical float32 weights of each of ``model``'s layers, ``fc.init(config, seed=i)``
     for layer i (two FLASH layers, one Transformer++ block); [] for the peer (its own init)."""
-    n = {"flashcore": 2, "flashcore-speccore": 2, "transformer++": 1}.get(model, 0)
+    n = {"flashcore": 2, "flashcore-speclayer": 2, "flashcore-speccore": 2, "transformer++": 1}
+    n = n.get(model, 0)
     return [fc.init(config, seed=i, dtype=np.float32) for i in range(n)]
 
 
