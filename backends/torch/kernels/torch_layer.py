@@ -114,7 +114,7 @@ def fused_layer_reason(layer, x, mask=None, segment_ids=None, dropout=None) -> s
     return None
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)
 def _rope_tables(t: int, dims: int, base: float, dtype: torch.dtype):
     """cos, sin (t, dims/2) in ``dtype``, from the spec's float64 tables."""
     cos, sin = ops.rope_tables(np.arange(t), dims, base)
@@ -168,7 +168,7 @@ class _FusedLayer(torch.autograd.Function):
         # norm: h = x r w, r = 1 / sqrt(mean(x^2) + eps)
         nrm = torch.linalg.vector_norm(x2, dim=-1, keepdim=True, dtype=plan.acc)  # (N, 1)
         r = torch.rsqrt(nrm.square_().div_(d).add_(cfg.norm_eps))
-        h = torch.empty((b * t, d), dtype=ldt)
+        h = torch.empty((b * t, d), dtype=ldt, device=x.device)
         if norm_w.numel() == 1:  # ScaleNorm
             torch.mul(x2, r * norm_w.to(plan.acc), out=h)
         else:  # RMSNorm
@@ -178,7 +178,7 @@ class _FusedLayer(torch.autograd.Function):
         pre = torch.addmm(b_h.to(ldt), h, w_hl.t())  # (N, P)
         act = torch.nn.functional.silu(pre)
         u, v, z = act[:, :e], act[:, e : 2 * e], act[:, 2 * e :]
-        # heads: RoPE(Z gamma_i + beta_i), (4, N, s)
+        # heads: RoPE(Z gamma_i + beta_i), (h, N, s)
         nh = gamma.shape[0]
         so = torch.addcmul(beta[:, None, :].to(hdt), z[None], gamma[:, None, :].to(hdt))
         so = so.view(nh, b, t, s)
@@ -229,14 +229,14 @@ class _FusedLayer(torch.autograd.Function):
         db_o = g.sum(dim=0, dtype=acc).to(pdt)
         dw_o = torch.mm(g_l.t(), ua).to(pdt)  # (d, e)
         da = torch.mm(g_l, w_ol)  # (N, e)
-        dact = torch.empty((n, act.shape[1]), dtype=ldt)  # [dU | dV | dZ]
+        dact = torch.empty((n, act.shape[1]), dtype=ldt, device=x.device)  # [dU | dV | dZ]
         torch.mul(da, att, out=dact[:, :e])
         datt = da.mul_(act[:, :e])
         nh = gamma.shape[0]
         if cfg.kind == "flash":  # dheads (h, b, t', s) and dV straight into dact (t' = t padded)
             c = cfg.chunk_size
             tp = -(-t // c) * c
-            dheads = torch.empty((nh, b, tp, s), dtype=ldt)
+            dheads = torch.empty((nh, b, tp, s), dtype=ldt, device=x.device)
             dv_out = dact[:, e : 2 * e].view(b * t // c, c, e) if tp == t else None
             outs = [dheads[i].view(b * tp // c, c, s) for i in range(nh)]
             *_, dv, dbias = core_backward(saved, dims, datt.view(b, t, e), out=[*outs, dv_out])
