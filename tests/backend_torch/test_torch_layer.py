@@ -149,22 +149,18 @@ LOW = {"causal": VARIANTS["causal"], "bidir-rms-mean": VARIANTS["bidir-rms-mean"
 
 @pytest.mark.parametrize("variant", LOW)
 @pytest.mark.parametrize("mask_kind", ["none", "pad"])
-def test_fused_layer_equals_the_spec_in_float32(variant, mask_kind):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_layer_equals_the_spec_in_float32_and_under_bfloat16_autocast(
+    variant, mask_kind, dtype
+):
+    """float32 weights and x; 'bfloat16': under CPU autocast, where both paths run bf16 matmuls
+    (the parameters stay float32)."""
     config = cfg(**LOW[variant], dim=32, qk_dim=16)
     layer = make_layer(config, dtype=torch.float32)
     x, mask = make_x(2, 45, config.dim, torch.float32, mask_kind)
-    check(run(layer, x, mask, spec=True), run(layer, x, mask, spec=False), "float32")
-
-
-@pytest.mark.parametrize("variant", LOW)
-@pytest.mark.parametrize("mask_kind", ["none", "pad"])
-def test_fused_layer_equals_the_spec_under_bfloat16_autocast(variant, mask_kind):
-    """float32 weights and x under CPU autocast: both paths run bf16 matmuls."""
-    config = cfg(**LOW[variant], dim=32, qk_dim=16)
-    layer = make_layer(config, dtype=torch.float32)
-    x, mask = make_x(2, 45, config.dim, torch.float32, mask_kind)
-    ref = run(layer, x, mask, spec=True, autocast=True)
-    check(ref, run(layer, x, mask, spec=False, autocast=True), "bfloat16")
+    autocast = dtype == "bfloat16"
+    ref = run(layer, x, mask, spec=True, autocast=autocast)
+    check(ref, run(layer, x, mask, spec=False, autocast=autocast), dtype)
     assert all(p.dtype == torch.float32 for p in layer.parameters())
 
 
