@@ -208,7 +208,7 @@ class _FusedLayer(torch.autograd.Function):
         if need_grad:
             ctx.save_for_backward(x, r, h, pre, act, att, ua, w_hl, w_ol, norm_w, gamma, *saved)
             ctx.plan, ctx.dims = plan, dims
-            ctx.dtypes = [a.dtype if a is not None else None for a in (bias, w_h, w_o)]
+            ctx.bias_dtype = bias.dtype if bias is not None else None
         return out
 
     @staticmethod
@@ -246,7 +246,7 @@ class _FusedLayer(torch.autograd.Function):
             dq, dk, dv, dbias = gau_backward(saved, dims, datt.view(b, t, e))
             dheads = torch.stack([dq, dk])
             dact[:, e : 2 * e].copy_(dv.reshape(n, e))
-        dso = dheads[:, :, :t].to(hdt)  # (4, b, t, s)
+        dso = dheads[:, :, :t].to(hdt)  # (h, b, t, s)
         if plan.half:
             _rotate(dso, plan.cos, plan.sin, plan.half, inverse=True)
         dso = dso.reshape(nh, n, s)
@@ -277,11 +277,10 @@ class _FusedLayer(torch.autograd.Function):
             dx = torch.addcmul(g, dh * w, r)
             dx.addcmul_(x2, dot.mul_(r.square()).div_(-d))
         dx = dx.to(x.dtype).view(b, t, d)
-        bias_dt = ctx.dtypes[0]
         if dbias is not None and cfg.bias_before_scale:
             dbias = dbias * plan.scale
         if dbias is not None:
-            dbias = dbias.to(bias_dt)
+            dbias = dbias.to(ctx.bias_dtype)
         return dx, dnorm, dw_h, db_h, dgamma, dbeta, dbias, dw_o, db_o, None
 
 
