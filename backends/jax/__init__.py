@@ -16,9 +16,12 @@ The math is the flashcore spec, called with ``jax.numpy`` as its array namespace
                 can_use_fused_attention.
     io:         save / load (Flax msgpack files), save_canonical / load_canonical (safetensors).
     xp:         the namespace the modules hand the spec.
+    compiler:   compiler_options / jit: the XLA options flashcore's compiled steps use on CPU
+                (pass them to your own jax.jit).
 """
 
-from . import decode, functional, io, parallel
+from . import compiler, decode, functional, io, parallel
+from .compiler import compiler_options
 from .functional import apply, init, logits, loss
 from .layers import FLASH, GAU, TransformerBlock, block_class
 from .lm import LM
@@ -43,4 +46,6 @@ __all__ = [
     "parallel",
     "io",
     "xp",
+    "compiler",
+    "compiler_options",
 ]

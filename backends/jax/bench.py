@@ -5,7 +5,8 @@ Models: ``flashcore`` (``flashcore.jax.FLASH`` NNX layers; their core is
 ``flashcore.jax.kernels.flash_core``: the Pallas kernel on GPU / TPU, the spec's core elsewhere)
 and ``transformer++`` (``flashcore.jax.TransformerBlock``, the spec's dense attention). One step:
 ``jax.jit(jax.value_and_grad)`` of sum(y * cotangent) (summed in float32) w.r.t. every layer's
-``nnx.State`` and x, compiled once; bfloat16 is the modules built in bfloat16 (bf16 parameters and
+``nnx.State`` and x, compiled once with :func:`flashcore.jax.compiler_options` (on CPU: no
+YNNPACK reductions), as flashcore's training step is; bfloat16 is the modules built in bfloat16 (bf16 parameters and
 x). A call returns after ``jax.block_until_ready`` on the loss and every gradient.
 """
 
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from . import compiler
 from .layers import FLASH, TransformerBlock
 
 __all__ = ["MODELS", "build_step"]
@@ -60,7 +62,7 @@ def build_step(
             h = nnx.merge(graphdef, state)(h)
         return jnp.sum(h.astype(jnp.float32) * cot)
 
-    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    step = compiler.jit(jax.value_and_grad(loss, argnums=(0, 1)))
 
     def run():
         return jax.block_until_ready(step(states, xj, cj))
@@ -74,7 +76,11 @@ def build_step(
                 out[f"layers.{i}.{name}"] = f64(v)
         return out
 
-    info = {"jax": jax.__version__, "platform": jax.default_backend()}
+    info = {
+        "jax": jax.__version__,
+        "platform": jax.default_backend(),
+        "compiler_options": compiler.compiler_options(),
+    }
     if model == "flashcore":
         from .kernels import can_use_kernel
 

@@ -33,7 +33,7 @@ from flashcore.runtime import (
     single_process_only,
 )
 
-from . import decode, functional, parallel
+from . import compiler, decode, functional, parallel
 
 __all__ = ["Engine"]
 
@@ -108,11 +108,11 @@ class Engine(Generating):
             return loss, optax.apply_updates(p, updates), opt_state
 
         if self.mesh is None:
-            self._train = jax.jit(train)
+            self._train = compiler.jit(train)
         else:  # the updated parameters and moments stay whole on every device
             replicated = NamedSharding(self.mesh, PartitionSpec())
-            self._train = jax.jit(train, out_shardings=replicated)
-        self._eval = jax.jit(loss_fn)
+            self._train = compiler.jit(train, out_shardings=replicated)
+        self._eval = compiler.jit(loss_fn)
 
     def _place(self, tree):
         """``tree`` replicated over the mesh (unchanged without one)."""
