@@ -67,6 +67,9 @@ def build_step(
     def run():
         return jax.block_until_ready(step(states, xj, cj))
 
+    # the optimized HLO of the step, for flashcore.app.benchprofile's per-op names
+    run.compiled_text = lambda: step.lower(states, xj, cj).compile().as_text()
+
     def gradients() -> dict:
         value, (g_states, g_x) = run()
         f64 = lambda a: np.asarray(a).astype(np.float64)  # noqa: E731  (bfloat16 via ml_dtypes)

@@ -1,0 +1,236 @@
+"""Where one ``flashcore bench`` step spends its time: the framework profiler's per-op table.
+
+    python -m flashcore.app.benchprofile --backend jax|torch [--model flashcore] [--length 64K]
+        [--dtype float32] [--top 25] [--out FILE]
+
+The step is the benchmark's own (:func:`flashcore.app.benchrun.build`: the same models, weights,
+inputs and forward + backward), run once untimed (jax: compiling), then once under the profiler.
+Ops are grouped into matmul (dots), reduce, and elementwise / copy / other.
+
+- jax: a ``jax.profiler`` trace (its Perfetto JSON) of the step's XLA program, every thunk with
+  its HLO instruction. XLA's CPU runtime may run two thunks at once; the step's wall time is
+  shared among the thunks running at each instant ("ms": attributed wall time, summing to the
+  step), and GFLOP/s of a dot is over its own span. A dot that XLA hands to Eigen asynchronously
+  shows only its dispatch (GFLOP/s "async"); its work lands in the ops it overlaps, whose
+  GFLOP/s then read low.
+- torch: ``torch.profiler`` self CPU time per aten op on the calling thread (the intra-op
+  threads' work inside), the fused layer's hand-written backward included; GFLOP/s from the
+  profiler's FLOP counts (matmuls).
+
+Prints a markdown report (and writes it to ``--out``): the step's wall time, time per category,
+and the ``--top`` ops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import re
+import sys
+import tempfile
+import time
+
+from .cli_args import parse_length
+
+__all__ = ["main", "profile_jax", "profile_torch", "hlo_ops", "attribute", "report"]
+
+CATEGORIES = ("matmul", "reduce", "elementwise / copy / other")
+ASYNC_GFLOPS = 1e4  # a "rate" above any CPU's: the span was only the dispatch of the work
+
+
+def hlo_ops(text: str) -> dict[str, dict]:
+    """{instruction name: {"category", "shape", "flop"}} of an optimized HLO module's text: a
+    fusion is a matmul when its computation has a dot (flop: the dot's 2 x output x contracted
+    size), else a reduce when it has one, else elementwise / copy / other."""
+    bodies = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"\n(?:ENTRY )?%([\w.\-]+) [^\n]*\{\n(.*?)\n\}", text, re.S)
+    }
+    shapes = {}
+    for m in re.finditer(r"%([\w.\-]+) = \w+\[([\d,]*)\]", text):
+        shapes.setdefault(m.group(1), [int(d) for d in m.group(2).split(",") if d])
+    # instructions of the computations that run as thunks: not those a fusion calls
+    fused = set(re.findall(r"fusion\(.*?calls=%([\w.\-]+)", text))
+    runs = "\n".join(body for name, body in bodies.items() if name not in fused)
+    out = {}
+    line_re = re.compile(r"^\s+(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\((.*?)\)(.*)$", re.M)
+    for m in line_re.finditer(runs):
+        name, shape, opcode, args, rest = m.groups()
+        body = ""
+        if opcode == "fusion":
+            called = re.search(r"calls=%([\w.\-]+)", rest)
+            body = bodies.get(called.group(1), "") if called else ""
+        dot = re.search(
+            r"= \w+\[([\d,]*)\]\S* dot\(%([\w.\-]+), .*?lhs_contracting_dims=\{([\d,]*)\}", body
+        )
+        if opcode == "dot":
+            lhs = args.split(",")[0].strip().lstrip("%")
+            dims = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
+            dot_parts = (shape.split("[")[1].split("]")[0], lhs, dims.group(1) if dims else "")
+        elif dot:
+            dot_parts = dot.groups()
+        else:
+            dot_parts = None
+        if dot_parts:
+            out_dims = [int(d) for d in dot_parts[0].split(",") if d]
+            lhs_shape = shapes.get(dot_parts[1], [])
+            k = 1
+            for d in (int(d) for d in dot_parts[2].split(",") if d):
+                k *= lhs_shape[d] if d < len(lhs_shape) else 1
+            n = 1
+            for d in out_dims:
+                n *= d
+            out[name] = {"category": "matmul", "shape": shape, "flop": 2.0 * n * k}
+        elif opcode in ("reduce", "reduce-window") or re.search(r"= \S+ reduce(-window)?\(", body):
+            out[name] = {"category": "reduce", "shape": shape, "flop": 0.0}
+        else:
+            out[name] = {"category": CATEGORIES[2], "shape": shape, "flop": 0.0}
+    return out
+
+
+def attribute(spans: list[tuple[str, float, float]]) -> tuple[dict[str, float], dict[int, float]]:
+    """Share wall time among concurrent spans (name, start, end): at each instant the time is
+    split evenly among the spans running. Returns ({name: attributed time}, {number of spans
+    running: total time}), the latter with 0 for idle time inside the outermost span."""
+    edges = sorted({t for _, a, b in spans for t in (a, b)})
+    starts, ends = collections.defaultdict(list), collections.defaultdict(list)
+    for i, (_, a, b) in enumerate(spans):
+        starts[a].append(i)
+        ends[b].append(i)
+    active: set[int] = set()
+    got: dict[str, float] = collections.Counter()
+    running: dict[int, float] = collections.Counter()
+    for a, b in zip(edges, edges[1:]):
+        active.difference_update(ends.get(a, ()))
+        active.update(starts.get(a, ()))
+        running[len(active)] += b - a
+        for i in active:
+            got[spans[i][0]] += (b - a) / len(active)
+    return dict(got), dict(running)
+
+
+def profile_jax(run) -> dict:
+    """Profile one call of the jax bench step ``run`` (from ``build``): per-op attributed ms."""
+    import jax
+
+    inner = run.args[0] if hasattr(run, "args") else run  # benchrun.build's partial
+    ops = hlo_ops(inner.compiled_text())
+    with tempfile.TemporaryDirectory() as folder:
+        jax.profiler.start_trace(folder, create_perfetto_trace=True)
+        t0 = time.perf_counter()
+        run()
+        wall = time.perf_counter() - t0
+        jax.profiler.stop_trace()
+        files = glob.glob(f"{folder}/**/*.trace.json.gz", recursive=True)
+        if not files:
+            raise RuntimeError("jax.profiler wrote no Perfetto trace")
+        with gzip.open(files[0]) as f:
+            events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
+    spans, own = [], collections.Counter()
+    for e in events:
+        name = e.get("args", {}).get("hlo_op")
+        if name in ops and e["name"] == name:
+            spans.append((name, e["ts"] / 1e6, (e["ts"] + e["dur"]) / 1e6))
+            own[name] += e["dur"] / 1e6
+    got, running = attribute(spans)
+    rows = []
+    for name, seconds in got.items():
+        op = ops[name]
+        gflops = op["flop"] / own[name] / 1e9 if op["flop"] and own[name] else None
+        rows.append({"op": name, **op, "seconds": seconds, "gflops": gflops})
+    note = "concurrent thunks: " + ", ".join(
+        f"{k} running {v:.2f} s" for k, v in sorted(running.items())
+    )
+    return {"wall_s": wall, "rows": rows, "note": note}
+
+
+def _torch_category(name: str) -> str:
+    if re.search(r"mm|matmul|linear|einsum|dot", name):
+        return "matmul"
+    if re.search(r"sum|mean|norm|reduce|amax|max", name):
+        return "reduce"
+    return CATEGORIES[2]
+
+
+def profile_torch(run) -> dict:
+    """Profile one call of the torch bench step ``run``: per-aten-op self CPU time."""
+    import torch
+
+    cpu = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=cpu, with_flops=True) as prof:
+        t0 = time.perf_counter()
+        run()
+        wall = time.perf_counter() - t0
+    rows = []
+    for ev in prof.key_averages():
+        seconds = ev.self_cpu_time_total / 1e6
+        if seconds > 0:
+            flop = float(getattr(ev, "flops", 0) or 0)
+            rows.append(
+                {
+                    "op": f"{ev.key} x{ev.count}",
+                    "category": _torch_category(ev.key),
+                    "shape": "",
+                    "seconds": seconds,
+                    "flop": flop,
+                    "gflops": flop / seconds / 1e9 if flop else None,
+                }
+            )
+    return {"wall_s": wall, "rows": rows, "note": "self CPU time of the calling thread per op"}
+
+
+def report(title: str, prof: dict, top: int) -> str:
+    """The markdown report of a profile: wall time, time per category, the ``top`` ops."""
+    rows = sorted(prof["rows"], key=lambda r: -r["seconds"])
+    total = sum(r["seconds"] for r in rows) or 1.0
+    lines = [f"# {title}", "", f"step wall time {prof['wall_s']:.3f} s; {prof['note']}", ""]
+    lines += ["| category | s | share |", "|---|---|---|"]
+    per = collections.Counter()
+    for r in rows:
+        per[r["category"]] += r["seconds"]
+    for cat in CATEGORIES:
+        lines.append(f"| {cat} | {per[cat]:.3f} | {per[cat] / total:.1%} |")
+    lines += ["", "| op | category | shape | ms | share | GFLOP/s |", "|---|---|---|---|---|---|"]
+    for r in rows[:top]:
+        g = f"{r['gflops']:.0f}" if r["gflops"] else ""
+        if r["gflops"] and r["gflops"] > ASYNC_GFLOPS:
+            g = "async"  # a dispatch span: the work ran in another pool
+        lines.append(
+            f"| {r['op']} | {r['category']} | {r['shape']} | {r['seconds'] * 1e3:.1f} | "
+            f"{r['seconds'] / total:.1%} | {g} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m flashcore.app.benchprofile", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--backend", choices=("jax", "torch"), required=True)
+    p.add_argument("--model", default="flashcore")
+    p.add_argument("--length", type=parse_length, default=65536, help="T (e.g. 4K, 64K)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--top", type=int, default=25, help="ops listed (default 25)")
+    p.add_argument("--out", help="also write the report to this file")
+    args = p.parse_args(argv)
+
+    from . import benchrun
+
+    job = {"backend": args.backend, "model": args.model, "t": args.length, "dtype": args.dtype}
+    run, _, _ = benchrun.build(job)
+    run()  # untimed: jax compiles
+    prof = (profile_jax if args.backend == "jax" else profile_torch)(run)
+    title = f"{args.backend} {args.model} {args.dtype} T={args.length}: one bench step, profiled"
+    text = report(title, prof, args.top)
+    print(text, end="")
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
