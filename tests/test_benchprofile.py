@@ -54,3 +54,22 @@ def test_one_profiled_step(backend, tmp_path, capsys):
     assert sum(shares.values()) == pytest.approx(100.0, abs=0.5)
     assert shares["matmul"] > 20  # the step is mostly matmuls at any length
     assert len(re.findall(r"^\| \S.* \| (matmul|reduce|elementwise)", text, re.M)) == 5
+
+
+def test_compare_xla_options_times_both_programs_in_pairs(tmp_path, capsys):
+    jax = pytest.importorskip("jax", reason="the XLA options are jax's")
+    out = tmp_path / "ab.txt"
+    argv = ["--backend", "jax", "--length", "256", "--compare-xla-options", "3", "--out", str(out)]
+    assert benchprofile.main(argv) == 0
+    text = out.read_text()
+    assert text == capsys.readouterr().out
+    ratios = re.search(r"per pair \[(.*)\]", text).group(1).split(", ")
+    assert len(ratios) == 3 and all(float(r) > 0 for r in ratios)
+    from flashcore.jax import compiler_options
+
+    assert str(compiler_options() or "none") in text
+
+
+def test_compare_xla_options_is_for_jax_only():
+    with pytest.raises(SystemExit):
+        benchprofile.main(["--backend", "torch", "--compare-xla-options", "2"])

@@ -19,6 +19,11 @@ Ops are grouped into matmul (dots), reduce, and elementwise / copy / other.
 
 Prints a markdown report (and writes it to ``--out``): the step's wall time, time per category,
 and the ``--top`` ops.
+
+``--compare-xla-options N`` (jax) instead times the step compiled without and with
+:func:`flashcore.jax.compiler_options` in one process, N pairs of steps alternating (the order
+flipped every pair), and prints both medians and each pair's ratio: a paired comparison that
+this VM's drift between runs does not blur.
 """
 
 from __future__ import annotations
@@ -35,7 +40,15 @@ import time
 
 from .cli_args import parse_length
 
-__all__ = ["main", "profile_jax", "profile_torch", "hlo_ops", "attribute", "report"]
+__all__ = [
+    "main",
+    "profile_jax",
+    "profile_torch",
+    "hlo_ops",
+    "attribute",
+    "report",
+    "compare_xla_options",
+]
 
 CATEGORIES = ("matmul", "reduce", "elementwise / copy / other")
 ASYNC_GFLOPS = 1e4  # a "rate" above any CPU's: the span was only the dispatch of the work
@@ -205,6 +218,40 @@ def report(title: str, prof: dict, top: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def compare_xla_options(job: dict, pairs: int) -> str:
+    """Time the jax bench step ``job`` compiled without and with the XLA options, ``pairs``
+    alternating pairs of steps in this process (each compiled by one untimed step first)."""
+    import os
+    import statistics
+
+    from . import benchrun
+
+    saved = os.environ.get("FLASHCORE_XLA_OPTIONS")
+    os.environ["FLASHCORE_XLA_OPTIONS"] = "off"
+    try:
+        plain, _, _ = benchrun.build(job)
+    finally:
+        os.environ.pop("FLASHCORE_XLA_OPTIONS")
+        if saved is not None:
+            os.environ["FLASHCORE_XLA_OPTIONS"] = saved
+    tuned, _, info = benchrun.build(job)
+    plain(), tuned()
+    times: dict[str, list[float]] = {"plain": [], "tuned": []}
+    for i in range(pairs):
+        order = [("plain", plain), ("tuned", tuned)]
+        for key, run in order if i % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            run()
+            times[key].append(time.perf_counter() - t0)
+    per_token = {k: statistics.median(v) / job["t"] * 1e6 for k, v in times.items()}
+    ratios = [round(a / b, 3) for a, b in zip(times["plain"], times["tuned"])]
+    return (
+        f"jax {job['model']} {job['dtype']} T={job['t']}, {pairs} pairs: without the options "
+        f"{per_token['plain']:.1f}, with {info['compiler_options'] or 'none'} "
+        f"{per_token['tuned']:.1f} us/token (median); without / with per pair {ratios}\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m flashcore.app.benchprofile", description=__doc__.split("\n\n")[0]
@@ -215,11 +262,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--top", type=int, default=25, help="ops listed (default 25)")
     p.add_argument("--out", help="also write the report to this file")
+    p.add_argument(
+        "--compare-xla-options",
+        type=int,
+        metavar="N",
+        help="jax: N alternating pairs of steps without / with flashcore.jax.compiler_options()",
+    )
     args = p.parse_args(argv)
 
     from . import benchrun
 
     job = {"backend": args.backend, "model": args.model, "t": args.length, "dtype": args.dtype}
+    if args.compare_xla_options:
+        if args.backend != "jax":
+            p.error("--compare-xla-options is for --backend jax")
+        text = compare_xla_options(job, args.compare_xla_options)
+        print(text, end="")
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text)
+        return 0
     run, _, _ = benchrun.build(job)
     run()  # untimed: jax compiles
     prof = (profile_jax if args.backend == "jax" else profile_torch)(run)
