@@ -57,7 +57,7 @@ def test_one_profiled_step(backend, tmp_path, capsys):
 
 
 def test_compare_xla_options_times_both_programs_in_pairs(tmp_path, capsys):
-    jax = pytest.importorskip("jax", reason="the XLA options are jax's")
+    pytest.importorskip("jax", reason="the XLA options are jax's")
     out = tmp_path / "ab.txt"
     argv = ["--backend", "jax", "--length", "256", "--compare-xla-options", "3", "--out", str(out)]
     assert benchprofile.main(argv) == 0
