@@ -41,9 +41,10 @@ def _shares(text: str) -> dict[str, float]:
     }
 
 
-@pytest.mark.parametrize("backend", ["torch", "jax"])
+@pytest.mark.parametrize("backend", ["torch", "jax", "tf"])
 def test_one_profiled_step(backend, tmp_path, capsys):
-    pytest.importorskip(backend, reason=f"the {backend} bench step needs {backend}")
+    module = {"tf": "tensorflow"}.get(backend, backend)
+    pytest.importorskip(module, reason=f"the {backend} bench step needs {module}")
     out = tmp_path / "profile.md"
     argv = ["--backend", backend, "--length", "256", "--top", "5", "--out", str(out)]
     assert benchprofile.main(argv) == 0

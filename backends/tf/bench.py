@@ -80,6 +80,9 @@ def build_step(
         loss.numpy()  # wait for the compiled program
         return loss, grads
 
+    # the optimized HLO of the step, for flashcore.app.benchprofile's per-op names
+    run.compiled_text = lambda: step.experimental_get_compiler_ir(xt, ct)(stage="optimized_hlo")
+
     def gradients() -> dict:
         loss, grads = run()
         out = {"loss": np.float64(loss.numpy())}

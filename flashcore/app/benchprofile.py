@@ -1,6 +1,6 @@
 """Where one ``flashcore bench`` step spends its time: the framework profiler's per-op table.
 
-    python -m flashcore.app.benchprofile --backend jax|torch [--model flashcore] [--length 64K]
+    python -m flashcore.app.benchprofile --backend jax|torch|tf [--model flashcore] [--length 64K]
         [--dtype float32] [--top 25] [--out FILE]
 
 The step is the benchmark's own (:func:`flashcore.app.benchrun.build`: the same models, weights,
@@ -13,6 +13,8 @@ Ops are grouped into matmul (dots), reduce, and elementwise / copy / other.
   step), and GFLOP/s of a dot is over its own span. A dot that XLA hands to Eigen asynchronously
   shows only its dispatch (GFLOP/s "async"); its work lands in the ops it overlaps, whose
   GFLOP/s then read low.
+- tf: the same for its XLA-compiled step (``jit_compile=True``), from ``tf.profiler``'s XSpace
+  file (the thunks on the host threads) and the step's optimized HLO.
 - torch: ``torch.profiler`` self CPU time per aten op on the calling thread (the intra-op
   threads' work inside), the fused layer's hand-written backward included; GFLOP/s from the
   profiler's FLOP counts (matmuls).
@@ -44,6 +46,7 @@ __all__ = [
     "main",
     "profile_jax",
     "profile_torch",
+    "profile_tf",
     "hlo_ops",
     "attribute",
     "report",
@@ -125,12 +128,34 @@ def attribute(spans: list[tuple[str, float, float]]) -> tuple[dict[str, float], 
     return dict(got), dict(running)
 
 
+def _xla_rows(ops: dict[str, dict], spans: list[tuple[str, float, float]]) -> tuple[list, str]:
+    """Rows of an XLA program's profile from its HLO ops and its thunks' spans (name, start,
+    end seconds): wall time shared among concurrent thunks, GFLOP/s of a dot over its own spans."""
+    spans = [sp for sp in spans if sp[0] in ops]
+    own: dict[str, float] = collections.Counter()
+    for name, start, end in spans:
+        own[name] += end - start
+    got, running = attribute(spans)
+    rows = []
+    for name, seconds in got.items():
+        op = ops[name]
+        gflops = op["flop"] / own[name] / 1e9 if op["flop"] and own[name] else None
+        rows.append({"op": name, **op, "seconds": seconds, "gflops": gflops})
+    note = "concurrent thunks: " + ", ".join(
+        f"{k} running {v:.2f} s" for k, v in sorted(running.items())
+    )
+    return rows, note
+
+
+def _inner(run):
+    return run.args[0] if hasattr(run, "args") else run  # benchrun.build's partial
+
+
 def profile_jax(run) -> dict:
     """Profile one call of the jax bench step ``run`` (from ``build``): per-op attributed ms."""
     import jax
 
-    inner = run.args[0] if hasattr(run, "args") else run  # benchrun.build's partial
-    ops = hlo_ops(inner.compiled_text())
+    ops = hlo_ops(_inner(run).compiled_text())
     with tempfile.TemporaryDirectory() as folder:
         jax.profiler.start_trace(folder, create_perfetto_trace=True)
         t0 = time.perf_counter()
@@ -142,21 +167,42 @@ def profile_jax(run) -> dict:
             raise RuntimeError("jax.profiler wrote no Perfetto trace")
         with gzip.open(files[0]) as f:
             events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
-    spans, own = [], collections.Counter()
-    for e in events:
-        name = e.get("args", {}).get("hlo_op")
-        if name in ops and e["name"] == name:
-            spans.append((name, e["ts"] / 1e6, (e["ts"] + e["dur"]) / 1e6))
-            own[name] += e["dur"] / 1e6
-    got, running = attribute(spans)
-    rows = []
-    for name, seconds in got.items():
-        op = ops[name]
-        gflops = op["flop"] / own[name] / 1e9 if op["flop"] and own[name] else None
-        rows.append({"op": name, **op, "seconds": seconds, "gflops": gflops})
-    note = "concurrent thunks: " + ", ".join(
-        f"{k} running {v:.2f} s" for k, v in sorted(running.items())
-    )
+    spans = [
+        (e["name"], e["ts"] / 1e6, (e["ts"] + e["dur"]) / 1e6)
+        for e in events
+        if e.get("args", {}).get("hlo_op") == e["name"]
+    ]
+    rows, note = _xla_rows(ops, spans)
+    return {"wall_s": wall, "rows": rows, "note": note}
+
+
+def profile_tf(run) -> dict:
+    """Profile one call of the tf bench step ``run``: the XLA program's thunks from
+    ``tf.profiler``'s XSpace (host threads), per-op attributed ms as for jax."""
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    ops = hlo_ops(_inner(run).compiled_text())
+    with tempfile.TemporaryDirectory() as folder:
+        tf.profiler.experimental.start(folder)
+        t0 = time.perf_counter()
+        run()
+        wall = time.perf_counter() - t0
+        tf.profiler.experimental.stop()
+        files = glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)
+        if not files:
+            raise RuntimeError("tf.profiler wrote no XSpace file")
+        space = xplane_pb2.XSpace()
+        with open(files[0], "rb") as f:
+            space.ParseFromString(f.read())
+    spans = []
+    for plane in space.planes:
+        for line in plane.lines:
+            for ev in line.events:
+                start = line.timestamp_ns * 1e-9 + ev.offset_ps * 1e-12
+                name = plane.event_metadata[ev.metadata_id].name
+                spans.append((name, start, start + ev.duration_ps * 1e-12))
+    rows, note = _xla_rows(ops, spans)
     return {"wall_s": wall, "rows": rows, "note": note}
 
 
@@ -256,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m flashcore.app.benchprofile", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument("--backend", choices=("jax", "torch"), required=True)
+    p.add_argument("--backend", choices=("jax", "torch", "tf"), required=True)
     p.add_argument("--model", default="flashcore")
     p.add_argument("--length", type=parse_length, default=65536, help="T (e.g. 4K, 64K)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -284,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     run, _, _ = benchrun.build(job)
     run()  # untimed: jax compiles
-    prof = (profile_jax if args.backend == "jax" else profile_torch)(run)
+    profile = {"jax": profile_jax, "torch": profile_torch, "tf": profile_tf}[args.backend]
+    prof = profile(run)
     title = f"{args.backend} {args.model} {args.dtype} T={args.length}: one bench step, profiled"
     text = report(title, prof, args.top)
     print(text, end="")
