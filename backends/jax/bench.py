@@ -6,8 +6,8 @@ Models: ``flashcore`` (``flashcore.jax.FLASH`` NNX layers; their core is
 and ``transformer++`` (``flashcore.jax.TransformerBlock``, the spec's dense attention). One step:
 ``jax.jit(jax.value_and_grad)`` of sum(y * cotangent) (summed in float32) w.r.t. every layer's
 ``nnx.State`` and x, compiled once with :func:`flashcore.jax.compiler_options` (on CPU: no
-YNNPACK reductions), as flashcore's training step is; bfloat16 is the modules built in bfloat16 (bf16 parameters and
-x). A call returns after ``jax.block_until_ready`` on the loss and every gradient.
+YNNPACK reductions), as flashcore's training step is; bfloat16 is the modules built in bfloat16
+(bf16 parameters and x). A call returns after ``jax.block_until_ready`` on the loss and every gradient.
 """
 
 from __future__ import annotations

@@ -7,11 +7,12 @@ Why: jaxlib 0.10's CPU backend hands two kinds of fusion to YNNPACK by default, 
 leading axis runs there at about 40M elements/s: the gradient of every parameter that the
 forward broadcasts over tokens or chunks is one, e.g. a scale-offset gain, (1, 65536, 128) ->
 (128,) of a product, 219 ms against 19 ms in XLA's own loop (2 threads; ``jnp.sum(a * b, 1)``
-jitted alone). In a ``jax.profiler`` trace of the FLASH pair's forward + backward at T = 64K
-(``flashcore bench``'s step, float32) such reductions were 1.75 s of a 15.1 s step, and without
-them the step took 13.5 s; at 16K it went from 188-199 to 179-181 us/token (one run each, the
-2-core AMD EPYC VM). Leaving only single dots to YNNPACK keeps its matmuls (with no YNNPACK at
-all the step was slower: 193 us/token).
+jitted alone). In ``python -m flashcore.app.benchprofile --backend jax --length 64K`` (the
+bench's FLASH-pair step, float32, under ``jax.profiler``) such reductions took 1.30 s of a 14.0 s
+step, and 0.16 s with these options; timed in one process, steps alternating
+(``--compare-xla-options``), 1.12x faster at 64K and 1.03x at 4K in float32, 0.98x (no gain) in
+bfloat16 at 4K (the 2-core AMD EPYC VM; README, "Speed"). Leaving only single dots to YNNPACK
+keeps its matmuls (with no YNNPACK at all the step was slower).
 
 The option is experimental in XLA, so it is given only where this jaxlib accepts it (one tiny
 compilation, once per process, checks), only on CPU, and never over a choice of your own: an
