@@ -323,17 +323,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.backend != "jax":
             p.error("--compare-xla-options is for --backend jax")
         text = compare_xla_options(job, args.compare_xla_options)
-        print(text, end="")
-        if args.out:
-            with open(args.out, "w") as f:
-                f.write(text)
-        return 0
-    run, _, _ = benchrun.build(job)
-    run()  # untimed: jax compiles
-    profile = {"jax": profile_jax, "torch": profile_torch, "tf": profile_tf}[args.backend]
-    prof = profile(run)
-    title = f"{args.backend} {args.model} {args.dtype} T={args.length}: one bench step, profiled"
-    text = report(title, prof, args.top)
+    else:
+        run, _, _ = benchrun.build(job)
+        run()  # untimed: jax compiles
+        profile = {"jax": profile_jax, "torch": profile_torch, "tf": profile_tf}[args.backend]
+        title = (
+            f"{args.backend} {args.model} {args.dtype} T={args.length}: one bench step, profiled"
+        )
+        text = report(title, profile(run), args.top)
     print(text, end="")
     if args.out:
         with open(args.out, "w") as f:
