@@ -3,7 +3,7 @@ spec. This package imports NumPy only; pick a native backend by importing ``flas
 ``flashcore.jax`` or ``flashcore.tf``.
 """
 
-from . import dropout
+from . import _llvm, dropout
 from .config import FlashConfig, LMConfig, TransformerConfig, config_from_dict
 from .dropout import dropout_shapes
 from .layers import flash, gau
@@ -11,6 +11,9 @@ from .lm import block_fn, cross_entropy, lm_hidden, lm_logits, lm_loss, transfor
 from .params import ParamSpec, check_params, init, param_spec, subtree
 
 __version__ = "0.1.0"
+
+# triton (torch.compile, flashcore.torch's CUDA kernel) loads safely after TensorFlow: see _llvm.
+_llvm.install()
 
 __all__ = [
     "FlashConfig",

@@ -85,20 +85,6 @@ def test_wheel_ships_backends_under_flashcore(tmp_path):
     assert out.stdout.strip().startswith(str(target))
 
 
-@pytest.mark.slow  # imports every framework in a new process
-def test_tf_first_then_torch_and_triton_does_not_abort():
-    """LLVM aborts when triton loads after TensorFlow; flashcore.tf loads triton first."""
-    import importlib.util
-
-    if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("triton") is None:
-        import pytest
-
-        pytest.skip("needs both tensorflow and triton installed")
-    code = "import flashcore.tf, flashcore.torch, triton.language; print('ok')"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
-
-
 _FRAMEWORKS = ("torch", "triton", "jax", "jaxlib", "tensorflow", "keras", "flax")
 
 
@@ -114,26 +100,6 @@ def test_the_conftests_import_no_framework():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=ROOT)
-
-
-@pytest.mark.slow
-def test_in_a_test_process_tensorflow_comes_after_torch_and_triton():
-    """The root conftest's rule: the first import of tensorflow loads torch and triton first."""
-    import importlib.util
-
-    if not all(importlib.util.find_spec(m) for m in ("tensorflow", "torch", "triton")):
-        pytest.skip("needs tensorflow, torch and triton installed")
-    code = (
-        "import sys; sys.path.insert(0, '.'); import conftest, tensorflow\n"
-        "m = list(sys.modules)\n"
-        "assert m.index('torch') < m.index('tensorflow') and m.index('triton') < m.index('tensorflow')\n"
-        "assert type(tensorflow.__spec__.loader).__name__ != '_FirstLoader'\n"
-        "print('ok')\n"
-    )
-    res = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT
-    )
-    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
 
 
 def test_test_module_names_are_unique():

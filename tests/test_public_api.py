@@ -110,7 +110,7 @@ def test_every_exported_name_is_bound_and_the_shared_ones_are_there(backend):
     assert SHARED <= set(names), SHARED - set(names)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)  # torch first: triton before TensorFlow
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_the_imported_package_has_its_api_and_the_decoding_methods(backend):
     pytest.importorskip({"torch": "torch", "jax": "flax", "tf": "tensorflow"}[backend])
     pkg = importlib.import_module(f"flashcore.{backend}")

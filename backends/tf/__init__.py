@@ -1,7 +1,6 @@
 """flashcore.tf: Keras 3 layers (TensorFlow backend) over the flashcore spec. Importing it imports
 TensorFlow and Keras; Keras must run on its TensorFlow backend (``KERAS_BACKEND`` unset or
-``tensorflow``). In a process that also uses triton or ``torch.compile``, import those first
-(their LLVM options clash with TensorFlow's).
+``tensorflow``). It imports in any order with torch, triton and jax (see ``flashcore._llvm``).
 
     from flashcore.tf import FLASH, GAU, TransformerBlock, LM, xp
     from flashcore.tf import io   # save / load (Keras .weights.h5), save_canonical / load_canonical
@@ -15,13 +14,6 @@ import os as _os
 # TensorFlow's C++ INFO lines (oneDNN notices) drown the command-line output; a user's own
 # setting wins.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-# LLVM aborts a process that loads triton (flashcore.torch's CUDA kernel, torch.compile) after
-# TensorFlow. Load triton first when it is installed, so importing flashcore.torch later is safe.
-try:
-    import triton as _triton  # noqa: F401
-except ImportError:
-    pass
 
 import keras as _keras  # noqa: E402
 
