@@ -58,8 +58,11 @@ def const(xp, value: np.ndarray, like=None, dtype=None):
     """A host NumPy constant as an ``xp`` array on ``like``'s device, cast to ``dtype``.
 
     ``dtype`` defaults to ``like.dtype`` for floating constants and is kept for ints and bools.
+    A NumPy ``like`` under another namespace (a JAX or TF function handed NumPy input) is host
+    data with no device of ``xp``'s: the constant goes where ``xp`` puts new arrays.
     """
-    dev = device_of(like) if like is not None else None
+    host = isinstance(like, np.ndarray) and not isinstance(xp.asarray(0), np.ndarray)
+    dev = device_of(like) if like is not None and not host else None
     out = xp.asarray(value, device=dev) if dev is not None else xp.asarray(value)
     if dtype is None and like is not None and xp.isdtype(out.dtype, "real floating"):
         dtype = like.dtype

@@ -61,6 +61,12 @@ def dropout_masks(config: Config, key: jax.Array, b: int, t: int) -> dict[str, j
     return fc.dropout.draw(config, b, t, bernoulli)
 
 
+def _jax(a):
+    """Anything ``jnp.asarray`` takes (NumPy arrays, nested lists) as a jax array; jax arrays
+    (tracers included) and None as they are."""
+    return a if a is None or isinstance(a, jax.Array) else jnp.asarray(a)
+
+
 def apply(
     params: dict[str, jax.Array],
     x: jax.Array,
@@ -94,6 +100,7 @@ def apply(
             dropout=dropout,
             attn_core=attn_core,
         )
+    x, mask, segment_ids = _jax(x), _jax(mask), _jax(segment_ids)
     kw = dict(config=config, mask=mask, segment_ids=segment_ids, xp=xp, dropout=dropout)
     if isinstance(config, FlashConfig) and config.kind == "flash":
         if attn_core is not None:
@@ -123,10 +130,10 @@ def logits(
     ``dropout``: as in :func:`apply`."""
     return fc.lm_logits(
         params,
-        tokens,
+        _jax(tokens),
         config=config,
-        mask=mask,
-        segment_ids=segment_ids,
+        mask=_jax(mask),
+        segment_ids=_jax(segment_ids),
         xp=xp,
         core=core or kernels.flash_core,
         attn_core=attn_core or kernels.softmax_core,
@@ -152,14 +159,14 @@ def loss(
     positions counted (None: every real one)."""
     return fc.lm_loss(
         params,
-        inputs,
-        targets,
+        _jax(inputs),
+        _jax(targets),
         config=config,
-        mask=mask,
-        segment_ids=segment_ids,
+        mask=_jax(mask),
+        segment_ids=_jax(segment_ids),
         xp=xp,
         core=core or kernels.flash_core,
         attn_core=attn_core or kernels.softmax_core,
         dropout=dropout,
-        loss_mask=loss_mask,
+        loss_mask=_jax(loss_mask),
     )

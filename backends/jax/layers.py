@@ -33,7 +33,7 @@ from flashcore.config import FlashConfig, LMConfig, TransformerConfig
 
 from . import functional
 from .decode import BlockDecoding
-from .module import CanonicalModule, _native, _place
+from .module import CanonicalModule, _batch_time, _native, _place
 
 __all__ = ["GAU", "FLASH", "TransformerBlock", "block_class"]
 
@@ -68,7 +68,7 @@ class _Layer(BlockDecoding, CanonicalModule):
     ) -> jax.Array:
         """x: (b, t, d); mask: (b, t) bool; segment_ids: (b, t) ints -> (b, t, d). dropout:
         keep-masks to apply; deterministic / rngs: override the module's (see the module doc)."""
-        masks = self._masks(x.shape[0], x.shape[1], dropout, deterministic, rngs)
+        masks = self._masks(*_batch_time(x), dropout, deterministic, rngs)
         return functional.apply(
             self.to_canonical(),
             x,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 import flashcore as fc
@@ -62,7 +63,7 @@ def _cast_all(params: dict, dtypes: dict) -> dict[str, jax.Array]:
 
 def _batch_time(tokens) -> tuple[int, int]:
     """(b, t) of token ids for drawing masks; a wrong rank is left to the spec's own check."""
-    shape = tuple(tokens.shape) + (1, 1)
+    shape = tuple(np.shape(tokens)) + (1, 1)  # np.shape: jax and NumPy arrays, nested lists
     return shape[0], shape[1]
 
 

@@ -82,6 +82,20 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy().copy()
 
 
+def _tensors_only(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    """A module's forward takes torch tensors, as every nn.Module does; NumPy arrays and lists get a
+    TypeError that names the conversion (torch's own error comes from deep inside the math)."""
+    named = [(f"argument {i}", a) for i, a in enumerate(args)] + list(kwargs.items())
+    for name, value in named:
+        if isinstance(value, np.ndarray | list):
+            raise TypeError(
+                f"{type(module).__name__} takes torch tensors, but {name} is a "
+                f"{type(value).__module__}.{type(value).__qualname__}: convert it with "
+                "torch.as_tensor(value) (torch.from_numpy(array) shares a NumPy array's memory), "
+                "on the module's device"
+            )
+
+
 class CanonicalModule(nn.Module):
     """Base class: ``config``, the naming table and canonical weight I/O.
 
@@ -92,6 +106,7 @@ class CanonicalModule(nn.Module):
         super().__init__()
         self.config = config
         self.naming = naming_table(config)  # {canonical: (native, transpose)}
+        self.register_forward_pre_hook(_tensors_only, with_kwargs=True)
 
     # -- the spec's view of the parameters -------------------------------------------------
     def canonical_params(self) -> dict[str, torch.Tensor]:
