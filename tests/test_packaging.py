@@ -45,13 +45,17 @@ def test_every_package_folder_is_listed_in_pyproject():
             assert folder in mapped, f"{folder.relative_to(ROOT)} is not in pyproject's package-dir"
 
 
-@pytest.mark.slow  # builds and installs the wheel
+@pytest.mark.slow  # builds and installs the wheel, runs the main job from it
 def test_wheel_ships_backends_under_flashcore(tmp_path):
+    """The wheel builds without a setuptools warning (license, package data), holds every
+    package and data folder, and the installed copy runs the main job from another folder."""
     res = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
+    warned = [ln for ln in (res.stdout + res.stderr).splitlines() if "Warning:" in ln]
+    assert not warned, warned
     (wheel,) = tmp_path.glob("flashcore-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for sub in (
@@ -83,6 +87,13 @@ def test_wheel_ships_backends_under_flashcore(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().startswith(str(target))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    demo = [sys.executable, "-m", "flashcore", "demo", "--steps", "2", "--out", "run", "--quiet"]
+    out = subprocess.run(demo, env=env, cwd=elsewhere, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "largest loss difference between backends" in out.stdout, out.stdout[-2000:]
+    assert (elsewhere / "run" / "model.safetensors").is_file()
 
 
 _FRAMEWORKS = ("torch", "triton", "jax", "jaxlib", "tensorflow", "keras", "flax")
