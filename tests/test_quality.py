@@ -3,6 +3,7 @@ learning-rate sweep of two, the files and the table it writes, resuming after a 
 refusals (unequal models, a conflicting --resume, a folder that already holds an experiment)."""
 
 import json
+import re
 
 import pytest
 
@@ -39,8 +40,8 @@ def test_experiment_writes_results_table_and_plots(experiment):
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     runs = results["runs"]
-    # the sweep (2 lrs x 3 archs) at clm-64, each arch's best lr reused at mlm-64
-    assert len(runs) == 9
+    # the sweep (2 lrs x 4 archs) at clm-64, each arch's best lr reused at mlm-64
+    assert len(runs) == 3 * len(quality.ARCHS)
     sweep = [r for r in runs if r["setting"] == "clm-64"]
     assert sorted((r["arch"], r["lr"]) for r in sweep) == sorted(
         (a, lr) for a in quality.ARCHS for lr in (1e-3, 3e-3)
@@ -60,7 +61,18 @@ def test_experiment_writes_results_table_and_plots(experiment):
     table = (out / "table.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| clm-64") or
             line.startswith("| mlm-64")]  # fmt: skip
-    assert len(rows) == 6 and "| clm-64 | FLASH |" in table and "Transformer++" in table
+    assert len(rows) == 2 * len(quality.ARCHS) and "| clm-64 | FLASH |" in table
+    # both Transformer++ models, each labelled with its depth (--layers 2: 1 and 2 blocks)
+    assert "| clm-64 | Transformer++ (1 block) |" in table
+    assert "| clm-64 | Transformer++ (2 blocks) |" in table
+    assert "vs Transformer++ (1 block) | " in table and "vs Transformer++ (2 blocks) | " in table
+    for setting in ("clm-64", "mlm-64"):
+        for model in ("FLASH", "FLASH-Quad"):
+            for ref in ("Transformer++ (1 block)", "Transformer++ (2 blocks)"):
+                assert re.search(
+                    rf"- {setting}: {re.escape(model)} is (not )?within 2% of {re.escape(ref)} ",
+                    table,
+                ), (setting, model, ref)
     for name in ("loss_vs_steps.png", "loss_vs_seconds.png"):
         assert (out / name).stat().st_size > 1000
 
@@ -71,12 +83,15 @@ def test_summary_follows_from_the_curves_and_step_times(experiment):
     rows = quality.summarize(results["runs"], results["step_times"], ["clm-64", "mlm-64"])
     assert rows == results["summary"]
     for row in rows:
-        tpp = next(r for r in rows if r["setting"] == row["setting"] and r["arch"] == "transformer")
-        assert row["gap_pct"] == pytest.approx(
-            (row["final_bpb"] - tpp["final_bpb"]) / tpp["final_bpb"] * 100
-        )
-        if row.get("seconds_to_tpp") is not None:
-            assert row["seconds_to_tpp"] == pytest.approx(row["steps_to_tpp"] * row["step_s"])
+        for ref in quality.REFERENCES:
+            tpp = next(r for r in rows if r["setting"] == row["setting"] and r["arch"] == ref)
+            vs = row["vs"][ref]
+            gap = (row["final_bpb"] - tpp["final_bpb"]) / tpp["final_bpb"] * 100
+            assert vs["gap_pct"] == pytest.approx(gap)
+            assert vs["within_2pct"] == (abs(gap) <= 2)
+            if vs.get("seconds_to_tpp") is not None:
+                assert vs["seconds_to_tpp"] == pytest.approx(vs["steps_to_tpp"] * row["step_s"])
+        assert row["gap_pct"] == row["vs"]["transformer"]["gap_pct"]  # the paper's accounting
 
 
 def test_resume_reads_finished_runs_back(experiment, monkeypatch):
@@ -96,7 +111,7 @@ def test_a_fresh_clone_resumes_from_the_committed_records(experiment, tmp_path, 
     clone = tmp_path / "clone"
     shutil.copytree(out, clone, ignore=shutil.ignore_patterns("runs"))
     records = sorted((clone / "records").glob("*.json"))
-    assert len(records) == 9
+    assert len(records) == 3 * len(quality.ARCHS)
     rec = json.loads(records[0].read_text())
     assert rec["curve"][-1]["step"] == 4 and "commit" in rec
     rec["run_flags"] = [*rec["run_flags"], "--changed"]
@@ -116,7 +131,9 @@ def test_a_fresh_clone_resumes_from_the_committed_records(experiment, tmp_path, 
 
 
 def test_a_killed_experiment_continues_where_it_stopped(tmp_path, corpus, monkeypatch):
-    argv = ["--settings", "clm-64", "--lrs", "1e-3", "--data", corpus, *TOY, "--out", str(tmp_path)]
+    archs = ["flash", "gau", "transformer"]
+    argv = ["--settings", "clm-64", "--lrs", "1e-3", "--archs", *archs, "--data", corpus, *TOY,
+            "--out", str(tmp_path)]  # fmt: skip
     real, calls = quality._train_run, []
 
     def killed_after_two(run, flags):
@@ -136,7 +153,7 @@ def test_a_killed_experiment_continues_where_it_stopped(tmp_path, corpus, monkey
     assert quality.main(["--resume", "--out", str(tmp_path), "--quiet"]) == 0
     assert again == ["clm-64-transformer-lr0.001"]  # only the run that had not finished
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
-    assert [r["arch"] for r in runs] == list(quality.ARCHS)
+    assert [r["arch"] for r in runs] == archs
 
 
 def test_resume_may_extend_the_sweep(tmp_path, corpus, monkeypatch):
@@ -157,6 +174,16 @@ def test_resume_may_extend_the_sweep(tmp_path, corpus, monkeypatch):
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert sorted(r["lr"] for r in runs) == [1e-3, 3e-3]
     assert quality.main(["--resume", "--lrs", "3e-3", "--out", str(tmp_path)]) == 2
+    # a model added on --resume: only its runs are trained, at every rate of the sweep
+    del trained[:]
+    assert quality.main(["--resume", "--archs", "flash", "transformer-deep", "--out",
+                         str(tmp_path), "--quiet"]) == 0  # fmt: skip
+    assert trained == ["clm-64-transformer-deep-lr0.001", "clm-64-transformer-deep-lr0.003"]
+    assert json.loads((tmp_path / "experiment.json").read_text())["args"]["archs"] == [
+        "flash",
+        "transformer-deep",
+    ]
+    assert quality.main(["--resume", "--archs", "gau", "--out", str(tmp_path)]) == 2  # a drop
 
 
 def test_extend_edges_adds_a_rate_past_a_best_rate_at_an_edge(tmp_path, corpus, monkeypatch):
@@ -178,8 +205,8 @@ def test_extend_edges_adds_a_rate_past_a_best_rate_at_an_edge(tmp_path, corpus, 
 
     monkeypatch.setattr(quality, "_train_run", fake_train)
     monkeypatch.setattr(quality, "read_curve", fake_curve)
-    argv = ["--settings", "clm-64", "--lrs", "1e-3", "2e-3", "4e-3", "--data", corpus, *TOY,
-            "--out", str(tmp_path)]  # fmt: skip
+    argv = ["--settings", "clm-64", "--lrs", "1e-3", "2e-3", "4e-3", "--archs", "flash", "gau",
+            "transformer", "--data", corpus, *TOY, "--out", str(tmp_path)]  # fmt: skip
     assert quality.main(argv) == 0
     assert len(trained) == 9
     del trained[:]

@@ -31,6 +31,8 @@ from its newest checkpoint.
     flashcore quality --resume --lrs 1e-3 2e-3 4e-3 8e-3 ...   # the sweep extended: only the
                                                                # new rates' runs are trained
     flashcore quality --resume --extend-edges 1 ...            # one more rate past an edge
+    flashcore quality --resume --archs flash gau transformer transformer-deep ...
+                                                               # a model added: only its runs
     flashcore quality --resume --record-only ...               # record the finished run folders
                                                                # (and print the unfinished runs'
                                                                # `flashcore train` commands, to
@@ -72,8 +74,15 @@ __all__ = [
     "summarize",
 ]
 
-ARCHS = ("flash", "gau", "transformer")
-NAMES = {"flash": "FLASH", "gau": "FLASH-Quad", "transformer": "Transformer++"}
+ARCHS = ("flash", "gau", "transformer", "transformer-deep")
+NAMES = {
+    "flash": "FLASH",
+    "gau": "FLASH-Quad",
+    "transformer": "Transformer++",  # half the layers: the paper's parameter accounting
+    "transformer-deep": "Transformer++",  # as many blocks as FLASH has layers, a narrower FFN
+}
+#: the baselines every row is compared with, each at its own best rate
+REFERENCES = ("transformer", "transformer-deep")
 FORMAT, VERSION = "flashcore-quality", 1
 # what --resume may change: how to run, not what the experiment is
 RESUME_MAY_CHANGE = ("quiet", "resume", "force", "time_rounds", "time_warmup", "record_only")
@@ -110,11 +119,12 @@ class Setting:
 
 def _model_flags(arch: str, setting: Setting, args, ffn_dim: int | None = None) -> list[str]:
     flags = [
-        "--arch", arch, "--objective", setting.objective, "--context", str(setting.context),
-        "--dim", str(args.dim),
+        "--arch", "transformer" if arch in REFERENCES else arch, "--objective", setting.objective,
+        "--context", str(setting.context), "--dim", str(args.dim),
     ]  # fmt: skip
-    if arch == "transformer":  # one block ~ two GAU layers (12 d^2 each way)
-        flags += ["--layers", str(max(1, args.layers // 2)), "--heads", str(args.heads)]
+    if arch in REFERENCES:  # "transformer": one block ~ two GAU layers (12 d^2 each way)
+        blocks = args.layers if arch == "transformer-deep" else max(1, args.layers // 2)
+        flags += ["--layers", str(blocks), "--heads", str(args.heads)]
         if ffn_dim is not None:
             flags += ["--ffn-dim", str(ffn_dim)]
     else:
@@ -134,24 +144,28 @@ def param_count(flags: list[str]) -> int:
 def model_argv(setting: Setting, args) -> dict[str, tuple[list[str], int]]:
     """arch -> (``flashcore train`` model flags, parameter count) for every arch in ``args.archs``.
 
-    FLASH and FLASH-Quad have the same layers; Transformer++ gets half as many blocks and the
-    SwiGLU width (a multiple of 8) that brings its parameter count nearest FLASH's. Raises
-    :class:`QualityError` when a model is further than ``args.param_tolerance`` from FLASH's."""
+    FLASH and FLASH-Quad have the same layers; Transformer++ gets half as many blocks
+    ("transformer") or as many ("transformer-deep"), and the SwiGLU width that brings its
+    parameter count nearest FLASH's (a multiple of 8 where that is within the tolerance). Raises :class:`QualityError` when a model is
+    further than ``args.param_tolerance`` from FLASH's."""
     ref_arch = "flash" if "flash" in args.archs else args.archs[0]
-    out = {a: _model_flags(a, setting, args) for a in args.archs if a != "transformer"}
+    out = {a: _model_flags(a, setting, args) for a in args.archs if a not in REFERENCES}
     ref = param_count(_model_flags(ref_arch, setting, args))
-    if "transformer" in args.archs:
-        at = lambda h: param_count(_model_flags("transformer", setting, args, h))  # noqa: E731
+    for arch in (a for a in REFERENCES if a in args.archs):
+        at = lambda h, arch=arch: param_count(_model_flags(arch, setting, args, h))  # noqa: E731
         slope = (at(16) - at(8)) / 8  # parameters per unit of SwiGLU width
-        best = max(8, 8 * round((ref - at(8)) / slope / 8 + 1))
-        out["transformer"] = _model_flags("transformer", setting, args, best)
+        exact = max(1, round((ref - at(8)) / slope + 8))
+        width = max(8, 8 * round(exact / 8))  # a multiple of 8 where that stays within tolerance
+        if abs(at(width) - ref) > args.param_tolerance * ref:
+            width = exact
+        out[arch] = _model_flags(arch, setting, args, width)
     counts = {a: (flags, param_count(flags)) for a, flags in out.items()}
     far = {a: n for a, (_, n) in counts.items() if abs(n - ref) > args.param_tolerance * ref}
     if far:
         raise QualityError(
             f"{setting.name}: parameter counts differ from {NAMES[ref_arch]}'s {ref:,} by more "
             f"than {args.param_tolerance:.0%}: "
-            + ", ".join(f"{NAMES[a]} {n:,}" for a, n in far.items())
+            + ", ".join(f"{label(a, counts[a][0])} {n:,}" for a, n in far.items())
             + " (change --dim / --layers / --expansion / --qk-dim)"
         )
     return counts
@@ -277,7 +291,7 @@ def run_all(args, settings: list[Setting], runs_dir: Path) -> list[dict]:
         how = "finished, read back" if done else "recorded, read back" if saved else "training"
         how = "not finished" if how == "training" and args.record_only else how
         progress.note(
-            f"[{len(records) + 1}] {setting.name} {NAMES[arch]} lr {lr:g}, {n_params:,} "
+            f"[{len(records) + 1}] {setting.name} {label(arch, flags)} lr {lr:g}, {n_params:,} "
             f"parameters: {how} ({record_path if saved else run})",
             file=sys.stdout,
         )
@@ -415,60 +429,127 @@ def best_runs(records: list[dict], setting: str) -> dict[str, dict]:
     return best
 
 
+def _layers(flags: list[str] | None) -> int | None:
+    flags = flags or []
+    return int(flags[flags.index("--layers") + 1]) if "--layers" in flags else None
+
+
+def label(arch: str, flags: list[str] | None = None) -> str:
+    """An architecture's name in the reports; a Transformer++ carries its depth (from its
+    ``flashcore train`` flags)."""
+    n = _layers(flags)
+    if arch in REFERENCES and n is not None:
+        return f"{NAMES[arch]} ({n} block{'' if n == 1 else 's'})"
+    return NAMES[arch]
+
+
+def _versus(run: dict, base: dict, step_s: float | None, base_s: float | None) -> dict:
+    """``run`` against the reference run ``base`` at equal steps: the gap in final loss, whether
+    it is within 2%, the steps ``run`` needs to reach ``base``'s final loss and (with step times)
+    the estimated seconds and the speedup."""
+    target = base["curve"][-1]["loss"]
+    # the reference itself: its final step by definition (an earlier evaluation can read a little
+    # below the final one, and its row compares it with itself)
+    need = float(run["curve"][-1]["step"]) if run is base else crossing(run["curve"], target)
+    gap = (run["curve"][-1]["loss"] - target) / target * 100
+    out = {
+        "reference": label(base["arch"], base.get("train_flags")),
+        "gap_pct": gap,
+        "within_2pct": abs(gap) <= 2.0,
+        "steps_to_tpp": need,
+    }
+    if need is not None and step_s is not None and base_s is not None:
+        out["seconds_to_tpp"] = need * step_s
+        out["speedup"] = base["curve"][-1]["step"] * base_s / (need * step_s)
+    return out
+
+
 def summarize(records: list[dict], times: dict, settings: list[str]) -> list[dict]:
-    """One row per (setting, arch): final bits per byte, the gap to Transformer++ at equal steps,
-    steps and estimated seconds to reach Transformer++'s final loss, and the speedup."""
+    """One row per (setting, arch): final bits per byte and, against each Transformer++
+    (``vs``: half depth and equal depth, each at its best rate), the gap at equal steps, the steps
+    and estimated seconds to reach its final loss, and the speedup. The top-level ``gap_pct``,
+    ``steps_to_tpp``, ``seconds_to_tpp`` and ``speedup`` are against the half-depth one (the
+    paper's accounting)."""
     rows = []
     for setting in settings:
         best = best_runs(records, setting)
-        tpp = best.get("transformer")
+        at = times.get(setting, {})
+        seconds = lambda arch, at=at: at.get(arch, {}).get("median_s")  # noqa: E731
         for arch in ARCHS:
             if arch not in best:
                 continue
             r = best[arch]
-            step_s = times.get(setting, {}).get(arch, {}).get("median_s")
             row = {
-                "setting": setting, "arch": arch, "lr": r["lr"], "params": r["params"],
-                "steps": r["curve"][-1]["step"], "tokens_seen": r["tokens_seen"],
-                "final_bpb": r["curve"][-1]["bpb"], "step_s": step_s,
+                "setting": setting, "arch": arch, "label": label(arch, r.get("train_flags")),
+                "lr": r["lr"], "params": r["params"], "steps": r["curve"][-1]["step"],
+                "tokens_seen": r["tokens_seen"], "final_bpb": r["curve"][-1]["bpb"],
+                "step_s": seconds(arch),
             }  # fmt: skip
-            if tpp is not None:
-                target = tpp["curve"][-1]["loss"]
-                # Transformer++ itself: its final step by definition (an earlier evaluation can
-                # read a little below the final one, and its row compares it with itself)
-                need = float(r["curve"][-1]["step"]) if r is tpp else crossing(r["curve"], target)
-                tpp_s = times.get(setting, {}).get("transformer", {}).get("median_s")
-                row["gap_pct"] = (r["curve"][-1]["loss"] - target) / target * 100
-                row["steps_to_tpp"] = need
-                if need is not None and step_s is not None and tpp_s is not None:
-                    row["seconds_to_tpp"] = need * step_s
-                    row["speedup"] = tpp["curve"][-1]["step"] * tpp_s / (need * step_s)
+            vs = {
+                ref: _versus(r, best[ref], seconds(arch), seconds(ref))
+                for ref in REFERENCES
+                if ref in best
+            }
+            if vs:
+                row["vs"] = vs
+            if "transformer" in vs:
+                keys = ("gap_pct", "steps_to_tpp", "seconds_to_tpp", "speedup")
+                row.update({k: vs["transformer"][k] for k in keys if k in vs["transformer"]})
             rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    """The summary rows as a markdown table."""
-    lines = [
-        "| setting | model | parameters | best lr | tokens seen | final bits/byte "
-        "| vs Transformer++ | steps to T++'s final loss | step time (ms) "
-        "| est. seconds to T++'s final loss | speedup |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    """The summary rows as a markdown table (one group of columns per Transformer++ reference
+    present), then one line per setting and model: within 2% of each reference or not."""
+    refs = [ref for ref in REFERENCES if any(ref in r.get("vs", {}) for r in rows)]
+    ref_label = {
+        ref: next(r["vs"][ref]["reference"] for r in rows if ref in r.get("vs", {})) for ref in refs
+    }
+    head = (
+        "| setting | model | parameters | best lr | tokens seen | final bits/byte | step time (ms) "
+    )
+    for ref in refs:
+        name = ref_label[ref]
+        head += (
+            f"| vs {name} | steps to {name}'s final loss | est. seconds to {name}'s final loss "
+            "| speedup "
+        )
+    lines = [head + "|", "|" + "---|" * (7 + 4 * len(refs))]
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     for r in rows:
-        lines.append(
-            f"| {r['setting']} | {NAMES[r['arch']]} | {r['params']:,} | {r['lr']:g} "
-            f"| {r['tokens_seen']:,} | {r['final_bpb']:.4f} "
-            f"| {fmt(r.get('gap_pct'), '+.1f')}% | {fmt(r.get('steps_to_tpp'), '.0f')} "
+        line = (
+            f"| {r['setting']} | {r.get('label', NAMES[r['arch']])} | {r['params']:,} "
+            f"| {r['lr']:g} | {r['tokens_seen']:,} | {r['final_bpb']:.4f} "
             f"| {fmt(None if r['step_s'] is None else r['step_s'] * 1e3, '.1f')} "
-            f"| {fmt(r.get('seconds_to_tpp'), '.0f')} "
-            f"| {'-' if r.get('speedup') is None else format(r['speedup'], '.2f') + 'x'} |"
         )
-    return "\n".join(lines)
+        for ref in refs:
+            v = r.get("vs", {}).get(ref, {})
+            speedup = v.get("speedup")
+            line += (
+                f"| {fmt(v.get('gap_pct'), '+.1f')}% | {fmt(v.get('steps_to_tpp'), '.0f')} "
+                f"| {fmt(v.get('seconds_to_tpp'), '.0f')} "
+                f"| {'-' if speedup is None else format(speedup, '.2f') + 'x'} "
+            )
+        lines.append(line + "|")
+    claims = [
+        f"- {r['setting']}: {r.get('label', NAMES[r['arch']])} is "
+        f"{'within' if v['within_2pct'] else 'not within'} 2% of {v['reference']} at equal steps "
+        f"({v['gap_pct']:+.1f}%)"
+        + (f"; {v['speedup']:.2f}x its speed to that loss" if v.get("speedup") else "")
+        for r in rows
+        if r["arch"] not in REFERENCES
+        for v in r.get("vs", {}).values()
+    ]
+    return "\n".join(lines + ([""] + claims if claims else []))
 
 
-COLORS = {"flash": "tab:blue", "gau": "tab:green", "transformer": "tab:orange"}
+COLORS = {
+    "flash": "tab:blue",
+    "gau": "tab:green",
+    "transformer": "tab:orange",
+    "transformer-deep": "tab:red",
+}
 
 
 def plot(records: list[dict], times: dict, settings: list[str], out: Path) -> None:
@@ -499,7 +580,7 @@ def plot(records: list[dict], times: dict, settings: list[str], out: Path) -> No
                     markersize=3,
                     alpha=1.0 if is_best else 0.35,
                     color=COLORS[r["arch"]],  # one colour per architecture in every panel
-                    label=f"{NAMES[r['arch']]} lr {r['lr']:g}",
+                    label=f"{label(r['arch'], r.get('train_flags'))} lr {r['lr']:g}",
                 )
             ax.set_title(setting)
             ax.set_xlabel("step" if kind == "steps" else "estimated seconds (steps x step time)")
@@ -613,6 +694,11 @@ def _check_resume(args, argv: list[str], ap) -> argparse.Namespace:
     if "lrs" in given and given["lrs"] != old_lrs and set(old_lrs) <= set(given["lrs"]):
         extended_lrs = old_lrs + [lr for lr in given["lrs"] if lr not in old_lrs]
         del given["lrs"]
+    extended_archs = None  # and --archs may add models (e.g. the equal-depth Transformer++)
+    old_archs = saved["args"].get("archs", [])
+    if "archs" in given and given["archs"] != old_archs and set(old_archs) <= set(given["archs"]):
+        extended_archs = old_archs + [a for a in given["archs"] if a not in old_archs]
+        del given["archs"]
     raised_edges = None  # so may --extend-edges (a longer sweep, the finished runs stay valid)
     if given.get("extend_edges", 0) > saved["args"].get("extend_edges", 0):
         raised_edges = given.pop("extend_edges")
@@ -648,7 +734,9 @@ def _check_resume(args, argv: list[str], ap) -> argparse.Namespace:
         merged.lrs = saved["args"]["lrs"] = extended_lrs
     if raised_edges is not None:
         merged.extend_edges = saved["args"]["extend_edges"] = raised_edges
-    if extended_lrs is not None or raised_edges is not None:
+    if extended_archs is not None:
+        merged.archs = saved["args"]["archs"] = extended_archs
+    if any(v is not None for v in (extended_lrs, raised_edges, extended_archs)):
         text = json.dumps(saved, indent=1)
         io.atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return merged
