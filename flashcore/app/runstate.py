@@ -4,11 +4,14 @@
       run.json                      the run's arguments: {"format": "flashcore-run",
                                     "format_version": 1, "args": {...}}, written when it starts
       log.jsonl                     one JSON record per logged step and per evaluation
+      tokenizer.json                a copy of the run's tokenizer (runs with one): what
+                                    ``flashcore eval / generate`` encode and decode with
       model.safetensors             the newest checkpoint's weights (a hard link, else a copy):
                                     what ``flashcore eval / generate / convert`` read
       ckpt/step-000400/             one checkpoint, published whole by renaming its folder
           model.safetensors         canonical weights and config (flashcore.io); metadata step,
-                                    corpus, corpus_sha256, train_loss
+                                    corpus, corpus_sha256, data_kind (bytes, tokens, text),
+                                    tokenizer_sha256 (runs with a tokenizer), train_loss
           train_state.safetensors   AdamW moments (canonical layout) and "step"; metadata format
                                     "flashcore-train-state", step, rng (the sampler), args
           manifest.json             {"format": "flashcore-checkpoint", "format_version": 1,
@@ -55,6 +58,8 @@ __all__ = [
     "RunState",
     "Checkpoint",
     "RUN_FILES",
+    "TOKENIZER",
+    "copy_tokenizer",
     "holds_run",
     "write_run_info",
     "read_run_info",
@@ -86,7 +91,10 @@ CRASH_POINTS = (
     "save-done",  # the save finished
 )
 
-RUN_FILES = ("run.json", "log.jsonl", "model.safetensors", "train_state.safetensors", "ckpt")
+TOKENIZER = "tokenizer.json"
+RUN_FILES = (
+    "run.json", "log.jsonl", "model.safetensors", "train_state.safetensors", "ckpt", TOKENIZER,
+)  # fmt: skip
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _reached: Counter = Counter()
@@ -195,6 +203,19 @@ def write_run_info(run: Path, args: dict) -> None:
     _write_json(
         run / "run.json", {"format": RUN_FORMAT, "format_version": FORMAT_VERSION, "args": args}
     )
+
+
+def copy_tokenizer(run: Path, src: Path) -> Path:
+    """``RUN/tokenizer.json``: a copy of ``src``, written atomically and durably."""
+
+    def write(tmp: str) -> None:
+        shutil.copyfile(src, tmp)
+        _fsync_file(Path(tmp))
+
+    dst = run / TOKENIZER
+    io.atomic_write(dst, write)
+    _fsync_dir(run)
+    return dst
 
 
 def _check_version(path: Path, data: dict, fmt: str) -> None:
