@@ -187,7 +187,7 @@ def evaluate(
     positions only (tokens/s still counts every input)."""
     if objective not in ("clm", "mlm"):
         raise ValueError(f"objective must be clm or mlm, got {objective!r}")
-    vocab = engine.config.vocab_size
+    vocab = engine.config.vocab_size if objective == "mlm" else None
     total, count, seen = 0.0, 0, 0
     timed_tokens, timed_s, all_s = 0, 0.0, 0.0
     for i, (x, y) in enumerate(eval_batches(data, batch, context, max_tokens)):
