@@ -213,7 +213,10 @@ def load_corpus(
     train = np.frombuffer(SEPARATOR.join(d for _, d in docs.train), dtype=np.uint8)
     valid = np.frombuffer(SEPARATOR.join(d for _, d in docs.valid), dtype=np.uint8)
     digest = hashlib.sha256(train.tobytes() + b"|" + valid.tobytes()).hexdigest()
-    return Corpus(docs.name, train, valid, docs.files, digest, valid_bytes=len(valid))
+    return Corpus(
+        docs.name, train, valid, docs.files, digest, valid_bytes=len(valid),
+        sources=(f"{docs.name} (train split)", f"{docs.name} (held-out split)"),
+    )  # fmt: skip
 
 
 def _check_len(data: np.ndarray, context: int, what: str, source: str | None = None) -> None:

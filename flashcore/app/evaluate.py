@@ -272,13 +272,19 @@ def eval_corpus(
     vocabulary is not the model's."""
     from .tokens import is_token_data
 
-    if data is None and tokenizer is None and vocab_size is None:
+    own = data is None and tokenizer is None and vocab_size is None
+    if own:
         run_args = _run_args(model_path)
         data, vocab_size = run_args.get("data"), run_args.get("vocab_size")
     kind = io.read_header(model_path).get("data_kind", "bytes")
     if tokenizer is None and kind != "bytes" and (data is None or not is_token_data(Path(data))):
         tokenizer = _tokenizer_path(model_path, config)
-    corpus = load_corpus(data, tokenizer=tokenizer, vocab_size=vocab_size)
+    try:
+        corpus = load_corpus(data, tokenizer=tokenizer, vocab_size=vocab_size)
+    except DataError as err:
+        if not own:
+            raise
+        raise DataError(f"the run's data: {err} (--data names other data)") from None
     want = corpus.vocab_size + (not config.block.causal)  # a masked LM's mask token
     if want != config.vocab_size:
         raise DataError(

@@ -72,6 +72,9 @@ __all__ = [
     "trim_log",
     "remove_run",
     "crash_point",
+    "fsync_file",
+    "fsync_dir",
+    "file_sha256",
 ]
 
 RUN_FORMAT = "flashcore-run"
@@ -147,7 +150,8 @@ def crash_point(name: str) -> None:
 # -- durable writes --------------------------------------------------------------------------
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush a file's data to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -155,7 +159,8 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (renames into it) to disk, where the platform can."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:  # a platform that cannot open folders (Windows): renames are durable there
@@ -166,6 +171,9 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+_fsync_file, _fsync_dir = fsync_file, fsync_dir
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -182,7 +190,8 @@ def _write_json(path: Path, data: dict) -> None:
     _fsync_dir(path.parent)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (hex), read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -299,7 +308,7 @@ def save_checkpoint(
     files = {}
     for name in ("model.safetensors", "train_state.safetensors"):
         p = partial / name
-        files[name] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+        files[name] = {"size": p.stat().st_size, "sha256": file_sha256(p)}
     manifest = {
         "format": CHECKPOINT_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -363,7 +372,7 @@ def _verify(folder: Path, *, hashes: bool) -> str | None:
             return f"{name} is missing"
         if p.stat().st_size != want.get("size"):
             return f"{name} has {p.stat().st_size} bytes, the manifest says {want.get('size')}"
-        if hashes and _sha256(p) != want.get("sha256"):
+        if hashes and file_sha256(p) != want.get("sha256"):
             return f"{name} does not match the manifest's sha256 (corrupt)"
     if set(manifest.get("files", {})) != {"model.safetensors", "train_state.safetensors"}:
         return "the manifest does not list model.safetensors and train_state.safetensors"

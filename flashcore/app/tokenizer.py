@@ -32,6 +32,7 @@ import numpy as np
 
 from .cli_args import positive
 from .data import Corpus, DataError, read_documents
+from .runstate import file_sha256, fsync_dir, fsync_file
 
 __all__ = [
     "END_OF_TEXT",
@@ -62,15 +63,6 @@ def require_tokenizers():
             f"a tokenizer needs the tokenizers library ({err}): pip install 'flashcore[text]'"
         ) from None
     return tokenizers
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def vocab_size_of(tok) -> int:
@@ -178,14 +170,6 @@ def train_bpe(texts: list[str], vocab_size: int, *, min_frequency: int = 2):
     return tok
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _replaceable(out: Path) -> bool:
     """True when ``out`` holds only what tokenize writes (so --force may delete it)."""
     return out.is_dir() and all(p.name in TOKEN_FILES for p in out.iterdir())
@@ -251,7 +235,7 @@ def tokenize(
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
         for name in TOKEN_FILES:
-            _fsync(tmp / name)
+            fsync_file(tmp / name)
         if out.exists():
             trash = out.parent / f".{out.name}.trash-{os.getpid()}"
             os.replace(out, trash)
@@ -259,6 +243,7 @@ def tokenize(
             shutil.rmtree(trash)
         else:
             os.replace(tmp, out)
+        fsync_dir(out.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return meta
