@@ -258,13 +258,22 @@ def _bad_data(tmp_path: Path, tok: Path, text: Path, case: str) -> tuple[list[st
             "--tokenizer",
             str(bad / "nope.json"),
         ], f"--tokenizer {bad / 'nope.json'}: no such file"
+    if case == "text that is not UTF-8":
+        shutil.copytree(text, bad, dirs_exist_ok=True)
+        (bad / "x.txt").write_bytes(b"caf\xe9 latin-1")
+        return [
+            "--data",
+            str(bad),
+            "--tokenizer",
+            str(tok / "tokenizer.json"),
+        ], f"{bad / 'x.txt'}: not UTF-8 text (byte 3)"
     raise AssertionError(case)  # fmt: skip
 
 
 BAD_CASES = ["id >= vocab", "odd uint16 length", "split shorter than the context",
              "tokenizer size != --vocab-size", "tokenizer does not parse",
              "meta.json disagrees with --vocab-size", "no vocabulary size",
-             "truncated against meta.json", "tokenizer missing"]  # fmt: skip
+             "truncated against meta.json", "tokenizer missing", "text that is not UTF-8"]  # fmt: skip
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
