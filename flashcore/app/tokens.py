@@ -166,6 +166,8 @@ def _counted(meta: dict | None, meta_path: Path, path: Path, ids: np.ndarray) ->
     if not isinstance(entry, dict):
         raise DataError(f"{meta_path}: files.{path.name} must be an object")
     want = entry.get("tokens")
+    if want is not None and (isinstance(want, bool) or not isinstance(want, int)):
+        raise DataError(f"{meta_path}: files.{path.name}.tokens must be a whole number")
     if want is not None and want != len(ids):
         raise DataError(
             f"{path}: holds {len(ids):,} ids, {meta_path} says {want:,} (a truncated or "
