@@ -23,7 +23,14 @@ COMMANDS: dict[str, Command] = {
         "[--steps N]",
         "train a small FLASH LM with torch, evaluate it in every backend",
     ),
-    "train": Command("flashcore.app.train:train_main", "[...]", "train a byte-level LM"),
+    "tokenize": Command(
+        "flashcore.app.tokenizer:tokenize_main",
+        "SRC --vocab-size N --out DIR",
+        "train a byte-level BPE on text, write a token corpus (docs/data.md)",
+    ),
+    "train": Command(
+        "flashcore.app.train:train_main", "[...]", "train an LM on bytes, token ids or text"
+    ),
     "eval": Command(
         "flashcore.app.evaluate:eval_main", "CHECKPOINT [...]", "held-out loss of a checkpoint"
     ),

@@ -4,11 +4,14 @@
       run.json                      the run's arguments: {"format": "flashcore-run",
                                     "format_version": 1, "args": {...}}, written when it starts
       log.jsonl                     one JSON record per logged step and per evaluation
+      tokenizer.json                a copy of the run's tokenizer (runs with one): what
+                                    ``flashcore eval / generate`` encode and decode with
       model.safetensors             the newest checkpoint's weights (a hard link, else a copy):
                                     what ``flashcore eval / generate / convert`` read
       ckpt/step-000400/             one checkpoint, published whole by renaming its folder
           model.safetensors         canonical weights and config (flashcore.io); metadata step,
-                                    corpus, corpus_sha256, train_loss
+                                    corpus, corpus_sha256, data_kind (bytes, tokens, text),
+                                    tokenizer_sha256 (runs with a tokenizer), train_loss
           train_state.safetensors   AdamW moments (canonical layout) and "step"; metadata format
                                     "flashcore-train-state", step, rng (the sampler), args
           manifest.json             {"format": "flashcore-checkpoint", "format_version": 1,
@@ -55,6 +58,8 @@ __all__ = [
     "RunState",
     "Checkpoint",
     "RUN_FILES",
+    "TOKENIZER",
+    "copy_tokenizer",
     "holds_run",
     "write_run_info",
     "read_run_info",
@@ -67,6 +72,9 @@ __all__ = [
     "trim_log",
     "remove_run",
     "crash_point",
+    "fsync_file",
+    "fsync_dir",
+    "file_sha256",
 ]
 
 RUN_FORMAT = "flashcore-run"
@@ -86,7 +94,10 @@ CRASH_POINTS = (
     "save-done",  # the save finished
 )
 
-RUN_FILES = ("run.json", "log.jsonl", "model.safetensors", "train_state.safetensors", "ckpt")
+TOKENIZER = "tokenizer.json"
+RUN_FILES = (
+    "run.json", "log.jsonl", "model.safetensors", "train_state.safetensors", "ckpt", TOKENIZER,
+)  # fmt: skip
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _reached: Counter = Counter()
@@ -139,7 +150,8 @@ def crash_point(name: str) -> None:
 # -- durable writes --------------------------------------------------------------------------
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush a file's data to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -147,7 +159,8 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (renames into it) to disk, where the platform can."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:  # a platform that cannot open folders (Windows): renames are durable there
@@ -158,6 +171,9 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+_fsync_file, _fsync_dir = fsync_file, fsync_dir
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -174,7 +190,8 @@ def _write_json(path: Path, data: dict) -> None:
     _fsync_dir(path.parent)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (hex), read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -195,6 +212,19 @@ def write_run_info(run: Path, args: dict) -> None:
     _write_json(
         run / "run.json", {"format": RUN_FORMAT, "format_version": FORMAT_VERSION, "args": args}
     )
+
+
+def copy_tokenizer(run: Path, src: Path) -> Path:
+    """``RUN/tokenizer.json``: a copy of ``src``, written atomically and durably."""
+
+    def write(tmp: str) -> None:
+        shutil.copyfile(src, tmp)
+        _fsync_file(Path(tmp))
+
+    dst = run / TOKENIZER
+    io.atomic_write(dst, write)
+    _fsync_dir(run)
+    return dst
 
 
 def _check_version(path: Path, data: dict, fmt: str) -> None:
@@ -278,7 +308,7 @@ def save_checkpoint(
     files = {}
     for name in ("model.safetensors", "train_state.safetensors"):
         p = partial / name
-        files[name] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+        files[name] = {"size": p.stat().st_size, "sha256": file_sha256(p)}
     manifest = {
         "format": CHECKPOINT_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -342,7 +372,7 @@ def _verify(folder: Path, *, hashes: bool) -> str | None:
             return f"{name} is missing"
         if p.stat().st_size != want.get("size"):
             return f"{name} has {p.stat().st_size} bytes, the manifest says {want.get('size')}"
-        if hashes and _sha256(p) != want.get("sha256"):
+        if hashes and file_sha256(p) != want.get("sha256"):
             return f"{name} does not match the manifest's sha256 (corrupt)"
     if set(manifest.get("files", {})) != {"model.safetensors", "train_state.safetensors"}:
         return "the manifest does not list model.safetensors and train_state.safetensors"

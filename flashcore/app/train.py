@@ -1,9 +1,17 @@
-"""``flashcore train``: train a byte-level language model into a run folder; ``--resume`` it.
+"""``flashcore train``: train a language model into a run folder; ``--resume`` it.
 
     flashcore train [--arch flash|gau|transformer] [--backend torch|jax|tf] [--steps N] [--out RUN]
                     [--data PATH] [--keep K] [--force] [--bf16] ...   (see --help)
     flashcore train --resume RUN [--steps N] [--backend B] [--eval-every N] ...
     flashcore train --objective mlm ...   (masked LM: a bidirectional block, :mod:`flashcore.mlm`)
+    flashcore train --data DIR_OR_BIN [--vocab-size N] ...     (token ids: :mod:`.tokens`)
+    flashcore train --data TEXT --tokenizer tokenizer.json ... (text through a tokenizer)
+
+The data (:mod:`flashcore.app.data`, docs/data.md) sets the model's vocabulary: 256 for bytes,
+the token corpus' or tokenizer's size otherwise (one more for a masked LM's mask token). A run
+with a tokenizer keeps a copy, ``RUN/tokenizer.json``, for ``eval`` and ``generate``; every
+checkpoint records the corpus fingerprint and the tokenizer's sha256 (``corpus_sha256``,
+``tokenizer_sha256``), and ``--resume`` refuses data or a tokenizer that differ from them.
 
 The run folder (layout: :mod:`flashcore.app.runstate`) holds ``run.json`` (the arguments),
 ``log.jsonl``, one folder per checkpoint under ``ckpt/`` (weights, AdamW moments, the data
@@ -41,7 +49,7 @@ from ..config import FlashConfig, LMConfig, TransformerConfig
 from ..params import init
 from . import progress, runstate
 from .cli_args import nonneg_int, positive
-from .data import VOCAB_SIZE, DataError, eval_batches, load_corpus, sample_batch
+from .data import VOCAB_SIZE, Corpus, DataError, load_corpus, sample_batch
 from .engine import BACKENDS, OptimConfig, ParallelError, load_engine
 from .evaluate import (
     eval_main,
@@ -64,6 +72,7 @@ __all__ = [
     "results_table",
     "lr_at",
     "resume_conflicts",
+    "data_metadata",
     "RESUME_MAY_CHANGE",
 ]
 
@@ -78,9 +87,10 @@ class ArgumentConflict(ValueError):
     """Arguments that contradict the run being resumed (or each other)."""
 
 
-def build_config(args: argparse.Namespace) -> LMConfig:
-    """The LMConfig the command-line options describe. ``--objective mlm``: a bidirectional
-    block and the byte vocabulary grown by the mask token (:data:`flashcore.mlm.BYTE_MLM_VOCAB`)."""
+def build_config(args: argparse.Namespace, vocab_size: int = VOCAB_SIZE) -> LMConfig:
+    """The LMConfig the command-line options describe, for data of ``vocab_size`` ids (256:
+    bytes). ``--objective mlm``: a bidirectional block and the vocabulary grown by the mask token
+    (id ``vocab_size``; for bytes :data:`flashcore.mlm.BYTE_MLM_VOCAB`)."""
     masked = getattr(args, "objective", "clm") == "mlm"
     causal = not masked
     if args.arch == "transformer":
@@ -103,15 +113,17 @@ def build_config(args: argparse.Namespace) -> LMConfig:
             rel_bias="learned" if args.arch == "flash" else "t5",
             dropout=args.dropout,
         )
-    vocab = mlm.BYTE_MLM_VOCAB if masked else VOCAB_SIZE
+    vocab = vocab_size + 1 if masked else vocab_size
     config = LMConfig(block=block, vocab_size=vocab, num_layers=args.layers)
     if masked:
-        mlm.check_config(config, mlm.BYTE_MASK_ID)
+        mlm.check_config(config, vocab_size)
     return config
 
 
 def train_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="flashcore train", description="Train a byte-level LM.")
+    ap = argparse.ArgumentParser(
+        prog="flashcore train", description="Train a language model (bytes or tokens)."
+    )
     ap.add_argument("--arch", choices=["flash", "gau", "transformer"], default="flash")
     ap.add_argument(
         "--objective", choices=["clm", "mlm"], default="clm",
@@ -154,7 +166,19 @@ def train_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast / mixed precision")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data", type=Path, help="a text file or folder (default: the Python stdlib)")
+    ap.add_argument(
+        "--data", type=Path,
+        help="bytes: a file or folder (default: the Python stdlib); token ids: a .bin / .npy file "
+        "or a folder with train.bin and val.bin (flashcore tokenize's); text with --tokenizer",
+    )  # fmt: skip
+    ap.add_argument(
+        "--tokenizer", type=Path, default=None,
+        help="a Hugging Face tokenizer.json: encodes --data's text (or names what its ids mean)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--vocab-size", type=positive(int), default=None,
+        help="the token ids' vocabulary (default: meta.json's, the tokenizer's, 256 for bytes)",
+    )  # fmt: skip
     ap.add_argument("--eval-every", type=nonneg_int, default=100, help="0: only at the end")
     ap.add_argument("--eval-tokens", type=positive(int), default=32768)
     ap.add_argument("--log-every", type=positive(int), default=10)
@@ -281,23 +305,68 @@ def _resume_args(args, given: dict, ap):
             merged[key] = given[key]
     merged.update(out=run, resume=run, force=False, quiet=args.quiet)
     merged["stop_after"] = args.stop_after
-    merged["data"] = Path(merged["data"]) if merged.get("data") else None
+    for key in ("data", "tokenizer"):
+        merged[key] = Path(merged[key]) if merged.get(key) else None
     if "steps" not in given:
         merged["steps"] = saved.get("steps", args.steps)
     args = argparse.Namespace(**merged)
     done = resume.step if resume else 0
     if args.steps <= done:
         ap.error(f"--steps {args.steps} must exceed the {done} steps already done")
+    corpus = _load_data(args)
     if resume is None:
-        config = build_config(args)
+        config = build_config(args, corpus.vocab_size)
         params = initial_params(config, args)
-    return args, params, config, opt_state, resume, ckpt, notes
+    else:
+        _check_same_data(run, ckpt, config, corpus, getattr(args, "objective", "clm"))
+    return args, params, config, opt_state, resume, ckpt, notes, corpus
+
+
+def _load_data(args) -> Corpus:
+    """The run's corpus (``--data``, ``--tokenizer``, ``--vocab-size``), every split checked to
+    hold a window of ``--context``."""
+    corpus = load_corpus(
+        args.data,
+        tokenizer=getattr(args, "tokenizer", None),
+        vocab_size=getattr(args, "vocab_size", None),
+    )
+    corpus.check_context(args.context)
+    return corpus
+
+
+def data_metadata(corpus: Corpus) -> dict[str, str]:
+    """What a checkpoint records of its data: corpus name and fingerprint, the kind of ids
+    (bytes, tokens, text) and, with a tokenizer, its sha256."""
+    meta = {"corpus": corpus.name, "corpus_sha256": corpus.fingerprint, "data_kind": corpus.kind}
+    if corpus.tokenizer_sha256:
+        meta["tokenizer_sha256"] = corpus.tokenizer_sha256
+    return meta
+
+
+def _check_same_data(run: Path, ckpt, config: LMConfig, corpus: Corpus, objective: str) -> None:
+    """DataError unless ``corpus`` is the data (and tokenizer) ``ckpt`` was trained on."""
+    saved = io.read_header(ckpt.model)
+    now = data_metadata(corpus)
+    for key, what in (("corpus_sha256", "corpus"), ("tokenizer_sha256", "tokenizer")):
+        if saved.get(key, now.get(key)) != now.get(key):  # an older checkpoint without: no check
+            raise DataError(
+                f"--resume {run}: the {what} differs from the one the run trained on "
+                f"({key} {str(saved.get(key))[:12]}... in {ckpt.model}, now "
+                f"{str(now.get(key))[:12]}... from {corpus.tokenizer if what == 'tokenizer' else corpus.name}); "
+                "resume with the run's data, or start a new run"
+            )
+    want = corpus.vocab_size + (objective == "mlm")
+    if config.vocab_size != want:
+        raise DataError(
+            f"--resume {run}: the model has a vocabulary of {config.vocab_size} but "
+            f"{corpus.name} needs {want}"
+        )
 
 
 def _train(args: argparse.Namespace, given: dict, ap, announce: bool) -> int:
     ckpt, notes = None, []
     if args.resume is not None:
-        args, params, config, opt_state, resume, ckpt, notes = _resume_args(args, given, ap)
+        args, params, config, opt_state, resume, ckpt, notes, corpus = _resume_args(args, given, ap)
     else:
         present = runstate.holds_run(args.out)
         if present and not args.force:
@@ -307,18 +376,17 @@ def _train(args: argparse.Namespace, given: dict, ap, announce: bool) -> int:
             )
         args.backend = args.backend or "torch"
         try:
-            config = build_config(args)
+            build_config(args)  # the options first: a bad one fails before the data is read
         except ValueError as err:
             ap.error(str(err))
+        corpus = _load_data(args)
+        config = build_config(args, corpus.vocab_size)
         if args.rel_bias_init and args.arch == "transformer":
             ap.error(
                 "--rel-bias-init needs --arch flash or gau (Transformer++ has no relative bias)"
             )
         params = initial_params(config, args)
         opt_state = resume = None
-    corpus = load_corpus(args.data)
-    sample_batch(corpus.train, 1, args.context, np.random.default_rng(0))  # data long enough?
-    list(eval_batches(corpus.valid, 1, args.context, args.context))
     engine = load_engine(args.backend)(
         config,
         params,
@@ -339,16 +407,17 @@ def _train(args: argparse.Namespace, given: dict, ap, announce: bool) -> int:
             for text in [*notes, lock.note]:  # at once: a crash below must not swallow them
                 if text:
                     progress.note(text)
-            _prepare_folder(args, resume, ckpt, progress.note)
+            _prepare_folder(args, resume, ckpt, progress.note, corpus)
         return _train_loop(args, engine, config, params, opt_state, resume, corpus, announce)
     finally:
         lock.release()
         engine.close()
 
 
-def _prepare_folder(args, resume, ckpt, say) -> None:
-    """Under the lock: a new run's folder (emptied with --force, run.json written), or a resumed
-    run's repaired (leftovers of a killed save removed, the log cut back to the checkpoint)."""
+def _prepare_folder(args, resume, ckpt, say, corpus: Corpus) -> None:
+    """Under the lock: a new run's folder (emptied with --force, run.json and the tokenizer's
+    copy written), or a resumed run's repaired (leftovers of a killed save removed, the log cut
+    back to the checkpoint)."""
     run = args.out
     saved_args = {k: _plain(v) for k, v in vars(args).items()}
     if args.resume is None:
@@ -357,7 +426,11 @@ def _prepare_folder(args, resume, ckpt, say) -> None:
             raise RunLocked(f"{run}: another process started a run there just now")
         runstate.remove_run(run)
         runstate.write_run_info(run, saved_args)
+        if corpus.tokenizer is not None:
+            runstate.copy_tokenizer(run, corpus.tokenizer)
         return
+    if corpus.tokenizer is not None and not (run / runstate.TOKENIZER).is_file():
+        runstate.copy_tokenizer(run, corpus.tokenizer)
     for text in runstate.clean_partials(run):
         say(text)
     now = runstate.latest(run)
@@ -409,7 +482,9 @@ def _train_loop(args, engine, config, params, opt_state, resume, corpus, announc
             x, y = sample_batch(corpus.train, args.batch, args.context, rng)
             count = None  # the causal LM counts every position
             if objective == "mlm":  # the same rng: a resumed run masks as it would have
-                x, y, count = mlm.mask_tokens(x, rng)
+                x, y, count = mlm.mask_tokens(
+                    x, rng, mask_id=corpus.vocab_size, vocab_size=corpus.vocab_size + 1
+                )
             lr = lr_at(step, **sched)
             loss = engine.train_step(x, y, lr, count)
             bar.update(1)
@@ -431,10 +506,12 @@ def _train_loop(args, engine, config, params, opt_state, resume, corpus, announc
                     batch=args.batch,
                     max_tokens=args.eval_tokens,
                     objective=objective,
+                    bytes_per_token=corpus.bytes_per_token,
                 )
+                bpb = ev["bits_per_byte"]
                 say(
-                    f"step {step}: held-out loss {ev['loss']:.4f} nats, "
-                    f"{ev['bits_per_byte']:.4f} {score_label(objective)}"
+                    f"step {step}: held-out loss {ev['loss']:.4f} nats/token, "
+                    f"{'unknown' if bpb is None else f'{bpb:.4f}'} {score_label(objective)}"
                 )
                 log.write(json.dumps({"step": step, "eval": ev, "time": time.time()}) + "\n")
                 log.flush()
@@ -445,11 +522,7 @@ def _train_loop(args, engine, config, params, opt_state, resume, corpus, announc
                         engine.optimizer_state(),
                         config,
                         runstate.RunState(step, rng.bit_generator.state, saved_args),
-                        model_meta={
-                            "corpus": corpus.name,
-                            "corpus_sha256": corpus.fingerprint,
-                            "train_loss": f"{loss:.6f}",
-                        },
+                        model_meta={**data_metadata(corpus), "train_loss": f"{loss:.6f}"},
                         keep=args.keep,
                     )
                 t_last = time.perf_counter()
