@@ -85,9 +85,11 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
 def _tensors_only(module: nn.Module, args: tuple, kwargs: dict) -> None:
     """A module's forward takes torch tensors, as every nn.Module does; NumPy arrays and lists get a
     TypeError that names the conversion (torch's own error comes from deep inside the math)."""
+    if torch.compiler.is_compiling():  # traced calls: their inputs are tensors already
+        return
     named = [(f"argument {i}", a) for i, a in enumerate(args)] + list(kwargs.items())
     for name, value in named:
-        if isinstance(value, np.ndarray | list):
+        if isinstance(value, (np.ndarray, list)):  # noqa: UP038 (a tuple: torch.compile traces it)
             raise TypeError(
                 f"{type(module).__name__} takes torch tensors, but {name} is a "
                 f"{type(value).__module__}.{type(value).__qualname__}: convert it with "
