@@ -69,6 +69,9 @@ def make_inputs(case: Case) -> dict[str, np.ndarray]:
         if b > 1:
             seg[1, :] = 7
         out["segment_ids"] = seg
+    types = getattr(case.config, "type_vocab_size", 0)
+    if types:  # token types (a separate stream: other inputs do not move)
+        out["token_type_ids"] = np.random.default_rng(case.seed + 3).integers(0, types, (b, t))
     shapes = fc.dropout.dropout_shapes(case.config, b, t)
     if shapes:  # dropout cases: fixed keep-masks (a separate stream: other inputs do not move)
         keep = 1.0 - fc.dropout.rate(case.config)
@@ -94,6 +97,19 @@ def make_params(case: Case) -> dict[str, np.ndarray]:
         return next((v for k, v in noise.items() if name.endswith(k)), 0.3)
 
     return {k: v + rng.normal(0.0, std(k), v.shape) for k, v in params.items()}
+
+
+# GAU-alpha's layer options, all at once (flashcore.peers.gau_alpha)
+GAU_ALPHA = dict(
+    attention="softmax_plus",
+    rope="interleaved",
+    rel_bias="none",
+    norm="rms",
+    norm_eps=1e-12,
+    norm_affine=False,
+    norm_position="post",
+    use_bias=False,
+)
 
 
 def _flash(**kw) -> fc.FlashConfig:
@@ -132,6 +148,10 @@ def _grid() -> list[Case]:
                 "token-shift": dict(token_shift=True),
                 "norm-clamp": dict(norm_eps_mode="clamp"),
                 "bias-before-scale": dict(rel_bias="t5", bias_scale=3.0, bias_before_scale=True),
+                "post-norm": dict(norm_position="post"),
+                "norm-free": dict(norm="rms", norm_affine=False),
+                "no-bias": dict(use_bias=False),
+                "gau-alpha": GAU_ALPHA,
             }
             if kind == "flash":
                 options["linear-mean"] = dict(linear_norm="mean")
@@ -165,6 +185,15 @@ def _grid() -> list[Case]:
                         segments=seg,
                     )
                 )
+            add(
+                Case(
+                    f"{kind}-{tag}-gau-alpha-holes",
+                    f"{kind}-masks",
+                    _flash(kind=kind, causal=causal, **GAU_ALPHA),
+                    time=14,
+                    mask="holes",
+                )
+            )
             length_opts = dict(length_mode="array")
             if kind == "flash" and not causal:
                 length_opts["linear_norm"] = "length"
@@ -270,11 +299,45 @@ def _grid() -> list[Case]:
             mask="pad",
         )
     )
+    # GAU-alpha (flashcore.peers.gau_alpha): a bidirectional masked LM with token types, a
+    # parameter-free normed embedding and no final norm; and the embedding options with weights.
+    add(
+        Case(
+            "lm-gau-alpha",
+            "lm",
+            fc.LMConfig(
+                block=_flash(kind="gau", **GAU_ALPHA),
+                vocab_size=VOCAB,
+                num_layers=2,
+                final_norm="none",
+                embed_norm="rms",
+                type_vocab_size=2,
+            ),
+            time=10,
+            mask="pad",
+        )
+    )
+    add(
+        Case(
+            "lm-flash-types-embed-norm",
+            "lm",
+            fc.LMConfig(
+                block=_flash(causal=True, norm_position="post"),
+                vocab_size=VOCAB,
+                num_layers=2,
+                final_norm="none",
+                embed_norm="layer",
+                type_vocab_size=3,
+            ),
+            time=10,
+        )
+    )
     # Dropout with given keep-masks (flashcore.dropout): every site of every block kind.
     p = 0.25
     for label, cfg, t, mask in (
         ("gau-causal", _flash(kind="gau", causal=True, dropout=p), 9, "none"),
         ("gau-bidir-pad", _flash(kind="gau", dropout=p), 11, "pad"),
+        ("gau-alpha-pad", _flash(kind="gau", dropout=p, **GAU_ALPHA), 11, "pad"),
         ("flash-causal", _flash(causal=True, dropout=p), 9, "none"),
         ("flash-bidir-pad", _flash(dropout=p, linear_norm="mean"), 11, "pad"),
         ("transformer-causal", fc.TransformerConfig(dim=D, heads=2, dropout=p), 7, "none"),
