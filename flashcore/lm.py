@@ -272,7 +272,10 @@ def embed_tokens(params: dict, tokens, config: LMConfig, xp, token_type_ids=None
             f"token_type_ids {tuple(token_type_ids.shape)} must have the tokens' shape {shape}"
         )
     if len(shape) == 2:
-        check_tokens(token_type_ids, config.type_vocab_size, xp)
+        try:
+            check_tokens(token_type_ids, config.type_vocab_size, xp)
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"token_type_ids: {err}") from None
     return x + rows(types, token_type_ids)
 
 
