@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import flashcore as fc
+from flashcore.peers.gau_alpha import LAYER_OPTIONS
 
 __all__ = ["Case", "CASES", "case_by_name", "make_inputs", "make_params"]
 
@@ -99,17 +100,9 @@ def make_params(case: Case) -> dict[str, np.ndarray]:
     return {k: v + rng.normal(0.0, std(k), v.shape) for k, v in params.items()}
 
 
-# GAU-alpha's layer options, all at once (flashcore.peers.gau_alpha)
-GAU_ALPHA = dict(
-    attention="softmax_plus",
-    rope="interleaved",
-    rel_bias="none",
-    norm="rms",
-    norm_eps=1e-12,
-    norm_affine=False,
-    norm_position="post",
-    use_bias=False,
-)
+# GAU-alpha's layer options, all at once (the importer's, flashcore.peers.gau_alpha), on any
+# layer kind, causal or not
+GAU_ALPHA = {k: v for k, v in LAYER_OPTIONS.items() if k not in ("kind", "causal")}
 
 
 def _flash(**kw) -> fc.FlashConfig:
@@ -169,31 +162,23 @@ def _grid() -> list[Case]:
                     )
                 )
             # Masks and packed segments.
-            for label, mask, seg in (
-                ("pad", "pad", "none"),
-                ("holes", "holes", "none"),
-                ("packed", "none", "packed"),
-                ("packed+pad", "pad", "packed"),
+            for label, mask, seg, opts in (
+                ("pad", "pad", "none", {}),
+                ("holes", "holes", "none", {}),
+                ("packed", "none", "packed", {}),
+                ("packed+pad", "pad", "packed", {}),
+                ("gau-alpha-holes", "holes", "none", GAU_ALPHA),
             ):
                 add(
                     Case(
                         f"{kind}-{tag}-{label}",
                         f"{kind}-masks",
-                        _flash(kind=kind, causal=causal),
+                        _flash(kind=kind, causal=causal, **opts),
                         time=14,
                         mask=mask,
                         segments=seg,
                     )
                 )
-            add(
-                Case(
-                    f"{kind}-{tag}-gau-alpha-holes",
-                    f"{kind}-masks",
-                    _flash(kind=kind, causal=causal, **GAU_ALPHA),
-                    time=14,
-                    mask="holes",
-                )
-            )
             length_opts = dict(length_mode="array")
             if kind == "flash" and not causal:
                 length_opts["linear_norm"] = "length"
@@ -301,37 +286,13 @@ def _grid() -> list[Case]:
     )
     # GAU-alpha (flashcore.peers.gau_alpha): a bidirectional masked LM with token types, a
     # parameter-free normed embedding and no final norm; and the embedding options with weights.
-    add(
-        Case(
-            "lm-gau-alpha",
-            "lm",
-            fc.LMConfig(
-                block=_flash(kind="gau", **GAU_ALPHA),
-                vocab_size=VOCAB,
-                num_layers=2,
-                final_norm="none",
-                embed_norm="rms",
-                type_vocab_size=2,
-            ),
-            time=10,
-            mask="pad",
-        )
-    )
-    add(
-        Case(
-            "lm-flash-types-embed-norm",
-            "lm",
-            fc.LMConfig(
-                block=_flash(causal=True, norm_position="post"),
-                vocab_size=VOCAB,
-                num_layers=2,
-                final_norm="none",
-                embed_norm="layer",
-                type_vocab_size=3,
-            ),
-            time=10,
-        )
-    )
+    for label, block, embed, types, mask in (
+        ("gau-alpha", _flash(kind="gau", **GAU_ALPHA), "rms", 2, "pad"),
+        ("flash-types-embed-norm", _flash(causal=True, norm_position="post"), "layer", 3, "none"),
+    ):
+        lm = fc.LMConfig(block=block, vocab_size=VOCAB, num_layers=2, final_norm="none",
+                         embed_norm=embed, type_vocab_size=types)  # fmt: skip
+        add(Case(f"lm-{label}", "lm", lm, time=10, mask=mask))
     # Dropout with given keep-masks (flashcore.dropout): every site of every block kind.
     p = 0.25
     for label, cfg, t, mask in (

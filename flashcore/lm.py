@@ -279,19 +279,25 @@ def embed_tokens(params: dict, tokens, config: LMConfig, xp, token_type_ids=None
     return x + rows(types, token_type_ids)
 
 
-def embed_norm(params: dict, x, config: LMConfig, xp):
-    """The norm on the embedding (``embed_norm.*``; x unchanged for ``embed_norm='none'``).
-    x: (..., d) -> (..., d)."""
+def _lm_norm(params: dict, x, config: LMConfig, prefix: str, kind: str, xp):
+    """An LM-level norm (weights ``prefix*``) of type ``kind`` with the block's eps, eps mode
+    and affinity. x: (..., d) -> (..., d)."""
     block = config.block
     return ops.norm(
-        subtree(params, "embed_norm."),
+        subtree(params, prefix),
         x,
-        kind=config.embed_norm,
+        kind=kind,
         eps=block.norm_eps,
         eps_mode=getattr(block, "norm_eps_mode", "add"),
         affine=getattr(block, "norm_affine", True),
         xp=xp,
     )
+
+
+def embed_norm(params: dict, x, config: LMConfig, xp):
+    """The norm on the embedding (``embed_norm.*``; x unchanged for ``embed_norm='none'``).
+    x: (..., d) -> (..., d)."""
+    return _lm_norm(params, x, config, "embed_norm.", config.embed_norm, xp)
 
 
 def abs_positions(params: dict, cos, sin, xp):
@@ -304,16 +310,7 @@ def abs_positions(params: dict, cos, sin, xp):
 def final_norm(params: dict, h, config: LMConfig, xp):
     """The LM's final norm (``final_norm.*``; h unchanged for ``final_norm='none'``).
     h: (..., d) -> (..., d)."""
-    block = config.block
-    return ops.norm(
-        subtree(params, "final_norm."),
-        h,
-        kind=config.final_norm_kind,
-        eps=block.norm_eps,
-        eps_mode=getattr(block, "norm_eps_mode", "add"),
-        affine=getattr(block, "norm_affine", True),
-        xp=xp,
-    )
+    return _lm_norm(params, h, config, "final_norm.", config.final_norm_kind, xp)
 
 
 def head(params: dict, h, config: LMConfig, xp):

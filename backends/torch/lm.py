@@ -99,34 +99,32 @@ class LM(LMDecoding, CanonicalModule):
         """tokens: (b, t) ints; mask: (b, t) bool, True = real; segment_ids: (b, t) ints
         -> logits (b, t, v). dropout: keep-masks (None: drawn in train mode). token_type_ids:
         (b, t) ints (``config.type_vocab_size`` > 0; None: type 0)."""
-        return fc.lm_logits(
-            self.canonical_params(),
+        return self._spec(
+            fc.lm_logits,
             tokens,
-            config=self.config,
             mask=mask,
             segment_ids=segment_ids,
+            dropout=self._masks(tokens, dropout),
+            token_type_ids=token_type_ids,
+        )
+
+    def _spec(self, fn, *args, **kw):
+        """``fn`` (a flashcore LM function) on this module's weights, fused cores and blocks."""
+        return fn(
+            self.canonical_params(),
+            *args,
+            config=self.config,
             xp=xp,
             core=kernels.attention_core,
             attn_core=kernels.softmax_core,
-            dropout=self._masks(tokens, dropout),
             blocks=self.layers,
-            token_type_ids=token_type_ids,
+            **kw,
         )
 
     def hidden_states(self, tokens: torch.Tensor, mask=None, token_type_ids=None) -> torch.Tensor:
         """The last hidden states (after the final norm, before the head), without dropout:
         tokens (b, t) ints -> (b, t, d) (``flashcore.lm_hidden``)."""
-        return fc.lm_hidden(
-            self.canonical_params(),
-            tokens,
-            config=self.config,
-            mask=mask,
-            xp=xp,
-            core=kernels.attention_core,
-            attn_core=kernels.softmax_core,
-            blocks=self.layers,
-            token_type_ids=token_type_ids,
-        )
+        return self._spec(fc.lm_hidden, tokens, mask=mask, token_type_ids=token_type_ids)
 
     def loss(
         self,
@@ -142,19 +140,14 @@ class LM(LMDecoding, CanonicalModule):
         counted at real positions of ``mask`` (and of ``loss_mask`` (b, t) bool, when given):
         ``flashcore.lm_loss``. Returns a 0-d tensor. dropout: keep-masks (None: drawn in train
         mode)."""
-        return fc.lm_loss(
-            self.canonical_params(),
+        return self._spec(
+            fc.lm_loss,
             tokens,
             targets,
-            config=self.config,
             mask=mask,
             segment_ids=segment_ids,
-            xp=xp,
-            core=kernels.attention_core,
-            attn_core=kernels.softmax_core,
             dropout=self._masks(tokens, dropout),
             loss_mask=loss_mask,
-            blocks=self.layers,
             token_type_ids=token_type_ids,
         )
 

@@ -227,25 +227,15 @@ def _get_format(name: str) -> Format:
 
 # ---- reading and writing ---------------------------------------------------------------------
 def _read_flash_pytorch(path: Path, peer: dict) -> tuple[dict[str, np.ndarray], AnyConfig]:
+    from ..peers import read_torch_state_dict
     from ..peers.flash_pytorch import import_state_dict
 
-    try:
-        import torch
-    except ImportError as err:
-        raise WeightFileError(f"the flash-pytorch format needs torch: {err}") from err
     if peer.get("model") is None or peer.get("causal") is None:
         raise WeightFileError(
             f"{path}: a flash-pytorch state dict holds no config; give --model "
             "FLASH|GAU|FLASHTransformer and --causal or --no-causal (and --group-size if not 256)"
         )
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise WeightFileError(
-            f"{path}: not a readable torch file (truncated or corrupt?): {str(err)[:300]}"
-        ) from err
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise WeightFileError(f"{path}: not a flash-pytorch state dict (a dict of tensors)")
+    sd = read_torch_state_dict(path, WeightFileError)
     options = {k: v for k, v in peer.items() if v is not None}
     try:
         return import_state_dict(sd, options.pop("model"), **options)

@@ -54,6 +54,7 @@ import numpy as np
 
 from ..config import FlashConfig, LMConfig
 from ..params import check_params
+from . import read_torch_state_dict
 
 __all__ = [
     "import_state_dict",
@@ -62,6 +63,7 @@ __all__ = [
     "read_vocab",
     "read_hf_config",
     "block_config",
+    "LAYER_OPTIONS",
     "GAUAlphaImportError",
 ]
 
@@ -69,6 +71,23 @@ _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.")
 _TF_LAYER = re.compile(r"^GAU_alpha/encoder/layer_(\d+)/gau/(.+)$")
 _ACTIVATIONS = ("swish", "silu")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+#: The FlashConfig options of GAU-alpha's layer besides its sizes (the table above); the
+#: conformance suite's gau-alpha cases use them too.
+LAYER_OPTIONS = dict(
+    kind="gau",
+    causal=False,
+    attention="softmax_plus",
+    rope="interleaved",
+    rope_base=10000.0,
+    rel_bias="none",
+    norm="rms",
+    norm_eps=1e-12,
+    norm_position="post",
+    norm_affine=False,
+    use_bias=False,
+)
 
 
 class GAUAlphaImportError(ValueError):
@@ -125,23 +144,14 @@ def block_config(
 ) -> FlashConfig:
     """The flashcore layer of GAU-alpha: d = ``dim``, e = ``intermediate``, s = ``key_size``
     (every option as in the module docstring's table)."""
+    options = {**LAYER_OPTIONS, "norm_eps": eps, "use_bias": use_bias}
     return FlashConfig(
         dim=dim,
-        kind="gau",
         expansion=intermediate / dim,
         qk_dim=key_size,
-        causal=False,
-        attention="softmax_plus",
-        rope="interleaved",
-        rope_base=10000.0,
-        rel_bias="none",
         max_len=max_len,
-        norm="rms",
-        norm_eps=eps,
-        norm_position="post",
-        norm_affine=False,
-        use_bias=use_bias,
         dropout=dropout,
+        **options,
     )
 
 
@@ -331,19 +341,7 @@ def _read_state_dict(path: Path) -> dict:
                 return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
         except Exception as err:
             raise GAUAlphaImportError(f"{path}: not a readable safetensors file: {err}") from err
-    try:
-        import torch
-    except ImportError as err:
-        raise GAUAlphaImportError(f"{path}: a torch checkpoint needs torch: {err}") from err
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise GAUAlphaImportError(
-            f"{path}: not a readable torch file (truncated or corrupt?): {str(err)[:300]}"
-        ) from err
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise GAUAlphaImportError(f"{path}: not a state dict (a dict of tensors)")
-    return sd
+    return read_torch_state_dict(path, GAUAlphaImportError)
 
 
 def _tf_checkpoint(path: Path) -> Path | None:
