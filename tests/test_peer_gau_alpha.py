@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import flashcore as fc  # noqa: E402
+from flashcore.app.convert import read_weights  # noqa: E402
 from flashcore.conformance.assertions import assert_close  # noqa: E402
+from flashcore.io import WeightFileError  # noqa: E402
 from flashcore.peers import gau_alpha  # noqa: E402
 
 torch = ga.torch
@@ -117,7 +119,7 @@ def test_bert4keras_checkpoint_imports_the_same_weights(tmp_path):
     prefix = ga.write_bert4keras(tmp_path / "bert_model.ckpt", port)
     want, want_cfg = gau_alpha.import_state_dict(port.state_dict())
     for source in (prefix, tmp_path):  # the prefix, or the folder holding it
-        got, cfg = gau_alpha.load(source)
+        got, cfg = read_weights(source, "gau-alpha")
         assert cfg == want_cfg and sorted(got) == sorted(want)
         for k in want:
             assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]), k
@@ -131,8 +133,11 @@ def test_bert4keras_unknown_variables_are_listed(tmp_path):
         with tf.compat.v1.Session() as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
             saver.save(sess, str(tmp_path / "x.ckpt"), write_meta_graph=False)
-    with pytest.raises(gau_alpha.GAUAlphaImportError, match="bert/pooler/dense/kernel"):
-        gau_alpha.import_bert4keras(tmp_path / "x.ckpt")
+    with pytest.raises(WeightFileError, match="bert/pooler/dense/kernel"):
+        read_weights(tmp_path / "x.ckpt", "gau-alpha")
+    with pytest.raises(WeightFileError, match="not a readable TF checkpoint"):
+        (tmp_path / "y.ckpt.index").write_bytes(b"not a checkpoint")
+        read_weights(tmp_path / "y.ckpt", "gau-alpha")
 
 
 def test_bad_state_dicts_list_every_name():
@@ -166,9 +171,13 @@ def test_config_json_and_folder_formats(tmp_path):
     for weights in ("pytorch_model.bin", "model.safetensors"):
         folder = ga.write_folder(tmp_path / weights, port, weights)
         for source in (folder, folder / weights):
-            got, cfg = gau_alpha.load(source)
+            got, cfg = read_weights(source, "gau-alpha")
             assert cfg == want_cfg
             assert all(np.array_equal(got[k], want[k]) for k in want)
         assert gau_alpha.read_vocab(folder)[:5] == ga.SPECIAL
     with pytest.raises(FileNotFoundError, match="no GAU-alpha checkpoint"):
-        gau_alpha.load(tmp_path / "nothing")
+        read_weights(tmp_path / "nothing", "gau-alpha")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(WeightFileError, match="model.safetensors"):
+        read_weights(tmp_path / "bad", "gau-alpha")

@@ -226,8 +226,24 @@ def _get_format(name: str) -> Format:
 
 
 # ---- reading and writing ---------------------------------------------------------------------
+def _read_torch_state_dict(path: Path) -> dict:
+    """A ``torch.save``-d state dict (a dict of tensors), read with ``weights_only=True``."""
+    try:
+        import torch
+    except ImportError as err:
+        raise WeightFileError(f"{path}: a torch state dict needs torch: {err}") from err
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightFileError(
+            f"{path}: not a readable torch file (truncated or corrupt?): {str(err)[:300]}"
+        ) from err
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightFileError(f"{path}: not a state dict (a dict of tensors)")
+    return sd
+
+
 def _read_flash_pytorch(path: Path, peer: dict) -> tuple[dict[str, np.ndarray], AnyConfig]:
-    from ..peers import read_torch_state_dict
     from ..peers.flash_pytorch import import_state_dict
 
     if peer.get("model") is None or peer.get("causal") is None:
@@ -235,7 +251,7 @@ def _read_flash_pytorch(path: Path, peer: dict) -> tuple[dict[str, np.ndarray], 
             f"{path}: a flash-pytorch state dict holds no config; give --model "
             "FLASH|GAU|FLASHTransformer and --causal or --no-causal (and --group-size if not 256)"
         )
-    sd = read_torch_state_dict(path, WeightFileError)
+    sd = _read_torch_state_dict(path)
     options = {k: v for k, v in peer.items() if v is not None}
     try:
         return import_state_dict(sd, options.pop("model"), **options)
@@ -243,11 +259,58 @@ def _read_flash_pytorch(path: Path, peer: dict) -> tuple[dict[str, np.ndarray], 
         raise WeightFileError(f"{path}: {err}") from err
 
 
-def _read_gau_alpha(path: Path) -> tuple[dict[str, np.ndarray], AnyConfig]:
-    from ..peers.gau_alpha import GAUAlphaImportError, load
+GAU_ALPHA_FILES = ("model.safetensors", "pytorch_model.bin")
 
+
+def _tf_checkpoint(path: Path) -> Path | None:
+    """The TF checkpoint prefix at ``path`` (a prefix with a ``.index`` file, or a folder holding
+    one), or None."""
+    if Path(str(path) + ".index").is_file():
+        return path
+    if path.is_dir():
+        index = sorted(path.glob("*.ckpt.index")) or sorted(path.glob("*.index"))
+        if index:
+            return Path(str(index[0])[: -len(".index")])
+    return None
+
+
+def _read_gau_alpha(path: Path) -> tuple[dict[str, np.ndarray], AnyConfig]:
+    """A GAU-alpha checkpoint: a Hugging Face folder (config.json + model.safetensors or
+    pytorch_model.bin, as ``junnyu/chinese_GAU-alpha-char_L-24_H-768`` has), one of those files
+    (its folder's config.json is read when there), or a bert4keras TF1 checkpoint (its prefix, or
+    a folder with bert_config.json + bert_model.ckpt.*)."""
+    from ..peers.gau_alpha import (
+        GAUAlphaImportError,
+        import_bert4keras,
+        import_state_dict,
+        read_hf_config,
+    )
+
+    folder = path if path.is_dir() else path.parent
+    weights = path if path.is_file() else None
+    if path.is_dir():
+        weights = next((folder / n for n in GAU_ALPHA_FILES if (folder / n).is_file()), None)
+    ckpt = None if weights is not None else _tf_checkpoint(path)
+    if weights is None and ckpt is None:
+        raise FileNotFoundError(
+            f"{path}: no GAU-alpha checkpoint there (expected a folder with "
+            f"{' or '.join(GAU_ALPHA_FILES)} or a bert4keras bert_model.ckpt, or one of those files)"
+        )
     try:
-        return load(path)
+        config = read_hf_config(folder)
+        if ckpt is not None:
+            return import_bert4keras(_backend(FORMATS["keras"]).read_checkpoint(ckpt), config)
+        if weights.name.endswith(".safetensors"):
+            from safetensors import SafetensorError, safe_open
+
+            try:
+                with safe_open(str(weights), framework="np") as f:
+                    sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            except (SafetensorError, OSError, ValueError) as err:
+                raise WeightFileError(f"{weights}: not a readable safetensors file: {err}") from err
+        else:
+            sd = _read_torch_state_dict(weights)
+        return import_state_dict(sd, config)
     except GAUAlphaImportError as err:
         raise WeightFileError(f"{path}: {err}") from err
 

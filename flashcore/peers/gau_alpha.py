@@ -2,9 +2,13 @@
 the ``gau-alpha`` 0.0.3 package) into canonical weights and an :class:`~flashcore.LMConfig`.
 
     import_state_dict(state_dict, config=None)  -> (params, config)   # the port's state_dict
-    import_bert4keras(checkpoint, config=None)  -> (params, config)   # a TF1 checkpoint
-    load(folder_or_file)                        -> (params, config)   # a downloaded folder
+    import_bert4keras(variables, config=None)   -> (params, config)   # a TF1 checkpoint's
+    read_hf_config(folder)                      -> its config.json as a dict (or None)
     read_vocab(folder)                          -> list of tokens      # its vocab.txt
+
+This module is NumPy only. Files are read by ``flashcore.app.convert.read_weights(path,
+"gau-alpha")`` (``flashcore convert --from gau-alpha``): a downloaded folder, its weight file or
+a bert4keras checkpoint (read by ``flashcore.tf.io.read_checkpoint``).
 
 The model is a bidirectional masked LM of GAU layers. Every way GAU-alpha differs from the paper's
 GAU is a spec option, not a special case here:
@@ -37,7 +41,7 @@ positions). The port masks ``input_ids == pad_token_id`` (0) when no mask is giv
 
 bert4keras: the checkpoint's variables (``bert/embeddings/word_embeddings``,
 ``bert/embeddings/token_type_embeddings``, ``GAU_alpha/encoder/layer_{i}/gau/{i_dense,o_dense}/
-kernel``, ``.../{q,k}_scaleoffset/gamma``) are read with ``tf.train.load_checkpoint``. Current
+kernel``, ``.../{q,k}_scaleoffset/gamma``) map onto the port's names. Current
 bert4keras computes softmax_plus with l = max(l, 16) (its ``attention_normalize``); the port, and
 so this import, uses l itself: the two agree on rows with at least 16 real keys.
 """
@@ -54,12 +58,10 @@ import numpy as np
 
 from ..config import FlashConfig, LMConfig
 from ..params import check_params
-from . import read_torch_state_dict
 
 __all__ = [
     "import_state_dict",
     "import_bert4keras",
-    "load",
     "read_vocab",
     "read_hf_config",
     "block_config",
@@ -70,7 +72,6 @@ __all__ = [
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.")
 _TF_LAYER = re.compile(r"^GAU_alpha/encoder/layer_(\d+)/gau/(.+)$")
 _ACTIVATIONS = ("swish", "silu")
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 #: The FlashConfig options of GAU-alpha's layer besides its sizes (the table above); the
@@ -290,31 +291,19 @@ def _tf_to_port(name: str) -> str | None:
 
 
 def import_bert4keras(
-    checkpoint: str | os.PathLike, config: Mapping | None = None, *, dropout: float = 0.0
+    variables: Mapping, config: Mapping | None = None, *, dropout: float = 0.0
 ) -> tuple[dict[str, np.ndarray], LMConfig]:
-    """A bert4keras GAU-alpha TF1 checkpoint (the prefix, e.g. ``.../bert_model.ckpt``, or its
-    folder) -> (params, config), read with ``tf.train.load_checkpoint``. ``config``: its
-    bert_config.json as a dict (None: sizes from the tensors). Unknown variables are an error
-    listing them. Needs TensorFlow."""
-    try:
-        import tensorflow as tf
-    except ImportError as err:
-        raise GAUAlphaImportError(f"bert4keras checkpoints need tensorflow: {err}") from err
-    try:
-        reader = tf.train.load_checkpoint(str(checkpoint))
-    except Exception as err:  # NotFoundError, DataLossError, ...
-        raise GAUAlphaImportError(
-            f"{checkpoint}: not a readable TF checkpoint: {str(err)[:300]}"
-        ) from err
-    names = sorted(reader.get_variable_to_shape_map())
-    unknown = [k for k in names if _tf_to_port(k) is None]
+    """The variables of a bert4keras GAU-alpha TF1 checkpoint ({name: array}, as
+    ``flashcore.tf.io.read_checkpoint`` reads them) -> (params, config). ``config``: its
+    bert_config.json as a dict (None: sizes from the tensors). A variable that is not GAU-alpha's
+    is an error listing them."""
+    unknown = sorted(k for k in variables if _tf_to_port(k) is None)
     if unknown:
-        raise GAUAlphaImportError(f"{checkpoint}: variables that are not GAU-alpha's: {unknown}")
+        raise GAUAlphaImportError(f"variables that are not GAU-alpha's: {unknown}")
     sd = {}
-    for k in names:
-        value = reader.get_tensor(k)
-        port = _tf_to_port(k)
-        sd[port] = value.T if k.endswith("/kernel") else value  # Keras kernels are [in, out]
+    for k, value in variables.items():
+        value = _np(value)
+        sd[_tf_to_port(k)] = value.T if k.endswith("/kernel") else value  # Keras: [in, out]
     return import_state_dict(sd, config, dropout=dropout)
 
 
@@ -330,57 +319,6 @@ def read_hf_config(folder: str | os.PathLike) -> dict | None:
             except (OSError, ValueError) as err:
                 raise GAUAlphaImportError(f"{path}: not a readable JSON config: {err}") from err
     return None
-
-
-def _read_state_dict(path: Path) -> dict:
-    if path.name.endswith(".safetensors"):
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="np") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        except Exception as err:
-            raise GAUAlphaImportError(f"{path}: not a readable safetensors file: {err}") from err
-    return read_torch_state_dict(path, GAUAlphaImportError)
-
-
-def _tf_checkpoint(path: Path) -> Path | None:
-    """The TF checkpoint prefix at ``path`` (a prefix with a ``.index`` file, or a folder holding
-    one), or None."""
-    if Path(str(path) + ".index").is_file():
-        return path
-    if path.is_dir():
-        index = sorted(path.glob("*.ckpt.index")) or sorted(path.glob("*.index"))
-        if index:
-            return Path(str(index[0])[: -len(".index")])
-    return None
-
-
-def load(
-    path: str | os.PathLike, *, dropout: float = 0.0
-) -> tuple[dict[str, np.ndarray], LMConfig]:
-    """A downloaded GAU-alpha checkpoint -> (params, config).
-
-    ``path``: a Hugging Face folder (config.json + model.safetensors or pytorch_model.bin, as
-    ``junnyu/chinese_GAU-alpha-char_L-24_H-768`` has), one of those weight files (its folder's
-    config.json is read when there), or a bert4keras TF1 checkpoint (its prefix, or a folder with
-    bert_config.json + bert_model.ckpt.*)."""
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    config = read_hf_config(folder)
-    if path.is_dir():
-        weights = next((folder / n for n in _WEIGHT_FILES if (folder / n).is_file()), None)
-        if weights is not None:
-            return import_state_dict(_read_state_dict(weights), config, dropout=dropout)
-    elif path.is_file():
-        return import_state_dict(_read_state_dict(path), config, dropout=dropout)
-    ckpt = _tf_checkpoint(path)
-    if ckpt is not None:
-        return import_bert4keras(ckpt, config, dropout=dropout)
-    raise FileNotFoundError(
-        f"{path}: no GAU-alpha checkpoint there (expected a folder with {' or '.join(_WEIGHT_FILES)} "
-        "or a bert4keras bert_model.ckpt, or one of those files)"
-    )
 
 
 def read_vocab(folder: str | os.PathLike) -> list[str]:
