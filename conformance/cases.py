@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import flashcore as fc
+from flashcore.peers.gau_alpha import LAYER_OPTIONS
 
 __all__ = ["Case", "CASES", "case_by_name", "make_inputs", "make_params"]
 
@@ -69,6 +70,9 @@ def make_inputs(case: Case) -> dict[str, np.ndarray]:
         if b > 1:
             seg[1, :] = 7
         out["segment_ids"] = seg
+    types = getattr(case.config, "type_vocab_size", 0)
+    if types:  # token types (a separate stream: other inputs do not move)
+        out["token_type_ids"] = np.random.default_rng(case.seed + 3).integers(0, types, (b, t))
     shapes = fc.dropout.dropout_shapes(case.config, b, t)
     if shapes:  # dropout cases: fixed keep-masks (a separate stream: other inputs do not move)
         keep = 1.0 - fc.dropout.rate(case.config)
@@ -94,6 +98,11 @@ def make_params(case: Case) -> dict[str, np.ndarray]:
         return next((v for k, v in noise.items() if name.endswith(k)), 0.3)
 
     return {k: v + rng.normal(0.0, std(k), v.shape) for k, v in params.items()}
+
+
+# GAU-alpha's layer options, all at once (the importer's, flashcore.peers.gau_alpha), on any
+# layer kind, causal or not
+GAU_ALPHA = {k: v for k, v in LAYER_OPTIONS.items() if k not in ("kind", "causal")}
 
 
 def _flash(**kw) -> fc.FlashConfig:
@@ -132,6 +141,10 @@ def _grid() -> list[Case]:
                 "token-shift": dict(token_shift=True),
                 "norm-clamp": dict(norm_eps_mode="clamp"),
                 "bias-before-scale": dict(rel_bias="t5", bias_scale=3.0, bias_before_scale=True),
+                "post-norm": dict(norm_position="post"),
+                "norm-free": dict(norm="rms", norm_affine=False),
+                "no-bias": dict(use_bias=False),
+                "gau-alpha": GAU_ALPHA,
             }
             if kind == "flash":
                 options["linear-mean"] = dict(linear_norm="mean")
@@ -149,17 +162,18 @@ def _grid() -> list[Case]:
                     )
                 )
             # Masks and packed segments.
-            for label, mask, seg in (
-                ("pad", "pad", "none"),
-                ("holes", "holes", "none"),
-                ("packed", "none", "packed"),
-                ("packed+pad", "pad", "packed"),
+            for label, mask, seg, opts in (
+                ("pad", "pad", "none", {}),
+                ("holes", "holes", "none", {}),
+                ("packed", "none", "packed", {}),
+                ("packed+pad", "pad", "packed", {}),
+                ("gau-alpha-holes", "holes", "none", GAU_ALPHA),
             ):
                 add(
                     Case(
                         f"{kind}-{tag}-{label}",
                         f"{kind}-masks",
-                        _flash(kind=kind, causal=causal),
+                        _flash(kind=kind, causal=causal, **opts),
                         time=14,
                         mask=mask,
                         segments=seg,
@@ -270,11 +284,21 @@ def _grid() -> list[Case]:
             mask="pad",
         )
     )
+    # GAU-alpha (flashcore.peers.gau_alpha): a bidirectional masked LM with token types, a
+    # parameter-free normed embedding and no final norm; and the embedding options with weights.
+    for label, block, embed, types, mask in (
+        ("gau-alpha", _flash(kind="gau", **GAU_ALPHA), "rms", 2, "pad"),
+        ("flash-types-embed-norm", _flash(causal=True, norm_position="post"), "layer", 3, "none"),
+    ):
+        lm = fc.LMConfig(block=block, vocab_size=VOCAB, num_layers=2, final_norm="none",
+                         embed_norm=embed, type_vocab_size=types)  # fmt: skip
+        add(Case(f"lm-{label}", "lm", lm, time=10, mask=mask))
     # Dropout with given keep-masks (flashcore.dropout): every site of every block kind.
     p = 0.25
     for label, cfg, t, mask in (
         ("gau-causal", _flash(kind="gau", causal=True, dropout=p), 9, "none"),
         ("gau-bidir-pad", _flash(kind="gau", dropout=p), 11, "pad"),
+        ("gau-alpha-pad", _flash(kind="gau", dropout=p, **GAU_ALPHA), 11, "pad"),
         ("flash-causal", _flash(causal=True, dropout=p), 9, "none"),
         ("flash-bidir-pad", _flash(dropout=p, linear_norm="mean"), 11, "pad"),
         ("transformer-causal", fc.TransformerConfig(dim=D, heads=2, dropout=p), 7, "none"),

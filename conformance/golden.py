@@ -1,7 +1,7 @@
 """Golden reference files: one ``golden/<case>.npz`` per case, float64.
 
 Keys: ``config`` (JSON), ``input/<name>`` (x or tokens/targets, mask, segment_ids, cotangent,
-and ``dropout/<site>`` keep-masks in dropout cases),
+``dropout/<site>`` keep-masks in dropout cases, ``token_type_ids`` in LMs with token types),
 ``param/<canonical name>``, ``output`` ((b, t, d) layer output or (b, t, v) LM logits), ``loss``
 (scalar: sum(output * cotangent) for layers, mean next-token cross-entropy for LMs),
 ``grad/x`` (layers) and ``grad/param/<canonical name>``.
@@ -105,7 +105,8 @@ def spec_output(config, params, inputs, xp=None):
     """The spec's output for a case: layer output (b, t, d) or LM logits (b, t, v)."""
     kw = _spec_kw(inputs, xp)
     if isinstance(config, fc.LMConfig):
-        return fc.lm_logits(params, inputs["tokens"], config=config, **kw)
+        types = inputs.get("token_type_ids")
+        return fc.lm_logits(params, inputs["tokens"], config=config, token_type_ids=types, **kw)
     return fc.block_fn(config)(params, inputs["x"], config=config, **kw)
 
 
@@ -113,7 +114,10 @@ def spec_loss(config, params, inputs, xp=None):
     """The scalar loss whose gradients the golden files hold."""
     kw = _spec_kw(inputs, xp)
     if isinstance(config, fc.LMConfig):
-        return fc.lm_loss(params, inputs["tokens"], inputs["targets"], config=config, **kw)
+        types = inputs.get("token_type_ids")
+        return fc.lm_loss(
+            params, inputs["tokens"], inputs["targets"], config=config, token_type_ids=types, **kw
+        )
     out = fc.block_fn(config)(params, inputs["x"], config=config, **kw)
     ns = xp if xp is not None else None
     if ns is None:

@@ -28,6 +28,7 @@ AbsPos = Literal["none", "scaled_sinusoidal"]
 LinearNorm = Literal["sum", "mean", "length"]
 EpsMode = Literal["add", "clamp"]
 LengthMode = Literal["real", "array", "prefix"]
+NormPosition = Literal["pre", "post"]
 
 
 def _check_int(obj: Any, name: str, low: int) -> None:
@@ -84,6 +85,12 @@ class FlashConfig(_DictMixin):
     - ``rel_bias``: ``learned`` (paper, one weight per offset, span ``max_len`` for GAU and C for
       FLASH), ``t5`` (log buckets), ``none``; the bias is multiplied by ``bias_scale``.
     - ``norm``: ``scale`` (paper's ScaleNorm), ``layer``, ``rms``.
+    - ``norm_position``: ``pre`` (paper: out = x + f(Norm(x))) or ``post`` (GAU-alpha:
+      out = Norm(x + f(x)); the layer reads x itself).
+    - ``norm_affine``: False drops the norm's learned gain (and LayerNorm's bias): no ``norm.*``
+      weights (GAU-alpha's parameter-free RMS norm is ``norm="rms", norm_affine=False``).
+    - ``use_bias``: False drops the dense layers' biases and the scale-offset offsets (no
+      ``hidden.bias``, ``out.bias``, ``qk.beta``; GAU-alpha).
     - ``linear_norm``: ``sum`` (paper text: chunk states K^T V / C summed), ``mean`` (averaged over
       contributing chunks) or ``length`` (non-causal only: the sum of K^T V divided by the sequence
       length n instead of C, as flash-pytorch does).
@@ -129,6 +136,9 @@ class FlashConfig(_DictMixin):
     bias_before_scale: bool = False
     token_shift: bool = False
     dropout: float = 0.0
+    norm_position: NormPosition = "pre"
+    norm_affine: bool = True
+    use_bias: bool = True
 
     def __post_init__(self) -> None:
         _check_int(self, "dim", 1)
@@ -192,6 +202,9 @@ class FlashConfig(_DictMixin):
         d = self.dropout
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
             raise ValueError(f"FlashConfig.dropout must be in [0, 1), got {d!r}")
+        _check_choice(self, "norm_position", ("pre", "post"))
+        _check_bool(self, "norm_affine")
+        _check_bool(self, "use_bias")
 
     @property
     def expanded_dim(self) -> int:
@@ -280,7 +293,13 @@ class LMConfig(_DictMixin):
     ``block`` is a :class:`FlashConfig` (FLASH or GAU layers) or a :class:`TransformerConfig`.
     A non-causal block gives a bidirectional model (logits only: :func:`flashcore.lm_loss` and
     decoding refuse it).
-    - ``final_norm``: the final norm's type (None: the block's norm type).
+    - ``final_norm``: the final norm's type (None: the block's norm type; ``none``: no final
+      norm, as in GAU-alpha, whose post-norm layers end in a norm).
+    - ``embed_norm``: a norm on the embedding (``none``, or a norm type; GAU-alpha: ``rms``).
+      Both norms take the block's ``norm_eps``, ``norm_eps_mode`` and ``norm_affine``.
+    - ``type_vocab_size``: 0 (no token types) or the number of token types (BERT's segment
+      embedding): a table ``type_embed.weight`` (n, d) whose row ``token_type_ids[b, t]`` (0
+      where none are given) is added to the token embedding.
     - ``tie_embeddings``: the head is the embedding transposed; ``head_bias`` adds a bias (v,).
     - ``abs_pos``: ``none`` (paper: RoPE inside the layers is enough) or ``scaled_sinusoidal``
       (flash-pytorch's FLASHTransformer: [sin(p w) | cos(p w)] * a learned scalar, added to the
@@ -294,8 +313,10 @@ class LMConfig(_DictMixin):
     num_layers: int = 2
     tie_embeddings: bool = True
     head_bias: bool = False
-    final_norm: Norm | None = None
+    final_norm: Norm | Literal["none"] | None = None
     abs_pos: AbsPos = "none"
+    embed_norm: Norm | Literal["none"] = "none"
+    type_vocab_size: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.block, dict):
@@ -309,15 +330,19 @@ class LMConfig(_DictMixin):
         _check_bool(self, "tie_embeddings")
         _check_bool(self, "head_bias")
         if self.final_norm is not None:
-            _check_choice(self, "final_norm", ("scale", "layer", "rms"))
+            _check_choice(self, "final_norm", ("scale", "layer", "rms", "none"))
         _check_choice(self, "abs_pos", ("none", "scaled_sinusoidal"))
         if self.abs_pos == "scaled_sinusoidal" and self.block.dim % 2:
             raise ValueError(
                 f"LMConfig.abs_pos='scaled_sinusoidal' needs an even dim, got {self.block.dim}"
             )
+        _check_choice(self, "embed_norm", ("scale", "layer", "rms", "none"))
+        _check_int(self, "type_vocab_size", 0)
 
     @property
     def final_norm_kind(self) -> str:
+        """The final norm's type: ``final_norm``, or the block's norm type when None ('none':
+        no final norm)."""
         return self.final_norm or self.block.norm
 
     @property

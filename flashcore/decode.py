@@ -56,8 +56,8 @@ import numpy as np
 from . import ops
 from ._xp import const, is_low_precision, namespace
 from .config import FlashConfig, LMConfig, TransformerConfig
-from .layers import finish, hidden, layer_norm, scores_to_logits
-from .lm import abs_positions, attn_qkv, ffn, final_norm, head
+from .layers import finish, hidden, layer_input, scores_to_logits
+from .lm import abs_positions, attn_qkv, embed_norm, embed_tokens, ffn, final_norm, head
 from .params import subtree
 
 __all__ = [
@@ -158,9 +158,9 @@ def _rope_step(heads: list, pos, config: FlashConfig, xp) -> list:
 
 
 def _normed_step(params, x_t, state, config: FlashConfig, xp):
-    """(h, h_in): Norm(x_t) and the same after the token shift (the previous token's first
-    ceil(d/2) channels); (b, d) each."""
-    h = layer_norm(params, x_t, config, xp)
+    """(h, h_in): Norm(x_t) (post-norm: x_t) and the same after the token shift (the previous
+    token's first ceil(d/2) channels); (b, d) each."""
+    h = layer_input(params, x_t, config, xp)
     if not config.token_shift:
         return h, h
     k = (config.dim + 1) // 2
@@ -241,7 +241,7 @@ def _flash_step(params: dict, x_t, state: dict, *, config: FlashConfig, xp):
     if config.linear_norm == "mean":
         lin = lin / xp.maximum(state["count"], xp.ones_like(state["count"]))[:, None]
 
-    out = finish(params, x_t, u, quad + lin, None, xp)
+    out = finish(params, x_t, u, quad + lin, None, config, xp)
 
     pending = state["pending"] + lk[:, :, None] * v[:, None, :] / float(c_size)  # (b, s, e)
     full = c == c_size - 1  # this token completes its chunk
@@ -283,7 +283,7 @@ def _gau_step(params: dict, x_t, state: dict, *, config: FlashConfig, xp):
     scores = scores_to_logits(scores, bias, scale, config)
     a = ops.attend(scores, (slots <= pos)[None, :], kind=config.attention, length=n, xp=xp)
     att = xp.matmul(a[:, None, :], v_buf)[:, 0, :]  # (b, e)
-    out = _room(finish(params, x_t, u, att, None, xp), pos, cap, xp)
+    out = _room(finish(params, x_t, u, att, None, config, xp), pos, cap, xp)
     return out, {"pos": pos + 1, "k": k_buf, "v": v_buf, "prev": h}
 
 
@@ -336,11 +336,12 @@ def lm_decode_step(params: dict, tokens_t, state: dict, *, config: LMConfig, xp=
     """One token per row through the LM. tokens_t: (b,) ints -> (logits (b, v), new state)."""
     _check_lm(config)
     xp = namespace(tokens_t, xp=xp)
-    x = xp.take(params["embed.weight"], tokens_t, axis=0)  # (b, d)
+    x = embed_tokens(params, tokens_t, config, xp)  # (b, d), token type 0
     if config.abs_pos == "scaled_sinusoidal":
         pos = state["layers.0"]["pos"]
         cos, sin = ops.angles_at(pos, dims=config.dim, base=10000.0, xp=xp, like=x)  # (1, d/2)
         x = x + abs_positions(params, cos, sin, xp)
+    x = embed_norm(params, x, config, xp)
     new_state = {}
     for i in range(config.num_layers):
         key = f"layers.{i}"

@@ -32,6 +32,7 @@ __all__ = [
     "flash",
     "project",
     "normed_input",
+    "layer_input",
     "hidden",
     "attention_core_flash",
     "attention_core_gau",
@@ -55,7 +56,8 @@ FUSED_CORE_FIELDS = frozenset(
         "dim", "kind", "expansion", "qk_dim", "chunk_size", "causal", "attention", "rope",
         "rope_dims", "rope_base", "rel_bias", "max_len", "t5_buckets", "t5_max_distance",
         "bias_scale", "norm", "norm_eps", "norm_eps_mode", "linear_norm", "fixed_length",
-        "length_mode", "bias_before_scale", "token_shift", "dropout",
+        "length_mode", "bias_before_scale", "token_shift", "dropout", "norm_position",
+        "norm_affine", "use_bias",
     }
 )  # fmt: skip
 
@@ -146,15 +148,23 @@ def _and(*masks):
 
 
 def layer_norm(params: dict, x, config: FlashConfig, xp):
-    """The layer's input norm (``norm.*`` weights). x: (..., d) -> (..., d)."""
+    """The layer's norm (``norm.*`` weights, none when ``norm_affine`` is False): of the input
+    (``norm_position='pre'``) or of the residual sum (``'post'``). x: (..., d) -> (..., d)."""
     return ops.norm(
         subtree(params, "norm."),
         x,
         kind=config.norm,
         eps=config.norm_eps,
         eps_mode=config.norm_eps_mode,
+        affine=config.norm_affine,
         xp=xp,
     )
+
+
+def layer_input(params: dict, x, config: FlashConfig, xp):
+    """What the layer's projections read: Norm(x) (pre-norm) or x itself (post-norm).
+    x: (..., d) -> (..., d)."""
+    return layer_norm(params, x, config, xp) if config.norm_position == "pre" else x
 
 
 def scores_to_logits(scores, bias, scale, config: FlashConfig):
@@ -179,13 +189,14 @@ def normed_input(
     prev_keep=None,
     prev_normed: bool = False,
 ):
-    """h = Norm(x), then the optional token shift. x: (b, t, d) -> (b, t, d).
+    """h = Norm(x) (post-norm: x, see :func:`layer_input`), then the optional token shift.
+    x: (b, t, d) -> (b, t, d).
 
     prev: (b, d), the input row before x[:, 0] (context parallelism), read by the token shift
     where ``prev_keep`` (b,) bool is True; None: position 0 reads nothing. ``prev_normed``: prev
-    is already Norm(row) (a decoding state's ``prev``, :mod:`flashcore.stream`).
+    is already :func:`layer_input` of the row (a decoding state's ``prev``, :mod:`flashcore.stream`).
     """
-    h = layer_norm(params, x, config, xp)
+    h = layer_input(params, x, config, xp)
     if not config.token_shift:
         return h
     keep = None  # (b, t): may position t read position t - 1?
@@ -204,21 +215,22 @@ def normed_input(
         keep = xp.concat([first, rest], axis=1)
     if prev is None:
         return ops.token_shift(h, keep, xp)
-    h_prev = prev[:, None, :] if prev_normed else layer_norm(params, prev[:, None, :], config, xp)
+    h_prev = prev[:, None, :] if prev_normed else layer_input(params, prev[:, None, :], config, xp)
     return ops.token_shift(h, keep, xp, prev=h_prev)
 
 
 def hidden(params: dict, h, config: FlashConfig, xp):
-    """[U | V | Z] = SiLU(h W + b), then scale-offset of Z (no RoPE yet).
+    """[U | V | Z] = SiLU(h W + b), then scale-offset of Z (no RoPE yet); no b and no offset
+    beta when ``config.use_bias`` is False.
 
     h: (..., d) -> u, v: (..., e); heads: list of h arrays (..., s).
     """
     e, s = config.expanded_dim, config.qk_dim
     uvz = ops.silu(
-        ops.dense(h, params["hidden.kernel"], params["hidden.bias"], xp), xp
+        ops.dense(h, params["hidden.kernel"], params.get("hidden.bias"), xp), xp
     )  # (…, 2e+s)
     u, v, z = ops.split(uvz, (e, e, s), xp)
-    return u, v, ops.scale_offset(z, params["qk.gamma"], params["qk.beta"])
+    return u, v, ops.scale_offset(z, params["qk.gamma"], params.get("qk.beta"))
 
 
 def project(
@@ -266,17 +278,21 @@ def causal_mask(n: int) -> np.ndarray:
     return np.tril(np.ones((n, n), bool))
 
 
-def finish(params, x, u, att, mask, xp, keep=None, p: float = 0.0):
-    """out = (U * att) W_o + b_o + x, zero at padded positions. att: (b, t, e) -> (b, t, d).
+def finish(params, x, u, att, mask, config: FlashConfig, xp, keep=None):
+    """out = (U * att) W_o + b_o + x (post-norm: Norm of that), zero at padded positions.
+    att: (b, t, e) -> (b, t, d).
 
-    keep: (b, t, d) bool or None, the dropout keep-mask of the output before the residual (rate p).
+    keep: (b, t, d) bool or None, the dropout keep-mask of the output before the residual (rate
+    ``config.dropout``).
     """
     y = ops.dense(
-        u * xp.astype(att, u.dtype, copy=False), params["out.kernel"], params["out.bias"], xp
+        u * xp.astype(att, u.dtype, copy=False), params["out.kernel"], params.get("out.bias"), xp
     )
     if keep is not None:
-        y = drop.apply_keep(y, keep, p, xp)
+        y = drop.apply_keep(y, keep, config.dropout, xp)
     out = y + x
+    if config.norm_position == "post":
+        out = layer_norm(params, out, config, xp)
     if mask is not None:
         out = xp.where(mask[..., None], out, xp.zeros_like(out))
     return out
@@ -315,7 +331,7 @@ def gau(
     reached = nonfinite.reach(bad, mask, segment_ids, causal=config.causal, xp=xp)
     out_keep = None if dropout is None else dropout["out"]
     x = nonfinite.poison(x, reached, xp)
-    return finish(params, x, u, att, mask, xp, keep=out_keep, p=config.dropout)
+    return finish(params, x, u, att, mask, config, xp, keep=out_keep)
 
 
 def attention_core_gau(
@@ -482,7 +498,7 @@ def flash_checked(
         reached = reached | others_bad(mine)[:, None]
     out_keep = None if dropout is None else dropout["out"]
     x = nonfinite.poison(x, reached, xp)
-    return finish(params, x, u, att, mask, xp, keep=out_keep, p=config.dropout)
+    return finish(params, x, u, att, mask, config, xp, keep=out_keep)
 
 
 def attention_core_flash(

@@ -5,6 +5,9 @@
     lm_loss(params, inputs, targets, config=LMConfig, mask=None, segment_ids=None,
             loss_mask=None)                                                            -> ()
 
+The LM functions also take ``token_type_ids`` (b, t) ints when ``LMConfig.type_vocab_size`` > 0
+(None: type 0 everywhere).
+
 Each also takes ``dropout``: None, or keep-masks (:mod:`flashcore.dropout`; an LM's are named
 ``layers.{i}.<site>``).
 
@@ -35,6 +38,8 @@ __all__ = [
     "lm_hidden",
     "head",
     "final_norm",
+    "embed_tokens",
+    "embed_norm",
     "abs_positions",
     "lm_logits",
     "lm_loss",
@@ -200,8 +205,10 @@ def lm_hidden(
     attn_core=None,
     dropout=None,
     blocks=None,
+    token_type_ids=None,
 ):
-    """Embedding, the blocks and the final norm. tokens: (b, t) ints -> (b, t, d).
+    """Embedding (token, token type, positions, the embedding norm), the blocks and the final
+    norm. tokens: (b, t) ints -> (b, t, d).
 
     ``core``: a fused mixed-chunk kernel handed to every FLASH layer (see :func:`flashcore.flash`);
     ``attn_core``: a fused softmax attention core handed to every Transformer++ block (see
@@ -210,17 +217,18 @@ def lm_hidden(
     ``blocks``: None, or a backend's own block i as ``blocks[i](x, mask=, segment_ids=)`` ->
     (b, t, d), computing :func:`block_fn` with the weights ``layers.{i}.*`` (a fused layer that
     the backend tests against it); used for the calls without dropout masks.
+    ``token_type_ids``: (b, t) ints in [0, ``config.type_vocab_size``) or None (type 0).
     """
     if not isinstance(config, LMConfig):
         raise TypeError(f"config must be an LMConfig, got {type(config).__name__}")
     xp = namespace(tokens, xp=xp)
     b, t = check_tokens(tokens, config.vocab_size, xp)
     dropout = drop.check_dropout(dropout, config, b, t)
-    embed = params["embed.weight"]  # (v, d)
-    x = xp.reshape(xp.take(embed, xp.reshape(tokens, (-1,)), axis=0), (b, t, config.dim))
+    x = embed_tokens(params, tokens, config, xp, token_type_ids=token_type_ids)  # (b, t, d)
     if config.abs_pos == "scaled_sinusoidal":
         cos, sin = ops.rope_tables(np.arange(t), config.dim, 10000.0)  # (t, d/2) each
         x = x + abs_positions(params, const(xp, cos, like=x), const(xp, sin, like=x), xp)
+    x = embed_norm(params, x, config, xp)
     layer = block_fn(config.block)
     extra = {"core": core} if layer is flash and core is not None else {}
     if layer is transformer_block and attn_core is not None:
@@ -243,6 +251,55 @@ def lm_hidden(
     return final_norm(params, x, config, xp)
 
 
+def embed_tokens(params: dict, tokens, config: LMConfig, xp, token_type_ids=None):
+    """The token embedding plus, with ``config.type_vocab_size`` > 0, the token-type embedding
+    (row 0 where ``token_type_ids`` is None). tokens: (...) ints -> (..., d)."""
+    shape = tuple(tokens.shape)
+
+    def rows(table, ids):
+        return xp.reshape(xp.take(table, xp.reshape(ids, (-1,)), axis=0), (*shape, config.dim))
+
+    x = rows(params["embed.weight"], tokens)
+    if not config.type_vocab_size:
+        if token_type_ids is not None:
+            raise ValueError("token_type_ids were given but LMConfig.type_vocab_size is 0")
+        return x
+    types = params["type_embed.weight"]  # (n, d)
+    if token_type_ids is None:
+        return x + types[0, :]
+    if tuple(token_type_ids.shape) != shape:
+        raise ValueError(
+            f"token_type_ids {tuple(token_type_ids.shape)} must have the tokens' shape {shape}"
+        )
+    if len(shape) == 2:
+        try:
+            check_tokens(token_type_ids, config.type_vocab_size, xp)
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"token_type_ids: {err}") from None
+    return x + rows(types, token_type_ids)
+
+
+def _lm_norm(params: dict, x, config: LMConfig, prefix: str, kind: str, xp):
+    """An LM-level norm (weights ``prefix*``) of type ``kind`` with the block's eps, eps mode
+    and affinity. x: (..., d) -> (..., d)."""
+    block = config.block
+    return ops.norm(
+        subtree(params, prefix),
+        x,
+        kind=kind,
+        eps=block.norm_eps,
+        eps_mode=getattr(block, "norm_eps_mode", "add"),
+        affine=getattr(block, "norm_affine", True),
+        xp=xp,
+    )
+
+
+def embed_norm(params: dict, x, config: LMConfig, xp):
+    """The norm on the embedding (``embed_norm.*``; x unchanged for ``embed_norm='none'``).
+    x: (..., d) -> (..., d)."""
+    return _lm_norm(params, x, config, "embed_norm.", config.embed_norm, xp)
+
+
 def abs_positions(params: dict, cos, sin, xp):
     """flash-pytorch's scaled sinusoidal positions: [sin | cos] * abs_pos.scale.
 
@@ -251,16 +308,9 @@ def abs_positions(params: dict, cos, sin, xp):
 
 
 def final_norm(params: dict, h, config: LMConfig, xp):
-    """The LM's final norm (``final_norm.*``). h: (..., d) -> (..., d)."""
-    block = config.block
-    return ops.norm(
-        subtree(params, "final_norm."),
-        h,
-        kind=config.final_norm_kind,
-        eps=block.norm_eps,
-        eps_mode=getattr(block, "norm_eps_mode", "add"),
-        xp=xp,
-    )
+    """The LM's final norm (``final_norm.*``; h unchanged for ``final_norm='none'``).
+    h: (..., d) -> (..., d)."""
+    return _lm_norm(params, h, config, "final_norm.", config.final_norm_kind, xp)
 
 
 def head(params: dict, h, config: LMConfig, xp):
@@ -286,9 +336,10 @@ def lm_logits(
     attn_core=None,
     dropout=None,
     blocks=None,
+    token_type_ids=None,
 ):
-    """Next-token logits. tokens: (b, t) ints -> (b, t, v). dropout, blocks: as
-    :func:`lm_hidden`."""
+    """Next-token logits (a bidirectional LM: the masked-LM head's). tokens: (b, t) ints
+    -> (b, t, v). dropout, blocks, token_type_ids: as :func:`lm_hidden`."""
     xp = namespace(tokens, xp=xp)
     h = lm_hidden(
         params,
@@ -301,6 +352,7 @@ def lm_logits(
         attn_core=attn_core,
         dropout=dropout,
         blocks=blocks,
+        token_type_ids=token_type_ids,
     )
     return head(params, h, config, xp)
 
@@ -338,6 +390,7 @@ def lm_loss(
     dropout=None,
     loss_mask=None,
     blocks=None,
+    token_type_ids=None,
 ):
     """Mean cross-entropy (nats) of ``targets`` given ``inputs``; both (b, t) ints.
 
@@ -346,7 +399,7 @@ def lm_loss(
     ``mask`` marks real positions of ``inputs``; the loss counts only those. ``loss_mask``:
     (b, t) bool or None, the positions to count among those (e.g. the masked-LM objective's
     chosen positions, :mod:`flashcore.mlm`); attention still sees every real position.
-    dropout, blocks: as :func:`lm_hidden`.
+    dropout, blocks, token_type_ids: as :func:`lm_hidden`.
     """
     xp = namespace(inputs, xp=xp)
     b, t = check_tokens(targets, config.vocab_size, xp)
@@ -364,6 +417,7 @@ def lm_loss(
         attn_core=attn_core,
         dropout=dropout,
         blocks=blocks,
+        token_type_ids=token_type_ids,
     )
     count = mask if loss_mask is None else (loss_mask if mask is None else loss_mask & mask)
     return cross_entropy(logits, targets, count, xp=xp)

@@ -36,24 +36,31 @@ __all__ = [
 ]
 
 
-def norm(p: dict, x, *, kind: str, eps: float, xp, eps_mode: str = "add"):
+def norm(p: dict, x, *, kind: str, eps: float, xp, eps_mode: str = "add", affine: bool = True):
     """Normalise the last axis. x: (..., d) -> (..., d).
 
     scale: x * rsqrt(mean(x^2) + eps) * alpha (paper's ScaleNorm, alpha: (1,));
     rms: x * rsqrt(mean(x^2) + eps) * w (w: (d,));  layer: (x - mu) * rsqrt(var + eps) * w + b.
     eps_mode='clamp' (scale, rms): x / max(sqrt(mean(x^2)), eps) instead (flash-pytorch).
+    ``affine=False``: no gain and no bias (``p`` is not read; scale and rms are then one norm).
+    ``kind='none'``: x unchanged.
     """
+    if kind == "none":
+        return x
     if kind == "layer":
         mu = xp.mean(x, axis=-1, keepdims=True)
         xc = x - mu
         var = xp.mean(xc * xc, axis=-1, keepdims=True)
-        return xc / xp.sqrt(var + eps) * p["weight"] + p["bias"]
+        y = xc / xp.sqrt(var + eps)
+        return y * p["weight"] + p["bias"] if affine else y
     ms = xp.mean(x * x, axis=-1, keepdims=True)
     if eps_mode == "clamp":
         rms = xp.sqrt(ms)
         y = x / xp.maximum(rms, xp.full_like(rms, eps))
     else:
         y = x / xp.sqrt(ms + eps)
+    if not affine:
+        return y
     return y * (p["scale"] if kind == "scale" else p["weight"])
 
 
@@ -112,7 +119,10 @@ def token_shift(h, keep_prev, xp, prev=None):
 
 
 def scale_offset(z, gamma, beta) -> list:
-    """Per-dim scale and offset, one per head. z: (b, t, s); gamma, beta: (h, s) -> h x (b, t, s)."""
+    """Per-dim scale and offset, one per head. z: (b, t, s); gamma: (h, s); beta: (h, s) or
+    None (no offset) -> h x (b, t, s)."""
+    if beta is None:
+        return [z * gamma[i, :] for i in range(gamma.shape[0])]
     return [z * gamma[i, :] + beta[i, :] for i in range(gamma.shape[0])]
 
 

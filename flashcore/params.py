@@ -52,7 +52,10 @@ _INIT_DOC = {
 }
 
 
-def _norm_spec(prefix: str, norm: str, d: int) -> dict[str, ParamSpec]:
+def _norm_spec(prefix: str, norm: str, d: int, affine: bool = True) -> dict[str, ParamSpec]:
+    """The weights of a norm: none for ``norm='none'`` or a parameter-free one."""
+    if norm == "none" or not affine:
+        return {}
     if norm == "scale":
         return {f"{prefix}scale": ParamSpec((1,), "ones", "ScaleNorm alpha")}
     if norm == "rms":
@@ -66,11 +69,13 @@ def _norm_spec(prefix: str, norm: str, d: int) -> dict[str, ParamSpec]:
 def _layer_spec(cfg: FlashConfig) -> dict[str, ParamSpec]:
     d, e, s, h = cfg.dim, cfg.expanded_dim, cfg.qk_dim, cfg.num_heads
     heads = "q, k" if cfg.kind == "gau" else "quad_q, quad_k, lin_q, lin_k"
-    spec = _norm_spec("norm.", cfg.norm, d)
+    spec = _norm_spec("norm.", cfg.norm, d, cfg.norm_affine)
     spec["hidden.kernel"] = ParamSpec((d, 2 * e + s), "lecun", "[U | V | Z] projection, d -> 2e+s")
-    spec["hidden.bias"] = ParamSpec((2 * e + s,), "zeros", "[U | V | Z] bias")
+    if cfg.use_bias:
+        spec["hidden.bias"] = ParamSpec((2 * e + s,), "zeros", "[U | V | Z] bias")
     spec["qk.gamma"] = ParamSpec((h, s), "qk_gamma", f"scale-offset scales, rows {heads}")
-    spec["qk.beta"] = ParamSpec((h, s), "zeros", f"scale-offset offsets, rows {heads}")
+    if cfg.use_bias:
+        spec["qk.beta"] = ParamSpec((h, s), "zeros", f"scale-offset offsets, rows {heads}")
     if cfg.rel_bias == "learned":
         spec["rel_bias.weight"] = ParamSpec(
             (2 * cfg.bias_span - 1,), "zeros", "B[i, j] = w[j - i + L - 1]"
@@ -78,7 +83,8 @@ def _layer_spec(cfg: FlashConfig) -> dict[str, ParamSpec]:
     elif cfg.rel_bias == "t5":
         spec["rel_bias.weight"] = ParamSpec((cfg.t5_buckets,), "zeros", "one weight per T5 bucket")
     spec["out.kernel"] = ParamSpec((e, d), "lecun", "output projection, e -> d")
-    spec["out.bias"] = ParamSpec((d,), "zeros", "output bias")
+    if cfg.use_bias:
+        spec["out.bias"] = ParamSpec((d,), "zeros", "output bias")
     return spec
 
 
@@ -103,11 +109,17 @@ def param_spec(config: FlashConfig | TransformerConfig | LMConfig) -> dict[str, 
     if isinstance(config, LMConfig):
         block = param_spec(config.block)
         spec = {"embed.weight": ParamSpec((config.vocab_size, config.dim), "embed", "token table")}
+        if config.type_vocab_size:
+            spec["type_embed.weight"] = ParamSpec(
+                (config.type_vocab_size, config.dim), "embed", "token-type table"
+            )
+        affine = getattr(config.block, "norm_affine", True)
+        spec.update(_norm_spec("embed_norm.", config.embed_norm, config.dim, affine))
         for i in range(config.num_layers):
             spec.update({f"layers.{i}.{k}": v for k, v in block.items()})
         if config.abs_pos == "scaled_sinusoidal":
             spec["abs_pos.scale"] = ParamSpec((1,), "ones", "scale of the sinusoidal positions")
-        spec.update(_norm_spec("final_norm.", config.final_norm_kind, config.dim))
+        spec.update(_norm_spec("final_norm.", config.final_norm_kind, config.dim, affine))
         if not config.tie_embeddings:
             spec["head.kernel"] = ParamSpec(
                 (config.dim, config.vocab_size), "lecun", "output head, d -> vocab"

@@ -38,8 +38,8 @@ from ._xp import const, device_of, namespace
 from .checks import check_tokens, concrete
 from .config import FlashConfig, LMConfig
 from .decode import lm_decode_init, lm_decode_step
-from .layers import attention_core_flash, flash_checked, layer_norm
-from .lm import abs_positions, final_norm, head
+from .layers import attention_core_flash, flash_checked, layer_input
+from .lm import abs_positions, embed_norm, embed_tokens, final_norm, head
 from .params import subtree
 
 __all__ = ["check_stream", "carry_core", "prefill_piece", "lm_prefill", "Prefilling"]
@@ -145,7 +145,7 @@ def _layer_piece(params: dict, x, st: dict, *, config: FlashConfig, xp, core: Ca
     new["pos"] = st["pos"] + t
     new["lin"] = new_lin
     new["count"] = count + float(t // config.chunk_size)
-    new["prev"] = layer_norm(params, x[:, -1, :], config, xp)  # (b, d), as decode_step keeps it
+    new["prev"] = layer_input(params, x[:, -1, :], config, xp)  # (b, d), as decode_step keeps it
     return out, new
 
 
@@ -168,13 +168,12 @@ def prefill_piece(
     b, t = check_tokens(tokens, config.vocab_size, xp)
     _check_piece(t, config.block.chunk_size)
     run_core = carry_core(core)
-    x = xp.reshape(
-        xp.take(params["embed.weight"], xp.reshape(tokens, (-1,)), axis=0), (b, t, config.dim)
-    )
+    x = embed_tokens(params, tokens, config, xp)  # (b, t, d), token type 0
     if config.abs_pos == "scaled_sinusoidal":
         pos = state["layers.0"]["pos"]
         cos, sin = ops.angles_offset(pos, t, dims=config.dim, base=10000.0, xp=xp, like=x)
         x = x + abs_positions(params, cos, sin, xp)  # (t, d) broadcast over b
+    x = embed_norm(params, x, config, xp)
     new_state = {}
     for i in range(config.num_layers):
         key = f"layers.{i}"

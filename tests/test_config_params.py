@@ -35,6 +35,9 @@ from flashcore.params import weight_table_markdown
         ("norm_eps_mode", "max"),
         ("length_mode", "padded"),
         ("bias_before_scale", 1),
+        ("norm_position", "middle"),
+        ("norm_affine", 0),
+        ("use_bias", "no"),
     ],
 )
 def test_flash_config_rejects_bad_values_naming_the_field(field, value):
@@ -70,6 +73,50 @@ def test_configs_are_frozen_and_round_trip():
     assert fc.config_from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="no field"):
         fc.config_from_dict({**cfg.block.to_dict(), "bogus": 1})
+
+
+def test_configs_saved_before_the_gau_alpha_options_load_as_before():
+    """A config dict without norm_position / norm_affine / use_bias (layers) or embed_norm /
+    type_vocab_size (LMs), as run folders, weight files and goldens written before hold, loads
+    with today's behaviour: pre-norm with weights, biases, no token types, no embedding norm."""
+    lm = fc.LMConfig(block=fc.FlashConfig(dim=16, qk_dim=8, causal=True), vocab_size=7)
+    old = lm.to_dict()
+    for key in ("embed_norm", "type_vocab_size"):
+        del old[key]
+    for key in ("norm_position", "norm_affine", "use_bias"):
+        del old["block"][key]
+    assert fc.config_from_dict(old) == lm
+    names = set(fc.param_spec(lm))
+    assert {"layers.0.hidden.bias", "layers.0.qk.beta", "layers.0.out.bias"} <= names
+    assert not {n for n in names if n.startswith(("type_embed", "embed_norm"))}
+
+
+def test_gau_alpha_options_shape_the_parameters():
+    block = fc.FlashConfig(dim=16, qk_dim=8, kind="gau", norm="rms", norm_affine=False,
+                           use_bias=False, norm_position="post")  # fmt: skip
+    assert sorted(fc.param_spec(block)) == [
+        "hidden.kernel", "out.kernel", "qk.gamma", "rel_bias.weight"
+    ]  # fmt: skip
+    lm = fc.LMConfig(block=block, vocab_size=7, final_norm="none", embed_norm="rms",
+                     type_vocab_size=3)  # fmt: skip
+    top = {k: v.shape for k, v in fc.param_spec(lm).items() if not k.startswith("layers.")}
+    assert top == {"embed.weight": (7, 16), "type_embed.weight": (3, 16)}
+    with_weights = lm.replace(block=block.replace(norm_affine=True), embed_norm="layer")
+    assert {"embed_norm.weight", "embed_norm.bias"} <= set(fc.param_spec(with_weights))
+    for field, value in (("embed_norm", "batch"), ("type_vocab_size", -1), ("final_norm", "x")):
+        with pytest.raises(ValueError, match=field):
+            lm.replace(**{field: value})
+    params = fc.init(lm)
+    tokens = np.zeros((1, 4), np.int64)
+    with pytest.raises(ValueError, match="token_type_ids"):
+        fc.lm_logits(params, tokens, config=lm, token_type_ids=np.zeros((1, 3), np.int64))
+    with pytest.raises(ValueError, match="token_type_ids: token ids must be in"):
+        fc.lm_logits(params, tokens, config=lm, token_type_ids=np.full((1, 4), 3))
+    no_types = lm.replace(type_vocab_size=0)
+    with pytest.raises(ValueError, match="type_vocab_size is 0"):
+        fc.lm_logits(fc.init(no_types), tokens, config=no_types, token_type_ids=tokens)
+    type0 = fc.lm_logits(params, tokens, config=lm)
+    assert np.array_equal(type0, fc.lm_logits(params, tokens, config=lm, token_type_ids=tokens))
 
 
 def test_paper_defaults():

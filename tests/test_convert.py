@@ -30,6 +30,24 @@ CONFIGS = {
     "gau": fc.FlashConfig(dim=16, kind="gau", max_len=16, qk_dim=8, norm="layer"),
     "transformer": fc.TransformerConfig(dim=16, heads=2, ffn_dim=24),
     "lm": fc.LMConfig(block=BLOCK, vocab_size=11, num_layers=2, tie_embeddings=False),
+    # the options GAU-alpha brought, with weights where they have some
+    "lm-gau-options": fc.LMConfig(
+        block=fc.FlashConfig(
+            dim=16,
+            kind="gau",
+            max_len=16,
+            qk_dim=8,
+            norm="layer",
+            norm_position="post",
+            use_bias=False,
+            causal=False,
+        ),
+        vocab_size=11,
+        num_layers=2,
+        final_norm="none",
+        embed_norm="layer",
+        type_vocab_size=2,
+    ),  # fmt: skip
 }
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float64": np.float64}
 
@@ -120,6 +138,51 @@ def test_flash_pytorch_converts_to_each_format(tmp_path, model, dst):
     assert code == 0
     got, got_config = cv.read_weights(out)
     assert got_config == want_config and _bits_equal(got, want)
+
+
+# ---- GAU-alpha -> each ---------------------------------------------------------------------------
+@pytest.mark.parametrize("dst", FORMATS)
+def test_gau_alpha_converts_to_each_format(tmp_path, dst):
+    """A GAU-alpha folder (config.json + pytorch_model.bin) -> each format -> canonical: the
+    importer's weights, bit for bit, and its config."""
+    import _gau_alpha as ga
+
+    from flashcore.peers.gau_alpha import import_state_dict
+
+    _need(dst)
+    port = ga.make_port(0, ga.torch.float32)
+    folder = ga.write_folder(tmp_path / "gau", port)
+    want, want_config = import_state_dict(port.state_dict(), ga.hf_config(port))
+    out = tmp_path / f"w{SUFFIX[dst]}"
+    assert cli_main(["convert", str(folder), str(out), "--from", "gau-alpha"]) == 0
+    got, got_config = cv.read_weights(out)
+    assert got_config == want_config and _bits_equal(got, want)
+    if dst != "canonical":
+        end = tmp_path / "end.safetensors"
+        cv.convert(out, end)
+        assert _bits_equal(load_canonical(end)[0], want)
+
+
+def test_gau_alpha_sources_and_errors(tmp_path, capsys):
+    import _gau_alpha as ga
+
+    port = ga.make_port(1, ga.torch.float32)
+    folder = ga.write_folder(tmp_path / "st", port, "model.safetensors")
+    bin_folder = ga.write_folder(tmp_path / "bin", port)
+    want = cv.read_weights(folder, "gau-alpha")[0]
+    for src in (folder / "model.safetensors", bin_folder / "pytorch_model.bin"):
+        assert _bits_equal(cv.read_weights(src, "gau-alpha")[0], want)
+    with pytest.raises(WeightFileError, match="--from gau-alpha"):  # not detected alone
+        cv.convert(bin_folder / "pytorch_model.bin", tmp_path / "x.safetensors")
+    with pytest.raises(WeightFileError, match="drop --config"):
+        cv.read_weights(folder, "gau-alpha", config=CONFIGS["lm"])
+    (bin_folder / "config.json").write_text(json.dumps({**ga.hf_config(port), "vocab_size": 7}))
+    assert (
+        cli_main(["convert", str(bin_folder), str(tmp_path / "y.pt"), "--from", "gau-alpha"]) == 2
+    )
+    assert "word_embeddings.weight: expected (7, 32)" in capsys.readouterr().err
+    assert not (tmp_path / "y.pt").exists()
+    assert cli_main(["convert", str(folder), str(tmp_path / "z.pt"), "--to", "gau-alpha"]) == 2
 
 
 def test_flash_pytorch_needs_its_options_and_is_import_only(tmp_path, capsys):

@@ -23,6 +23,7 @@ OPTIONS = [
     dict(attention="laplace", rel_bias="t5", rope="interleaved", rope_dims=2),
     dict(attention="softmax_plus", norm="layer", rel_bias="none"),
     dict(norm_eps_mode="clamp", bias_before_scale=True, rel_bias="t5", bias_scale=2.0),
+    dict(norm_position="post", norm="rms", norm_affine=False, use_bias=False, token_shift=True),
 ]
 
 
@@ -45,11 +46,16 @@ def test_layer_decoding_equals_full_forward(opts):
     [
         {},
         dict(tie_embeddings=False, head_bias=True, final_norm="layer", abs_pos="scaled_sinusoidal"),
+        dict(final_norm="none", embed_norm="layer", type_vocab_size=2, block_post_norm=True),
     ],
-    ids=["default", "peer-options"],
+    ids=["default", "peer-options", "gau-alpha-options"],
 )
 def test_lm_decoding_equals_full_forward(lm_opts):
-    block = fc.FlashConfig(dim=8, qk_dim=4, chunk_size=3, causal=True, token_shift=True)
+    lm_opts = dict(lm_opts)
+    post = "post" if lm_opts.pop("block_post_norm", False) else "pre"
+    block = fc.FlashConfig(
+        dim=8, qk_dim=4, chunk_size=3, causal=True, token_shift=True, norm_position=post
+    )
     cfg = fc.LMConfig(block=block, vocab_size=11, num_layers=2, **lm_opts)
     p = _params(cfg)
     tokens = rng.integers(0, 11, (2, 10))
@@ -98,7 +104,9 @@ GAU_OPTIONS = [
     dict(attention="laplace", bias_before_scale=True, fixed_length=5),
     dict(length_mode="array", norm_eps_mode="clamp"),
     dict(length_mode="prefix", token_shift=True),
-]
+    dict(attention="softmax_plus", rope="interleaved", rel_bias="none", norm="rms",
+         norm_affine=False, norm_position="post", use_bias=False, token_shift=True),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -120,5 +120,5 @@ def test_the_imported_package_has_its_api_and_the_decoding_methods(backend):
         for method in ("decode_init", "decode_step", "load_canonical", "to_canonical"):
             assert callable(getattr(getattr(pkg, cls), method, None)), (cls, method)
         assert issubclass(getattr(pkg, cls), pkg.CanonicalModule)
-    for method in ("prefill", "generate", "from_pretrained"):
+    for method in ("prefill", "generate", "from_pretrained", "hidden_states"):
         assert callable(getattr(pkg.LM, method, None)), method

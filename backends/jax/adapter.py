@@ -68,6 +68,8 @@ def _run(config, params, inputs, dtype, grads: bool = True) -> Result:
     seg = None if "segment_ids" not in inputs else jnp.asarray(inputs["segment_ids"])
     masks = golden.dropout_masks(inputs)  # given keep-masks (dropout cases)
     drop = {"dropout": {k: jnp.asarray(v) for k, v in masks.items()}} if masks else {}
+    if "token_type_ids" in inputs:  # LMs with token types
+        drop["token_type_ids"] = jnp.asarray(inputs["token_type_ids"])
 
     f64 = lambda a: np.asarray(a).astype(np.float64)  # noqa: E731  (bfloat16 via ml_dtypes)
     if not grads:

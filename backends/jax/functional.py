@@ -3,6 +3,7 @@
     params = init(config, key)                       # {canonical name: jax.Array}
     y = apply(params, x, config=cfg)                 # layer / block: (b, t, d) -> (b, t, d)
     z = logits(params, tokens, config=lm_cfg)        # LM: (b, t) ints -> (b, t, v)
+    h = hidden(params, tokens, config=lm_cfg)        # LM: (b, t) ints -> (b, t, d) last hidden states
     l = loss(params, inputs, targets, config=lm_cfg) # LM: () mean next-token cross-entropy (nats)
     masks = dropout_masks(config, key, b, t)         # keep-masks for dropout=masks (None: p = 0)
 
@@ -25,7 +26,7 @@ from flashcore.config import FlashConfig, LMConfig, TransformerConfig
 from . import kernels
 from .xp import xp
 
-__all__ = ["init", "apply", "logits", "loss", "dropout_masks", "Config"]
+__all__ = ["init", "apply", "logits", "hidden", "loss", "dropout_masks", "Config"]
 
 Config = FlashConfig | TransformerConfig | LMConfig
 
@@ -125,9 +126,11 @@ def logits(
     core: Callable | None = None,
     dropout: dict | None = None,
     attn_core: Callable | None = None,
+    token_type_ids: jax.Array | None = None,
 ) -> jax.Array:
-    """Next-token logits of an LM. tokens: (b, t) ints -> (b, t, v). ``core``, ``attn_core``,
-    ``dropout``: as in :func:`apply`."""
+    """Next-token logits of an LM (a bidirectional one: its masked-LM logits). tokens: (b, t)
+    ints -> (b, t, v). ``core``, ``attn_core``, ``dropout``: as in :func:`apply`;
+    ``token_type_ids``: (b, t) ints or None (type 0; LMs with ``type_vocab_size`` > 0)."""
     return fc.lm_logits(
         params,
         _jax(tokens),
@@ -138,6 +141,29 @@ def logits(
         core=core or kernels.flash_core,
         attn_core=attn_core or kernels.softmax_core,
         dropout=dropout,
+        token_type_ids=_jax(token_type_ids),
+    )
+
+
+def hidden(
+    params: dict[str, jax.Array],
+    tokens: jax.Array,
+    *,
+    config: LMConfig,
+    mask: jax.Array | None = None,
+    token_type_ids: jax.Array | None = None,
+) -> jax.Array:
+    """The last hidden states of an LM (after its final norm, before the head), no dropout.
+    tokens: (b, t) ints -> (b, t, d)."""
+    return fc.lm_hidden(
+        params,
+        _jax(tokens),
+        config=config,
+        mask=_jax(mask),
+        xp=xp,
+        core=kernels.flash_core,
+        attn_core=kernels.softmax_core,
+        token_type_ids=_jax(token_type_ids),
     )
 
 
@@ -153,6 +179,7 @@ def loss(
     dropout: dict | None = None,
     loss_mask: jax.Array | None = None,
     attn_core: Callable | None = None,
+    token_type_ids: jax.Array | None = None,
 ) -> jax.Array:
     """Mean next-token cross-entropy (nats) of ``targets`` (b, t) given ``inputs`` (b, t): ().
     ``core``, ``attn_core``, ``dropout``: as in :func:`apply`; ``loss_mask``: (b, t) bool, the
@@ -169,4 +196,5 @@ def loss(
         attn_core=attn_core or kernels.softmax_core,
         dropout=dropout,
         loss_mask=_jax(loss_mask),
+        token_type_ids=_jax(token_type_ids),
     )

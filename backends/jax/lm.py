@@ -91,9 +91,10 @@ class LM(LMDecoding, CanonicalModule):
         dropout=None,
         deterministic: bool | None = None,
         rngs=None,
+        token_type_ids=None,
     ) -> jax.Array:
         """tokens: (b, t) ints -> logits (b, t, v). dropout / deterministic / rngs: as for a
-        layer; the masks are ``layers.{i}.<site>``."""
+        layer; the masks are ``layers.{i}.<site>``. token_type_ids: (b, t) ints or None."""
         return functional.logits(
             self.to_canonical(),
             tokens,
@@ -103,6 +104,18 @@ class LM(LMDecoding, CanonicalModule):
             core=self.core,
             attn_core=self.attn_core,
             dropout=self._masks(*_batch_time(tokens), dropout, deterministic, rngs),
+            token_type_ids=token_type_ids,
+        )
+
+    def hidden_states(self, tokens: jax.Array, mask=None, token_type_ids=None) -> jax.Array:
+        """The last hidden states (after the final norm, before the head), no dropout:
+        tokens (b, t) ints -> (b, t, d)."""
+        return functional.hidden(
+            self.to_canonical(),
+            tokens,
+            config=self.config,
+            mask=mask,
+            token_type_ids=token_type_ids,
         )
 
     def loss(
@@ -115,6 +128,7 @@ class LM(LMDecoding, CanonicalModule):
         dropout=None,
         deterministic: bool | None = None,
         rngs=None,
+        token_type_ids=None,
     ):
         """Mean next-token cross-entropy (nats) of ``targets`` given ``inputs``, both (b, t): ().
         dropout / deterministic / rngs: as for :meth:`__call__`."""
@@ -128,4 +142,5 @@ class LM(LMDecoding, CanonicalModule):
             core=self.core,
             attn_core=self.attn_core,
             dropout=self._masks(*_batch_time(inputs), dropout, deterministic, rngs),
+            token_type_ids=token_type_ids,
         )

@@ -43,6 +43,10 @@ _TRANSFORMER: Table = {
 }
 _LM: Table = {
     "embed.weight": ("embed.embedding", False),
+    "type_embed.weight": ("type_embed.embedding", False),
+    "embed_norm.scale": ("embed_norm.scale", False),
+    "embed_norm.weight": ("embed_norm.scale", False),
+    "embed_norm.bias": ("embed_norm.bias", False),
     "abs_pos.scale": ("abs_pos.scale", False),
     "final_norm.scale": ("final_norm.scale", False),
     "final_norm.weight": ("final_norm.scale", False),

@@ -58,7 +58,11 @@ class TFAdapter(Adapter):
 
         layer = block_class(config)(config, params=params, dtype=POLICIES[dtype])
         compute = tf.as_dtype(layer.compute_dtype)
-        kw = {k: tf.constant(inputs[k]) for k in ("mask", "segment_ids") if k in inputs}
+        kw = {
+            k: tf.constant(inputs[k])
+            for k in ("mask", "segment_ids", "token_type_ids")
+            if k in inputs
+        }
         masks = golden.dropout_masks(inputs)  # given keep-masks (dropout cases)
         if masks is not None:
             kw["dropout"] = {k: tf.constant(v) for k, v in masks.items()}

@@ -46,12 +46,26 @@ __all__ = [
     "write_params",
     "read_params",
     "read_extra",
+    "read_checkpoint",
 ]
 
 SUFFIX = ".weights.h5"
 _PREFIX = "flashcore_"
 
 Config = fc.FlashConfig | fc.TransformerConfig | fc.LMConfig
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every variable of a TensorFlow checkpoint (a TF1 ``Saver`` checkpoint such as
+    bert4keras' ``bert_model.ckpt``, given by its prefix), {name: NumPy array}, read with
+    ``tf.train.load_checkpoint``. WeightFileError naming the path when it cannot be read."""
+    import tensorflow as tf
+
+    try:
+        reader = tf.train.load_checkpoint(str(path))
+        return {k: reader.get_tensor(k) for k in sorted(reader.get_variable_to_shape_map())}
+    except Exception as err:  # NotFoundError, DataLossError, ...
+        raise WeightFileError(f"{path}: not a readable TF checkpoint: {str(err)[:300]}") from err
 
 
 def _check_suffix(path: Path) -> None:

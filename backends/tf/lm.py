@@ -71,17 +71,35 @@ class LM(LMDecoding, CanonicalModule):
         return out
 
     @no_autograph
-    def call(self, inputs, mask=None, segment_ids=None, training=None, dropout=None):
+    def call(
+        self, inputs, mask=None, segment_ids=None, training=None, dropout=None, token_type_ids=None
+    ):
         """inputs: (b, t) token ids; mask: (b, t) bool; segment_ids: (b, t) ints -> (b, t, v).
-        dropout: keep-masks ``layers.{i}.<site>`` (None: drawn when ``training``)."""
+        dropout: keep-masks ``layers.{i}.<site>`` (None: drawn when ``training``).
+        token_type_ids: (b, t) ints or None (type 0; ``config.type_vocab_size`` > 0)."""
+        return self._run(fc.lm_logits, inputs, mask, segment_ids, training, dropout, token_type_ids)
+
+    @no_autograph
+    def hidden_states(self, inputs, mask=None, token_type_ids=None):
+        """The last hidden states (after the final norm, before the head), no dropout:
+        inputs (b, t) token ids -> (b, t, d)."""
+        return self._run(fc.lm_hidden, inputs, mask, None, False, None, token_type_ids)
+
+    def _run(self, spec_fn, inputs, mask, segment_ids, training, dropout, token_type_ids):
         params = self.canonical_params()
         tokens = tf.convert_to_tensor(inputs)  # ints (checked by the spec): Input(dtype="int32")
         mask = None if mask is None else tf.convert_to_tensor(mask)  # the spec checks it is bool
         segment_ids = None if segment_ids is None else tf.convert_to_tensor(segment_ids)
+        types = None if token_type_ids is None else tf.convert_to_tensor(token_type_ids)
         masks = self._masks(tokens, training, dropout)
+        per_example = isinstance(self.config.block, TransformerConfig)
+        if types is not None and per_example and tokens.shape[0] is None:
+            raise ValueError(
+                "token_type_ids with Transformer++ blocks need a static batch size in flashcore.tf"
+            )
 
         def run(xp, t, m, s, d):
-            return fc.lm_logits(
+            return spec_fn(
                 params,
                 t,
                 config=self.config,
@@ -90,9 +108,9 @@ class LM(LMDecoding, CanonicalModule):
                 xp=xp,
                 dropout=d,
                 attn_core=kernels.softmax_core,
+                token_type_ids=types,
             )
 
-        per_example = isinstance(self.config.block, TransformerConfig)
         return run_static(
             run,
             tokens,

@@ -33,6 +33,7 @@ _TRANSFORMER: Table = {
 }
 _LM: Table = {
     "embed.weight": ("embeddings", False),
+    "type_embed.weight": ("type_embeddings", False),
     "abs_pos.scale": ("abs_pos_scale", False),
     "head.kernel": ("head_kernel", False),
     "head.bias": ("head_bias", False),
@@ -55,6 +56,7 @@ def naming_table(config: FlashConfig | TransformerConfig | LMConfig) -> Table:
     """
     if isinstance(config, LMConfig):
         table = _LM | _norm_table("final_norm.", "final_norm", config.final_norm_kind)
+        table |= _norm_table("embed_norm.", "embed_norm", config.embed_norm)
         block = naming_table(config.block)
         for i in range(config.num_layers):
             table |= {f"layers.{i}.{k}": (f"block_{i}/{n}", t) for k, (n, t) in block.items()}

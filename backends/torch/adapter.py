@@ -80,7 +80,7 @@ class TorchAdapter(Adapter):
             kw["dropout"] = masks
         grads: dict[str, np.ndarray] = {}
         if isinstance(config, fc.LMConfig):
-            out = module(t["tokens"], **kw)  # (b, t, v)
+            out = module(t["tokens"], token_type_ids=t.get("token_type_ids"), **kw)  # (b, t, v)
             loss = module.cross_entropy(out, t["targets"], kw["mask"])
             loss.backward()
         else:

@@ -75,14 +75,15 @@ class _FlashLayer(BlockDecoding, CanonicalModule):
         super().__init__(config)
         f = dict(device=device, dtype=dtype)
         d, e, s, h = config.dim, config.expanded_dim, config.qk_dim, config.num_heads
-        self.norm = norm_params(config.norm, d, **f)
-        self.hidden = nn.Linear(d, 2 * e + s, **f)  # x -> [U | V | Z]: (2e + s, d)
-        self.qk = ParamGroup({"gamma": (h, s), "beta": (h, s)}, **f)
+        self.norm = norm_params(config.norm, d, config.norm_affine, **f)
+        bias = config.use_bias
+        self.hidden = nn.Linear(d, 2 * e + s, bias=bias, **f)  # x -> [U | V | Z]: (2e + s, d)
+        self.qk = ParamGroup({"gamma": (h, s), **({"beta": (h, s)} if bias else {})}, **f)
         if config.rel_bias == "learned":
             self.rel_bias = ParamGroup({"weight": (2 * config.bias_span - 1,)}, **f)
         elif config.rel_bias == "t5":
             self.rel_bias = ParamGroup({"weight": (config.t5_buckets,)}, **f)
-        self.out = nn.Linear(e, d, **f)  # (d, e)
+        self.out = nn.Linear(e, d, bias=bias, **f)  # (d, e)
         self.generator: torch.Generator | None = None  # dropout's; None: torch's global one
         self._init(seed, init)
 

@@ -54,12 +54,16 @@ class LM(LMDecoding, CanonicalModule):
         f = dict(device=device, dtype=dtype)
         d, v, block = config.dim, config.vocab_size, config.block
         self.embed = nn.Embedding(v, d, **f)  # (v, d)
+        if config.type_vocab_size:
+            self.type_embed = nn.Embedding(config.type_vocab_size, d, **f)  # (n, d)
+        affine = getattr(block, "norm_affine", True)
+        self.embed_norm = norm_params(config.embed_norm, d, affine, **f)
         if config.abs_pos == "scaled_sinusoidal":
             self.abs_pos = ParamGroup({"scale": (1,)}, **f)
         self.layers = nn.ModuleList(
             block_class(block)(block, init=False, **f) for _ in range(config.num_layers)
         )
-        self.final_norm = norm_params(config.final_norm_kind, d, **f)
+        self.final_norm = norm_params(config.final_norm_kind, d, affine, **f)
         if not config.tie_embeddings:
             self.head = nn.Linear(d, v, bias=config.head_bias, **f)  # (v, d), (v,)
         elif config.head_bias:
@@ -90,22 +94,37 @@ class LM(LMDecoding, CanonicalModule):
         return lm
 
     def forward(
-        self, tokens: torch.Tensor, mask=None, segment_ids=None, dropout=None
+        self, tokens: torch.Tensor, mask=None, segment_ids=None, dropout=None, token_type_ids=None
     ) -> torch.Tensor:
         """tokens: (b, t) ints; mask: (b, t) bool, True = real; segment_ids: (b, t) ints
-        -> logits (b, t, v). dropout: keep-masks (None: drawn in train mode)."""
-        return fc.lm_logits(
-            self.canonical_params(),
+        -> logits (b, t, v). dropout: keep-masks (None: drawn in train mode). token_type_ids:
+        (b, t) ints (``config.type_vocab_size`` > 0; None: type 0)."""
+        return self._spec(
+            fc.lm_logits,
             tokens,
-            config=self.config,
             mask=mask,
             segment_ids=segment_ids,
+            dropout=self._masks(tokens, dropout),
+            token_type_ids=token_type_ids,
+        )
+
+    def _spec(self, fn, *args, **kw):
+        """``fn`` (a flashcore LM function) on this module's weights, fused cores and blocks."""
+        return fn(
+            self.canonical_params(),
+            *args,
+            config=self.config,
             xp=xp,
             core=kernels.attention_core,
             attn_core=kernels.softmax_core,
-            dropout=self._masks(tokens, dropout),
             blocks=self.layers,
+            **kw,
         )
+
+    def hidden_states(self, tokens: torch.Tensor, mask=None, token_type_ids=None) -> torch.Tensor:
+        """The last hidden states (after the final norm, before the head), without dropout:
+        tokens (b, t) ints -> (b, t, d) (``flashcore.lm_hidden``)."""
+        return self._spec(fc.lm_hidden, tokens, mask=mask, token_type_ids=token_type_ids)
 
     def loss(
         self,
@@ -115,24 +134,21 @@ class LM(LMDecoding, CanonicalModule):
         segment_ids=None,
         dropout=None,
         loss_mask=None,
+        token_type_ids=None,
     ) -> torch.Tensor:
         """Mean next-token cross-entropy (nats) of ``targets`` (b, t) given ``tokens`` (b, t),
         counted at real positions of ``mask`` (and of ``loss_mask`` (b, t) bool, when given):
         ``flashcore.lm_loss``. Returns a 0-d tensor. dropout: keep-masks (None: drawn in train
         mode)."""
-        return fc.lm_loss(
-            self.canonical_params(),
+        return self._spec(
+            fc.lm_loss,
             tokens,
             targets,
-            config=self.config,
             mask=mask,
             segment_ids=segment_ids,
-            xp=xp,
-            core=kernels.attention_core,
-            attn_core=kernels.softmax_core,
             dropout=self._masks(tokens, dropout),
             loss_mask=loss_mask,
-            blocks=self.layers,
+            token_type_ids=token_type_ids,
         )
 
     @staticmethod

@@ -47,8 +47,11 @@ class ParamGroup(nn.Module):
         return ", ".join(f"{n}={tuple(p.shape)}" for n, p in self.named_parameters())
 
 
-def norm_params(kind: str, dim: int, **factory) -> ParamGroup:
-    """scale: ``scale`` (1,); rms: ``weight`` (d,); layer: ``weight``, ``bias`` (d,)."""
+def norm_params(kind: str, dim: int, affine: bool = True, **factory) -> ParamGroup:
+    """scale: ``scale`` (1,); rms: ``weight`` (d,); layer: ``weight``, ``bias`` (d,); none for
+    ``kind='none'`` or ``affine=False`` (an empty group)."""
+    if kind == "none" or not affine:
+        return ParamGroup({}, **factory)
     if kind == "scale":
         return ParamGroup({"scale": (1,)}, **factory)
     if kind == "rms":

@@ -46,6 +46,10 @@ TRANSFORMER: NamingTable = {
 # Language model, outside its blocks; block i maps through its own table under "layers.{i}.".
 LM: NamingTable = {
     "embed.weight": ("embed.weight", False),  # nn.Embedding(v, d): (v, d) both ways
+    "type_embed.weight": ("type_embed.weight", False),  # nn.Embedding(n, d), type_vocab_size > 0
+    "embed_norm.scale": ("embed_norm.scale", False),
+    "embed_norm.weight": ("embed_norm.weight", False),
+    "embed_norm.bias": ("embed_norm.bias", False),
     "abs_pos.scale": ("abs_pos.scale", False),  # (1,), abs_pos="scaled_sinusoidal" only
     "final_norm.scale": ("final_norm.scale", False),
     "final_norm.weight": ("final_norm.weight", False),

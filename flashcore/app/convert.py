@@ -1,4 +1,4 @@
-"""Weight conversion between canonical, torch, Flax, Keras and flash-pytorch files.
+"""Weight conversion between canonical, torch, Flax, Keras, flash-pytorch and GAU-alpha files.
 
     convert(src, dst, *, src_format=None, dst_format=None, config=None, force=False, **peer)
     read_weights(path, fmt=None, *, config=None, **peer) -> (params, config)
@@ -17,6 +17,9 @@ listing the names. A format's framework is imported only when that format is use
     keras          .weights.h5    flashcore.tf.io (Keras save_weights + config attributes)
     flash-pytorch  (read only)    flashcore.peers.flash_pytorch (needs ``model``, ``causal``
                                   and the importer's other options; never detected alone)
+    gau-alpha      (read only)    flashcore.peers.gau_alpha: a GAU-alpha folder (config.json +
+                                  model.safetensors / pytorch_model.bin), one of those files, or
+                                  a bert4keras TF1 checkpoint (prefix or folder); never detected
 
 The source format is read from the file (magic bytes and stored tags first, the suffix second)
 unless given; a given format that the file contradicts is an error. The destination format comes
@@ -68,6 +71,9 @@ FORMATS: dict[str, Format] = {
         Format("flax", (".msgpack",), "flashcore.jax.io", "jax + flax (flashcore[jax])"),
         Format("keras", (".weights.h5",), "flashcore.tf.io", "tensorflow (flashcore[tf])"),
         Format("flash-pytorch", (), None, "torch (flashcore[torch])", writable=False),
+        Format(
+            "gau-alpha", (), None, "torch or safetensors (bert4keras: tensorflow)", writable=False
+        ),
     ]
 }
 
@@ -114,6 +120,8 @@ def _sniff(path: Path) -> str | None:
                         return "torch"
                     if b"_rebuild_tensor" not in data:
                         return "torch-no-tensors"
+                    if b"q_scaleoffset" in data:
+                        return "gau-alpha-like"
                     return "flash-pytorch-like" if b"to_hidden" in data else "torch-bare"
                 if "model.weights.h5" in names or "config.json" in names:
                     return "keras-archive"
@@ -164,7 +172,12 @@ def detect_format(path: str | os.PathLike, *, config: AnyConfig | None = None) -
             "convert it with --from flash-pytorch --model FLASH|GAU|FLASHTransformer "
             "--causal|--no-causal [--group-size N]"
         )
-    if sniffed in ("torch-bare", "flash-pytorch-like"):
+    if sniffed == "gau-alpha-like" and config is None:
+        raise WeightFileError(
+            f"{path}: a torch state dict with GAU-alpha names and no flashcore config; "
+            "convert it with --from gau-alpha"
+        )
+    if sniffed in ("torch-bare", "flash-pytorch-like", "gau-alpha-like"):
         if config is None:
             raise WeightFileError(
                 f"{path}: a bare torch state dict with no flashcore config; give --config "
@@ -188,8 +201,10 @@ def _check_given_format(path: Path, fmt: str) -> None:
     sniffed = _sniff(path)
     ok = {
         None: True,
-        "torch-bare": fmt in ("torch", "flash-pytorch"),
+        "torch-bare": fmt in ("torch", "flash-pytorch", "gau-alpha"),
         "flash-pytorch-like": fmt in ("torch", "flash-pytorch"),
+        "gau-alpha-like": fmt in ("torch", "gau-alpha"),
+        "canonical": fmt in ("canonical", "gau-alpha"),  # a Hugging Face model.safetensors
         "keras-archive": False,
         "torch-no-tensors": False,
     }.get(sniffed, sniffed == fmt)
@@ -211,18 +226,12 @@ def _get_format(name: str) -> Format:
 
 
 # ---- reading and writing ---------------------------------------------------------------------
-def _read_flash_pytorch(path: Path, peer: dict) -> tuple[dict[str, np.ndarray], AnyConfig]:
-    from ..peers.flash_pytorch import import_state_dict
-
+def _read_torch_state_dict(path: Path) -> dict:
+    """A ``torch.save``-d state dict (a dict of tensors), read with ``weights_only=True``."""
     try:
         import torch
     except ImportError as err:
-        raise WeightFileError(f"the flash-pytorch format needs torch: {err}") from err
-    if peer.get("model") is None or peer.get("causal") is None:
-        raise WeightFileError(
-            f"{path}: a flash-pytorch state dict holds no config; give --model "
-            "FLASH|GAU|FLASHTransformer and --causal or --no-causal (and --group-size if not 256)"
-        )
+        raise WeightFileError(f"{path}: a torch state dict needs torch: {err}") from err
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -230,11 +239,79 @@ def _read_flash_pytorch(path: Path, peer: dict) -> tuple[dict[str, np.ndarray], 
             f"{path}: not a readable torch file (truncated or corrupt?): {str(err)[:300]}"
         ) from err
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise WeightFileError(f"{path}: not a flash-pytorch state dict (a dict of tensors)")
+        raise WeightFileError(f"{path}: not a state dict (a dict of tensors)")
+    return sd
+
+
+def _read_flash_pytorch(path: Path, peer: dict) -> tuple[dict[str, np.ndarray], AnyConfig]:
+    from ..peers.flash_pytorch import import_state_dict
+
+    if peer.get("model") is None or peer.get("causal") is None:
+        raise WeightFileError(
+            f"{path}: a flash-pytorch state dict holds no config; give --model "
+            "FLASH|GAU|FLASHTransformer and --causal or --no-causal (and --group-size if not 256)"
+        )
+    sd = _read_torch_state_dict(path)
     options = {k: v for k, v in peer.items() if v is not None}
     try:
         return import_state_dict(sd, options.pop("model"), **options)
     except (ValueError, KeyError) as err:
+        raise WeightFileError(f"{path}: {err}") from err
+
+
+GAU_ALPHA_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _tf_checkpoint(path: Path) -> Path | None:
+    """The TF checkpoint prefix at ``path`` (a prefix with a ``.index`` file, or a folder holding
+    one), or None."""
+    if Path(str(path) + ".index").is_file():
+        return path
+    if path.is_dir():
+        index = sorted(path.glob("*.ckpt.index")) or sorted(path.glob("*.index"))
+        if index:
+            return Path(str(index[0])[: -len(".index")])
+    return None
+
+
+def _read_gau_alpha(path: Path) -> tuple[dict[str, np.ndarray], AnyConfig]:
+    """A GAU-alpha checkpoint: a Hugging Face folder (config.json + model.safetensors or
+    pytorch_model.bin, as ``junnyu/chinese_GAU-alpha-char_L-24_H-768`` has), one of those files
+    (its folder's config.json is read when there), or a bert4keras TF1 checkpoint (its prefix, or
+    a folder with bert_config.json + bert_model.ckpt.*)."""
+    from ..peers.gau_alpha import (
+        GAUAlphaImportError,
+        import_bert4keras,
+        import_state_dict,
+        read_hf_config,
+    )
+
+    folder = path if path.is_dir() else path.parent
+    weights = path if path.is_file() else None
+    if path.is_dir():
+        weights = next((folder / n for n in GAU_ALPHA_FILES if (folder / n).is_file()), None)
+    ckpt = None if weights is not None else _tf_checkpoint(path)
+    if weights is None and ckpt is None:
+        raise FileNotFoundError(
+            f"{path}: no GAU-alpha checkpoint there (expected a folder with "
+            f"{' or '.join(GAU_ALPHA_FILES)} or a bert4keras bert_model.ckpt, or one of those files)"
+        )
+    try:
+        config = read_hf_config(folder)
+        if ckpt is not None:
+            return import_bert4keras(_backend(FORMATS["keras"]).read_checkpoint(ckpt), config)
+        if weights.name.endswith(".safetensors"):
+            from safetensors import SafetensorError, safe_open
+
+            try:
+                with safe_open(str(weights), framework="np") as f:
+                    sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+            except (SafetensorError, OSError, ValueError) as err:
+                raise WeightFileError(f"{weights}: not a readable safetensors file: {err}") from err
+        else:
+            sd = _read_torch_state_dict(weights)
+        return import_state_dict(sd, config)
+    except GAUAlphaImportError as err:
         raise WeightFileError(f"{path}: {err}") from err
 
 
@@ -252,6 +329,14 @@ def read_weights(
     importer's options (``model``, ``causal``, ``group_size``, ...).
     """
     path = Path(path)
+    if fmt == "gau-alpha":  # a folder or a TF checkpoint prefix as well as a file
+        if config is not None:
+            raise WeightFileError("gau-alpha: the importer derives the config; drop --config")
+        if any(v is not None for v in peer.values()):
+            raise WeightFileError("--model / --causal / ... apply to --from flash-pytorch")
+        if path.is_file():
+            _check_given_format(path, fmt)
+        return _read_gau_alpha(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weight file at {path}")
     if fmt is None:
@@ -292,7 +377,7 @@ def _dst_format(path: Path, fmt: str | None) -> Format:
     f = _get_format(fmt)
     if not f.writable:
         raise WeightFileError(
-            f"writing the {fmt} format is not supported (flash-pytorch is import only); "
+            f"writing the {fmt} format is not supported (it is import only); "
             "convert to canonical, torch, flax or keras"
         )
     if fmt == "keras" and not path.name.endswith(".weights.h5"):

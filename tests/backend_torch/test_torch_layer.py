@@ -228,6 +228,9 @@ def _reason(config=None, **kw):
         (dict(norm="layer"), "norm"),
         (dict(norm_eps_mode="clamp"), "norm"),
         (dict(attention="laplace"), "relu2"),
+        (dict(norm_position="post"), "post-norm"),
+        (dict(norm_affine=False), "parameter-free"),
+        (dict(use_bias=False), "bias-free"),
     ],
 )
 def test_configurations_outside_the_fused_layer_take_the_spec(config_kw, words):

@@ -65,6 +65,8 @@ def layer_unsupported(config, masked: bool = False) -> str | None:
         return f"norm={config.norm!r} with norm_eps_mode={config.norm_eps_mode!r}"
     if config.token_shift:
         return "token_shift"
+    if config.norm_position != "pre" or not config.norm_affine or not config.use_bias:
+        return "post-norm, a parameter-free norm or bias-free layers (not fused)"
     if config.rope not in ("half", "none"):
         return f"rope={config.rope!r}"
     return None
