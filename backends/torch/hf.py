@@ -1,26 +1,31 @@
-"""Hugging Face transformers integration: a config, a causal-LM model, the Auto classes.
+"""Hugging Face transformers integration: a config, causal-LM and masked-LM models, their
+tokenizers, the Auto classes.
 
 Importing this module imports transformers (the ``[hf]`` extra) and registers ``"flashcore"``
-with ``AutoConfig`` and :class:`FlashcoreForCausalLM` with ``AutoModelForCausalLM``:
+with ``AutoConfig``, :class:`FlashcoreForCausalLM` with ``AutoModelForCausalLM`` and
+:class:`FlashcoreForMaskedLM` with ``AutoModelForMaskedLM``:
 
     import flashcore.torch.hf  # registers the Auto classes
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
     model = AutoModelForCausalLM.from_pretrained("path/to/dir")         # or a Hub id
     out = model.generate(torch.tensor([list(b"def ")]), max_new_tokens=20, do_sample=False)
+    pipeline("text-generation", model="path/to/dir")("def ", max_new_tokens=20, do_sample=False)
     model.save_pretrained("other/dir")
 
-A directory holds ``config.json`` (the HF config; the LM config under the key ``flashcore``) and
+A directory holds ``config.json`` (the HF config; the LM config under the key ``flashcore``),
 ``model.safetensors``: the canonical weight file of :mod:`flashcore.io` (canonical names, kernels
 ``[in, out]``, the config in the metadata), not the torch module's state dict, so that the same
-directory loads in every backend: ``flashcore.{torch,jax,tf}.LM.from_pretrained(dir)``.
+directory loads in every backend: ``flashcore.{torch,jax,tf}.LM.from_pretrained(dir)``, and a
+tokenizer (``tokenizer.json``, :func:`save_tokenizer`): the byte tokenizer of byte-level LMs
+(id = byte; a masked LM's ``[MASK]`` is id 256), or the tokenizer that made a run's ids.
 
-Generation: for causal FLASH blocks ``generate`` keeps FLASH's constant-size decoding state
+Generation: ``generate`` decodes incrementally with the LM's decoding state
 (:mod:`flashcore.decode`) as the cache (:class:`FlashcoreDecodeState`, a transformers ``Cache``):
-the prompt is fed token by token, then each new token costs one ``decode_step``, whatever the
-length. GAU and Transformer++ blocks have no incremental decoder yet: there every step reruns the
-full forward on the whole sequence (no cache). Only a causal-LM head exists (no masked-LM head:
-flashcore has no masked-LM objective yet).
+FLASH's constant-size state, or the key/value caches of Transformer++ and one-layer GAU LMs
+(sized for the prompt plus ``max_new_tokens``). The prompt is fed token by token, then each new
+token costs one ``decode_step``. An LM of several GAU layers dividing by the growing length
+(no exact incremental form) reruns the full forward every step.
 """
 
 from __future__ import annotations
@@ -33,13 +38,14 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForMaskedLM,
     GenerationConfig,
     GenerationMixin,
     PreTrainedConfig,
     PreTrainedModel,
 )
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import CausalLMOutputWithPast, MaskedLMOutput
 
 import flashcore as fc
 from flashcore import pretrained
@@ -54,6 +60,9 @@ __all__ = [
     "FlashcoreDecodeState",
     "FlashcorePreTrainedModel",
     "FlashcoreForCausalLM",
+    "FlashcoreForMaskedLM",
+    "byte_tokenizer",
+    "save_tokenizer",
 ]
 
 IGNORE_INDEX = -100  # transformers' label for "no loss here"
@@ -119,11 +128,12 @@ class FlashcoreConfig(PreTrainedConfig):
 
 
 class FlashcoreDecodeState(Cache):
-    """FLASH's decoding state as a transformers ``Cache``: constant size, whatever the length.
+    """An LM's decoding state as a transformers ``Cache``: FLASH's constant-size state, or the
+    fixed-capacity key/value caches of Transformer++ and one-layer GAU LMs.
 
     ``state``: ``{"layers.{i}": layer state}`` of :func:`flashcore.decode.lm_decode_init`;
-    ``seen``: how many tokens went in. It holds no keys or values, so ``crop`` (rolling back
-    tokens) is not possible; beam search reorders the batch rows.
+    ``seen``: how many tokens went in. ``crop`` (rolling back tokens) is not offered (FLASH's state
+    sums the past); beam search reorders the batch rows.
     """
 
     def __init__(self, state: dict[str, dict[str, torch.Tensor]], seen: int = 0):
@@ -175,7 +185,7 @@ class FlashcoreDecodeState(Cache):
     def crop(self, tokens_to_remove: int) -> None:
         if tokens_to_remove:
             raise NotImplementedError(
-                "FLASH's decoding state sums the past; tokens cannot be removed from it"
+                "the decoding state cannot drop tokens (FLASH's sums the past)"
             )
 
     def reset(self) -> None:
@@ -202,20 +212,6 @@ class FlashcorePreTrainedModel(PreTrainedModel):
         """Nothing: the wrapped flashcore LM is initialised by ``flashcore.init`` when built (or
         loaded from canonical weights); transformers' default init would overwrite it."""
 
-
-class FlashcoreForCausalLM(FlashcorePreTrainedModel, GenerationMixin):
-    """A flashcore LM (:class:`flashcore.torch.LM`, as ``self.model``) as a transformers
-    causal LM.
-
-    ``FlashcoreForCausalLM(config, seed=0)`` initialises as ``flashcore.init(lm_config, 0)``;
-    :meth:`from_flashcore` wraps an existing ``flashcore.torch.LM`` (sharing its parameters).
-    ``forward`` returns :class:`CausalLMOutputWithPast`; with ``labels`` its ``loss`` is the mean
-    next-token cross-entropy with transformers' shift (logits at t predict ``labels[:, t + 1]``;
-    -100 is ignored), computed by ``flashcore.cross_entropy``.
-    """
-
-    accepts_loss_kwargs = False  # the loss is a mean over its own tokens (Trainer: no rescaling)
-
     def __init__(self, config: FlashcoreConfig, *, seed: int | None = None, lm: LM | None = None):
         super().__init__(config)
         if lm is None:
@@ -226,7 +222,7 @@ class FlashcoreForCausalLM(FlashcorePreTrainedModel, GenerationMixin):
         self.post_init()
 
     @classmethod
-    def from_flashcore(cls, lm: LM, **config_kwargs: Any) -> FlashcoreForCausalLM:
+    def from_flashcore(cls, lm: LM, **config_kwargs: Any):
         """Wrap ``lm`` (its parameters are shared, not copied)."""
         return cls(FlashcoreConfig.from_lm_config(lm.config, **config_kwargs), lm=lm)
 
@@ -242,138 +238,19 @@ class FlashcoreForCausalLM(FlashcorePreTrainedModel, GenerationMixin):
     def get_output_embeddings(self):
         return None  # tied (the spec reuses embed.weight) or flashcore's own head.kernel
 
-    @property
-    def incremental(self) -> bool:
-        """True when ``generate`` decodes with the constant-size FLASH state."""
-        return self.model.decode_method == "state"
-
-    # -- forward ---------------------------------------------------------------------------
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        cache: FlashcoreDecodeState | None = None,
-        use_cache: bool | None = None,
-        return_dict: bool | None = None,
-        past_key_values: FlashcoreDecodeState | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-    ) -> CausalLMOutputWithPast | tuple:
-        """input_ids: (b, t) ints; attention_mask: (b, t), 1 = real; labels: (b, t) ints
-        -> logits (b, t, v) float, loss () when labels are given, cache when decoding.
-
-        ``cache`` (``past_key_values`` is the older name): a :class:`FlashcoreDecodeState`; the
-        tokens are fed one by one through ``decode_step`` after what it has seen, and the
-        returned logits are those of these tokens. ``use_cache=True`` without a cache starts one
-        (``generate`` does this) for FLASH blocks; GAU and Transformer++ blocks have no
-        incremental decoder and ignore it (no cache returned). Otherwise (the default) the
-        logits come from the full parallel forward, ``flashcore.lm_logits``.
-        """
-        if inputs_embeds is not None:
-            raise ValueError("FlashcoreForCausalLM takes input_ids (token ids), not inputs_embeds")
+    @staticmethod
+    def _padding(input_ids, attention_mask) -> torch.Tensor | None:
+        """Check input_ids (b, t) and attention_mask (b, t), 1 = real -> the bool mask or None."""
         if input_ids is None or input_ids.ndim != 2 or input_ids.shape[1] == 0:
             shape = None if input_ids is None else tuple(input_ids.shape)
             raise ValueError(f"input_ids must be (batch, time >= 1) token ids, got {shape}")
-        if cache is not None and past_key_values is not None and cache is not past_key_values:
-            raise ValueError("give cache or past_key_values, not both")
-        cache = cache if cache is not None else past_key_values
-        if cache is not None and not isinstance(cache, FlashcoreDecodeState):
-            raise TypeError(
-                f"cache must be a FlashcoreDecodeState (FLASH's decoding state), got "
-                f"{type(cache).__name__}"
-            )
-        mask = None
-        if attention_mask is not None:
-            if attention_mask.ndim != 2 or attention_mask.shape[0] != input_ids.shape[0]:
-                raise ValueError(
-                    f"attention_mask must be (batch, time), got {tuple(attention_mask.shape)}"
-                )
-            mask = attention_mask.bool()
-        decoding = cache is not None or (bool(use_cache) and self.incremental)
-        if decoding:
-            logits, cache = self._decode(input_ids, mask, cache)
-        else:
-            if mask is not None and mask.shape[1] != input_ids.shape[1]:
-                raise ValueError(
-                    f"attention_mask covers {mask.shape[1]} positions, input_ids {input_ids.shape[1]}"
-                )
-            logits = self.model(input_ids, mask=mask)  # (b, t, v)
-            cache = None
-        loss = None if labels is None else self._loss(logits, labels)
-        if return_dict is False:
-            return tuple(x for x in (loss, logits, cache) if x is not None)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
-
-    def _decode(
-        self, input_ids: torch.Tensor, mask: torch.Tensor | None, cache
-    ) -> tuple[torch.Tensor, FlashcoreDecodeState]:
-        """Feed input_ids (b, t) through decode_step after the cache -> logits (b, t, v)."""
-        if not self.incremental:
+        if attention_mask is None:
+            return None
+        if attention_mask.ndim != 2 or attention_mask.shape[0] != input_ids.shape[0]:
             raise ValueError(
-                "this LM has no incremental decoder (GAU and Transformer++ rerun the full "
-                "forward); call it without a cache"
+                f"attention_mask must be (batch, time), got {tuple(attention_mask.shape)}"
             )
-        if mask is not None and not bool(mask.all()):
-            raise ValueError(
-                "FLASH's decoding state takes no padding: give unpadded rows of equal length "
-                "(attention_mask all ones)"
-            )
-        b = input_ids.shape[0]
-        if cache is None:
-            cache = FlashcoreDecodeState(self.model.decode_init(b))
-        elif cache.batch_size != b:
-            raise ValueError(f"the cache holds {cache.batch_size} rows, input_ids {b}")
-        state, steps = cache.state, []
-        for i in range(input_ids.shape[1]):
-            logits_t, state = self.model.decode_step(input_ids[:, i], state)  # (b, v)
-            steps.append(logits_t)
-        cache.state, cache.seen = state, cache.seen + input_ids.shape[1]
-        return torch.stack(steps, dim=1), cache
-
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """transformers' causal-LM convention: logits[:, t] predicts labels[:, t + 1]; -100 is
-        ignored. Mean over the counted tokens (``flashcore.cross_entropy``)."""
-        if labels.shape != logits.shape[:2]:
-            raise ValueError(
-                f"labels must be (batch, time) = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}"
-            )
-        targets = labels[:, 1:].to(logits.device)  # (b, t - 1)
-        keep = targets != IGNORE_INDEX
-        targets = torch.where(keep, targets, torch.zeros_like(targets))
-        return LM.cross_entropy(logits[:, :-1], targets, keep)
-
-    # -- generation ------------------------------------------------------------------------
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # the cache is FlashcoreDecodeState, made by the first forward
-
-    def prepare_inputs_for_generation(
-        self,
-        input_ids: torch.LongTensor,
-        cache: FlashcoreDecodeState | None = None,
-        attention_mask: torch.Tensor | None = None,
-        use_cache: bool | None = None,
-        past_key_values: FlashcoreDecodeState | None = None,
-        **kwargs: Any,
-    ) -> dict[str, Any]:
-        """FLASH: the tokens the state has not seen (the prompt first, then one per step) and
-        the state; GAU / Transformer++: the whole sequence every step, no cache."""
-        cache = cache if cache is not None else past_key_values
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if not (self.incremental and use_cache):
-            return {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
-        seen = 0 if cache is None else cache.seen
-        if seen >= input_ids.shape[1]:
-            raise ValueError(
-                f"the cache has seen {seen} tokens; input_ids ({input_ids.shape[1]}) must go past"
-            )
-        new_mask = None if attention_mask is None else attention_mask[:, seen:]
-        return {
-            "input_ids": input_ids[:, seen:],
-            "attention_mask": new_mask,
-            "cache": cache,
-            "use_cache": True,
-        }
+        return attention_mask.bool()
 
     # -- weights: canonical files ------------------------------------------------------------
     def save_pretrained(
@@ -386,7 +263,9 @@ class FlashcoreForCausalLM(FlashcorePreTrainedModel, GenerationMixin):
         **kwargs: Any,
     ) -> None:
         """Write ``config.json`` and ``model.safetensors`` (canonical names, kernels
-        ``[in, out]``, the config in its metadata; written atomically) into ``save_directory``.
+        ``[in, out]``, the config in its metadata; written atomically) into ``save_directory``,
+        and, for a byte-level vocabulary, the byte tokenizer (:func:`save_tokenizer`) unless the
+        folder holds a tokenizer already (save yours with its own ``save_pretrained``).
 
         ``state_dict``: this model's own ``state_dict()`` (as the Trainer passes it), saved
         instead of the live parameters. ``push_to_hub``: also uploads it through transformers'
@@ -408,6 +287,8 @@ class FlashcoreForCausalLM(FlashcorePreTrainedModel, GenerationMixin):
         io.save_canonical_tensors(directory / pretrained.WEIGHTS_NAME, tensors, config)
         self.config.architectures = [type(self).__name__]
         self.config.save_pretrained(directory)
+        if not (directory / TOKENIZER_NAME).exists() and is_byte_vocabulary(config):
+            save_tokenizer(directory, config)
         if self.can_generate():
             self.generation_config.save_pretrained(directory)
         if push_to_hub:  # transformers' PushToHubMixin: saves again into a temporary folder
@@ -449,7 +330,7 @@ class FlashcoreForCausalLM(FlashcorePreTrainedModel, GenerationMixin):
         torch_dtype: torch.dtype | str | None = None,
         device_map: str | torch.device | None = None,
         **kwargs: Any,
-    ) -> FlashcoreForCausalLM:
+    ) -> FlashcorePreTrainedModel:
         """A model from a directory (or a Hub id, fetched by huggingface_hub) holding config.json
         and the canonical model.safetensors.
 
@@ -504,9 +385,311 @@ class FlashcoreForCausalLM(FlashcorePreTrainedModel, GenerationMixin):
         return model
 
 
+class FlashcoreForCausalLM(FlashcorePreTrainedModel, GenerationMixin):
+    """A flashcore LM (:class:`flashcore.torch.LM`, as ``self.model``) as a transformers
+    causal LM.
+
+    ``FlashcoreForCausalLM(config, seed=0)`` initialises as ``flashcore.init(lm_config, 0)``;
+    :meth:`from_flashcore` wraps an existing ``flashcore.torch.LM`` (sharing its parameters).
+    ``forward`` returns :class:`CausalLMOutputWithPast`; with ``labels`` its ``loss`` is the mean
+    next-token cross-entropy with transformers' shift (logits at t predict ``labels[:, t + 1]``;
+    -100 is ignored), computed by ``flashcore.cross_entropy``.
+    """
+
+    accepts_loss_kwargs = False  # the loss is a mean over its own tokens (Trainer: no rescaling)
+
+    _cache_capacity: int | None = None  # positions a key/value cache holds (set by generate)
+
+    @property
+    def incremental(self) -> bool:
+        """True when ``generate`` decodes incrementally: FLASH's constant-size state, or the
+        key/value cache of a Transformer++ LM or a one-layer GAU LM (:func:`flashcore.decode.
+        decode_method`); False where only the full forward is exact (several GAU layers)."""
+        return self.model.decode_method in ("state", "cache")
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        cache: FlashcoreDecodeState | None = None,
+        use_cache: bool | None = None,
+        return_dict: bool | None = None,
+        past_key_values: FlashcoreDecodeState | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> CausalLMOutputWithPast | tuple:
+        """input_ids: (b, t) ints; attention_mask: (b, t), 1 = real; labels: (b, t) ints
+        -> logits (b, t, v) float, loss () when labels are given, cache when decoding.
+
+        ``cache`` (``past_key_values`` is the older name): a :class:`FlashcoreDecodeState`; the
+        tokens are fed one by one through ``decode_step`` after what it has seen, and the
+        returned logits are those of these tokens. ``use_cache=True`` without a cache starts one
+        (``generate`` does this) for FLASH blocks; GAU and Transformer++ blocks have no
+        incremental decoder and ignore it (no cache returned). Otherwise (the default) the
+        logits come from the full parallel forward, ``flashcore.lm_logits``.
+        """
+        if inputs_embeds is not None:
+            raise ValueError("FlashcoreForCausalLM takes input_ids (token ids), not inputs_embeds")
+        mask = self._padding(input_ids, attention_mask)
+        if cache is not None and past_key_values is not None and cache is not past_key_values:
+            raise ValueError("give cache or past_key_values, not both")
+        cache = cache if cache is not None else past_key_values
+        if cache is not None and not isinstance(cache, FlashcoreDecodeState):
+            raise TypeError(
+                f"cache must be a FlashcoreDecodeState (the LM's decoding state), got "
+                f"{type(cache).__name__}"
+            )
+        decoding = cache is not None or (bool(use_cache) and self.incremental)
+        if decoding:
+            logits, cache = self._decode(input_ids, mask, cache)
+        else:
+            if mask is not None and mask.shape[1] != input_ids.shape[1]:
+                raise ValueError(
+                    f"attention_mask covers {mask.shape[1]} positions, input_ids {input_ids.shape[1]}"
+                )
+            logits = self.model(input_ids, mask=mask)  # (b, t, v)
+            cache = None
+        loss = None if labels is None else self._loss(logits, labels)
+        if return_dict is False:
+            return tuple(x for x in (loss, logits, cache) if x is not None)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
+
+    def _decode(
+        self, input_ids: torch.Tensor, mask: torch.Tensor | None, cache
+    ) -> tuple[torch.Tensor, FlashcoreDecodeState]:
+        """Feed input_ids (b, t) through decode_step after the cache -> logits (b, t, v)."""
+        if not self.incremental:
+            raise ValueError(
+                "this LM has no exact incremental decoder (several GAU layers dividing by the "
+                "growing length rerun the full forward); call it without a cache"
+            )
+        if mask is not None and not bool(mask.all()):
+            raise ValueError(
+                "the decoding state takes no padding: give unpadded rows of equal length "
+                "(attention_mask all ones)"
+            )
+        b, t = input_ids.shape
+        if cache is None:
+            cache = FlashcoreDecodeState(self.model.decode_init(b, capacity=self._capacity(t)))
+        elif cache.batch_size != b:
+            raise ValueError(f"the cache holds {cache.batch_size} rows, input_ids {b}")
+        state, steps = cache.state, []
+        for i in range(input_ids.shape[1]):
+            logits_t, state = self.model.decode_step(input_ids[:, i], state)  # (b, v)
+            steps.append(logits_t)
+        cache.state, cache.seen = state, cache.seen + input_ids.shape[1]
+        return torch.stack(steps, dim=1), cache
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """transformers' causal-LM convention: logits[:, t] predicts labels[:, t + 1]; -100 is
+        ignored. Mean over the counted tokens (``flashcore.cross_entropy``)."""
+        if labels.shape != logits.shape[:2]:
+            raise ValueError(
+                f"labels must be (batch, time) = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}"
+            )
+        targets = labels[:, 1:].to(logits.device)  # (b, t - 1)
+        keep = targets != IGNORE_INDEX
+        targets = torch.where(keep, targets, torch.zeros_like(targets))
+        return LM.cross_entropy(logits[:, :-1], targets, keep)
+
+    # -- generation ------------------------------------------------------------------------
+    def _capacity(self, t: int) -> int | None:
+        """Positions a new key/value cache holds (None for FLASH's state): what ``generate``
+        will reach, else at least ``t`` and the generation config's ``max_length``."""
+        if self.model.decode_method != "cache":
+            return None
+        if self._cache_capacity is not None:
+            return max(self._cache_capacity, t)
+        return max(t, int(self.generation_config.max_length or 0))
+
+    def generate(self, inputs=None, generation_config=None, **kwargs):
+        """transformers' ``generate``. A key/value cache (Transformer++, one-layer GAU) is made
+        for the prompt plus ``max_new_tokens`` (or ``max_length``) positions; where the layer
+        cannot hold that many (a learned relative bias spans ``max_len``), every step reruns
+        the full forward instead (``use_cache=False``), as it always did."""
+        if self.model.decode_method != "cache":
+            return super().generate(inputs, generation_config, **kwargs)
+        ids = inputs if inputs is not None else kwargs.get("input_ids")
+        gc = generation_config if generation_config is not None else self.generation_config
+        new = kwargs.get("max_new_tokens", gc.max_new_tokens)
+        t0 = 0 if ids is None else int(ids.shape[-1])
+        total = t0 + new if new is not None else kwargs.get("max_length", gc.max_length)
+        try:
+            self.model.decode_init(1, capacity=int(total))  # zeros: checks the capacity
+        except ValueError:
+            kwargs["use_cache"] = False
+        previous, self._cache_capacity = self._cache_capacity, int(total)
+        try:
+            return super().generate(inputs, generation_config, **kwargs)
+        finally:
+            self._cache_capacity = previous
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the cache is FlashcoreDecodeState, made by the first forward
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        cache: FlashcoreDecodeState | None = None,
+        attention_mask: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        past_key_values: FlashcoreDecodeState | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """With incremental decoding: the tokens the state has not seen (the prompt first, then
+        one per step) and the state; otherwise the whole sequence every step, no cache."""
+        cache = cache if cache is not None else past_key_values
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if not (self.incremental and use_cache):
+            return {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+        seen = 0 if cache is None else cache.seen
+        if seen >= input_ids.shape[1]:
+            raise ValueError(
+                f"the cache has seen {seen} tokens; input_ids ({input_ids.shape[1]}) must go past"
+            )
+        new_mask = None if attention_mask is None else attention_mask[:, seen:]
+        return {
+            "input_ids": input_ids[:, seen:],
+            "attention_mask": new_mask,
+            "cache": cache,
+            "use_cache": True,
+        }
+
+
+class FlashcoreForMaskedLM(FlashcorePreTrainedModel):
+    """A bidirectional flashcore LM (``causal=False`` blocks, :mod:`flashcore.mlm`) as a
+    transformers masked LM: ``AutoModelForMaskedLM`` and ``pipeline("fill-mask")``.
+
+    ``forward`` returns :class:`MaskedLMOutput`: logits (b, t, v) at every position and, with
+    ``labels`` (b, t; -100 where not counted, no shift), the mean cross-entropy of the counted
+    positions. The mask token is the vocabulary's last id (``flashcore train --objective mlm``'s).
+    """
+
+    def __init__(self, config: FlashcoreConfig, *, seed: int | None = None, lm: LM | None = None):
+        if config.lm_config.block.causal:
+            raise ValueError(
+                "FlashcoreForMaskedLM needs a bidirectional LM (causal=False blocks); a causal LM "
+                "is a FlashcoreForCausalLM"
+            )
+        super().__init__(config, seed=seed, lm=lm)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **unused: Any,
+    ) -> MaskedLMOutput | tuple:
+        """input_ids: (b, t) ints; attention_mask: (b, t), 1 = real; token_type_ids: (b, t) ints
+        (LMs with token types); labels: (b, t) ints, -100 = not counted -> logits (b, t, v),
+        loss () when labels are given."""
+        if inputs_embeds is not None:
+            raise ValueError("FlashcoreForMaskedLM takes input_ids (token ids), not inputs_embeds")
+        mask = self._padding(input_ids, attention_mask)
+        types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        logits = self.model(input_ids, mask=mask, **types)  # (b, t, v)
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape[:2]:
+                raise ValueError(
+                    f"labels must be (batch, time) = {tuple(logits.shape[:2])}, got "
+                    f"{tuple(labels.shape)}"
+                )
+            keep = labels != IGNORE_INDEX
+            if mask is not None:
+                keep = keep & mask
+            targets = torch.where(keep, labels, torch.zeros_like(labels))
+            loss = LM.cross_entropy(logits, targets, keep)
+        if return_dict is False:
+            return tuple(x for x in (loss, logits) if x is not None)
+        return MaskedLMOutput(loss=loss, logits=logits)
+
+
+# -- tokenizers ------------------------------------------------------------------------------
+
+TOKENIZER_NAME = "tokenizer.json"
+MASK_TOKEN = "[MASK]"
+
+
+def is_byte_vocabulary(config: fc.LMConfig) -> bool:
+    """True when the LM's ids are bytes: 256, plus the mask token (id 256) for a masked LM."""
+    return config.vocab_size == 256 + (0 if config.block.causal else 1)
+
+
+def _byte_chars() -> list[str]:
+    """The printable stand-in of each byte that byte-level BPE (GPT-2, ``tokenizers``' ByteLevel)
+    uses: printable Latin-1 bytes are themselves, the other 68 map to chr(256 + k) in order."""
+    keep = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    extra = iter(range(256, 512))
+    return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
+
+
+def byte_tokenizer(*, mask: bool = False):
+    """A ``tokenizers.Tokenizer`` whose id of each byte is the byte (ids 0-255: flashcore's byte
+    LMs); ``mask``: plus :data:`MASK_TOKEN` at id 256 (byte masked LMs)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {c: b for b, c in enumerate(_byte_chars())}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    if mask:
+        tok.add_special_tokens([MASK_TOKEN])
+    return tok
+
+
+def save_tokenizer(
+    directory: str | os.PathLike, config: fc.LMConfig, source: str | os.PathLike | None = None
+) -> None:
+    """Write the tokenizer of an LM with ``config`` into ``directory`` (tokenizer.json,
+    tokenizer_config.json: what ``AutoTokenizer.from_pretrained`` and ``pipeline`` read).
+
+    ``source``: the tokenizer.json that made the LM's ids (a run's copy); None: the byte tokenizer
+    (:func:`byte_tokenizer`; the vocabulary must be bytes). A masked LM's mask token is its last
+    id (:data:`MASK_TOKEN`). ValueError when the tokenizer and the vocabulary disagree."""
+    from transformers import PreTrainedTokenizerFast
+
+    masked = not config.block.causal
+    if source is None:
+        if not is_byte_vocabulary(config):
+            raise ValueError(
+                f"a vocabulary of {config.vocab_size} ids is not bytes: give the tokenizer.json "
+                "that made the ids"
+            )
+        tok = byte_tokenizer(mask=masked)
+    else:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(source))
+        if masked:
+            tok.add_special_tokens([MASK_TOKEN])
+    size = tok.get_vocab_size(with_added_tokens=True)
+    if size != config.vocab_size if masked else size > config.vocab_size:
+        raise ValueError(
+            f"{source or 'the byte tokenizer'}: {size} ids{' with the mask token' if masked else ''}"
+            f", but the LM's vocabulary has {config.vocab_size}"
+        )
+    if masked and tok.token_to_id(MASK_TOKEN) != config.vocab_size - 1:
+        raise ValueError(
+            f"{source}: its mask token is not the LM's last id {config.vocab_size - 1}"
+        )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        mask_token=MASK_TOKEN if masked else None,
+        clean_up_tokenization_spaces=False,
+    )
+    fast.save_pretrained(str(directory))
+
+
 def _t(t: torch.Tensor) -> torch.Tensor:
     return t.mT
 
 
 AutoConfig.register(pretrained.MODEL_TYPE, FlashcoreConfig, exist_ok=True)
 AutoModelForCausalLM.register(FlashcoreConfig, FlashcoreForCausalLM, exist_ok=True)
+AutoModelForMaskedLM.register(FlashcoreConfig, FlashcoreForMaskedLM, exist_ok=True)

@@ -62,6 +62,7 @@ __all__ = [
     "resolve_model",
     "objective_of",
     "model_tokenizer",
+    "model_tokenizer_file",
     "score_label",
     "MLM_EVAL_SEED",
 ]
@@ -121,9 +122,18 @@ def _run_context(model_path: Path) -> int:
 
 def model_tokenizer(model_path: Path, config: LMConfig, given: Path | None = None):
     """The tokenizer of the model at ``model_path`` (a ``tokenizers.Tokenizer``), or None for a
-    byte model. ``given`` (--tokenizer), else the run's copy ``RUN/tokenizer.json`` (or one beside
-    the file); its sha256 must be the checkpoint's ``tokenizer_sha256`` and its size the model's
-    vocabulary. DataError naming the file otherwise, or when a token model has no tokenizer."""
+    byte model: :func:`model_tokenizer_file`, loaded."""
+    from .tokenizer import load_tokenizer
+
+    path = model_tokenizer_file(model_path, config, given)
+    return None if path is None else load_tokenizer(path)
+
+
+def model_tokenizer_file(model_path: Path, config: LMConfig, given: Path | None = None):
+    """The tokenizer.json of the model at ``model_path``, or None for a byte model. ``given``
+    (--tokenizer), else the run's copy ``RUN/tokenizer.json`` (or one beside the file); its sha256
+    must be the checkpoint's ``tokenizer_sha256`` and its size the model's vocabulary. DataError
+    naming the file otherwise, or when a token model has no tokenizer."""
     from .tokenizer import file_sha256, load_tokenizer, vocab_size_of
 
     meta = io.read_header(model_path)
@@ -160,7 +170,7 @@ def model_tokenizer(model_path: Path, config: LMConfig, given: Path | None = Non
             f"{path}: the tokenizer has {vocab_size_of(tok):,} ids but {model_path}'s "
             f"vocabulary is {config.vocab_size - extra:,}"
         )
-    return tok
+    return Path(path)
 
 
 def evaluate(

@@ -5,9 +5,13 @@
 RUN is a ``flashcore train`` run folder (its ``model.safetensors``: canonical weights with the
 config and the training metadata) or such a file itself. DST becomes a folder holding
 ``config.json`` (``model_type`` "flashcore", the LM config under ``flashcore``),
-``generation_config.json`` and ``model.safetensors``, a byte copy of the run's weight file, so
-nothing is converted or rounded. It loads with ``AutoModelForCausalLM.from_pretrained(DST)``
-(after ``import flashcore.torch.hf``) and with ``flashcore.{torch,jax,tf}.LM.from_pretrained(DST)``.
+``generation_config.json`` (causal LMs), ``model.safetensors``, a byte copy of the run's weight
+file, so nothing is converted or rounded, and the tokenizer (``tokenizer.json``,
+``tokenizer_config.json``): the run's own (``RUN/tokenizer.json``, checked against the
+checkpoint's hash) or, for a byte-level LM, the byte tokenizer (a masked LM's ``[MASK]`` is its
+last id). It loads with ``AutoModelForCausalLM`` / ``AutoModelForMaskedLM.from_pretrained(DST)``,
+``AutoTokenizer.from_pretrained(DST)`` and ``pipeline("text-generation" | "fill-mask", model=DST)``
+(after ``import flashcore.torch.hf``), and with ``flashcore.{torch,jax,tf}.LM.from_pretrained(DST)``.
 
 Atomic: everything is written into a temporary folder next to DST, checked by loading it back,
 fsynced, then renamed to DST. A failed export leaves no DST; an existing DST is an error unless
@@ -58,16 +62,24 @@ def _write_folder(folder: Path, source: Path, config) -> None:
     try:
         from transformers import GenerationConfig
 
-        from flashcore.torch.hf import FlashcoreConfig, FlashcoreForCausalLM
+        from flashcore.torch import hf
     except ImportError as err:
         raise ExportError(
             f"flashcore export needs the Hugging Face extra (pip install 'flashcore[hf]'): {err}"
         ) from err
+    from .evaluate import model_tokenizer_file
+
+    tokenizer = model_tokenizer_file(source, config)  # the run's, checked; None: bytes
     shutil.copyfile(source, folder / WEIGHTS_NAME)
-    hf_config = FlashcoreConfig.from_lm_config(config)
-    hf_config.architectures = [FlashcoreForCausalLM.__name__]
+    hf_config = hf.FlashcoreConfig.from_lm_config(config)
+    causal = config.block.causal
+    model = hf.FlashcoreForCausalLM if causal else hf.FlashcoreForMaskedLM
+    hf_config.architectures = [model.__name__]
     hf_config.save_pretrained(folder)
-    GenerationConfig.from_model_config(hf_config).save_pretrained(folder)
+    if causal:
+        GenerationConfig.from_model_config(hf_config).save_pretrained(folder)
+    if tokenizer is not None or hf.is_byte_vocabulary(config):
+        hf.save_tokenizer(folder, config, tokenizer)
     for path in folder.iterdir():
         _fsync(path)
     _fsync(folder)
@@ -136,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         dst = export(args.run, args.dst, force=args.force)
-    except (ExportError, WeightFileError, FileNotFoundError, OSError) as err:
+    except (ValueError, WeightFileError, FileNotFoundError, OSError) as err:  # DataError too
         print(f"flashcore export: {err}", file=sys.stderr)
         return 2
-    print(f"exported {args.run} -> {dst} (config.json, generation_config.json, {WEIGHTS_NAME})")
+    print(f"exported {args.run} -> {dst} ({', '.join(sorted(p.name for p in dst.iterdir()))})")
     return 0

@@ -241,10 +241,10 @@ def test_greedy_generate_equals_flashcore_decoding(tmp_path, name):
     prompt = _tokens(config, 2, 6)
     got = model.generate(prompt, max_new_tokens=10, do_sample=False)
     want = model.model.generate(prompt, 10, temperature=0)  # flashcore's own loop
-    assert model.incremental == (name == "flash")
+    assert model.incremental  # FLASH's state; a key/value cache for one-layer GAU, Transformer++
     with torch.no_grad():
-        out = model(prompt, use_cache=True)  # FLASH: a decoding state; others: none (full forward)
-    assert isinstance(out.cache, FlashcoreDecodeState) == (name == "flash")
+        out = model(prompt, use_cache=True)
+    assert isinstance(out.cache, FlashcoreDecodeState)
     assert got.shape == (2, 16)
     assert torch.equal(got, want), (got, want)
 
@@ -268,6 +268,28 @@ def test_generate_keeps_the_constant_size_flash_state(monkeypatch):
         assert {k: v.shape for k, v in values.items()} == {
             k: v.shape for k, v in fresh[layer].items()
         }
+
+
+@pytest.mark.parametrize("name", ["gau", "transformer"])
+def test_generate_uses_the_key_value_cache_and_equals_the_recompute_path(monkeypatch, name):
+    """GAU (one layer) and Transformer++ LMs decode with their key/value caches in generate():
+    one decode step per token and no full forward, the same greedy tokens as rerunning the
+    forward every step (use_cache=False), a cache sized for the prompt plus the new tokens."""
+    config = CONFIGS[name]
+    model = _hf_model(config)
+    prompt = _tokens(config, 2, 5)
+    recompute = model.generate(prompt, max_new_tokens=9, do_sample=False, use_cache=False)
+    steps, forwards = [], []
+    step, forward = model.model.decode_step, model.model.forward
+    monkeypatch.setattr(model.model, "decode_step", lambda *a: steps.append(1) or step(*a))
+    monkeypatch.setattr(
+        model.model, "forward", lambda *a, **k: forwards.append(1) or forward(*a, **k)
+    )
+    out = model.generate(prompt, max_new_tokens=9, do_sample=False, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, recompute)
+    assert len(steps) == 5 + 9 - 1 and not forwards
+    k = out.cache.state["layers.0"]["k"]  # GAU (b, capacity, s); Transformer++ (b, h, capacity, hd)
+    assert k.shape[-2] == 5 + 9
 
 
 def test_decoding_with_the_cache_gives_the_forward_logits():
@@ -380,6 +402,130 @@ def test_export_of_a_training_run(tmp_path, run, capsys):
     got = model.generate(ids, max_new_tokens=16, do_sample=False)
     hf_text = bytes(got[0].tolist()).decode("utf-8", errors="replace") + "\n"
     assert hf_text == cli_text
+
+
+def test_exported_folder_has_a_tokenizer_and_runs_in_the_text_generation_pipeline(
+    tmp_path, run, capsys
+):
+    """AutoTokenizer reads the exported byte tokenizer (id = byte), and the text-generation
+    pipeline's greedy output equals ``flashcore generate --temperature 0``."""
+    from transformers import AutoTokenizer, pipeline
+
+    dst = tmp_path / "hf"
+    assert cli.main(["export", str(run), str(dst)]) == 0
+    tok = AutoTokenizer.from_pretrained(dst, local_files_only=True)
+    text = "déf f(x):\n\treturn x"
+    assert tok(text)["input_ids"] == list(text.encode())
+    assert tok.decode(list(text.encode())) == text
+    capsys.readouterr()
+    prompt = "def "
+    assert train.generate_main([str(run), "--prompt", prompt, "--max-new", "12",
+                                "--temperature", "0", "--json"]) == 0  # fmt: skip
+    want = json.loads(capsys.readouterr().out)
+    gen = pipeline("text-generation", model=str(dst))
+    out = gen(prompt, max_new_tokens=12, do_sample=False, return_tensors=True)
+    ids = out[0]["generated_token_ids"]
+    assert list(ids) == list(prompt.encode()) + list(want["new_tokens"])
+
+
+def test_a_run_with_its_own_tokenizer_exports_it(tmp_path, capsys):
+    """A run on a `flashcore tokenize` corpus exports its tokenizer.json: AutoTokenizer encodes
+    as the run's tokenizer does, and the pipeline's greedy text is `flashcore generate`'s."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer, pipeline
+
+    folder = tmp_path / "text"
+    folder.mkdir()
+    src = Path(sysconfig.get_paths()["stdlib"])
+    for name in ("abc.py", "bisect.py", "colorsys.py", "keyword.py", "copy.py", "this.py"):
+        (folder / name).write_bytes((src / name).read_bytes())
+    data = tmp_path / "tok"
+    assert cli.main(["tokenize", str(folder), "--vocab-size", "300", "--out", str(data)]) == 0
+    run = tmp_path / "run"
+    assert train.train_main([*TINY, "--data", str(data), "--steps", "2", "--out", str(run)]) == 0
+    dst = tmp_path / "hf"
+    assert cli.main(["export", str(run), str(dst)]) == 0
+    own = Tokenizer.from_file(str(run / "tokenizer.json"))
+    text = "def copy(x):\n    return x"
+    assert AutoTokenizer.from_pretrained(dst)(text)["input_ids"] == own.encode(text).ids
+    capsys.readouterr()
+    assert train.generate_main([str(run), "--prompt", "def ", "--max-new", "8",
+                                "--temperature", "0", "--json"]) == 0  # fmt: skip
+    want = json.loads(capsys.readouterr().out)
+    out = pipeline("text-generation", model=str(dst))("def ", max_new_tokens=8, do_sample=False,
+                                                       return_tensors=True)  # fmt: skip
+    assert list(out[0]["generated_token_ids"]) == own.encode("def ").ids + want["new_tokens"]
+
+
+def test_a_masked_lm_exports_to_auto_model_for_masked_lm_and_fills_masks(tmp_path):
+    """A `flashcore train --objective mlm` run exports with the masked-LM head and the byte
+    tokenizer plus [MASK] (id 256): the fill-mask pipeline's scores are flashcore's own."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
+
+    from flashcore.torch.hf import FlashcoreForMaskedLM
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    src = Path(sysconfig.get_paths()["stdlib"])
+    for name in ("abc.py", "bisect.py", "colorsys.py", "keyword.py"):
+        (folder / name).write_bytes((src / name).read_bytes())
+    run = tmp_path / "mlm"
+    argv = [*TINY, "--objective", "mlm", "--data", str(folder), "--steps", "2", "--out", str(run)]
+    assert train.train_main(argv) == 0
+    dst = tmp_path / "hf"
+    assert cli.main(["export", str(run), str(dst)]) == 0
+    model = AutoModelForMaskedLM.from_pretrained(dst, local_files_only=True)
+    assert isinstance(model, FlashcoreForMaskedLM)
+    tok = AutoTokenizer.from_pretrained(dst, local_files_only=True)
+    assert tok.mask_token == "[MASK]" and tok.mask_token_id == 256
+    text = "def f(x): return [MASK]"
+    ids = tok(text)["input_ids"]
+    assert ids == list(b"def f(x): return ") + [256]
+    fill = pipeline("fill-mask", model=str(dst), top_k=5)
+    got = fill(text)
+    lm = LM.from_pretrained(dst)
+    with torch.no_grad():
+        logits = lm(torch.tensor([ids]))[0, -1]  # (v,)
+    probs = torch.softmax(logits.double(), -1)
+    want = torch.topk(probs, 5)
+    assert [g["token"] for g in got] == want.indices.tolist()
+    _assert_close(np.array([g["score"] for g in got]), want.values.numpy())
+    # the masked-LM loss: labels at the counted positions, -100 elsewhere, no shift
+    labels = torch.full((1, len(ids)), -100)
+    labels[0, -1] = ord("x")
+    out = model(torch.tensor([ids]), labels=labels)
+    _assert_close(out.loss.detach().numpy(), -torch.log(probs[ord("x")]).numpy(), "loss")
+
+
+def test_masked_lm_head_refuses_a_causal_lm():
+    from flashcore.torch.hf import FlashcoreForMaskedLM
+
+    with pytest.raises(ValueError, match="bidirectional"):
+        FlashcoreForMaskedLM(FlashcoreConfig.from_lm_config(FLASH))
+
+
+def test_save_pretrained_writes_the_byte_tokenizer_and_keeps_one_that_is_there(tmp_path):
+    from transformers import AutoTokenizer
+
+    byte = fc.LMConfig(block=FLASH.block, vocab_size=256, num_layers=1)
+    model = FlashcoreForCausalLM.from_flashcore(LM(byte, seed=0))
+    model.save_pretrained(tmp_path / "a")
+    assert AutoTokenizer.from_pretrained(tmp_path / "a")("ab")["input_ids"] == [97, 98]
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "tokenizer.json").write_text("{}")  # the user's own: not replaced
+    model.save_pretrained(tmp_path / "b")
+    assert (tmp_path / "b" / "tokenizer.json").read_text() == "{}"
+    _hf_model(FLASH).save_pretrained(tmp_path / "c")  # 64 ids: not bytes, no tokenizer guessed
+    assert not (tmp_path / "c" / "tokenizer.json").exists()
+
+
+def test_the_byte_alphabet_is_tokenizers_byte_level_alphabet():
+    from tokenizers import pre_tokenizers
+
+    from flashcore.torch.hf import _byte_chars
+
+    chars = _byte_chars()
+    assert len(set(chars)) == 256 and set(chars) == set(pre_tokenizers.ByteLevel.alphabet())
 
 
 def test_export_refuses_an_existing_folder_unless_forced(tmp_path, run, capsys):
