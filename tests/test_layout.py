@@ -1,4 +1,4 @@
-"""The README's Layout block is the tree: every file and folder of the listed folders has a line
+"""The Layout block of docs/architecture.md is the tree: every file and folder of the listed folders has a line
 with its job, and every line names something that exists. Read from the file system (no import)."""
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ SKIPPED = {"__init__.py"}  # the folder's own line describes the package
 
 
 def layout_block(text: str) -> dict[str, dict[str, str]]:
-    """{folder: {entry: job}} of the README's Layout code block: a folder line starts at column 0
+    """{folder: {entry: job}} of the Layout code block in docs/architecture.md: a folder line starts at column 0
     (``flashcore/app/   the application``), its entries are indented by two spaces
     (``  cli.py   the flashcore command``)."""
     found = re.search(r"## Layout\n.*?```text\n(.*?)```", text, re.S)
-    assert found, "README has no '## Layout' section with a ```text block"
+    assert found, "docs/architecture.md has no '## Layout' section with a ```text block"
     groups: dict[str, dict[str, str]] = {}
     current = None
     for line in found.group(1).splitlines():
@@ -75,13 +75,16 @@ def differences(groups: dict[str, dict[str, str]], trees: dict[str, set[str]]) -
         listed = set(groups.get(folder, {}))
         if folder not in groups:
             out.append(f"Layout has no {folder} group")
-        out += [f"{folder}{n} is not in the README Layout" for n in sorted(entries - listed)]
         out += [
-            f"the README Layout lists {folder}{n}, not in the tree"
+            f"{folder}{n} is not in the Layout of docs/architecture.md"
+            for n in sorted(entries - listed)
+        ]
+        out += [
+            f"the Layout of docs/architecture.md lists {folder}{n}, not in the tree"
             for n in sorted(listed - entries)
         ]
     out += [
-        f"the README Layout lists a folder {g} that the test does not check"
+        f"the Layout of docs/architecture.md lists a folder {g} that the test does not check"
         for g in groups
         if g not in trees
     ]
@@ -93,19 +96,21 @@ def _trees() -> dict[str, set[str]]:
 
 
 def test_the_layout_section_is_the_tree():
-    groups = layout_block((ROOT / "README.md").read_text())
+    groups = layout_block((ROOT / "docs" / "architecture.md").read_text())
     bad = differences(groups, _trees())
     assert not bad, "\n".join(bad)
 
 
 def test_a_file_missing_from_the_layout_fails():
-    groups = layout_block((ROOT / "README.md").read_text())
+    groups = layout_block((ROOT / "docs" / "architecture.md").read_text())
     trees = _trees()
     planted = {**trees, "backends/tf/": trees["backends/tf/"] | {"sampling.py"}}
-    assert differences(groups, planted) == ["backends/tf/sampling.py is not in the README Layout"]
+    assert differences(groups, planted) == [
+        "backends/tf/sampling.py is not in the Layout of docs/architecture.md"
+    ]
     gone = {**trees, "flashcore/app/": trees["flashcore/app/"] - {"train.py"}}
     assert differences(groups, gone) == [
-        "the README Layout lists flashcore/app/train.py, not in the tree"
+        "the Layout of docs/architecture.md lists flashcore/app/train.py, not in the tree"
     ]
 
 

@@ -21,7 +21,9 @@ def build_source_tree(root: Path = ROOT, out: Path = SOURCE) -> Path:
     """Link every package of pyproject's package-dir to its import path under ``out``:
     ``flashcore``'s files, then ``flashcore.torch`` -> ``backends/torch`` and so on.
     Returns ``out``."""
-    package_dir = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    package_dir = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-dir"
+    ]
     top = package_dir["flashcore"]
     if out.exists():
         shutil.rmtree(out)

@@ -563,10 +563,10 @@ def test_a_failed_export_leaves_nothing(tmp_path, run, monkeypatch, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors", "old"]
 
 
-def test_readme_hugging_face_block_runs(tmp_path, run, monkeypatch, capsys):
-    pytest.importorskip("jax", reason="the README block ends in flashcore.jax")
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = text.split("## Hugging Face\n", 1)[1]
+def test_docs_hugging_face_block_runs(tmp_path, run, monkeypatch, capsys):
+    pytest.importorskip("jax", reason="the docs/huggingface.md block ends in flashcore.jax")
+    text = (Path(__file__).resolve().parents[2] / "docs" / "huggingface.md").read_text()
+    section = text.split("# Hugging Face\n", 1)[1]
     shell = re.search(r"```\n(flashcore export .*?)\s+#", section).group(1).split()
     block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     monkeypatch.chdir(tmp_path)
@@ -574,7 +574,7 @@ def test_readme_hugging_face_block_runs(tmp_path, run, monkeypatch, capsys):
     (tmp_path / "runs" / "flash").symlink_to(run)
     assert cli.main(shell[1:]) == 0
     scope: dict = {}
-    exec(compile(block, "README.md Hugging Face", "exec"), scope)
+    exec(compile(block, "docs/huggingface.md", "exec"), scope)
     assert capsys.readouterr().out.count("def ") >= 1
     tuned = scope["model"].model.to_canonical()
     for k, v in scope["lm"].to_canonical().items():
