@@ -1,4 +1,4 @@
-"""``python -m flashcore.app.prefill_bench`` at a tiny size (the README's 1M-token figure is the
+"""``python -m flashcore.app.prefill_bench`` at a tiny size (the 1M-token figure of docs/decoding.md is the
 same command at full size): the report's fields, each run measured in its own child process, and
 bad options refused."""
 

@@ -40,7 +40,7 @@ def test_quickstart_torch():
 def test_quickstart_jax():
     pytest.importorskip("flax")
     scope = _run(_quickstart(1), "jax")
-    assert tuple(scope["y"].shape) == (2, 1000, 512)
+    assert tuple(scope["y"].shape) == (2, 500, 256)
     assert set(scope["grads"]) == set(scope["params"])
 
 

@@ -11,7 +11,7 @@ jitted alone). In ``python -m flashcore.app.benchprofile --backend jax --length 
 bench's FLASH-pair step, float32, under ``jax.profiler``) such reductions took 1.30 s of a 14.0 s
 step, and 0.16 s with these options; timed in one process, steps alternating
 (``--compare-xla-options``), 1.12x faster at 64K and 1.03x at 4K in float32, 0.98x (no gain) in
-bfloat16 at 4K (the 2-core AMD EPYC VM; README, "Speed"). Leaving only single dots to YNNPACK
+bfloat16 at 4K (the 2-core AMD EPYC VM; docs/benchmarks.md). Leaving only single dots to YNNPACK
 keeps its matmuls (with no YNNPACK at all the step was slower).
 
 The option is experimental in XLA, so it is given only where this jaxlib accepts it (one tiny

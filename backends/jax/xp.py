@@ -15,7 +15,7 @@ one GEMM contracting the token axes of h and the cotangent as they lie. jax's ow
 (when it is a fusion, e.g. SiLU's backward) transposed, in a slow strided loop: fwd + bwd of
 SiLU(x W), x (1, T, 512), W (512, 2176), 2 threads, 72 -> 36 us/token at T = 1K and
 105 -> 50 us/token at 64K (a one-off script on the 2-core AMD EPYC VM; the FLASH pair with it in
-``flashcore bench``: README, "Long contexts: huge pages"). A custom_jvp, not a
+``flashcore bench``: docs/benchmarks.md, "long contexts and huge pages"). A custom_jvp, not a
 custom_vjp: forward mode (``jax.jvp``, ``jax.hessian``) keeps working."""
 
 from __future__ import annotations

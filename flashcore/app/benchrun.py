@@ -109,7 +109,7 @@ RESULT_MARK = "BENCH_RESULT "  # the child's result line: RESULT_MARK + json
 # (T, 2e + s) tensors of long contexts. Measured on the 2-core AMD EPYC VM (a one-off script), a
 # fresh (65536, 128) x (128, 1024) jnp matmul 216 -> 116 ms (122K -> 738 page faults); by this
 # bench, the jax FLASH pair at 64K 285 -> 245 us/token (CPU time 480 -> 411), torch and tf within
-# noise (README, "Long contexts: huge pages").
+# noise (docs/benchmarks.md, "long contexts and huge pages").
 MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 #: The glibc tunable a child gets on top of :data:`MALLOC_ENV` (merged into GLIBC_TUNABLES).
 HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
