@@ -55,7 +55,7 @@ FUSED_CORE_FIELDS = frozenset(
         "dim", "kind", "expansion", "qk_dim", "chunk_size", "causal", "attention", "rope",
         "rope_dims", "rope_base", "rel_bias", "max_len", "t5_buckets", "t5_max_distance",
         "bias_scale", "norm", "norm_eps", "norm_eps_mode", "linear_norm", "fixed_length",
-        "length_mode", "bias_before_scale", "token_shift", "dropout",
+        "length_mode", "bias_before_scale", "token_shift", "dropout", "init",
     }
 )  # fmt: skip
 
