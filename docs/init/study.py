@@ -4,6 +4,7 @@ warmup + cosine, the same batches and masks) and a probe of the relu^2 attention
 
     OMP_NUM_THREADS=1 python docs/init/study.py run --seed 0 --out docs/init/runs-seed0.json
     python docs/init/study.py report docs/init/runs-seed*.json   # docs/init/table.md, curves.png
+    python docs/init/study.py first-gradient   # the paper start's gradient at step 0
 
 Starts (the FLASH / GAU weights they change; everything else is ``flashcore.init``'s):
 
@@ -157,6 +158,49 @@ def run_one(arch: str, objective: str, start: str, seed: int, corpus) -> dict:
     )  # fmt: skip
 
 
+def cmd_first_gradient(args) -> int:
+    """The paper start's gradient at step 0 (float64 autograd through the spec), per layer: the
+    sum over the relative-bias weights (> 0: the first AdamW step moves the bias down) and the
+    largest |gradient| of the bias, beta, gamma and the hidden projection."""
+    corpus = load_corpus(None)
+    for objective in ("mlm", "clm"):
+        for arch in ("flash", "gau"):
+            down = total = 0
+            for seed in range(args.seeds):
+                config = lm_config(arch, objective, "paper")
+                params = {
+                    k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
+                    for k, v in fc.init(config, seed=seed).items()
+                }
+                rng = np.random.default_rng(seed)  # the run's first batch and masks
+                x, y = sample_batch(corpus.train, SIZE["batch"], SIZE["context"], rng)
+                keep = None
+                if objective == "mlm":
+                    x, y, keep = mlm.mask_tokens(x, rng)
+                    keep = torch.tensor(keep)
+                loss = fc.lm_loss(
+                    params, torch.tensor(x), torch.tensor(y), config=config, loss_mask=keep
+                )
+                loss.backward()
+                cells = []
+                for i in range(config.num_layers):
+                    g = {k: params[f"layers.{i}.{k}"].grad for k in (
+                        "rel_bias.weight", "qk.beta", "qk.gamma", "hidden.kernel")}  # fmt: skip
+                    s = float(g["rel_bias.weight"].sum())
+                    down, total = down + (s > 0), total + 1
+                    cells.append(
+                        f"L{i} sum {s:+.1e} max|g| bias {float(g['rel_bias.weight'].abs().max()):.0e}"
+                        f" beta {float(g['qk.beta'].abs().max()):.0e}"
+                        f" gamma {float(g['qk.gamma'].abs().max()):.0e}"
+                        f" hidden {float(g['hidden.kernel'].abs().max()):.0e}"
+                    )
+                print(f"{objective} {arch:5s} seed {seed}: " + " | ".join(cells), flush=True)
+            print(
+                f"{objective} {arch}: the first step moves the bias down in {down} of {total} layers"
+            )
+    return 0
+
+
 def cmd_run(args) -> int:
     corpus = load_corpus(None)
     out = Path(args.out)
@@ -183,12 +227,82 @@ def cmd_run(args) -> int:
 
 
 def _alive(run: dict) -> str:
-    """'k/L': layers whose relu^2 branch output at the end exceeds its start's."""
-    if not run["probes"][0]["layers"]:
-        return "-"
-    first, last = run["probes"][0]["layers"], run["probes"][-1]["layers"]
-    up = sum(b["relu2_rms"] > max(a["relu2_rms"], 1e-6) for a, b in zip(first, last))
-    return f"{up}/{len(last)}"
+    """'k/L': layers whose relu^2 branch is alive at the end (some S > 0, so its output and
+    gradient are not exactly 0)."""
+    last = run["probes"][-1]["layers"]
+    return f"{sum(ly['relu2_rms'] > 0 for ly in last)}/{len(last)}" if last else "-"
+
+
+NAMES = {"flash": "FLASH", "gau": "FLASH-Quad", "transformer": "Transformer++"}
+
+
+def _tables(runs: list[dict], meta: dict) -> list[str]:
+    """The summary (mean over seeds), every run, and the paper start's probes over time."""
+    key = lambda r: (r["objective"], ARCHS.index(r["arch"]), STARTS.index(r["start"]), r["seed"])  # noqa: E731
+    runs = sorted(runs, key=key)
+    lines = [
+        f"Unigram entropy of the held-out bytes (the masked LM's best context-free loss): "
+        f"{meta['unigram_nats']:.3f} nats.",
+        "",
+        "| objective | model | start | seeds | held-out loss (nats), mean | each seed | "
+        "relu² layers alive at the end |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["objective"], r["arch"], r["start"]), []).append(r)
+    for (objective, arch, start), rs in groups.items():
+        losses = [r["eval_loss"] for r in rs]
+        lines.append(
+            f"| {objective} | {NAMES[arch]} | {start if arch != 'transformer' else '-'} | "
+            f"{len(rs)} | {np.mean(losses):.3f} | {', '.join(f'{x:.3f}' for x in losses)} | "
+            f"{', '.join(_alive(r) for r in rs)} |"
+        )
+    lines += [
+        "",
+        "Every run at its end: the fraction of relu² pre-activations S > 0 and the RMS of the "
+        "relu² branch's output relu(S)² V, per layer.",
+        "",
+        "| objective | model | start | seed | loss | bits/byte | S > 0 | relu² output RMS | s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        last = r["probes"][-1]["layers"]
+        pos = ", ".join(f"{ly['frac_pos']:.2f}" for ly in last) or "-"
+        rms = ", ".join(f"{ly['relu2_rms']:.2g}" for ly in last) or "-"
+        lines.append(
+            f"| {r['objective']} | {NAMES[r['arch']]} | "
+            f"{r['start'] if r['arch'] != 'transformer' else '-'} | {r['seed']} | "
+            f"{r['eval_loss']:.3f} | {r['eval_bpb']:.3f} | {pos} | {rms} | {r['seconds']:.0f} |"
+        )
+    lines += [
+        "",
+        "The paper's start over time (each cell: layer 0 / layer 1): fraction of S > 0, largest "
+        "relative-bias weight, mean |γ| of the quadratic q, k rows.",
+        "",
+        "| objective | model | seed | step | S > 0 | max bias weight | mean abs γ |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        if r["start"] != "paper" or r["arch"] == "transformer":
+            continue
+        for p in r["probes"]:
+            if p["step"] not in (0, 20, 40, 100, TRAIN["steps"]):
+                continue
+            ls = p["layers"]
+            lines.append(
+                f"| {r['objective']} | {NAMES[r['arch']]} | {r['seed']} | {p['step']} | "
+                + " | ".join(
+                    " / ".join(fmt.format(ly[k]) for ly in ls)
+                    for k, fmt in (
+                        ("frac_pos", "{:.2f}"),
+                        ("bias_max", "{:+.3f}"),
+                        ("gamma_qk", "{:.3f}"),
+                    )
+                )
+                + " |"
+            )
+    return lines
 
 
 def cmd_report(args) -> int:
@@ -202,26 +316,10 @@ def cmd_report(args) -> int:
         data = json.loads(Path(path).read_text())
         runs += data["runs"]
         meta = data
-    lines = [
-        f"Unigram entropy of the held-out bytes (the masked LM's context-free loss): "
-        f"{meta['unigram_nats']:.3f} nats.",
-        "",
-        "| objective | model | start | seed | held-out loss (nats) | bits/byte | relu² layers alive "
-        "at the end | final relu² branch RMS per layer |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    names = {"flash": "FLASH", "gau": "FLASH-Quad", "transformer": "Transformer++"}
-    key = lambda r: (r["objective"], ARCHS.index(r["arch"]), STARTS.index(r["start"]), r["seed"])  # noqa: E731
-    for r in sorted(runs, key=key):
-        last = r["probes"][-1]["layers"]
-        rms = ", ".join(f"{ly['relu2_rms']:.2g}" for ly in last) or "-"
-        start = r["start"] if r["arch"] != "transformer" else "-"
-        lines.append(
-            f"| {r['objective']} | {names[r['arch']]} | {start} | {r['seed']} | "
-            f"{r['eval_loss']:.3f} | {r['eval_bpb']:.3f} | {_alive(r)} | {rms} |"
-        )
+    lines = _tables(runs, meta)
     (HERE / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    names = NAMES
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
     colours = dict(zip(STARTS, ("k", "tab:red", "tab:orange", "tab:green", "tab:blue")))
@@ -262,8 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--starts", default=",".join(STARTS))
     p = sub.add_parser("report")
     p.add_argument("files", nargs="+")
+    g = sub.add_parser("first-gradient")
+    g.add_argument("--seeds", type=int, default=6)
     args = ap.parse_args(argv)
-    return cmd_run(args) if args.cmd == "run" else cmd_report(args)
+    return {"run": cmd_run, "report": cmd_report, "first-gradient": cmd_first_gradient}[args.cmd](
+        args
+    )
 
 
 if __name__ == "__main__":
