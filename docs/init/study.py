@@ -5,6 +5,7 @@ warmup + cosine, the same batches and masks) and a probe of the relu^2 attention
     OMP_NUM_THREADS=1 python docs/init/study.py run --seed 0 --out docs/init/runs-seed0.json
     python docs/init/study.py report docs/init/runs-seed*.json   # docs/init/table.md, curves.png
     python docs/init/study.py first-gradient   # the paper start's gradient at step 0
+    python docs/init/study.py first-gradient --quality --seeds 1 --archs flash
 
 Starts (the FLASH / GAU weights they change; everything else is ``flashcore.init``'s):
 
@@ -161,10 +162,13 @@ def run_one(arch: str, objective: str, start: str, seed: int, corpus) -> dict:
 def cmd_first_gradient(args) -> int:
     """The paper start's gradient at step 0 (float64 autograd through the spec), per layer: the
     sum over the relative-bias weights (> 0: the first AdamW step moves the bias down) and the
-    largest |gradient| of the bias, beta, gamma and the hidden projection."""
+    largest |gradient| of the bias, of beta and gamma's q, k rows (FLASH: quad_q, quad_k) and of
+    the hidden projection."""
     corpus = load_corpus(None)
-    for objective in ("mlm", "clm"):
-        for arch in ("flash", "gau"):
+    if args.quality:  # the model of flashcore quality's clm-1024 / mlm-1024 (its seed 0 batch)
+        SIZE.update(dim=256, layers=4, chunk=256, context=1024)
+    for objective in args.objectives.split(","):
+        for arch in args.archs.split(","):
             down = total = 0
             for seed in range(args.seeds):
                 config = lm_config(arch, objective, "paper")
@@ -190,8 +194,8 @@ def cmd_first_gradient(args) -> int:
                     down, total = down + (s > 0), total + 1
                     cells.append(
                         f"L{i} sum {s:+.1e} max|g| bias {float(g['rel_bias.weight'].abs().max()):.0e}"
-                        f" beta {float(g['qk.beta'].abs().max()):.0e}"
-                        f" gamma {float(g['qk.gamma'].abs().max()):.0e}"
+                        f" beta {float(g['qk.beta'][:2].abs().max()):.0e}"  # quad_q, quad_k
+                        f" gamma {float(g['qk.gamma'][:2].abs().max()):.0e}"
                         f" hidden {float(g['hidden.kernel'].abs().max()):.0e}"
                     )
                 print(f"{objective} {arch:5s} seed {seed}: " + " | ".join(cells), flush=True)
@@ -362,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("files", nargs="+")
     g = sub.add_parser("first-gradient")
     g.add_argument("--seeds", type=int, default=6)
+    g.add_argument("--objectives", default="mlm,clm")
+    g.add_argument("--archs", default="flash,gau")
+    g.add_argument("--quality", action="store_true", help="d 256, 4 layers, C 256, context 1024")
     args = ap.parse_args(argv)
     return {"run": cmd_run, "report": cmd_report, "first-gradient": cmd_first_gradient}[args.cmd](
         args
