@@ -10,7 +10,7 @@ warmup + cosine, the same batches and masks) and a probe of the relu^2 attention
 Starts (the FLASH / GAU weights they change; everything else is ``flashcore.init``'s):
 
 - ``paper``: gamma ~ N(0, 0.02^2), beta = 0, relative-bias weights 0 (``FlashConfig.init="paper"``).
-- ``bias``: relative-bias weights n^-1/2 (n: the keys a query sees at most, C for FLASH, the
+- ``uniform``: relative-bias weights n^-1/2 (n: the keys a query sees at most, C for FLASH, the
   context for FLASH-Quad), so that every relu^2 row starts as a uniform average of mass 1
   (``FlashConfig.init="uniform"``, the default).
 - ``bias0.05``: relative-bias weights 0.05 (``flashcore train --rel-bias-init 0.05``).
@@ -43,11 +43,12 @@ from flashcore.app.schedule import lr_at
 from flashcore.params import subtree
 
 HERE = Path(__file__).resolve().parent
-STARTS = ("paper", "bias", "bias0.05", "randbias", "gamma1")
+STARTS = ("paper", "uniform", "bias0.05", "randbias", "gamma1")
 ARCHS = ("flash", "gau", "transformer")
 SIZE = dict(dim=128, layers=2, qk_dim=64, chunk=64, context=256, batch=8, heads=4)
 TRAIN = dict(steps=400, lr=3e-3, warmup=30, schedule="cosine", min_ratio=0.1)
 PROBE_EVERY = 20
+LABELS = {"uniform": "uniform (the default)"}
 
 
 def lm_config(arch: str, objective: str, start: str) -> fc.LMConfig:
@@ -60,7 +61,7 @@ def lm_config(arch: str, objective: str, start: str) -> fc.LMConfig:
             dim=SIZE["dim"], kind=arch, expansion=2.0, qk_dim=SIZE["qk_dim"],
             chunk_size=SIZE["chunk"], causal=causal, max_len=SIZE["context"],
             rel_bias="learned" if arch == "flash" else "t5",
-            init="paper" if start != "bias" else "uniform",
+            init="uniform" if start == "uniform" else "paper",
         )  # fmt: skip
     vocab = mlm.BYTE_MLM_VOCAB if objective == "mlm" else 256
     return fc.LMConfig(block=block, vocab_size=vocab, num_layers=SIZE["layers"])
@@ -339,10 +340,12 @@ def cmd_report(args) -> int:
             ax.plot(
                 np.arange(len(c)) + 20, c, color="grey" if tpp else colours[r["start"]],
                 ls=":" if tpp else ("-" if r["seed"] == 0 else "--"), lw=1,
-                label=("Transformer++" if tpp else r["start"]) if r["seed"] == 0 else None,
+                label=("Transformer++" if tpp else LABELS.get(r["start"], r["start"]))
+                if r["seed"] == 0
+                else None,
             )  # fmt: skip
         if objective == "mlm":
-            ax.axhline(meta["unigram_nats"], color="grey", lw=0.5)
+            ax.axhline(meta["unigram_nats"], color="grey", lw=0.5, label="unigram entropy")
         ax.set_title(f"{names[arch]}, {objective} (train loss, 20-step mean; dashed: seed 1)")
         ax.set_ylabel("nats")
         ax.legend(fontsize=8)
