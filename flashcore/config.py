@@ -105,11 +105,13 @@ class FlashConfig(_DictMixin):
       before the residual (:mod:`flashcore.dropout`): the spec applies the keep-masks it is
       given; backends draw them in training mode only.
     - ``init``: the start :func:`flashcore.init` draws (it changes no computation): ``uniform``
-      (default) starts every relative-bias weight at n^-1/2, n = ``bias_span``, so that each
-      relu^2 row starts as a uniform average of mass about 1 and the attention trains;
-      ``paper`` starts them at 0, where relu^2 attention and its gradient start near 0 and a
-      masked LM can leave it dead (docs/init.md). gamma ~ N(0, 0.02^2) and beta = 0 in both.
-      A config dict without the field (written before it existed) reads as ``paper``.
+      (default) starts the relative-bias weights so that the bias term of relu^2's scores is
+      L^-1/2, L = ``bias_span`` (w = L^-1/2 with bias_scale 1, the bias after the scaling), so
+      that each relu^2 row starts as a uniform average of mass about 1 and the attention
+      trains; ``paper`` starts them at 0, where relu^2 attention and its gradient start near 0
+      and can stay dead (docs/init.md). gamma ~ N(0, 0.02^2) and beta = 0 in both; other
+      attention functions start at 0 in both. A config dict without the field (written before
+      it existed) reads as ``paper``.
     """
 
     dim: int = 512

@@ -89,13 +89,17 @@ def _layer_spec(cfg: FlashConfig) -> dict[str, ParamSpec]:
 
 
 def _rel_bias_start(cfg: FlashConfig, shape: tuple[int, ...], doc: str) -> ParamSpec:
-    """The relative-bias weights' start: 0 (``init="paper"``), or n^-1/2 with n = the bias span
-    (C for FLASH, max_len for GAU; ``init="uniform"``): relu^2(Q K^T / n + B) then starts near
-    relu^2(n^-1/2) = 1/n on every key, a uniform average of mass about 1, alive and with a gradient
-    of 2 n^-1/2 instead of about 0 (docs/init.md)."""
-    if cfg.init == "paper":
+    """The relative-bias weights' start: 0 (``init="paper"``), or, for relu^2 attention, the w
+    that makes the bias term of the scores L^-1/2 with L = the bias span (C for FLASH, max_len
+    for GAU; ``init="uniform"``): w = L^-1/2 / bias_scale, times L when the bias is added before
+    the 1/n scaling. relu^2(Q K^T / n + B) then starts near relu^2(L^-1/2) = 1/L on every key, a
+    uniform average of mass about 1, alive and with a gradient of 2 L^-1/2 instead of about 0
+    (docs/init.md). Other attention functions keep 0 (a constant bias does not move softmax)."""
+    if cfg.init == "paper" or cfg.attention != "relu2" or cfg.bias_scale == 0:
         return ParamSpec(shape, "zeros", doc)
-    return ParamSpec(shape, "const", doc, value=cfg.bias_span**-0.5)
+    span = cfg.bias_span
+    value = span**-0.5 * (span if cfg.bias_before_scale else 1) / cfg.bias_scale
+    return ParamSpec(shape, "const", doc, value=value)
 
 
 def _transformer_spec(cfg: TransformerConfig) -> dict[str, ParamSpec]:

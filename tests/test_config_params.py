@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import flashcore as fc
+from flashcore.conformance.tolerances import elementwise_tolerance
 from flashcore.params import weight_table_markdown
 
 
@@ -135,6 +136,20 @@ def test_the_starts_differ_only_in_the_relative_bias(cfg):
     assert all(np.array_equal(live[k], paper[k]) for k in live if k != "rel_bias.weight")
     with pytest.raises(ValueError, match="FlashConfig.init must be one of"):
         cfg.replace(init="zero")
+
+
+def test_the_uniform_start_puts_the_bias_term_of_the_scores_at_span_to_the_minus_half():
+    """Whatever bias_scale and bias_before_scale say, the bias term of relu^2's scores starts
+    at L^-1/2 (before the 1/n scaling: L^-1/2 * L, with n = L); other attention functions: 0."""
+    base = fc.FlashConfig(dim=16, qk_dim=8, chunk_size=16)
+    for kw, term in [
+        (dict(bias_scale=4.0), lambda w: 4.0 * w),
+        (dict(bias_before_scale=True), lambda w: w / 16),
+        (dict(bias_scale=-2.0, bias_before_scale=True), lambda w: -2.0 * w / 16),
+    ]:
+        w = fc.init(base.replace(**kw))["rel_bias.weight"].astype(np.float64)
+        np.testing.assert_allclose(term(w), 16**-0.5, rtol=elementwise_tolerance("float32", 2))
+    assert np.all(fc.init(base.replace(attention="softmax_plus"))["rel_bias.weight"] == 0)
 
 
 def test_a_config_dict_older_than_init_reads_as_the_paper_start():
