@@ -15,7 +15,7 @@ Starts (the FLASH / GAU weights they change; everything else is ``flashcore.init
   (``FlashConfig.init="uniform"``, the default).
 - ``bias0.05``: relative-bias weights 0.05 (``flashcore train --rel-bias-init 0.05``).
 - ``randbias``: relative-bias weights ~ N(0, 0.02^2).
-- ``gamma1``: gamma ~ N(1, 0.02^2) (scale-offset starting as the identity, as in GAU-alpha).
+- ``gamma1``: gamma ~ N(1, 0.02^2) (the scale-offset starting as the identity).
 
 The probe (NumPy float64, the spec's own ``project``) reports per layer the relu^2
 pre-activations S = Q K^T / n + B over the allowed pairs (mean, fraction > 0) and the RMS of the
