@@ -29,6 +29,7 @@ LinearNorm = Literal["sum", "mean", "length"]
 EpsMode = Literal["add", "clamp"]
 LengthMode = Literal["real", "array", "prefix"]
 NormPosition = Literal["pre", "post"]
+Start = Literal["uniform", "paper"]
 
 
 def _check_int(obj: Any, name: str, low: int) -> None:
@@ -110,6 +111,14 @@ class FlashConfig(_DictMixin):
     - ``dropout``: the rate p of GAU-alpha's dropout on the attention weights and on the output
       before the residual (:mod:`flashcore.dropout`): the spec applies the keep-masks it is
       given; backends draw them in training mode only.
+    - ``init``: the start :func:`flashcore.init` draws (it changes no computation): ``uniform``
+      (default) starts the relative-bias weights so that the bias term of relu^2's scores is
+      L^-1/2, L = ``bias_span`` (w = L^-1/2 with bias_scale 1, the bias after the scaling), so
+      that each relu^2 row starts as a uniform average of mass about 1 and the attention
+      trains; ``paper`` starts them at 0, where relu^2 attention and its gradient start near 0
+      and can stay dead (docs/init.md). gamma ~ N(0, 0.02^2) and beta = 0 in both; other
+      attention functions start at 0 in both. A config dict without the field (written before
+      it existed) reads as ``paper``.
     """
 
     dim: int = 512
@@ -139,6 +148,7 @@ class FlashConfig(_DictMixin):
     norm_position: NormPosition = "pre"
     norm_affine: bool = True
     use_bias: bool = True
+    init: Start = "uniform"
 
     def __post_init__(self) -> None:
         _check_int(self, "dim", 1)
@@ -205,6 +215,7 @@ class FlashConfig(_DictMixin):
         _check_choice(self, "norm_position", ("pre", "post"))
         _check_bool(self, "norm_affine")
         _check_bool(self, "use_bias")
+        _check_choice(self, "init", ("uniform", "paper"))
 
     @property
     def expanded_dim(self) -> int:
@@ -354,7 +365,8 @@ _CLASSES = {c.__name__: c for c in (FlashConfig, TransformerConfig, LMConfig)}
 
 
 def config_from_dict(data: dict[str, Any]) -> FlashConfig | TransformerConfig | LMConfig:
-    """Rebuild a config from :meth:`to_dict` output; unknown types or fields raise ValueError."""
+    """Rebuild a config from :meth:`to_dict` output; unknown types or fields raise ValueError.
+    A FlashConfig dict without ``init`` (older than the field) gets ``init="paper"``."""
     if not isinstance(data, dict) or data.get("type") not in _CLASSES:
         raise ValueError(f"not a flashcore config dict (missing or unknown 'type'): {data!r}")
     cls = _CLASSES[data["type"]]
@@ -363,6 +375,8 @@ def config_from_dict(data: dict[str, Any]) -> FlashConfig | TransformerConfig | 
     unknown = sorted(set(kwargs) - fields)
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {unknown}")
+    if cls is FlashConfig:  # written before FlashConfig.init existed: drawn from the paper's start
+        kwargs.setdefault("init", "paper")
     if cls is LMConfig and isinstance(kwargs.get("block"), dict):
         kwargs["block"] = config_from_dict(kwargs["block"])
     return cls(**kwargs)

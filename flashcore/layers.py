@@ -57,7 +57,7 @@ FUSED_CORE_FIELDS = frozenset(
         "rope_dims", "rope_base", "rel_bias", "max_len", "t5_buckets", "t5_max_distance",
         "bias_scale", "norm", "norm_eps", "norm_eps_mode", "linear_norm", "fixed_length",
         "length_mode", "bias_before_scale", "token_shift", "dropout", "norm_position",
-        "norm_affine", "use_bias",
+        "norm_affine", "use_bias", "init",
     }
 )  # fmt: skip
 

@@ -19,7 +19,7 @@ from .config import FlashConfig, LMConfig, TransformerConfig
 
 __all__ = ["ParamSpec", "param_spec", "init", "check_params", "subtree"]
 
-Init = Literal["zeros", "ones", "lecun", "qk_gamma", "embed"]
+Init = Literal["zeros", "ones", "const", "lecun", "qk_gamma", "embed"]
 
 
 @dataclass(frozen=True)
@@ -29,12 +29,14 @@ class ParamSpec:
     shape: tuple[int, ...]
     init: Init
     doc: str
+    value: float = 0.0  # every entry's value, for init 'const'
 
     @property
     def std(self) -> float | None:
         """The standard deviation of the normal initializer (mean 0): fan_in^-1/2 (fan_in =
         ``shape[0]``, kernels are [in, out]) for 'lecun', 0.02 for 'qk_gamma' and 'embed'; None
-        for the constants 'zeros' and 'ones'. Every backend's initializer reads it here."""
+        for the constants 'zeros', 'ones' and 'const' (:attr:`value`). Every backend's initializer
+        reads it here."""
         if self.init == "lecun":
             return self.shape[0] ** -0.5
         return _NORMAL_STD.get(self.init)
@@ -46,6 +48,7 @@ _NORMAL_STD = {"qk_gamma": 0.02, "embed": 0.02}  # the paper's N(0, 0.02^2) for 
 _INIT_DOC = {
     "zeros": "0",
     "ones": "1",
+    "const": "{value:.4g}",
     "lecun": "N(0, 1/fan_in)",
     "qk_gamma": f"N(0, {_NORMAL_STD['qk_gamma']}^2) (paper)",
     "embed": f"N(0, {_NORMAL_STD['embed']}^2)",
@@ -76,16 +79,33 @@ def _layer_spec(cfg: FlashConfig) -> dict[str, ParamSpec]:
     spec["qk.gamma"] = ParamSpec((h, s), "qk_gamma", f"scale-offset scales, rows {heads}")
     if cfg.use_bias:
         spec["qk.beta"] = ParamSpec((h, s), "zeros", f"scale-offset offsets, rows {heads}")
-    if cfg.rel_bias == "learned":
-        spec["rel_bias.weight"] = ParamSpec(
-            (2 * cfg.bias_span - 1,), "zeros", "B[i, j] = w[j - i + L - 1]"
+    if cfg.rel_bias != "none":
+        shape = (2 * cfg.bias_span - 1,) if cfg.rel_bias == "learned" else (cfg.t5_buckets,)
+        doc = (
+            "B[i, j] = w[j - i + L - 1]"
+            if cfg.rel_bias == "learned"
+            else "one weight per T5 bucket"
         )
-    elif cfg.rel_bias == "t5":
-        spec["rel_bias.weight"] = ParamSpec((cfg.t5_buckets,), "zeros", "one weight per T5 bucket")
+        doc += "; starts at L^-1/2 (init='uniform') or 0 ('paper')"
+        spec["rel_bias.weight"] = _rel_bias_start(cfg, shape, doc)
     spec["out.kernel"] = ParamSpec((e, d), "lecun", "output projection, e -> d")
     if cfg.use_bias:
         spec["out.bias"] = ParamSpec((d,), "zeros", "output bias")
     return spec
+
+
+def _rel_bias_start(cfg: FlashConfig, shape: tuple[int, ...], doc: str) -> ParamSpec:
+    """The relative-bias weights' start: 0 (``init="paper"``), or, for relu^2 attention, the w
+    that makes the bias term of the scores L^-1/2 with L = the bias span (C for FLASH, max_len
+    for GAU; ``init="uniform"``): w = L^-1/2 / bias_scale, times L when the bias is added before
+    the 1/n scaling. relu^2(Q K^T / n + B) then starts near relu^2(L^-1/2) = 1/L on every key, a
+    uniform average of mass about 1, alive and with a gradient of 2 L^-1/2 instead of about 0
+    (docs/init.md). Other attention functions keep 0 (a constant bias does not move softmax)."""
+    if cfg.init == "paper" or cfg.attention != "relu2" or cfg.bias_scale == 0:
+        return ParamSpec(shape, "zeros", doc)
+    span = cfg.bias_span
+    value = span**-0.5 * (span if cfg.bias_before_scale else 1) / cfg.bias_scale
+    return ParamSpec(shape, "const", doc, value=value)
 
 
 def _transformer_spec(cfg: TransformerConfig) -> dict[str, ParamSpec]:
@@ -145,6 +165,8 @@ def init(
             a = np.zeros(ps.shape)
         elif ps.init == "ones":
             a = np.ones(ps.shape)
+        elif ps.init == "const":
+            a = np.full(ps.shape, ps.value)
         else:  # lecun, qk_gamma, embed
             a = rng.normal(0.0, ps.std, ps.shape)
         out[name] = a.astype(dtype)
@@ -201,7 +223,8 @@ def weight_table_markdown() -> str:
             "|---|---|---|---|",
         ]
         for name, ps in param_spec(cfg).items():
-            lines.append(f"| `{name}` | {ps.shape} | {_INIT_DOC[ps.init]} | {ps.doc} |")
+            start = _INIT_DOC[ps.init].format(value=ps.value)
+            lines.append(f"| `{name}` | {ps.shape} | {start} | {ps.doc} |")
         lines.append("")
     return "\n".join(lines)
 

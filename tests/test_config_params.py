@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import flashcore as fc
+from flashcore.conformance.tolerances import elementwise_tolerance
 from flashcore.params import weight_table_markdown
 
 
@@ -150,7 +151,7 @@ def test_init_matches_spec_and_names_are_flat(cfg):
     assert any(
         not np.array_equal(p[k], other[k])
         for k in p
-        if spec[k].init != "zeros" and spec[k].init != "ones"
+        if spec[k].std is not None  # drawn, not a constant
     )
 
 
@@ -160,6 +161,52 @@ def test_init_follows_the_paper():
     assert p["qk.gamma"].shape == (4, 128) and abs(p["qk.gamma"].std() - 0.02) < 0.003
     assert np.all(p["qk.beta"] == 0)
     assert p["hidden.kernel"].shape == (64, 2 * 128 + 128)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        fc.FlashConfig(dim=16, qk_dim=8, chunk_size=16),
+        fc.FlashConfig(dim=16, qk_dim=8, kind="gau", max_len=100, rel_bias="t5"),
+    ],
+    ids=["flash-learned", "gau-t5"],
+)
+def test_the_starts_differ_only_in_the_relative_bias(cfg):
+    """init="uniform" (default): every bias weight n^-1/2 (n = the bias span, C or max_len);
+    init="paper": 0; every other weight the same draw."""
+    assert cfg.init == "uniform"
+    live, paper = fc.init(cfg, seed=1), fc.init(cfg.replace(init="paper"), seed=1)
+    assert np.all(paper["rel_bias.weight"] == 0)
+    np.testing.assert_array_equal(
+        live["rel_bias.weight"], np.full_like(live["rel_bias.weight"], cfg.bias_span**-0.5)
+    )
+    assert all(np.array_equal(live[k], paper[k]) for k in live if k != "rel_bias.weight")
+    with pytest.raises(ValueError, match="FlashConfig.init must be one of"):
+        cfg.replace(init="zero")
+
+
+def test_the_uniform_start_puts_the_bias_term_of_the_scores_at_span_to_the_minus_half():
+    """Whatever bias_scale and bias_before_scale say, the bias term of relu^2's scores starts
+    at L^-1/2 (before the 1/n scaling: L^-1/2 * L, with n = L); other attention functions: 0."""
+    base = fc.FlashConfig(dim=16, qk_dim=8, chunk_size=16)
+    for kw, term in [
+        (dict(bias_scale=4.0), lambda w: 4.0 * w),
+        (dict(bias_before_scale=True), lambda w: w / 16),
+        (dict(bias_scale=-2.0, bias_before_scale=True), lambda w: -2.0 * w / 16),
+    ]:
+        w = fc.init(base.replace(**kw))["rel_bias.weight"].astype(np.float64)
+        np.testing.assert_allclose(term(w), 16**-0.5, rtol=elementwise_tolerance("float32", 2))
+    assert np.all(fc.init(base.replace(attention="softmax_plus"))["rel_bias.weight"] == 0)
+
+
+def test_a_config_dict_older_than_init_reads_as_the_paper_start():
+    """Run folders, weight files and goldens written before FlashConfig.init were drawn from the
+    paper's start; their config dicts have no 'init' and read as init="paper"."""
+    cfg = fc.LMConfig(block=fc.FlashConfig(dim=16, qk_dim=8))
+    old = cfg.to_dict()
+    del old["block"]["init"]
+    assert fc.config_from_dict(old).block.init == "paper"
+    assert fc.config_from_dict(cfg.to_dict()) == cfg
 
 
 def test_check_params_lists_problems():

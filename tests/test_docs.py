@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 # folders of measured results (generated reports), served by the site but not in its navigation
-RESULTS = ("bench/", "quality/")
+RESULTS = ("bench/", "quality/", "init/")
 
 
 def _blocks(page: str) -> list[str]:

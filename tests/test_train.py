@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -99,6 +100,36 @@ def test_rel_bias_init_starts_every_bias_weight_there(tmp_path, corpus, arch, ca
     assert train.train_main(["--resume", str(run), "--rel-bias-init", "0.1"]) == 2
     assert "--rel-bias-init: the run has 0.05, you gave 0.1" in capsys.readouterr().err
     assert train.train_main(["--resume", str(run), "--quiet"]) == 0
+
+
+def test_init_names_the_start_and_an_older_run_resumes_as_the_paper_start(tmp_path, corpus, capsys):
+    """--init (default uniform) is the block's FlashConfig.init; --init paper starts the biases
+    at 0; a run whose run.json predates --init was drawn from the paper's start and restarts so."""
+    args = train.train_parser().parse_args(TINY)
+    assert args.init == "uniform" and train.build_config(args).block.init == "uniform"
+    paper = train.train_parser().parse_args([*TINY, "--init", "paper"])
+    params = train.initial_params(train.build_config(paper), paper)
+    assert all(np.all(v == 0) for k, v in params.items() if k.endswith(".rel_bias.weight"))
+    run = tmp_path / "run"
+    common = [*TINY, "--data", str(corpus), "--init", "paper", "--steps", "4"]
+    assert train.train_main([*common, "--stop-after", "2", "--out", str(run)]) == 0
+    assert train.train_main(["--resume", str(run), "--init", "uniform"]) == 2
+    assert "--init: the run has paper, you gave uniform" in capsys.readouterr().err
+    # an older run: run.json without "init", no checkpoint yet -> restarts from the paper's start
+    old = tmp_path / "old"
+    old.mkdir()
+    info = json.loads((run / "run.json").read_text())
+    del info["args"]["init"]
+    info["args"]["out"] = str(old)
+    (old / "run.json").write_text(json.dumps(info))
+    assert train.train_main(["--resume", str(old), "--quiet"]) == 0
+    _, config = io.load(old / "model.safetensors")
+    assert config.block.init == "paper"
+    with pytest.raises(SystemExit):
+        train.train_main(
+            [*TINY, "--arch", "transformer", "--init", "paper", "--out", str(tmp_path / "t")]
+        )
+    assert "--init needs --arch flash or gau" in capsys.readouterr().err
 
 
 def test_rel_bias_init_refuses_what_it_cannot_do(tmp_path, corpus, capsys):

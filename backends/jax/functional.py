@@ -34,7 +34,8 @@ Config = FlashConfig | TransformerConfig | LMConfig
 def init(config: Config, key: jax.Array, dtype=jnp.float32) -> dict[str, jax.Array]:
     """Fresh canonical parameters drawn with ``key``: {name: array of ``param_spec`` shape}.
 
-    Same distributions as :func:`flashcore.init` (zeros, ones, N(0, ``ParamSpec.std``^2)); each
+    Same distributions as :func:`flashcore.init` (zeros, ones, ``ParamSpec.value``,
+    N(0, ``ParamSpec.std``^2)); each
     tensor uses ``fold_in(key, crc32(name))``, so adding a parameter never changes the others.
     Traceable: ``jax.eval_shape(lambda k: init(cfg, k), key)`` gives shapes without computing.
     """
@@ -44,6 +45,8 @@ def init(config: Config, key: jax.Array, dtype=jnp.float32) -> dict[str, jax.Arr
             out[name] = jnp.zeros(ps.shape, dtype)
         elif ps.init == "ones":
             out[name] = jnp.ones(ps.shape, dtype)
+        elif ps.init == "const":
+            out[name] = jnp.full(ps.shape, ps.value, dtype)
         else:
             k = jax.random.fold_in(key, zlib.crc32(name.encode()))
             out[name] = (ps.std * jax.random.normal(k, ps.shape, jnp.float32)).astype(dtype)

@@ -131,6 +131,7 @@ def _model_flags(arch: str, setting: Setting, args, ffn_dim: int | None = None) 
         flags += [
             "--layers", str(args.layers), "--qk-dim", str(args.qk_dim),
             "--expansion", str(args.expansion), "--chunk", str(args.chunk),
+            "--init", getattr(args, "init", "uniform"),  # named: a record shows its start
         ]  # fmt: skip
     return flags
 
@@ -644,6 +645,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--expansion", type=positive(float), default=2.0)
     ap.add_argument("--chunk", type=positive(int), default=256, help="FLASH chunk size C")
     ap.add_argument("--heads", type=positive(int), default=4, help="Transformer++ heads")
+    ap.add_argument(
+        "--init", choices=["uniform", "paper"], default="uniform",
+        help="the FLASH / FLASH-Quad start (flashcore train --init; records without one: paper)",
+    )  # fmt: skip
     ap.add_argument("--param-tolerance", type=positive(float), default=0.02)
     ap.add_argument("--backend", choices=BACKENDS, default="torch")
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")

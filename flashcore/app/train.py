@@ -112,6 +112,7 @@ def build_config(args: argparse.Namespace, vocab_size: int = VOCAB_SIZE) -> LMCo
             max_len=max(args.context, 1),
             rel_bias="learned" if args.arch == "flash" else "t5",
             dropout=args.dropout,
+            init=getattr(args, "init", "paper"),  # a run older than --init: the paper's start
         )
     vocab = vocab_size + 1 if masked else vocab_size
     config = LMConfig(block=block, vocab_size=vocab, num_layers=args.layers)
@@ -159,10 +160,15 @@ def train_parser() -> argparse.ArgumentParser:
         "its residual (training steps only; see docs/math.md)",
     )
     ap.add_argument(
+        "--init", choices=["uniform", "paper"], default="uniform",
+        help="the FLASH / GAU start (FlashConfig.init): uniform (default) starts the relative-bias "
+        "weights at n^-1/2 so that relu^2 attention starts alive; paper starts them at 0, where "
+        "it can stay dead (docs/init.md)",
+    )  # fmt: skip
+    ap.add_argument(
         "--rel-bias-init", type=finite_float, default=0.0,
         help="start every relative-position bias weight of the FLASH / GAU layers at this value "
-        "(default 0, flashcore.init's): a positive one keeps relu^2 attention off its dead "
-        "start (zero output and zero gradient), which a masked LM can fall into",
+        "instead of --init's (default 0: --init's)",
     )  # fmt: skip
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast / mixed precision")
     ap.add_argument("--seed", type=int, default=0)
@@ -210,8 +216,9 @@ def finite_float(text: str) -> float:
 
 
 def initial_params(config: LMConfig, args: argparse.Namespace) -> dict:
-    """``flashcore.init(config, seed=args.seed)``, with every ``*.rel_bias.weight`` set to
-    ``args.rel_bias_init`` when that is not 0 (a run of an older version has none: 0)."""
+    """``flashcore.init(config, seed=args.seed)`` (the start ``config.block.init`` names), with
+    every ``*.rel_bias.weight`` set to ``args.rel_bias_init`` when that is not 0 (a run of an
+    older version has none: 0)."""
     params = init(config, seed=args.seed)
     start = float(getattr(args, "rel_bias_init", 0.0) or 0.0)
     if start:
@@ -292,6 +299,7 @@ def _resume_args(args, given: dict, ap):
                 + "".join(f"\n  {n}" for n in notes)
             ) from None
         notes.append(f"{run}: no complete checkpoint yet; starting the run again from step 0")
+    saved = {"init": "paper", **saved}  # a run older than --init started from the paper's start
     conflicts = resume_conflicts(given, saved)
     if conflicts:
         allowed = ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE)
@@ -385,6 +393,8 @@ def _train(args: argparse.Namespace, given: dict, ap, announce: bool) -> int:
             ap.error(
                 "--rel-bias-init needs --arch flash or gau (Transformer++ has no relative bias)"
             )
+        if "init" in given and args.arch == "transformer":
+            ap.error("--init needs --arch flash or gau (it chooses their start)")
         params = initial_params(config, args)
         opt_state = resume = None
     engine = load_engine(args.backend)(

@@ -10,6 +10,7 @@ jnp = pytest.importorskip("jax.numpy", reason="flashcore.jax needs jax")
 from _cases import ALL_CONFIGS, LAYER_CONFIGS, LM_CONFIGS, inputs_for, noisy_params, rel_err  # noqa: E402
 
 import flashcore as fc  # noqa: E402
+from flashcore.conformance.tolerances import elementwise_tolerance  # noqa: E402
 from flashcore.jax import functional as F  # noqa: E402
 
 
@@ -34,8 +35,12 @@ def test_init_has_the_canonical_names_shapes_and_dtype(name):
     again = F.init(cfg, jax.random.key(0), dtype=jnp.bfloat16)
     other = F.init(cfg, jax.random.key(1), dtype=jnp.bfloat16)
     assert all(np.array_equal(params[k], again[k]) for k in params)
-    random = [k for k, s in fc.param_spec(cfg).items() if s.init not in ("zeros", "ones")]
+    random = [k for k, s in fc.param_spec(cfg).items() if s.std is not None]
     assert random and all(not np.array_equal(params[k], other[k]) for k in random)
+    want = fc.init(cfg)  # the constants are flashcore.init's, to one bfloat16 rounding
+    for k in (k for k, s in fc.param_spec(cfg).items() if s.std is None):
+        got = np.asarray(params[k], np.float32)
+        np.testing.assert_allclose(got, want[k], rtol=elementwise_tolerance("bfloat16"), atol=0)
 
 
 def test_init_draws_the_spec_distributions_and_each_name_independently():
