@@ -1,5 +1,6 @@
-"""The Layout block of docs/architecture.md is the tree: every file and folder of the listed folders has a line
-with its job, and every line names something that exists. Read from the file system (no import)."""
+"""The Layout block of docs/architecture.md is the tree: every file and folder of the listed
+folders has a line with its job, and every line names something that exists. Read from the file
+system (no import)."""
 
 from __future__ import annotations
 
@@ -25,9 +26,9 @@ SKIPPED = {"__init__.py"}  # the folder's own line describes the package
 
 
 def layout_block(text: str) -> dict[str, dict[str, str]]:
-    """{folder: {entry: job}} of the Layout code block in docs/architecture.md: a folder line starts at column 0
-    (``flashcore/app/   the application``), its entries are indented by two spaces
-    (``  cli.py   the flashcore command``)."""
+    """{folder: {entry: job}} of the Layout code block in docs/architecture.md: a folder line
+    starts at column 0 (``flashcore/app/   the application``), its entries are indented by two
+    spaces (``  cli.py   the flashcore command``)."""
     found = re.search(r"## Layout\n.*?```text\n(.*?)```", text, re.S)
     assert found, "docs/architecture.md has no '## Layout' section with a ```text block"
     groups: dict[str, dict[str, str]] = {}

@@ -1,6 +1,6 @@
-"""``python -m flashcore.app.prefill_bench`` at a tiny size (the 1M-token figure of docs/decoding.md is the
-same command at full size): the report's fields, each run measured in its own child process, and
-bad options refused."""
+"""``python -m flashcore.app.prefill_bench`` at a tiny size (the 1M-token figure of
+docs/decoding.md is the same command at full size): the report's fields, each run measured in its
+own child process, and bad options refused."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Each backend's public API (its ``__all__``) is the table "Public API per backend" in docs/architecture.md, and
-the names every backend shares are there in all three. Read from the source with ``ast`` (no
-framework imported); where a framework is installed, the names are also checked on the imported
+"""Each backend's public API (its ``__all__``) is the table "Public API per backend" in
+docs/architecture.md, and the names every backend shares are there in all three. Read from the
+source with ``ast`` (no framework imported); where a framework is installed, the names are also checked on the imported
 package, with the decoding methods every module carries."""
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def bound_names(source: str) -> set[str]:
 
 
 def mismatches(table: dict[str, set[str]], exported: dict[str, list[str]]) -> list[str]:
-    """One line per name that the table of docs/architecture.md and a backend's ``__all__`` disagree on."""
+    """One line per name that the table of docs/architecture.md and a backend's ``__all__``
+    disagree on."""
     out = []
     for b in BACKENDS:
         got = set(exported[b])

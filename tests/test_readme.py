@@ -1,5 +1,6 @@
-"""The README runs as written: its quickstarts (torch, JAX, Keras) run and give the shapes their
-comments say, its set-up section has exactly the two commands, and `.ci/run` runs the second."""
+"""The README runs as written and stays a product page (at most 250 lines): its quickstarts
+(torch, JAX, Keras) run and give the shapes their comments say, its set-up section has exactly
+the two commands, and `.ci/run` runs the second."""
 
 import re
 import shlex
@@ -8,6 +9,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_is_a_product_page():
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines; details go to docs/"
 
 
 def _section(title: str) -> str:
