@@ -23,6 +23,7 @@ import flashcore as fc
 from flashcore.config import FlashConfig, LMConfig, TransformerConfig
 
 from . import kernels
+from .loss import chunked_loss
 from .xp import xp
 
 __all__ = ["init", "apply", "logits", "loss", "dropout_masks", "Config"]
@@ -148,7 +149,8 @@ def loss(
     attn_core: Callable | None = None,
 ) -> jax.Array:
     """Mean next-token cross-entropy (nats) of ``targets`` (b, t) given ``inputs`` (b, t): ().
-    ``core``, ``attn_core``, ``dropout``: as in :func:`apply`; ``loss_mask``: (b, t) bool, the
+    The head and the cross-entropy run chunk by chunk (:func:`flashcore.jax.loss.chunked_loss`:
+    the (b, t, v) logits are never built whole). ``core``, ``attn_core``, ``dropout``: as in :func:`apply`; ``loss_mask``: (b, t) bool, the
     positions counted (None: every real one)."""
     return fc.lm_loss(
         params,
@@ -162,4 +164,5 @@ def loss(
         attn_core=attn_core or kernels.softmax_core,
         dropout=dropout,
         loss_mask=loss_mask,
+        loss_core=chunked_loss,
     )

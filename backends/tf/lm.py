@@ -6,10 +6,13 @@ Masks, shapes, precision and dropout as in :mod:`flashcore.tf.layers`.
 
     lm = LM(LMConfig(block=FlashConfig(dim=256, causal=True), vocab_size=256))
     logits = lm(tokens)                                    # (b, t) ints -> (b, t, v)
+    loss = lm.loss(tokens, targets)                        # mean cross-entropy, nats (chunked)
     lm = LM.from_pretrained("dir")                         # config.json + canonical safetensors
 """
 
 from __future__ import annotations
+
+import functools
 
 import keras
 import tensorflow as tf
@@ -20,7 +23,9 @@ from flashcore.config import LMConfig, TransformerConfig
 from . import kernels
 from .decode import LMDecoding
 from .layers import block_class
+from .loss import chunked_loss
 from .module import CanonicalModule, no_autograph, run_static
+from .xp import xp
 
 __all__ = ["LM"]
 
@@ -101,6 +106,67 @@ class LM(LMDecoding, CanonicalModule):
             out_dtype=self.compute_dtype,
             per_example=per_example,
             dropout=masks,
+        )
+
+    @no_autograph
+    def loss(
+        self,
+        inputs,
+        targets,
+        mask=None,
+        segment_ids=None,
+        loss_mask=None,
+        training=None,
+        dropout=None,
+        grad: bool = True,
+    ):
+        """Mean next-token cross-entropy (nats) of ``targets`` (b, t) given ``inputs`` (b, t),
+        counted at real positions of ``mask`` and of ``loss_mask`` ((b, t) bool each, or None):
+        ``flashcore.lm_loss``'s value, with the head and the cross-entropy run chunk by chunk
+        (:func:`flashcore.tf.loss.chunked_loss`; the (b, t, v) logits are never built whole) ->
+        () float32 or wider. ``grad=False`` skips the chunks' gradients (evaluation: the loss
+        is then not differentiable). training / dropout: as :meth:`call`."""
+        params = self.canonical_params()
+        tokens = tf.convert_to_tensor(inputs)
+        targets = tf.convert_to_tensor(targets)
+        mask = None if mask is None else tf.convert_to_tensor(mask)
+        loss_mask = None if loss_mask is None else tf.convert_to_tensor(loss_mask)
+        segment_ids = None if segment_ids is None else tf.convert_to_tensor(segment_ids)
+        if tuple(tokens.shape) != tuple(targets.shape):
+            raise ValueError(
+                f"inputs {tuple(tokens.shape)} and targets {tuple(targets.shape)} must have one shape"
+            )
+
+        def run(xp, t, m, s, d):
+            return fc.lm_hidden(
+                params,
+                t,
+                config=self.config,
+                mask=m,
+                segment_ids=s,
+                xp=xp,
+                dropout=d,
+                attn_core=kernels.softmax_core,
+            )
+
+        h = run_static(
+            run,
+            tokens,
+            mask,
+            segment_ids,
+            out_dtype=self.compute_dtype,
+            per_example=isinstance(self.config.block, TransformerConfig),
+            dropout=self._masks(tokens, training, dropout),
+        )  # (b, t, d)
+        ns = xp if tokens.shape[0] is not None else xp.with_batch(tf.shape(tokens)[0])
+        return fc.loss.linear_cross_entropy(
+            params,
+            h,
+            targets,
+            fc.loss.counted(mask, loss_mask),
+            config=self.config,
+            xp=ns,
+            core=functools.partial(chunked_loss, grad=grad),
         )
 
     def compute_output_shape(self, input_shape):

@@ -255,5 +255,10 @@ class Namespace:
     erf = staticmethod(tf.math.erf)
     silu = staticmethod(tf.nn.silu)  # fused x * sigmoid(x)
 
+    @staticmethod
+    def logsumexp(z) -> tf.Tensor:
+        """log(sum(exp(z))) over the last axis (:func:`flashcore.loss.logsumexp` takes it)."""
+        return tf.reduce_logsumexp(z, axis=-1)
+
 
 xp = Namespace()

@@ -7,7 +7,7 @@ dropout keep-masks, which runs the spec's block functions; decoding (``decode_in
 
     lm = LM(LMConfig(block=FlashConfig(dim=256, causal=True), vocab_size=256), seed=0)
     logits = lm(tokens)                       # (b, t) ints -> (b, t, v)
-    loss = lm.loss(tokens, targets)           # mean next-token cross-entropy, nats
+    loss = lm.loss(tokens, targets)           # mean next-token cross-entropy, nats (chunked)
     out = lm.generate(prompt, 100, top_k=40, seed=0)  # (b, t0) -> (b, t0 + 100)
     lm = LM.from_pretrained("dir")            # config.json + canonical model.safetensors
 
@@ -25,6 +25,7 @@ import flashcore as fc
 from . import kernels
 from .decode import LMDecoding
 from .layers import block_class, draw_dropout
+from .loss import chunked_loss
 from .module import CanonicalModule, ParamGroup, norm_params
 from .xp import xp
 
@@ -118,7 +119,8 @@ class LM(LMDecoding, CanonicalModule):
     ) -> torch.Tensor:
         """Mean next-token cross-entropy (nats) of ``targets`` (b, t) given ``tokens`` (b, t),
         counted at real positions of ``mask`` (and of ``loss_mask`` (b, t) bool, when given):
-        ``flashcore.lm_loss``. Returns a 0-d tensor. dropout: keep-masks (None: drawn in train
+        ``flashcore.lm_loss`` with the head and the cross-entropy run chunk by chunk
+        (:func:`flashcore.torch.loss.chunked_loss`). Returns a 0-d tensor. dropout: keep-masks (None: drawn in train
         mode)."""
         return fc.lm_loss(
             self.canonical_params(),
@@ -133,6 +135,33 @@ class LM(LMDecoding, CanonicalModule):
             dropout=self._masks(tokens, dropout),
             loss_mask=loss_mask,
             blocks=self.layers,
+            loss_core=chunked_loss,
+        )
+
+    def hidden(
+        self, tokens: torch.Tensor, mask=None, segment_ids=None, dropout=None
+    ) -> torch.Tensor:
+        """The final hidden states (``flashcore.lm_hidden``): tokens (b, t) ints -> (b, t, d);
+        arguments as :meth:`forward`. ``forward`` is ``flashcore.lm.head`` of these."""
+        return fc.lm_hidden(
+            self.canonical_params(),
+            tokens,
+            config=self.config,
+            mask=mask,
+            segment_ids=segment_ids,
+            xp=xp,
+            core=kernels.attention_core,
+            attn_core=kernels.softmax_core,
+            dropout=self._masks(tokens, dropout),
+            blocks=self.layers,
+        )
+
+    def head_loss(self, h: torch.Tensor, targets: torch.Tensor, mask=None) -> torch.Tensor:
+        """Mean cross-entropy (nats) of the head on final hidden states h (b, t, d) against
+        targets (b, t), counted where ``mask`` (b, t) bool is True: the chunked
+        ``flashcore.loss.linear_cross_entropy`` (the (b, t, v) logits are never built) -> ()."""
+        return fc.loss.linear_cross_entropy(
+            self.canonical_params(), h, targets, mask, config=self.config, xp=xp, core=chunked_loss
         )
 
     @staticmethod
