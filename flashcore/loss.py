@@ -137,10 +137,8 @@ def chunked_sum(fn, weights: dict, h, targets, w, chunk: int, xp=None):
     """The spec's :data:`LossCore`: sum of ``fn(weights, h_c, targets_c, w_c)`` over the chunks
     of ``chunk`` rows, in a Python loop (h: (n, d) with n known)."""
     n = h.shape[0]
-    parts = [
-        fn(weights, h[i : i + chunk, ...], targets[i : i + chunk], w[i : i + chunk])
-        for i in range(0, n, chunk)
-    ]
+    cuts = [(i, min(i + chunk, n)) for i in range(0, n, chunk)]  # in bounds (array API slicing)
+    parts = [fn(weights, h[i:j, ...], targets[i:j], w[i:j]) for i, j in cuts]
     total = parts[0]
     for p in parts[1:]:
         total = total + p
