@@ -44,10 +44,10 @@ __all__ = [
     "linear_cross_entropy",
 ]
 
-# The logits of one chunk hold at most this many entries (64 MiB in float32): 512 tokens at
-# v = 128K, 2048 at 32K, every token of a small batch at v = 256. Larger chunks cost memory; much
-# smaller ones re-read and re-write the head's (d, v) gradient once per chunk.
-CHUNK_ELEMENTS = 2**24
+# The logits of one chunk hold at most this many entries (256 MiB in float32): 512 tokens at
+# v = 128K, 2048 at 32K, 256K tokens (every token of a batch) at v = 256. Larger chunks cost
+# memory; much smaller ones re-read and re-write the head's (d, v) gradient once per chunk.
+CHUNK_ELEMENTS = 2**26
 
 # core(fn, weights, h, targets, w, chunk) -> () = sum over chunks of fn(weights, h_c, targets_c,
 # w_c); h: (n, d); targets: (n,) ints; w: (n,) float weights (0 at tokens not counted); weights:

@@ -1,7 +1,7 @@
 """The LM loss's forward and backward at real vocabulary sizes: flashcore's chunked loss against
 each framework's own plain path, peak memory and time.
 
-    python -m flashcore.app.loss_bench [--backends torch,jax,tf] [--vocab 256,32K,128K]
+    flashcore bench-loss [--backends torch,jax,tf] [--vocab 256,32K,128K]
         [--tokens 8K] [--dim 512] [--repeats 3] [--chunk N] [--max-gib 14] [--json PATH]
 
 One measurement is: final hidden states h (tokens, d) and a tied head E (v, d), float32, seeded
@@ -18,15 +18,15 @@ respect to h and E. Paths:
 torch runs eagerly; jax under ``jax.jit`` (``value_and_grad``); TensorFlow in one
 ``tf.function(jit_compile=True)`` around a ``GradientTape``, as the engines run them.
 
-Each measurement runs in a child process of its own (this module with ``--child``). Memory: the
+Each measurement runs in a child process of its own (``python -m flashcore.app.loss_bench --child``). Memory: the
 child's peak resident set (``ru_maxrss``) at the end minus its peak before the first run (after
 the imports and the inputs are made): what the loss's forward and backward added, compilation
 and the warm-up included. Time: one untimed warm-up run (it compiles), then the median of
 ``--repeats`` runs, each to its gradients on the host side. Threads: what the frameworks take
 from the environment (set ``OMP_NUM_THREADS``).
 
-Safety: before a child starts, its need is estimated (plain: 4 copies of the (tokens, v) float32
-logits; chunked: 1 GiB) and the run is skipped, with the reason in the table, when that exceeds
+Safety: before a child starts, its need is estimated (plain: 3 copies of the (tokens, v) float32
+logits and 1 GiB; chunked: 1 GiB) and the run is skipped, with the reason in the table, when that exceeds
 ``--max-gib`` or the memory available now less 2 GiB; while it runs, a child whose resident set
 passes ``--max-gib`` is killed and reported as such.
 """
@@ -200,7 +200,7 @@ def _available() -> int:
 
 def _need(path: str, vocab: int, tokens: int) -> int:
     """A rough upper estimate of a run's memory, bytes."""
-    return 4 * tokens * vocab * 4 + GIB if path == "plain" else GIB
+    return 3 * tokens * vocab * 4 + GIB if path == "plain" else GIB
 
 
 def _rss_of(pid: int) -> int:
@@ -261,9 +261,7 @@ def table(rows: list[dict]) -> str:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        prog="python -m flashcore.app.loss_bench", description=__doc__.split("\n")[0]
-    )
+    ap = argparse.ArgumentParser(prog="flashcore bench-loss", description=__doc__.split("\n")[0])
     ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated")
     ap.add_argument("--vocab", default="256,32K,128K", help="vocabulary sizes (1K = 1024)")
     ap.add_argument("--tokens", default="8K", help="tokens per loss (1K = 1024)")
@@ -305,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(_child(spec, int(args.max_gib * GIB)))
                 print(table(rows).splitlines()[-1], flush=True)
     report = {
-        "command": "python -m flashcore.app.loss_bench " + " ".join(argv or sys.argv[1:]),
+        "command": "flashcore bench-loss " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {
             "cpu": cpu_name(),
             "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
