@@ -1,5 +1,5 @@
 """The namespace the JAX backend hands the spec: ``jax.numpy`` plus ``jax.nn.silu``,
-``jax.scipy.special.erf`` and ``jax.nn.logsumexp`` (see :func:`flashcore._xp.extended`), with ``cumulative_sum`` as the
+``jax.scipy.special.erf`` and ``jax.nn.log_softmax`` (see :func:`flashcore._xp.extended`), with ``cumulative_sum`` as the
 spec's pairwise prefix sum on CPU. Use :data:`xp`.
 
 Why: ``jnp.cumsum`` lowers to a reduce-window over the whole axis, which XLA's CPU backend runs
@@ -108,7 +108,7 @@ xp = extended(
     "flashcore.jax.xp",
     silu=jax.nn.silu,
     erf=jax.scipy.special.erf,
-    logsumexp=lambda z: jax.nn.logsumexp(z, axis=-1),
+    log_softmax=lambda z: jax.nn.log_softmax(z, axis=-1),
     concrete=_concrete,
     cumulative_sum=cumulative_sum,
     dense=dense,

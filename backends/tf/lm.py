@@ -75,18 +75,16 @@ class LM(LMDecoding, CanonicalModule):
             out |= {f"block_{i}/{k}": v for k, v in block.native_variables().items()}
         return out
 
-    @no_autograph
-    def call(self, inputs, mask=None, segment_ids=None, training=None, dropout=None):
-        """inputs: (b, t) token ids; mask: (b, t) bool; segment_ids: (b, t) ints -> (b, t, v).
-        dropout: keep-masks ``layers.{i}.<site>`` (None: drawn when ``training``)."""
-        params = self.canonical_params()
+    def _spec(self, spec_fn, params, inputs, mask, segment_ids, training, dropout):
+        """``spec_fn`` (fc.lm_logits or fc.lm_hidden) on the inputs through :func:`run_static`,
+        Transformer++ blocks on :func:`flashcore.tf.kernels.softmax_core` -> (tokens, its output)."""
         tokens = tf.convert_to_tensor(inputs)  # ints (checked by the spec): Input(dtype="int32")
         mask = None if mask is None else tf.convert_to_tensor(mask)  # the spec checks it is bool
         segment_ids = None if segment_ids is None else tf.convert_to_tensor(segment_ids)
         masks = self._masks(tokens, training, dropout)
 
         def run(xp, t, m, s, d):
-            return fc.lm_logits(
+            return spec_fn(
                 params,
                 t,
                 config=self.config,
@@ -98,7 +96,7 @@ class LM(LMDecoding, CanonicalModule):
             )
 
         per_example = isinstance(self.config.block, TransformerConfig)
-        return run_static(
+        out = run_static(
             run,
             tokens,
             mask,
@@ -107,6 +105,14 @@ class LM(LMDecoding, CanonicalModule):
             per_example=per_example,
             dropout=masks,
         )
+        return tokens, out
+
+    @no_autograph
+    def call(self, inputs, mask=None, segment_ids=None, training=None, dropout=None):
+        """inputs: (b, t) token ids; mask: (b, t) bool; segment_ids: (b, t) ints -> (b, t, v).
+        dropout: keep-masks ``layers.{i}.<site>`` (None: drawn when ``training``)."""
+        params = self.canonical_params()
+        return self._spec(fc.lm_logits, params, inputs, mask, segment_ids, training, dropout)[1]
 
     @no_autograph
     def loss(
@@ -127,37 +133,14 @@ class LM(LMDecoding, CanonicalModule):
         () float32 or wider. ``grad=False`` skips the chunks' gradients (evaluation: the loss
         is then not differentiable). training / dropout: as :meth:`call`."""
         params = self.canonical_params()
-        tokens = tf.convert_to_tensor(inputs)
         targets = tf.convert_to_tensor(targets)
-        mask = None if mask is None else tf.convert_to_tensor(mask)
-        loss_mask = None if loss_mask is None else tf.convert_to_tensor(loss_mask)
-        segment_ids = None if segment_ids is None else tf.convert_to_tensor(segment_ids)
+        tokens, h = self._spec(fc.lm_hidden, params, inputs, mask, segment_ids, training, dropout)
         if tuple(tokens.shape) != tuple(targets.shape):
             raise ValueError(
                 f"inputs {tuple(tokens.shape)} and targets {tuple(targets.shape)} must have one shape"
             )
-
-        def run(xp, t, m, s, d):
-            return fc.lm_hidden(
-                params,
-                t,
-                config=self.config,
-                mask=m,
-                segment_ids=s,
-                xp=xp,
-                dropout=d,
-                attn_core=kernels.softmax_core,
-            )
-
-        h = run_static(
-            run,
-            tokens,
-            mask,
-            segment_ids,
-            out_dtype=self.compute_dtype,
-            per_example=isinstance(self.config.block, TransformerConfig),
-            dropout=self._masks(tokens, training, dropout),
-        )  # (b, t, d)
+        mask = None if mask is None else tf.convert_to_tensor(mask)
+        loss_mask = None if loss_mask is None else tf.convert_to_tensor(loss_mask)
         ns = xp if tokens.shape[0] is not None else xp.with_batch(tf.shape(tokens)[0])
         return fc.loss.linear_cross_entropy(
             params,

@@ -256,9 +256,9 @@ class Namespace:
     silu = staticmethod(tf.nn.silu)  # fused x * sigmoid(x)
 
     @staticmethod
-    def logsumexp(z) -> tf.Tensor:
-        """log(sum(exp(z))) over the last axis (:func:`flashcore.loss.logsumexp` takes it)."""
-        return tf.reduce_logsumexp(z, axis=-1)
+    def log_softmax(z) -> tf.Tensor:
+        """z - logsumexp(z) over the last axis (:func:`flashcore.loss.log_softmax` takes it)."""
+        return tf.nn.log_softmax(z, axis=-1)
 
 
 xp = Namespace()

@@ -94,19 +94,10 @@ class LM(LMDecoding, CanonicalModule):
         self, tokens: torch.Tensor, mask=None, segment_ids=None, dropout=None
     ) -> torch.Tensor:
         """tokens: (b, t) ints; mask: (b, t) bool, True = real; segment_ids: (b, t) ints
-        -> logits (b, t, v). dropout: keep-masks (None: drawn in train mode)."""
-        return fc.lm_logits(
-            self.canonical_params(),
-            tokens,
-            config=self.config,
-            mask=mask,
-            segment_ids=segment_ids,
-            xp=xp,
-            core=kernels.attention_core,
-            attn_core=kernels.softmax_core,
-            dropout=self._masks(tokens, dropout),
-            blocks=self.layers,
-        )
+        -> logits (b, t, v). dropout: keep-masks (None: drawn in train mode). The head
+        (``flashcore.lm.head``) of :meth:`hidden`: ``flashcore.lm_logits``."""
+        h = self.hidden(tokens, mask=mask, segment_ids=segment_ids, dropout=dropout)
+        return fc.lm.head(self.canonical_params(), h, self.config, xp)
 
     def loss(
         self,
@@ -120,22 +111,17 @@ class LM(LMDecoding, CanonicalModule):
         """Mean next-token cross-entropy (nats) of ``targets`` (b, t) given ``tokens`` (b, t),
         counted at real positions of ``mask`` (and of ``loss_mask`` (b, t) bool, when given):
         ``flashcore.lm_loss`` with the head and the cross-entropy run chunk by chunk
-        (:func:`flashcore.torch.loss.chunked_loss`). Returns a 0-d tensor. dropout: keep-masks (None: drawn in train
-        mode)."""
+        (:func:`flashcore.torch.loss.chunked_loss`). Returns a 0-d tensor. dropout: keep-masks
+        (None: drawn in train mode)."""
         return fc.lm_loss(
             self.canonical_params(),
             tokens,
             targets,
-            config=self.config,
             mask=mask,
             segment_ids=segment_ids,
-            xp=xp,
-            core=kernels.attention_core,
-            attn_core=kernels.softmax_core,
-            dropout=self._masks(tokens, dropout),
             loss_mask=loss_mask,
-            blocks=self.layers,
             loss_core=chunked_loss,
+            **self._spec_kw(tokens, dropout),
         )
 
     def hidden(
@@ -146,9 +132,16 @@ class LM(LMDecoding, CanonicalModule):
         return fc.lm_hidden(
             self.canonical_params(),
             tokens,
-            config=self.config,
             mask=mask,
             segment_ids=segment_ids,
+            **self._spec_kw(tokens, dropout),
+        )
+
+    def _spec_kw(self, tokens: torch.Tensor, dropout) -> dict:
+        """The spec's arguments of every LM call: config, namespace, fused cores, this call's
+        dropout keep-masks and the block modules."""
+        return dict(
+            config=self.config,
             xp=xp,
             core=kernels.attention_core,
             attn_core=kernels.softmax_core,

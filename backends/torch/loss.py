@@ -31,8 +31,8 @@ class _ChunkedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fn, chunk, names, h, targets, w, *tensors):
         want_h, want_w = ctx.needs_input_grad[3], ctx.needs_input_grad[6:]
-        grad_h = torch.zeros_like(h) if want_h else None
-        grad_w = [torch.zeros_like(p) if want else None for p, want in zip(tensors, want_w)]
+        grad_h = torch.empty_like(h) if want_h else None  # every chunk writes its rows
+        grad_w = [None] * len(tensors)  # the first chunk's gradient, then the sum
         total = None
         with torch.enable_grad():
             for i in range(0, h.shape[0], chunk):
@@ -43,9 +43,10 @@ class _ChunkedLoss(torch.autograd.Function):
                 grads = iter(torch.autograd.grad(part, wrt))
                 if want_h:
                     grad_h[i : i + chunk] = next(grads)
-                for g, want in zip(grad_w, want_w):
+                for k, want in enumerate(want_w):
                     if want:
-                        g += next(grads)
+                        g = next(grads)
+                        grad_w[k] = g if grad_w[k] is None else grad_w[k].add_(g)
                 part = part.detach()
                 total = part if total is None else total + part
         ctx.save_for_backward(grad_h, *grad_w)
