@@ -57,9 +57,10 @@ LossCore = Callable[..., object]
 
 def log_softmax(z, xp):
     """z - logsumexp(z) over the last axis, logsumexp shifted by the row's max. z: (..., v) ->
-    (..., v). ``xp.log_softmax`` when the namespace has one (a backend's fused kernel: two passes
-    over z forward and one backward, where the formula takes about ten), the formula otherwise."""
-    fused = getattr(xp, "log_softmax", None)
+    (..., v). ``xp.log_softmax_last`` when the namespace has one (a backend's fused kernel: two
+    passes over z forward and one backward, where the formula takes about ten), the formula
+    otherwise."""
+    fused = getattr(xp, "log_softmax_last", None)
     if fused is not None:
         return fused(z)
     m = xp.max(z, axis=-1, keepdims=True)  # (..., 1)

@@ -256,7 +256,7 @@ class Namespace:
     silu = staticmethod(tf.nn.silu)  # fused x * sigmoid(x)
 
     @staticmethod
-    def log_softmax(z) -> tf.Tensor:
+    def log_softmax_last(z) -> tf.Tensor:
         """z - logsumexp(z) over the last axis (:func:`flashcore.loss.log_softmax` takes it)."""
         return tf.nn.log_softmax(z, axis=-1)
 
