@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._xp import const, is_low_precision, namespace
+from ._xp import const, dtype_name, is_low_precision, namespace
 from .checks import check_mask, check_tokens
 from .config import LMConfig
 
@@ -74,6 +74,11 @@ def token_nll(z, targets, xp):
     if is_low_precision(z.dtype):
         z = xp.astype(z, xp.float32)
     n, v = z.shape
+    if n * v >= 2**31 and dtype_name(targets.dtype) != "int64":
+        raise ValueError(
+            f"{n} x {v} logits have more entries than {dtype_name(targets.dtype)} indices reach: "
+            "give int64 targets, or fewer tokens at a time (linear_cross_entropy's chunk)"
+        )
     rows = const(xp, np.arange(n, dtype=np.int64) * v, like=targets, dtype=targets.dtype)
     return -xp.take(xp.reshape(log_softmax(z, xp), (-1,)), rows + targets, axis=0)  # (n,)
 
@@ -172,7 +177,9 @@ def linear_cross_entropy(
     h2 = xp.reshape(h, (-1, d))  # (n, d)
     t2 = xp.reshape(targets, (-1,))  # (n,)
     w = _weights(mask, t2, xp.float32 if is_low_precision(h.dtype) else h.dtype, xp)  # (n,)
-    chunk = chunk or chunk_tokens(config.vocab_size)
+    if tuple(h.shape[:-1]) != (b, t):
+        raise ValueError(f"h {tuple(h.shape)} must be (batch, time, d) with targets' {(b, t)}")
+    chunk = chunk_tokens(config.vocab_size) if chunk is None else int(chunk)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1 token, got {chunk}")
 

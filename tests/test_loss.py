@@ -351,3 +351,18 @@ def test_bench_loss_every_backend(tmp_path):
     assert {(b, p) for b in backends for p in ("chunked", "plain")} == {
         (r["backend"], r["path"]) for r in rows
     }
+
+
+def test_bad_input_is_refused():
+    """A chunk below 1, hidden states that do not match the targets, a target out of the
+    vocabulary, and more logits than int32 indices reach: clear errors."""
+    config, weights, h, targets, mask = _case("tied", masked=True)
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        L.linear_cross_entropy(weights, h, targets, mask, config=config, chunk=0)
+    with pytest.raises(ValueError, match=r"must be \(batch, time, d\)"):
+        L.linear_cross_entropy(weights, h[:, :-1], targets, mask, config=config)
+    with pytest.raises(ValueError, match="token ids must be in"):
+        L.linear_cross_entropy(weights, h, targets + V, mask, config=config)
+    huge = np.broadcast_to(np.zeros((1, 1), np.float32), (2**16, 2**15))  # 2^31 entries, a view
+    with pytest.raises(ValueError, match="int32 indices"):
+        L.token_nll(huge, np.zeros(2**16, np.int32), np)
