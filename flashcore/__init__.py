@@ -3,7 +3,7 @@ spec. This package imports NumPy only; pick a native backend by importing ``flas
 ``flashcore.jax`` or ``flashcore.tf``.
 """
 
-from . import _llvm, dropout
+from . import _llvm, dropout, loss
 from .config import FlashConfig, LMConfig, TransformerConfig, config_from_dict
 from .dropout import dropout_shapes
 from .layers import flash, gau
@@ -35,4 +35,5 @@ __all__ = [
     "subtree",
     "dropout",
     "dropout_shapes",
+    "loss",
 ]

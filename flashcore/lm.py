@@ -7,6 +7,8 @@
 
 The LM functions also take ``token_type_ids`` (b, t) ints when ``LMConfig.type_vocab_size`` > 0
 (None: type 0 everywhere).
+The loss runs the head chunk by chunk (:mod:`flashcore.loss`); ``cross_entropy`` (re-exported
+from there) takes logits that exist already.
 
 Each also takes ``dropout``: None, or keep-masks (:mod:`flashcore.dropout`; an LM's are named
 ``layers.{i}.<site>``).
@@ -22,10 +24,11 @@ import numpy as np
 
 from . import dropout as drop
 from . import ops
-from ._xp import const, is_low_precision, namespace
+from ._xp import const, namespace
 from .checks import check_mask, check_segments, check_tokens, check_x
 from .config import FlashConfig, LMConfig, TransformerConfig
 from .layers import causal_mask, flash, gau
+from .loss import counted, cross_entropy, linear_cross_entropy
 from .params import subtree
 
 __all__ = [
@@ -357,25 +360,6 @@ def lm_logits(
     return head(params, h, config, xp)
 
 
-def cross_entropy(logits, targets, mask=None, xp=None):
-    """Mean cross-entropy in nats. logits: (b, t, v); targets: (b, t) ints; mask: (b, t) bool or
-    None (positions to count). Computed in at least float32."""
-    xp = namespace(logits, xp=xp)
-    if is_low_precision(logits.dtype):
-        logits = xp.astype(logits, xp.float32)
-    vocab = logits.shape[-1]
-    m = xp.max(logits, axis=-1, keepdims=True)
-    lse = xp.log(xp.sum(xp.exp(logits - m), axis=-1)) + m[..., 0]  # (b, t)
-    ids = const(xp, np.arange(vocab), like=targets, dtype=targets.dtype)
-    hit = targets[..., None] == ids  # (b, t, v)
-    picked = xp.sum(xp.where(hit, logits, xp.zeros_like(logits)), axis=-1)  # (b, t)
-    nll = lse - picked
-    if mask is None:
-        return xp.mean(nll)
-    w = xp.astype(mask, nll.dtype)
-    return xp.sum(nll * w) / xp.maximum(xp.sum(w), xp.ones_like(xp.sum(w)))
-
-
 def lm_loss(
     params: dict,
     inputs,
@@ -391,6 +375,7 @@ def lm_loss(
     loss_mask=None,
     blocks=None,
     token_type_ids=None,
+    loss_core=None,
 ):
     """Mean cross-entropy (nats) of ``targets`` given ``inputs``; both (b, t) ints.
 
@@ -399,14 +384,17 @@ def lm_loss(
     ``mask`` marks real positions of ``inputs``; the loss counts only those. ``loss_mask``:
     (b, t) bool or None, the positions to count among those (e.g. the masked-LM objective's
     chosen positions, :mod:`flashcore.mlm`); attention still sees every real position.
-    dropout, blocks, token_type_ids: as :func:`lm_hidden`.
+    dropout, blocks, token_type_ids: as :func:`lm_hidden`. The head and the cross-entropy run
+    over chunks of tokens (:func:`flashcore.loss.linear_cross_entropy`): the (b, t, v) logits are
+    never built whole. ``loss_core``: the backend's chunk loop and gradient
+    (:data:`flashcore.loss.LossCore`; None: the spec's loop).
     """
     xp = namespace(inputs, xp=xp)
     b, t = check_tokens(targets, config.vocab_size, xp)
     if tuple(inputs.shape) != (b, t):
         raise ValueError(f"inputs {tuple(inputs.shape)} and targets {(b, t)} must have one shape")
     check_mask(loss_mask, b, t)
-    logits = lm_logits(
+    h = lm_hidden(
         params,
         inputs,
         config=config,
@@ -418,6 +406,7 @@ def lm_loss(
         dropout=dropout,
         blocks=blocks,
         token_type_ids=token_type_ids,
+    )  # (b, t, d)
+    return linear_cross_entropy(
+        params, h, targets, counted(mask, loss_mask), config=config, xp=xp, core=loss_core
     )
-    count = mask if loss_mask is None else (loss_mask if mask is None else loss_mask & mask)
-    return cross_entropy(logits, targets, count, xp=xp)

@@ -119,7 +119,7 @@ def test_the_backends_use_one_file_name_per_job():
     """A job that two backends have lives under the same name: the names below are the whole
     layout, and a backend's files are a subset of it."""
     shared = {"adapter.py", "bench.py", "decode.py", "engine.py", "io.py", "layers.py", "lm.py"}
-    shared |= {"module.py", "naming.py", "xp.py"}
+    shared |= {"loss.py", "module.py", "naming.py", "xp.py"}
     extras = {"torch": {"kernels/", "parallel.py", "context_parallel.py", "hf.py"}}
     extras |= {"jax": {"kernels.py", "parallel.py", "context_parallel.py", "functional.py"}}
     extras["jax"] |= {"compiler.py"}

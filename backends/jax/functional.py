@@ -24,6 +24,7 @@ import flashcore as fc
 from flashcore.config import FlashConfig, LMConfig, TransformerConfig
 
 from . import kernels
+from .loss import chunked_loss
 from .xp import xp
 
 __all__ = ["init", "apply", "logits", "hidden", "loss", "dropout_masks", "Config"]
@@ -185,7 +186,8 @@ def loss(
     token_type_ids: jax.Array | None = None,
 ) -> jax.Array:
     """Mean next-token cross-entropy (nats) of ``targets`` (b, t) given ``inputs`` (b, t): ().
-    ``core``, ``attn_core``, ``dropout``: as in :func:`apply`; ``loss_mask``: (b, t) bool, the
+    The head and the cross-entropy run chunk by chunk (:func:`flashcore.jax.loss.chunked_loss`:
+    the (b, t, v) logits are never built whole). ``core``, ``attn_core``, ``dropout``: as in :func:`apply`; ``loss_mask``: (b, t) bool, the
     positions counted (None: every real one)."""
     return fc.lm_loss(
         params,
@@ -200,4 +202,5 @@ def loss(
         dropout=dropout,
         loss_mask=_jax(loss_mask),
         token_type_ids=_jax(token_type_ids),
+        loss_core=chunked_loss,
     )

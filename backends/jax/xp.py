@@ -1,6 +1,7 @@
-"""The namespace the JAX backend hands the spec: ``jax.numpy`` plus ``jax.nn.silu`` and
-``jax.scipy.special.erf`` (see :func:`flashcore._xp.extended`), with ``cumulative_sum`` as the
-spec's pairwise prefix sum on CPU. Use :data:`xp`.
+"""The namespace the JAX backend hands the spec: ``jax.numpy`` plus ``jax.nn.silu``,
+``jax.scipy.special.erf`` and ``jax.nn.log_softmax`` as ``log_softmax_last`` (see
+:func:`flashcore._xp.extended`), with ``cumulative_sum`` as the spec's pairwise prefix sum on
+CPU. Use :data:`xp`.
 
 Why: ``jnp.cumsum`` lowers to a reduce-window over the whole axis, which XLA's CPU backend runs
 in O(n^2) adds, and its transpose is another. For FLASH's causal chunk states (b, g, s, e) that
@@ -108,6 +109,7 @@ xp = extended(
     "flashcore.jax.xp",
     silu=jax.nn.silu,
     erf=jax.scipy.special.erf,
+    log_softmax_last=lambda z: jax.nn.log_softmax(z, axis=-1),
     concrete=_concrete,
     cumulative_sum=cumulative_sum,
     dense=dense,

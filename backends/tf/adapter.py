@@ -53,8 +53,7 @@ class TFAdapter(Adapter):
     def run(self, config, params, inputs, dtype) -> Result:
         import tensorflow as tf
 
-        import flashcore as fc
-        from flashcore.tf import block_class, xp
+        from flashcore.tf import block_class
 
         layer = block_class(config)(config, params=params, dtype=POLICIES[dtype])
         compute = tf.as_dtype(layer.compute_dtype)
@@ -72,10 +71,9 @@ class TFAdapter(Adapter):
         def step(kw):
             with tf.GradientTape() as tape:
                 if lm:
-                    out = layer(tf.constant(inputs["tokens"]), **kw)
-                    loss = fc.cross_entropy(
-                        out, tf.constant(inputs["targets"]), kw.get("mask"), xp=xp
-                    )
+                    tokens = tf.constant(inputs["tokens"])
+                    out = layer(tokens, **kw)
+                    loss = layer.loss(tokens, tf.constant(inputs["targets"]), **kw)  # chunked
                     sources = {}
                 else:
                     x = tf.constant(inputs["x"], dtype=compute)

@@ -26,7 +26,6 @@ from flashcore.runtime import (
 )
 
 from .lm import LM
-from .xp import xp
 
 __all__ = ["Engine"]
 
@@ -71,8 +70,8 @@ class Engine(Generating):
 
     def _loss(self, x, y, count=None, training=False):
         """(b, t) inputs and targets, count: (b, t) bool loss mask or None -> () float32."""
-        logits = self.model(x, training=training)
-        return tf.cast(fc.cross_entropy(logits, y, count, xp=xp), tf.float32)
+        loss = self.model.loss(x, y, loss_mask=count, training=training, grad=training)
+        return tf.cast(loss, tf.float32)
 
     def _train_step(self, x, y, count, lr):
         o = self.optim_config

@@ -11,6 +11,8 @@ Masks, shapes, precision and dropout as in :mod:`flashcore.tf.layers`.
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -20,7 +22,9 @@ from flashcore.config import LMConfig, TransformerConfig
 from . import kernels
 from .decode import LMDecoding
 from .layers import block_class
+from .loss import chunked_loss
 from .module import CanonicalModule, no_autograph, run_static
+from .xp import xp
 
 __all__ = ["LM"]
 
@@ -119,6 +123,46 @@ class LM(LMDecoding, CanonicalModule):
             out_dtype=self.compute_dtype,
             per_example=per_example,
             dropout=masks,
+        )
+
+    @no_autograph
+    def loss(
+        self,
+        inputs,
+        targets,
+        mask=None,
+        segment_ids=None,
+        loss_mask=None,
+        training=None,
+        dropout=None,
+        grad: bool = True,
+        token_type_ids=None,
+    ):
+        """Mean next-token cross-entropy (nats) of ``targets`` (b, t) given ``inputs`` (b, t),
+        counted at real positions of ``mask`` and of ``loss_mask`` ((b, t) bool each, or None):
+        ``flashcore.lm_loss``'s value, with the head and the cross-entropy run chunk by chunk
+        (:func:`flashcore.tf.loss.chunked_loss`; the (b, t, v) logits are never built whole) ->
+        () float32 or wider. ``grad=False`` skips the chunks' gradients (evaluation: the loss
+        is then not differentiable). training / dropout / token_type_ids: as :meth:`call`."""
+        params = self.canonical_params()
+        targets = tf.convert_to_tensor(targets)
+        tokens = tf.convert_to_tensor(inputs)
+        h = self._run(fc.lm_hidden, tokens, mask, segment_ids, training, dropout, token_type_ids)
+        if tuple(tokens.shape) != tuple(targets.shape):
+            raise ValueError(
+                f"inputs {tuple(tokens.shape)} and targets {tuple(targets.shape)} must have one shape"
+            )
+        mask = None if mask is None else tf.convert_to_tensor(mask)
+        loss_mask = None if loss_mask is None else tf.convert_to_tensor(loss_mask)
+        ns = xp if tokens.shape[0] is not None else xp.with_batch(tf.shape(tokens)[0])
+        return fc.loss.linear_cross_entropy(
+            params,
+            h,
+            targets,
+            fc.loss.counted(mask, loss_mask),
+            config=self.config,
+            xp=ns,
+            core=functools.partial(chunked_loss, grad=grad),
         )
 
     def compute_output_shape(self, input_shape):

@@ -255,5 +255,10 @@ class Namespace:
     erf = staticmethod(tf.math.erf)
     silu = staticmethod(tf.nn.silu)  # fused x * sigmoid(x)
 
+    @staticmethod
+    def log_softmax_last(z) -> tf.Tensor:
+        """z - logsumexp(z) over the last axis (:func:`flashcore.loss.log_softmax` takes it)."""
+        return tf.nn.log_softmax(z, axis=-1)
+
 
 xp = Namespace()

@@ -7,8 +7,9 @@ bf16; the spec runs the attention core in float32). Autocast keeps float32 weigh
 only matmul inputs, a milder regime that tests/backend_torch checks separately.
 
 Layer loss: sum(output * cotangent), reduced in float64 from the output (the reduction belongs to
-the harness, not to the model). LM loss: ``LM.cross_entropy`` on the logits (flashcore.lm_loss
-semantics; low-precision logits are upcast to float32 by the spec).
+the harness, not to the model). LM loss: ``LM.loss``, the chunked head and cross-entropy
+(flashcore.lm_loss; low-precision logits are upcast to float32 by the spec); the logits come from
+the forward.
 """
 
 from __future__ import annotations
@@ -80,8 +81,9 @@ class TorchAdapter(Adapter):
             kw["dropout"] = masks
         grads: dict[str, np.ndarray] = {}
         if isinstance(config, fc.LMConfig):
-            out = module(t["tokens"], token_type_ids=t.get("token_type_ids"), **kw)  # (b, t, v)
-            loss = module.cross_entropy(out, t["targets"], kw["mask"])
+            types = {"token_type_ids": t.get("token_type_ids")}
+            out = module(t["tokens"], **types, **kw)  # (b, t, v)
+            loss = module.loss(t["tokens"], t["targets"], **types, **kw)  # the chunked loss
             loss.backward()
         else:
             x = t["x"].to(dt).requires_grad_(True)  # (b, t, d)

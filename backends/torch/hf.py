@@ -54,6 +54,7 @@ from flashcore.weightmeta import from_native
 
 from . import io
 from .lm import LM
+from .xp import xp
 
 __all__ = [
     "FlashcoreConfig",
@@ -393,7 +394,8 @@ class FlashcoreForCausalLM(FlashcorePreTrainedModel, GenerationMixin):
     :meth:`from_flashcore` wraps an existing ``flashcore.torch.LM`` (sharing its parameters).
     ``forward`` returns :class:`CausalLMOutputWithPast`; with ``labels`` its ``loss`` is the mean
     next-token cross-entropy with transformers' shift (logits at t predict ``labels[:, t + 1]``;
-    -100 is ignored), computed by ``flashcore.cross_entropy``.
+    -100 is ignored), computed from the final hidden states with the head and the cross-entropy
+    run chunk by chunk (``flashcore.loss.linear_cross_entropy``).
     """
 
     accepts_loss_kwargs = False  # the loss is a mean over its own tokens (Trainer: no rescaling)
@@ -448,9 +450,12 @@ class FlashcoreForCausalLM(FlashcorePreTrainedModel, GenerationMixin):
                 raise ValueError(
                     f"attention_mask covers {mask.shape[1]} positions, input_ids {input_ids.shape[1]}"
                 )
-            logits = self.model(input_ids, mask=mask)  # (b, t, v)
+            h = self.model.hidden(input_ids, mask=mask)  # (b, t, d)
+            logits = fc.lm.head(self.model.canonical_params(), h, self.model.config, xp)
             cache = None
-        loss = None if labels is None else self._loss(logits, labels)
+        loss = None
+        if labels is not None:  # chunked from the hidden states, or from the decoded logits
+            loss = self._loss(logits, labels) if decoding else self._head_loss(h, labels)
         if return_dict is False:
             return tuple(x for x in (loss, logits, cache) if x is not None)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
@@ -481,17 +486,28 @@ class FlashcoreForCausalLM(FlashcorePreTrainedModel, GenerationMixin):
         cache.state, cache.seen = state, cache.seen + input_ids.shape[1]
         return torch.stack(steps, dim=1), cache
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """transformers' causal-LM convention: logits[:, t] predicts labels[:, t + 1]; -100 is
-        ignored. Mean over the counted tokens (``flashcore.cross_entropy``)."""
-        if labels.shape != logits.shape[:2]:
+    @staticmethod
+    def _shifted(labels: torch.Tensor, like: torch.Tensor):
+        """transformers' causal-LM convention: position t predicts labels[:, t + 1]; -100 is
+        ignored. labels: (b, t) -> targets (b, t - 1) (0 where ignored), counted (b, t - 1) bool."""
+        if labels.shape != like.shape[:2]:
             raise ValueError(
-                f"labels must be (batch, time) = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}"
+                f"labels must be (batch, time) = {tuple(like.shape[:2])}, got {tuple(labels.shape)}"
             )
-        targets = labels[:, 1:].to(logits.device)  # (b, t - 1)
+        targets = labels[:, 1:].to(like.device)  # (b, t - 1)
         keep = targets != IGNORE_INDEX
-        targets = torch.where(keep, targets, torch.zeros_like(targets))
+        return torch.where(keep, targets, torch.zeros_like(targets)), keep
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The mean over the counted tokens of decoded logits (b, t, v) (``flashcore.cross_entropy``)."""
+        targets, keep = self._shifted(labels, logits)
         return LM.cross_entropy(logits[:, :-1], targets, keep)
+
+    def _head_loss(self, h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The same from the final hidden states h (b, t, d), the head and the cross-entropy run
+        chunk by chunk (:meth:`flashcore.torch.LM.head_loss`)."""
+        targets, keep = self._shifted(labels, h)
+        return self.model.head_loss(h[:, :-1], targets, keep)
 
     # -- generation ------------------------------------------------------------------------
     def _capacity(self, t: int) -> int | None:
@@ -591,8 +607,8 @@ class FlashcoreForMaskedLM(FlashcorePreTrainedModel):
         if inputs_embeds is not None:
             raise ValueError("FlashcoreForMaskedLM takes input_ids (token ids), not inputs_embeds")
         mask = self._padding(input_ids, attention_mask)
-        types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        logits = self.model(input_ids, mask=mask, **types)  # (b, t, v)
+        h = self.model.hidden(input_ids, mask=mask, token_type_ids=token_type_ids)  # (b, t, d)
+        logits = fc.lm.head(self.model.canonical_params(), h, self.model.config, xp)  # (b, t, v)
         loss = None
         if labels is not None:
             if labels.shape != logits.shape[:2]:
@@ -604,7 +620,7 @@ class FlashcoreForMaskedLM(FlashcorePreTrainedModel):
             if mask is not None:
                 keep = keep & mask
             targets = torch.where(keep, labels, torch.zeros_like(labels))
-            loss = LM.cross_entropy(logits, targets, keep)
+            loss = self.model.head_loss(h, targets, keep)  # chunked: no (b, t, v) for the loss
         if return_dict is False:
             return tuple(x for x in (loss, logits) if x is not None)
         return MaskedLMOutput(loss=loss, logits=logits)

@@ -7,7 +7,7 @@ dropout keep-masks, which runs the spec's block functions; decoding (``decode_in
 
     lm = LM(LMConfig(block=FlashConfig(dim=256, causal=True), vocab_size=256), seed=0)
     logits = lm(tokens)                       # (b, t) ints -> (b, t, v)
-    loss = lm.loss(tokens, targets)           # mean next-token cross-entropy, nats
+    loss = lm.loss(tokens, targets)           # mean next-token cross-entropy, nats (chunked)
     out = lm.generate(prompt, 100, top_k=40, seed=0)  # (b, t0) -> (b, t0 + 100)
     lm = LM.from_pretrained("dir")            # config.json + canonical model.safetensors
 
@@ -25,6 +25,7 @@ import flashcore as fc
 from . import kernels
 from .decode import LMDecoding
 from .layers import block_class, draw_dropout
+from .loss import chunked_loss
 from .module import CanonicalModule, ParamGroup, norm_params
 from .xp import xp
 
@@ -98,33 +99,18 @@ class LM(LMDecoding, CanonicalModule):
     ) -> torch.Tensor:
         """tokens: (b, t) ints; mask: (b, t) bool, True = real; segment_ids: (b, t) ints
         -> logits (b, t, v). dropout: keep-masks (None: drawn in train mode). token_type_ids:
-        (b, t) ints (``config.type_vocab_size`` > 0; None: type 0)."""
-        return self._spec(
-            fc.lm_logits,
-            tokens,
-            mask=mask,
-            segment_ids=segment_ids,
-            dropout=self._masks(tokens, dropout),
-            token_type_ids=token_type_ids,
-        )
-
-    def _spec(self, fn, *args, **kw):
-        """``fn`` (a flashcore LM function) on this module's weights, fused cores and blocks."""
-        return fn(
-            self.canonical_params(),
-            *args,
-            config=self.config,
-            xp=xp,
-            core=kernels.attention_core,
-            attn_core=kernels.softmax_core,
-            blocks=self.layers,
-            **kw,
-        )
+        (b, t) ints (``config.type_vocab_size`` > 0; None: type 0). The head
+        (``flashcore.lm.head``) of :meth:`hidden`: ``flashcore.lm_logits``."""
+        h = self.hidden(tokens, mask, segment_ids, dropout, token_type_ids)
+        return fc.lm.head(self.canonical_params(), h, self.config, xp)
 
     def hidden_states(self, tokens: torch.Tensor, mask=None, token_type_ids=None) -> torch.Tensor:
         """The last hidden states (after the final norm, before the head), without dropout:
         tokens (b, t) ints -> (b, t, d) (``flashcore.lm_hidden``)."""
-        return self._spec(fc.lm_hidden, tokens, mask=mask, token_type_ids=token_type_ids)
+        kw = self._spec_kw(tokens, None) | {"dropout": None}
+        return fc.lm_hidden(
+            self.canonical_params(), tokens, mask=mask, token_type_ids=token_type_ids, **kw
+        )
 
     def loss(
         self,
@@ -138,17 +124,53 @@ class LM(LMDecoding, CanonicalModule):
     ) -> torch.Tensor:
         """Mean next-token cross-entropy (nats) of ``targets`` (b, t) given ``tokens`` (b, t),
         counted at real positions of ``mask`` (and of ``loss_mask`` (b, t) bool, when given):
-        ``flashcore.lm_loss``. Returns a 0-d tensor. dropout: keep-masks (None: drawn in train
-        mode)."""
-        return self._spec(
-            fc.lm_loss,
+        ``flashcore.lm_loss`` with the head and the cross-entropy run chunk by chunk
+        (:func:`flashcore.torch.loss.chunked_loss`). Returns a 0-d tensor. dropout: keep-masks
+        (None: drawn in train mode)."""
+        return fc.lm_loss(
+            self.canonical_params(),
             tokens,
             targets,
             mask=mask,
             segment_ids=segment_ids,
-            dropout=self._masks(tokens, dropout),
             loss_mask=loss_mask,
             token_type_ids=token_type_ids,
+            loss_core=chunked_loss,
+            **self._spec_kw(tokens, dropout),
+        )
+
+    def hidden(
+        self, tokens: torch.Tensor, mask=None, segment_ids=None, dropout=None, token_type_ids=None
+    ) -> torch.Tensor:
+        """The final hidden states (``flashcore.lm_hidden``): tokens (b, t) ints -> (b, t, d);
+        arguments as :meth:`forward`. ``forward`` is ``flashcore.lm.head`` of these."""
+        return fc.lm_hidden(
+            self.canonical_params(),
+            tokens,
+            mask=mask,
+            segment_ids=segment_ids,
+            token_type_ids=token_type_ids,
+            **self._spec_kw(tokens, dropout),
+        )
+
+    def _spec_kw(self, tokens: torch.Tensor, dropout) -> dict:
+        """The spec's arguments of every LM call: config, namespace, fused cores, this call's
+        dropout keep-masks and the block modules."""
+        return dict(
+            config=self.config,
+            xp=xp,
+            core=kernels.attention_core,
+            attn_core=kernels.softmax_core,
+            dropout=self._masks(tokens, dropout),
+            blocks=self.layers,
+        )
+
+    def head_loss(self, h: torch.Tensor, targets: torch.Tensor, mask=None) -> torch.Tensor:
+        """Mean cross-entropy (nats) of the head on final hidden states h (b, t, d) against
+        targets (b, t), counted where ``mask`` (b, t) bool is True: the chunked
+        ``flashcore.loss.linear_cross_entropy`` (the (b, t, v) logits are never built) -> ()."""
+        return fc.loss.linear_cross_entropy(
+            self.canonical_params(), h, targets, mask, config=self.config, xp=xp, core=chunked_loss
         )
 
     @staticmethod

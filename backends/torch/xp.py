@@ -1,5 +1,6 @@
 """The namespace the torch backend hands the spec: ``array_api_compat.torch`` plus torch's own
-``silu`` (fused) and ``erf``, ``dense`` (matmul plus bias in one addmm, autocast-aware),
+``silu`` (fused), ``erf`` and ``log_softmax_last`` (log_softmax over the last axis), ``dense``
+(matmul plus bias in one addmm, autocast-aware),
 ``split_last`` (one backward for [U | V | Z] instead of a zero-filled gradient per slice),
 ``known_all_false`` (the NaN / Inf containment's passes skipped for finite CPU inputs),
 ``gau_core`` (GAU's fused attention core, :mod:`flashcore.torch.kernels`), and the
@@ -64,6 +65,7 @@ xp = extended(
     dense=_dense,
     split_last=_split_last,
     erf=torch.special.erf,
+    log_softmax_last=lambda z: torch.nn.functional.log_softmax(z, dim=-1),
     concrete=_concrete,
     known_all_false=_known_all_false,
     gau_core=_gau_core,

@@ -52,6 +52,11 @@ COMMANDS: dict[str, Command] = {
         "[--backends B ...] [...]",
         "FLASH's speed in torch, jax, tf against flash-pytorch and Transformer++",
     ),
+    "bench-loss": Command(
+        "flashcore.app.loss_bench:main",
+        "[--backends B,...] [--vocab V,...] [...]",
+        "the LM loss's peak memory and time: chunked against each framework's plain path",
+    ),
     "weights-table": Command(
         "flashcore.params:print_weight_table", "", "the canonical weight table (docs/weights.md)"
     ),
