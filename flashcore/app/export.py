@@ -28,6 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .runstate import fsync_dir, fsync_file
+
 __all__ = ["main", "export"]
 
 WEIGHTS_NAME = "model.safetensors"
@@ -47,14 +49,6 @@ def _source_file(run: Path) -> Path:
         where = f"{run} holds no {WEIGHTS_NAME}" if run.is_dir() else f"no run folder or file {run}"
         raise FileNotFoundError(where)
     return path
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_folder(folder: Path, source: Path, config) -> None:
@@ -81,8 +75,8 @@ def _write_folder(folder: Path, source: Path, config) -> None:
     if tokenizer is not None or hf.is_byte_vocabulary(config):
         hf.save_tokenizer(folder, config, tokenizer)
     for path in folder.iterdir():
-        _fsync(path)
-    _fsync(folder)
+        fsync_file(path)
+    fsync_dir(folder)
 
 
 def export(run: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False) -> Path:
@@ -119,7 +113,7 @@ def export(run: str | os.PathLike, dst: str | os.PathLike, *, force: bool = Fals
             if old is not None:  # put the previous export back
                 os.replace(old / dst.name, dst)
             raise
-        _fsync(dst.parent)
+        fsync_dir(dst.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and not (old / dst.name).exists():
