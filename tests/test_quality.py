@@ -227,6 +227,39 @@ def test_extend_edges_adds_a_rate_past_a_best_rate_at_an_edge(tmp_path, corpus, 
     assert quality.edge_rate([], "clm-64", "flash") is None
 
 
+def test_resume_may_sweep_another_setting(tmp_path, corpus, monkeypatch):
+    """--resume --sweep-at with a setting added sweeps it as well (only the new runs are trained);
+    an unswept setting reuses the best rates of the swept setting with its objective."""
+    loss = {"clm": lambda lr: -lr, "mlm": lambda lr: lr}  # clm best at the top, mlm at the bottom
+    trained = []
+
+    def fake_curve(run):
+        objective, lr = run.name.split("-")[0], float(run.name.split("-lr")[1])
+        return [{"step": 4, "loss": 1.0 + loss[objective](lr), "bpb": 1.0}]
+
+    monkeypatch.setattr(quality, "_train_run", lambda run, flags: trained.append(run.name))
+    monkeypatch.setattr(quality, "read_curve", fake_curve)
+    argv = ["--settings", "clm-64", "clm-128", "mlm-64", "--lrs", "1e-3", "2e-3", "--archs",
+            "flash", "--data", corpus, *TOY, "--out", str(tmp_path)]  # fmt: skip
+    assert quality.main(argv) == 0
+    assert trained == [
+        "clm-64-flash-lr0.001", "clm-64-flash-lr0.002", "clm-128-flash-lr0.002",
+        "mlm-64-flash-lr0.002",
+    ]  # fmt: skip
+    del trained[:]
+    resume = ["--resume", "--out", str(tmp_path), "--quiet", "--sweep-at"]
+    assert quality.main([*resume, "clm-64", "mlm-64"]) == 0
+    assert trained == ["mlm-64-flash-lr0.001"]  # mlm-64's best (1e-3) differs from clm-64's
+    saved = json.loads((tmp_path / "experiment.json").read_text())["args"]
+    assert saved["sweep_at"] == ["clm-64", "mlm-64"]
+    rows = json.loads((tmp_path / "results.json").read_text())["summary"]
+    assert {(r["setting"], r["lr"]) for r in rows} == {
+        ("clm-64", 2e-3), ("clm-128", 2e-3), ("mlm-64", 1e-3),
+    }  # fmt: skip
+    assert quality.main([*resume, "mlm-64"]) == 2  # dropping a swept setting contradicts it
+    assert quality.main([*resume, "clm-64", "mlm-64"]) == 0  # the same sweep: nothing new
+
+
 def test_refusals(tmp_path, corpus, capsys):
     base = ["--settings", "clm-64", "--lrs", "1e-3", "--data", corpus, *TOY]
     assert quality.main(["--resume", "--out", str(tmp_path / "none")]) == 2

@@ -4,9 +4,9 @@ FLASH, FLASH-Quad (GAU) and Transformer++ language models of equal parameter cou
 ``--param-tolerance``) are trained with ``flashcore train`` (one run folder each) for the same
 number of steps on the same batches in the same order, with the same AdamW schedule, in every
 *setting* (``clm-1024``: causal LM at context 1024; ``mlm-1024``: BERT-style masked LM with
-bidirectional layers). The learning rates ``--lrs`` are swept per architecture at ``--sweep-at``
-(default: the first setting) and the best of each is reused at the other settings (``--sweep-all``
-sweeps everywhere); ``--extend-edges N`` adds up to N rates per architecture beyond a best rate
+bidirectional layers). The learning rates ``--lrs`` are swept per architecture at the settings
+``--sweep-at`` (default: the first) and the best of each is reused at the other settings of that
+objective (``--sweep-all`` sweeps everywhere); ``--extend-edges N`` adds up to N rates per architecture beyond a best rate
 that lies at an edge of the sweep. Because every model takes the same steps, quality at equal steps cannot
 depend on other load on the machine; time enters only through each model's median train-step
 time, measured side by side (interleaved, same shapes) in one process, so that
@@ -33,6 +33,7 @@ from its newest checkpoint.
     flashcore quality --resume --extend-edges 1 ...            # one more rate past an edge
     flashcore quality --resume --archs flash gau transformer transformer-deep ...
                                                                # a model added: only its runs
+    flashcore quality --resume --sweep-at clm-1024 mlm-1024 ...  # a setting swept as well
     flashcore quality --resume --record-only ...               # record the finished run folders
                                                                # (and print the unfinished runs'
                                                                # `flashcore train` commands, to
@@ -267,11 +268,11 @@ def run_all(args, settings: list[Setting], runs_dir: Path) -> list[dict]:
     from the records even where their run folders (weights, checkpoints) are gone."""
     records_dir = args.out / "records"
     commit = _commit()  # the code this process runs (imported now, whatever is committed later)
-    sweep_at = args.sweep_at or settings[0]
-    order = [sweep_at] + [s for s in settings if s != sweep_at]
+    sweep_at = sweep_settings(args, settings)
+    order = sweep_at + [s for s in settings if s not in sweep_at]
     models = {s: model_argv(s, args) for s in order}  # every size checked before any training
     records: list[dict] = []
-    best_lr: dict[str, float] = {}
+    best_lr: dict[tuple[str, str], float] = {}  # (swept setting, arch) -> its best rate
 
     def one(setting: Setting, arch: str, lr: float, swept: bool) -> None:
         flags, n_params = models[setting][arch]
@@ -316,9 +317,10 @@ def run_all(args, settings: list[Setting], runs_dir: Path) -> list[dict]:
         records.append(record)
 
     for setting in order:
-        swept = args.sweep_all or setting == sweep_at
+        swept = args.sweep_all or setting in sweep_at
         for arch in args.archs:
-            for lr in args.lrs if swept else [best_lr[arch]]:
+            rates = args.lrs if swept else [best_lr[rate_source(setting, sweep_at).name, arch]]
+            for lr in rates:
                 one(setting, arch, lr, swept)
         if not swept:
             continue
@@ -328,15 +330,27 @@ def run_all(args, settings: list[Setting], runs_dir: Path) -> list[dict]:
                 if lr is None:
                     break
                 one(setting, arch, lr, swept)
-        if setting == sweep_at:
+        if setting in sweep_at:
             for arch in args.archs:
                 tried = {
                     r["lr"] for r in records if r["arch"] == arch and r["setting"] == setting.name
                 }
                 if not set(args.lrs) <= tried:  # --record-only with the sweep unfinished
                     return records
-                best_lr[arch] = best_runs(records, setting.name)[arch]["lr"]
+                best_lr[setting.name, arch] = best_runs(records, setting.name)[arch]["lr"]
     return records
+
+
+def sweep_settings(args, settings: list[Setting]) -> list[Setting]:
+    """The settings whose learning rates are swept: ``--sweep-at`` (default the first setting)."""
+    return list(args.sweep_at) if args.sweep_at else [settings[0]]
+
+
+def rate_source(setting: Setting, sweep_at: list[Setting]) -> Setting:
+    """The swept setting whose best rates an unswept ``setting`` reuses: the first swept setting
+    with the same objective (clm-4096 takes clm-1024's), else the first swept setting."""
+    same = [s for s in sweep_at if s.objective == setting.objective]
+    return (same or sweep_at)[0]
 
 
 def edge_rate(records: list[dict], setting: str, arch: str) -> float | None:
@@ -625,7 +639,11 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ap.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
     ap.add_argument("--lrs", type=positive(float), nargs="+", default=[1e-3, 2e-3, 4e-3])
-    ap.add_argument("--sweep-at", type=Setting.parse, default=None, help="default: the first")
+    ap.add_argument(
+        "--sweep-at", type=Setting.parse, nargs="+", default=None,
+        help="the settings where --lrs are swept (default: the first); every other setting "
+        "reuses the best rates of the first swept setting with its objective",
+    )  # fmt: skip
     ap.add_argument("--sweep-all", action="store_true", help="sweep --lrs at every setting")
     ap.add_argument(
         "--extend-edges",
@@ -704,6 +722,18 @@ def _check_resume(args, argv: list[str], ap) -> argparse.Namespace:
     if "archs" in given and given["archs"] != old_archs and set(old_archs) <= set(given["archs"]):
         extended_archs = old_archs + [a for a in given["archs"] if a not in old_archs]
         del given["archs"]
+    extended_sweep = None  # and --sweep-at may add settings to sweep (e.g. mlm-1024 as well)
+    old_sweep = saved["args"].get("sweep_at") or saved["args"]["settings"][:1]
+    old_sweep = [old_sweep] if isinstance(old_sweep, str) else old_sweep  # version-1 files: one
+    if (
+        "sweep_at" in given
+        and given["sweep_at"] != old_sweep
+        and set(old_sweep) <= set(given["sweep_at"])
+    ):
+        extended_sweep = old_sweep + [s for s in given["sweep_at"] if s not in old_sweep]
+        del given["sweep_at"]
+    elif given.get("sweep_at") == old_sweep:
+        del given["sweep_at"]
     raised_edges = None  # so may --extend-edges (a longer sweep, the finished runs stay valid)
     if given.get("extend_edges", 0) > saved["args"].get("extend_edges", 0):
         raised_edges = given.pop("extend_edges")
@@ -725,7 +755,7 @@ def _check_resume(args, argv: list[str], ap) -> argparse.Namespace:
         if k == "settings":
             v = [Setting.parse(s) for s in v]
         elif k == "sweep_at" and v is not None:
-            v = Setting.parse(v)
+            v = [Setting.parse(x) for x in ([v] if isinstance(v, str) else v)]
         elif k in ("out", "runs", "data") and v is not None:
             v = Path(v)
         setattr(merged, k, v)
@@ -741,7 +771,10 @@ def _check_resume(args, argv: list[str], ap) -> argparse.Namespace:
         merged.extend_edges = saved["args"]["extend_edges"] = raised_edges
     if extended_archs is not None:
         merged.archs = saved["args"]["archs"] = extended_archs
-    if any(v is not None for v in (extended_lrs, raised_edges, extended_archs)):
+    if extended_sweep is not None:
+        saved["args"]["sweep_at"] = extended_sweep
+        merged.sweep_at = [Setting.parse(x) for x in extended_sweep]
+    if any(v is not None for v in (extended_lrs, raised_edges, extended_archs, extended_sweep)):
         text = json.dumps(saved, indent=1)
         io.atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return merged
@@ -764,8 +797,9 @@ def _main(args, argv, ap) -> int:
         raise QualityError("--force starts over and --resume continues: pass one")
     if args.resume:
         args = _check_resume(args, argv, ap)
-    if args.sweep_at is not None and args.sweep_at not in args.settings:
-        raise QualityError(f"--sweep-at {args.sweep_at.name} is not one of --settings")
+    for s in args.sweep_at or []:
+        if s not in args.settings:
+            raise QualityError(f"--sweep-at {s.name} is not one of --settings")
     runs_dir = args.runs or args.out / "runs"
     exp = args.out / "experiment.json"
     if not args.resume:
