@@ -34,7 +34,8 @@ from flashcore.runtime import (
     loss_mask_rows,
 )
 
-from . import parallel, shard as scale
+from . import parallel
+from . import shard as scale
 from .lm import LM
 
 __all__ = ["Engine"]
@@ -108,9 +109,11 @@ class Engine(Generating):
         """FSDP2 (``shard``: ranks per shard group, 0 all; None off) or context parallelism over
         ``context`` ranks (:mod:`flashcore.torch.shard`); nothing on one process."""
         self.sharded, self.context = False, None
-        if self.dp.world == 1 or (shard is None and context == 1):
+        if shard is None and context == 1:
             return
-        layout = scale.plan(self.dp, shard=shard, context=context)
+        layout = scale.plan(self.dp, shard=shard, context=context)  # context > world: refused
+        if self.dp.world == 1:
+            return
         if layout.shard:
             self._loss = scale.fully_shard_lm(_Loss(self.model), self.model, layout, self.device)
             self.sharded = True

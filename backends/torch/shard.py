@@ -85,7 +85,8 @@ def plan(workers: parallel.Workers, *, shard: int | None, context: int) -> Layou
         )
     if context < 1 or world % context:
         raise ParallelError(
-            f"--context-parallel {context} must divide the {world} processes torchrun started"
+            f"--context-parallel {context} must divide the {world} processes torchrun started "
+            f"(start them with torchrun --nproc_per_node={context} or a multiple)"
         )
     groups = 0
     if shard is not None:
@@ -199,9 +200,7 @@ class _ContextBlock:
             raise NotImplementedError(
                 "context-parallel training does not support packed segment ids (segment_ids)"
             )
-        return context_parallel_flash(
-            self.layer, x, group=self.group, mask=mask, stats=self.stats
-        )
+        return context_parallel_flash(self.layer, x, group=self.group, mask=mask, stats=self.stats)
 
 
 class ContextParallel:

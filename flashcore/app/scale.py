@@ -80,4 +80,3 @@ def engine_options(args: argparse.Namespace) -> dict:
     if getattr(args, "context_parallel", 1) > 1:
         out["context_parallel"] = args.context_parallel
     return out
-

@@ -41,7 +41,9 @@ if __name__ == "__main__":
             assert 0 < b[key] <= b[f"{key}_whole"] / world * 1.05, (key, b)
     if "--context-parallel" in argv:
         t = int(argv[argv.index("--context") + 1]) // world
-        assert seen and all(shape == (int(argv[argv.index("--batch") + 1]), t) for shape in seen[:1])
+        assert seen and all(
+            shape == (int(argv[argv.index("--batch") + 1]), t) for shape in seen[:1]
+        )
         assert all(shape[1] == t for shape in seen), (t, seen)
     print(f"rank {os.environ['RANK']}: held {held}, context shapes {sorted(set(seen))}")
     sys.exit(code)

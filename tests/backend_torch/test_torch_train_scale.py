@@ -48,7 +48,9 @@ def single(tmp_path_factory) -> tuple[Path, list[str]]:
 
 def test_sharded_run_follows_one_process_and_resumes_anywhere(single, tmp_path):
     want, args = single
-    first = _torchrun(str(WORKER), *args, "--shard", "--stop-after", "3", "--out", str(tmp_path / "a"))
+    first = _torchrun(
+        str(WORKER), *args, "--shard", "--stop-after", "3", "--out", str(tmp_path / "a")
+    )
     assert first.returncode == 0, first.stderr[-4000:]
     assert "parameters sharded over 2 (FSDP2)" in first.stderr
     shutil.copytree(tmp_path / "a", tmp_path / "b")
