@@ -29,6 +29,9 @@ and only the main process writes logs and checkpoints (and holds the lock).
 
     torchrun --standalone --nproc_per_node=2 -m flashcore train --batch 8 ...
 
+``--shard [N]`` shards the parameters and AdamW state, ``--context-parallel N`` splits every
+sequence along t (FLASH): :mod:`flashcore.app.scale`, docs/scale-out.md.
+
 ``flashcore eval`` and ``flashcore generate`` live in :mod:`flashcore.app.evaluate`.
 """
 
