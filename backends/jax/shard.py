@@ -130,6 +130,7 @@ class Layout:
         of ``rows`` rows (x, y: (rows, T) ints placed per :meth:`batch_spec`)."""
         spec = self.batch_spec(rows)
         world = self.ways
+        axes = ("data", "context") if spec[0] == "data" else ("context",)  # rows split, or whole
 
         def gather(a):
             return lax.all_gather(a, "context")
@@ -151,7 +152,7 @@ class Layout:
             rank = lax.axis_index("context")
             blocks = [block(subtree(p, f"layers.{i}."), rank) for i in range(config.num_layers)]
             loss = lm_loss(p, x, y, config=config, xp=xp, blocks=blocks)
-            return lax.pmean(loss, ("data", "context"))  # equal shares: the whole batch's mean
+            return lax.pmean(loss, axes)  # equal shares: the whole batch's mean
 
         return jax.shard_map(
             body, mesh=self.mesh, in_specs=(PartitionSpec(), spec, spec), out_specs=PartitionSpec()

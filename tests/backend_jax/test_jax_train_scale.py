@@ -2,8 +2,8 @@
 
 - ``--shard 2``: a (data, fsdp) mesh; each device holds half of the parameters and AdamW state;
   5 steps follow one device, and a sharded checkpoint resumes on one device without sharding.
-- ``--context-parallel 2``: every sequence split along t over the devices; 5 steps follow one
-  device.
+- ``--context-parallel 2``: every sequence split along t over 2 devices (and, on 4 devices, each
+  batch over 2 data groups); 5 steps follow one device.
 
 Bounds: the TRAINING tolerance (conformance/tolerances.py) of "data_parallel" for sharding and
 "context_parallel" for the sequence split. Each run is a subprocess: the device count
@@ -82,9 +82,13 @@ def test_sharded_run_follows_one_device_and_resumes_unsharded(one, tmp_path):
     print(assert_runs_close(b, want, 5, "data_parallel"))
 
 
-def test_context_parallel_run_follows_one_device(one, tmp_path):
+@pytest.mark.parametrize("devices", [2, 4], ids=["context", "data x context"])
+def test_context_parallel_run_follows_one_device(one, tmp_path, devices):
+    """2 devices: each sequence split in two; 4: also the batch over 2 data groups (the last
+    held-out batch, 3 rows, whole on both)."""
     want, args = one
-    res = _run(2, ["-m", "flashcore"], [*args, "--context-parallel", "2", "--out", str(tmp_path)])
+    argv = [*args, "--context-parallel", "2", "--out", str(tmp_path)]
+    res = _run(devices, ["-m", "flashcore"], argv)
     assert res.returncode == 0, res.stderr[-4000:]
-    assert "1 x 2 devices (sequences split over 2)" in res.stderr
+    assert f"{devices // 2} x 2 devices (sequences split over 2)" in res.stderr
     print(assert_runs_close(tmp_path, want, 5, "context_parallel"))
