@@ -19,6 +19,11 @@ over its ``workers`` (torch: the processes torchrun started, one DistributedData
 each; jax: the devices of this one process, through ``jax.sharding``) and returns the loss of the
 whole batch. Only the process with ``is_main`` writes logs and checkpoints; ``close`` ends the
 engine's part in any process group.
+
+The torch and jax engines also take ``shard`` (None, or workers per shard group, 0: all) and
+``context_parallel`` (workers per sequence, 1: off), ``flashcore train --shard`` /
+``--context-parallel`` (:mod:`flashcore.app.scale`); ``workers`` then counts the data-parallel
+groups, and ``params`` / ``optimizer_state`` gather the shards (every process must call them).
 """
 
 from __future__ import annotations

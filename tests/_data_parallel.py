@@ -79,3 +79,33 @@ def compare_runs(got: Path, want: Path, steps: int) -> dict[str, float]:
     assert int(state["step"]) == steps
     assert want_loss[steps] < want_loss[1]  # it learns: a run that does nothing compares equal
     return worst
+
+
+def _excess(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> float:
+    """max |a - b| / (atol + rtol max |b|): at most 1 when within the bound."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    bound = atol + rtol * float(np.abs(b).max(initial=0.0))
+    return float(np.abs(a - b).max(initial=0.0)) / max(bound, 1e-30)
+
+
+def assert_runs_close(got: Path, want: Path, steps: int, kind: str) -> dict[str, float]:
+    """Assert that two run folders agree within the TRAINING tolerance of ``kind``
+    (``conformance/tolerances.py``): losses per step and held-out losses to its "loss" bound,
+    every weight and AdamW moment tensor to its "params" bound (relative to the tensor's largest
+    entry, plus absolute). Returns the worst of each as a fraction of its bound (<= 1)."""
+    worst = compare_runs(got, want, steps)  # also checks steps, tensors and that it learns
+    loss_rtol, loss_atol = training_tolerance(kind, "loss")
+    rtol, atol = training_tolerance(kind, "params")
+    got_loss, got_eval = records(got)
+    want_loss, want_eval = records(want)
+    out = {
+        "loss": max(_excess(got_loss[s], want_loss[s], loss_rtol, loss_atol) for s in want_loss),
+        "eval": _excess(got_eval[steps], want_eval[steps], loss_rtol, loss_atol),
+    }
+    got_ckpt, want_ckpt = runstate.latest(got), runstate.latest(want)
+    for name in ("model", "train_state"):
+        a = load_file(got_ckpt.path / f"{name}.safetensors")
+        b = load_file(want_ckpt.path / f"{name}.safetensors")
+        out[name] = max(_excess(a[k], b[k], rtol, atol) for k in b)
+    assert max(out.values()) <= 1.0, (out, worst)
+    return out

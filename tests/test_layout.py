@@ -122,7 +122,8 @@ def test_the_backends_use_one_file_name_per_job():
     shared |= {"loss.py", "module.py", "naming.py", "xp.py"}
     extras = {"torch": {"kernels/", "parallel.py", "context_parallel.py", "hf.py"}}
     extras |= {"jax": {"kernels.py", "parallel.py", "context_parallel.py", "functional.py"}}
-    extras["jax"] |= {"compiler.py"}
+    extras["jax"] |= {"compiler.py", "shard.py"}
+    extras["torch"] |= {"shard.py"}
     extras |= {"tf": {"kernels.py"}}
     for backend, extra in extras.items():
         assert tree(f"backends/{backend}/") == shared | extra, backend

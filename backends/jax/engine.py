@@ -10,6 +10,10 @@ them all (:mod:`flashcore.jax.parallel`), parameters and optimizer state replica
 split on axis 0; jit inserts the cross-device sums (the loss, the gradients, hence a global
 clipping norm). With one device nothing changes.
 
+``shard`` (``flashcore train --shard N``) and ``context_parallel`` (``--context-parallel N``):
+a 2-D mesh that shards the parameters and AdamW state, or splits every sequence along t
+(:mod:`flashcore.jax.shard`).
+
 Dropout (the block config's rate): each ``train_step`` draws fresh keep-masks inside the jitted
 step from ``fold_in(key(seed), step)``; ``eval_loss`` and ``generate`` apply none.
 """
@@ -34,6 +38,7 @@ from flashcore.runtime import (
 )
 
 from . import compiler, decode, functional, parallel
+from . import shard as scale
 
 __all__ = ["Engine"]
 
@@ -66,6 +71,8 @@ class Engine(Generating):
         optim: OptimConfig | None = None,
         seed: int = 0,
         data_parallel: bool = False,
+        shard: int | None = None,
+        context_parallel: int = 1,
     ) -> None:
         check_dtype(dtype)
         if data_parallel:  # over the devices of one process
@@ -79,6 +86,9 @@ class Engine(Generating):
             if self.mesh is not None
             else ""
         )
+        self.layout = None
+        if shard is not None or context_parallel > 1:
+            self._setup_scale(shard, context_parallel)
         self.compute = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
         self.state = {k: jnp.asarray(np.asarray(v, np.float32)) for k, v in params.items()}
         o = self.optim_config = optim or OptimConfig()
@@ -97,6 +107,8 @@ class Engine(Generating):
 
         def loss_fn(p, x, y, count=None, masks=None):  # count: the (b, t) bool loss mask
             cast = {k: v.astype(self.compute) for k, v in p.items()}
+            if self.layout is not None and self.layout.axis == "context":
+                return self._context_loss(cast, x, y, count, masks)
             loss = functional.loss(cast, x, y, config=config, dropout=masks, loss_mask=count)
             return loss.astype(jnp.float32)
 
@@ -107,21 +119,44 @@ class Engine(Generating):
             updates, opt_state = self.tx.update(grads, opt_state, p)
             return loss, optax.apply_updates(p, updates), opt_state
 
-        if self.mesh is None:
+        if self.layout is not None:  # parameters and moments stay where layout.place put them
+            outs = (None, self.layout.shardings(self.state), self.layout.shardings(self.opt_state))
+            self._train = compiler.jit(train, out_shardings=outs)
+        elif self.mesh is None:
             self._train = compiler.jit(train)
         else:  # the updated parameters and moments stay whole on every device
             replicated = NamedSharding(self.mesh, PartitionSpec())
             self._train = compiler.jit(train, out_shardings=replicated)
         self._eval = compiler.jit(loss_fn)
 
+    def _setup_scale(self, shard: int | None, context: int) -> None:
+        """The (data, fsdp) or (data, context) mesh over every device (:mod:`flashcore.jax.shard`)."""
+        self.layout = scale.Layout.make(shard=shard, context=context)
+        self.mesh, self.workers = self.layout.mesh, self.layout.data
+        self.workers_note = (
+            f"{self.layout.mesh.size} {jax.devices()[0].platform} devices (jax.sharding): "
+            + self.layout.note()
+        )
+
+    def _context_loss(self, p, x, y, count, masks):
+        """The mean loss with the sequences split over the context devices."""
+        if count is not None or masks is not None:
+            raise NotImplementedError("context-parallel training takes no loss mask and no dropout")
+        return self.layout.context_loss(self.config, x.shape[0])(p, x, y).astype(jnp.float32)
+
     def _place(self, tree):
-        """``tree`` replicated over the mesh (unchanged without one)."""
+        """``tree`` replicated over the mesh (unchanged without one); sharded per the layout."""
+        if self.layout is not None:
+            return self.layout.place(tree)
         return tree if self.mesh is None else parallel.replicate(tree, self.mesh)
 
     def _batch(self, a: np.ndarray | None, dtype=np.int32):
         """(b, t) -> a jax array; split on b over the mesh when it divides evenly (None stays)."""
         if a is None:
             return None
+        if self.layout is not None:
+            self.layout.check_length(np.shape(a)[1])
+            return self.layout.batch(np.asarray(a, dtype))
         if self.mesh is None:
             return jnp.asarray(np.asarray(a, dtype))
         a = np.asarray(a, dtype)

@@ -9,6 +9,9 @@ Optimizer moments are exchanged in canonical layout through the LM's naming tabl
 (:mod:`flashcore.torch.parallel`) and trains through ``DistributedDataParallel``: each rank
 takes its rows of the global batch, DDP averages the gradients over the ranks during backward (so
 the clipping norm below is the global one), and every rank applies the same AdamW step.
+
+``shard`` (``flashcore train --shard``) and ``context_parallel`` (``--context-parallel``) replace
+DistributedDataParallel with FSDP2 or with context-parallel FLASH steps: :mod:`flashcore.torch.shard`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from flashcore.runtime import (
 )
 
 from . import parallel
+from . import shard as scale
 from .lm import LM
 
 __all__ = ["Engine"]
@@ -62,6 +66,8 @@ class Engine(Generating):
         seed: int = 0,
         data_parallel: bool = False,
         device: str | None = None,
+        shard: int | None = None,
+        context_parallel: int = 1,
     ) -> None:
         check_dtype(dtype)
         self.config, self.dtype = config, dtype
@@ -74,7 +80,8 @@ class Engine(Generating):
         self.model = LM(config, init=False, device=self.device)
         self.model.load_canonical(params)
         self._loss = self.model.loss
-        if self.workers > 1:
+        self._setup_scale(shard, context_parallel)
+        if self.workers > 1 and not (self.sharded or self.context):
             self._loss = DistributedDataParallel(_Loss(self.model))
         self.optim_config = optim or OptimConfig()
         o = self.optim_config
@@ -98,6 +105,27 @@ class Engine(Generating):
             seed + 7919 * self.dp.rank
         )
 
+    def _setup_scale(self, shard: int | None, context: int) -> None:
+        """FSDP2 (``shard``: ranks per shard group, 0 all; None off) or context parallelism over
+        ``context`` ranks (:mod:`flashcore.torch.shard`); nothing on one process."""
+        self.sharded, self.context = False, None
+        if shard is None and context == 1:
+            return
+        layout = scale.plan(self.dp, shard=shard, context=context)  # context > world: refused
+        if self.dp.world == 1:
+            return
+        if layout.shard:
+            self._loss = scale.fully_shard_lm(_Loss(self.model), self.model, layout, self.device)
+            self.sharded = True
+            self.workers_note += f", parameters sharded over {layout.shard} (FSDP2)"
+        else:
+            self.context = scale.ContextParallel(layout, self.device)
+            self.workers = layout.data
+            self.workers_note = (
+                f"{self.dp.world} processes (torchrun, {self.dp.backend}): {layout.data} data x "
+                f"{layout.context} context"
+            )
+
     def _autocast(self):
         if self.dtype == "bfloat16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -118,6 +146,8 @@ class Engine(Generating):
         lr: float,
         loss_mask: np.ndarray | None = None,
     ) -> float:
+        if self.context is not None:
+            return self.context.train_step(self, inputs, targets, lr, loss_mask)
         check_split(len(inputs), self.workers, self.workers_note)
         mine = parallel.rows(len(inputs), self.dp)  # this rank's rows of the global batch
         x, y = np.asarray(inputs)[mine], np.asarray(targets)[mine]  # (b / workers, t)
@@ -143,6 +173,10 @@ class Engine(Generating):
     def eval_loss(
         self, inputs: np.ndarray, targets: np.ndarray, loss_mask: np.ndarray | None = None
     ) -> tuple[float, int]:
+        if self.context is not None:
+            return self.context.eval_loss(self, inputs, targets, loss_mask)
+        if self.sharded:
+            return scale.sharded_eval_loss(self, inputs, targets, loss_mask)
         mine = parallel.rows(len(targets), self.dp)
         x, y = np.asarray(inputs)[mine], np.asarray(targets)[mine]
         m = self._bool(loss_mask, mine)
@@ -161,6 +195,8 @@ class Engine(Generating):
         parallel.leave(self.dp)
 
     def params(self) -> dict[str, np.ndarray]:
+        if self.sharded:  # gathered from the shards: every rank calls it
+            return scale.canonical_numpy(self.model)
         return {k: np.asarray(v, np.float32) for k, v in self.model.to_canonical().items()}
 
     def _canonical_slots(self):
@@ -175,7 +211,7 @@ class Engine(Generating):
         for name, p, transpose in self._canonical_slots():
             st = self.optimizer.state.get(p, {})
             for key, slot in (("exp_avg", "m"), ("exp_avg_sq", "v")):
-                t = st.get(key, torch.zeros_like(p))
+                t = scale.full(st.get(key, torch.zeros_like(p)))  # sharded: gathered
                 t = t.mT if transpose else t
                 out[f"{slot}.{name}"] = t.detach().float().cpu().numpy().copy()
             step = max(step, int(st.get("step", 0)))
@@ -194,6 +230,7 @@ class Engine(Generating):
                     f"optimizer state for {name}: shape {tuple(m.shape)} != {tuple(p.shape)}"
                 )
             staged.append((p, m.contiguous(), v.contiguous()))
+        staged = [(p, scale.like(p, m), scale.like(p, v)) for p, m, v in staged]  # sharded: split
         for p, m, v in staged:
             self.optimizer.state[p] = {
                 "step": torch.tensor(float(step)),

@@ -29,6 +29,9 @@ and only the main process writes logs and checkpoints (and holds the lock).
 
     torchrun --standalone --nproc_per_node=2 -m flashcore train --batch 8 ...
 
+``--shard [N]`` shards the parameters and AdamW state, ``--context-parallel N`` splits every
+sequence along t (FLASH): :mod:`flashcore.app.scale`, docs/scale-out.md.
+
 ``flashcore eval`` and ``flashcore generate`` live in :mod:`flashcore.app.evaluate`.
 """
 
@@ -47,7 +50,7 @@ import numpy as np
 from .. import io, mlm
 from ..config import FlashConfig, LMConfig, TransformerConfig
 from ..params import init
-from . import progress, runstate
+from . import progress, runstate, scale
 from .cli_args import nonneg_int, positive
 from .data import VOCAB_SIZE, Corpus, DataError, load_corpus, sample_batch
 from .engine import BACKENDS, OptimConfig, ParallelError, load_engine
@@ -80,7 +83,7 @@ __all__ = [
 RESUME_MAY_CHANGE = (
     "steps", "stop_after", "backend", "eval_every", "eval_tokens", "log_every", "keep", "quiet",
 )  # fmt: skip
-_NOT_RUN_ARGS = ("out", "resume", "force")  # how to start, not what the run is
+_NOT_RUN_ARGS = ("out", "resume", "force", *scale.LAYOUT_ARGS)  # how to start, not what the run is
 
 
 class ArgumentConflict(ValueError):
@@ -201,6 +204,7 @@ def train_parser() -> argparse.ArgumentParser:
         "--stop-after", type=positive(int), default=None,
         help="stop (and save) after this step, keeping the --steps schedule; resume later",
     )  # fmt: skip
+    scale.add_arguments(ap)  # --shard, --context-parallel
     return ap
 
 
@@ -313,6 +317,7 @@ def _resume_args(args, given: dict, ap):
             merged[key] = given[key]
     merged.update(out=run, resume=run, force=False, quiet=args.quiet)
     merged["stop_after"] = args.stop_after
+    merged.update({key: getattr(args, key) for key in scale.LAYOUT_ARGS})  # the command's own
     for key in ("data", "tokenizer"):
         merged[key] = Path(merged[key]) if merged.get(key) else None
     if "steps" not in given:
@@ -397,6 +402,7 @@ def _train(args: argparse.Namespace, given: dict, ap, announce: bool) -> int:
             ap.error("--init needs --arch flash or gau (it chooses their start)")
         params = initial_params(config, args)
         opt_state = resume = None
+    scale.check(args)
     engine = load_engine(args.backend)(
         config,
         params,
@@ -404,6 +410,7 @@ def _train(args: argparse.Namespace, given: dict, ap, announce: bool) -> int:
         optim=OptimConfig(weight_decay=args.weight_decay, grad_clip=args.grad_clip),
         seed=args.seed,
         data_parallel=True,
+        **scale.engine_options(args),
     )
     lock = RunLock(args.out)
     try:
@@ -467,7 +474,7 @@ def _train_loop(args, engine, config, params, opt_state, resume, corpus, announc
     saved_args = {k: _plain(v) for k, v in vars(args).items()}
     log = (args.out / "log.jsonl" if engine.is_main else Path(os.devnull)).open("a")
     n_params = sum(v.size for v in params.values())
-    parallel = f", data parallel over {engine.workers_note}" if engine.workers > 1 else ""
+    parallel = f", data parallel over {engine.workers_note}" if engine.workers_note else ""
     say(
         f"{'resuming' if resume else 'training'} {args.arch} "
         f"{'masked LM' if getattr(args, 'objective', 'clm') == 'mlm' else 'LM'}, "
@@ -525,11 +532,13 @@ def _train_loop(args, engine, config, params, opt_state, resume, corpus, announc
                 )
                 log.write(json.dumps({"step": step, "eval": ev, "time": time.time()}) + "\n")
                 log.flush()
+                # gathered on every worker (sharded: collectives), written by the main one
+                weights, moments = engine.params(), engine.optimizer_state()
                 if engine.is_main:
                     runstate.save_checkpoint(
                         args.out,
-                        engine.params(),
-                        engine.optimizer_state(),
+                        weights,
+                        moments,
                         config,
                         runstate.RunState(step, rng.bit_generator.state, saved_args),
                         model_meta={**data_metadata(corpus), "train_loss": f"{loss:.6f}"},
