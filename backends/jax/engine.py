@@ -161,7 +161,7 @@ class Engine(Generating):
             masks = functional.dropout_masks(config, key, *x.shape)  # None when p = 0
             loss, grads = grads_fn(p, x, y, count, masks)
             updates, opt_state = self.tx.update(grads, opt_state, p)
-            return loss, optax.apply_updates(p, updates), opt_state, optax.global_norm(grads)
+            return loss, optax.apply_updates(p, updates), opt_state, optax.tree.norm(grads)
 
         if self.mesh is None:
             self._train = compiler.jit(train)
