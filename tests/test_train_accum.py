@@ -23,9 +23,10 @@ import json
 import numpy as np
 import pytest
 from _data_parallel import RTOL, TINY, compare_runs, make_corpus
+from safetensors.numpy import load_file
 
 import flashcore as fc
-from flashcore.app import cli, train
+from flashcore.app import cli, runstate, train
 from flashcore.conformance.assertions import assert_close
 from flashcore.conformance.tolerances import training_tolerance
 
@@ -151,7 +152,13 @@ def test_grad_accum_run_follows_the_whole_batch_run(tmp_path, corpus, backend, o
     assert cli.main([*args, "--grad-accum", "4", "--out", str(tmp_path / "accum")]) == 0
     worst = compare_runs(tmp_path / "accum", tmp_path / "whole", steps=5)
     print(worst)
-    assert max(worst.values()) <= RTOL, worst
+    assert max(worst["loss"], worst["eval"]) <= RTOL, worst
+    # the weights: AdamW carries the rounding of gradients far below eps at full size (see the
+    # engine test above), so they are held to TRAINING's absolute bound for it
+    got = load_file(runstate.latest(tmp_path / "accum").model)
+    want = load_file(runstate.latest(tmp_path / "whole").model)
+    moved = max(float(np.abs(got[k] - want[k]).max()) for k in want)
+    assert moved <= PARAMS_ATOL, moved
 
 
 def test_resume_keeps_grad_accum_and_refuses_another(tmp_path, corpus, monkeypatch, capsys):
