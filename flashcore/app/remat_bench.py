@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
 
 from .cli_args import parse_length
-from .loss_bench import GIB, _available, _rss_of, _rss_peak
-from .prefill_bench import cpu_name
+from .loss_bench import GIB, _available, _rss_peak, run_child, write_report
 
 __all__ = ["main", "measure", "BACKENDS", "MODES"]
 
@@ -131,25 +128,13 @@ def measure(backend: str, mode: str, layers: int, dim: int, context: int, batch:
 
 
 def _child(spec: dict, max_bytes: int) -> dict:
-    """:func:`measure` in a fresh interpreter, killed past ``max_bytes`` resident -> its row."""
+    """:func:`measure` in a fresh interpreter, killed past ``max_bytes`` resident (or past the
+    memory available now less 2 GiB) -> its row."""
     row = {k: spec[k] for k in ("backend", "mode", "layers", "dim", "context", "batch")}
     free = _available() - 2 * GIB
     if free < GIB:
         return {**row, "status": f"skipped: {free / GIB:.1f} GiB available"}
-    cmd = [sys.executable, "-m", "flashcore.app.remat_bench", "--child", json.dumps(spec)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    over, cap = False, min(max_bytes, free)
-    while proc.poll() is None:
-        if _rss_of(proc.pid) > cap:
-            proc.kill()
-            over = True
-        time.sleep(0.1)
-    out, err = proc.communicate()
-    if over:
-        return {**row, "status": f"killed: resident set over {cap / GIB:.1f} GiB"}
-    if proc.returncode != 0:
-        return {**row, "status": f"failed (exit {proc.returncode}): {err.strip()[-300:]}"}
-    return json.loads(out.strip().splitlines()[-1])
+    return run_child("flashcore.app.remat_bench", spec, row, min(max_bytes, free))
 
 
 def table(rows: list[dict]) -> str:
@@ -217,20 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                         context=args.context, batch=args.batch, repeats=args.repeats)  # fmt: skip
             rows.append(_child(spec, int(args.max_gib * GIB)))
             print(table(rows).splitlines()[-1], flush=True)
-    report = {
-        "command": "flashcore bench-remat " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {
-            "cpu": cpu_name(),
-            "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        },
-        "rows": rows,
-    }
-    print(table(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-    return 0
+    command = "flashcore bench-remat " + " ".join(argv if argv is not None else sys.argv[1:])
+    return write_report(command, rows, table(rows), args.json)
 
 
 if __name__ == "__main__":
