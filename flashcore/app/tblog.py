@@ -18,6 +18,7 @@ back. Without tensorboardX installed, training goes on with one notice and no ev
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,7 +47,13 @@ class EventLog:
             return
         folder.mkdir(parents=True, exist_ok=True)
         purge = {"purge_step": start + 1} if start else {}
-        self._writer = SummaryWriter(logdir=str(folder), flush_secs=30, **purge)
+        # tensorboardX names the file by the second and the host: two runs within one second
+        # (a quick resume) would share it; the nanoseconds keep them apart and in order (the
+        # order TensorBoard reads them in, which its purge_step relies on)
+        suffix = f".{time.time_ns():020d}"
+        self._writer = SummaryWriter(
+            logdir=str(folder), flush_secs=30, filename_suffix=suffix, **purge
+        )
 
     @property
     def active(self) -> bool:
