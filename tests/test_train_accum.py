@@ -202,3 +202,20 @@ def test_bad_grad_accum_is_an_error_before_anything_is_written(tmp_path, corpus,
     err = capsys.readouterr().err
     assert "--grad-accum 3 must divide the batch" in err and "--batch 4" in err, err
     assert not out.exists()
+
+
+@pytest.mark.slow  # two child processes
+def test_bench_remat_measures_both_modes(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from flashcore.app import remat_bench
+
+    out = tmp_path / "remat.json"
+    argv = ["--context", "128", "--layers", "2", "--dim", "32", "--repeats", "1"]
+    assert remat_bench.main([*argv, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["backend"], r["mode"], r["status"]) for r in rows] == [
+        ("torch", "keep", "ok"),
+        ("torch", "remat", "ok"),
+    ]
+    assert rows[0]["loss"] == pytest.approx(rows[1]["loss"], rel=RTOL)  # the same forward
+    assert "| torch | 128 | 2 x 32 | remat |" in capsys.readouterr().out
