@@ -18,6 +18,7 @@ Letters: see :mod:`flashcore.ops`.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -209,6 +210,7 @@ def lm_hidden(
     dropout=None,
     blocks=None,
     token_type_ids=None,
+    remat=None,
 ):
     """Embedding (token, token type, positions, the embedding norm), the blocks and the final
     norm. tokens: (b, t) ints -> (b, t, d).
@@ -221,6 +223,11 @@ def lm_hidden(
     (b, t, d), computing :func:`block_fn` with the weights ``layers.{i}.*`` (a fused layer that
     the backend tests against it); used for the calls without dropout masks.
     ``token_type_ids``: (b, t) ints in [0, ``config.type_vocab_size``) or None (type 0).
+    ``remat``: None, or activation checkpointing as ``remat(fn, p, x)`` -> ``fn(p, x)`` with
+    block i's activations recomputed in the backward pass instead of kept (``p``: the weights
+    ``layers.{i}.*`` as a dict, passed so that the gradient reaches them; the backend's
+    ``torch.utils.checkpoint`` / ``jax.checkpoint`` / ``tf.recompute_grad``). The value is the
+    same with or without it.
     """
     if not isinstance(config, LMConfig):
         raise TypeError(f"config must be an LMConfig, got {type(config).__name__}")
@@ -237,21 +244,23 @@ def lm_hidden(
     if layer is transformer_block and attn_core is not None:
         extra["core"] = attn_core
     for i in range(config.num_layers):
-        if blocks is not None and dropout is None:
-            x = blocks[i](x, mask=mask, segment_ids=segment_ids)
-            continue
-        if dropout is not None:
-            extra["dropout"] = subtree(dropout, f"layers.{i}.")
-        x = layer(
-            subtree(params, f"layers.{i}."),
-            x,
-            config=config.block,
-            mask=mask,
-            segment_ids=segment_ids,
-            xp=xp,
-            **extra,
-        )
+        if blocks is not None and dropout is None:  # the backend's module holds the weights
+            run = functools.partial(_module_block, blocks[i], mask=mask, segment_ids=segment_ids)
+        else:
+            if dropout is not None:
+                extra["dropout"] = subtree(dropout, f"layers.{i}.")
+            run = functools.partial(
+                layer, config=config.block, mask=mask, segment_ids=segment_ids, xp=xp, **extra
+            )
+        p = subtree(params, f"layers.{i}.")
+        x = run(p, x) if remat is None else remat(run, p, x)  # (b, t, d)
     return final_norm(params, x, config, xp)
+
+
+def _module_block(block, p: dict, x, *, mask, segment_ids):
+    """A backend's block module (weights of its own; ``p`` unused) as ``fn(p, x)``.
+    x: (b, t, d) -> (b, t, d)."""
+    return block(x, mask=mask, segment_ids=segment_ids)
 
 
 def embed_tokens(params: dict, tokens, config: LMConfig, xp, token_type_ids=None):
@@ -340,9 +349,10 @@ def lm_logits(
     dropout=None,
     blocks=None,
     token_type_ids=None,
+    remat=None,
 ):
     """Next-token logits (a bidirectional LM: the masked-LM head's). tokens: (b, t) ints
-    -> (b, t, v). dropout, blocks, token_type_ids: as :func:`lm_hidden`."""
+    -> (b, t, v). dropout, blocks, token_type_ids, remat: as :func:`lm_hidden`."""
     xp = namespace(tokens, xp=xp)
     h = lm_hidden(
         params,
@@ -356,6 +366,7 @@ def lm_logits(
         dropout=dropout,
         blocks=blocks,
         token_type_ids=token_type_ids,
+        remat=remat,
     )
     return head(params, h, config, xp)
 
@@ -376,6 +387,7 @@ def lm_loss(
     blocks=None,
     token_type_ids=None,
     loss_core=None,
+    remat=None,
 ):
     """Mean cross-entropy (nats) of ``targets`` given ``inputs``; both (b, t) ints.
 
@@ -384,9 +396,9 @@ def lm_loss(
     ``mask`` marks real positions of ``inputs``; the loss counts only those. ``loss_mask``:
     (b, t) bool or None, the positions to count among those (e.g. the masked-LM objective's
     chosen positions, :mod:`flashcore.mlm`); attention still sees every real position.
-    dropout, blocks, token_type_ids: as :func:`lm_hidden`. The head and the cross-entropy run
-    over chunks of tokens (:func:`flashcore.loss.linear_cross_entropy`): the (b, t, v) logits are
-    never built whole. ``loss_core``: the backend's chunk loop and gradient
+    dropout, blocks, token_type_ids, remat: as :func:`lm_hidden`. The head and the
+    cross-entropy run over chunks of tokens (:func:`flashcore.loss.linear_cross_entropy`): the
+    (b, t, v) logits are never built whole. ``loss_core``: the backend's chunk loop and gradient
     (:data:`flashcore.loss.LossCore`; None: the spec's loop).
     """
     xp = namespace(inputs, xp=xp)
@@ -406,6 +418,7 @@ def lm_loss(
         dropout=dropout,
         blocks=blocks,
         token_type_ids=token_type_ids,
+        remat=remat,
     )  # (b, t, d)
     return linear_cross_entropy(
         params, h, targets, counted(mask, loss_mask), config=config, xp=xp, core=loss_core

@@ -47,6 +47,9 @@ __all__ = [
     "counted_positions",
     "loss_mask_rows",
     "single_process_only",
+    "check_grad_accum",
+    "micro_batches",
+    "micro_weights",
 ]
 
 
@@ -117,6 +120,44 @@ def check_split(batch: int, workers: int, note: str) -> None:
         raise ParallelError(f"a batch of {batch} rows cannot be split evenly over {note}")
 
 
+# -- gradient accumulation -------------------------------------------------------------------
+
+
+def check_grad_accum(grad_accum: int, rows: int, note: str = "") -> None:
+    """ValueError unless ``grad_accum`` >= 1 divides a worker's ``rows`` (its share of the global
+    batch; ``note``: whose share, for the message)."""
+    if isinstance(grad_accum, bool) or not isinstance(grad_accum, int) or grad_accum < 1:
+        raise ValueError(f"grad_accum must be an integer >= 1, got {grad_accum!r}")
+    if rows % grad_accum:
+        whose = f" ({note})" if note else ""
+        raise ValueError(
+            f"gradient accumulation over {grad_accum} micro-batches needs a batch of rows "
+            f"divisible by {grad_accum}; each worker has {rows}{whose}"
+        )
+
+
+def micro_batches(rows: int, grad_accum: int) -> list[slice]:
+    """The ``grad_accum`` consecutive micro-batches of a worker's ``rows`` rows (as slices)."""
+    check_grad_accum(grad_accum, rows)
+    m = rows // grad_accum
+    return [slice(k * m, (k + 1) * m) for k in range(grad_accum)]
+
+
+def micro_weights(targets: np.ndarray, loss_mask: np.ndarray | None, parts: list) -> np.ndarray:
+    """How much each micro-batch's mean loss weighs in the mean over the whole batch: its counted
+    positions over the batch's, (n,) float64 summing to 1 (to 0 when nothing is counted).
+
+    targets: (b, t); loss_mask: (b, t) bool or None (every position counts); parts: the
+    micro-batches' row selections. The sum of weight_k * mean_k is the batch's mean loss exactly,
+    also when a masked LM counts different numbers of positions in each micro-batch."""
+    counts = np.asarray(
+        [counted_positions(np.asarray(targets)[rows], loss_mask_rows(loss_mask, rows))
+         for rows in parts],
+        np.float64,
+    )  # fmt: skip
+    return counts / max(float(counts.sum()), 1.0)
+
+
 class Engine(Protocol):
     """One LM in one framework. All arrays in and out are NumPy; names are canonical."""
 
@@ -124,6 +165,8 @@ class Engine(Protocol):
     workers: int  # how many ways each batch is split (1: no data parallelism)
     workers_note: str  # e.g. "2 processes (torchrun, gloo)"; "" when workers == 1
     is_main: bool  # whether this process writes logs, progress and checkpoints
+    grad_accum: int  # micro-batches per optimizer step (1: none)
+    grad_norm: float  # the global gradient norm of the last train_step, before clipping
 
     def __init__(
         self,
@@ -134,7 +177,15 @@ class Engine(Protocol):
         optim: OptimConfig | None = None,
         seed: int = 0,
         data_parallel: bool = False,
-    ) -> None: ...
+        grad_accum: int = 1,
+        checkpoint_activations: bool = False,
+    ) -> None:
+        """``grad_accum``: each ``train_step`` runs every worker's rows in this many equal
+        micro-batches (forward and backward one after the other, the gradients summed with
+        :func:`micro_weights`), then clips the global norm and takes one AdamW step: the step of
+        the whole batch at a fraction of the activation memory. ``checkpoint_activations``:
+        recompute each block's activations in the backward pass instead of keeping them (the
+        ``remat`` of :func:`flashcore.lm_hidden`); the gradients are the same."""
 
     def train_step(
         self,

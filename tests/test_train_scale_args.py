@@ -18,6 +18,8 @@ REFUSED = [
     (["--context-parallel", "2", "--objective", "mlm"], "trains a causal LM only"),
     (["--context-parallel", "2", "--dropout", "0.1"], "applies no dropout"),
     (["--context-parallel", "2", "--shard"], "cannot be combined"),
+    (["--context-parallel", "2", "--grad-accum", "2"], "does not combine with --grad-accum"),
+    (["--context-parallel", "2", "--checkpoint-activations"], "does not combine with --grad"),
 ]
 
 

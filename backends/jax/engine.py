@@ -16,6 +16,12 @@ a 2-D mesh that shards the parameters and AdamW state, or splits every sequence 
 
 Dropout (the block config's rate): each ``train_step`` draws fresh keep-masks inside the jitted
 step from ``fold_in(key(seed), step)``; ``eval_loss`` and ``generate`` apply none.
+
+``grad_accum=N``: the jitted step runs the batch in N micro-batches under ``lax.scan`` (each the
+N-th part of every device's rows, its gradient weighted by its share of the counted positions),
+then one clip and one AdamW step; the dropout masks are drawn for the whole batch and split the
+same way, so the step is the one without accumulation. ``checkpoint_activations=True``:
+``jax.checkpoint`` per block (:func:`flashcore.jax.functional.remat`).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from flashcore.generation import Generating
 from flashcore.runtime import (
     OptimConfig,
     check_dtype,
+    check_grad_accum,
     check_split,
     counted_positions,
     decays,
@@ -61,6 +68,40 @@ def _replace_adam(state, new):
     )
 
 
+def _micro(a: jax.Array, n: int, workers: int) -> jax.Array:
+    """(b, ...) -> (n, b / n, ...): micro-batch k holds the k-th n-th of every worker's rows (a
+    worker's rows stay on it when b is split over ``workers`` devices)."""
+    b = a.shape[0]
+    m = b // (workers * n)
+    a = jnp.reshape(a, (workers, n, m, *a.shape[1:]))  # (w, n, m, ...)
+    return jnp.reshape(jnp.swapaxes(a, 0, 1), (n, workers * m, *a.shape[3:]))  # (n, w m, ...)
+
+
+def _accumulated(grad, p, batch, n: int, workers: int, remat: bool):
+    """(loss, gradients) of the mean loss over a batch, summed over ``n`` micro-batches under
+    ``lax.scan``, each weighted by its share of the counted positions
+    (:func:`flashcore.runtime.micro_weights`; equal shares without a loss mask).
+    grad: ``value_and_grad`` of the loss (p, x, y, count, masks, remat); batch: (x, y, count,
+    masks) with (b, ...) leaves (count, masks may be None)."""
+    x, y, count, masks = jax.tree_util.tree_map(lambda a: _micro(a, n, workers), batch)
+    if count is None:
+        weights = jnp.full((n,), 1.0 / n, jnp.float32)
+    else:
+        counted = jnp.sum(count, axis=(1, 2)).astype(jnp.float32)  # (n,)
+        weights = counted / jnp.maximum(jnp.sum(counted), 1.0)
+
+    def one(acc, part):
+        loss_sum, grad_sum = acc
+        xk, yk, ck, mk, wk = part
+        loss, g = grad(p, xk, yk, ck, mk, remat)
+        grad_sum = jax.tree_util.tree_map(lambda s, gk: s + wk * gk, grad_sum, g)
+        return (loss_sum + wk * loss, grad_sum), None
+
+    zero = (jnp.float32(0.0), jax.tree_util.tree_map(jnp.zeros_like, p))
+    (loss, grads), _ = jax.lax.scan(one, zero, (x, y, count, masks, weights))
+    return loss, grads
+
+
 class Engine(Generating):
     def __init__(
         self,
@@ -73,8 +114,12 @@ class Engine(Generating):
         data_parallel: bool = False,
         shard: int | None = None,
         context_parallel: int = 1,
+        grad_accum: int = 1,
+        checkpoint_activations: bool = False,
     ) -> None:
         check_dtype(dtype)
+        check_grad_accum(grad_accum, grad_accum)
+        self.grad_accum, self.grad_norm = grad_accum, float("nan")
         if data_parallel:  # over the devices of one process
             single_process_only("jax", "start it once; it uses every device it sees")
         fc.check_params(params, config)
@@ -105,19 +150,30 @@ class Engine(Generating):
         self.dropout_key = jax.random.key(seed)
         self.steps = 0  # train steps done (the dropout stream's counter)
 
-        def loss_fn(p, x, y, count=None, masks=None):  # count: the (b, t) bool loss mask
+        def loss_fn(p, x, y, count=None, masks=None, remat=False):  # count: (b, t) bool mask
             cast = {k: v.astype(self.compute) for k, v in p.items()}
             if self.layout is not None and self.layout.axis == "context":
                 return self._context_loss(cast, x, y, count, masks)
-            loss = functional.loss(cast, x, y, config=config, dropout=masks, loss_mask=count)
+            loss = functional.loss(
+                cast, x, y, config=config, dropout=masks, loss_mask=count,
+                checkpoint_activations=remat,
+            )  # fmt: skip
             return loss.astype(jnp.float32)
+
+        def grads_fn(p, x, y, count, masks):
+            """(loss, gradients) of the whole batch, in grad_accum micro-batches."""
+            grad = jax.value_and_grad(loss_fn)
+            if grad_accum == 1:
+                return grad(p, x, y, count, masks, checkpoint_activations)
+            return _accumulated(grad, p, (x, y, count, masks), grad_accum, self.workers,
+                                checkpoint_activations)  # fmt: skip
 
         def train(p, opt_state, x, y, count, lr, key):
             opt_state = self._set_lr(opt_state, lr)
             masks = functional.dropout_masks(config, key, *x.shape)  # None when p = 0
-            loss, grads = jax.value_and_grad(loss_fn)(p, x, y, count, masks)
+            loss, grads = grads_fn(p, x, y, count, masks)
             updates, opt_state = self.tx.update(grads, opt_state, p)
-            return loss, optax.apply_updates(p, updates), opt_state
+            return loss, optax.apply_updates(p, updates), opt_state, optax.tree.norm(grads)
 
         if self.layout is not None:  # parameters and moments stay where layout.place put them
             outs = (None, self.layout.shardings(self.state), self.layout.shardings(self.opt_state))
@@ -190,7 +246,7 @@ class Engine(Generating):
     ) -> float:
         check_split(len(inputs), self.workers, self.workers_note)
         key = jax.random.fold_in(self.dropout_key, self.steps)
-        loss, self.state, self.opt_state = self._train(
+        loss, self.state, self.opt_state, norm = self._train(
             self.state,
             self.opt_state,
             self._batch(inputs),
@@ -200,6 +256,7 @@ class Engine(Generating):
             key,
         )
         self.steps += 1
+        self.grad_norm = float(norm)
         return float(loss)
 
     def eval_loss(

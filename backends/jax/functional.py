@@ -27,7 +27,7 @@ from . import kernels
 from .loss import chunked_loss
 from .xp import xp
 
-__all__ = ["init", "apply", "logits", "hidden", "loss", "dropout_masks", "Config"]
+__all__ = ["init", "apply", "logits", "hidden", "loss", "dropout_masks", "remat", "Config"]
 
 Config = FlashConfig | TransformerConfig | LMConfig
 
@@ -64,6 +64,13 @@ def dropout_masks(config: Config, key: jax.Array, b: int, t: int) -> dict[str, j
         return jax.random.bernoulli(k, keep, shape)
 
     return fc.dropout.draw(config, b, t, bernoulli)
+
+
+def remat(fn: Callable, p: dict, x: jax.Array) -> jax.Array:
+    """Activation checkpointing of one block (the ``remat`` of :func:`flashcore.lm_hidden`):
+    ``jax.checkpoint(fn)(p, x)``, which saves only the block's inputs and recomputes its
+    activations in the backward pass. x: (b, t, d) -> (b, t, d)."""
+    return jax.checkpoint(fn)(p, x)
 
 
 def _jax(a):
@@ -184,11 +191,13 @@ def loss(
     loss_mask: jax.Array | None = None,
     attn_core: Callable | None = None,
     token_type_ids: jax.Array | None = None,
+    checkpoint_activations: bool = False,
 ) -> jax.Array:
     """Mean next-token cross-entropy (nats) of ``targets`` (b, t) given ``inputs`` (b, t): ().
     The head and the cross-entropy run chunk by chunk (:func:`flashcore.jax.loss.chunked_loss`:
     the (b, t, v) logits are never built whole). ``core``, ``attn_core``, ``dropout``: as in :func:`apply`; ``loss_mask``: (b, t) bool, the
-    positions counted (None: every real one)."""
+    positions counted (None: every real one). ``checkpoint_activations``: recompute each block's
+    activations in the backward pass (:func:`remat`) instead of keeping them."""
     return fc.lm_loss(
         params,
         _jax(inputs),
@@ -203,4 +212,5 @@ def loss(
         loss_mask=_jax(loss_mask),
         token_type_ids=_jax(token_type_ids),
         loss_core=chunked_loss,
+        remat=remat if checkpoint_activations else None,
     )

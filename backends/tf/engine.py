@@ -7,6 +7,10 @@ the update of :mod:`flashcore.runtime` exactly, so a run moves between engines w
 bfloat16 runs the layers under Keras' ``mixed_bfloat16`` policy (float32 variables). Dropout (the
 block config's rate) is drawn in the training step only (``training=True``, the LM's seed
 generator, seeded with the run's seed); evaluation and generation apply none.
+
+``grad_accum=N``: N compiled micro-batch steps add their weighted gradients into accumulators,
+then one compiled step clips and applies them. ``checkpoint_activations=True``:
+``tf.recompute_grad`` per block (:func:`flashcore.tf.lm.remat`).
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from flashcore.generation import Generating
 from flashcore.runtime import (
     OptimConfig,
     check_dtype,
+    check_grad_accum,
     counted_positions,
     decays,
     loss_mask_rows,
+    micro_batches,
+    micro_weights,
     single_process_only,
 )
 
@@ -40,8 +47,12 @@ class Engine(Generating):
         optim: OptimConfig | None = None,
         seed: int = 0,
         data_parallel: bool = False,
+        grad_accum: int = 1,
+        checkpoint_activations: bool = False,
     ) -> None:
         check_dtype(dtype)
+        check_grad_accum(grad_accum, grad_accum)
+        self.grad_accum = grad_accum
         if data_parallel:  # one process on one device
             single_process_only("tf", "it trains on one device; use --backend torch or jax")
         fc.check_params(params, config)
@@ -54,6 +65,7 @@ class Engine(Generating):
             dtype=policy,
             seed=seed,
         )
+        self.model.checkpoint_activations = checkpoint_activations
         self.optim_config = optim or OptimConfig()
         native = self.model.native_variables()
         shapes = {n: s.shape for n, s in fc.param_spec(config).items()}
@@ -65,7 +77,13 @@ class Engine(Generating):
         self.m = [tf.Variable(tf.zeros_like(v), trainable=False) for _, v, _, _ in self.slots]
         self.v = [tf.Variable(tf.zeros_like(v), trainable=False) for _, v, _, _ in self.slots]
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.norm = tf.Variable(float("nan"), dtype=tf.float32, trainable=False)
         self._train = tf.function(self._train_step, jit_compile=True, reduce_retracing=True)
+        if grad_accum > 1:  # the gradient sum over the micro-batches of a step
+            self.acc = [tf.Variable(tf.zeros_like(v), trainable=False) for _, v, _, _ in self.slots]
+            compile = dict(jit_compile=True, reduce_retracing=True)
+            self._add = tf.function(self._accumulate_step, **compile)
+            self._apply = tf.function(self._apply_step, **compile)
         self._eval = tf.function(self._loss, jit_compile=True, reduce_retracing=True)
 
     def _loss(self, x, y, count=None, training=False):
@@ -73,8 +91,9 @@ class Engine(Generating):
         loss = self.model.loss(x, y, loss_mask=count, training=training, grad=training)
         return tf.cast(loss, tf.float32)
 
-    def _train_step(self, x, y, count, lr):
-        o = self.optim_config
+    def _gradients(self, x, y, count):
+        """-> the loss of (b, t) x, y (count: (b, t) bool or None) and its gradients, one per
+        slot (zeros where a weight is unused)."""
         variables = [v for _, v, _, _ in self.slots]
         with tf.GradientTape() as tape:
             loss = self._loss(x, y, count, training=True)
@@ -82,8 +101,14 @@ class Engine(Generating):
         grads = [
             tf.zeros_like(v) if g is None else tf.cast(g, v.dtype) for g, v in zip(grads, variables)
         ]
+        return loss, grads
+
+    def _update(self, grads, lr):
+        """Clip ``grads`` to the global norm (recorded in ``norm``) and take one AdamW step."""
+        o = self.optim_config
+        norm = tf.linalg.global_norm(grads)
+        self.norm.assign(norm)
         if o.grad_clip > 0:
-            norm = tf.linalg.global_norm(grads)
             grads = [g * tf.minimum(1.0, o.grad_clip / (norm + 1e-6)) for g in grads]
         self.step.assign_add(1)
         k = tf.cast(self.step, tf.float32)
@@ -94,7 +119,24 @@ class Engine(Generating):
             m.assign(o.b1 * m + (1.0 - o.b1) * g)
             v.assign(o.b2 * v + (1.0 - o.b2) * g * g)
             p.assign_sub(lr / bc1 * m / (tf.sqrt(v) / tf.sqrt(bc2) + o.eps))
+
+    def _train_step(self, x, y, count, lr):
+        loss, grads = self._gradients(x, y, count)
+        self._update(grads, lr)
         return loss
+
+    def _accumulate_step(self, x, y, count, weight):
+        """Add ``weight`` times the gradients of one micro-batch to ``acc`` -> its loss."""
+        loss, grads = self._gradients(x, y, count)
+        for a, g in zip(self.acc, grads):
+            a.assign_add(weight * g)
+        return loss
+
+    def _apply_step(self, lr):
+        """The step of the gradients summed in ``acc``, which start again from zero."""
+        self._update([a.read_value() for a in self.acc], lr)
+        for a in self.acc:
+            a.assign(tf.zeros_like(a))
 
     @staticmethod
     def _count(loss_mask: np.ndarray | None):
@@ -108,10 +150,26 @@ class Engine(Generating):
         lr: float,
         loss_mask: np.ndarray | None = None,
     ) -> float:
-        x = tf.constant(np.asarray(inputs, np.int32))
-        y = tf.constant(np.asarray(targets, np.int32))
-        count = self._count(loss_mask)
-        return float(self._train(x, y, count, tf.constant(lr, tf.float32)))
+        lr = tf.constant(lr, tf.float32)
+        if self.grad_accum == 1:
+            x = tf.constant(np.asarray(inputs, np.int32))
+            y = tf.constant(np.asarray(targets, np.int32))
+            return float(self._train(x, y, self._count(loss_mask), lr))
+        parts = micro_batches(len(inputs), self.grad_accum)
+        weights = micro_weights(targets, loss_mask, parts)
+        total = 0.0
+        for rows, w in zip(parts, weights):
+            x = tf.constant(np.asarray(inputs, np.int32)[rows])
+            y = tf.constant(np.asarray(targets, np.int32)[rows])
+            count = self._count(loss_mask_rows(loss_mask, rows))
+            total += float(self._add(x, y, count, tf.constant(w, tf.float32))) * float(w)
+        self._apply(lr)
+        return total
+
+    @property
+    def grad_norm(self) -> float:
+        """The global gradient norm of the last step, before clipping (nan before any)."""
+        return float(self.norm.numpy())
 
     def eval_loss(
         self, inputs: np.ndarray, targets: np.ndarray, loss_mask: np.ndarray | None = None

@@ -26,7 +26,20 @@ from .loss import chunked_loss
 from .module import CanonicalModule, no_autograph, run_static
 from .xp import xp
 
-__all__ = ["LM"]
+__all__ = ["LM", "remat"]
+
+
+def remat(fn, p: dict, x: tf.Tensor) -> tf.Tensor:
+    """Activation checkpointing of one block (the ``remat`` of :func:`flashcore.lm_hidden`):
+    ``fn(p, x)`` through ``tf.recompute_grad``, which keeps only the block's inputs and
+    recomputes its activations in the backward pass. The weights ``p`` go in as arguments (the
+    gradient reaches arguments and variables, not captured tensors). x: (b, t, d) -> (b, t, d)."""
+    names = list(p)
+
+    def flat(x, *values):
+        return fn(dict(zip(names, values)), x)
+
+    return tf.recompute_grad(flat)(x, *(p[n] for n in names))
 
 
 @keras.saving.register_keras_serializable(package="flashcore")
@@ -40,6 +53,9 @@ class LM(LMDecoding, CanonicalModule):
     """
 
     config_type = LMConfig
+
+    #: recompute each block's activations in the backward pass of a training call (:func:`remat`)
+    checkpoint_activations = False
 
     def _create_weights(self, params: dict) -> None:
         cls = block_class(self.config.block)
@@ -102,6 +118,8 @@ class LM(LMDecoding, CanonicalModule):
                 "token_type_ids with Transformer++ blocks need a static batch size in flashcore.tf"
             )
 
+        checkpoint = remat if training and self.checkpoint_activations else None
+
         def run(xp, t, m, s, d):
             return spec_fn(
                 params,
@@ -113,6 +131,7 @@ class LM(LMDecoding, CanonicalModule):
                 dropout=d,
                 attn_core=kernels.softmax_core,
                 token_type_ids=types,
+                remat=checkpoint,
             )
 
         return run_static(

@@ -12,6 +12,11 @@ the clipping norm below is the global one), and every rank applies the same Adam
 
 ``shard`` (``flashcore train --shard``) and ``context_parallel`` (``--context-parallel``) replace
 DistributedDataParallel with FSDP2 or with context-parallel FLASH steps: :mod:`flashcore.torch.shard`.
+
+``grad_accum=N`` runs each rank's rows in N micro-batches, backward after backward into the same
+``.grad`` (DDP's all-reduce deferred to the last one with ``no_sync``), then one clip and one step;
+``checkpoint_activations=True`` recomputes each block in the backward pass
+(:func:`flashcore.torch.lm.remat`). ``grad_norm``: the last step's global norm before clipping.
 """
 
 from __future__ import annotations
@@ -28,10 +33,13 @@ from flashcore.generation import Generating
 from flashcore.runtime import (
     OptimConfig,
     check_dtype,
+    check_grad_accum,
     check_split,
     counted_positions,
     decays,
     loss_mask_rows,
+    micro_batches,
+    micro_weights,
 )
 
 from . import parallel
@@ -68,8 +76,12 @@ class Engine(Generating):
         device: str | None = None,
         shard: int | None = None,
         context_parallel: int = 1,
+        grad_accum: int = 1,
+        checkpoint_activations: bool = False,
     ) -> None:
         check_dtype(dtype)
+        check_grad_accum(grad_accum, grad_accum)
+        self.grad_accum, self.grad_norm = grad_accum, float("nan")
         self.config, self.dtype = config, dtype
         self.dp = parallel.join(device) if data_parallel else parallel.single(device)
         self.device = self.dp.device
@@ -79,6 +91,7 @@ class Engine(Generating):
         )
         self.model = LM(config, init=False, device=self.device)
         self.model.load_canonical(params)
+        self.model.checkpoint_activations = checkpoint_activations
         self._loss = self.model.loss
         self._setup_scale(shard, context_parallel)
         if self.workers > 1 and not (self.sharded or self.context):
@@ -151,23 +164,47 @@ class Engine(Generating):
         check_split(len(inputs), self.workers, self.workers_note)
         mine = parallel.rows(len(inputs), self.dp)  # this rank's rows of the global batch
         x, y = np.asarray(inputs)[mine], np.asarray(targets)[mine]  # (b / workers, t)
-        m = self._bool(loss_mask, mine)  # (b / workers, t) or None
+        m = loss_mask_rows(loss_mask, mine)  # (b / workers, t) or None
         self.model.train()
-        with self._autocast():
-            loss = self._loss(self._tensor(x), self._tensor(y), loss_mask=m)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.optim_config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim_config.grad_clip)
+        loss = self._accumulate(x, y, m)
+        clip = self._clip_norm()
+        self.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
         if self.workers == 1:
-            return float(loss.detach())
-        (total,) = parallel.all_sum([float(loss.detach())], self.dp)
+            return loss
+        (total,) = parallel.all_sum([loss], self.dp)
         # equal rows per rank: the mean of the means (with a loss mask, the mean over the counted
         # positions when every row counts as many, as flashcore.mlm.mask_tokens's rows do)
         return total / self.workers
+
+    def _clip_norm(self) -> float:
+        """The clipping norm (inf when ``grad_clip`` is 0: the norm is measured, nothing clipped)."""
+        clip = self.optim_config.grad_clip
+        return clip if clip > 0 else float("inf")
+
+    def _accumulate(self, x: np.ndarray, y: np.ndarray, m: np.ndarray | None) -> float:
+        """Forward and backward of this rank's rows (b / workers, t) in ``grad_accum``
+        micro-batches, each loss weighted by its share of the counted positions
+        (:func:`flashcore.runtime.micro_weights`), so that the summed gradient is the one of the
+        mean over all the rows. Under DDP the gradients are all-reduced in the last micro-batch's
+        backward only (``no_sync`` before). -> the rows' mean loss."""
+        parts = micro_batches(len(x), self.grad_accum)
+        weights = micro_weights(y, m, parts)
+        total = 0.0
+        for k, (rows, w) in enumerate(zip(parts, weights)):
+            # DDP only (FSDP2 reduce-scatters each micro-batch's gradients: summed all the same)
+            defer = isinstance(self._loss, DistributedDataParallel) and k < len(parts) - 1
+            with self._loss.no_sync() if defer else contextlib.nullcontext():
+                with self._autocast():
+                    loss = self._loss(
+                        self._tensor(x[rows]), self._tensor(y[rows]), loss_mask=self._bool(m, rows)
+                    )
+                (loss * float(w) if len(parts) > 1 else loss).backward()
+            total += float(loss.detach()) * float(w)
+        return total
 
     @torch.no_grad()
     def eval_loss(

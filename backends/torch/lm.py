@@ -18,6 +18,7 @@ from ``lm.generator`` (None: torch's global generator), eval mode none.
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 import flashcore as fc
@@ -29,7 +30,14 @@ from .loss import chunked_loss
 from .module import CanonicalModule, ParamGroup, norm_params
 from .xp import xp
 
-__all__ = ["LM"]
+__all__ = ["LM", "remat"]
+
+
+def remat(fn, p: dict, x: torch.Tensor) -> torch.Tensor:
+    """Activation checkpointing of one block (the ``remat`` of :func:`flashcore.lm_hidden`):
+    ``fn(p, x)`` through ``torch.utils.checkpoint`` (non-reentrant), which keeps only the block's
+    input x (b, t, d) and recomputes its activations in the backward pass -> (b, t, d)."""
+    return torch.utils.checkpoint.checkpoint(fn, p, x, use_reentrant=False)
 
 
 class LM(LMDecoding, CanonicalModule):
@@ -70,6 +78,8 @@ class LM(LMDecoding, CanonicalModule):
         elif config.head_bias:
             self.head = ParamGroup({"bias": (v,)}, **f)  # the weight is embed.weight
         self.generator: torch.Generator | None = None  # dropout's; None: torch's global one
+        # recompute each block's activations in the backward pass (:func:`remat`)
+        self.checkpoint_activations = False
         self._init(seed, init)
 
     def _masks(self, tokens: torch.Tensor, dropout):
@@ -163,6 +173,7 @@ class LM(LMDecoding, CanonicalModule):
             attn_core=kernels.softmax_core,
             dropout=self._masks(tokens, dropout),
             blocks=self.layers,
+            remat=remat if self.checkpoint_activations and torch.is_grad_enabled() else None,
         )
 
     def head_loss(self, h: torch.Tensor, targets: torch.Tensor, mask=None) -> torch.Tensor:

@@ -57,6 +57,11 @@ COMMANDS: dict[str, Command] = {
         "[--backends B,...] [--vocab V,...] [...]",
         "the LM loss's peak memory and time: chunked against each framework's plain path",
     ),
+    "bench-remat": Command(
+        "flashcore.app.remat_bench:main",
+        "[--backends B,...] [--context T] [...]",
+        "activation checkpointing's peak memory and time against keeping the activations",
+    ),
     "weights-table": Command(
         "flashcore.params:print_weight_table", "", "the canonical weight table (docs/weights.md)"
     ),

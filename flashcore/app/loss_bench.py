@@ -216,7 +216,14 @@ def _child(spec: dict, max_bytes: int) -> dict:
     if need > min(max_bytes, free):
         why = f"skipped: needs ~{need / GIB:.1f} GiB; cap {max_bytes / GIB:.1f}, available {free / GIB:.1f}"
         return {**row, "status": why}
-    cmd = [sys.executable, "-m", "flashcore.app.loss_bench", "--child", json.dumps(spec)]
+    return run_child("flashcore.app.loss_bench", spec, row, max_bytes)
+
+
+def run_child(module: str, spec: dict, row: dict, max_bytes: int) -> dict:
+    """``python -m MODULE --child SPEC`` (a bench's one measurement in a fresh interpreter),
+    killed past ``max_bytes`` resident -> the row it printed last, or ``row`` with a status
+    saying why there is none."""
+    cmd = [sys.executable, "-m", module, "--child", json.dumps(spec)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     over = False
     while proc.poll() is None:
@@ -297,8 +304,15 @@ def main(argv: list[str] | None = None) -> int:
                             tokens=args.tokens, repeats=args.repeats, chunk=args.chunk)  # fmt: skip
                 rows.append(_child(spec, int(args.max_gib * GIB)))
                 print(table(rows).splitlines()[-1], flush=True)
+    command = "flashcore bench-loss " + " ".join(argv if argv is not None else sys.argv[1:])
+    return write_report(command, rows, table(rows), args.json)
+
+
+def write_report(command: str, rows: list[dict], text: str, path: str | None) -> int:
+    """Print a bench's report ``text``; with ``path``, also write the command, the machine and
+    the rows there as JSON. -> 0 (the exit code)."""
     report = {
-        "command": "flashcore bench-loss " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command,
         "machine": {
             "cpu": cpu_name(),
             "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
@@ -306,9 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         },
         "rows": rows,
     }
-    print(table(rows))
-    if args.json:
-        with open(args.json, "w") as f:
+    print(text)
+    if path:
+        with open(path, "w") as f:
             json.dump(report, f, indent=1)
     return 0
 

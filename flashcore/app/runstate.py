@@ -4,6 +4,7 @@
       run.json                      the run's arguments: {"format": "flashcore-run",
                                     "format_version": 1, "args": {...}}, written when it starts
       log.jsonl                     one JSON record per logged step and per evaluation
+      tb/                           the same scalars as TensorBoard events (flashcore.app.tblog)
       tokenizer.json                a copy of the run's tokenizer (runs with one): what
                                     ``flashcore eval / generate`` encode and decode with
       model.safetensors             the newest checkpoint's weights (a hard link, else a copy):
@@ -58,6 +59,7 @@ __all__ = [
     "RunState",
     "Checkpoint",
     "RUN_FILES",
+    "EVENTS_DIR",
     "TOKENIZER",
     "copy_tokenizer",
     "holds_run",
@@ -95,8 +97,12 @@ CRASH_POINTS = (
 )
 
 TOKENIZER = "tokenizer.json"
+#: TensorBoard events of the run (:mod:`flashcore.app.tblog`)
+EVENTS_DIR = "tb"
+
 RUN_FILES = (
     "run.json", "log.jsonl", "model.safetensors", "train_state.safetensors", "ckpt", TOKENIZER,
+    EVENTS_DIR,
 )  # fmt: skip
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")

@@ -64,6 +64,11 @@ def check(args: argparse.Namespace) -> None:
         raise ParallelError(f"{flag} trains a causal LM only (--objective clm)")
     if args.dropout:
         raise ParallelError(f"{flag} applies no dropout; use --dropout 0")
+    if getattr(args, "grad_accum", 1) > 1 or getattr(args, "checkpoint_activations", False):
+        raise ParallelError(
+            f"{flag} takes whole steps of its own: it does not combine with --grad-accum or "
+            "--checkpoint-activations yet (context parallelism already splits the activations)"
+        )
     if args.context % (n * args.chunk):
         raise ParallelError(
             f"{flag}: --context {args.context} must be a multiple of {n} x --chunk {args.chunk} "

@@ -64,6 +64,7 @@ from .evaluate import (
 )
 from .runlock import RunLock, RunLocked
 from .schedule import lr_at
+from .tblog import EVENTS_DIR, EventLog
 
 __all__ = [
     "train_main",
@@ -82,6 +83,7 @@ __all__ = [
 # what --resume may change; every other argument is the run's and must not contradict it
 RESUME_MAY_CHANGE = (
     "steps", "stop_after", "backend", "eval_every", "eval_tokens", "log_every", "keep", "quiet",
+    "checkpoint_activations",
 )  # fmt: skip
 _NOT_RUN_ARGS = ("out", "resume", "force", *scale.LAYOUT_ARGS)  # how to start, not what the run is
 
@@ -205,7 +207,23 @@ def train_parser() -> argparse.ArgumentParser:
         help="stop (and save) after this step, keeping the --steps schedule; resume later",
     )  # fmt: skip
     scale.add_arguments(ap)  # --shard, --context-parallel
+    _scale_out_flags(ap)
     return ap
+
+
+def _scale_out_flags(ap: argparse.ArgumentParser) -> None:
+    """Training past one small machine's memory (docs/scale-out.md)."""
+    ap.add_argument(
+        "--grad-accum", type=positive(int), default=1,
+        help="split each step's batch into N micro-batches (forward and backward one after the "
+        "other, one optimizer step): the step of the whole batch in 1/N of the activation "
+        "memory; N must divide the batch of each data-parallel worker (default 1)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--checkpoint-activations", action="store_true",
+        help="recompute each block's activations in the backward pass instead of keeping them "
+        "(less memory, more time; the same gradients)",
+    )  # fmt: skip
 
 
 def finite_float(text: str) -> float:
@@ -411,6 +429,8 @@ def _train(args: argparse.Namespace, given: dict, ap, announce: bool) -> int:
         seed=args.seed,
         data_parallel=True,
         **scale.engine_options(args),
+        grad_accum=getattr(args, "grad_accum", 1),  # a run older than --grad-accum: 1
+        checkpoint_activations=getattr(args, "checkpoint_activations", False),
     )
     lock = RunLock(args.out)
     try:
@@ -419,6 +439,7 @@ def _train(args: argparse.Namespace, given: dict, ap, announce: bool) -> int:
                 f"--batch {args.batch} is the global batch and must be divisible by the "
                 f"{engine.workers} data-parallel workers ({engine.workers_note})"
             )
+        _check_grad_accum(args, engine)
         if engine.is_main:  # only the main data-parallel worker writes, under the lock
             lock.acquire()
             for text in [*notes, lock.note]:  # at once: a crash below must not swallow them
@@ -429,6 +450,17 @@ def _train(args: argparse.Namespace, given: dict, ap, announce: bool) -> int:
     finally:
         lock.release()
         engine.close()
+
+
+def _check_grad_accum(args, engine) -> None:
+    """ParallelError unless --grad-accum divides each data-parallel worker's rows."""
+    n, rows = getattr(args, "grad_accum", 1), args.batch // engine.workers
+    if rows % n:
+        per = f"each of the {engine.workers} workers has {rows}" if engine.workers > 1 else ""
+        raise ParallelError(
+            f"--grad-accum {n} must divide the batch of each data-parallel worker: --batch "
+            f"{args.batch}{', ' + per if per else ''} rows, not a multiple of {n}"
+        )
 
 
 def _prepare_folder(args, resume, ckpt, say, corpus: Corpus) -> None:
@@ -473,6 +505,7 @@ def _train_loop(args, engine, config, params, opt_state, resume, corpus, announc
         start = resume.step
     saved_args = {k: _plain(v) for k, v in vars(args).items()}
     log = (args.out / "log.jsonl" if engine.is_main else Path(os.devnull)).open("a")
+    events = EventLog(args.out / EVENTS_DIR if engine.is_main else None, start=start, say=say)
     n_params = sum(v.size for v in params.values())
     parallel = f", data parallel over {engine.workers_note}" if engine.workers_note else ""
     say(
@@ -507,6 +540,7 @@ def _train_loop(args, engine, config, params, opt_state, resume, corpus, announc
             bar.update(1)
             if not math.isfinite(loss):
                 say(f"step {step}: loss is {loss}; stopping (lower --lr or use fp32)")
+                events.close()
                 return 1
             if step % args.log_every == 0 or step == last:
                 now = time.perf_counter()
@@ -514,7 +548,11 @@ def _train_loop(args, engine, config, params, opt_state, resume, corpus, announc
                 t_last = now
                 bar.set_postfix_str(f"loss {loss:.4f}, {rate / 1e3:.1f}k tok/s", refresh=False)
                 rec = {"step": step, "loss": loss, "lr": lr, "tokens_per_s": rate}
+                norm = getattr(engine, "grad_norm", None)
+                if norm is not None and math.isfinite(norm):
+                    rec["grad_norm"] = norm
                 log.write(json.dumps({**rec, "time": time.time()}) + "\n")
+                events.scalars(step, "train", {k: v for k, v in rec.items() if k != "step"})
             if (args.eval_every and step % args.eval_every == 0) or step == last:
                 ev = evaluate(
                     engine,
@@ -534,6 +572,8 @@ def _train_loop(args, engine, config, params, opt_state, resume, corpus, announc
                 log.flush()
                 # gathered on every worker (sharded: collectives), written by the main one
                 weights, moments = engine.params(), engine.optimizer_state()
+                events.scalars(step, "eval", {"loss": ev["loss"], "bits_per_byte": bpb})
+                events.flush()
                 if engine.is_main:
                     runstate.save_checkpoint(
                         args.out,
@@ -547,6 +587,7 @@ def _train_loop(args, engine, config, params, opt_state, resume, corpus, announc
                 t_last = time.perf_counter()
             log.flush()
     log.close()
+    events.close()
     if announce:
         say(f"checkpoint: {args.out / 'model.safetensors'}")
     return 0

@@ -49,7 +49,9 @@ def test_two_processes_follow_the_single_process_run(tmp_path):
         "log.jsonl",
         "model.safetensors",
         "run.json",
+        "tb",
     ]  # rank 1 wrote nothing beside rank 0's files (no temporaries, no lock left)
+    assert len(list((ddp / "tb").iterdir())) == 2  # rank 0's event file of each of the 2 runs
     assert sorted(p.name for p in (ddp / "ckpt").iterdir()) == ["step-000003", "step-000005"]
 
     worst = compare_runs(ddp, single, steps=5)
