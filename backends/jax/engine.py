@@ -176,7 +176,9 @@ class Engine(Generating):
             return loss, optax.apply_updates(p, updates), opt_state, optax.tree.norm(grads)
 
         if self.layout is not None:  # parameters and moments stay where layout.place put them
-            outs = (None, self.layout.shardings(self.state), self.layout.shardings(self.opt_state))
+            outs = (
+                None, self.layout.shardings(self.state), self.layout.shardings(self.opt_state), None
+            )  # (loss, parameters, moments, gradient norm)
             self._train = compiler.jit(train, out_shardings=outs)
         elif self.mesh is None:
             self._train = compiler.jit(train)
