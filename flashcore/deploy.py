@@ -17,8 +17,10 @@ once, then renamed into place, so a failed export leaves nothing at ``dst``.
 
 The exported computation is :func:`forward`: ``lm_logits`` (tokens (b, t) -> logits (b, t, v))
 or the block's function (x (b, t, d) -> (b, t, d)), in inference mode (no dropout), on the named
-inputs: ``tokens`` / ``x`` and optionally ``mask`` ((b, t) bool), ``segment_ids`` ((b, t)
-int64) and ``token_type_ids`` ((b, t) int64, LMs with token types).
+inputs: ``tokens`` / ``x`` and optionally ``mask`` ((b, t) bool) and ``token_type_ids`` ((b, t)
+int64, LMs with token types). Packed sequences (``segment_ids``) are a training input and are not
+exported: the NaN containment of packed rows scans in ceil(log2 t) doubling steps, a count that a
+symbolic t does not fix (:func:`flashcore.nonfinite.reach`); a server sends one sequence a row.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ __all__ = [
     "ExportError",
     "METADATA",
     "OPTIONAL_INPUTS",
+    "NOT_EXPORTED",
     "input_names",
     "max_length",
     "forward",
@@ -51,7 +54,12 @@ __all__ = [
 ]
 
 METADATA = "flashcore-export.json"
-OPTIONAL_INPUTS = ("mask", "segment_ids", "token_type_ids")
+OPTIONAL_INPUTS = ("mask", "token_type_ids")
+NOT_EXPORTED = {
+    "segment_ids": "packed sequences (segment_ids) are a training input; an export takes one "
+    "sequence a row (the NaN containment of packed rows scans ceil(log2 t) steps, which a "
+    "symbolic t does not fix)",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,16 +113,14 @@ class ExportError(ValueError):
     """An export that cannot be done: an unknown format, a missing extra, an existing folder."""
 
 
-def input_names(
-    config, *, mask: bool = False, segment_ids: bool = False, token_type_ids: bool = False
-) -> tuple[str, ...]:
+def input_names(config, *, mask: bool = False, token_type_ids: bool = False) -> tuple[str, ...]:
     """The artifact's inputs, in order: ``tokens`` (LM) or ``x`` (layer), then the optional ones
     asked for."""
     lm = isinstance(config, LMConfig)
     if token_type_ids and not (lm and config.type_vocab_size):
         raise ExportError("token_type_ids need an LM with LMConfig.type_vocab_size > 0")
     names = ["tokens" if lm else "x"]
-    names += [n for n, on in zip(OPTIONAL_INPUTS, (mask, segment_ids, token_type_ids)) if on]
+    names += [n for n, on in zip(OPTIONAL_INPUTS, (mask, token_type_ids)) if on]
     return tuple(names)
 
 
@@ -135,7 +141,7 @@ def forward(params: dict, inputs: dict, *, config, xp):
     (b, t, d) layer output."""
     from .lm import block_fn, lm_logits
 
-    kw = dict(mask=inputs.get("mask"), segment_ids=inputs.get("segment_ids"), xp=xp)
+    kw = dict(mask=inputs.get("mask"), xp=xp)
     if isinstance(config, LMConfig):
         types = inputs.get("token_type_ids")
         return lm_logits(params, inputs["tokens"], config=config, token_type_ids=types, **kw)
@@ -192,7 +198,9 @@ def export(
     """
     write = _format(fmt).function("write")
     names = tuple(inputs) if inputs is not None else input_names(config)
-    allowed = set(input_names(config, mask=True, segment_ids=True)) | {"token_type_ids"}
+    for name in set(names) & set(NOT_EXPORTED):
+        raise ExportError(f"input {name!r}: {NOT_EXPORTED[name]}")
+    allowed = {input_names(config)[0], *OPTIONAL_INPUTS}
     if not names or set(names) - allowed or names[0] != input_names(config)[0]:
         raise ExportError(f"inputs {names}: the first must be {input_names(config)[0]!r}, the "
                           f"others among {list(OPTIONAL_INPUTS)}")  # fmt: skip

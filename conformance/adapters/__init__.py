@@ -8,7 +8,15 @@ import os
 
 from .base import Adapter, Result
 
-__all__ = ["Adapter", "Result", "BUILTIN", "EXPORTS", "resolve", "load_adapter", "selected_backends"]
+__all__ = [
+    "Adapter",
+    "Result",
+    "BUILTIN",
+    "EXPORTS",
+    "resolve",
+    "load_adapter",
+    "selected_backends",
+]
 
 # id -> "module:Class". Backend adapters live with their backend and import it lazily.
 BUILTIN: dict[str, str] = {

@@ -8,8 +8,9 @@ test), then the artifact is loaded back (onnxruntime, ``jax.export.deserialize``
 output in NumPy float64, as the golden loss is defined: sum(output * cotangent) for a layer, the
 mean next-token cross-entropy of the logits (``flashcore.cross_entropy``) for an LM.
 
-Skipped, with the reason in the report: gradients (an artifact is inference only) and the
-dropout cases (an export runs in inference mode; keep-masks are a training input). float32
+Skipped, with the reason in the report: gradients (an artifact is inference only), the
+dropout cases (an export runs in inference mode; keep-masks are a training input) and the packed
+cases (``segment_ids``, :data:`flashcore.deploy.NOT_EXPORTED`). float32
 only: the dtype a deployed model is served in (bfloat16 and float64 are not every runtime's).
 """
 
@@ -46,8 +47,12 @@ class ExportAdapter(Adapter):
         return None
 
     def unsupported(self, config, inputs) -> str | None:
+        from flashcore import deploy
+
         if any(k.startswith("dropout/") for k in inputs):
             return f"{self.name} exports run in inference mode: no dropout keep-masks"
+        for name in sorted(set(inputs) & set(deploy.NOT_EXPORTED)):
+            return deploy.NOT_EXPORTED[name]
         return None
 
     def run(self, config, params, inputs, dtype) -> Result:
@@ -55,10 +60,7 @@ class ExportAdapter(Adapter):
 
         lm = isinstance(config, fc.LMConfig)
         names = deploy.input_names(
-            config,
-            mask="mask" in inputs,
-            segment_ids="segment_ids" in inputs,
-            token_type_ids="token_type_ids" in inputs,
+            config, mask="mask" in inputs, token_type_ids="token_type_ids" in inputs
         )
         p = {k: v.astype(dtype) for k, v in params.items()}
         with tempfile.TemporaryDirectory(prefix=f"flashcore-{self.name}-") as tmp:
