@@ -51,6 +51,8 @@ __all__ = [
     "export",
     "load",
     "Exported",
+    "staging_folder",
+    "replace_folder",
 ]
 
 METADATA = "flashcore-export.json"
@@ -207,12 +209,7 @@ def export(
     if dtype not in ("float32", "float64"):
         raise ExportError(f"dtype must be float32 or float64, got {dtype!r}")
     dst = Path(dst)
-    if (dst.exists() or dst.is_symlink()) and not force:
-        raise ExportError(f"{dst} exists; pass --force to replace it")
-    if dst.exists() and not dst.is_dir():
-        raise ExportError(f"{dst} is a file, not a folder; remove it first")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
+    tmp = staging_folder(dst, force)
     try:
         t = trace_length(config)
         example = example_inputs(config, names, 2, t, dtype)
@@ -222,7 +219,7 @@ def export(
         check = example_inputs(config, names, 1, max(1, t - 2), dtype, seed=1)
         load(tmp)(**check)  # the folder as a reader sees it, at another batch and length
         _sync(tmp)
-        _replace(tmp, dst)
+        replace_folder(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -243,8 +240,20 @@ def _sync(folder: Path) -> None:
         os.close(fd)
 
 
-def _replace(tmp: Path, dst: Path) -> None:
-    """Rename the complete folder ``tmp`` to ``dst``; an old ``dst`` goes only once that worked."""
+def staging_folder(dst: Path, force: bool) -> Path:
+    """A new empty temporary folder beside ``dst`` to write into; ExportError when ``dst``
+    exists (without ``force``) or is a file."""
+    if (dst.exists() or dst.is_symlink()) and not force:
+        raise ExportError(f"{dst} exists; pass --force to replace it")
+    if dst.exists() and not dst.is_dir():
+        raise ExportError(f"{dst} is a file, not a folder; remove it first")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
+
+
+def replace_folder(tmp: Path, dst: Path) -> None:
+    """Rename the complete folder ``tmp`` to ``dst``; an old ``dst`` goes only once that worked
+    (put back if the rename fails)."""
     old = None
     if dst.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
@@ -252,8 +261,9 @@ def _replace(tmp: Path, dst: Path) -> None:
     try:
         os.replace(tmp, dst)
     except BaseException:
-        if old is not None:
+        if old is not None:  # put the previous folder back
             os.replace(old / dst.name, dst)
+            shutil.rmtree(old, ignore_errors=True)
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -310,14 +310,7 @@ def rel_bias(w, q_pos: np.ndarray, k_pos: np.ndarray, *, config, xp, like):
                 f"relative offsets up to {int(np.abs(rel).max())} exceed the learned bias span "
                 f"(max_len/chunk_size = {span}); raise FlashConfig.max_len or use rel_bias='t5'"
             )
-        idx = rel + span - 1
-    else:
-        idx = t5_bucket(
-            rel,
-            causal=config.causal,
-            buckets=config.t5_buckets,
-            max_distance=config.t5_max_distance,
-        )
+    idx = _bias_index(rel, config, np)
     return _bias_rows(w, const(xp, idx, like=like), config, xp, like)
 
 
@@ -325,17 +318,21 @@ def _rel_bias_traced(w, q_pos, k_pos, *, config, xp, like):
     """:func:`rel_bias` for ``xp`` int64 positions (t,), (j,) of a symbolic length: the indices
     built in the graph (no span check: the export bounds the length instead)."""
     rel = k_pos[None, :] - q_pos[:, None]  # (t, j)
+    return _bias_rows(w, _bias_index(rel, config, xp), config, xp, like)
+
+
+def _bias_index(rel, config, xp):
+    """The bias weight row of each relative offset rel = key - query (int64, NumPy or ``xp``):
+    rel + L - 1 (learned) or its T5 bucket."""
     if config.rel_bias == "learned":
-        idx = rel + (config.bias_span - 1)
-    else:
-        idx = t5_bucket(
-            rel,
-            causal=config.causal,
-            buckets=config.t5_buckets,
-            max_distance=config.t5_max_distance,
-            xp=xp,
-        )
-    return _bias_rows(w, idx, config, xp, like)
+        return rel + (config.bias_span - 1)
+    return t5_bucket(
+        rel,
+        causal=config.causal,
+        buckets=config.t5_buckets,
+        max_distance=config.t5_max_distance,
+        xp=xp,
+    )
 
 
 def _bias_rows(w, idx, config, xp, like):

@@ -34,20 +34,17 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from flashcore.deploy import ExportError  # a bad source, an existing DST, a missing extra
 
 from .runstate import fsync_dir, fsync_file
 
 __all__ = ["main", "export", "deploy_export"]
 
 WEIGHTS_NAME = "model.safetensors"
-
-
-class ExportError(ValueError):
-    """An export that cannot be done: a bad source, an existing destination, a missing extra."""
 
 
 def _source_file(run: Path) -> Path:
@@ -97,7 +94,7 @@ def export(run: str | os.PathLike, dst: str | os.PathLike, *, force: bool = Fals
     an existing ``dst`` without ``force`` or a missing extra. Nothing is left at ``dst`` (nor in
     its parent) when it fails; with ``force`` the old ``dst`` stays until the new one is complete.
     """
-    from flashcore import io, pretrained
+    from flashcore import deploy, io, pretrained
     from flashcore.config import LMConfig
 
     run, dst = Path(run), Path(dst)
@@ -105,33 +102,15 @@ def export(run: str | os.PathLike, dst: str | os.PathLike, *, force: bool = Fals
     _, config = io.load(source)  # every name and shape checked against the stored config
     if not isinstance(config, LMConfig):
         raise io.WeightFileError(f"{source}: holds a {type(config).__name__}, not a language model")
-    if (dst.exists() or dst.is_symlink()) and not force:
-        raise ExportError(f"{dst} exists; pass --force to replace it")
-    if dst.exists() and not dst.is_dir():
-        raise ExportError(f"{dst} is a file, not a folder; remove it first")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
-    old = None
+    tmp = deploy.staging_folder(dst, force)
     try:
         _write_folder(tmp, source, config)
         pretrained.load(tmp)  # the folder as a reader sees it: weights and config.json agree
-        if dst.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
-            os.replace(dst, old / dst.name)
-        try:
-            os.replace(tmp, dst)
-        except BaseException:
-            if old is not None:  # put the previous export back
-                os.replace(old / dst.name, dst)
-            raise
+        deploy.replace_folder(tmp, dst)
         fsync_dir(dst.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not (old / dst.name).exists():
-            shutil.rmtree(old, ignore_errors=True)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     return dst
 
 
