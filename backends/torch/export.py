@@ -8,6 +8,9 @@ onnxruntime runs is the oracle every fused path is tested against.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +55,21 @@ class _Forward(torch.nn.Module):
         return deploy.forward(params, named, config=self.config, xp=EXPORT_XP)
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Without the exporter's notes that concern no flashcore graph: torchvision's operators not
+    registered, and the renaming of the dynamic axes that share one constraint."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*The axis name: .* will not be used")
+            yield
+    finally:
+        registration.setLevel(level)
+
+
 def write_onnx(params, config, folder: Path, names, dtype: str, example: dict) -> None:
     """Write ``folder/model.onnx``: the forward of ``config`` with ``params``, inputs ``names``
     (example: NumPy inputs to trace with), batch and length dynamic."""
@@ -66,7 +84,7 @@ def write_onnx(params, config, folder: Path, names, dtype: str, example: dict) -
     # which would cut t <= C out of the export
     from torch.fx.experimental import _config as shapes
 
-    with torch.no_grad(), shapes.patch(backed_size_oblivious=True):
+    with torch.no_grad(), shapes.patch(backed_size_oblivious=True), _quiet():
         program = torch.onnx.export(
             module,
             args,
