@@ -65,6 +65,7 @@ def _quiet():
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*The axis name: .* will not be used")
+            warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
             yield
     finally:
         registration.setLevel(level)
