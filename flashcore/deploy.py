@@ -52,6 +52,7 @@ __all__ = [
     "load",
     "Exported",
     "staging_folder",
+    "unsupported",
     "replace_folder",
 ]
 
@@ -76,6 +77,7 @@ class Format:
     load: str
     needs: str
     extra: str
+    refuses: str | None = None  # module:function, config -> why the format cannot express it
 
     def function(self, which: str):
         """The ``write`` or ``load`` function, imported now (ExportError names the extra)."""
@@ -107,6 +109,7 @@ FORMATS: dict[str, Format] = {
         f"{_JAX}:load_savedmodel",
         "jax and tensorflow",
         "jax,tf",
+        f"{_JAX}:savedmodel_refuses",
     ),
 }
 
@@ -175,6 +178,12 @@ def trace_length(config) -> int:
     return min(c + 3 if c > 3 else 7, max_length(config))
 
 
+def unsupported(fmt: str, config) -> str | None:
+    """Why the format ``fmt`` cannot express a model of ``config`` (None: it can)."""
+    f = _format(fmt)
+    return None if f.refuses is None else f.function("refuses")(config)
+
+
 def _format(fmt: str) -> Format:
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {sorted(FORMATS)}")
@@ -199,6 +208,9 @@ def export(
     existing ``dst`` without ``force`` (which replaces it only once the new folder is complete).
     """
     write = _format(fmt).function("write")
+    why = unsupported(fmt, config)
+    if why:
+        raise ExportError(f"the {fmt} export cannot express this model: {why}")
     names = tuple(inputs) if inputs is not None else input_names(config)
     for name in set(names) & set(NOT_EXPORTED):
         raise ExportError(f"input {name!r}: {NOT_EXPORTED[name]}")

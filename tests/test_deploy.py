@@ -119,6 +119,18 @@ def test_cases_a_format_cannot_express_are_skipped_with_the_reason(fmt, case, wh
     assert all(why in c.reason for c in checks), checks[0].reason
 
 
+def test_a_format_that_cannot_express_a_model_says_why(tmp_path, capsys):
+    """The SavedModel refuses the Laplace attention (its erf does not load in TensorFlow) before
+    any work, naming the formats that take it; the conformance adapter skips those cases."""
+    config = fc.FlashConfig(dim=8, kind="gau", qk_dim=4, max_len=16, attention="laplace")
+    src = fc.io.save(tmp_path / "laplace.safetensors", fc.init(config, seed=0), config)
+    code, err = _cli([src, tmp_path / "out", "--format", "savedmodel"], capsys)
+    assert code == 2 and "cannot express this model: attention='laplace'" in err, err
+    assert not (tmp_path / "out").exists()
+    adapter = _adapter_class("savedmodel")()
+    assert "laplace" in adapter.unsupported(golden.load("gau-causal-laplace").config, {})
+
+
 def _adapter_class(fmt: str):
     from flashcore.conformance.adapters import export as ex
 

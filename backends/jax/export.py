@@ -36,6 +36,7 @@ __all__ = [
     "load_stablehlo",
     "write_savedmodel",
     "load_savedmodel",
+    "savedmodel_refuses",
 ]
 
 STABLEHLO_FILE = "model.stablehlo"
@@ -117,6 +118,19 @@ def write_savedmodel(params, config, folder: Path, names, dtype: str, example: d
 
         module.serve = serve
         tf.saved_model.save(module, str(folder), signatures={"serving_default": serve})
+
+
+def savedmodel_refuses(config) -> str | None:
+    """Why a SavedModel cannot hold a model of ``config``, or None: jax serializes erf (the
+    Laplace attention's) as a StableHLO composite op newer than the StableHLO that TensorFlow's
+    XlaCallModule reads (jax 0.10.2 against tensorflow 2.21: 1.15 against 1.13.7)."""
+    block = getattr(config, "block", config)
+    if getattr(block, "attention", None) == "laplace":
+        return (
+            f"attention='laplace': jax {jax.__version__} serializes its erf as a StableHLO "
+            "composite that TensorFlow's XlaCallModule cannot read; export it as stablehlo or onnx"
+        )
+    return None
 
 
 def load_stablehlo(folder: Path, meta: dict):

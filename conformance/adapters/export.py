@@ -10,7 +10,8 @@ mean next-token cross-entropy of the logits (``flashcore.cross_entropy``) for an
 
 Skipped, with the reason in the report: gradients (an artifact is inference only), the
 dropout cases (an export runs in inference mode; keep-masks are a training input) and the packed
-cases (``segment_ids``, :data:`flashcore.deploy.NOT_EXPORTED`). float32
+cases (``segment_ids``, :data:`flashcore.deploy.NOT_EXPORTED`), and what a format refuses
+(:func:`flashcore.deploy.unsupported`: the SavedModel, the Laplace attention). float32
 only: the dtype a deployed model is served in (bfloat16 and float64 are not every runtime's).
 """
 
@@ -53,7 +54,7 @@ class ExportAdapter(Adapter):
             return f"{self.name} exports run in inference mode: no dropout keep-masks"
         for name in sorted(set(inputs) & set(deploy.NOT_EXPORTED)):
             return deploy.NOT_EXPORTED[name]
-        return None
+        return deploy.unsupported(self.name, config)
 
     def run(self, config, params, inputs, dtype) -> Result:
         from flashcore import deploy
