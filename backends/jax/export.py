@@ -99,7 +99,6 @@ def write_savedmodel(params, config, folder: Path, names, dtype: str, example: d
         converted = jax2tf.convert(
             lambda flat, *inputs: fn(dict(zip(keys, flat)), *inputs),
             polymorphic_shapes=[None, *poly],
-            native_serialization=True,
             with_gradient=False,
         )
         module = tf.Module()
