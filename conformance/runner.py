@@ -138,12 +138,15 @@ def run_case(
             Check(backend, g.name, group, dtype, quantity, status, worst_err, rtol, atol, worst)
         )
 
+    quantities = ["output", "loss", *(["grad_input"] if "x" in g.grads else []), "grad_params"]
+    why = adapter.unsupported(g.config, g.inputs)
+    if why:  # a case the backend cannot express: every check skipped, with the reason
+        return [Check(backend, g.name, group, dtype, q, "skip", reason=why) for q in quantities]
     try:
         with adapter.strict_precision():
             res = adapter.run(g.config, g.params, g.inputs, dtype)
     except Exception as err:  # a port that cannot run a case fails it, with the reason
         reason = f"the adapter raised {type(err).__name__}: {err}"
-        quantities = ["output", "loss", *(["grad_input"] if "x" in g.grads else []), "grad_params"]
         return [
             Check(backend, g.name, group, dtype, q, "fail", float("inf"), reason=reason)
             for q in quantities

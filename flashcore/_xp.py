@@ -13,7 +13,10 @@ plus :func:`erf` below and :func:`flashcore.ops.silu` (not in the standard: ``xp
 library it runs on; each backend hands it a namespace with its library's own functions
 (:func:`extended`; the TF shim has them as methods). Static index
 tables (causal masks, rotary angles, bias buckets) are computed on the host in NumPy float64 and
-moved to the input's namespace and device with :func:`const`.
+moved to the input's namespace and device with :func:`const`. Where a size is symbolic (a
+deployment export traced at a dynamic sequence length: torch.export's ``SymInt``, jax.export's
+dimension expressions; :func:`is_static`), the tables that depend on it are built in the graph
+from :func:`iota` instead.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ __all__ = [
     "tracing",
     "extended",
     "pairwise_cumulative_sum",
+    "is_static",
+    "iota",
+    "size_as",
 ]
 
 
@@ -69,6 +75,31 @@ def const(xp, value: np.ndarray, like=None, dtype=None):
     if dtype is not None:
         out = xp.astype(out, dtype)
     return out
+
+
+def is_static(n) -> bool:
+    """True for a size known while tracing (a Python or NumPy int); False for a symbolic one, as a
+    deployment export traces a dynamic batch or sequence length (torch.export's ``SymInt``,
+    jax.export's dimension expressions): then no host table of that size can be built."""
+    return isinstance(n, int | np.integer)
+
+
+def iota(xp, n, like):
+    """(n,) int64 positions 0 .. n - 1 as an ``xp`` array on ``like``'s device: a host constant
+    for a static ``n``, built in the graph (``xp.arange``) for a symbolic one."""
+    if is_static(n):
+        return const(xp, np.arange(n, dtype=np.int64), like=like)
+    dev = device_of(like)
+    kw = {} if dev is None or isinstance(like, np.ndarray) else {"device": dev}
+    return xp.arange(n, dtype=xp.int64, **kw)
+
+
+def size_as(xp, n, like):
+    """The size ``n`` as a number for arithmetic with ``like``: ``float(n)`` when static, else a
+    0-d array of ``like``'s dtype computed in the graph (the count of ``iota(n)``)."""
+    if is_static(n):
+        return float(n)
+    return xp.sum(xp.ones_like(xp.astype(iota(xp, n, like), like.dtype)))
 
 
 def dtype_name(dtype) -> str:

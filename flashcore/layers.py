@@ -22,7 +22,7 @@ import numpy as np
 
 from . import dropout as drop
 from . import nonfinite, ops
-from ._xp import const, device_of, is_low_precision, namespace
+from ._xp import const, device_of, iota, is_low_precision, is_static, namespace, size_as
 from .checks import check_mask, check_segments, check_x
 from .config import FlashConfig
 from .params import subtree
@@ -38,6 +38,7 @@ __all__ = [
     "attention_core_gau",
     "flash_checked",
     "causal_mask",
+    "causal_allowed",
     "FUSED_CORE_FIELDS",
     "FUSED_CORE_LINEAR_NORMS",
     "fused_core_unsupported",
@@ -266,8 +267,7 @@ def project(
     u, v, heads = hidden(params, h, config, xp)
     rope = dict(dims=config.rotary_dims, mode=config.rope, base=config.rope_base, xp=xp)
     if isinstance(position_offset, int):
-        positions = np.arange(position_offset, position_offset + x.shape[1])
-        heads = [ops.rope(q, positions, **rope) for q in heads]
+        heads = [ops.rope(q, positions(x.shape[1], xp, x, position_offset), **rope) for q in heads]
     else:
         heads = [ops.rope_offset(q, position_offset, **rope) for q in heads]
     return u, v, heads
@@ -276,6 +276,24 @@ def project(
 def causal_mask(n: int) -> np.ndarray:
     """(n, n) bool, True where key j <= query t (the diagonal included)."""
     return np.tril(np.ones((n, n), bool))
+
+
+def positions(t, xp, like, offset: int = 0):
+    """The positions offset .. offset + t - 1: (t,) NumPy int64 on the host for a static ``t``
+    (the exact float64 RoPE tables, :func:`flashcore.ops.rope`), an in-graph ``xp`` array for a
+    symbolic one (a deployment export at a dynamic length)."""
+    if is_static(t):
+        return np.arange(offset, offset + t, dtype=np.int64)
+    return iota(xp, t, like) + offset
+
+
+def causal_allowed(t, xp, like):
+    """:func:`causal_mask` (t, t) as an ``xp`` bool array on ``like``'s device; built in the graph
+    when ``t`` is symbolic."""
+    if is_static(t):
+        return const(xp, causal_mask(t), like=like)
+    i = iota(xp, t, like)
+    return i[None, :] <= i[:, None]
 
 
 def finish(params, x, u, att, mask, config: FlashConfig, xp, keep=None):
@@ -320,7 +338,7 @@ def gau(
     u, v, (q, k) = project(params, x, config, mask, segment_ids, xp)
     acc = xp.float32 if is_low_precision(x.dtype) else x.dtype
     q, k, v = (xp.astype(a, acc, copy=False) for a in (q, k, v))
-    pos = np.arange(t)
+    pos = positions(t, xp, q)
     bias = ops.rel_bias(params.get("rel_bias.weight"), pos, pos, config=config, xp=xp, like=q)
     core = getattr(xp, "gau_core", None) or attention_core_gau  # a backend's fused core
     attn_keep = None if dropout is None else dropout["attn"]
@@ -351,7 +369,7 @@ def attention_core_gau(
         k = xp.where(mask[..., None], k, xp.zeros_like(k))
         v = xp.where(mask[..., None], v, xp.zeros_like(v))
     scores = xp.matmul(q, xp.permute_dims(k, (0, 2, 1)))  # (b, t, j)
-    causal = const(xp, causal_mask(t), like=v) if config.causal else None
+    causal = causal_allowed(t, xp, v) if config.causal else None
     key_ok = mask[:, None, :] if mask is not None else None  # (b, 1, j)
     same = _same_segment(segment_ids, segment_ids) if segment_ids is not None else None
     member = _and(key_ok, same)  # keys that count towards n
@@ -361,7 +379,7 @@ def attention_core_gau(
         seen = xp.sum(xp.astype(xp.broadcast_to(_and(causal, member), (b, t, t)), acc), axis=-1)
         n = xp.maximum(seen, xp.ones_like(seen))[..., None]  # (b, t, 1)
     elif member is None or config.length_mode == "array":
-        n = float(t)
+        n = size_as(xp, t, v)
     else:
         member_f = xp.astype(xp.broadcast_to(member, (b, t, t)), acc)
         n = xp.maximum(xp.sum(member_f, axis=-1, keepdims=True), xp.ones((b, t, 1), dtype=acc))
@@ -374,14 +392,16 @@ def attention_core_gau(
 
 
 def _pad_chunks(a, pad: int, g: int, c: int, xp, fill=None):
-    """(b, t, ...) -> (b, g, c, ...), right-padded along t by ``pad`` (zeros or ``fill``)."""
-    if pad:
-        tail_shape = (a.shape[0], pad, *a.shape[2:])
+    """(b, t, ...) -> (b, g, c, ...), right-padded along t by ``pad`` (zeros or ``fill``; a
+    symbolic ``pad`` may be 0)."""
+    if not is_static(pad) or pad:
+        rows = pad if is_static(pad) else c  # a symbolic pad: C rows cut to pad (0 <= pad < C)
+        tail_shape = (a.shape[0], rows, *a.shape[2:])
         if fill is None:
             tail = xp.zeros(tail_shape, dtype=a.dtype, device=device_of(a))
         else:
             tail = xp.broadcast_to(fill, tail_shape)
-        a = xp.concat([a, tail], axis=1)
+        a = xp.concat([a, tail if is_static(pad) else tail[:, :pad, ...]], axis=1)
     return xp.reshape(a, (a.shape[0], g, c, *a.shape[2:]))
 
 
@@ -527,10 +547,10 @@ def attention_core_flash(
     xp = namespace(v, xp=xp)
     b, t, _ = v.shape
     c = config.chunk_size
-    g = -(-t // c)
+    g = (t + c - 1) // c  # ceil(t / C), in non-negative floor divisions (exports truncate)
     pad = g * c - t
     valid = None  # (b, g, c) bool, False at padding; None when every position is real
-    if pad:
+    if not is_static(pad) or pad:
         real = xp.ones((b, t), dtype=xp.bool, device=device_of(v)) if mask is None else mask
         valid = _pad_chunks(real, pad, g, c, xp)
     elif mask is not None:
@@ -566,7 +586,7 @@ def attention_core_flash(
     lin = _linear(lq, lk, v, valid, seg, same, config, xp, exchange)
     if config.linear_norm == "length":  # the sum of K^T V / n instead of / C (non-causal only)
         if config.length_mode == "array":
-            n = float(t)
+            n = size_as(xp, t, v)
         else:  # real keys of the query's segment: the same linear machinery with q = k = v = 1
             one = xp.ones((b, g, c, 1), dtype=v.dtype, device=device_of(v))
             one_k = one if valid is None else one * xp.astype(valid, v.dtype)[..., None]
@@ -626,8 +646,8 @@ def _linear(lq, lk, v, valid, seg, same, config: FlashConfig, xp, exchange=None)
     valid_f = xp.ones_like(lk[..., 0]) if valid is None else xp.astype(valid, v.dtype)  # (b, g, c)
     tail_w = xp.astype(seg == last, v.dtype) * valid_f  # keys of the segment open at the end
     m_tail = xp.matmul(kt * tail_w[:, :, None, :], v) * inv_c  # (b, g, s, e)
-    gi = np.arange(g)
-    earlier = const(xp, gi[None, :] < gi[:, None], like=v)  # (g, h): h < g
+    gi = iota(xp, g, v)  # (g,)
+    earlier = gi[None, :] < gi[:, None]  # (g, h): h < g
     before = earlier & (last[:, None, :, 0] == first[:, :, None, 0])  # (b, g, h)
     before_f = xp.astype(before, v.dtype)
     s_before = xp.reshape(xp.matmul(before_f, xp.reshape(m_tail, (b, g, s * e))), (b, g, s, e))
@@ -638,7 +658,7 @@ def _linear(lq, lk, v, valid, seg, same, config: FlashConfig, xp, exchange=None)
     if not config.causal:
         head_w = xp.astype(seg == first, v.dtype) * valid_f
         m_head = xp.matmul(kt * head_w[:, :, None, :], v) * inv_c
-        later = const(xp, gi[None, :] > gi[:, None], like=v)
+        later = gi[None, :] > gi[:, None]
         after_f = xp.astype(later & (first[:, None, :, 0] == last[:, :, None, 0]), v.dtype)
         s_after = xp.reshape(xp.matmul(after_f, xp.reshape(m_head, (b, g, s * e))), (b, g, s, e))
         q_last = xp.astype(seg == last, v.dtype)[..., None]

@@ -21,14 +21,12 @@ from __future__ import annotations
 import functools
 import math
 
-import numpy as np
-
 from . import dropout as drop
 from . import ops
-from ._xp import const, namespace
+from ._xp import namespace
 from .checks import check_mask, check_segments, check_tokens, check_x
 from .config import FlashConfig, LMConfig, TransformerConfig
-from .layers import causal_mask, flash, gau
+from .layers import causal_allowed, flash, gau, positions
 from .loss import counted, cross_entropy, linear_cross_entropy
 from .params import subtree
 
@@ -86,7 +84,7 @@ def transformer_block(
         return xp.permute_dims(xp.reshape(a, (b, t, n, hd)), (0, 2, 1, 3))
 
     q, k, v = (heads(a) for a in ops.split(qkv, (d, d, d), xp))
-    pos = np.arange(t)
+    pos = positions(t, xp, x)
     q = ops.rope(q, pos, dims=hd, mode="half", base=config.rope_base, xp=xp)
     k = ops.rope(k, pos, dims=hd, mode="half", base=config.rope_base, xp=xp)
     attn_keep = None if dropout is None else dropout["attn"]
@@ -119,7 +117,7 @@ def attention_core_softmax(
     fold = lambda a: xp.reshape(a, (b * n, t, hd))  # noqa: E731
     scores = xp.matmul(fold(q), xp.permute_dims(fold(k), (0, 2, 1)))  # (b * n, t, j)
     scores = xp.reshape(scores, (b, n, t, t)) / math.sqrt(hd)
-    allowed = const(xp, causal_mask(t), like=q) if config.causal else None
+    allowed = causal_allowed(t, xp, q) if config.causal else None
     if mask is not None:
         key_ok = mask[:, None, None, :]
         allowed = key_ok if allowed is None else (allowed & key_ok)
@@ -236,8 +234,9 @@ def lm_hidden(
     dropout = drop.check_dropout(dropout, config, b, t)
     x = embed_tokens(params, tokens, config, xp, token_type_ids=token_type_ids)  # (b, t, d)
     if config.abs_pos == "scaled_sinusoidal":
-        cos, sin = ops.rope_tables(np.arange(t), config.dim, 10000.0)  # (t, d/2) each
-        x = x + abs_positions(params, const(xp, cos, like=x), const(xp, sin, like=x), xp)
+        pos = positions(t, xp, x)
+        cos, sin = ops.angles(pos, dims=config.dim, base=10000.0, xp=xp, like=x)  # (t, d/2) each
+        x = x + abs_positions(params, cos, sin, xp)
     x = embed_norm(params, x, config, xp)
     layer = block_fn(config.block)
     extra = {"core": core} if layer is flash and core is not None else {}

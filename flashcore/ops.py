@@ -28,7 +28,9 @@ __all__ = [
     "rope_offset",
     "rope_at",
     "rope_all_at",
+    "angles",
     "angles_at",
+    "angles_of",
     "rel_bias",
     "t5_bucket",
     "attend",
@@ -142,13 +144,24 @@ def rope(x, positions: np.ndarray, *, dims: int, mode: str, base: float, xp):
 
     half:        [x1 cos - x2 sin, x2 cos + x1 sin] with x1, x2 the two halves of x[..., :dims];
     interleaved: the same on the pairs (x[2i], x[2i+1]). Channels past ``dims`` pass unchanged.
-    Angles are computed on the host in float64 from integer ``positions`` (t,).
+    Angles are computed on the host in float64 from integer ``positions`` (t,); positions given
+    as an ``xp`` int array (a symbolic length, :func:`flashcore._xp.iota`) take exact host
+    tables split as in :func:`angles_at`.
     """
     if mode == "none" or dims == 0:
         return x
-    cos_np, sin_np = rope_tables(positions, dims, base)
-    cos, sin = const(xp, cos_np, like=x), const(xp, sin_np, like=x)  # (t, dims/2)
+    cos, sin = angles(positions, dims=dims, base=base, xp=xp, like=x)  # (t, dims/2)
     return rope_rotate(x, cos, sin, dims=dims, mode=mode, xp=xp)
+
+
+def angles(positions, *, dims: int, base: float, xp, like):
+    """cos, sin of p * theta_k (theta_k = base^(-2k/dims)) at positions (t,) -> two (t, dims/2)
+    ``xp`` arrays in ``like``'s dtype: from NumPy positions, float64 host tables
+    (:func:`rope_tables`); from ``xp`` int positions (a symbolic length), :func:`angles_of`."""
+    if isinstance(positions, np.ndarray):
+        cos_np, sin_np = rope_tables(positions, dims, base)
+        return const(xp, cos_np, like=like), const(xp, sin_np, like=like)
+    return angles_of(positions, dims=dims, base=base, xp=xp, like=like)
 
 
 def rope_offset(x, offset, *, dims: int, mode: str, base: float, xp):
@@ -237,36 +250,45 @@ def angles_at(pos, *, dims: int, base: float, xp, like):
             raise ValueError(f"position {host} is outside [0, {ROPE_MAX_POSITION})")
         cos_np, sin_np = rope_tables(np.asarray([host]), dims, float(base))  # (1, dims/2)
         return const(xp, cos_np, like=like), const(xp, sin_np, like=like)
+    return angles_of(xp.reshape(pos, (1,)), dims=dims, base=base, xp=xp, like=like)
+
+
+def angles_of(positions, *, dims: int, base: float, xp, like):
+    """cos, sin of p * theta_k at integer positions (n,) given as an ``xp`` array that may be
+    traced (its length too) -> two (n, dims/2) arrays in ``like``'s dtype, exact to
+    ROPE_MAX_POSITION: p = hi * ROPE_BLOCK + lo, both angles from float64 host tables, combined
+    with the angle-sum identity (see :func:`rope_at`)."""
     hc, hs, lc, ls = _split_tables(dims, float(base))  # (H, dims/2) x2, (B, dims/2) x2
-    hi = xp.reshape(pos // ROPE_BLOCK, (1,))
-    lo = xp.reshape(pos % ROPE_BLOCK, (1,))
+    hi, lo = positions // ROPE_BLOCK, positions % ROPE_BLOCK  # (n,)
     take = lambda table, i: xp.take(const(xp, table, like=like), i, axis=0)  # noqa: E731
-    hcos, hsin, lcos, lsin = take(hc, hi), take(hs, hi), take(lc, lo), take(ls, lo)  # (1, dims/2)
+    hcos, hsin, lcos, lsin = take(hc, hi), take(hs, hi), take(lc, lo), take(ls, lo)  # (n, dims/2)
     return hcos * lcos - hsin * lsin, hsin * lcos + hcos * lsin
 
 
-def t5_bucket(rel: np.ndarray, *, causal: bool, buckets: int, max_distance: int) -> np.ndarray:
-    """T5's log-bucketed relative position, rel = key - query (integers) -> bucket ids.
+def t5_bucket(rel, *, causal: bool, buckets: int, max_distance: int, xp=np):
+    """T5's log-bucketed relative position, rel = key - query (int64) -> bucket ids (int64).
 
     Distances below buckets/2 (per direction when not causal) are exact; larger ones are
     log-spaced up to ``max_distance``. Computed in float32, as T5 and its PyTorch ports do, so
-    that bucket edges match theirs.
+    that bucket edges match theirs. ``xp``: NumPy on the host (the default), or the namespace of
+    an in-graph ``rel`` (a symbolic length).
     """
-    n = -np.asarray(rel, dtype=np.int64)
-    ret = np.zeros_like(n)
+    n = -xp.asarray(rel, dtype=xp.int64)
+    ret = xp.zeros_like(n)
     if not causal:
         buckets //= 2
-        ret += (n < 0).astype(np.int64) * buckets
-        n = np.abs(n)
+        ret = ret + xp.astype(n < 0, xp.int64) * buckets
+        n = xp.abs(n)
     else:
-        n = np.maximum(n, 0)
+        n = xp.maximum(n, xp.zeros_like(n))
     exact = buckets // 2
-    ratio = np.maximum(n, 1).astype(np.float32) / np.float32(exact)
-    scaled = (
-        np.log(ratio) / np.float32(math.log(max_distance / exact)) * np.float32(buckets - exact)
+    ratio = xp.astype(xp.maximum(n, xp.ones_like(n)), xp.float32) / xp.asarray(
+        exact, dtype=xp.float32
     )
-    large = np.minimum(exact + scaled.astype(np.int64), buckets - 1)
-    return ret + np.where(n < exact, n, large)
+    log_span = xp.asarray(math.log(max_distance / exact), dtype=xp.float32)
+    scaled = xp.log(ratio) / log_span * xp.asarray(buckets - exact, dtype=xp.float32)
+    large = xp.minimum(exact + xp.astype(scaled, xp.int64), xp.full_like(n, buckets - 1))
+    return ret + xp.where(n < exact, n, large)
 
 
 def rel_bias(w, q_pos: np.ndarray, k_pos: np.ndarray, *, config, xp, like):
@@ -277,6 +299,9 @@ def rel_bias(w, q_pos: np.ndarray, k_pos: np.ndarray, *, config, xp, like):
     """
     if config.rel_bias == "none":
         return None
+    host = isinstance(q_pos, np.ndarray) and isinstance(k_pos, np.ndarray)
+    if not host:  # in-graph positions (a symbolic length): the same indices, built by xp
+        return _rel_bias_traced(w, q_pos, k_pos, config=config, xp=xp, like=like)
     rel = np.asarray(k_pos)[None, :] - np.asarray(q_pos)[:, None]  # (t, j)
     if config.rel_bias == "learned":
         span = config.bias_span
@@ -285,15 +310,34 @@ def rel_bias(w, q_pos: np.ndarray, k_pos: np.ndarray, *, config, xp, like):
                 f"relative offsets up to {int(np.abs(rel).max())} exceed the learned bias span "
                 f"(max_len/chunk_size = {span}); raise FlashConfig.max_len or use rel_bias='t5'"
             )
-        idx = rel + span - 1
-    else:
-        idx = t5_bucket(
-            rel,
-            causal=config.causal,
-            buckets=config.t5_buckets,
-            max_distance=config.t5_max_distance,
-        )
-    flat = xp.take(w, const(xp, idx.reshape(-1), like=like), axis=0)
+    idx = _bias_index(rel, config, np)
+    return _bias_rows(w, const(xp, idx, like=like), config, xp, like)
+
+
+def _rel_bias_traced(w, q_pos, k_pos, *, config, xp, like):
+    """:func:`rel_bias` for ``xp`` int64 positions (t,), (j,) of a symbolic length: the indices
+    built in the graph (no span check: the export bounds the length instead)."""
+    rel = k_pos[None, :] - q_pos[:, None]  # (t, j)
+    return _bias_rows(w, _bias_index(rel, config, xp), config, xp, like)
+
+
+def _bias_index(rel, config, xp):
+    """The bias weight row of each relative offset rel = key - query (int64, NumPy or ``xp``):
+    rel + L - 1 (learned) or its T5 bucket."""
+    if config.rel_bias == "learned":
+        return rel + (config.bias_span - 1)
+    return t5_bucket(
+        rel,
+        causal=config.causal,
+        buckets=config.t5_buckets,
+        max_distance=config.t5_max_distance,
+        xp=xp,
+    )
+
+
+def _bias_rows(w, idx, config, xp, like):
+    """w[idx] * bias_scale in ``like``'s dtype; idx: (t, j) ints -> (t, j)."""
+    flat = xp.take(w, xp.reshape(idx, (-1,)), axis=0)
     bias = xp.reshape(flat, idx.shape)
     if config.bias_scale != 1.0:
         bias = bias * config.bias_scale

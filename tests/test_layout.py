@@ -124,6 +124,8 @@ def test_the_backends_use_one_file_name_per_job():
     extras |= {"jax": {"kernels.py", "parallel.py", "context_parallel.py", "functional.py"}}
     extras["jax"] |= {"compiler.py", "shard.py"}
     extras["torch"] |= {"shard.py"}
+    for backend in ("torch", "jax"):  # deployment exports: ONNX; StableHLO and SavedModel
+        extras[backend] |= {"export.py"}
     extras |= {"tf": {"kernels.py"}}
     for backend, extra in extras.items():
         assert tree(f"backends/{backend}/") == shared | extra, backend

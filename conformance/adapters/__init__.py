@@ -8,7 +8,15 @@ import os
 
 from .base import Adapter, Result
 
-__all__ = ["Adapter", "Result", "BUILTIN", "resolve", "load_adapter", "selected_backends"]
+__all__ = [
+    "Adapter",
+    "Result",
+    "BUILTIN",
+    "EXPORTS",
+    "resolve",
+    "load_adapter",
+    "selected_backends",
+]
 
 # id -> "module:Class". Backend adapters live with their backend and import it lazily.
 BUILTIN: dict[str, str] = {
@@ -19,14 +27,27 @@ BUILTIN: dict[str, str] = {
     "tf": "flashcore.tf.adapter:TFAdapter",
 }
 
+# deployment exports (flashcore.deploy): each case is exported and its artifact run; not in the
+# default selection (an ONNX trace takes tens of seconds a case), named with --backend
+EXPORTS: dict[str, str] = {
+    "onnx": "flashcore.conformance.adapters.export:OnnxAdapter",
+    "stablehlo": "flashcore.conformance.adapters.export:StableHLOAdapter",
+    "savedmodel": "flashcore.conformance.adapters.export:SavedModelAdapter",
+}
+
 
 def resolve(spec: str) -> str:
     """A backend id or ``module:Class`` -> ``module:Class``."""
     if spec in BUILTIN:
         return BUILTIN[spec]
+    if spec in EXPORTS:
+        return EXPORTS[spec]
     if ":" in spec:
         return spec
-    raise ValueError(f"unknown backend {spec!r}; built-in: {sorted(BUILTIN)}, or give module:Class")
+    raise ValueError(
+        f"unknown backend {spec!r}; built-in: {sorted(BUILTIN)}, exports: {sorted(EXPORTS)}, "
+        "or give module:Class"
+    )
 
 
 def selected_backends(requested: list[str] | None = None) -> list[str]:

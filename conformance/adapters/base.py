@@ -51,6 +51,11 @@ class Adapter:
         """None when the backend can run here, else why not (e.g. 'torch is not installed')."""
         return None
 
+    def unsupported(self, config, inputs: dict[str, np.ndarray]) -> str | None:
+        """None when this backend can express the case, else why not (e.g. a deployment export
+        has no dropout): the runner reports its checks as skipped with that reason."""
+        return None
+
     def strict_precision(self) -> contextlib.AbstractContextManager:
         """A context in which matmuls run at full precision (no TF32, float64 where possible)."""
         return contextlib.nullcontext()

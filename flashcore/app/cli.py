@@ -72,8 +72,8 @@ COMMANDS: dict[str, Command] = {
     ),
     "export": Command(
         "flashcore.app.export:main",
-        "RUN DST [--force]",
-        "a train run -> a Hugging Face folder (the [hf] extra)",
+        "RUN DST [--format F] [--force]",
+        "a train run -> a Hugging Face folder, or ONNX / StableHLO / SavedModel",
     ),
 }
 

@@ -1,6 +1,15 @@
-"""``flashcore export RUN DST``: a training run -> a Hugging Face pretrained directory.
+"""``flashcore export RUN DST``: a training run -> a Hugging Face pretrained directory, or a
+deployment export.
 
     flashcore export RUN DST [--force]
+    flashcore export RUN DST --format onnx|stablehlo|savedmodel [--mask] [--dtype D] [--force]
+
+With ``--format`` (docs/deployment.md), RUN may also be any canonical weight file (a layer or
+an LM) and DST becomes the folder of :func:`flashcore.deploy.export`: the model with a dynamic
+batch and length as ONNX (the ``[export]`` extra), StableHLO (``[jax]``) or a TensorFlow
+SavedModel (``[jax,tf]``), inputs ``tokens`` (LM) or ``x`` (layer), plus ``mask`` with
+``--mask``; atomic as below. The rest of this page is the Hugging Face folder (the default,
+``--format hf``).
 
 RUN is a ``flashcore train`` run folder (its ``model.safetensors``: canonical weights with the
 config and the training metadata) or such a file itself. DST becomes a folder holding
@@ -25,18 +34,17 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+import numpy as np
+
+from flashcore.deploy import ExportError  # a bad source, an existing DST, a missing extra
 
 from .runstate import fsync_dir, fsync_file
 
-__all__ = ["main", "export"]
+__all__ = ["main", "export", "deploy_export"]
 
 WEIGHTS_NAME = "model.safetensors"
-
-
-class ExportError(ValueError):
-    """An export that cannot be done: a bad source, an existing destination, a missing extra."""
 
 
 def _source_file(run: Path) -> Path:
@@ -86,7 +94,7 @@ def export(run: str | os.PathLike, dst: str | os.PathLike, *, force: bool = Fals
     an existing ``dst`` without ``force`` or a missing extra. Nothing is left at ``dst`` (nor in
     its parent) when it fails; with ``force`` the old ``dst`` stays until the new one is complete.
     """
-    from flashcore import io, pretrained
+    from flashcore import deploy, io, pretrained
     from flashcore.config import LMConfig
 
     run, dst = Path(run), Path(dst)
@@ -94,44 +102,73 @@ def export(run: str | os.PathLike, dst: str | os.PathLike, *, force: bool = Fals
     _, config = io.load(source)  # every name and shape checked against the stored config
     if not isinstance(config, LMConfig):
         raise io.WeightFileError(f"{source}: holds a {type(config).__name__}, not a language model")
-    if (dst.exists() or dst.is_symlink()) and not force:
-        raise ExportError(f"{dst} exists; pass --force to replace it")
-    if dst.exists() and not dst.is_dir():
-        raise ExportError(f"{dst} is a file, not a folder; remove it first")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
-    old = None
+    tmp = deploy.staging_folder(dst, force)
     try:
         _write_folder(tmp, source, config)
         pretrained.load(tmp)  # the folder as a reader sees it: weights and config.json agree
-        if dst.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
-            os.replace(dst, old / dst.name)
-        try:
-            os.replace(tmp, dst)
-        except BaseException:
-            if old is not None:  # put the previous export back
-                os.replace(old / dst.name, dst)
-            raise
+        deploy.replace_folder(tmp, dst)
         fsync_dir(dst.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not (old / dst.name).exists():
-            shutil.rmtree(old, ignore_errors=True)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     return dst
+
+
+def deploy_export(
+    run: str | os.PathLike,
+    dst: str | os.PathLike,
+    fmt: str,
+    *,
+    mask: bool = False,
+    dtype: str = "float32",
+    force: bool = False,
+) -> Path:
+    """The deployment export ``fmt`` (:data:`flashcore.deploy.FORMATS`) of the weights of
+    ``run`` (a run folder or any canonical weight file) into the folder ``dst``; returns it.
+    Raises ExportError (an unknown format, a missing extra, an existing ``dst``), FileNotFoundError
+    or WeightFileError; nothing is left at ``dst`` when it fails."""
+    from flashcore import deploy, io
+
+    if fmt not in deploy.FORMATS:  # before reading anything
+        raise ExportError(f"unknown export format {fmt!r}; choose one of {FORMAT_CHOICES}")
+    deploy.FORMATS[fmt].function("write")  # a missing extra is named before any work
+    source = _source_file(Path(run))
+    params, config = io.load(source)
+    names = deploy.input_names(config, mask=mask)
+    params = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    try:
+        return deploy.export(fmt, params, config, dst, inputs=names, dtype=dtype, force=force)
+    except deploy.ExportError as err:
+        raise ExportError(str(err)) from None
+
+
+FORMAT_CHOICES = ["hf", "onnx", "stablehlo", "savedmodel"]
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="flashcore export",
         description="A flashcore train run -> a Hugging Face pretrained directory "
-        "(config.json + canonical model.safetensors).",
+        "(config.json + canonical model.safetensors), or with --format a deployment export "
+        "(ONNX, StableHLO, SavedModel) with a dynamic batch and length (docs/deployment.md).",
     )
     ap.add_argument("run", type=Path, help="a run folder (or its model.safetensors)")
     ap.add_argument("dst", type=Path, help="the folder to create")
+    ap.add_argument(
+        "--format",
+        default="hf",
+        metavar="FORMAT",
+        help=f"one of {', '.join(FORMAT_CHOICES)} (default: hf, a Hugging Face folder)",
+    )
+    ap.add_argument(
+        "--mask", action="store_true", help="deployment exports: add a (b, t) bool input 'mask'"
+    )
+    ap.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float64"],
+        help="deployment exports: the weights' and activations' dtype (default float32)",
+    )
     ap.add_argument("--force", action="store_true", help="replace an existing DST")
     return ap
 
@@ -141,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser().parse_args(argv)
     try:
-        dst = export(args.run, args.dst, force=args.force)
+        if args.format == "hf":
+            dst = export(args.run, args.dst, force=args.force)
+        else:
+            dst = deploy_export(
+                args.run, args.dst, args.format, mask=args.mask, dtype=args.dtype, force=args.force
+            )
     except (ValueError, WeightFileError, FileNotFoundError, OSError) as err:  # DataError too
         print(f"flashcore export: {err}", file=sys.stderr)
         return 2
