@@ -101,8 +101,6 @@ def test_unsupported_input_is_refused():
     cfg = fc.FlashConfig(dim=12, qk_dim=8, chunk_size=4)
     with pytest.raises(ValueError, match="multiple of chunk_size"):
         check_shard(cfg, 6)
-    with pytest.raises(NotImplementedError, match="segment_ids"):
-        check_shard(cfg, 8, segment_ids=np.zeros((1, 8), int))
     with pytest.raises(NotImplementedError, match="length_mode='array'"):
         check_shard(cfg.replace(linear_norm="length", length_mode="array"), 8)
     with pytest.raises(ValueError, match="kind='flash'"):
