@@ -16,7 +16,6 @@ Letters: see :mod:`flashcore.ops`.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
@@ -329,7 +328,7 @@ def attention_core_gau(
     else:
         member_f = xp.astype(xp.broadcast_to(member, (b, t, t)), acc)
         n = xp.maximum(xp.sum(member_f, axis=-1, keepdims=True), xp.ones((b, t, 1), dtype=acc))
-    scale = 1.0 / math.sqrt(config.qk_dim) if config.attention == "softmax_plus" else 1.0 / n
+    scale = ops.attention_scale(config.attention, n, config.qk_dim)
     scores = scores_to_logits(scores, bias, scale, config)
     a = ops.attend(scores, _and(causal, member), kind=config.attention, length=n, xp=xp)
     if attn_keep is not None:
@@ -651,7 +650,7 @@ def attention_core_flash(
 
     # Local quadratic attention within each chunk.
     scores = xp.matmul(qq, xp.permute_dims(qk, (0, 1, 3, 2)))  # (b, g, c, k)
-    scale = 1.0 / math.sqrt(config.qk_dim) if config.attention == "softmax_plus" else 1.0 / c
+    scale = ops.attention_scale(config.attention, float(c), config.qk_dim)
     scores = scores_to_logits(scores, bias, scale, config)
     causal = const(xp, causal_mask(c), like=v) if config.causal else None
     key_ok = valid[:, :, None, :] if valid is not None else None  # (b, g, 1, k)

@@ -37,6 +37,7 @@ __all__ = [
     "token_nll",
     "cross_entropy",
     "counted",
+    "head",
     "head_weights",
     "chunk_nll_sum",
     "chunk_tokens",
@@ -117,6 +118,17 @@ def counted(mask, loss_mask):
     return loss_mask if mask is None else loss_mask & mask
 
 
+def head(params: dict, h, config: LMConfig, xp):
+    """Logits from final hidden states. h: (..., d) -> (..., v)."""
+    if config.tie_embeddings:
+        logits = xp.matmul(h, xp.permute_dims(params["embed.weight"], (1, 0)))
+    else:
+        logits = xp.matmul(h, params["head.kernel"])
+    if config.head_bias:
+        logits = logits + params["head.bias"]
+    return logits
+
+
 def head_weights(params: dict, config: LMConfig) -> dict:
     """The weights :func:`flashcore.lm.head` reads: ``embed.weight`` (v, d) when tied, else
     ``head.kernel`` (d, v); ``head.bias`` (v,) with a head bias."""
@@ -129,8 +141,6 @@ def head_weights(params: dict, config: LMConfig) -> dict:
 def chunk_nll_sum(weights: dict, h, targets, w, *, config: LMConfig, xp):
     """sum_i w_i nll_i over one chunk: the head on h, then :func:`token_nll`.
     weights: :func:`head_weights`; h: (n, d); targets: (n,) ints; w: (n,) float -> ()."""
-    from .lm import head
-
     return xp.sum(token_nll(head(weights, h, config, xp), targets, xp) * w)
 
 

@@ -10,16 +10,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import threading
 
 import numpy as np
 import pytest
-from _cases import flash_cfg, noisy_params
+from _cases import flash_cfg, noisy_params, run_shards
 
 import flashcore as fc
 from flashcore.conformance.assertions import assert_close, to_numpy
 from flashcore.conformance.tolerances import longest_reduction
-from flashcore.context_parallel import flash_shard
 from flashcore.decode import decode_init, decode_step
 from flashcore.layers import flash_core
 
@@ -198,51 +196,8 @@ def test_decoding_after_a_streamed_prefix_equals_the_whole(backend, name):
 
 def _run_shards(be, params, x, cfg, world, mask=None, segment_ids=None):
     """flash_shard on ``world`` threads (each with its slice) meeting in an all-gather."""
-    t = x.shape[1] // world
-    barrier, lock = threading.Barrier(world, timeout=120), threading.Lock()
-    slots, outs, errors = {}, [None] * world, []
-
-    def worker(r: int) -> None:
-        calls = [0]
-
-        def all_gather(a):  # (...) -> (world, ...)
-            k = calls[0]
-            calls[0] += 1
-            with lock:
-                slots[k, r] = a
-            barrier.wait()
-            out = be.xp.stack([slots[k, q] for q in range(world)])
-            barrier.wait()
-            return out
-
-        rows = slice(r * t, (r + 1) * t)
-        try:
-            with be.context():
-                outs[r] = to_numpy(
-                    flash_shard(
-                        params,
-                        x[:, rows],
-                        config=cfg,
-                        rank=r,
-                        world=world,
-                        all_gather=all_gather,
-                        mask=None if mask is None else mask[:, rows],
-                        segment_ids=None if segment_ids is None else segment_ids[:, rows],
-                        xp=be.xp,
-                    )
-                )
-        except BaseException as err:  # noqa: BLE001 - reported below
-            errors.append(err)
-            barrier.abort()
-
-    threads = [threading.Thread(target=worker, args=(r,)) for r in range(world)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
-    return np.concatenate(outs, axis=1)
+    opts = dict(mask=mask, segment_ids=segment_ids, xp=be.xp, numpy=to_numpy)
+    return run_shards(params, x, cfg, world, **opts)
 
 
 @pytest.mark.parametrize(

@@ -21,15 +21,15 @@ from flashcore.config import LMConfig, TransformerConfig
 
 from . import kernels
 from .decode import LMDecoding
-from .layers import block_class
 from .loss import chunked_loss
-from .module import CanonicalModule, no_autograph, run_static
+from .module import CLASSES, CanonicalModule, block_class, no_autograph, run_static
 from .xp import xp
 
 __all__ = ["LM"]
 
 
 @keras.saving.register_keras_serializable(package="flashcore")
+@CLASSES.register("lm")
 class LM(LMDecoding, CanonicalModule):
     """A causal language model: tokens (b, t) ints -> logits (b, t, v).
 
