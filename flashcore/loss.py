@@ -5,7 +5,7 @@
 
 Both are the mean over the counted tokens of ``nll = logsumexp(z) - z[target]``, z = the logits of
 one token. :func:`cross_entropy` takes logits that already exist. :func:`linear_cross_entropy`
-takes the final hidden states and runs the LM head (:func:`flashcore.lm.head`, tied or untied, with
+takes the final hidden states and runs the LM head (:func:`flashcore.loss.head`, tied or untied, with
 its bias) and the cross-entropy over chunks of ``chunk`` tokens, so that the (tokens, v) logits
 only ever exist one chunk at a time: :func:`chunk_nll_sum` is the math of one chunk, written once
 here; how the chunks are looped and differentiated is the backend's ``core`` (a
@@ -130,7 +130,7 @@ def head(params: dict, h, config: LMConfig, xp):
 
 
 def head_weights(params: dict, config: LMConfig) -> dict:
-    """The weights :func:`flashcore.lm.head` reads: ``embed.weight`` (v, d) when tied, else
+    """The weights :func:`flashcore.loss.head` reads: ``embed.weight`` (v, d) when tied, else
     ``head.kernel`` (d, v); ``head.bias`` (v,) with a head bias."""
     names = ["embed.weight" if config.tie_embeddings else "head.kernel"]
     if config.head_bias:
