@@ -71,7 +71,8 @@ class CommStats:
 
 
 def check_shard(config: FlashConfig, t: int, *, segment_ids=None) -> None:
-    """Raise a clear error unless ``flash_shard`` supports this config and shard length t."""
+    """Raise a clear error unless ``flash_shard`` supports this config and shard length t
+    (``segment_ids``: packed sequences, supported; taken for callers that pass them)."""
     if not isinstance(config, FlashConfig) or config.kind != "flash":
         raise ValueError("context parallelism needs a FlashConfig(kind='flash')")
     if t % config.chunk_size:
@@ -112,10 +113,14 @@ def _weighted_sum(gathered, weights: list, xp):
 
 def _pick(cond, a, b, xp):
     """a where ``cond`` (a Python bool, or a bool array of shape () when the rank is traced),
-    else b."""
-    if isinstance(cond, (bool, np.bool_)):
-        return a if cond else b
-    return xp.where(cond, a, b)
+    else b. With a Python bool, floating arrays are blended with 0/1 weights rather than picked,
+    so that every device's autograd graph holds every collective (see :func:`_weighted_sum`)."""
+    if not isinstance(cond, (bool, np.bool_)):
+        return xp.where(cond, a, b)
+    if xp.isdtype(a.dtype, "real floating"):
+        w = 1.0 if cond else 0.0
+        return a * w + b * (1.0 - w)
+    return a if cond else b
 
 
 def _fold(parts: list, take: list, xp, after: bool = False):
