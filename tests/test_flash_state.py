@@ -169,19 +169,19 @@ def test_streaming_with_padding_equals_the_whole(backend, name):
 
 @pytest.mark.parametrize(("backend", "name"), _grid(BACKENDS, ["sum", "mean-learned"]))
 def test_decoding_after_a_streamed_prefix_equals_the_whole(backend, name):
-    """The prefix up to a chunk boundary through flash_core, the rest token by token through
-    decode_step, continuing the same state: every row equals the whole forward's."""
+    """A prefix (ending at a chunk boundary or mid-chunk) through flash_core, the rest token by
+    token through decode_step, continuing the same state: every row equals the whole forward's."""
     be, cfg = _Backend(backend), CONFIGS[name]
     params, x = _case(cfg, seed=2)
     with be.context():
         p, (xt,) = be.tensors(params, x)
         want = to_numpy(be.fn(fc.flash, config=cfg, xp=be.xp)(p, xt))
-        for k in (0, 1, 3):
-            got, state = _stream(be, p, xt, cfg, [0, k * C]) if k else (None, None)
+        for cut in (0, C, C + 2, 3 * C):  # C + 2: mid-chunk, the partial chunk in the state
+            got, state = _stream(be, p, xt, cfg, [0, cut]) if cut else (None, None)
             if state is None:
                 state = decode_init(cfg, x.shape[0], xp=be.xp, dtype=xt.dtype)
             rows = [] if got is None else [got]
-            for j in range(k * C, T):
+            for j in range(cut, T):
                 out, state = be.fn(decode_step, config=cfg, xp=be.xp)(p, xt[:, j], state)
                 rows.append(to_numpy(out)[:, None, :])
             got = np.concatenate(rows, axis=1)
@@ -190,7 +190,7 @@ def test_decoding_after_a_streamed_prefix_equals_the_whole(backend, name):
                 want,
                 reorder=longest_reduction(cfg, T),
                 dtype=be.dtype,
-                err_msg=f"prefix {k * C}",
+                err_msg=f"prefix {cut}",
             )
 
 
