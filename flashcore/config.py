@@ -10,13 +10,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 __all__ = [
     "FlashConfig",
     "TransformerConfig",
     "LMConfig",
     "config_from_dict",
+    "config_kind",
+    "ClassRegistry",
 ]
 
 LayerKind = Literal["flash", "gau"]
@@ -152,7 +154,7 @@ class FlashConfig(_DictMixin):
 
     def __post_init__(self) -> None:
         _check_int(self, "dim", 1)
-        _check_choice(self, "kind", ("flash", "gau"))
+        _check_choice(self, "kind", get_args(LayerKind))
         _check_positive_float(self, "expansion")
         e = self.expansion * self.dim
         if abs(e - round(e)) > 1e-9:
@@ -162,8 +164,8 @@ class FlashConfig(_DictMixin):
         _check_int(self, "qk_dim", 1)
         _check_int(self, "chunk_size", 1)
         _check_bool(self, "causal")
-        _check_choice(self, "attention", ("relu2", "laplace", "softmax_plus"))
-        _check_choice(self, "rope", ("half", "interleaved", "none"))
+        _check_choice(self, "attention", get_args(Attention))
+        _check_choice(self, "rope", get_args(Rope))
         if self.rope_dims is not None:
             _check_int(self, "rope_dims", 2)
             if self.rope_dims > self.qk_dim or self.rope_dims % 2:
@@ -174,7 +176,7 @@ class FlashConfig(_DictMixin):
         elif self.rope != "none" and self.qk_dim % 2:
             raise ValueError(f"FlashConfig.qk_dim must be even for rope, got {self.qk_dim}")
         _check_positive_float(self, "rope_base")
-        _check_choice(self, "rel_bias", ("learned", "t5", "none"))
+        _check_choice(self, "rel_bias", get_args(RelBias))
         _check_int(self, "max_len", 1)
         _check_int(self, "t5_buckets", 2)
         _check_int(self, "t5_max_distance", 1)
@@ -190,10 +192,10 @@ class FlashConfig(_DictMixin):
             )
         if isinstance(self.bias_scale, bool) or not isinstance(self.bias_scale, (int, float)):
             raise ValueError(f"FlashConfig.bias_scale must be a number, got {self.bias_scale!r}")
-        _check_choice(self, "norm", ("scale", "layer", "rms"))
+        _check_choice(self, "norm", get_args(Norm))
         _check_positive_float(self, "norm_eps")
-        _check_choice(self, "norm_eps_mode", ("add", "clamp"))
-        _check_choice(self, "linear_norm", ("sum", "mean", "length"))
+        _check_choice(self, "norm_eps_mode", get_args(EpsMode))
+        _check_choice(self, "linear_norm", get_args(LinearNorm))
         if self.linear_norm == "length" and self.causal:
             raise ValueError(
                 "FlashConfig.linear_norm='length' needs causal=False: a causal layer cannot divide "
@@ -201,7 +203,7 @@ class FlashConfig(_DictMixin):
             )
         if self.fixed_length is not None:
             _check_int(self, "fixed_length", 1)
-        _check_choice(self, "length_mode", ("real", "array", "prefix"))
+        _check_choice(self, "length_mode", get_args(LengthMode))
         if self.length_mode == "prefix" and not self.causal:
             raise ValueError(
                 "FlashConfig.length_mode='prefix' needs causal=True: it counts the keys a causal "
@@ -212,10 +214,10 @@ class FlashConfig(_DictMixin):
         d = self.dropout
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
             raise ValueError(f"FlashConfig.dropout must be in [0, 1), got {d!r}")
-        _check_choice(self, "norm_position", ("pre", "post"))
+        _check_choice(self, "norm_position", get_args(NormPosition))
         _check_bool(self, "norm_affine")
         _check_bool(self, "use_bias")
-        _check_choice(self, "init", ("uniform", "paper"))
+        _check_choice(self, "init", get_args(Start))
 
     @property
     def expanded_dim(self) -> int:
@@ -275,7 +277,7 @@ class TransformerConfig(_DictMixin):
             _check_int(self, "ffn_dim", 1)
         _check_bool(self, "causal")
         _check_positive_float(self, "rope_base")
-        _check_choice(self, "norm", ("scale", "layer", "rms"))
+        _check_choice(self, "norm", get_args(Norm))
         _check_positive_float(self, "norm_eps")
         d = self.dropout
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
@@ -341,13 +343,13 @@ class LMConfig(_DictMixin):
         _check_bool(self, "tie_embeddings")
         _check_bool(self, "head_bias")
         if self.final_norm is not None:
-            _check_choice(self, "final_norm", ("scale", "layer", "rms", "none"))
-        _check_choice(self, "abs_pos", ("none", "scaled_sinusoidal"))
+            _check_choice(self, "final_norm", (*get_args(Norm), "none"))
+        _check_choice(self, "abs_pos", get_args(AbsPos))
         if self.abs_pos == "scaled_sinusoidal" and self.block.dim % 2:
             raise ValueError(
                 f"LMConfig.abs_pos='scaled_sinusoidal' needs an even dim, got {self.block.dim}"
             )
-        _check_choice(self, "embed_norm", ("scale", "layer", "rms", "none"))
+        _check_choice(self, "embed_norm", (*get_args(Norm), "none"))
         _check_int(self, "type_vocab_size", 0)
 
     @property
@@ -380,3 +382,37 @@ def config_from_dict(data: dict[str, Any]) -> FlashConfig | TransformerConfig | 
     if cls is LMConfig and isinstance(kwargs.get("block"), dict):
         kwargs["block"] = config_from_dict(kwargs["block"])
     return cls(**kwargs)
+
+
+def config_kind(config: FlashConfig | TransformerConfig | LMConfig) -> str:
+    """'flash', 'gau', 'transformer' or 'lm': the kind of module a config describes."""
+    if isinstance(config, LMConfig):
+        return "lm"
+    if isinstance(config, (FlashConfig, TransformerConfig)):
+        return config.kind
+    raise TypeError(f"not a flashcore config: {type(config).__name__}")
+
+
+class ClassRegistry:
+    """A backend's module class per :func:`config_kind` (FLASH, GAU, TransformerBlock, LM), so
+    that weight I/O and adapters find the class of a config without importing the modules that
+    define them (no import cycle): each class registers itself with ``@registry.register(kind)``."""
+
+    def __init__(self):
+        self._classes: dict[str, type] = {}
+
+    def register(self, kind: str):
+        """Class decorator: the class for configs of ``kind``."""
+
+        def put(cls: type) -> type:
+            self._classes[kind] = cls
+            return cls
+
+        return put
+
+    def __call__(self, config) -> type:
+        """The class registered for ``config``'s kind."""
+        kind = config_kind(config)
+        if kind not in self._classes:
+            raise LookupError(f"no module class is registered for {kind!r} configs")
+        return self._classes[kind]

@@ -176,8 +176,8 @@ def _write(buf, slot_axis: int, pos, value, xp):
     return xp.where(here, xp.expand_dims(value, axis=slot_axis), buf), slots
 
 
-def _room(out, pos, capacity: int, xp):
-    """out, or NaN where the cache had no slot for this position."""
+def _nan_when_full(out, pos, capacity: int, xp):
+    """out, or NaN when the cache was full (no slot for this position)."""
     return xp.where(pos < capacity, out, xp.full_like(out, float("nan")))
 
 
@@ -230,7 +230,7 @@ def _flash_step(params: dict, x_t, state: dict, *, config: FlashConfig, xp):
     )
     if bias is not None:
         bias = xp.take(bias, xp.reshape(c, (1,)), axis=0)  # row c: (1, C)
-    scale = 1.0 / math.sqrt(config.qk_dim) if config.attention == "softmax_plus" else 1.0 / c_size
+    scale = ops.attention_scale(config.attention, float(c_size), config.qk_dim)
     scores = scores_to_logits(scores, bias, scale, config)
     allowed = (slots <= c)[None, :]  # (1, C)
     a = ops.attend(scores, allowed, kind=config.attention, length=float(c_size), xp=xp)
@@ -279,11 +279,11 @@ def _gau_step(params: dict, x_t, state: dict, *, config: FlashConfig, xp):
         n = float(config.fixed_length)
     else:
         n = xp.reshape(xp.astype(pos + 1, acc), (1, 1))  # the prefix's real keys
-    scale = 1.0 / math.sqrt(config.qk_dim) if config.attention == "softmax_plus" else 1.0 / n
+    scale = ops.attention_scale(config.attention, n, config.qk_dim)
     scores = scores_to_logits(scores, bias, scale, config)
     a = ops.attend(scores, (slots <= pos)[None, :], kind=config.attention, length=n, xp=xp)
     att = xp.matmul(a[:, None, :], v_buf)[:, 0, :]  # (b, e)
-    out = _room(finish(params, x_t, u, att, None, config, xp), pos, cap, xp)
+    out = _nan_when_full(finish(params, x_t, u, att, None, config, xp), pos, cap, xp)
     return out, {"pos": pos + 1, "k": k_buf, "v": v_buf, "prev": h}
 
 
@@ -302,7 +302,7 @@ def _transformer_step(params: dict, x_t, state: dict, *, config: TransformerConf
     a = ops.masked_softmax(scores, (slots <= pos)[None, None, :], xp)
     o = xp.reshape(xp.matmul(a[:, :, None, :], v_buf)[:, :, 0, :], (b, d))  # (b, d)
     out = ffn(params, x_t + xp.matmul(o, params["attn.out.kernel"]), config, xp)
-    return _room(out, pos, cap, xp), {"pos": pos + 1, "k": k_buf, "v": v_buf}
+    return _nan_when_full(out, pos, cap, xp), {"pos": pos + 1, "k": k_buf, "v": v_buf}
 
 
 def _check_lm(config) -> None:

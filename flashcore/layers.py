@@ -16,7 +16,6 @@ Letters: see :mod:`flashcore.ops`.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
@@ -36,7 +35,8 @@ __all__ = [
     "hidden",
     "attention_core_flash",
     "attention_core_gau",
-    "flash_checked",
+    "flash_core",
+    "summary",
     "causal_mask",
     "causal_allowed",
     "FUSED_CORE_FIELDS",
@@ -179,45 +179,28 @@ def scores_to_logits(scores, bias, scale, config: FlashConfig):
     return scores * scale + bias
 
 
-def normed_input(
-    params: dict,
-    x,
-    config: FlashConfig,
-    mask,
-    segment_ids,
-    xp,
-    prev=None,
-    prev_keep=None,
-    prev_normed: bool = False,
-):
+def normed_input(params: dict, x, config: FlashConfig, mask, segment_ids, xp, prev=None):
     """h = Norm(x) (post-norm: x, see :func:`layer_input`), then the optional token shift.
     x: (b, t, d) -> (b, t, d).
 
-    prev: (b, d), the input row before x[:, 0] (context parallelism), read by the token shift
-    where ``prev_keep`` (b,) bool is True; None: position 0 reads nothing. ``prev_normed``: prev
-    is already :func:`layer_input` of the row (a decoding state's ``prev``, :mod:`flashcore.stream`).
+    prev: (b, d), :func:`layer_input` of the row before x[:, 0] (a carried state's ``prev``,
+    zero where that row may not be read), or None: position 0 reads nothing.
     """
     h = layer_input(params, x, config, xp)
     if not config.token_shift:
         return h
     keep = None  # (b, t): may position t read position t - 1?
-    if mask is not None or segment_ids is not None or prev is not None:
+    if mask is not None or segment_ids is not None:
         prev_real = mask[:, :-1] if mask is not None else None
         prev_same = None
         if segment_ids is not None:
             prev_same = segment_ids[:, 1:] == segment_ids[:, :-1]
         rest = _and(prev_real, prev_same)
-        if rest is None:
-            rest = xp.ones((x.shape[0], x.shape[1] - 1), dtype=xp.bool, device=device_of(x))
-        if prev is None:
-            first = xp.zeros((x.shape[0], 1), dtype=xp.bool, device=device_of(x))
-        else:
-            first = prev_keep[:, None]
+        first = (xp.zeros if prev is None else xp.ones)(
+            (x.shape[0], 1), dtype=xp.bool, device=device_of(x)
+        )
         keep = xp.concat([first, rest], axis=1)
-    if prev is None:
-        return ops.token_shift(h, keep, xp)
-    h_prev = prev[:, None, :] if prev_normed else layer_input(params, prev[:, None, :], config, xp)
-    return ops.token_shift(h, keep, xp, prev=h_prev)
+    return ops.token_shift(h, keep, xp, prev=None if prev is None else prev[:, None, :])
 
 
 def hidden(params: dict, h, config: FlashConfig, xp):
@@ -235,35 +218,15 @@ def hidden(params: dict, h, config: FlashConfig, xp):
 
 
 def project(
-    params: dict,
-    x,
-    config: FlashConfig,
-    mask,
-    segment_ids,
-    xp,
-    position_offset=0,
-    prev=None,
-    prev_keep=None,
-    prev_normed: bool = False,
+    params: dict, x, config: FlashConfig, mask, segment_ids, xp, position_offset=0, prev=None
 ):
     """Norm, optional token shift, the fused dense layer, SiLU, scale-offset and RoPE.
 
-    x: (b, t, d) -> u, v: (b, t, e); heads: list of h arrays (b, t, s). Context parallelism
-    (:mod:`flashcore.context_parallel`): x is one shard of a longer sequence, at global
-    positions ``position_offset + arange(t)`` (an int, or an integer array of shape () that may
-    be traced); ``prev``, ``prev_keep``, ``prev_normed``: see :func:`normed_input`.
+    x: (b, t, d) -> u, v: (b, t, e); heads: list of h arrays (b, t, s). x may be one piece of a
+    longer sequence, at positions ``position_offset + arange(t)`` (an int, or an integer array
+    of shape () that may be traced); ``prev``: see :func:`normed_input`.
     """
-    h = normed_input(
-        params,
-        x,
-        config,
-        mask,
-        segment_ids,
-        xp,
-        prev=prev,
-        prev_keep=prev_keep,
-        prev_normed=prev_normed,
-    )
+    h = normed_input(params, x, config, mask, segment_ids, xp, prev=prev)
     u, v, heads = hidden(params, h, config, xp)
     rope = dict(dims=config.rotary_dims, mode=config.rope, base=config.rope_base, xp=xp)
     if isinstance(position_offset, int):
@@ -383,7 +346,7 @@ def attention_core_gau(
     else:
         member_f = xp.astype(xp.broadcast_to(member, (b, t, t)), acc)
         n = xp.maximum(xp.sum(member_f, axis=-1, keepdims=True), xp.ones((b, t, 1), dtype=acc))
-    scale = 1.0 / math.sqrt(config.qk_dim) if config.attention == "softmax_plus" else 1.0 / n
+    scale = ops.attention_scale(config.attention, n, config.qk_dim)
     scores = scores_to_logits(scores, bias, scale, config)
     a = ops.attend(scores, _and(causal, member), kind=config.attention, length=n, xp=xp)
     if attn_keep is not None:
@@ -419,7 +382,8 @@ def flash(
     """Mixed-chunk attention (FLASH). x: (b, t, d) -> (b, t, d).
 
     Right-pad t to g = ceil(t / C) chunks; quad = local relu^2 attention per chunk; lin = the
-    linear attention across chunks; out = (U * (quad + lin)) W_o + b_o + x.
+    linear attention across chunks; out = (U * (quad + lin)) W_o + b_o + x. The whole sequence
+    is one call of :func:`flash_core` with no carried state.
 
     ``core``: an accelerated replacement for :func:`attention_core_flash` with the same signature
     (a backend's fused kernel); None uses the spec's own. dropout: None or keep-masks {"attn":
@@ -433,9 +397,10 @@ def flash(
     check_mask(mask, b, t)
     check_segments(segment_ids, b, t, xp)
     dropout = drop.check_dropout(dropout, config, b, t)
-    return flash_checked(
+    out, _ = flash_core(
         params,
         x,
+        None,
         config=config,
         mask=mask,
         segment_ids=segment_ids,
@@ -443,37 +408,50 @@ def flash(
         core=core,
         dropout=dropout,
     )
+    return out
 
 
-def flash_checked(
+def flash_core(
     params: dict,
     x,
+    state=None,
     *,
     config: FlashConfig,
-    mask,
-    segment_ids,
-    xp,
+    mask=None,
+    segment_ids=None,
+    xp=None,
     core=None,
-    position_offset=0,
-    halo=None,
-    exchange=None,
-    others_bad=None,
     dropout=None,
-    halo_normed: bool = False,
 ):
-    """:func:`flash` after its input checks; the keywords after ``core`` serve context
-    parallelism (:mod:`flashcore.context_parallel`), where x is one shard of a longer sequence.
-    dropout: checked keep-masks or None (see :func:`flash`).
+    """The one FLASH core with explicit state: x (b, t, d), the positions that follow ``state``
+    -> (out (b, t, d), the state after x, or None when ``state`` is None).
 
-    position_offset: the global position of x[:, 0] (int, or an int array of shape ()).
-    halo: x (b, t, d) -> (prev (b, d), prev_keep (b,) bool), the row before x for the token shift
-    (``halo_normed``: already normed, as a decoding state holds it).
-    exchange: see :func:`_linear`. others_bad: (b,) bool, "a real row of mine holds NaN / Inf" ->
-    (b,) bool, the same from the shards this one depends on.
+    Like fla's ops (``initial_state`` in, the final state out), one function serves the whole
+    sequence (``state=None``), streamed prefill (:mod:`flashcore.stream`: each piece continues
+    the state the previous one returned), context parallelism (:mod:`flashcore.context_parallel`:
+    a shard's initial state is the gathered prefix of the shards before it) and the decoding
+    state (:mod:`flashcore.decode`, whose layout the returned state has). No input checks here
+    (:func:`flash` makes them); dropout: checked keep-masks or None.
+
+    state: None, or a dict with
+        pos    ()        int    global position of x[:, 0] (a multiple of C)
+        prev   (b, d)           layer_input of the row before x[:, 0] (zero where it may not be
+                                read), for the token shift
+    and the carried linear-attention state, either
+        lin    (b, s, e)        the sum of the chunk states K^T V / C so far (NaN: a NaN / Inf row
+                                was read), count (b,): the chunks so far with a real key
+                                (a decoding state: :func:`flashcore.decode.decode_init`), or
+        gather own -> carried   (context parallelism) this piece's own summary (:func:`summary`)
+                                -> the carried state of :func:`attention_core_flash` plus "bad"
+                                (b,) bool, and "after" likewise (non-causal).
+    The returned state (for a decoding-state input) continues at pos + t; when t is not a
+    multiple of C its last, partial chunk is held as a decoding state holds it (pending, qk, v),
+    for :func:`flashcore.decode.decode_step` to continue.
     """
+    xp = namespace(x, xp=xp)
     bad = nonfinite.nonfinite_rows(x, xp)  # (b, t): NaN / Inf in x, read as 0 from here on
     x = nonfinite.zero_rows(x, bad, xp)
-    prev, prev_keep = (None, None) if halo is None or not config.token_shift else halo(x)
+    pos, prev = (0, None) if state is None else (state["pos"], state.get("prev"))
     u, v, heads = project(
         params,
         x,
@@ -481,10 +459,8 @@ def flash_checked(
         mask,
         segment_ids,
         xp,
-        position_offset=position_offset,
-        prev=prev,
-        prev_keep=prev_keep,
-        prev_normed=halo_normed,
+        position_offset=pos,
+        prev=prev if config.token_shift else None,
     )
     if is_low_precision(x.dtype):  # the core gets (and returns) float32 in low precision
         qq, qk, lq, lk = (xp.astype(a, xp.float32, copy=False) for a in heads)
@@ -495,30 +471,151 @@ def flash_checked(
     bias = ops.rel_bias(
         params.get("rel_bias.weight"), chunk_pos, chunk_pos, config=config, xp=xp, like=v
     )
-    shard = {} if exchange is None else {"exchange": exchange}
-    if dropout is not None:
-        shard["attn_keep"] = dropout["attn"]
-    att = (core or attention_core_flash)(
-        qq,
-        qk,
-        lq,
-        lk,
-        v,
-        bias=bias,
-        config=config,
-        mask=mask,
-        segment_ids=segment_ids,
-        xp=xp,
-        **shard,
-    )
+    args = dict(bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=xp)
+    attn_keep = None if dropout is None else dropout["attn"]
     reached = nonfinite.reach(bad, mask, segment_ids, causal=config.causal, xp=xp)
-    if others_bad is not None:
-        real_bad = bad if mask is None else bad & mask
-        mine = xp.sum(xp.astype(real_bad, xp.int32), axis=1) > 0  # (b,)
-        reached = reached | others_bad(mine)[:, None]
+    own = carried = None
+    if state is None:
+        kw = {} if attn_keep is None else {"attn_keep": attn_keep}
+        att = (core or attention_core_flash)(qq, qk, lq, lk, v, **args, **kw)
+    else:
+        own = summary(lk, v, bad, config=config, mask=mask, segment_ids=segment_ids, xp=xp)
+        if "gather" in state:
+            carried = state["gather"](own)
+        else:
+            carried = _carried(state, v.dtype, xp)
+        att = _core_with_state(core, qq, qk, lq, lk, v, args, carried, attn_keep)
+        for part in (carried, carried.get("after")):
+            if part is not None:
+                reached = reached | _reads(part, segment_ids, xp)
     out_keep = None if dropout is None else dropout["out"]
-    x = nonfinite.poison(x, reached, xp)
-    return finish(params, x, u, att, mask, config, xp, keep=out_keep)
+    out = finish(params, nonfinite.poison(x, reached, xp), u, att, mask, config, xp, keep=out_keep)
+    if state is None or "gather" in state:
+        return out, None
+    return out, _next_state(params, x, bad, state, own, carried, (qk, lk, v), mask, config, xp)
+
+
+def _core_with_state(core, qq, qk, lq, lk, v, args: dict, carried: dict, attn_keep):
+    """The mixed-chunk core on a piece with a carried state: a backend's fused ``core`` (which
+    takes none) where lin is linear in the state (linear_norm='sum', no mask, no segments, no
+    dropout, causal): core's output + lq S_in; else the spec's core with the state."""
+    config, xp = args["config"], args["xp"]
+    fused = (
+        core is not None
+        and config.linear_norm == "sum"
+        and args["mask"] is None
+        and args["segment_ids"] is None
+        and attn_keep is None
+        and carried.get("after") is None
+    )
+    if fused:
+        return core(qq, qk, lq, lk, v, **args) + xp.matmul(lq, carried["lin"])
+    kw = {} if attn_keep is None else {"attn_keep": attn_keep}
+    return attention_core_flash(qq, qk, lq, lk, v, **args, state=carried, **kw)
+
+
+def _carried(state: dict, dtype, xp) -> dict:
+    """A decoding state's carried linear part as :func:`attention_core_flash` takes it: its lin
+    made finite, with "bad" (b,) bool where it held NaN / Inf (a poisoned earlier row)."""
+    lin = state["lin"]  # (b, s, e)
+    b = lin.shape[0]
+    bad = ~xp.isfinite(xp.sum(xp.reshape(lin, (b, lin.shape[1] * lin.shape[2])), axis=-1))
+    lin = xp.where(bad[:, None, None], xp.zeros_like(lin), lin)
+    lin = xp.astype(lin, dtype, copy=False)
+    return {"lin": lin, "count": state["count"], "bad": bad, "seg": None, "keys": None}
+
+
+def _reads(part: dict, segment_ids, xp):
+    """(b, t) bool: the positions that read a carried part flagged "bad" (its segment's)."""
+    bad = part["bad"][:, None]  # (b, 1)
+    if segment_ids is None:
+        return bad
+    return bad & (segment_ids == part["seg"][:, None])
+
+
+def _next_state(params, x, bad, state, own, carried, keys, mask, config, xp) -> dict:
+    """The decoding state after the piece x (b, t, d) (see :func:`flash_core`). bad: (b, t)
+    rows of x that held NaN / Inf; keys: the core's qk, lk (b, t, s) and v (b, t, e)."""
+    qk, lk, v = keys
+    b, t, _ = x.shape
+    c = config.chunk_size
+    done = t // c * c  # positions in completed chunks
+    tail = own["tail"]
+    lin = carried["lin"] + tail["lin"]
+    poisoned = carried["bad"] | tail["bad"]
+    nan = const(xp, np.full((1, 1, 1), np.nan), like=lin)
+    prev = layer_input(params, x[:, -1, :], config, xp)  # (b, d)
+    if mask is not None:
+        prev = xp.where(mask[:, -1:], prev, xp.zeros_like(prev))
+    new = dict(state)
+    new.update(
+        pos=state["pos"] + t,
+        lin=xp.astype(xp.where(poisoned[:, None, None], nan, lin), state["lin"].dtype),
+        count=carried["count"] + tail["count"],
+        prev=prev,
+    )
+    if done < t:  # the partial last chunk, as decode_step holds it
+        k, vp, hit = lk[:, done:], v[:, done:], bad[:, done:]
+        if mask is not None:
+            k = xp.where(mask[:, done:, None], k, xp.zeros_like(k))
+            hit = hit & mask[:, done:]
+        pending = xp.matmul(xp.permute_dims(k, (0, 2, 1)), vp) / float(c)  # (b, s, e)
+        any_hit = xp.sum(xp.astype(hit, xp.int32), axis=1) > 0  # (b,)
+        pad = c - (t - done)
+        new["pending"] = xp.where(any_hit[:, None, None], xp.astype(nan, pending.dtype), pending)
+        new["qk"] = _pad_chunks(qk[:, done:], pad, 1, c, xp)[:, 0]  # (b, C, s)
+        vp = xp.where(hit[..., None], xp.astype(nan, vp.dtype), vp)  # later steps read NaN
+        new["v"] = _pad_chunks(vp, pad, 1, c, xp)[:, 0]  # (b, C, e)
+    return new
+
+
+def summary(lk, v, bad, *, config: FlashConfig, mask=None, segment_ids=None, xp=None) -> dict:
+    """What a piece hands the pieces after it (and, non-causal, before it): {"tail": part,
+    "head": part}, the keys of the segment open at its end and at its start (the same part
+    without segments). Only completed chunks count.
+
+    lk: (b, t, s), v: (b, t, e) (the core's dtype); bad: (b, t) bool, rows that held NaN / Inf;
+    mask, segment_ids: (b, t) or None. A part: lin (b, s, e) = sum of K^T V / C over its keys,
+    count (b,) = chunks with one of its keys, keys (b, 1, 1) = their number / C ('length' only),
+    seg (b,) = its segment id (None without segments), bad (b,) = one of its real rows was bad.
+    """
+    b, t, _ = lk.shape
+    c = config.chunk_size
+    done = t // c * c
+    lk, v, bad = lk[:, :done], v[:, :done], bad[:, :done]
+    real = None if mask is None else mask[:, :done]
+    if real is not None:
+        bad = bad & real
+
+    def part(member, seg):  # member: (b, t) bool or None (every position)
+        if member is None:
+            w, k, flag = None, lk, bad
+        else:
+            w, flag = xp.astype(member, v.dtype), bad & member
+            k = lk * w[..., None]
+        flag = xp.sum(xp.astype(flag, xp.int32), axis=1) > 0  # (b,)
+        out = {"lin": xp.matmul(xp.permute_dims(k, (0, 2, 1)), v) / float(c), "seg": seg}
+        out["bad"] = flag
+        if w is None:
+            ones = xp.ones((b,), dtype=v.dtype, device=device_of(v))
+            out["count"] = ones * float(done // c)
+            keys = xp.reshape(ones, (b, 1, 1)) * (float(done) / c)
+        else:
+            has = xp.sum(xp.reshape(w, (b, done // c, c)), axis=-1) > 0  # (b, g)
+            out["count"] = xp.sum(xp.astype(has, v.dtype), axis=1)
+            keys = xp.reshape(xp.sum(w, axis=1), (b, 1, 1)) / float(c)
+        out["keys"] = keys if config.linear_norm == "length" else None
+        return out
+
+    if segment_ids is None:
+        tail = part(real, None)
+        return {"tail": tail, "head": tail}
+    seg = segment_ids[:, :done]
+    last, first = segment_ids[:, t - 1], segment_ids[:, 0]
+    return {
+        "tail": part(_and(real, seg == last[:, None]), last),
+        "head": part(_and(real, seg == first[:, None]), first),
+    }
 
 
 def attention_core_flash(
@@ -533,16 +630,18 @@ def attention_core_flash(
     mask=None,
     segment_ids=None,
     xp=None,
-    exchange=None,
+    state=None,
     attn_keep=None,
 ):
     """The mixed-chunk attention core, after projections and RoPE: quad + lin.
 
     qq, qk, lq, lk: (b, t, s); v: (b, t, e); bias: (C, C) or None; mask, segment_ids: (b, t) or
     None. Returns (b, t, e). This is the piece accelerated kernels replace; it is their oracle.
-    ``exchange``: context parallelism only (see :func:`_linear`); None for a whole sequence.
-    ``attn_keep``: (b, g, c, k) bool or None, the dropout keep-mask of the local quadratic
-    weights (rate ``config.dropout``); the linear branch takes no dropout.
+    ``state``: None for a whole sequence, or the carried linear state of the positions before
+    x (see :func:`_linear`): {"lin": (b, s, e), "count": (b,), "keys": (b, 1, 1) or None,
+    "seg": (b,) or None, "after": the same from the positions after x (non-causal context
+    parallelism) or None}. ``attn_keep``: (b, g, c, k) bool or None, the dropout keep-mask of
+    the local quadratic weights (rate ``config.dropout``); the linear branch takes no dropout.
     """
     xp = namespace(v, xp=xp)
     b, t, _ = v.shape
@@ -571,7 +670,7 @@ def attention_core_flash(
 
     # Local quadratic attention within each chunk.
     scores = xp.matmul(qq, xp.permute_dims(qk, (0, 1, 3, 2)))  # (b, g, c, k)
-    scale = 1.0 / math.sqrt(config.qk_dim) if config.attention == "softmax_plus" else 1.0 / c
+    scale = ops.attention_scale(config.attention, float(c), config.qk_dim)
     scores = scores_to_logits(scores, bias, scale, config)
     causal = const(xp, causal_mask(c), like=v) if config.causal else None
     key_ok = valid[:, :, None, :] if valid is not None else None  # (b, g, 1, k)
@@ -583,21 +682,35 @@ def attention_core_flash(
         a = drop.apply_keep(a, attn_keep, config.dropout, xp)
     quad = xp.matmul(a, v)  # (b, g, c, e)
 
-    lin = _linear(lq, lk, v, valid, seg, same, config, xp, exchange)
+    lin = _linear(lq, lk, v, valid, seg, same, config, xp, state)
     if config.linear_norm == "length":  # the sum of K^T V / n instead of / C (non-causal only)
         if config.length_mode == "array":
             n = size_as(xp, t, v)
         else:  # real keys of the query's segment: the same linear machinery with q = k = v = 1
             one = xp.ones((b, g, c, 1), dtype=v.dtype, device=device_of(v))
             one_k = one if valid is None else one * xp.astype(valid, v.dtype)[..., None]
-            count = _linear(one, one_k, one_k, valid, seg, same, config, xp, exchange) * float(c)
+            keys = _as_keys(state)
+            count = _linear(one, one_k, one_k, valid, seg, same, config, xp, keys) * float(c)
             n = xp.maximum(count, xp.ones_like(count))  # (b, g, c, 1)
         lin = lin * (float(c) / n)
     out = xp.reshape(quad + lin, (b, g * c, v.shape[-1]))
     return out[:, :t, :]
 
 
-def _linear(lq, lk, v, valid, seg, same, config: FlashConfig, xp, exchange=None):
+def _as_keys(state):
+    """A carried state's key counts as a carried state of the q = k = v = 1 linear branch."""
+    if state is None:
+        return None
+    after = state.get("after")
+    return {
+        "lin": state.get("keys"),
+        "count": None,
+        "seg": state.get("seg"),
+        "after": None if after is None else _as_keys(after),
+    }
+
+
+def _linear(lq, lk, v, valid, seg, same, config: FlashConfig, xp, state=None):
     """Global linear attention across chunks. lq, lk: (b, g, c, s), lk already zero at padding;
     v: (b, g, c, e); valid: (b, g, c) or None; seg: (b, g, c) or None -> (b, g, c, e).
 
@@ -605,40 +718,39 @@ def _linear(lq, lk, v, valid, seg, same, config: FlashConfig, xp, exchange=None)
     keys of its own segment; non-causal: over all chunks. 'mean' divides by the number of chunks
     that hold a real key of the query's segment.
 
-    ``exchange`` (context parallelism, no segments): a callable (state (b, s, e), count (b,) or
-    None) -> the same from the other shards: this shard's sum of M_h and its number of chunks
-    with a real key ('mean' only, else None) in, the sum over the earlier shards (causal) or
-    over every other shard (non-causal) out; it is added to every chunk's state and count.
+    ``state``: the carried state of the positions before these (see
+    :func:`attention_core_flash`): its lin and count are added to what every chunk reads (with
+    segments: the chunks whose first segment is ``state["seg"]``); its "after" part, from the
+    positions after these (non-causal), likewise (with segments: the chunks whose last segment
+    is ``after["seg"]``).
     """
     b, g, c, s = lk.shape
     e = v.shape[-1]
     inv_c = 1.0 / float(c)
+    mean = config.linear_norm == "mean"
     kt = xp.permute_dims(lk, (0, 1, 3, 2))  # (b, g, s, k)
     if valid is None:
         has = xp.ones((b, g), dtype=v.dtype, device=device_of(v))
     else:
         has = xp.astype(xp.sum(xp.astype(valid, v.dtype), axis=-1) > 0, v.dtype)  # (b, g)
+    parts = [] if state is None else [p for p in (state, state.get("after")) if p is not None]
 
     if seg is None:
         m = xp.matmul(kt, v) * inv_c  # (b, g, s, e)
         if config.causal:
-            state = xp.cumulative_sum(m, axis=1, include_initial=True)[:, :g, ...]  # exclusive
+            state_g = xp.cumulative_sum(m, axis=1, include_initial=True)[:, :g, ...]  # exclusive
             count = xp.cumulative_sum(has, axis=1, include_initial=True)[:, :g]
         else:
-            state = xp.broadcast_to(xp.sum(m, axis=1, keepdims=True), m.shape)
+            state_g = xp.broadcast_to(xp.sum(m, axis=1, keepdims=True), m.shape)
             count = xp.broadcast_to(xp.sum(has, axis=1, keepdims=True), has.shape)
-        if exchange is not None:
-            mean = config.linear_norm == "mean"
-            in_state, in_count = exchange(xp.sum(m, axis=1), xp.sum(has, axis=1) if mean else None)
-            state = state + in_state[:, None, ...]  # (b, g, s, e)
-            count = count + in_count[:, None] if mean else count
-        lin = xp.matmul(lq, state)  # (b, g, c, e)
-        if config.linear_norm == "mean":
+        for part in parts:
+            state_g = state_g + part["lin"][:, None, ...]  # (b, g, s, e)
+            count = count + part["count"][:, None] if mean else count
+        lin = xp.matmul(lq, state_g)  # (b, g, c, e)
+        if mean:
             lin = lin / xp.maximum(count, xp.ones_like(count))[:, :, None, None]
         return lin
 
-    if exchange is not None:
-        raise NotImplementedError("context parallel FLASH does not support segment_ids yet")
     # Packed segments. Each id is one contiguous run, so only the segment that is open at a
     # chunk's first position can have keys in earlier chunks, and only the one open at its last
     # position can have keys in later chunks.
@@ -651,27 +763,45 @@ def _linear(lq, lk, v, valid, seg, same, config: FlashConfig, xp, exchange=None)
     before = earlier & (last[:, None, :, 0] == first[:, :, None, 0])  # (b, g, h)
     before_f = xp.astype(before, v.dtype)
     s_before = xp.reshape(xp.matmul(before_f, xp.reshape(m_tail, (b, g, s * e))), (b, g, s, e))
+    tail_has = xp.astype(xp.sum(tail_w, axis=-1) > 0, v.dtype)  # (b, g)
+    n_before = xp.sum(before_f * tail_has[:, None, :], axis=-1)  # (b, g)
+    if state is not None:  # the carried keys of the segment open at this piece's start
+        if state.get("seg") is None:
+            raise ValueError(
+                "packed segment_ids cannot continue a carried state that has no segment id (a "
+                "decoding state holds one sequence per row)"
+            )
+        reads = xp.astype(first[:, :, 0] == state["seg"][:, None], v.dtype)  # (b, g)
+        s_before = s_before + reads[..., None, None] * state["lin"][:, None, ...]
+        if mean:
+            n_before = n_before + reads * state["count"][:, None]
     q_first = xp.astype(seg == first, v.dtype)[..., None]  # (b, g, c, 1)
     lin = q_first * xp.matmul(lq, s_before)
-    tail_has = xp.astype(xp.sum(tail_w, axis=-1) > 0, v.dtype)  # (b, g)
-    count = q_first[..., 0] * xp.sum(before_f * tail_has[:, None, :], axis=-1)[..., None]
+    count = q_first[..., 0] * n_before[..., None]
     if not config.causal:
         head_w = xp.astype(seg == first, v.dtype) * valid_f
         m_head = xp.matmul(kt * head_w[:, :, None, :], v) * inv_c
         later = gi[None, :] > gi[:, None]
         after_f = xp.astype(later & (first[:, None, :, 0] == last[:, :, None, 0]), v.dtype)
         s_after = xp.reshape(xp.matmul(after_f, xp.reshape(m_head, (b, g, s * e))), (b, g, s, e))
+        head_has = xp.astype(xp.sum(head_w, axis=-1) > 0, v.dtype)
+        n_after = xp.sum(after_f * head_has[:, None, :], axis=-1)  # (b, g)
+        after = None if state is None else state.get("after")
+        if after is not None:  # the carried keys of the segment open at this piece's end
+            reads = xp.astype(last[:, :, 0] == after["seg"][:, None], v.dtype)  # (b, g)
+            s_after = s_after + reads[..., None, None] * after["lin"][:, None, ...]
+            if mean:
+                n_after = n_after + reads * after["count"][:, None]
         q_last = xp.astype(seg == last, v.dtype)[..., None]
         lin = lin + q_last * xp.matmul(lq, s_after)
         # The query's own chunk: keys of its segment, in quadratic form within the chunk.
         own = xp.astype(same, v.dtype) * valid_f[:, :, None, :]  # (b, g, c, k)
         lin = lin + xp.matmul(xp.matmul(lq, kt) * own, v) * inv_c
-        head_has = xp.astype(xp.sum(head_w, axis=-1) > 0, v.dtype)
         count = (
             count
-            + q_last[..., 0] * xp.sum(after_f * head_has[:, None, :], axis=-1)[..., None]
+            + q_last[..., 0] * n_after[..., None]
             + xp.astype(xp.sum(own, axis=-1) > 0, v.dtype)
         )
-    if config.linear_norm == "mean":
+    if mean:
         lin = lin / xp.maximum(count, xp.ones_like(count))[..., None]
     return lin

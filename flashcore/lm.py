@@ -27,7 +27,7 @@ from ._xp import namespace
 from .checks import check_mask, check_segments, check_tokens, check_x
 from .config import FlashConfig, LMConfig, TransformerConfig
 from .layers import causal_allowed, flash, gau, positions
-from .loss import counted, cross_entropy, linear_cross_entropy
+from .loss import counted, cross_entropy, head, linear_cross_entropy
 from .params import subtree
 
 __all__ = [
@@ -322,17 +322,6 @@ def final_norm(params: dict, h, config: LMConfig, xp):
     """The LM's final norm (``final_norm.*``; h unchanged for ``final_norm='none'``).
     h: (..., d) -> (..., d)."""
     return _lm_norm(params, h, config, "final_norm.", config.final_norm_kind, xp)
-
-
-def head(params: dict, h, config: LMConfig, xp):
-    """Logits from final hidden states. h: (..., d) -> (..., v)."""
-    if config.tie_embeddings:
-        logits = xp.matmul(h, xp.permute_dims(params["embed.weight"], (1, 0)))
-    else:
-        logits = xp.matmul(h, params["head.kernel"])
-    if config.head_bias:
-        logits = logits + params["head.bias"]
-    return logits
 
 
 def lm_logits(

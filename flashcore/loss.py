@@ -5,7 +5,7 @@
 
 Both are the mean over the counted tokens of ``nll = logsumexp(z) - z[target]``, z = the logits of
 one token. :func:`cross_entropy` takes logits that already exist. :func:`linear_cross_entropy`
-takes the final hidden states and runs the LM head (:func:`flashcore.lm.head`, tied or untied, with
+takes the final hidden states and runs the LM head (:func:`flashcore.loss.head`, tied or untied, with
 its bias) and the cross-entropy over chunks of ``chunk`` tokens, so that the (tokens, v) logits
 only ever exist one chunk at a time: :func:`chunk_nll_sum` is the math of one chunk, written once
 here; how the chunks are looped and differentiated is the backend's ``core`` (a
@@ -37,6 +37,7 @@ __all__ = [
     "token_nll",
     "cross_entropy",
     "counted",
+    "head",
     "head_weights",
     "chunk_nll_sum",
     "chunk_tokens",
@@ -117,8 +118,19 @@ def counted(mask, loss_mask):
     return loss_mask if mask is None else loss_mask & mask
 
 
+def head(params: dict, h, config: LMConfig, xp):
+    """Logits from final hidden states. h: (..., d) -> (..., v)."""
+    if config.tie_embeddings:
+        logits = xp.matmul(h, xp.permute_dims(params["embed.weight"], (1, 0)))
+    else:
+        logits = xp.matmul(h, params["head.kernel"])
+    if config.head_bias:
+        logits = logits + params["head.bias"]
+    return logits
+
+
 def head_weights(params: dict, config: LMConfig) -> dict:
-    """The weights :func:`flashcore.lm.head` reads: ``embed.weight`` (v, d) when tied, else
+    """The weights :func:`flashcore.loss.head` reads: ``embed.weight`` (v, d) when tied, else
     ``head.kernel`` (d, v); ``head.bias`` (v,) with a head bias."""
     names = ["embed.weight" if config.tie_embeddings else "head.kernel"]
     if config.head_bias:
@@ -129,8 +141,6 @@ def head_weights(params: dict, config: LMConfig) -> dict:
 def chunk_nll_sum(weights: dict, h, targets, w, *, config: LMConfig, xp):
     """sum_i w_i nll_i over one chunk: the head on h, then :func:`token_nll`.
     weights: :func:`head_weights`; h: (n, d); targets: (n,) ints; w: (n,) float -> ()."""
-    from .lm import head
-
     return xp.sum(token_nll(head(weights, h, config, xp), targets, xp) * w)
 
 

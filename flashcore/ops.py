@@ -9,8 +9,10 @@ Einsum letters, used in every shape comment of flashcore:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -34,6 +36,9 @@ __all__ = [
     "rel_bias",
     "t5_bucket",
     "attend",
+    "attention_scale",
+    "ATTENTIONS",
+    "AttentionFunction",
     "masked_softmax",
 ]
 
@@ -367,25 +372,68 @@ def masked_softmax(logits, allowed, xp):
     return xp.astype(p / xp.maximum(denom, xp.full_like(denom, 1e-30)), dtype)
 
 
+def _relu2(scores, allowed, length, xp):
+    r = xp.maximum(scores, xp.zeros_like(scores))
+    return _allowed_only(r * r, allowed, xp)
+
+
+def _laplace(scores, allowed, length, xp):
+    a = 0.5 * (1.0 + erf(xp, (scores - _LAPLACE_MU) / (_LAPLACE_SIGMA * math.sqrt(2.0))))
+    return _allowed_only(a, allowed, xp)
+
+
+def _softmax_plus(scores, allowed, length, xp):
+    log_n = math.log(length) if np.isscalar(length) else xp.log(length)
+    return masked_softmax(scores * (log_n / math.log(512.0)), allowed, xp)
+
+
+def _allowed_only(a, allowed, xp):
+    return a if allowed is None else xp.where(allowed, a, xp.zeros_like(a))
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionFunction:
+    """One attention function of GAU / FLASH: ``weights(logits, allowed, length, xp)`` -> the
+    weights (disallowed entries exactly 0), and ``scale(n, qk_dim)``, the factor Q K^T is
+    multiplied by before the bias (n: the layer's divisor, a number or an array)."""
+
+    weights: Callable
+    scale: Callable
+    doc: str
+
+
+#: The attention functions, by ``FlashConfig.attention``: a new one is one entry here (and a
+#: conformance case); tests/test_config_params.py checks the entries against the config's choices.
+ATTENTIONS: dict[str, AttentionFunction] = {
+    "relu2": AttentionFunction(_relu2, lambda n, s: 1.0 / n, "relu(S)^2, S = Q K^T / n"),
+    "laplace": AttentionFunction(
+        _laplace,
+        lambda n, s: 1.0 / n,
+        "0.5 (1 + erf((S - mu) / (sigma sqrt 2))), mu = sqrt(1/2), sigma = 1/sqrt(4 pi)",
+    ),
+    "softmax_plus": AttentionFunction(
+        _softmax_plus,
+        lambda n, s: 1.0 / math.sqrt(s),
+        "softmax(S log(n) / log(512)), S = Q K^T / sqrt(s)",
+    ),
+}
+
+
+def attention_scale(kind: str, n, qk_dim: int):
+    """The factor Q K^T is multiplied by for attention ``kind`` with divisor n (the chunk size,
+    the number of keys, ... ; a number or an array) and shared width ``qk_dim``."""
+    return ATTENTIONS[kind].scale(n, qk_dim)
+
+
 def attend(scores, allowed, *, kind: str, length, xp):
     """Attention weights from scores. scores: (..., t, j); allowed: bool broadcastable or None.
 
-    relu2: relu(S)^2;  laplace: 0.5 (1 + erf((S - mu) / (sigma sqrt 2))), mu = sqrt(1/2),
-    sigma = 1/sqrt(4 pi);  softmax_plus: softmax(S * log(n) / log(512)) with n = ``length``
-    (a number or an array broadcastable to (..., t, 1)). Disallowed entries are exactly 0.
+    The function of :data:`ATTENTIONS` named ``kind``: relu2: relu(S)^2; laplace:
+    0.5 (1 + erf((S - mu) / (sigma sqrt 2))), mu = sqrt(1/2), sigma = 1/sqrt(4 pi);
+    softmax_plus: softmax(S * log(n) / log(512)) with n = ``length`` (a number or an array
+    broadcastable to (..., t, 1)). Disallowed entries are exactly 0.
     """
-    if kind == "softmax_plus":
-        log_n = math.log(length) if np.isscalar(length) else xp.log(length)
-        factor = log_n / math.log(512.0)
-        return masked_softmax(scores * factor, allowed, xp)
-    if kind == "relu2":
-        r = xp.maximum(scores, xp.zeros_like(scores))
-        a = r * r
-    else:
-        a = 0.5 * (1.0 + erf(xp, (scores - _LAPLACE_MU) / (_LAPLACE_SIGMA * math.sqrt(2.0))))
-    if allowed is None:
-        return a
-    return xp.where(allowed, a, xp.zeros_like(a))
+    return ATTENTIONS[kind].weights(scores, allowed, length, xp)
 
 
 def _host_position(xp, pos) -> int | None:

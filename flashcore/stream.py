@@ -7,9 +7,9 @@ tokens: (b, T) ints, T as long as wanted. The sequence goes through the LM ``pie
 at a time (a multiple of C); each FLASH layer carries between pieces exactly what
 :mod:`flashcore.decode` keeps for it (``lin``: the sum of the chunk states K^T V / C of every
 chunk so far, ``count``, and ``prev``: the normed last row, for the token shift), so that the
-working memory is that of one piece whatever T is. A piece runs the layer's own whole-sequence
-path (:func:`flashcore.layers.flash_checked`, with the fused core a backend hands in) at global
-positions ``pos .. pos + piece - 1``, with the carried state added to every chunk's linear
+working memory is that of one piece whatever T is. A piece is one call of the layer's FLASH core
+with explicit state (:func:`flashcore.layers.flash_core`, with the fused core a backend hands in)
+at global positions ``pos .. pos + piece - 1``, the carried state added to every chunk's linear
 state the way context parallelism adds the earlier shards' (:mod:`flashcore.context_parallel`);
 positions past the last whole chunk (T not a multiple of C) are fed one token at a time by
 :func:`flashcore.decode.lm_decode_step`. The returned state is a decoding state
@@ -34,15 +34,15 @@ from collections.abc import Callable
 import numpy as np
 
 from . import ops
-from ._xp import const, device_of, namespace
+from ._xp import device_of, namespace
 from .checks import check_tokens, concrete
 from .config import FlashConfig, LMConfig
 from .decode import lm_decode_init, lm_decode_step
-from .layers import attention_core_flash, flash_checked, layer_input
+from .layers import flash_core
 from .lm import abs_positions, embed_norm, embed_tokens, final_norm, head
 from .params import subtree
 
-__all__ = ["check_stream", "carry_core", "prefill_piece", "lm_prefill", "Prefilling"]
+__all__ = ["check_stream", "prefill_piece", "lm_prefill", "Prefilling"]
 
 
 def check_stream(config) -> None:
@@ -74,79 +74,11 @@ def _check_piece(piece, chunk: int) -> None:
         )
 
 
-def carry_core(core: Callable | None) -> Callable:
-    """A mixed-chunk core that takes a carried state (``exchange=``) from ``core``, one that
-    does not (a backend's fused kernel; None: the spec's, which does).
-
-    With ``linear_norm='sum'``, no mask, no segments and no dropout, lin is linear in the state:
-    lq (S_piece + S_in) = core's output + lq S_in. ``exchange`` receives the piece's sum of
-    chunk states, sum_t lk_t^T v_t / C (b, s, e), and returns S_in. Every other case runs the
-    spec's core with ``exchange`` (see :func:`flashcore.layers.attention_core_flash`).
-    """
-    if core is None:
-        return attention_core_flash
-
-    def run(qq, qk, lq, lk, v, *, bias, config, mask=None, segment_ids=None, xp=None, **kw):
-        exchange = kw.pop("exchange", None)
-        args = dict(bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=xp)
-        if exchange is None:
-            return core(qq, qk, lq, lk, v, **args, **kw)
-        fused = config.linear_norm == "sum" and mask is None and segment_ids is None and not kw
-        if not fused:
-            return attention_core_flash(qq, qk, lq, lk, v, **args, exchange=exchange, **kw)
-        xp = namespace(v, xp=xp)
-        piece = xp.matmul(xp.permute_dims(lk, (0, 2, 1)), v) / float(config.chunk_size)
-        carried, _ = exchange(piece, None)  # (b, s, e)
-        return core(qq, qk, lq, lk, v, **args) + xp.matmul(lq, carried)
-
-    return run
-
-
-def _layer_piece(params: dict, x, st: dict, *, config: FlashConfig, xp, core: Callable):
+def _layer_piece(params: dict, x, st: dict, *, config: FlashConfig, xp, core: Callable | None):
     """One FLASH layer over one piece. x: (b, t, d), t a multiple of C, at positions
-    st["pos"] + arange(t) (a chunk boundary) -> (out (b, t, d), the layer's new decoding state)."""
-    b, t, _ = x.shape
-    lin, count = st["lin"], st["count"]  # (b, s, e), (b,)
-    lin_bad = ~xp.isfinite(
-        xp.sum(xp.reshape(lin, (b, lin.shape[1] * lin.shape[2])), axis=-1)
-    )  # (b,)
-    got = {}
-
-    def exchange(piece_sum, piece_count):  # this piece's sums in, the carried ones out
-        got["sum"] = piece_sum
-        return lin, (None if piece_count is None else count)
-
-    def halo(_x):
-        started = xp.reshape(st["pos"] > 0, (1,))
-        return st["prev"], xp.broadcast_to(started, (b,))
-
-    def others_bad(mine):  # (b,) bool: NaN / Inf in this piece, in earlier pieces
-        got["bad"] = mine
-        return lin_bad
-
-    out = flash_checked(
-        params,
-        x,
-        config=config,
-        mask=None,
-        segment_ids=None,
-        xp=xp,
-        core=core,
-        position_offset=st["pos"],
-        halo=halo,
-        halo_normed=True,
-        exchange=exchange,
-        others_bad=others_bad,
-    )
-    new_lin = lin + got["sum"]
-    nan = const(xp, np.full((1, 1, 1), np.nan), like=new_lin)
-    new_lin = xp.where((got["bad"] | lin_bad)[:, None, None], nan, new_lin)  # keep the poison
-    new = dict(st)
-    new["pos"] = st["pos"] + t
-    new["lin"] = new_lin
-    new["count"] = count + float(t // config.chunk_size)
-    new["prev"] = layer_input(params, x[:, -1, :], config, xp)  # (b, d), as decode_step keeps it
-    return out, new
+    st["pos"] + arange(t) (a chunk boundary) -> (out (b, t, d), the layer's new decoding state):
+    one call of the FLASH core with the carried state (:func:`flashcore.layers.flash_core`)."""
+    return flash_core(params, x, st, config=config, xp=xp, core=core)
 
 
 def prefill_piece(
@@ -162,12 +94,12 @@ def prefill_piece(
     """One piece through the LM. tokens: (b, t) ints, t a multiple of C; ``state`` a decoding
     state at a chunk boundary (its pos a multiple of C; :func:`lm_prefill` makes sure).
     -> (logits (b, t, v), or (b, v) with ``last_only``; the new state). Jit-able: no Python
-    branch on values. ``core``: the FLASH layers' mixed-chunk core (see :func:`carry_core`)."""
+    branch on values. ``core``: the FLASH layers' fused mixed-chunk core or None (see
+    :func:`flashcore.layers.flash_core`)."""
     check_stream(config)
     xp = namespace(tokens, xp=xp)
     b, t = check_tokens(tokens, config.vocab_size, xp)
     _check_piece(t, config.block.chunk_size)
-    run_core = carry_core(core)
     x = embed_tokens(params, tokens, config, xp)  # (b, t, d), token type 0
     if config.abs_pos == "scaled_sinusoidal":
         pos = state["layers.0"]["pos"]
@@ -178,7 +110,7 @@ def prefill_piece(
     for i in range(config.num_layers):
         key = f"layers.{i}"
         x, new_state[key] = _layer_piece(
-            subtree(params, key + "."), x, state[key], config=config.block, xp=xp, core=run_core
+            subtree(params, key + "."), x, state[key], config=config.block, xp=xp, core=core
         )
     if last_only:
         x = x[:, -1, :]

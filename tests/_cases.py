@@ -102,3 +102,61 @@ def softmax_core_inputs(kind: str):
     if kind == "segments":
         seg = np.array([[0] * 5 + [1] * 8, [0] * 13], np.int32)
     return q, k, v, mask, seg
+
+
+def run_in_threads(world: int, body, stack=np.stack) -> list:
+    """``body(rank, all_gather)`` on ``world`` threads that meet in ``all_gather``: (...) ->
+    (world, ...), stacked with ``stack`` (the arrays' library's). Returns the ``world`` results;
+    an error in any thread is raised here (the others are released)."""
+    import threading
+
+    barrier, lock = threading.Barrier(world, timeout=120), threading.Lock()
+    slots, outs, errors = {}, [None] * world, []
+
+    def worker(r: int) -> None:
+        calls = [0]
+
+        def all_gather(a):  # (...) -> (world, ...)
+            k = calls[0]
+            calls[0] += 1
+            with lock:
+                slots[k, r] = a
+            barrier.wait()
+            out = stack([slots[k, q] for q in range(world)])
+            barrier.wait()
+            return out
+
+        try:
+            outs[r] = body(r, all_gather)
+        except BaseException as err:  # noqa: BLE001 - raised below
+            errors.append(err)
+            barrier.abort()
+
+    threads = [threading.Thread(target=worker, args=(r,)) for r in range(world)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+    return outs
+
+
+def run_shards(params, x, config, world: int, *, mask=None, segment_ids=None, xp=None, numpy=None):
+    """flashcore.context_parallel.flash_shard on ``world`` threads, each with its slice of x
+    (b, T, d) (and of mask, segment_ids) -> the shards' outputs joined, (b, T, d) NumPy.
+    ``numpy``: the backend's array -> NumPy (default: np.asarray)."""
+    from flashcore.context_parallel import flash_shard
+
+    t = x.shape[1] // world
+    cut = lambda a, rows: None if a is None else a[:, rows]  # noqa: E731
+
+    def body(r, all_gather):
+        rows = slice(r * t, (r + 1) * t)
+        opts = dict(mask=cut(mask, rows), segment_ids=cut(segment_ids, rows), xp=xp)
+        out = flash_shard(params, x[:, rows], config=config, rank=r, world=world,
+                          all_gather=all_gather, **opts)  # fmt: skip
+        return (numpy or np.asarray)(out)
+
+    stack = np.stack if xp is None else xp.stack
+    return np.concatenate(run_in_threads(world, body, stack=stack), axis=1)

@@ -228,3 +228,16 @@ def test_docs_weight_table_is_current():
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "weights.md").read_text()
     assert weight_table_markdown() in doc, "regenerate with: flashcore weights-table"
+
+
+def test_every_attention_choice_is_one_registry_entry():
+    """FlashConfig.attention's choices are exactly flashcore.ops.ATTENTIONS (each entry holds
+    its weights and its scale rule), and a name outside it is refused with the choices."""
+    from typing import get_args
+
+    from flashcore import ops
+    from flashcore.config import Attention
+
+    assert set(ops.ATTENTIONS) == set(get_args(Attention))
+    with pytest.raises(ValueError, match="relu2"):
+        fc.FlashConfig(dim=8, attention="relu3")

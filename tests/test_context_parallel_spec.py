@@ -4,10 +4,9 @@ whole sequence for every option it supports, and unsupported input gets a clear 
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
+from _cases import run_shards
 
 import flashcore as fc
 from flashcore.conformance.assertions import assert_close
@@ -17,46 +16,7 @@ from flashcore.context_parallel import check_shard, flash_shard
 
 def _run_shards(params, x, cfg, world: int, mask=None) -> np.ndarray:
     """flash_shard on ``world`` threads, each with its slice of x (b, T, d) -> (b, T, d)."""
-    t = x.shape[1] // world
-    barrier, lock = threading.Barrier(world, timeout=60), threading.Lock()
-    slots, outs, errors = {}, [None] * world, []
-
-    def worker(r: int) -> None:
-        calls = [0]
-
-        def all_gather(a):  # (...) -> (world, ...)
-            k = calls[0]
-            calls[0] += 1
-            with lock:
-                slots[k, r] = a
-            barrier.wait()
-            out = np.stack([slots[k, q] for q in range(world)])
-            barrier.wait()
-            return out
-
-        rows = slice(r * t, (r + 1) * t)
-        try:
-            outs[r] = flash_shard(
-                params,
-                x[:, rows],
-                config=cfg,
-                rank=r,
-                world=world,
-                all_gather=all_gather,
-                mask=None if mask is None else mask[:, rows],
-            )
-        except BaseException as err:  # noqa: BLE001 - reported below
-            errors.append(err)
-            barrier.abort()
-
-    threads = [threading.Thread(target=worker, args=(r,)) for r in range(world)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
-    return np.concatenate(outs, axis=1)
+    return run_shards(params, x, cfg, world, mask=mask)
 
 
 OPTIONS = [
@@ -101,8 +61,6 @@ def test_unsupported_input_is_refused():
     cfg = fc.FlashConfig(dim=12, qk_dim=8, chunk_size=4)
     with pytest.raises(ValueError, match="multiple of chunk_size"):
         check_shard(cfg, 6)
-    with pytest.raises(NotImplementedError, match="segment_ids"):
-        check_shard(cfg, 8, segment_ids=np.zeros((1, 8), int))
     with pytest.raises(NotImplementedError, match="length_mode='array'"):
         check_shard(cfg.replace(linear_norm="length", length_mode="array"), 8)
     with pytest.raises(ValueError, match="kind='flash'"):

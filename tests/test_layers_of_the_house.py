@@ -179,3 +179,89 @@ def test_a_wrong_way_import_planted_in_a_copy_of_a_real_module_fails():
     planted = source + "\n\ndef _fast(x):\n    from flashcore.torch.xp import xp\n\n    return xp\n"
     found = violations("flashcore.ops", planted)
     assert found and "flashcore.torch" in found[0], found
+
+
+# -- no import cycles ------------------------------------------------------------------------
+
+
+def import_graph(sources: dict[str, tuple[str, bool]]) -> dict[str, set[str]]:
+    """{module: the modules of ``sources`` it imports}, imports inside functions included.
+
+    sources: {dotted name: (source text, is_package)}. ``from a import b`` is an edge to a.b
+    when that is a module of ``sources``, else to a; an edge from a module to the package that
+    holds it is left out (Python runs the package first anyway: that is no cycle of ours)."""
+    graph = {}
+    for name, (source, is_package) in sources.items():
+        edges = set()
+        for imported in imported_names(source, name, is_package):
+            target = imported if imported in sources else imported.rpartition(".")[0]
+            if target in sources and target != name and not _under(name, target):
+                edges.add(target)
+        graph[name] = edges
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index, low, on, stack, out = {}, {}, set(), [], []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def _tree_sources() -> dict[str, tuple[str, bool]]:
+    return {name: (path.read_text(), path.stem == "__init__") for name, path in modules()}
+
+
+def test_no_import_cycles():
+    """Not in the spec, the backends or the conformance gate (the application storey is not
+    covered yet: flashcore.app.data, tokenizer and tokens import each other)."""
+    sources = {k: v for k, v in _tree_sources().items() if storey(k) != "app"}
+    found = cycles(import_graph(sources))
+    assert not found, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+def test_a_cycle_planted_in_a_function_of_a_copy_of_the_tree_is_caught():
+    """The real sources, with one import placed inside a function of flashcore.ops that closes a
+    loop (layers imports ops): the cycle test must see it."""
+    sources = _tree_sources()
+    assert not [c for c in cycles(import_graph(sources)) if "flashcore.ops" in c]
+    text, pkg = sources["flashcore.ops"]
+    sources["flashcore.ops"] = (text + "\n\ndef _late():\n    from . import layers\n", pkg)
+    found = [c for c in cycles(import_graph(sources)) if "flashcore.ops" in c]
+    assert found and "flashcore.layers" in found[0], found
+
+
+@pytest.mark.parametrize(
+    "graph, want",
+    [
+        ({"a": {"b"}, "b": {"a"}}, [["a", "b"]]),
+        ({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}, [["a", "b", "c"]]),
+        ({"a": {"b"}, "b": {"c"}, "c": set()}, []),
+    ],
+)
+def test_cycles_of_a_fake_module_graph(graph, want):
+    assert cycles(graph) == want

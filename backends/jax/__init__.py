@@ -23,9 +23,9 @@ The math is the flashcore spec, called with ``jax.numpy`` as its array namespace
 from . import compiler, decode, functional, io, parallel
 from .compiler import compiler_options
 from .functional import apply, init, logits, loss
-from .layers import FLASH, GAU, TransformerBlock, block_class
+from .layers import FLASH, GAU, TransformerBlock
 from .lm import LM
-from .module import CanonicalModule
+from .module import CanonicalModule, block_class
 from .naming import naming_table
 from .xp import xp
 

@@ -59,7 +59,7 @@ def _run(config, params, inputs, dtype, grads: bool = True) -> Result:
     import jax.numpy as jnp
     from flax import nnx
 
-    from .layers import block_class
+    from .module import block_class
 
     dt = jnp.dtype(dtype)
     acc = jnp.float32 if dtype == "bfloat16" else dt  # the loss is summed in at least float32

@@ -42,10 +42,12 @@ def apply(
     axis: str = "context",
     mask: jax.Array | None = None,
     stats: CommStats | None = None,
+    segment_ids: jax.Array | None = None,
 ) -> jax.Array:
     """A FLASH layer on a sequence split along t over ``mesh``'s ``axis``. x: (b, T, d) -> (b, T, d).
 
-    params: canonical (replicated); mask: (b, T) bool or None. T must be a multiple of the axis
+    params: canonical (replicated); mask: (b, T) bool or None; segment_ids: (b, T) ints or
+    None (packed sequences; a segment may run over shard boundaries). T must be a multiple of the axis
     size times chunk_size. The output is sharded along t like x.
     """
     world = mesh.shape[axis]
@@ -61,7 +63,9 @@ def apply(
             stats.record("all_gather", a.shape, nbytes, world)
         return lax.all_gather(a, axis)
 
-    def body(p, x_mine, *m):
+    extra = {k: a for k, a in (("mask", mask), ("segment_ids", segment_ids)) if a is not None}
+
+    def body(p, x_mine, *mine):
         return flash_shard(
             p,
             x_mine,
@@ -69,10 +73,10 @@ def apply(
             rank=lax.axis_index(axis),
             world=world,
             all_gather=gather,
-            mask=m[0] if m else None,
             xp=xp,
+            **dict(zip(extra, mine, strict=True)),
         )
 
-    args = (params, x) if mask is None else (params, x, mask)
-    specs = (PartitionSpec(), seq) if mask is None else (PartitionSpec(), seq, seq)
+    args = (params, x, *extra.values())
+    specs = (PartitionSpec(), seq, *(seq for _ in extra))
     return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=seq)(*args)

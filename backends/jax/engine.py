@@ -177,7 +177,10 @@ class Engine(Generating):
 
         if self.layout is not None:  # parameters and moments stay where layout.place put them
             outs = (
-                None, self.layout.shardings(self.state), self.layout.shardings(self.opt_state), None
+                None,
+                self.layout.shardings(self.state),
+                self.layout.shardings(self.opt_state),
+                None,
             )  # (loss, parameters, moments, gradient norm)
             self._train = compiler.jit(train, out_shardings=outs)
         elif self.mesh is None:

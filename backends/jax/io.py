@@ -40,8 +40,7 @@ from flashcore.weightmeta import (
     to_native,
 )
 
-from .layers import block_class
-from .module import _get
+from .module import _get, block_class
 from .naming import naming_table
 
 __all__ = [

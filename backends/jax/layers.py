@@ -29,13 +29,13 @@ from collections.abc import Callable
 import jax
 from flax import nnx
 
-from flashcore.config import FlashConfig, LMConfig, TransformerConfig
+from flashcore.config import FlashConfig, TransformerConfig
 
 from . import functional
 from .decode import BlockDecoding
-from .module import CanonicalModule, _batch_time, _native, _place
+from .module import CLASSES, CanonicalModule, _batch_time, _native, _place
 
-__all__ = ["GAU", "FLASH", "TransformerBlock", "block_class"]
+__all__ = ["GAU", "FLASH", "TransformerBlock"]
 
 
 class _Layer(BlockDecoding, CanonicalModule):
@@ -97,6 +97,10 @@ class _FlashLayer(_Layer):
     ):
         if not isinstance(config, FlashConfig) or config.kind != self.kind:
             raise ValueError(f"{type(self).__name__} needs a FlashConfig with kind={self.kind!r}")
+        if core is not None and self.kind != "flash":
+            raise ValueError(
+                f"core= replaces FLASH's mixed-chunk core; {type(self).__name__} has none"
+            )
         super().__init__(
             config,
             rngs=rngs,
@@ -108,12 +112,14 @@ class _FlashLayer(_Layer):
         self.core = core
 
 
+@CLASSES.register("gau")
 class GAU(_FlashLayer):
     """Gated attention unit (FLASH-Quad). Params: norm, uvz (d -> 2e+s), qk (2, s), rel_bias, out."""
 
     kind = "gau"
 
 
+@CLASSES.register("flash")
 class FLASH(_FlashLayer):
     """Mixed-chunk FLASH layer. Params: norm, uvz (d -> 2e+s), qk (4, s), rel_bias, out.
 
@@ -124,6 +130,7 @@ class FLASH(_FlashLayer):
     kind = "flash"
 
 
+@CLASSES.register("transformer")
 class TransformerBlock(_Layer):
     """The Transformer++ baseline block. Params: attn_norm, attn.{qkv,out}, ffn_norm, ffn.{gate,up,down}.
 
@@ -153,14 +160,3 @@ class TransformerBlock(_Layer):
             deterministic=deterministic,
         )
         self.attn_core = attn_core
-
-
-def block_class(config: FlashConfig | TransformerConfig | LMConfig) -> type[CanonicalModule]:
-    """The module class of a config: FLASH, GAU, TransformerBlock or LM."""
-    if isinstance(config, LMConfig):
-        from .lm import LM  # (lm imports this module)
-
-        return LM
-    if isinstance(config, TransformerConfig):
-        return TransformerBlock
-    return FLASH if config.kind == "flash" else GAU

@@ -23,12 +23,12 @@ from flashcore.config import LMConfig
 
 from . import functional
 from .decode import LMDecoding
-from .layers import block_class
-from .module import CanonicalModule, _batch_time, _native, _place
+from .module import CLASSES, CanonicalModule, _batch_time, _native, _place, block_class
 
 __all__ = ["LM"]
 
 
+@CLASSES.register("lm")
 class LM(LMDecoding, CanonicalModule):
     """Causal LM: embed (v, d), ``layers`` (nnx.List of blocks), final_norm, head (untied only),
     abs_pos (scaled sinusoidal only). ``core``: FLASH layers' mixed-chunk core, as in FLASH;

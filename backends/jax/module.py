@@ -14,12 +14,22 @@ import numpy as np
 from flax import nnx
 
 import flashcore as fc
-from flashcore.config import FlashConfig, LMConfig, TransformerConfig
+from flashcore.config import ClassRegistry, FlashConfig, LMConfig, TransformerConfig
 
 from . import functional
 from .naming import Table, naming_table
 
-__all__ = ["CanonicalModule", "Group"]
+__all__ = ["CanonicalModule", "Group", "block_class", "CLASSES"]
+
+#: The module class of each kind of config; FLASH, GAU and TransformerBlock (layers.py) and LM
+#: (lm.py) register themselves.
+CLASSES = ClassRegistry()
+
+
+def block_class(config) -> type[CanonicalModule]:
+    """The module class of a config: FLASH, GAU, TransformerBlock or LM (the finder every
+    backend has under this name)."""
+    return CLASSES(config)
 
 
 class Group(nnx.Module):

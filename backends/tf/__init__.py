@@ -24,9 +24,9 @@ if _keras.backend.backend() != "tensorflow":
     )
 
 from . import decode, io  # noqa: E402
-from .layers import FLASH, GAU, TransformerBlock, block_class  # noqa: E402
+from .layers import FLASH, GAU, TransformerBlock  # noqa: E402
 from .lm import LM  # noqa: E402
-from .module import CanonicalModule  # noqa: E402
+from .module import CanonicalModule, block_class  # noqa: E402
 from .naming import naming_table  # noqa: E402
 from .xp import xp  # noqa: E402
 

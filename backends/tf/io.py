@@ -35,7 +35,7 @@ from flashcore.io import load as _load_canonical_numpy
 from flashcore.io import save as _save_canonical_numpy
 from flashcore.weightmeta import check_file_params, common_dtype, extra_of, make_tag, read_tag
 
-from .layers import block_class
+from .module import block_class
 
 __all__ = [
     "SUFFIX",

@@ -45,13 +45,13 @@ import keras
 import tensorflow as tf
 
 import flashcore as fc
-from flashcore.config import FlashConfig, LMConfig, TransformerConfig
+from flashcore.config import FlashConfig, TransformerConfig
 
 from . import kernels
 from .decode import BlockDecoding
-from .module import CanonicalModule, no_autograph, run_static
+from .module import CLASSES, CanonicalModule, no_autograph, run_static
 
-__all__ = ["FLASH", "GAU", "TransformerBlock", "block_class"]
+__all__ = ["FLASH", "GAU", "TransformerBlock"]
 
 
 class _Block(BlockDecoding, CanonicalModule):
@@ -103,6 +103,7 @@ class _FlashBlock(_Block):
 
 
 @keras.saving.register_keras_serializable(package="flashcore")
+@CLASSES.register("gau")
 class GAU(_FlashBlock):
     """Gated attention unit (FLASH-Quad). (b, t, d) -> (b, t, d); weights: norm, uvz (d -> 2e+s),
     qk (2, s), rel_pos_bias, out (e -> d)."""
@@ -111,6 +112,7 @@ class GAU(_FlashBlock):
 
 
 @keras.saving.register_keras_serializable(package="flashcore")
+@CLASSES.register("flash")
 class FLASH(_FlashBlock):
     """Mixed-chunk FLASH layer. (b, t, d) -> (b, t, d); weights: norm, uvz (d -> 2e+s), qk (4, s),
     rel_pos_bias, out (e -> d)."""
@@ -119,6 +121,7 @@ class FLASH(_FlashBlock):
 
 
 @keras.saving.register_keras_serializable(package="flashcore")
+@CLASSES.register("transformer")
 class TransformerBlock(_Block):
     """The Transformer++ baseline block. (b, t, d) -> (b, t, d); weights: attn_norm, qkv,
     attn_out, ffn_norm, ffn_gate / ffn_up / ffn_down. Its attention core is
@@ -126,14 +129,3 @@ class TransformerBlock(_Block):
     guard, else the spec's)."""
 
     config_type = TransformerConfig
-
-
-def block_class(config: FlashConfig | TransformerConfig | LMConfig) -> type[CanonicalModule]:
-    """The layer class of a config: FLASH, GAU, TransformerBlock or LM."""
-    if isinstance(config, LMConfig):
-        from .lm import LM  # (lm imports this module)
-
-        return LM
-    if isinstance(config, TransformerConfig):
-        return TransformerBlock
-    return FLASH if config.kind == "flash" else GAU

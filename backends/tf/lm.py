@@ -21,9 +21,8 @@ from flashcore.config import LMConfig, TransformerConfig
 
 from . import kernels
 from .decode import LMDecoding
-from .layers import block_class
 from .loss import chunked_loss
-from .module import CanonicalModule, no_autograph, run_static
+from .module import CLASSES, CanonicalModule, block_class, no_autograph, run_static
 from .xp import xp
 
 __all__ = ["LM", "remat"]
@@ -43,6 +42,7 @@ def remat(fn, p: dict, x: tf.Tensor) -> tf.Tensor:
 
 
 @keras.saving.register_keras_serializable(package="flashcore")
+@CLASSES.register("lm")
 class LM(LMDecoding, CanonicalModule):
     """A causal language model: tokens (b, t) ints -> logits (b, t, v).
 

@@ -13,15 +13,26 @@ import numpy as np
 import tensorflow as tf
 
 import flashcore as fc
+from flashcore.config import ClassRegistry
 
 from .naming import Table, naming_table
 from .xp import xp
 
-__all__ = ["CanonicalModule", "no_autograph", "run_static"]
+__all__ = ["CanonicalModule", "no_autograph", "run_static", "block_class", "CLASSES"]
 
 # The spec is plain Python with static control flow: AutoGraph has nothing to convert in it, and
 # the methods that call it trace faster (and independently of source edits) when left alone.
 no_autograph = tf.autograph.experimental.do_not_convert
+
+#: The module class of each kind of config; FLASH, GAU and TransformerBlock (layers.py) and LM
+#: (lm.py) register themselves.
+CLASSES = ClassRegistry()
+
+
+def block_class(config) -> type[CanonicalModule]:
+    """The module class of a config: FLASH, GAU, TransformerBlock or LM (the finder every
+    backend has under this name)."""
+    return CLASSES(config)
 
 
 def run_static(fn, x, mask, segment_ids, *, out_dtype, per_example: bool = False, dropout=None):

@@ -21,9 +21,9 @@ Hugging Face style folder (config.json + canonical model.safetensors). :mod:`fla
 """
 
 from . import decode, io
-from .layers import FLASH, GAU, TransformerBlock, block_class
+from .layers import FLASH, GAU, TransformerBlock
 from .lm import LM
-from .module import CanonicalModule, ParamGroup
+from .module import CanonicalModule, ParamGroup, block_class
 from .naming import naming_table
 from .xp import xp
 

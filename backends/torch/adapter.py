@@ -29,7 +29,7 @@ def build(config, params: dict[str, np.ndarray]):
     """A float64 module of the right type with canonical ``params`` loaded."""
     import torch
 
-    from .layers import block_class
+    from .module import block_class
 
     cls = block_class(config)
     module = cls(config, init=False, dtype=torch.float64)

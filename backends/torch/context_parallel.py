@@ -62,11 +62,13 @@ def context_parallel_flash(
     group=None,
     mask: torch.Tensor | None = None,
     stats: CommStats | None = None,
+    segment_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``layer`` on this rank's shard of a sequence split over ``group``. x: (b, t, d) -> (b, t, d).
 
     Every rank of ``group`` must call it (collectives), with the same b and t. mask: (b, t) bool,
-    this rank's slice of the key-padding mask. The attention core is the spec's (no fused kernel).
+    this rank's slice of the key-padding mask; segment_ids: (b, t) ints, this rank's slice of
+    the packed segment ids (a segment may run over shard boundaries). The attention core is the spec's (no fused kernel).
     """
     if not isinstance(layer, FLASH):
         raise TypeError(f"context parallelism needs a flashcore.torch.FLASH layer, got {layer!r}")
@@ -81,5 +83,6 @@ def context_parallel_flash(
         world=dist.get_world_size(group),
         all_gather=lambda a: all_gather(a, group=group, stats=stats),
         mask=mask,
+        segment_ids=segment_ids,
         xp=xp,
     )

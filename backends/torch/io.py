@@ -36,8 +36,7 @@ from flashcore.weightmeta import (
     to_native,
 )
 
-from .layers import block_class
-from .module import CanonicalModule, _to_numpy, _to_tensor
+from .module import CanonicalModule, _to_numpy, _to_tensor, block_class
 from .naming import naming_table
 
 __all__ = [

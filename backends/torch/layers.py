@@ -23,10 +23,10 @@ from flashcore import dropout as drop
 
 from . import kernels
 from .decode import BlockDecoding
-from .module import CanonicalModule, ParamGroup, norm_params
+from .module import CLASSES, CanonicalModule, ParamGroup, norm_params
 from .xp import xp
 
-__all__ = ["GAU", "FLASH", "TransformerBlock", "block_class", "check_no_dropout", "draw_dropout"]
+__all__ = ["GAU", "FLASH", "TransformerBlock", "check_no_dropout", "draw_dropout"]
 
 
 def check_no_dropout(module: nn.Module, config) -> None:
@@ -93,6 +93,7 @@ class _FlashLayer(BlockDecoding, CanonicalModule):
         return draw_dropout(self, self.config, x.shape[0], x.shape[1], x.device)
 
 
+@CLASSES.register("gau")
 class GAU(_FlashLayer):
     """Gated attention unit (FLASH-Quad), ``FlashConfig(kind="gau")``."""
 
@@ -119,6 +120,7 @@ class GAU(_FlashLayer):
         )
 
 
+@CLASSES.register("flash")
 class FLASH(_FlashLayer):
     """Mixed-chunk attention (FLASH), ``FlashConfig(kind="flash")``; the attention core goes
     through :func:`flashcore.torch.kernels.attention_core` (a fused kernel when one applies)."""
@@ -148,6 +150,7 @@ class FLASH(_FlashLayer):
         )
 
 
+@CLASSES.register("transformer")
 class TransformerBlock(BlockDecoding, CanonicalModule):
     """The Transformer++ baseline block (pre-norm softmax attention with RoPE, then SwiGLU).
 
@@ -198,17 +201,3 @@ class TransformerBlock(BlockDecoding, CanonicalModule):
             dropout=dropout,
             core=kernels.softmax_core,
         )
-
-
-def block_class(
-    config: fc.FlashConfig | fc.TransformerConfig | fc.LMConfig,
-) -> type[CanonicalModule]:
-    """The module class of a config: FLASH, GAU, TransformerBlock or LM (the finder every
-    backend has under this name)."""
-    if isinstance(config, fc.LMConfig):
-        from .lm import LM  # lm builds on this module
-
-        return LM
-    if isinstance(config, fc.TransformerConfig):
-        return TransformerBlock
-    return FLASH if config.kind == "flash" else GAU

@@ -23,11 +23,11 @@ from torch import nn
 
 import flashcore as fc
 
-from . import kernels
+from . import io, kernels
 from .decode import LMDecoding
-from .layers import block_class, draw_dropout
+from .layers import draw_dropout
 from .loss import chunked_loss
-from .module import CanonicalModule, ParamGroup, norm_params
+from .module import CLASSES, CanonicalModule, ParamGroup, block_class, norm_params
 from .xp import xp
 
 __all__ = ["LM", "remat"]
@@ -40,6 +40,7 @@ def remat(fn, p: dict, x: torch.Tensor) -> torch.Tensor:
     return torch.utils.checkpoint.checkpoint(fn, p, x, use_reentrant=False)
 
 
+@CLASSES.register("lm")
 class LM(LMDecoding, CanonicalModule):
     """A causal LM over ``LMConfig``; ``layers[i]`` is a FLASH, GAU or TransformerBlock module.
 
@@ -94,8 +95,6 @@ class LM(LMDecoding, CanonicalModule):
         cache_dir, local_files_only, token; see :func:`flashcore.pretrained.resolve`), in the
         file's dtype. Needs no transformers."""
         from flashcore import pretrained
-
-        from . import io
 
         directory, path = pretrained.weights_file(name_or_path, **hub)
         lm = io.load_canonical(path, device=device)

@@ -25,12 +25,23 @@ import torch
 from torch import nn
 
 import flashcore as fc
+from flashcore.config import ClassRegistry
 
 from .naming import naming_table
 
-__all__ = ["ParamGroup", "CanonicalModule", "norm_params"]
+__all__ = ["ParamGroup", "CanonicalModule", "norm_params", "block_class", "CLASSES"]
 
 Config = fc.FlashConfig | fc.TransformerConfig | fc.LMConfig
+
+#: The module class of each kind of config; FLASH, GAU and TransformerBlock (layers.py) and LM
+#: (lm.py) register themselves.
+CLASSES = ClassRegistry()
+
+
+def block_class(config) -> type[CanonicalModule]:
+    """The module class of a config: FLASH, GAU, TransformerBlock or LM (the finder every
+    backend has under this name)."""
+    return CLASSES(config)
 
 
 class ParamGroup(nn.Module):

@@ -14,6 +14,8 @@ import torch
 
 from flashcore._xp import extended
 
+from .kernels import gau_core
+
 __all__ = ["xp"]
 
 
@@ -50,14 +52,6 @@ def _known_all_false(rows: torch.Tensor) -> bool:
     return not bool(rows.any())
 
 
-def _gau_core(q, k, v, **kw):
-    """GAU's attention core: :func:`flashcore.torch.kernels.gau_core` (imported on first use:
-    the kernels import this module)."""
-    from .kernels import gau_core
-
-    return gau_core(q, k, v, **kw)
-
-
 xp = extended(
     _compat,
     "flashcore.torch.xp",
@@ -68,6 +62,6 @@ xp = extended(
     log_softmax_last=lambda z: torch.nn.functional.log_softmax(z, dim=-1),
     concrete=_concrete,
     known_all_false=_known_all_false,
-    gau_core=_gau_core,
+    gau_core=gau_core,
     is_tracing=torch.compiler.is_compiling,
 )

@@ -183,3 +183,14 @@ def test_nnx_training_step_with_optax():
     # The trained weights export under canonical names and reload into a fresh module.
     fresh = LM(cfg, params=model.to_canonical())
     assert float(fresh.loss(seq[:, :-1], seq[:, 1:])) == float(model.loss(seq[:, :-1], seq[:, 1:]))
+
+
+def test_gau_refuses_a_mixed_chunk_core_when_built():
+    """core= replaces FLASH's mixed-chunk core; GAU has none, so it is refused at construction
+    (it used to be accepted and then make every call raise)."""
+    from flashcore.layers import attention_core_flash
+
+    cfg = LAYER_CONFIGS["gau"]
+    with pytest.raises(ValueError, match="core= replaces FLASH's"):
+        GAU(cfg, rngs=nnx.Rngs(0), core=attention_core_flash)
+    FLASH(LAYER_CONFIGS["flash"], rngs=nnx.Rngs(0), core=attention_core_flash)  # accepted

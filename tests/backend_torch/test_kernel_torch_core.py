@@ -262,3 +262,15 @@ def test_a_field_new_to_the_table_makes_every_fused_core_decline():
     for core in FUSED_CORE_LINEAR_NORMS:
         assert "brand_new" in fused_core_unsupported(core, config)
     assert "brand_new" in _common.unsupported_reason(config, None, None)
+
+
+def test_each_fused_core_reads_its_own_row_of_the_spec_table(monkeypatch):
+    """The Triton and the blocked torch core each consult their own row of
+    flashcore.layers.FUSED_CORE_LINEAR_NORMS: narrowing one row changes only that core's guard."""
+    from flashcore import layers
+
+    config = fc.FlashConfig(dim=16, qk_dim=8, chunk_size=4, linear_norm="mean")
+    assert _common.unsupported_reason(config, None, None, core="triton") is None
+    monkeypatch.setitem(layers.FUSED_CORE_LINEAR_NORMS, "triton", ("sum",))
+    assert "triton" in _common.unsupported_reason(config, None, None, core="triton")
+    assert _common.unsupported_reason(config, None, None, core="torch") is None

@@ -79,8 +79,9 @@ def test_refuses_unsupported_input_before_communicating():
 
     with pytest.raises(ValueError, match="multiple of chunk_size"):
         check_shard(layer.config, 6)
-    with pytest.raises(NotImplementedError, match="segment_ids"):
-        check_shard(layer.config, 8, segment_ids=torch.zeros(1, 8))
+    check_shard(layer.config, 8, segment_ids=torch.zeros(1, 8, dtype=torch.int64))  # supported
+    with pytest.raises(NotImplementedError, match="length_mode='array'"):
+        check_shard(layer.config.replace(linear_norm="length", length_mode="array"), 8)
 
 
 def test_benchmark_refuses_a_length_that_does_not_split():

@@ -41,7 +41,7 @@ import torch
 
 from flashcore.layers import attention_core_flash, attention_core_gau, fused_gau_unsupported
 
-from ._common import FLOAT_DTYPES, unsupported_reason
+from ._common import FLOAT_DTYPES, plain_tensor, unsupported_reason
 from .sdpa import can_use_sdpa, softmax_core, softmax_core_path
 
 __all__ = [
@@ -86,32 +86,23 @@ def _torch_core_outside_graph():
     return torch.compiler.disable(_torch_core())
 
 
-def _plain_tensor(v) -> bool:
-    """A torch.Tensor outside any torch.func transform (those need the spec's traceable ops)."""
-    if not isinstance(v, torch.Tensor):
-        return False
-    if torch.compiler.is_compiling():  # dynamo's fake tensors; the core runs outside the graph
-        return True
-    return not torch._C._functorch.is_functorch_wrapped_tensor(v)
-
-
 def can_use_kernel(v, config, mask=None, segment_ids=None, attn_keep=None) -> bool:
     """Whether the fused Triton kernel handles this call: CUDA tensors of float16, bfloat16 or
     float32, a configuration the spec's fused-core table gives it
     (:func:`flashcore.layers.fused_core_unsupported`), Triton importable. The signature of
     ``flashcore.jax.kernels.can_use_kernel``. v: (b, t, e); mask, segment_ids: (b, t) or None."""
-    if not _plain_tensor(v) or not v.is_cuda or v.dtype not in _TRITON_DTYPES:
+    if not plain_tensor(v, compiling=True) or not v.is_cuda or v.dtype not in _TRITON_DTYPES:
         return False
-    if unsupported_reason(config, mask, segment_ids, attn_keep) is not None:
+    if unsupported_reason(config, mask, segment_ids, attn_keep, core="triton") is not None:
         return False
     return _triton_available()
 
 
 def can_use_torch_core(v, config, mask=None, segment_ids=None, attn_keep=None) -> bool:
     """Whether the blocked torch core (the CPU fast path; any device) handles this call."""
-    if not _plain_tensor(v) or v.dtype not in FLOAT_DTYPES:
+    if not plain_tensor(v, compiling=True) or v.dtype not in FLOAT_DTYPES:
         return False
-    return unsupported_reason(config, mask, segment_ids, attn_keep) is None
+    return unsupported_reason(config, mask, segment_ids, attn_keep, core="torch") is None
 
 
 def core_path(v, config, mask=None, segment_ids=None, attn_keep=None) -> str:
@@ -144,7 +135,7 @@ def attention_core(
 def can_use_gau_core(v, config, mask=None, segment_ids=None, attn_keep=None) -> bool:
     """Whether :func:`gau_core` runs the blocked torch core: a plain floating torch tensor and a
     configuration the spec's table passes (:func:`flashcore.layers.fused_gau_unsupported`)."""
-    if not _plain_tensor(v) or v.dtype not in FLOAT_DTYPES:
+    if not plain_tensor(v, compiling=True) or v.dtype not in FLOAT_DTYPES:
         return False
     if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool):
         return False

@@ -7,6 +7,7 @@ import torch
 from flashcore.layers import fused_core_unsupported
 
 __all__ = [
+    "plain_tensor",
     "unsupported_reason",
     "check_core_args",
     "state_weights",
@@ -16,7 +17,21 @@ __all__ = [
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def unsupported_reason(config, mask, segment_ids, attn_keep=None) -> str | None:
+def plain_tensor(a, *, compiling: bool) -> bool:
+    """Whether ``a`` is a torch.Tensor that a fused path may take: outside torch.func transforms
+    (those need the spec's traceable ops). Under torch.compile tracing the answer is
+    ``compiling``: True for a path that runs outside the graph (the blocked cores, SDPA), False
+    for one that must not be traced (the whole-layer autograd Function)."""
+    if not isinstance(a, torch.Tensor):
+        return False
+    if torch.compiler.is_compiling():
+        return compiling
+    return not torch._C._functorch.is_functorch_wrapped_tensor(a)
+
+
+def unsupported_reason(
+    config, mask, segment_ids, attn_keep=None, core: str = "torch"
+) -> str | None:
     """None when the fused cores (Triton, blocked torch) implement this call, else why not.
 
     What they cover is the spec's table (:func:`flashcore.layers.fused_core_unsupported`: FLASH,
@@ -24,9 +39,10 @@ def unsupported_reason(config, mask, segment_ids, attn_keep=None) -> str | None:
     no config field the table does not know); here also the torch side: an optional (b, t)
     bool torch key mask. ``attn_keep`` (a dropout keep-mask of the local attention weights,
     training only) is not fused: such calls take the spec's core (``config.dropout`` alone, in
-    evaluation, changes nothing in the core).
+    evaluation, changes nothing in the core). ``core``: 'torch' or 'triton', the row of
+    :data:`flashcore.layers.FUSED_CORE_LINEAR_NORMS` to read.
     """
-    reason = fused_core_unsupported("torch", config, segment_ids=segment_ids, attn_keep=attn_keep)
+    reason = fused_core_unsupported(core, config, segment_ids=segment_ids, attn_keep=attn_keep)
     if reason is not None:
         return reason
     if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool):
@@ -34,9 +50,10 @@ def unsupported_reason(config, mask, segment_ids, attn_keep=None) -> str | None:
     return None
 
 
-def check_core_args(qq, qk, lq, lk, v, bias, config, mask, segment_ids) -> None:
-    """Raise ValueError / TypeError when a direct call to a core gets arguments it cannot take."""
-    reason = unsupported_reason(config, mask, segment_ids)
+def check_core_args(qq, qk, lq, lk, v, bias, config, mask, segment_ids, core: str) -> None:
+    """Raise ValueError / TypeError when a direct call to the fused ``core`` ('torch' or
+    'triton') gets arguments it cannot take."""
+    reason = unsupported_reason(config, mask, segment_ids, core=core)
     if reason is not None:
         raise ValueError(f"this fused core does not support the call: {reason}")
     if v.dim() != 3:

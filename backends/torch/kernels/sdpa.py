@@ -23,22 +23,14 @@ import torch.nn.functional as F
 
 from flashcore.lm import attention_core_softmax
 
-from ._common import FLOAT_DTYPES
+from ._common import FLOAT_DTYPES, plain_tensor
 
 __all__ = ["softmax_core", "can_use_sdpa", "softmax_core_path"]
 
 
-def _plain_tensor(a) -> bool:
-    if not isinstance(a, torch.Tensor):
-        return False
-    if torch.compiler.is_compiling():
-        return True
-    return not torch._C._functorch.is_functorch_wrapped_tensor(a)
-
-
 def can_use_sdpa(q, config, mask=None, segment_ids=None, attn_keep=None) -> bool:
     """Whether :func:`softmax_core` runs SDPA for these inputs (else the spec's core)."""
-    return attn_keep is None and _plain_tensor(q) and q.dtype in FLOAT_DTYPES
+    return attn_keep is None and plain_tensor(q, compiling=True) and q.dtype in FLOAT_DTYPES
 
 
 def softmax_core_path(q, config, mask=None, segment_ids=None, attn_keep=None) -> str:

@@ -270,7 +270,7 @@ def attention_core_torch(
     for signature compatibility with :func:`flashcore.layers.attention_core_flash` and ignored.
     """
 
-    check_core_args(qq, qk, lq, lk, v, bias, config, mask, segment_ids)
+    check_core_args(qq, qk, lq, lk, v, bias, config, mask, segment_ids, "torch")
     dev, cdt = v.device.type, _compute_dtype(v)
     with torch.autocast(dev, enabled=False):
         keep = mask[..., None] if mask is not None else None

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 
+import array_api_compat.torch as xp
 import numpy as np
 import torch
 
@@ -42,7 +43,7 @@ from flashcore import ops
 from flashcore.layers import fused_gau_unsupported
 
 from . import torch_core
-from ._common import FLOAT_DTYPES, state_weights, unsupported_reason
+from ._common import FLOAT_DTYPES, plain_tensor, state_weights, unsupported_reason
 from .torch_core import core_backward, core_forward, gau_backward, gau_forward
 
 __all__ = ["layer_unsupported", "fused_layer_reason", "flash_layer_torch", "gau_layer_torch"]
@@ -72,13 +73,6 @@ def layer_unsupported(config, masked: bool = False) -> str | None:
     return None
 
 
-def _plain(a) -> bool:
-    """A torch.Tensor outside torch.compile tracing and torch.func transforms."""
-    if not isinstance(a, torch.Tensor) or torch.compiler.is_compiling():
-        return False
-    return not torch._C._functorch.is_functorch_wrapped_tensor(a)
-
-
 def fused_layer_reason(layer, x, mask=None, segment_ids=None, dropout=None) -> str | None:
     """None when ``flashcore.torch.FLASH.forward`` (``GAU.forward``) takes :func:`flash_layer_torch`
     (:func:`gau_layer_torch`) for this call, else why not. x: (b, t, d); mask: (b, t) bool or None; dropout: the keep-masks the layer
@@ -92,12 +86,18 @@ def fused_layer_reason(layer, x, mask=None, segment_ids=None, dropout=None) -> s
         return "segment_ids"
     if dropout is not None:
         return "dropout keep-masks"
-    if not _plain(x) or x.device.type not in DEVICES or x.dtype not in FLOAT_DTYPES:
+    if (
+        not plain_tensor(x, compiling=False)
+        or x.device.type not in DEVICES
+        or x.dtype not in FLOAT_DTYPES
+    ):
         return "x is not a plain floating CPU tensor"
     if x.dim() != 3 or x.shape[0] < 1 or x.shape[1] < 1 or x.shape[2] != config.dim:
         return "x is not (b, t, d)"
     if mask is not None and (
-        not _plain(mask) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(x.shape[:2])
+        not plain_tensor(mask, compiling=False)
+        or mask.dtype != torch.bool
+        or tuple(mask.shape) != tuple(x.shape[:2])
     ):
         return "mask is not a (b, t) bool tensor"
     dtypes = {p.dtype for p in layer.parameters()}
@@ -287,8 +287,6 @@ class _FusedLayer(torch.autograd.Function):
 
 
 def _apply(layer, x: torch.Tensor, mask, positions: int) -> torch.Tensor:
-    from ..xp import xp
-
     cfg = layer.config
     plan = _Plan(cfg, x, mask)
     norm_w = layer.norm.scale if cfg.norm == "scale" else layer.norm.weight

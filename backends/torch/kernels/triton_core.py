@@ -573,7 +573,7 @@ def attention_core_triton(qq, qk, lq, lk, v, *, bias, config, mask=None, segment
     can target, or on the CPU under ``TRITON_INTERPRET=1``; the dispatcher only sends CUDA
     tensors here.
     """
-    check_core_args(qq, qk, lq, lk, v, bias, config, mask, segment_ids)
+    check_core_args(qq, qk, lq, lk, v, bias, config, mask, segment_ids, "triton")
     if v.dtype not in TRITON_DTYPES:
         raise TypeError(f"the Triton core runs float16, bfloat16 and float32, not {v.dtype}")
     dev = v.device.type
