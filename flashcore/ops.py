@@ -278,21 +278,21 @@ def t5_bucket(rel, *, causal: bool, buckets: int, max_distance: int, xp=np):
     that bucket edges match theirs. ``xp``: NumPy on the host (the default), or the namespace of
     an in-graph ``rel`` (a symbolic length).
     """
+    # the ndarray method on the host: torch.compile traces it (not NumPy 2's np.astype)
+    astype = (lambda a, dtype: a.astype(dtype)) if xp is np else xp.astype  # noqa: E731
     n = -xp.asarray(rel, dtype=xp.int64)
     ret = xp.zeros_like(n)
     if not causal:
         buckets //= 2
-        ret = ret + xp.astype(n < 0, xp.int64) * buckets
+        ret = ret + astype(n < 0, xp.int64) * buckets
         n = xp.abs(n)
     else:
         n = xp.maximum(n, xp.zeros_like(n))
     exact = buckets // 2
-    ratio = xp.astype(xp.maximum(n, xp.ones_like(n)), xp.float32) / xp.asarray(
-        exact, dtype=xp.float32
-    )
+    ratio = astype(xp.maximum(n, xp.ones_like(n)), xp.float32) / xp.asarray(exact, dtype=xp.float32)
     log_span = xp.asarray(math.log(max_distance / exact), dtype=xp.float32)
     scaled = xp.log(ratio) / log_span * xp.asarray(buckets - exact, dtype=xp.float32)
-    large = xp.minimum(exact + xp.astype(scaled, xp.int64), xp.full_like(n, buckets - 1))
+    large = xp.minimum(exact + astype(scaled, xp.int64), xp.full_like(n, buckets - 1))
     return ret + xp.where(n < exact, n, large)
 
 

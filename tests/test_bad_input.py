@@ -103,7 +103,7 @@ def _torch() -> Backend:
         if isinstance(config, fc.LMConfig):
             module = ft.LM(config, init=False)
         else:
-            module = ft.layers.block_class(config)(config, init=False)
+            module = ft.block_class(config)(config, init=False)
         module.load_canonical(params)
         return module
 

@@ -244,6 +244,10 @@ class Namespace:
     def maximum(x1, x2, /) -> tf.Tensor:
         return tf.maximum(x1, x2)
 
+    @staticmethod
+    def minimum(x1, x2, /) -> tf.Tensor:
+        return tf.minimum(x1, x2)
+
     exp = staticmethod(tf.math.exp)
     log = staticmethod(tf.math.log)
     sqrt = staticmethod(tf.math.sqrt)
