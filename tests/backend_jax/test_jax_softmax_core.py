@@ -40,7 +40,7 @@ def _run(core, q, k, v, dtype, mask=None, segment_ids=None, **kw):
         return jnp.sum(out.astype(wide) * weight), out
 
     leaves = [jnp.asarray(a, dtype) for a in (q, k, v)]
-    grads, out = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(*leaves)
+    grads, out = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(*leaves)
     as64 = lambda a: np.asarray(a.astype(wide), np.float64)  # noqa: E731
     return as64(out) * keep, [as64(g) for g in grads]
 
