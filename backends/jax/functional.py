@@ -25,7 +25,7 @@ from flashcore.config import FlashConfig, LMConfig, TransformerConfig
 
 from . import kernels
 from .loss import chunked_loss
-from .xp import xp
+from .xp import float32_compute, xp
 
 __all__ = ["init", "apply", "logits", "hidden", "loss", "dropout_masks", "remat", "Config"]
 
@@ -113,6 +113,11 @@ def apply(
             attn_core=attn_core,
         )
     x, mask, segment_ids = _jax(x), _jax(mask), _jax(segment_ids)
+    wide, storage = float32_compute(params)  # bf16 on CPU: the block in float32
+    if storage is not None:
+        kw = dict(config=config, mask=mask, segment_ids=segment_ids, core=core, dropout=dropout)
+        y = apply(wide, x.astype(jnp.float32), attn_core=attn_core, **kw)
+        return y.astype(storage)
     kw = dict(config=config, mask=mask, segment_ids=segment_ids, xp=xp, dropout=dropout)
     if isinstance(config, FlashConfig) and config.kind == "flash":
         if attn_core is not None:
