@@ -19,8 +19,8 @@ integer dtype int64 (the array API leaves both to the library).
 
 ``matmul`` with a bfloat16 / float16 operand takes the path
 :func:`flashcore.dotpath.low_precision_dots` gives the platform (GPU when TensorFlow sees one,
-else CPU): on CPU (XLA, and TF's own kernels, have no fast bf16 dot there) the operands are
-upcast, the dot runs in float32 and the result is cast back; elsewhere the native dot.
+else CPU): on CPU (XLA has no fast bf16 dot there) the operands are upcast, the dot runs in
+float32 and the result is cast back; elsewhere the native dot.
 :func:`dot_path` says which (``FLASHCORE_LOW_PRECISION_DOTS`` overrides it).
 """
 
