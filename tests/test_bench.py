@@ -183,6 +183,33 @@ def test_targets_met_and_missed():
     )
 
 
+def test_every_row_has_its_percent_of_peak_by_wall_and_cpu_time_and_its_dot_path():
+    rows = _rows()
+    peaks = {"float32": {"gflops": 100.0, "gflops_cpu": 80.0},
+             "bfloat16": {"gflops": 400.0, "gflops_cpu": 320.0}}  # fmt: skip
+    measured = [r for r in rows if "wall_s" in r]
+    for r in measured:
+        r["gflops"], r["gflops_cpu"] = 50.0, 40.0
+        if r["backend"] != "torch" and r["dtype"] == "bfloat16":
+            r["dot_path"] = "float32"
+    benchreport.add_peak_fractions(rows, peaks)
+    benchreport.add_ratios(rows)
+    jb = benchreport.find(rows, "jax", "flashcore", "bfloat16", 1024)
+    tb = benchreport.find(rows, "torch", "flashcore", "bfloat16", 1024)
+    assert jb["peak_dtype"] == "float32" and jb["peak_fraction"] == pytest.approx(0.5)
+    assert tb["peak_dtype"] == "bfloat16" and tb["peak_fraction_cpu"] == pytest.approx(0.125)
+    md = benchreport.markdown(rows, benchreport.targets(rows), _meta())
+    assert "| GFLOP/s (CPU) | % peak (CPU) |" in md and "| GFLOP/s |" not in md
+    targets_part = md.split("## Targets", 1)[1]
+    for r in measured:
+        pct = 100 * r["peak_fraction"], 100 * r["peak_fraction_cpu"]
+        line = (f"| {r['backend']} | {r['model']} | {benchreport.dtype_text(r)} | {r['t']} "
+                f"| 50 | {pct[0]:.0f} | 40 | {pct[1]:.0f} | {r['peak_dtype']} |")  # fmt: skip
+        assert line in targets_part, line
+    assert "| jax | flashcore | bfloat16 (f32 dots) | 1024 |" in md
+    assert "GFLOP/s   50 wall,   40 CPU" in benchreport.row_text(jb)
+
+
 def test_targets_the_run_cannot_judge_say_so():
     rows = [_row("torch", "flashcore", "float32", 256, 100.0)]
     benchreport.add_ratios(rows)
@@ -277,8 +304,11 @@ def test_bench_main_end_to_end(tmp_path, capsys):
     md = (tmp_path / "bench.md").read_text()
     assert f"`flashcore bench {' '.join(argv)}`" in md.splitlines()[2]
     assert "| torch | flashcore | float32 | 256 |" in md and "## Targets" in md
-    for b in backends:
-        assert f"| {b} | flashcore | bfloat16 | 256 |" in md
+    for b in backends:  # on CPU jax's and tf's bf16 blocks run in float32, and say so
+        path = "native" if b == "torch" else "float32"
+        assert rows[(b, "flashcore", "bfloat16")].get("dot_path", "native") == path
+        label = "bfloat16" if b == "torch" else "bfloat16 (f32 dots)"
+        assert f"| {b} | flashcore | {label} | 256 |" in md
     if peer:
         tg = _target(data["targets"], "torch", "float32", "FLASH >= 1.15x faster")
         assert tg["met_wall"] in (True, False)

@@ -1,6 +1,7 @@
 """``python -m flashcore.app.benchprofile``: the wall-time sharing among concurrent spans, the
 optimized-HLO reader (categories and dot FLOPs), and one profiled bench step per backend."""
 
+import os
 import re
 
 import numpy as np
@@ -74,3 +75,30 @@ def test_compare_xla_options_times_both_programs_in_pairs(tmp_path, capsys):
 def test_compare_xla_options_is_for_jax_only():
     with pytest.raises(SystemExit):
         benchprofile.main(["--backend", "torch", "--compare-xla-options", "2"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "tf"])
+def test_compare_dots_times_float32_and_both_bf16_paths_in_one_run(
+    backend, tmp_path, capsys, monkeypatch
+):
+    pytest.importorskip({"tf": "tensorflow"}.get(backend, backend))
+    from flashcore.dotpath import ENV
+
+    monkeypatch.setenv(ENV, "auto")
+    out = tmp_path / "dots.md"
+    argv = ["--backend", backend, "--length", "256", "--compare-dots", "2", "--out", str(out)]
+    assert benchprofile.main(argv) == 0
+    text = out.read_text()
+    assert text == capsys.readouterr().out
+    rows = re.findall(
+        r"^\| (float32|bfloat16|bfloat16 \(f32 dots\)) \| ([\d.]+) \| ([\d.]+) \|", text, re.M
+    )
+    assert [r[0] for r in rows] == ["float32", "bfloat16", "bfloat16 (f32 dots)"]
+    assert float(rows[0][2]) == 1.0 and all(float(r[1]) > 0 for r in rows)
+    assert os.environ[ENV] == "auto"  # the user's setting is back
+
+
+def test_compare_dots_is_for_the_xla_backends():
+    with pytest.raises(SystemExit):
+        benchprofile.main(["--backend", "torch", "--compare-dots", "2"])

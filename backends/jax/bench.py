@@ -23,6 +23,7 @@ from flax import nnx
 
 from . import compiler
 from .layers import FLASH, TransformerBlock
+from .xp import dot_path
 
 __all__ = ["MODELS", "build_step"]
 
@@ -83,6 +84,7 @@ def build_step(
         "jax": jax.__version__,
         "platform": jax.default_backend(),
         "compiler_options": compiler.compiler_options(),
+        "dot_path": dot_path(dt),  # bf16 on CPU: "float32" (flashcore.dotpath)
     }
     if model == "flashcore":
         from .kernels import can_use_kernel

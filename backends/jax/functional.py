@@ -25,7 +25,7 @@ from flashcore.config import FlashConfig, LMConfig, TransformerConfig
 
 from . import kernels
 from .loss import chunked_loss
-from .xp import xp
+from .xp import float32_compute, xp
 
 __all__ = ["init", "apply", "logits", "hidden", "loss", "dropout_masks", "remat", "Config"]
 
@@ -99,7 +99,9 @@ def apply(
     softmax attention core of Transformer++ blocks. None takes ``kernels.softmax_core``:
     ``jax.nn.dot_product_attention`` where ``kernels.can_use_fused_attention`` allows, else the
     spec's core; pass ``flashcore.lm.attention_core_softmax`` to force the spec's. dropout:
-    keep-masks (:func:`dropout_masks`) or None (no dropout).
+    keep-masks (:func:`dropout_masks`) or None (no dropout). bfloat16 / float16 parameters on CPU:
+    the block computes in float32 from them and returns the storage dtype
+    (:func:`flashcore.jax.xp.float32_compute`; ``FLASHCORE_LOW_PRECISION_DOTS=native``: in bf16).
     """
     if isinstance(config, LMConfig):
         return logits(
@@ -113,6 +115,11 @@ def apply(
             attn_core=attn_core,
         )
     x, mask, segment_ids = _jax(x), _jax(mask), _jax(segment_ids)
+    wide, storage = float32_compute(params)  # bf16 on CPU: the block in float32 (the xp doc)
+    if storage is not None:
+        kw = dict(config=config, mask=mask, segment_ids=segment_ids, core=core, dropout=dropout)
+        y = apply(wide, x.astype(jnp.float32), attn_core=attn_core, **kw)
+        return y.astype(storage)
     kw = dict(config=config, mask=mask, segment_ids=segment_ids, xp=xp, dropout=dropout)
     if isinstance(config, FlashConfig) and config.kind == "flash":
         if attn_core is not None:
@@ -142,6 +149,13 @@ def logits(
     """Next-token logits of an LM (a bidirectional one: its masked-LM logits). tokens: (b, t)
     ints -> (b, t, v). ``core``, ``attn_core``, ``dropout``: as in :func:`apply`;
     ``token_type_ids``: (b, t) ints or None (type 0; LMs with ``type_vocab_size`` > 0)."""
+    wide, storage = float32_compute(params)  # bf16 on CPU: the LM in float32
+    if storage is not None:
+        kw = dict(mask=mask, segment_ids=segment_ids, core=core, dropout=dropout)
+        y = logits(
+            wide, tokens, config=config, attn_core=attn_core, token_type_ids=token_type_ids, **kw
+        )
+        return y.astype(storage)
     return fc.lm_logits(
         params,
         _jax(tokens),
@@ -166,6 +180,10 @@ def hidden(
 ) -> jax.Array:
     """The last hidden states of an LM (after its final norm, before the head), no dropout.
     tokens: (b, t) ints -> (b, t, d)."""
+    wide, storage = float32_compute(params)  # bf16 on CPU: the LM in float32
+    if storage is not None:
+        y = hidden(wide, tokens, config=config, mask=mask, token_type_ids=token_type_ids)
+        return y.astype(storage)
     return fc.lm_hidden(
         params,
         _jax(tokens),
@@ -197,7 +215,9 @@ def loss(
     The head and the cross-entropy run chunk by chunk (:func:`flashcore.jax.loss.chunked_loss`:
     the (b, t, v) logits are never built whole). ``core``, ``attn_core``, ``dropout``: as in :func:`apply`; ``loss_mask``: (b, t) bool, the
     positions counted (None: every real one). ``checkpoint_activations``: recompute each block's
-    activations in the backward pass (:func:`remat`) instead of keeping them."""
+    activations in the backward pass (:func:`remat`) instead of keeping them. bf16 parameters on
+    CPU: the LM in float32 from them (:func:`flashcore.jax.xp.float32_compute`)."""
+    params = float32_compute(params)[0]  # the loss is float32 either way
     return fc.lm_loss(
         params,
         _jax(inputs),

@@ -17,7 +17,13 @@ one GEMM contracting the token axes of h and the cotangent as they lie. jax's ow
 SiLU(x W), x (1, T, 512), W (512, 2176), 2 threads, 72 -> 36 us/token at T = 1K and
 105 -> 50 us/token at 64K (a one-off script on the 2-core AMD EPYC VM; the FLASH pair with it in
 ``flashcore bench``: docs/benchmarks.md, "long contexts and huge pages"). A custom_jvp, not a
-custom_vjp: forward mode (``jax.jvp``, ``jax.hessian``) keeps working."""
+custom_vjp: forward mode (``jax.jvp``, ``jax.hessian``) keeps working.
+
+``matmul`` and ``dense`` with a bfloat16 / float16 operand take the path
+:func:`flashcore.dotpath.low_precision_dots` gives ``jax.default_backend()``: on CPU (XLA has no
+fast bf16 dot there) the operands are upcast, the dot runs in float32 and the result is cast back
+to the operands' dtype; elsewhere the native dot. :func:`dot_path` says which
+(``FLASHCORE_LOW_PRECISION_DOTS`` overrides it)."""
 
 from __future__ import annotations
 
@@ -26,9 +32,46 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-from flashcore._xp import extended, pairwise_cumulative_sum
+from flashcore._xp import extended, is_low_precision, pairwise_cumulative_sum
+from flashcore.dotpath import low_precision_dots
 
-__all__ = ["xp"]
+__all__ = ["xp", "dot_path", "float32_compute"]
+
+
+def dot_path(dtype) -> str:
+    """The path of a dot of ``dtype`` operands on the default backend: ``"float32"`` (upcast,
+    float32 dot, cast back) or ``"native"``; always ``"native"`` for float32 / float64."""
+    return low_precision_dots(jax.default_backend()) if is_low_precision(dtype) else "native"
+
+
+def float32_compute(params: dict) -> tuple[dict, object]:
+    """(params with every bfloat16 / float16 entry upcast to float32, the storage dtype to cast
+    the results back to) where :func:`dot_path` of that dtype is ``"float32"``; (params, None)
+    otherwise. How :mod:`flashcore.jax.functional` runs a low-precision model on CPU: the whole
+    block in float32 from its bf16 storage, since XLA's CPU backend is slow at bf16 elementwise
+    ops as well as dots (each op converts and rounds; docs/benchmarks.md)."""
+    low = sorted({jnp.dtype(v.dtype).name for v in params.values() if is_low_precision(v.dtype)})
+    if not low or dot_path(low[0]) != "float32":
+        return params, None
+    wide = {k: v.astype(jnp.float32) if is_low_precision(v.dtype) else v for k, v in params.items()}
+    return wide, jnp.dtype(low[0])
+
+
+def _upcast(*arrays):
+    """(arrays in float32, the dtype to cast the result to) when a low-precision operand takes
+    the float32 path; (arrays, None) otherwise."""
+    low = [a.dtype for a in arrays if a is not None and is_low_precision(a.dtype)]
+    if not low or dot_path(low[0]) != "float32":
+        return arrays, None
+    out = jnp.result_type(*[a.dtype for a in arrays if a is not None])
+    return tuple(None if a is None else a.astype(jnp.float32) for a in arrays), out
+
+
+def matmul(x1, x2, /):
+    """``jnp.matmul``, in float32 from low-precision operands where :func:`dot_path` says so."""
+    (x1, x2), out = _upcast(jnp.asarray(x1), jnp.asarray(x2))
+    y = jnp.matmul(x1, x2)
+    return y if out is None else y.astype(out)
 
 
 def _concrete(a) -> np.ndarray | None:
@@ -96,12 +139,15 @@ _matmul_kernel.defjvp(_matmul_kernel_jvp, symbolic_zeros=True)
 def dense(h, kernel, bias):
     """h W + b (:func:`flashcore.ops.dense`). h: (..., i); kernel: (i, o); bias: (o,) or None ->
     (..., o). On CPU through :func:`_matmul_kernel` (see the module doc); elsewhere, or for a
-    kernel that is not 2-D, ``jnp.matmul``."""
+    kernel that is not 2-D, ``jnp.matmul``; in float32 from low-precision operands where
+    :func:`dot_path` says so (the bias added before the one cast back)."""
+    (h, kernel, bias), out = _upcast(h, kernel, bias)
     if jax.default_backend() == "cpu" and jnp.ndim(kernel) == 2 and jnp.ndim(h) >= 1:
         y = _matmul_kernel(h, kernel)
     else:
         y = jnp.matmul(h, kernel)
-    return y if bias is None else y + bias
+    y = y if bias is None else y + bias
+    return y if out is None else y.astype(out)
 
 
 xp = extended(
@@ -113,4 +159,5 @@ xp = extended(
     concrete=_concrete,
     cumulative_sum=cumulative_sum,
     dense=dense,
+    matmul=matmul,
 )

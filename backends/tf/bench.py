@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from .layers import FLASH, TransformerBlock
+from .xp import dot_path
 
 __all__ = ["MODELS", "POLICIES", "build_step"]
 
@@ -93,6 +94,7 @@ def build_step(
 
     info = {"tensorflow": tf.__version__}
     info["devices"] = ", ".join(d.device_type for d in tf.config.list_logical_devices())
+    info["dot_path"] = dot_path(dtype)  # bf16 on CPU: "float32" (flashcore.dotpath)
     return run, gradients, info
 
 

@@ -50,6 +50,7 @@ from flashcore.config import FlashConfig, TransformerConfig
 from . import kernels
 from .decode import BlockDecoding
 from .module import CLASSES, CanonicalModule, no_autograph, run_static
+from .xp import float32_compute
 
 __all__ = ["FLASH", "GAU", "TransformerBlock"]
 
@@ -61,7 +62,7 @@ class _Block(BlockDecoding, CanonicalModule):
     def call(self, inputs, mask=None, segment_ids=None, training=None, dropout=None):
         """inputs: (b, t, d) float; mask: (b, t) bool (True = real); segment_ids: (b, t) ints;
         dropout: keep-masks (None: drawn when ``training``, see the module doc)."""
-        params = self.canonical_params()
+        params, storage = float32_compute(self.canonical_params())  # bf16 on CPU: in float32
         fn = fc.block_fn(self.config)
         mask = None if mask is None else tf.convert_to_tensor(mask)  # the spec checks it is bool
         segment_ids = None if segment_ids is None else tf.convert_to_tensor(segment_ids)
@@ -72,9 +73,10 @@ class _Block(BlockDecoding, CanonicalModule):
         extra = {"core": kernels.softmax_core} if per_example else {}
 
         def run(xp, x, m, s, d):
-            return fn(
-                params, x, config=self.config, mask=m, segment_ids=s, xp=xp, dropout=d, **extra
-            )
+            if storage is not None:
+                x = tf.cast(x, tf.float32)
+            y = fn(params, x, config=self.config, mask=m, segment_ids=s, xp=xp, dropout=d, **extra)
+            return y if storage is None else tf.cast(y, storage)
 
         return run_static(
             run,

@@ -23,7 +23,7 @@ from . import kernels
 from .decode import LMDecoding
 from .loss import chunked_loss
 from .module import CLASSES, CanonicalModule, block_class, no_autograph, run_static
-from .xp import xp
+from .xp import float32_compute, xp
 
 __all__ = ["LM", "remat"]
 
@@ -106,7 +106,7 @@ class LM(LMDecoding, CanonicalModule):
         return self._run(fc.lm_hidden, inputs, mask, None, False, None, token_type_ids)
 
     def _run(self, spec_fn, inputs, mask, segment_ids, training, dropout, token_type_ids):
-        params = self.canonical_params()
+        params, storage = float32_compute(self.canonical_params())  # bf16 on CPU: in float32
         tokens = tf.convert_to_tensor(inputs)  # ints (checked by the spec): Input(dtype="int32")
         mask = None if mask is None else tf.convert_to_tensor(mask)  # the spec checks it is bool
         segment_ids = None if segment_ids is None else tf.convert_to_tensor(segment_ids)
@@ -121,7 +121,7 @@ class LM(LMDecoding, CanonicalModule):
         checkpoint = remat if training and self.checkpoint_activations else None
 
         def run(xp, t, m, s, d):
-            return spec_fn(
+            y = spec_fn(
                 params,
                 t,
                 config=self.config,
@@ -133,6 +133,7 @@ class LM(LMDecoding, CanonicalModule):
                 token_type_ids=types,
                 remat=checkpoint,
             )
+            return y if storage is None else tf.cast(y, storage)
 
         return run_static(
             run,

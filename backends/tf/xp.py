@@ -16,6 +16,12 @@ integer dtype int64 (the array API leaves both to the library).
 
     from flashcore.tf.xp import xp
     out = flashcore.flash(params, x, config=cfg, xp=xp)
+
+``matmul`` with a bfloat16 / float16 operand takes the path
+:func:`flashcore.dotpath.low_precision_dots` gives the platform (GPU when TensorFlow sees one,
+else CPU): on CPU (XLA has no fast bf16 dot there) the operands are upcast, the dot runs in
+float32 and the result is cast back; elsewhere the native dot.
+:func:`dot_path` says which (``FLASHCORE_LOW_PRECISION_DOTS`` overrides it).
 """
 
 from __future__ import annotations
@@ -26,14 +32,41 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from flashcore._xp import pairwise_cumulative_sum
+from flashcore._xp import is_low_precision, pairwise_cumulative_sum
+from flashcore.dotpath import low_precision_dots
 
-__all__ = ["Namespace", "xp"]
+__all__ = ["Namespace", "xp", "dot_path", "float32_compute"]
+
+
+def _platform() -> str:
+    """'gpu' when TensorFlow sees a GPU (where it places ops by default), else 'cpu'."""
+    return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+
+
+def dot_path(dtype) -> str:
+    """The path of a dot of ``dtype`` operands here: ``"float32"`` (upcast, float32 dot, cast
+    back) or ``"native"``; always ``"native"`` for float32 / float64."""
+    return low_precision_dots(_platform()) if is_low_precision(tf.as_dtype(dtype)) else "native"
 
 
 def _on(device):
     """Place new tensors on ``device`` (a TF device string); '' or None: TF's choice."""
     return tf.device(device) if device else contextlib.nullcontext()
+
+
+def float32_compute(params: dict) -> tuple[dict, tf.DType | None]:
+    """(params with every bfloat16 / float16 entry upcast to float32, the storage dtype to cast
+    the results back to) where :func:`dot_path` of that dtype is ``"float32"``; (params, None)
+    otherwise. How :mod:`flashcore.tf.layers` runs a low-precision block on CPU: the whole block
+    in float32 from its bf16 storage, since XLA's CPU backend is slow at bf16 elementwise ops as
+    well as dots (docs/benchmarks.md)."""
+    low = sorted({v.dtype.name for v in params.values() if is_low_precision(v.dtype)})
+    if not low or dot_path(low[0]) != "float32":
+        return params, None
+    wide = {
+        k: tf.cast(v, tf.float32) if is_low_precision(v.dtype) else v for k, v in params.items()
+    }
+    return wide, tf.as_dtype(low[0])
 
 
 class Namespace:
@@ -184,9 +217,13 @@ class Namespace:
     # ---- linear algebra and reductions ----------------------------------------------------
     @staticmethod
     def matmul(x1, x2, /) -> tf.Tensor:
-        """Batched matmul with broadcasting over leading dims (operands of rank >= 2)."""
+        """Batched matmul with broadcasting over leading dims (operands of rank >= 2); in float32
+        from low-precision operands where :func:`dot_path` says so."""
         if x1.shape.rank < 2 or x2.shape.rank < 2:
             raise ValueError("matmul: this namespace supports operands of rank >= 2 only")
+        if x1.dtype == x2.dtype and dot_path(x1.dtype) == "float32":  # see the module doc
+            y = tf.linalg.matmul(tf.cast(x1, tf.float32), tf.cast(x2, tf.float32))
+            return tf.cast(y, x1.dtype)
         return tf.linalg.matmul(x1, x2)
 
     @staticmethod

@@ -206,10 +206,7 @@ def main(argv: list[str] | None = None, *, progress=None) -> int:
         dt: {k: max(peak_start[dt][k], peak_end[dt][k]) for k in ("gflops", "gflops_cpu")}
         for dt in args.dtypes
     }
-    for row in rows:
-        if "gflops" in row:
-            row["peak_fraction"] = row["gflops"] / peak[row["dtype"]]["gflops"]
-            row["peak_fraction_cpu"] = row["gflops_cpu"] / peak[row["dtype"]]["gflops_cpu"]
+    benchreport.add_peak_fractions(rows, peak)
     benchreport.add_ratios(rows)
     targets = benchreport.targets(rows)
     meta = {

@@ -25,7 +25,8 @@ and the ``--top`` ops.
 ``--compare-xla-options N`` (jax) instead times the step compiled without and with
 :func:`flashcore.jax.compiler_options` in one process, N pairs of steps alternating (the order
 flipped every pair), and prints both medians and each pair's ratio: a paired comparison that
-this VM's drift between runs does not blur.
+this VM's drift between runs does not blur. ``--compare-dots N`` (jax, tf) times, the same way,
+the step in float32 and in bfloat16 on both low-precision dot paths (:mod:`flashcore.dotpath`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ __all__ = [
     "attribute",
     "report",
     "compare_xla_options",
+    "compare_dots",
 ]
 
 CATEGORIES = ("matmul", "reduce", "elementwise / copy / other")
@@ -298,6 +300,55 @@ def compare_xla_options(job: dict, pairs: int) -> str:
     )
 
 
+DOT_PATHS = (("float32", "float32", "auto"), ("bfloat16", "bfloat16", "native"))
+DOT_PATHS += (("bfloat16 (f32 dots)", "bfloat16", "float32"),)  # (label, dtype, path)
+
+
+def compare_dots(job: dict, rounds: int) -> str:
+    """Time the jax or tf bench step ``job`` in float32 and in bfloat16 on both dot paths of
+    :mod:`flashcore.dotpath` (``FLASHCORE_LOW_PRECISION_DOTS`` native and float32), in this
+    process: ``rounds`` rounds of one step of each, in a rotating order, each compiled by one
+    untimed step first. The bf16 / fp32 ratios by wall and by CPU time, from the same run."""
+    import os
+    import statistics
+
+    from flashcore.dotpath import ENV
+
+    from . import benchrun
+
+    saved, runs = os.environ.get(ENV), {}
+    try:
+        for label, dtype, path in DOT_PATHS:
+            os.environ[ENV] = path
+            run, _, _ = benchrun.build({**job, "dtype": dtype})
+            run()  # untimed: compiles, reading the path while it traces
+            runs[label] = run
+    finally:
+        os.environ.pop(ENV)
+        if saved is not None:
+            os.environ[ENV] = saved
+    times: dict[str, tuple[list, list]] = {k: ([], []) for k in runs}
+    names = list(runs)
+    for i in range(rounds):
+        for key in names[i % len(names) :] + names[: i % len(names)]:
+            w0, c0 = time.perf_counter(), time.process_time()
+            runs[key]()
+            times[key][0].append(time.perf_counter() - w0)
+            times[key][1].append(time.process_time() - c0)
+    med = {k: [statistics.median(v) / job["t"] * 1e6 for v in wc] for k, wc in times.items()}
+    base_w, base_c = med["float32"]
+    lines = [
+        f"{job['backend']} {job['model']} T={job['t']}, {rounds} rounds of one step each, in "
+        "turn: us/token (median) and the time / float32's, by wall and by CPU time",
+        "",
+        "| dtype | us/token (wall) | x float32 (wall) | us/token (CPU) | x float32 (CPU) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for k, (w, c) in med.items():
+        lines.append(f"| {k} | {w:.1f} | {w / base_w:.2f} | {c:.1f} | {c / base_c:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m flashcore.app.benchprofile", description=__doc__.split("\n\n")[0]
@@ -314,6 +365,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="jax: N alternating pairs of steps without / with flashcore.jax.compiler_options()",
     )
+    p.add_argument(
+        "--compare-dots",
+        type=int,
+        metavar="N",
+        help="jax, tf: N rounds of steps in float32 and in bfloat16 on both low-precision dot "
+        "paths (flashcore.dotpath), in turn",
+    )
     args = p.parse_args(argv)
 
     from . import benchrun
@@ -323,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.backend != "jax":
             p.error("--compare-xla-options is for --backend jax")
         text = compare_xla_options(job, args.compare_xla_options)
+    elif args.compare_dots:
+        if args.backend == "torch":
+            p.error("--compare-dots is for --backend jax or tf")
+        text = compare_dots(job, args.compare_dots)
     else:
         run, _, _ = benchrun.build(job)
         run()  # untimed: jax compiles

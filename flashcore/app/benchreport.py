@@ -3,7 +3,9 @@ issue's targets, the markdown table (bench.md) and the plot (bench.png), from th
 :mod:`flashcore.app.bench` measured. Framework-free.
 
 A row: {"backend", "model", "dtype", "t"} and either "error" / "skipped" or the measurement
-("wall_s", "cpu_s", "us_per_token", "cpu_us_per_token", "gflops", "gflops_cpu", "peak_mb", ...).
+("wall_s", "cpu_s", "us_per_token", "cpu_us_per_token", "gflops", "gflops_cpu", "peak_mb", ...;
+jax / tf: "dot_path", :mod:`flashcore.dotpath`). ``gflops`` is by wall time, ``gflops_cpu`` by
+process CPU time; every figure printed says which.
 """
 
 from __future__ import annotations
@@ -11,7 +13,20 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-__all__ = ["fmt", "row_text", "find", "add_ratios", "targets", "markdown", "plot"]
+from flashcore.dotpath import label
+
+__all__ = [
+    "fmt",
+    "row_text",
+    "dtype_text",
+    "peak_dtype",
+    "add_peak_fractions",
+    "find",
+    "add_ratios",
+    "targets",
+    "markdown",
+    "plot",
+]
 
 PEER = ("torch", "flash-pytorch")  # (backend, model) of the peer
 
@@ -23,17 +38,41 @@ def fmt(x, spec=".1f", missing="-") -> str:
     return format(x, spec)
 
 
+def dtype_text(row: dict) -> str:
+    """The row's dtype with the dot path that ran: 'bfloat16 (f32 dots)' for a jax / tf row whose
+    low-precision dots (and blocks) ran in float32 from bf16 storage."""
+    return label(row["dtype"], row.get("dot_path", "native"))
+
+
+def peak_dtype(row: dict, peaks: dict) -> str:
+    """The dtype of the matmul peak a row is measured against: float32 for a row whose dots ran
+    in float32 (when the run measured that peak), else the row's dtype."""
+    return "float32" if row.get("dot_path") == "float32" and "float32" in peaks else row["dtype"]
+
+
+def add_peak_fractions(rows: list[dict], peaks: dict) -> None:
+    """Add to each measured row its GFLOP/s as a fraction of the matmul peak, by wall time
+    (``peak_fraction``) and CPU time (``peak_fraction_cpu``), and the peak's dtype
+    (``peak_dtype``, :func:`peak_dtype`). peaks: {dtype: {"gflops", "gflops_cpu"}}."""
+    for row in rows:
+        if "gflops" in row:
+            row["peak_dtype"] = ref = peak_dtype(row, peaks)
+            row["peak_fraction"] = row["gflops"] / peaks[ref]["gflops"]
+            row["peak_fraction_cpu"] = row["gflops_cpu"] / peaks[ref]["gflops_cpu"]
+
+
 def row_text(row: dict) -> str:
-    """One measured row as a progress line (ms, us/token, GFLOP/s, peak memory)."""
-    head = f"{row['backend']:<5} {row['model']:<19} {row['dtype']:<8} T={row['t']:<6}"
+    """One measured row as a progress line (ms, us/token, GFLOP/s by wall and CPU time, peak
+    memory)."""
+    head = f"{row['backend']:<5} {row['model']:<19} {dtype_text(row):<8} T={row['t']:<6}"
     if "error" in row:
         return f"{head} ERROR {row['error']}"
     if "skipped" in row:
         return f"{head} skipped: {row['skipped']}"
     return (
         f"{head} {row['wall_s'] * 1e3:9.1f} ms  {row['us_per_token']:7.2f} us/tok "
-        f"(cpu {row['cpu_us_per_token']:7.2f})  {row['gflops']:6.0f} GFLOP/s  "
-        f"peak mem {row['peak_mb']:7.0f} MB"
+        f"(cpu {row['cpu_us_per_token']:7.2f})  GFLOP/s {row['gflops']:4.0f} wall, "
+        f"{row['gflops_cpu']:4.0f} CPU  peak mem {row['peak_mb']:7.0f} MB"
     )
 
 
@@ -213,19 +252,22 @@ def markdown(rows, targets, meta) -> str:
         meta["bfloat16"],
         "",
         "ms and us/token: median wall time per step (batch 1); cpu: process CPU time (all "
-        "threads), less sensitive to other load. GFLOP/s and % peak by CPU time (against the "
-        "CPU-time matmul peak); wall-clock figures are in bench.json. peak MB: the child's maximum "
+        "threads), less sensitive to other load. GFLOP/s (CPU) and % peak (CPU) by CPU time "
+        "(against the CPU-time matmul peak of the row's dtype; float32's for a row whose dots ran "
+        "in float32, 'bfloat16 (f32 dots)'); the wall-clock figures are in the Targets section and "
+        "bench.json. peak MB: the child's maximum "
         "resident set above what was resident before the first step (jax / tf: their compile "
         "included). x fp / x T++ / x torch: how "
         "many times faster than flash-pytorch / the same backend's Transformer++ / torch's row of "
         "the same model, at the same T and dtype in this run, by wall | CPU time (> 1: faster).",
         "",
-        "| backend | model | dtype | T | ms/step | us/token | cpu us/token | GFLOP/s | % peak "
+        "| backend | model | dtype | T | ms/step | us/token | cpu us/token | GFLOP/s (CPU) "
+        "| % peak (CPU) "
         "| peak MB | x fp (wall, cpu) | x T++ (wall, cpu) | x torch (wall, cpu) |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        head = f"| {r['backend']} | {r['model']} | {r['dtype']} | {r['t']} |"
+        head = f"| {r['backend']} | {r['model']} | {dtype_text(r)} | {r['t']} |"
         if "wall_s" not in r:
             why = r.get("error") or r.get("skipped", "")
             lines.append(f"{head} {why} | | | | | | | | |")
@@ -259,6 +301,27 @@ def markdown(rows, targets, meta) -> str:
         name = tg["target"] + ("" if tg["required"] else " (reported)")
         lines.append(
             f"| {tg['backend']} | {tg['dtype']} | {name} | {tg['wall']} | {tg['cpu']} | {met_text} |"
+        )
+    lines += [
+        "",
+        "Every row against the matmul peak (torch.mm of the dtype named; GFLOP/s of the row's "
+        "FLOP model) by wall time and by CPU time:",
+        "",
+        "| backend | model | dtype | T | GFLOP/s (wall) | % peak (wall) | GFLOP/s (CPU) "
+        "| % peak (CPU) | peak of |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        if "gflops" not in r:
+            continue
+        pct = {
+            k: fmt(100 * r.get(k, float("nan")), ".0f")
+            for k in ("peak_fraction", "peak_fraction_cpu")
+        }
+        lines.append(
+            f"| {r['backend']} | {r['model']} | {dtype_text(r)} | {r['t']} | {fmt(r['gflops'], '.0f')} "
+            f"| {pct['peak_fraction']} | {fmt(r['gflops_cpu'], '.0f')} | {pct['peak_fraction_cpu']} "
+            f"| {r.get('peak_dtype', r['dtype'])} |"
         )
     lines += [
         "",

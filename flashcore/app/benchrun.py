@@ -26,7 +26,10 @@ natively (``flashcore.<backend>.bench.build_step``): torch autograd, ``jax.jit(j
 bfloat16, as each backend trains in it: torch ``torch.autocast("cpu", torch.bfloat16)`` (float32
 parameters and x; bf16 matmuls); jax the module built in bfloat16 (bf16 parameters and x); tf the
 Keras policy ``mixed_bfloat16`` (float32 variables read as bf16, x cast to bf16 by Keras). In all
-three the loss is summed in float32.
+three the loss is summed in float32. On CPU, where XLA has no fast bf16 dot, jax's and tf's blocks
+compute in float32 from their bf16 storage (:mod:`flashcore.dotpath`; the rows say
+"bfloat16 (f32 dots)" and are measured against the float32 matmul peak);
+``FLASHCORE_LOW_PRECISION_DOTS=native`` keeps bf16 compute.
 
 Each measurement is ``python -m flashcore.app.benchrun --child JSON`` (:func:`child`): it builds
 the step, runs ``warmup`` steps (at least one for jax / tf: the first call compiles, so compile
