@@ -15,7 +15,7 @@ import flashcore as fc  # noqa: E402
 from flashcore.conformance.tolerances import tolerance  # noqa: E402
 from flashcore.layers import attention_core_flash  # noqa: E402
 from flashcore.torch import kernels  # noqa: E402
-from flashcore.torch.kernels import _common, torch_core  # noqa: E402
+from flashcore.torch.kernels import _common  # noqa: E402
 from flashcore.torch.kernels.torch_core import attention_core_torch  # noqa: E402
 from flashcore.torch.xp import xp as xpt  # noqa: E402
 
@@ -146,25 +146,6 @@ def test_torch_core_bfloat16(variant, mode):
     else:
         got = run(attention_core_torch, [a.bfloat16() for a in args], w.bfloat16(), config, m)
     assert_close_all(ref, got, "bfloat16")
-
-
-@pytest.mark.parametrize("parts", [2, 4])
-@pytest.mark.parametrize("mask", ["none", "holes"])
-def test_causal_row_blocks_match_spec(monkeypatch, parts, mask):
-    """A causal chunk split into row blocks that skip the upper triangle (at small C here) gives
-    the spec's output and gradients."""
-    monkeypatch.setattr(torch_core, "CAUSAL_PARTS", parts)
-    monkeypatch.setattr(torch_core, "CAUSAL_MIN_ROWS", 1)
-    assert len(torch_core._row_parts(16, True)) == parts
-    config = cfg(**VARIANTS["causal-mean"])
-    args, w, m = make_inputs(2, 37, 8, 12, 16, mask=mask, bias=True)
-    ref = run(attention_core_flash, args, w, config, m)
-    for block in (16, 4096):
-
-        def core(*a, block=block, **k):
-            return attention_core_torch(*a, block_tokens=block, **k)
-
-        assert_close_all(ref, run(core, args, w, config, m), "float64")
 
 
 def test_torch_core_paper_shape_float32():

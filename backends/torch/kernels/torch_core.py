@@ -66,37 +66,6 @@ def _store(dst, res, scratch, i0: int, i1: int) -> None:
         dst[i0:i1].copy_(res)
 
 
-#: Row blocks of a causal chunk: block i reads the keys up to its last row only, so the
-#: products skip the part of the chunk's upper triangle above the diagonal blocks (2 blocks:
-#: a quarter of the C x C scores, exactly zero after the causal mask, never computed).
-CAUSAL_PARTS = 2
-#: The fewest rows a row block may have (smaller matmuls run below the BLAS peak).
-CAUSAL_MIN_ROWS = 64
-
-
-def _row_parts(c: int, causal: bool) -> list[tuple[slice, slice]]:
-    """(rows, keys) slices covering a chunk's nonzero scores: one full block when not causal,
-    else :data:`CAUSAL_PARTS` row blocks, block i reading keys [0, end of its rows)."""
-    k = (
-        CAUSAL_PARTS
-        if causal and c % CAUSAL_PARTS == 0 and c >= CAUSAL_MIN_ROWS * CAUSAL_PARTS
-        else 1
-    )
-    if k == 1:
-        return [(slice(None), slice(None))]
-    w = c // k
-    return [(slice(i * w, (i + 1) * w), slice(0, (i + 1) * w)) for i in range(k)]
-
-
-def _add_transposed(o, m, x, parts) -> None:
-    """o = m^T x over the (rows, keys) blocks ``parts`` of m (n, c, c): o[:, keys] gets the sum of
-    m[:, rows, keys]^T x[:, rows] over the blocks (the last block covers every key)."""
-    (rows, keys), *rest = parts[::-1]
-    torch.bmm(m[:, rows, keys].transpose(1, 2), x[:, rows], out=o[:, keys])
-    for rows, keys in rest:
-        o[:, keys].baddbmm_(m[:, rows, keys].transpose(1, 2), x[:, rows])
-
-
 def core_forward(qq, qk, lq, lk, v, bias, keep, wts, c, causal, block, cdt, need_grad):
     """The forward of :class:`_MixedChunkCore` (also run by the fused layer of
     :mod:`.torch_layer`): (out (b, t, e) in v's dtype, saved, dims); ``saved`` and ``dims`` are
@@ -122,7 +91,6 @@ def core_forward(qq, qk, lq, lk, v, bias, keep, wts, c, causal, block, cdt, need
     keep_ = _chunked(keep, pad, c) if keep is not None else None
 
     nb = max(1, min(g, block // c))
-    parts = _row_parts(c, causal)
     rbuf = torch.empty((b * g if need_grad else nb, c, c), dtype=cdt, device=dev)
     abuf = torch.empty((nb, c, c), dtype=cdt, device=dev)
     out = torch.empty((b * g, c, e), dtype=odt, device=dev)
@@ -144,18 +112,13 @@ def core_forward(qq, qk, lq, lk, v, bias, keep, wts, c, causal, block, cdt, need
             i0, i1 = bi * g + g0, bi * g + g1
             q_b, k_b, v_b = qq_[i0:i1], qk_[i0:i1], v_[i0:i1]
             r = rbuf[i0:i1] if need_grad else rbuf[:n]
-            for rows, keys in parts:  # causal: the row blocks' keys stop at their last row
-                rr = r[:, rows, keys]
-                if bias_ is not None:
-                    b_ = bias_[:n, rows, keys]
-                    torch.baddbmm(
-                        b_, q_b[:, rows], k_b[:, keys].transpose(1, 2), alpha=inv_c, out=rr
-                    )
-                else:
-                    torch.bmm(q_b[:, rows], k_b[:, keys].transpose(1, 2), out=rr).mul_(inv_c)
+            if bias_ is not None:
+                torch.baddbmm(bias_[:n], q_b, k_b.transpose(1, 2), alpha=inv_c, out=r)
+            else:
+                torch.bmm(q_b, k_b.transpose(1, 2), out=r).mul_(inv_c)
             r.relu_()
             if causal:
-                r.tril_()  # also zeroes the blocks above the diagonal that were not computed
+                r.tril_()
             a = torch.mul(r, r, out=abuf[:n])
             o = _target(out, obuf, i0, i1)
             if causal:
@@ -167,8 +130,7 @@ def core_forward(qq, qk, lq, lk, v, bias, keep, wts, c, causal, block, cdt, need
                 torch.bmm(lq_[i0:i1], p, out=o)
             else:
                 torch.mm(lq_[i0:i1].reshape(-1, s), pbuf[bi], out=o.view(-1, e))
-            for rows, keys in parts:
-                o[:, rows].baddbmm_(a[:, rows, keys], v_b[:, keys])
+            o.baddbmm_(a, v_b)
             _store(out, o, obuf, i0, i1)
     del abuf, obuf
     saved = (qq_, qk_, lq_, lk_, v_, rbuf, pbuf, keep_) if need_grad else None
@@ -195,7 +157,6 @@ def core_backward(saved, dims, dout, out=None):
     if not do_.is_contiguous():
         do_ = do_.contiguous()
     nb = max(1, min(g, block // c))
-    parts = _row_parts(c, causal)
     conv = odt != cdt
     dsbuf = torch.empty((nb, c, c), dtype=cdt, device=dev)
     grads, scratch = [], []
@@ -231,27 +192,22 @@ def core_backward(saved, dims, dout, out=None):
             else:
                 dm = dmbuf[bi]
                 p = pbuf[bi]
-            ds = dsbuf[:n]
-            q_b, k_b = qq_[i0:i1], qk_[i0:i1]
-            for rows, keys in parts:  # causal: only the blocks on and below the diagonal
-                d_ = torch.bmm(do[:, rows], v_b[:, keys].transpose(1, 2), out=ds[:, rows, keys])
-                d_.mul_(r[:, rows, keys])  # dS / 2 (zero where R is)
-                if dbias is not None:
-                    dbias[rows, keys] += d_.sum(dim=0, dtype=acc)
+            ds = torch.bmm(do, v_b.transpose(1, 2), out=dsbuf[:n])  # dA
+            ds.mul_(r)  # dS / 2 (zero where R is)
+            if dbias is not None:
+                dbias += ds.sum(dim=0, dtype=acc)
             o = _target(dqq, sqq, i0, i1)
-            for rows, keys in parts:
-                torch.bmm(ds[:, rows, keys], k_b[:, keys], out=o[:, rows])
-            o.mul_(two_c)
+            torch.bmm(ds, qk_[i0:i1], out=o).mul_(two_c)
             _store(dqq, o, sqq, i0, i1)
             o = _target(dqk, sqk, i0, i1)
-            _add_transposed(o, ds, q_b, parts)
-            o.mul_(two_c)
+            torch.bmm(ds.transpose(1, 2), qq_[i0:i1], out=o).mul_(two_c)
             if keep_ is not None:
                 o.mul_(keep_[i0:i1])
             _store(dqk, o, sqk, i0, i1)
-            a = torch.mul(r, r, out=ds)  # R^2, reusing the buffer
+            rt = r.transpose(1, 2)
+            at = torch.mul(rt, rt, out=ds)  # (R^2)^T, reusing the buffer
             o = _target(dv, sv, i0, i1)
-            _add_transposed(o, a, do, parts)
+            torch.bmm(at, do, out=o)
             if causal:
                 o.baddbmm_(lk_[i0:i1], dm)
             else:
