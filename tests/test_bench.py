@@ -314,3 +314,22 @@ def test_bench_main_end_to_end(tmp_path, capsys):
         assert tg["met_wall"] in (True, False)
     assert (tmp_path / "bench.png").stat().st_size > 0
     assert capsys.readouterr().out.startswith(f"flashcore bench {' '.join(argv)}")
+
+
+def test_attention_rows_give_rates_and_the_pair_against_the_block():
+    res = {
+        m: {"gau_s": 2.0, "sdpa_s": 1.0, "gau_fwd_s": 0.5, "sdpa_fwd_s": 0.5}
+        for m in ("causal", "full")
+    }
+    rows = bench._attention_rows(1024, "bfloat16", res)
+    assert [r["causal"] for r in rows] == [True, False]
+    for r in rows:
+        gau = benchrun.attention_flops("gau", 1024, r["causal"])
+        sdpa = benchrun.attention_flops("sdpa", 1024, r["causal"])
+        assert r["gau_gflops_cpu"] == pytest.approx(gau / 2.0 / 1e9)
+        assert r["rate_ratio"] == pytest.approx(gau / sdpa / 2.0)
+        assert r["rate_ratio_fwd"] == pytest.approx(gau / sdpa)
+        assert r["flop_ratio"] == pytest.approx(2 * gau / sdpa) and r["time_ratio"] == 4.0
+    md = bench._attention_markdown(rows + bench._attention_rows(4096, "float32", {"error": "x"}))
+    assert "| 1024 | bfloat16 | yes |" in md and "| 4096 | float32 | | x |" in md
+    assert bench._attention_markdown([]) == ""

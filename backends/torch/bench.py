@@ -29,7 +29,7 @@ from .layers import FLASH, TransformerBlock
 from .naming import naming_table
 from .xp import xp
 
-__all__ = ["MODELS", "build_step", "matmul_peak"]
+__all__ = ["MODELS", "build_step", "matmul_peak", "attention_cores"]
 
 MODELS = (
     "flashcore",
@@ -183,3 +183,62 @@ def matmul_peak(n: int, dtype: str, *, threads: int | None = None, repeats: int 
         "gflops_cpu": flop / statistics.median(cpu) / 1e9,
         "threads": torch.get_num_threads(),
     }
+
+
+def _cpu_seconds(fn, repeats: int) -> float:
+    """Median process CPU seconds of ``fn()`` over ``repeats`` calls after one untimed."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        c0 = time.process_time()
+        fn()
+        times.append(time.process_time() - c0)
+    return statistics.median(times)
+
+
+def attention_cores(t: int, dtype: str, *, threads: int | None = None, repeats: int = 3) -> dict:
+    """GAU's fused relu^2 core against SDPA, causal and not: {"causal" | "full": {"gau_s",
+    "sdpa_s", "gau_fwd_s", "sdpa_fwd_s"}} in CPU seconds (median of ``repeats``) of one forward
+    + backward (``*_fwd_s``: forward alone, no autograd) at T = ``t``.
+
+    GAU: :func:`flashcore.torch.kernels.torch_core.gau_core_torch` on q, k (1, t, s), v (1, t, e)
+    and a (t, t) bias, s and e the benchmarked FLASH layer's; SDPA:
+    ``scaled_dot_product_attention`` on q, k, v (1, heads, t, d / heads), the Transformer++
+    block's. Inputs in ``dtype`` (what autocast hands the cores in bfloat16), standard normal."""
+    from flashcore.app import benchrun
+
+    from .kernels.torch_core import gau_core_torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    dt = getattr(torch, dtype)
+    d, s, e, nh = benchrun.DIM, benchrun.QK, benchrun.EXPANSION * benchrun.DIM, benchrun.HEADS
+    gen = torch.Generator().manual_seed(0)
+
+    def leaf(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=gen)).to(dt).requires_grad_(True)
+
+    q, k, v = leaf(1, t, s), leaf(1, t, s), leaf(1, t, e)
+    bias = leaf(t, t, scale=0.1)
+    hq, hk, hv = (leaf(1, nh, t, d // nh) for _ in range(3))
+    dout, hdout = torch.randn(1, t, e).to(dt), torch.randn(1, nh, t, d // nh).to(dt)
+    out = {}
+    for causal in (True, False):
+        config = fc.FlashConfig(dim=d, kind="gau", qk_dim=s, causal=causal, max_len=t)
+
+        def gau(config=config):
+            return gau_core_torch(q, k, v, bias=bias, config=config)
+
+        def sdpa(causal=causal):
+            f = torch.nn.functional.scaled_dot_product_attention
+            return f(hq, hk, hv, is_causal=causal)
+
+        res = {
+            "gau_s": _cpu_seconds(lambda: gau().backward(dout), repeats),
+            "sdpa_s": _cpu_seconds(lambda: sdpa().backward(hdout), repeats),
+        }
+        with torch.no_grad():
+            res["gau_fwd_s"] = _cpu_seconds(gau, repeats)
+            res["sdpa_fwd_s"] = _cpu_seconds(sdpa, repeats)
+        out["causal" if causal else "full"] = res
+    return out

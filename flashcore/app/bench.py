@@ -95,6 +95,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=3600.0, help="per measurement, seconds")
     p.add_argument("--matmul-size", type=int, default=4096, help="n of the n x n peak matmul")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-attention-cores",
+        action="store_true",
+        help="skip the GAU core vs SDPA rows (torch, T <= 16K)",
+    )
     args = p.parse_args(argv)
     if args.backend:
         args.backends = [args.backend]
@@ -132,6 +137,56 @@ def _grid(args) -> list[dict]:
                         row["skipped"] = why
                     rows.append(row)
     return rows
+
+
+def _attention_rows(t: int, dtype: str, res: dict) -> list[dict]:
+    """The GAU-core-vs-SDPA rows of one attention child's result (causal, then not)."""
+    if "error" in res:
+        return [{"t": t, "dtype": dtype, "error": res["error"]}]
+    rows = []
+    for mode in ("causal", "full"):
+        r, causal = res[mode], mode == "causal"
+        gau, sdpa = (benchrun.attention_flops(c, t, causal) for c in ("gau", "sdpa"))
+        rows.append({
+            "t": t, "dtype": dtype, "causal": causal, **r,
+            "gau_gflops_cpu": gau / r["gau_s"] / 1e9,
+            "sdpa_gflops_cpu": sdpa / r["sdpa_s"] / 1e9,
+            "rate_ratio": (gau / r["gau_s"]) / (sdpa / r["sdpa_s"]),
+            "rate_ratio_fwd": (gau / r["gau_fwd_s"]) / (sdpa / r["sdpa_fwd_s"]),
+            # the FLASH-Quad pair (2 GAU layers) against the Transformer++ block (1 SDPA)
+            "flop_ratio": 2 * gau / sdpa,
+            "time_ratio": 2 * r["gau_s"] / r["sdpa_s"],
+        })  # fmt: skip
+    return rows
+
+
+def _attention_markdown(rows: list[dict]) -> str:
+    """The report's section on GAU's quadratic core against SDPA (empty without rows)."""
+    if not rows:
+        return ""
+    lines = [
+        "",
+        "## FLASH-Quad's attention core against SDPA (torch, GFLOP/s by CPU time)",
+        "",
+        "GAU's fused relu^2 core (`gau_core_torch`, s = 128, e = 1024, a (T, T) bias) and SDPA "
+        "(8 heads x 64), one forward + backward each; FLOPs: `benchrun.attention_flops` (3x the "
+        "forward, the causal lower triangle only). Pair / block: two GAU layers (a FLASH-Quad "
+        "pair) against one Transformer++ block, in attention FLOPs and in CPU time.",
+        "",
+        "| T | dtype | causal | GAU GFLOP/s | SDPA GFLOP/s | rate GAU/SDPA (fwd+bwd) | "
+        "rate (fwd) | FLOPs pair/block | time pair/block |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['t']} | {r['dtype']} | | {r['error']} | | | | | |")
+            continue
+        lines.append(
+            f"| {r['t']} | {r['dtype']} | {'yes' if r['causal'] else 'no'} | "
+            f"{r['gau_gflops_cpu']:.0f} | {r['sdpa_gflops_cpu']:.0f} | {r['rate_ratio']:.2f}x | "
+            f"{r['rate_ratio_fwd']:.2f}x | {r['flop_ratio']:.2f} | {r['time_ratio']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None, *, progress=None) -> int:
@@ -201,6 +256,14 @@ def main(argv: list[str] | None = None, *, progress=None) -> int:
                 row["gflops"] = flop / res["wall_s"] / 1e9
                 row["gflops_cpu"] = flop / res["cpu_s"] / 1e9
         progress.note("  " + benchreport.row_text(row), file=sys.stdout)
+    attention = []
+    if "torch" in args.backends and not args.no_attention_cores and not _missing(NEEDS["torch"]):
+        for t in [t for t in args.lengths if t <= TRANSFORMER_MAX_LEN["torch"]]:
+            for dt in args.dtypes:
+                job = {"kind": "attention", "t": t, "dtype": dt, "threads": args.threads}
+                job["repeats"] = args.repeats or _default_repeats(t)
+                res = benchrun.run_child(job, env("torch"), args.timeout)
+                attention += _attention_rows(t, dt, res)
     peak_end = peaks("end")
     peak = {
         dt: {k: max(peak_start[dt][k], peak_end[dt][k]) for k in ("gflops", "gflops_cpu")}
@@ -226,7 +289,8 @@ def main(argv: list[str] | None = None, *, progress=None) -> int:
         "bfloat16": benchrun.doc_paragraph("bfloat16, as "),
         "flops_model": benchrun.doc_paragraph("FLOPs: "),
     }
-    md = benchreport.markdown(rows, targets, meta)
+    meta["attention_cores"] = attention
+    md = benchreport.markdown(rows, targets, meta) + _attention_markdown(attention)
     print()
     print(md)
     args.out.mkdir(parents=True, exist_ok=True)

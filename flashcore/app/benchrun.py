@@ -84,6 +84,7 @@ __all__ = [
     "flash_layer_params",
     "matched_ffn_dim",
     "flops_per_token",
+    "attention_flops",
     "child_env",
     "run_child",
     "measure",
@@ -200,6 +201,16 @@ def flops_per_token(model: str, t: int, ffn_dim: int | None = None) -> float:
         return 3.0 * 2 * layer
     f = ffn_dim or matched_ffn_dim(2 * flash_layer_params())
     return 3.0 * (2 * (4 * d * d + 3 * d * f) + 2 * t * d)
+
+
+def attention_flops(core: str, t: int, causal: bool) -> float:
+    """Forward+backward FLOPs (3x the forward's) of one attention core over t tokens: 'gau',
+    GAU's relu(Q K^T / t + B)^2 V with q, k (t, s) and v (t, e), s and e the FLASH layer's;
+    'sdpa', the Transformer++ block's softmax attention over d = heads x head_dim. Pairs: the
+    t (t + 1) / 2 of the lower triangle when causal, else t^2."""
+    pairs = t * (t + 1) / 2 if causal else float(t * t)
+    width = {"gau": QK + EXPANSION * DIM, "sdpa": 2 * DIM}[core]
+    return 3.0 * 2 * pairs * width
 
 
 def doc_paragraph(start: str) -> str:
@@ -327,6 +338,12 @@ def _child_job(job: dict) -> dict:
         else:
             from flashcore.tf import bench
         return bench.matmul_peak(job["n"], job["dtype"])
+    if job["kind"] == "attention":
+        from flashcore.torch import bench
+
+        return bench.attention_cores(
+            job["t"], job["dtype"], threads=job.get("threads"), repeats=job["repeats"]
+        )
     run, _, info = build(job)
     compiles = job["backend"] != "torch" or job.get("compile", False)
     warmup = max(job["warmup"], 1 if compiles else 0)  # the compiling first call is not timed

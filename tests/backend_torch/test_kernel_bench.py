@@ -69,3 +69,32 @@ def test_transformer_baseline_matches_the_flash_pair_in_size():
     x2 = x.clone()
     x2[:, 10:] += 1.0
     assert_close(model(x2)[:, :10].detach(), y[:, :10].detach(), reorder=40)
+
+
+def test_attention_flops_match_torchs_count_of_the_dense_cores():
+    """benchrun.attention_flops (3x the forward) against torch's count of each core's forward
+    matmuls, written densely (no mask, so every pair is computed), and the causal half."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    t, d, s = 64, benchrun.DIM, benchrun.QK
+    e, nh = benchrun.EXPANSION * d, benchrun.HEADS
+    q, k, v = torch.randn(t, s), torch.randn(t, s), torch.randn(t, e)
+    with FlopCounterMode(display=False) as counter:
+        torch.relu(q @ k.T / t) ** 2 @ v
+    assert 3 * counter.get_total_flops() == benchrun.attention_flops("gau", t, False)
+    hq = torch.randn(1, nh, t, d // nh)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        torch.nn.functional.scaled_dot_product_attention(hq, hq, hq)
+    assert 3 * counter.get_total_flops() == benchrun.attention_flops("sdpa", t, False)
+    for core in ("gau", "sdpa"):
+        full = benchrun.attention_flops(core, t, False)
+        assert benchrun.attention_flops(core, t, True) == full * (t + 1) / (2 * t)
+
+
+def test_attention_cores_times_both_cores_both_ways():
+    res = bench.attention_cores(32, "float32", threads=1, repeats=1)
+    assert set(res) == {"causal", "full"}
+    for r in res.values():
+        assert set(r) == {"gau_s", "sdpa_s", "gau_fwd_s", "sdpa_fwd_s"}
+        assert all(v >= 0 for v in r.values())

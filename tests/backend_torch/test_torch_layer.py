@@ -328,3 +328,29 @@ def test_lm_runs_its_blocks_through_the_fused_layer(monkeypatch, kind):
     rtol, atol = tolerance("float64", "grad_params")
     for n in ref[1]:
         torch.testing.assert_close(got[1][n], ref[1][n], rtol=rtol, atol=atol * scale, msg=n)
+
+
+@pytest.mark.parametrize("n, rows", [(1, 256), (7, 3), (12, 4), (16, 256)])
+def test_learned_bias_equals_the_spec_table_and_its_gradient(monkeypatch, n, rows):
+    """The fused layer's Toeplitz learned bias (and its diagonal-sum backward, a block of rows
+    at a time) against the spec's rel_bias gather in float64."""
+    import numpy as np
+
+    from flashcore import ops
+    from flashcore.torch.kernels import torch_layer
+
+    monkeypatch.setattr(torch_layer, "_BIAS_ROWS", rows)
+    config = fc.FlashConfig(dim=8, qk_dim=8, kind="gau", max_len=16, bias_scale=0.5)
+    layer = GAU(config).double()
+    w = layer.rel_bias.weight
+    like = torch.empty(0, dtype=torch.float64)
+    pos = np.arange(n)
+    ref = ops.rel_bias(w, pos, pos, config=config, xp=xp, like=like)
+    got = torch_layer._rel_bias(layer, n, like)
+    cot = torch.randn(n, n, dtype=torch.float64)
+    (g_ref,) = torch.autograd.grad((ref * cot).sum(), w)
+    (g_got,) = torch.autograd.grad((got * cot).sum(), w)
+    rtol, atol = tolerance("float64", "output")
+    torch.testing.assert_close(got, ref, rtol=rtol, atol=atol)
+    rtol, atol = tolerance("float64", "grad_params")
+    torch.testing.assert_close(g_got, g_ref, rtol=rtol, atol=atol)

@@ -336,7 +336,7 @@ def gau_backward(saved, dims, dout):
     dq = torch.empty(q_.shape, dtype=odt, device=dev)
     dk = torch.zeros(k_.shape, dtype=acc, device=dev)
     dv = torch.zeros(v_.shape, dtype=acc, device=dev)
-    dbias = torch.zeros((t, t), dtype=acc, device=dev) if bias_ is not None else None
+    dbias = torch.empty((t, t), dtype=acc, device=dev) if bias_ is not None else None
     tri = {}
     for bi in range(b):
         for i0 in range(0, t, block):
@@ -348,8 +348,12 @@ def gau_backward(saved, dims, dout):
                 r[:, i0:].mul_(_diag_mask(tri, i1 - i0, r.dtype, dev))
             dv[bi, :j1] += torch.mm(torch.mul(r, r).t(), dob)  # A^T dO
             ds = torch.mm(dob, vb.t()).mul_(r).mul_(2.0)  # dS = 2 R * (dO V^T)
-            if dbias is not None:
-                dbias[i0:i1, :j1] += ds
+            if dbias is not None:  # each block owns its rows: set by batch row 0, then summed
+                if bi == 0:
+                    dbias[i0:i1, :j1].copy_(ds)
+                    dbias[i0:i1, j1:].zero_()
+                else:
+                    dbias[i0:i1, :j1] += ds
             dq[bi, i0:i1].copy_(torch.mm(ds, kb).mul_(scale))
             dk[bi, :j1] += torch.mm(ds.t(), qb).mul_(scale)
     if keep_ is not None:

@@ -286,15 +286,68 @@ class _FusedLayer(torch.autograd.Function):
         return dx, dnorm, dw_h, db_h, dgamma, dbeta, dbias, dw_o, db_o, None
 
 
+class _LearnedBias(torch.autograd.Function):
+    """The learned relative bias of n positions, B[i, j] = w[j - i + L - 1] (the spec's
+    :func:`flashcore.ops.rel_bias` with rel_bias='learned', offsets within the span L), as a
+    Toeplitz copy of a strided view of w; its backward sums the (n, n) gradient along each
+    diagonal, a block of rows at a time (not a scatter-add of n^2 indices)."""
+
+    @staticmethod
+    def forward(ctx, w, n: int, span: int):
+        ctx.n, ctx.span, ctx.w_dtype = n, span, w.dtype
+        u = w[span - n : span + n - 1]  # offsets -(n - 1) .. n - 1
+        return u.unfold(0, n, 1).flip(0)  # [i, j] = u[n - 1 - i + j]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        n, span = ctx.n, ctx.span
+        acc = torch.float32 if g.dtype in (torch.float16, torch.bfloat16) else g.dtype
+        du = torch.zeros(2 * n - 1, dtype=acc, device=g.device)
+        rows = max(1, min(n, _BIAS_ROWS))
+        buf = torch.zeros(rows * (rows + n - 1), dtype=acc, device=g.device)
+        for i0 in range(0, n, rows):
+            r = min(rows, n - i0)
+            width = r + n - 1
+            # row k of the block shifted right by r - 1 - k: column c holds offset index
+            # c + n - r - i0 (the diagonal j - i), so the column sums are the diagonal sums
+            flat = buf[: r * width]
+            if r != rows:  # the band's place moves: clear what the full blocks left there
+                flat.zero_()
+            flat.as_strided((r, n), (width - 1, 1), r - 1).copy_(g[i0 : i0 + r])
+            du[n - r - i0 : n - r - i0 + width] += flat.view(r, width).sum(dim=0)
+        dw = torch.zeros((2 * span - 1,), dtype=acc, device=g.device)
+        dw[span - n : span + n - 1] = du
+        return dw.to(ctx.w_dtype), None, None
+
+
+#: Rows of the bias gradient reduced at once by :class:`_LearnedBias` (memory: rows x 2n floats).
+_BIAS_ROWS = 256
+
+
+def _rel_bias(layer, positions: int, like: torch.Tensor):
+    """The (positions, positions) relative bias of ``layer``: :class:`_LearnedBias` for a learned
+    bias whose span covers the offsets, else the spec's :func:`flashcore.ops.rel_bias` (which
+    also names an offset beyond the span)."""
+    cfg = layer.config
+    w = layer.rel_bias.weight
+    if cfg.rel_bias == "learned" and positions <= cfg.bias_span and w.dim() == 1:
+        bias = _LearnedBias.apply(w, positions, cfg.bias_span)
+        if cfg.bias_scale != 1.0:
+            bias = bias * cfg.bias_scale
+        return bias.to(like.dtype)
+    pos = np.arange(positions)
+    return ops.rel_bias(w, pos, pos, config=cfg, xp=xp, like=like)
+
+
 def _apply(layer, x: torch.Tensor, mask, positions: int) -> torch.Tensor:
     cfg = layer.config
     plan = _Plan(cfg, x, mask)
     norm_w = layer.norm.scale if cfg.norm == "scale" else layer.norm.weight
     bias = None
     if cfg.rel_bias != "none":  # the spec's table, (positions, positions)
-        pos = np.arange(positions)
         like = torch.empty(0, dtype=plan.bias_dt, device=x.device)
-        bias = ops.rel_bias(layer.rel_bias.weight, pos, pos, config=cfg, xp=xp, like=like)
+        bias = _rel_bias(layer, positions, like)
     with torch.autocast("cpu", enabled=False):
         return _FusedLayer.apply(
             x, norm_w, layer.hidden.weight, layer.hidden.bias, layer.qk.gamma, layer.qk.beta,
