@@ -20,7 +20,7 @@ import dataclasses
 import numpy as np
 
 from . import dropout as drop
-from . import nonfinite, ops
+from . import kernels, nonfinite, ops
 from ._xp import const, device_of, iota, is_low_precision, is_static, namespace, size_as
 from .checks import check_mask, check_segments, check_x
 from .config import FlashConfig
@@ -303,8 +303,9 @@ def gau(
     q, k, v = (xp.astype(a, acc, copy=False) for a in (q, k, v))
     pos = positions(t, xp, q)
     bias = ops.rel_bias(params.get("rel_bias.weight"), pos, pos, config=config, xp=xp, like=q)
-    core = getattr(xp, "gau_core", None) or attention_core_gau  # a backend's fused core
     attn_keep = None if dropout is None else dropout["attn"]
+    call = kernels.Call(v, mask, segment_ids, attn_keep)
+    core = kernels.of(xp).core("gau", config, call) or attention_core_gau  # a backend's, or ours
     att = core(
         q, k, v, bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=xp,
         attn_keep=attn_keep,
@@ -323,7 +324,7 @@ def attention_core_gau(
     q, k: (b, t, s); v: (b, t, e), all in the accumulation dtype (float32 for float16 /
     bfloat16 layers); bias: (t, t) or None; mask, segment_ids: (b, t) or None; attn_keep:
     (b, t, j) bool dropout keep-mask or None. Returns (b, t, e). This is the piece a backend's
-    fused core replaces (``xp.gau_core``, same signature); it is that core's oracle.
+    fused core replaces (``Kernels.gau``, same signature); it is that core's oracle.
     """
     xp = namespace(v, xp=xp)
     b, t, _ = v.shape
@@ -385,8 +386,9 @@ def flash(
     linear attention across chunks; out = (U * (quad + lin)) W_o + b_o + x. The whole sequence
     is one call of :func:`flash_core` with no carried state.
 
-    ``core``: an accelerated replacement for :func:`attention_core_flash` with the same signature
-    (a backend's fused kernel); None uses the spec's own. dropout: None or keep-masks {"attn":
+    The mixed-chunk core is the backend's ``Kernels.flash`` where it takes the call
+    (:mod:`flashcore.kernels`), else :func:`attention_core_flash`. ``core``: deprecated, a
+    function taken for every call instead (:func:`flashcore.kernels.override`). dropout: None or keep-masks {"attn":
     (b, g, c, k), "out": (b, t, d)} bool, applied to the local quadratic weights of each chunk
     and to the output before the residual (scaled by 1 / (1 - p)); the core then receives
     ``attn_keep=`` (a core that cannot apply it must hand the call to the spec's core).
@@ -397,16 +399,9 @@ def flash(
     check_mask(mask, b, t)
     check_segments(segment_ids, b, t, xp)
     dropout = drop.check_dropout(dropout, config, b, t)
+    xp = kernels.override(xp, flash=core)
     out, _ = flash_core(
-        params,
-        x,
-        None,
-        config=config,
-        mask=mask,
-        segment_ids=segment_ids,
-        xp=xp,
-        core=core,
-        dropout=dropout,
+        params, x, None, config=config, mask=mask, segment_ids=segment_ids, xp=xp, dropout=dropout
     )
     return out
 
@@ -420,7 +415,6 @@ def flash_core(
     mask=None,
     segment_ids=None,
     xp=None,
-    core=None,
     dropout=None,
 ):
     """The one FLASH core with explicit state: x (b, t, d), the positions that follow ``state``
@@ -474,6 +468,7 @@ def flash_core(
     args = dict(bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=xp)
     attn_keep = None if dropout is None else dropout["attn"]
     reached = nonfinite.reach(bad, mask, segment_ids, causal=config.causal, xp=xp)
+    core = kernels.of(xp).core("flash", config, kernels.Call(v, mask, segment_ids, attn_keep))
     own = carried = None
     if state is None:
         kw = {} if attn_keep is None else {"attn_keep": attn_keep}
@@ -496,8 +491,8 @@ def flash_core(
 
 
 def _core_with_state(core, qq, qk, lq, lk, v, args: dict, carried: dict, attn_keep):
-    """The mixed-chunk core on a piece with a carried state: a backend's fused ``core`` (which
-    takes none) where lin is linear in the state (linear_norm='sum', no mask, no segments, no
+    """The mixed-chunk core on a piece with a carried state: the backend's fast ``core`` (which
+    takes none; None: there is none for this call) where lin is linear in the state (linear_norm='sum', no mask, no segments, no
     dropout, causal): core's output + lq S_in; else the spec's core with the state."""
     config, xp = args["config"], args["xp"]
     fused = (

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from ._xp import const, device_of, is_low_precision
 
 __all__ = ["nonfinite_rows", "zero_rows", "reach", "poison", "known_clear"]
@@ -41,9 +42,9 @@ def nonfinite_rows(x, xp):
 
 def known_clear(rows, xp) -> bool:
     """True when ``rows`` (bool) is known to hold no True without tracing or a device sync:
-    ``xp.known_all_false(rows)`` where the namespace has that hook (torch on the CPU, eagerly),
+    the backend's ``Kernels.known_all_false(rows)`` where it has one (torch on the CPU, eagerly),
     else False. Lets :func:`zero_rows` and :func:`poison` skip their pass for finite inputs."""
-    hook = getattr(xp, "known_all_false", None)
+    hook = kernels.of(xp).known_all_false
     return bool(hook is not None and hook(rows))
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import kernels
 from ._xp import const, erf, is_low_precision, tracing
 from .checks import concrete
 
@@ -72,19 +73,19 @@ def norm(p: dict, x, *, kind: str, eps: float, xp, eps_mode: str = "add", affine
 
 
 def silu(x, xp):
-    """x * sigmoid(x): ``xp.silu`` when the namespace has one (a backend's fused kernel: one pass
+    """x * sigmoid(x): the backend's ``Kernels.silu`` where it has one (a fused kernel: one pass
     over x forward and backward instead of ~10), the formula otherwise."""
-    fused = getattr(xp, "silu", None)
+    fused = kernels.of(xp).silu
     if fused is not None:
         return fused(x)
     return x / (1.0 + xp.exp(-x))
 
 
 def dense(h, kernel, bias, xp):
-    """h W + b. h: (..., i); kernel: (i, o); bias: (o,) or None -> (..., o). ``xp.dense`` when the
-    namespace has one (a backend's fused matmul-plus-bias, e.g. torch's addmm), the formula
+    """h W + b. h: (..., i); kernel: (i, o); bias: (o,) or None -> (..., o). The backend's
+    ``Kernels.dense`` where it has one (a fused matmul-plus-bias, e.g. torch's addmm), the formula
     otherwise."""
-    fused = getattr(xp, "dense", None)
+    fused = kernels.of(xp).dense
     if fused is not None:
         return fused(h, kernel, bias)
     y = xp.matmul(h, kernel)
@@ -93,11 +94,11 @@ def dense(h, kernel, bias, xp):
 
 def split(a, sizes: tuple[int, ...], xp) -> list:
     """``a`` cut along its last axis into pieces of ``sizes`` (summing to a.shape[-1]).
-    ``xp.split_last`` when the namespace has one (one backward for all pieces instead of one
-    zero-filled gradient per slice), slicing otherwise."""
+    The backend's ``Kernels.split_last`` where it has one (one backward for all pieces instead of
+    one zero-filled gradient per slice), slicing otherwise."""
     if sum(sizes) != a.shape[-1]:
         raise ValueError(f"sizes {sizes} do not add up to the last axis {a.shape[-1]}")
-    fused = getattr(xp, "split_last", None)
+    fused = kernels.of(xp).split_last
     if fused is not None:
         return list(fused(a, sizes))
     out, i = [], 0
@@ -246,7 +247,7 @@ def angles_at(pos, *, dims: int, base: float, xp, like):
     (shape (), may be traced) -> two (1, dims/2) arrays in ``like``'s dtype, exact to
     ROPE_MAX_POSITION (see :func:`rope_at`).
 
-    Where ``pos`` is concrete (eager, ``xp.concrete`` gives its value) the angle is taken in
+    Where ``pos`` is concrete (eager, ``Kernels.concrete`` gives its value) the angle is taken in
     float64 on the host, and only the (1, dims/2) row moves to the device: an eager decoding step
     then converts two rows instead of the four tables."""
     host = _host_position(xp, pos)

@@ -47,7 +47,6 @@ import tensorflow as tf
 import flashcore as fc
 from flashcore.config import FlashConfig, TransformerConfig
 
-from . import kernels
 from .decode import BlockDecoding
 from .module import CLASSES, CanonicalModule, no_autograph, run_static
 
@@ -69,12 +68,9 @@ class _Block(BlockDecoding, CanonicalModule):
         masks = self._masks(inputs, training, dropout)
 
         per_example = isinstance(self.config, TransformerConfig)
-        extra = {"core": kernels.softmax_core} if per_example else {}
 
         def run(xp, x, m, s, d):
-            return fn(
-                params, x, config=self.config, mask=m, segment_ids=s, xp=xp, dropout=d, **extra
-            )
+            return fn(params, x, config=self.config, mask=m, segment_ids=s, xp=xp, dropout=d)
 
         return run_static(
             run,

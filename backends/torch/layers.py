@@ -145,7 +145,6 @@ class FLASH(_FlashLayer):
             mask=mask,
             segment_ids=segment_ids,
             xp=xp,
-            core=kernels.attention_core,
             dropout=masks,
         )
 
@@ -199,5 +198,4 @@ class TransformerBlock(BlockDecoding, CanonicalModule):
             segment_ids=segment_ids,
             xp=xp,
             dropout=dropout,
-            core=kernels.softmax_core,
         )
