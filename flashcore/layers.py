@@ -28,6 +28,7 @@ from .params import subtree
 
 __all__ = [
     "gau",
+    "gau_math",
     "flash",
     "project",
     "normed_input",
@@ -37,6 +38,9 @@ __all__ = [
     "attention_core_gau",
     "flash_core",
     "summary",
+    "checked_call",
+    "core_dtype",
+    "in_dtype",
     "causal_mask",
     "causal_allowed",
     "FUSED_CORE_FIELDS",
@@ -127,11 +131,34 @@ def fused_gau_unsupported(config, *, masked: bool, segment_ids=None, attn_keep=N
     return None
 
 
-def _check_config(config, kind: str) -> None:
-    if not isinstance(config, FlashConfig):
-        raise TypeError(f"config must be a FlashConfig, got {type(config).__name__}")
-    if config.kind != kind:
-        raise ValueError(f"this is the {kind} layer but FlashConfig.kind={config.kind!r}")
+def checked_call(config, kind: str | None, x, mask, segment_ids, xp, dropout):
+    """Every check of a layer or block call, made once before its math: the config (a
+    FlashConfig of ``kind``; None: any config), x (b, t, d) floating, mask, segment_ids and the
+    dropout keep-masks. -> (xp: the namespace, dropout: the checked keep-masks or None)."""
+    if kind is not None:
+        if not isinstance(config, FlashConfig):
+            raise TypeError(f"config must be a FlashConfig, got {type(config).__name__}")
+        if config.kind != kind:
+            raise ValueError(f"this is the {kind} layer but FlashConfig.kind={config.kind!r}")
+    xp = namespace(x, xp=xp)
+    b, t = check_x(x, config.dim)
+    check_mask(mask, b, t)
+    check_segments(segment_ids, b, t, xp)
+    return xp, drop.check_dropout(dropout, config, b, t)
+
+
+def core_dtype(x, xp, v=None):
+    """The dtype the attention cores compute in (the low-precision policy): float32 for a
+    float16 / bfloat16 layer, else ``v``'s where given (under torch autocast: the autocast dtype
+    of the projections), x's otherwise."""
+    if is_low_precision(x.dtype):
+        return xp.float32
+    return x.dtype if v is None else v.dtype
+
+
+def in_dtype(xp, dtype, *arrays) -> list:
+    """``arrays`` in ``dtype`` (no copy where they are already)."""
+    return [xp.astype(a, dtype, copy=False) for a in arrays]
 
 
 def _same_segment(seg_q, seg_k):
@@ -290,17 +317,18 @@ def gau(
     out = (U * (A V)) W_o + b_o + x. dropout: None or keep-masks {"attn": (b, t, j), "out":
     (b, t, d)} bool, applied to A and to the output before the residual (scaled by 1 / (1 - p)).
     """
-    _check_config(config, "gau")
-    xp = namespace(x, xp=xp)
-    b, t = check_x(x, config.dim)
-    check_mask(mask, b, t)
-    check_segments(segment_ids, b, t, xp)
-    dropout = drop.check_dropout(dropout, config, b, t)
-    bad = nonfinite.nonfinite_rows(x, xp)  # (b, t): NaN / Inf in x, read as 0 from here on
-    x = nonfinite.zero_rows(x, bad, xp)
+    xp, dropout = checked_call(config, "gau", x, mask, segment_ids, xp, dropout)
+    x, bad = nonfinite.contain(x, xp)  # bad: (b, t) rows that held NaN / Inf, now 0
+    out = gau_math(params, x, config, mask, segment_ids, xp, dropout)
+    return nonfinite.poison_reached(out, bad, mask, segment_ids, causal=config.causal, xp=xp)
+
+
+def gau_math(params: dict, x, config: FlashConfig, mask, segment_ids, xp, dropout):
+    """:func:`gau` on checked, finite input: the formulas and nothing else. x: (b, t, d) ->
+    (b, t, d)."""
+    t = x.shape[1]
     u, v, (q, k) = project(params, x, config, mask, segment_ids, xp)
-    acc = xp.float32 if is_low_precision(x.dtype) else x.dtype
-    q, k, v = (xp.astype(a, acc, copy=False) for a in (q, k, v))
+    q, k, v = in_dtype(xp, core_dtype(x, xp), q, k, v)
     pos = positions(t, xp, q)
     bias = ops.rel_bias(params.get("rel_bias.weight"), pos, pos, config=config, xp=xp, like=q)
     attn_keep = None if dropout is None else dropout["attn"]
@@ -310,9 +338,7 @@ def gau(
         q, k, v, bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=xp,
         attn_keep=attn_keep,
     )  # fmt: skip
-    reached = nonfinite.reach(bad, mask, segment_ids, causal=config.causal, xp=xp)
     out_keep = None if dropout is None else dropout["out"]
-    x = nonfinite.poison(x, reached, xp)
     return finish(params, x, u, att, mask, config, xp, keep=out_keep)
 
 
@@ -393,12 +419,7 @@ def flash(
     and to the output before the residual (scaled by 1 / (1 - p)); the core then receives
     ``attn_keep=`` (a core that cannot apply it must hand the call to the spec's core).
     """
-    _check_config(config, "flash")
-    xp = namespace(x, xp=xp)
-    b, t = check_x(x, config.dim)
-    check_mask(mask, b, t)
-    check_segments(segment_ids, b, t, xp)
-    dropout = drop.check_dropout(dropout, config, b, t)
+    xp, dropout = checked_call(config, "flash", x, mask, segment_ids, xp, dropout)
     xp = kernels.override(xp, flash=core)
     out, _ = flash_core(
         params, x, None, config=config, mask=mask, segment_ids=segment_ids, xp=xp, dropout=dropout
@@ -443,8 +464,7 @@ def flash_core(
     for :func:`flashcore.decode.decode_step` to continue.
     """
     xp = namespace(x, xp=xp)
-    bad = nonfinite.nonfinite_rows(x, xp)  # (b, t): NaN / Inf in x, read as 0 from here on
-    x = nonfinite.zero_rows(x, bad, xp)
+    x, bad = nonfinite.contain(x, xp)  # bad: (b, t) rows that held NaN / Inf, now 0
     pos, prev = (0, None) if state is None else (state["pos"], state.get("prev"))
     u, v, heads = project(
         params,
@@ -456,20 +476,15 @@ def flash_core(
         position_offset=pos,
         prev=prev if config.token_shift else None,
     )
-    if is_low_precision(x.dtype):  # the core gets (and returns) float32 in low precision
-        qq, qk, lq, lk = (xp.astype(a, xp.float32, copy=False) for a in heads)
-        v = xp.astype(v, xp.float32, copy=False)
-    else:  # x's dtype, or under torch autocast v's (the autocast dtype the core computes in)
-        qq, qk, lq, lk = (xp.astype(a, v.dtype, copy=False) for a in heads)
+    qq, qk, lq, lk, v = in_dtype(xp, core_dtype(x, xp, v), *heads, v)
     chunk_pos = np.arange(config.chunk_size)
     bias = ops.rel_bias(
         params.get("rel_bias.weight"), chunk_pos, chunk_pos, config=config, xp=xp, like=v
     )
     args = dict(bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=xp)
     attn_keep = None if dropout is None else dropout["attn"]
-    reached = nonfinite.reach(bad, mask, segment_ids, causal=config.causal, xp=xp)
     core = kernels.of(xp).core("flash", config, kernels.Call(v, mask, segment_ids, attn_keep))
-    own = carried = None
+    own = carried = reads = None  # reads: (b, t) positions that read a poisoned carried state
     if state is None:
         kw = {} if attn_keep is None else {"attn_keep": attn_keep}
         att = (core or attention_core_flash)(qq, qk, lq, lk, v, **args, **kw)
@@ -482,9 +497,12 @@ def flash_core(
         att = _core_with_state(core, qq, qk, lq, lk, v, args, carried, attn_keep)
         for part in (carried, carried.get("after")):
             if part is not None:
-                reached = reached | _reads(part, segment_ids, xp)
+                read = _reads(part, segment_ids, xp)
+                reads = read if reads is None else reads | read
     out_keep = None if dropout is None else dropout["out"]
-    out = finish(params, nonfinite.poison(x, reached, xp), u, att, mask, config, xp, keep=out_keep)
+    out = finish(params, x, u, att, mask, config, xp, keep=out_keep)
+    causal = config.causal
+    out = nonfinite.poison_reached(out, bad, mask, segment_ids, causal=causal, xp=xp, reads=reads)
     if state is None or "gather" in state:
         return out, None
     return out, _next_state(params, x, bad, state, own, carried, (qk, lk, v), mask, config, xp)
@@ -492,8 +510,9 @@ def flash_core(
 
 def _core_with_state(core, qq, qk, lq, lk, v, args: dict, carried: dict, attn_keep):
     """The mixed-chunk core on a piece with a carried state: the backend's fast ``core`` (which
-    takes none; None: there is none for this call) where lin is linear in the state (linear_norm='sum', no mask, no segments, no
-    dropout, causal): core's output + lq S_in; else the spec's core with the state."""
+    takes none; None: none takes this call) where lin is linear in the state (linear_norm='sum',
+    no mask, no segments, no dropout, causal): core's output + lq S_in; else the spec's core
+    with the state."""
     config, xp = args["config"], args["xp"]
     fused = (
         core is not None

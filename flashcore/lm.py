@@ -24,9 +24,9 @@ import math
 from . import dropout as drop
 from . import kernels, ops
 from ._xp import namespace
-from .checks import check_mask, check_segments, check_tokens, check_x
+from .checks import check_mask, check_tokens
 from .config import FlashConfig, LMConfig, TransformerConfig
-from .layers import causal_allowed, flash, gau, positions
+from .layers import causal_allowed, checked_call, flash, gau, positions
 from .loss import counted, cross_entropy, head, linear_cross_entropy
 from .params import subtree
 
@@ -72,11 +72,8 @@ def transformer_block(
     """
     if not isinstance(config, TransformerConfig):
         raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
-    xp = namespace(x, xp=xp)
-    b, t = check_x(x, config.dim)
-    check_mask(mask, b, t)
-    check_segments(segment_ids, b, t, xp)
-    dropout = drop.check_dropout(dropout, config, b, t)
+    xp, dropout = checked_call(config, None, x, mask, segment_ids, xp, dropout)
+    b, t, _ = x.shape
     p = config.dropout
     d, n, hd = config.dim, config.heads, config.head_dim
     qkv = attn_qkv(params, x, config, xp)  # (b, t, 3d)
