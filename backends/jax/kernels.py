@@ -1,8 +1,8 @@
 """A Pallas kernel for FLASH's mixed-chunk attention core, and the Transformer++ attention core on
 ``jax.nn.dot_product_attention``, each behind a guard.
 
-It replaces :func:`flashcore.layers.attention_core_flash` (same signature, so ``fc.flash(...,
-core=flash_core)`` takes it) for the paper's configuration: relu^2 attention, linear_norm='sum',
+It replaces :func:`flashcore.layers.attention_core_flash` (same signature; the ``flash`` fast core
+of :data:`flashcore.jax.xp.KERNELS`, behind :func:`flash_unsupported`) for the paper's configuration: relu^2 attention, linear_norm='sum',
 no packed segments (masks and any T are fine). One program per batch row walks the chunks in order
 and keeps the linear state M = sum K_lin^T V / C in registers, so the (g, s, e) per-chunk states the
 spec materializes never exist:
@@ -21,7 +21,7 @@ the first run on real hardware should be ``tests/backend_jax/test_jax_kernel.py`
 test runs only where a GPU or TPU is present.
 
 :func:`softmax_core` has the signature of :func:`flashcore.lm.attention_core_softmax` and is what
-the Transformer++ block and LM take by default (``transformer_block(..., core=softmax_core)``).
+the ``softmax`` fast core of :data:`flashcore.jax.xp.KERNELS` (behind :func:`softmax_unsupported`).
 It runs ``jax.nn.dot_product_attention`` (``implementation=None``: XLA's, on every platform
 today; logits and softmax in float32 for bfloat16 / float16 inputs) behind the guard
 :func:`can_use_fused_attention`, which sends to the spec's core what that call does not compute

@@ -1,7 +1,7 @@
 """The Transformer++ attention core in TensorFlow's own ops, behind a guard.
 
 :func:`softmax_core` has the signature of :func:`flashcore.lm.attention_core_softmax` and is what
-the TF Transformer++ block and LM pass as ``transformer_block(..., core=softmax_core)``: per head
+the ``softmax`` fast core of :data:`flashcore.tf.xp.KERNELS` (the backend contract): per head
 S = Q K^T / sqrt(hd) (one batched ``tf.linalg.matmul`` in the input dtype), ``tf.nn.softmax`` of S
 in float32 (float64 for float64 input) after ``tf.where`` of the mask, and P V, the graph XLA
 fuses under ``tf.function(jit_compile=True)``. It is the computation of
