@@ -8,10 +8,10 @@ numpy / torch / jax, array-api-strict, or the flashcore TF shim). The calls used
     zeros ones zeros_like ones_like full_like   dtypes bool int32 int64 float32 float64
     ==, !=, <, <=, >, &, |, ~, *, +, -, /, //, %, **, and basic slicing with a trailing ``...``
 
-plus :func:`erf` below and :func:`flashcore.ops.silu` (not in the standard: ``xp.erf`` /
-``xp.silu`` when the namespace has them, a generic version otherwise). The spec never asks which
-library it runs on; each backend hands it a namespace with its library's own functions
-(:func:`extended`; the TF shim has them as methods). Static index
+plus :func:`erf` below and :func:`flashcore.ops.silu` (not in the standard: a backend's own
+kernels where its :class:`flashcore.kernels.Kernels` has them, a generic version otherwise). The
+spec never asks which library it runs on; each backend hands it a namespace carrying its one
+:class:`~flashcore.kernels.Kernels` (the backend contract, :mod:`flashcore.kernels`). Static index
 tables (causal masks, rotary angles, bias buckets) are computed on the host in NumPy float64 and
 moved to the input's namespace and device with :func:`const`. Where a size is symbolic (a
 deployment export traced at a dynamic sequence length: torch.export's ``SymInt``, jax.export's
@@ -22,9 +22,10 @@ from :func:`iota` instead.
 from __future__ import annotations
 
 import math
-import types
 
 import numpy as np
+
+from . import kernels as _kernels
 
 __all__ = [
     "namespace",
@@ -34,7 +35,6 @@ __all__ = [
     "is_low_precision",
     "dtype_name",
     "tracing",
-    "extended",
     "pairwise_cumulative_sum",
     "is_static",
     "iota",
@@ -117,10 +117,10 @@ _np_erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
 def erf(xp, x):
-    """The error function, elementwise, at full precision: ``xp.erf`` when the namespace has one
-    (a backend's own kernel, differentiable), NumPy's on NumPy arrays, else a round trip through
+    """The error function, elementwise, at full precision: the backend's ``Kernels.erf`` where it
+    has one (its own kernel, differentiable), NumPy's on NumPy arrays, else a round trip through
     the host (no autodiff and no tracing there: a TypeError says so)."""
-    fused = getattr(xp, "erf", None)
+    fused = _kernels.of(xp).erf
     if fused is not None:
         return fused(x)
     if isinstance(x, np.ndarray):
@@ -162,18 +162,6 @@ def pairwise_cumulative_sum(xp, x, axis: int):
 
 
 def tracing(xp) -> bool:
-    """True while ``xp``'s library traces (``xp.is_tracing()``, e.g. torch.compile): checks on host
-    tables must not run then. False for namespaces without the hook."""
-    hook = getattr(xp, "is_tracing", None)
-    return bool(hook is not None and hook())
-
-
-def extended(base, name: str, **functions):
-    """A namespace that is ``base`` plus ``functions``: how a backend hands the spec its library's
-    own versions of what the array API lacks (``silu``, ``erf``, ``concrete``, ``is_tracing``); the
-    spec uses each when present and its generic formula otherwise. A module object named ``name``.
-    """
-    ns = types.ModuleType(name)
-    vars(ns).update({k: v for k, v in vars(base).items() if not k.startswith("__")})
-    vars(ns).update(functions)
-    return ns
+    """True while ``xp``'s library traces (its ``Kernels.is_tracing``, e.g. torch.compile): checks
+    on host tables must not run then. False for namespaces without one."""
+    return _kernels.of(xp).tracing()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from ._xp import dtype_name
 
 __all__ = ["check_x", "check_mask", "check_segments", "check_tokens", "concrete", "is_floating"]
@@ -24,12 +25,12 @@ def is_floating(dtype) -> bool:
 def concrete(a, xp=None) -> np.ndarray | None:
     """A NumPy copy of ``a`` if its values are known now (eager), else None (traced).
 
-    ``xp.concrete(a)`` when the namespace has it (a backend that knows its tracer, e.g.
+    The backend's ``Kernels.concrete(a)`` where it has one (a backend that knows its tracer, e.g.
     torch.compile's); otherwise a host copy, None when the library refuses one (a jit tracer, a
     symbolic TF tensor)."""
     if a is None:
         return None
-    hook = getattr(xp, "concrete", None)
+    hook = kernels.of(xp).concrete
     if hook is not None:
         return hook(a)
     try:

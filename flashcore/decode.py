@@ -125,7 +125,7 @@ def decode_init(
             "k": xp.zeros(shape, dtype=dtype, **kw),
             "v": xp.zeros(shape, dtype=dtype, **kw),
         }
-    if config.rel_bias == "learned" and cap > config.bias_span:
+    if ops.REL_BIASES[config.rel_bias].bounded and cap > config.bias_span:
         raise ValueError(
             f"capacity={cap} exceeds the learned bias span (max_len={config.max_len}): the "
             "forward could not reach those offsets either"

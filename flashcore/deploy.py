@@ -133,10 +133,10 @@ def max_length(config) -> int:
     """The longest t an export runs at: a learned GAU bias has one weight per offset up to
     ``bias_span``; every other layer is bounded only by the RoPE tables
     (:data:`flashcore.ops.ROPE_MAX_POSITION`)."""
-    from .ops import ROPE_MAX_POSITION
+    from .ops import REL_BIASES, ROPE_MAX_POSITION
 
     block = getattr(config, "block", config)
-    if getattr(block, "kind", None) == "gau" and block.rel_bias == "learned":
+    if getattr(block, "kind", None) == "gau" and REL_BIASES[block.rel_bias].bounded:
         return block.bias_span
     return ROPE_MAX_POSITION - 1
 

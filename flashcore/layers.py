@@ -20,7 +20,7 @@ import dataclasses
 import numpy as np
 
 from . import dropout as drop
-from . import nonfinite, ops
+from . import kernels, nonfinite, ops
 from ._xp import const, device_of, iota, is_low_precision, is_static, namespace, size_as
 from .checks import check_mask, check_segments, check_x
 from .config import FlashConfig
@@ -28,6 +28,7 @@ from .params import subtree
 
 __all__ = [
     "gau",
+    "gau_math",
     "flash",
     "project",
     "normed_input",
@@ -37,6 +38,9 @@ __all__ = [
     "attention_core_gau",
     "flash_core",
     "summary",
+    "checked_call",
+    "core_dtype",
+    "in_dtype",
     "causal_mask",
     "causal_allowed",
     "FUSED_CORE_FIELDS",
@@ -127,11 +131,34 @@ def fused_gau_unsupported(config, *, masked: bool, segment_ids=None, attn_keep=N
     return None
 
 
-def _check_config(config, kind: str) -> None:
-    if not isinstance(config, FlashConfig):
-        raise TypeError(f"config must be a FlashConfig, got {type(config).__name__}")
-    if config.kind != kind:
-        raise ValueError(f"this is the {kind} layer but FlashConfig.kind={config.kind!r}")
+def checked_call(config, kind: str | None, x, mask, segment_ids, xp, dropout):
+    """Every check of a layer or block call, made once before its math: the config (a
+    FlashConfig of ``kind``; None: any config), x (b, t, d) floating, mask, segment_ids and the
+    dropout keep-masks. -> (xp: the namespace, dropout: the checked keep-masks or None)."""
+    if kind is not None:
+        if not isinstance(config, FlashConfig):
+            raise TypeError(f"config must be a FlashConfig, got {type(config).__name__}")
+        if config.kind != kind:
+            raise ValueError(f"this is the {kind} layer but FlashConfig.kind={config.kind!r}")
+    xp = namespace(x, xp=xp)
+    b, t = check_x(x, config.dim)
+    check_mask(mask, b, t)
+    check_segments(segment_ids, b, t, xp)
+    return xp, drop.check_dropout(dropout, config, b, t)
+
+
+def core_dtype(x, xp, v=None):
+    """The dtype the attention cores compute in (the low-precision policy): float32 for a
+    float16 / bfloat16 layer, else ``v``'s where given (under torch autocast: the autocast dtype
+    of the projections), x's otherwise."""
+    if is_low_precision(x.dtype):
+        return xp.float32
+    return x.dtype if v is None else v.dtype
+
+
+def in_dtype(xp, dtype, *arrays) -> list:
+    """``arrays`` in ``dtype`` (no copy where they are already)."""
+    return [xp.astype(a, dtype, copy=False) for a in arrays]
 
 
 def _same_segment(seg_q, seg_k):
@@ -290,28 +317,28 @@ def gau(
     out = (U * (A V)) W_o + b_o + x. dropout: None or keep-masks {"attn": (b, t, j), "out":
     (b, t, d)} bool, applied to A and to the output before the residual (scaled by 1 / (1 - p)).
     """
-    _check_config(config, "gau")
-    xp = namespace(x, xp=xp)
-    b, t = check_x(x, config.dim)
-    check_mask(mask, b, t)
-    check_segments(segment_ids, b, t, xp)
-    dropout = drop.check_dropout(dropout, config, b, t)
-    bad = nonfinite.nonfinite_rows(x, xp)  # (b, t): NaN / Inf in x, read as 0 from here on
-    x = nonfinite.zero_rows(x, bad, xp)
+    xp, dropout = checked_call(config, "gau", x, mask, segment_ids, xp, dropout)
+    x, bad = nonfinite.contain(x, xp)  # bad: (b, t) rows that held NaN / Inf, now 0
+    out = gau_math(params, x, config, mask, segment_ids, xp, dropout)
+    return nonfinite.poison_reached(out, bad, mask, segment_ids, causal=config.causal, xp=xp)
+
+
+def gau_math(params: dict, x, config: FlashConfig, mask, segment_ids, xp, dropout):
+    """:func:`gau` on checked, finite input: the formulas and nothing else. x: (b, t, d) ->
+    (b, t, d)."""
+    t = x.shape[1]
     u, v, (q, k) = project(params, x, config, mask, segment_ids, xp)
-    acc = xp.float32 if is_low_precision(x.dtype) else x.dtype
-    q, k, v = (xp.astype(a, acc, copy=False) for a in (q, k, v))
+    q, k, v = in_dtype(xp, core_dtype(x, xp), q, k, v)
     pos = positions(t, xp, q)
     bias = ops.rel_bias(params.get("rel_bias.weight"), pos, pos, config=config, xp=xp, like=q)
-    core = getattr(xp, "gau_core", None) or attention_core_gau  # a backend's fused core
     attn_keep = None if dropout is None else dropout["attn"]
+    call = kernels.Call(v, mask, segment_ids, attn_keep)
+    core = kernels.of(xp).core("gau", config, call) or attention_core_gau  # a backend's, or ours
     att = core(
         q, k, v, bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=xp,
         attn_keep=attn_keep,
     )  # fmt: skip
-    reached = nonfinite.reach(bad, mask, segment_ids, causal=config.causal, xp=xp)
     out_keep = None if dropout is None else dropout["out"]
-    x = nonfinite.poison(x, reached, xp)
     return finish(params, x, u, att, mask, config, xp, keep=out_keep)
 
 
@@ -323,7 +350,7 @@ def attention_core_gau(
     q, k: (b, t, s); v: (b, t, e), all in the accumulation dtype (float32 for float16 /
     bfloat16 layers); bias: (t, t) or None; mask, segment_ids: (b, t) or None; attn_keep:
     (b, t, j) bool dropout keep-mask or None. Returns (b, t, e). This is the piece a backend's
-    fused core replaces (``xp.gau_core``, same signature); it is that core's oracle.
+    fused core replaces (``Kernels.gau``, same signature); it is that core's oracle.
     """
     xp = namespace(v, xp=xp)
     b, t, _ = v.shape
@@ -385,28 +412,17 @@ def flash(
     linear attention across chunks; out = (U * (quad + lin)) W_o + b_o + x. The whole sequence
     is one call of :func:`flash_core` with no carried state.
 
-    ``core``: an accelerated replacement for :func:`attention_core_flash` with the same signature
-    (a backend's fused kernel); None uses the spec's own. dropout: None or keep-masks {"attn":
+    The mixed-chunk core is the backend's ``Kernels.flash`` where it takes the call
+    (:mod:`flashcore.kernels`), else :func:`attention_core_flash`. ``core``: deprecated, a
+    function taken for every call instead (:func:`flashcore.kernels.override`). dropout: None or keep-masks {"attn":
     (b, g, c, k), "out": (b, t, d)} bool, applied to the local quadratic weights of each chunk
     and to the output before the residual (scaled by 1 / (1 - p)); the core then receives
     ``attn_keep=`` (a core that cannot apply it must hand the call to the spec's core).
     """
-    _check_config(config, "flash")
-    xp = namespace(x, xp=xp)
-    b, t = check_x(x, config.dim)
-    check_mask(mask, b, t)
-    check_segments(segment_ids, b, t, xp)
-    dropout = drop.check_dropout(dropout, config, b, t)
+    xp, dropout = checked_call(config, "flash", x, mask, segment_ids, xp, dropout)
+    xp = kernels.override(xp, flash=core)
     out, _ = flash_core(
-        params,
-        x,
-        None,
-        config=config,
-        mask=mask,
-        segment_ids=segment_ids,
-        xp=xp,
-        core=core,
-        dropout=dropout,
+        params, x, None, config=config, mask=mask, segment_ids=segment_ids, xp=xp, dropout=dropout
     )
     return out
 
@@ -420,7 +436,6 @@ def flash_core(
     mask=None,
     segment_ids=None,
     xp=None,
-    core=None,
     dropout=None,
 ):
     """The one FLASH core with explicit state: x (b, t, d), the positions that follow ``state``
@@ -449,8 +464,7 @@ def flash_core(
     for :func:`flashcore.decode.decode_step` to continue.
     """
     xp = namespace(x, xp=xp)
-    bad = nonfinite.nonfinite_rows(x, xp)  # (b, t): NaN / Inf in x, read as 0 from here on
-    x = nonfinite.zero_rows(x, bad, xp)
+    x, bad = nonfinite.contain(x, xp)  # bad: (b, t) rows that held NaN / Inf, now 0
     pos, prev = (0, None) if state is None else (state["pos"], state.get("prev"))
     u, v, heads = project(
         params,
@@ -462,19 +476,15 @@ def flash_core(
         position_offset=pos,
         prev=prev if config.token_shift else None,
     )
-    if is_low_precision(x.dtype):  # the core gets (and returns) float32 in low precision
-        qq, qk, lq, lk = (xp.astype(a, xp.float32, copy=False) for a in heads)
-        v = xp.astype(v, xp.float32, copy=False)
-    else:  # x's dtype, or under torch autocast v's (the autocast dtype the core computes in)
-        qq, qk, lq, lk = (xp.astype(a, v.dtype, copy=False) for a in heads)
+    qq, qk, lq, lk, v = in_dtype(xp, core_dtype(x, xp, v), *heads, v)
     chunk_pos = np.arange(config.chunk_size)
     bias = ops.rel_bias(
         params.get("rel_bias.weight"), chunk_pos, chunk_pos, config=config, xp=xp, like=v
     )
     args = dict(bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=xp)
     attn_keep = None if dropout is None else dropout["attn"]
-    reached = nonfinite.reach(bad, mask, segment_ids, causal=config.causal, xp=xp)
-    own = carried = None
+    core = kernels.of(xp).core("flash", config, kernels.Call(v, mask, segment_ids, attn_keep))
+    own = carried = reads = None  # reads: (b, t) positions that read a poisoned carried state
     if state is None:
         kw = {} if attn_keep is None else {"attn_keep": attn_keep}
         att = (core or attention_core_flash)(qq, qk, lq, lk, v, **args, **kw)
@@ -487,18 +497,22 @@ def flash_core(
         att = _core_with_state(core, qq, qk, lq, lk, v, args, carried, attn_keep)
         for part in (carried, carried.get("after")):
             if part is not None:
-                reached = reached | _reads(part, segment_ids, xp)
+                read = _reads(part, segment_ids, xp)
+                reads = read if reads is None else reads | read
     out_keep = None if dropout is None else dropout["out"]
-    out = finish(params, nonfinite.poison(x, reached, xp), u, att, mask, config, xp, keep=out_keep)
+    out = finish(params, x, u, att, mask, config, xp, keep=out_keep)
+    causal = config.causal
+    out = nonfinite.poison_reached(out, bad, mask, segment_ids, causal=causal, xp=xp, reads=reads)
     if state is None or "gather" in state:
         return out, None
     return out, _next_state(params, x, bad, state, own, carried, (qk, lk, v), mask, config, xp)
 
 
 def _core_with_state(core, qq, qk, lq, lk, v, args: dict, carried: dict, attn_keep):
-    """The mixed-chunk core on a piece with a carried state: a backend's fused ``core`` (which
-    takes none) where lin is linear in the state (linear_norm='sum', no mask, no segments, no
-    dropout, causal): core's output + lq S_in; else the spec's core with the state."""
+    """The mixed-chunk core on a piece with a carried state: the backend's fast ``core`` (which
+    takes none; None: none takes this call) where lin is linear in the state (linear_norm='sum',
+    no mask, no segments, no dropout, causal): core's output + lq S_in; else the spec's core
+    with the state."""
     config, xp = args["config"], args["xp"]
     fused = (
         core is not None

@@ -22,11 +22,11 @@ import functools
 import math
 
 from . import dropout as drop
-from . import ops
+from . import kernels, ops
 from ._xp import namespace
-from .checks import check_mask, check_segments, check_tokens, check_x
+from .checks import check_mask, check_tokens
 from .config import FlashConfig, LMConfig, TransformerConfig
-from .layers import causal_allowed, flash, gau, positions
+from .layers import causal_allowed, checked_call, flash, gau, positions
 from .loss import counted, cross_entropy, head, linear_cross_entropy
 from .params import subtree
 
@@ -66,16 +66,14 @@ def transformer_block(
     out = a + (silu(norm(a) W_gate) * norm(a) W_up) W_down. Outputs at padded positions are 0.
     dropout: None or keep-masks {"attn": (b, n, t, j), "attn_out": (b, t, d), "ffn_out":
     (b, t, d)} bool: the softmax probabilities, and each branch's output before its residual
-    (scaled by 1 / (1 - p)). core: the attention core, called as :func:`attention_core_softmax`
-    (None: that one; a backend passes its fused attention behind a guard).
+    (scaled by 1 / (1 - p)). The attention core is the backend's ``Kernels.softmax`` where it
+    takes the call (:mod:`flashcore.kernels`), else :func:`attention_core_softmax`. ``core``:
+    deprecated, a function taken for every call instead.
     """
     if not isinstance(config, TransformerConfig):
         raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
-    xp = namespace(x, xp=xp)
-    b, t = check_x(x, config.dim)
-    check_mask(mask, b, t)
-    check_segments(segment_ids, b, t, xp)
-    dropout = drop.check_dropout(dropout, config, b, t)
+    xp, dropout = checked_call(config, None, x, mask, segment_ids, xp, dropout)
+    b, t, _ = x.shape
     p = config.dropout
     d, n, hd = config.dim, config.heads, config.head_dim
     qkv = attn_qkv(params, x, config, xp)  # (b, t, 3d)
@@ -88,7 +86,9 @@ def transformer_block(
     q = ops.rope(q, pos, dims=hd, mode="half", base=config.rope_base, xp=xp)
     k = ops.rope(k, pos, dims=hd, mode="half", base=config.rope_base, xp=xp)
     attn_keep = None if dropout is None else dropout["attn"]
-    o = (core or attention_core_softmax)(
+    call = kernels.Call(q, mask, segment_ids, attn_keep)
+    fast = core or kernels.of(xp).core("softmax", config, call)
+    o = (fast or attention_core_softmax)(
         q, k, v, config=config, mask=mask, segment_ids=segment_ids, attn_keep=attn_keep, xp=xp
     )  # (b, n, t, hd)
     o = xp.reshape(xp.permute_dims(o, (0, 2, 1, 3)), (b, t, d))
@@ -213,9 +213,9 @@ def lm_hidden(
     """Embedding (token, token type, positions, the embedding norm), the blocks and the final
     norm. tokens: (b, t) ints -> (b, t, d).
 
-    ``core``: a fused mixed-chunk kernel handed to every FLASH layer (see :func:`flashcore.flash`);
-    ``attn_core``: a fused softmax attention core handed to every Transformer++ block (see
-    :func:`transformer_block`).
+    The blocks take the backend's fast cores from its namespace (:mod:`flashcore.kernels`);
+    ``core`` / ``attn_core``: deprecated, functions taken instead for every FLASH layer's
+    mixed-chunk core / every Transformer++ block's softmax core.
     dropout: None or keep-masks ``layers.{i}.<site>`` (:func:`flashcore.dropout.dropout_shapes`).
     ``blocks``: None, or a backend's own block i as ``blocks[i](x, mask=, segment_ids=)`` ->
     (b, t, d), computing :func:`block_fn` with the weights ``layers.{i}.*`` (a fused layer that
@@ -229,7 +229,7 @@ def lm_hidden(
     """
     if not isinstance(config, LMConfig):
         raise TypeError(f"config must be an LMConfig, got {type(config).__name__}")
-    xp = namespace(tokens, xp=xp)
+    xp = kernels.override(namespace(tokens, xp=xp), flash=core, softmax=attn_core)
     b, t = check_tokens(tokens, config.vocab_size, xp)
     dropout = drop.check_dropout(dropout, config, b, t)
     x = embed_tokens(params, tokens, config, xp, token_type_ids=token_type_ids)  # (b, t, d)
@@ -239,9 +239,7 @@ def lm_hidden(
         x = x + abs_positions(params, cos, sin, xp)
     x = embed_norm(params, x, config, xp)
     layer = block_fn(config.block)
-    extra = {"core": core} if layer is flash and core is not None else {}
-    if layer is transformer_block and attn_core is not None:
-        extra["core"] = attn_core
+    extra = {}
     for i in range(config.num_layers):
         if blocks is not None and dropout is None:  # the backend's module holds the weights
             run = functools.partial(_module_block, blocks[i], mask=mask, segment_ids=segment_ids)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import kernels
 from ._xp import const, dtype_name, is_low_precision, namespace
 from .checks import check_mask, check_tokens
 from .config import LMConfig
@@ -58,10 +59,10 @@ LossCore = Callable[..., object]
 
 def log_softmax(z, xp):
     """z - logsumexp(z) over the last axis, logsumexp shifted by the row's max. z: (..., v) ->
-    (..., v). ``xp.log_softmax_last`` when the namespace has one (a backend's fused kernel: two
+    (..., v). The backend's ``Kernels.log_softmax_last`` where it has one (a fused kernel: two
     passes over z forward and one backward, where the formula takes about ten), the formula
     otherwise."""
-    fused = getattr(xp, "log_softmax_last", None)
+    fused = kernels.of(xp).log_softmax_last
     if fused is not None:
         return fused(z)
     m = xp.max(z, axis=-1, keepdims=True)  # (..., 1)

@@ -3,14 +3,15 @@
 Arithmetic alone would leak it: a masked attention weight is an exact 0, but 0 x NaN is NaN, so a
 NaN value at key j would reach every query of its chunk (GAU: its sequence), and through the 0/1
 matrices of the linear branch every later chunk of every segment. Instead ``gau`` and ``flash``
+wrap their math in two calls, :func:`contain` before and :func:`poison_reached` after:
 
 1. flag the input rows x[b, t] that hold a NaN or Inf (:func:`nonfinite_rows`),
 2. zero them (:func:`zero_rows`) before anything else, so that the projections and the attention
    core (the spec's or a fused kernel) only ever see finite numbers, and every output that does
    not depend on a flagged row is exactly what it would be for any finite value there, and
-3. set to NaN the residual input of every position that depends on a flagged one (:func:`reach`,
-   :func:`poison`), so its whole output row is NaN: same batch row, same segment, and (causal)
-   the flagged position and later ones; a padded position is nobody's dependency.
+3. set to NaN the output row of every real position that depends on a flagged one
+   (:func:`reach`, :func:`poison`): same batch row, same segment, and (causal) the flagged
+   position and later ones; a padded position is nobody's dependency.
 
 The dependency rule is the layers' masking rule and nothing else, so it holds for any core. The
 cost is three elementwise passes over x (b, t, d) and O(log t) passes over (b, t) booleans (one
@@ -23,9 +24,38 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from ._xp import const, device_of, is_low_precision
 
-__all__ = ["nonfinite_rows", "zero_rows", "reach", "poison", "known_clear"]
+__all__ = [
+    "contain",
+    "poison_reached",
+    "nonfinite_rows",
+    "zero_rows",
+    "reach",
+    "poison",
+    "known_clear",
+]
+
+
+def contain(x, xp):
+    """Steps 1 and 2 around a layer's math: x (b, t, d) -> (x with its NaN / Inf rows zeroed,
+    bad: (b, t) bool, the rows that held them)."""
+    bad = nonfinite_rows(x, xp)
+    return zero_rows(x, bad, xp), bad
+
+
+def poison_reached(out, bad, mask, segment_ids, *, causal: bool, xp, reads=None):
+    """Step 3 around a layer's math: out (b, t, d) with NaN in every row of a real position that
+    depends on a row flagged in ``bad`` (:func:`reach`), or that reads a poisoned carried state
+    (``reads``: (b, t) bool or None). NaN in the residual input would give the same rows: the
+    whole output row of such a position is NaN, and padded positions stay 0."""
+    reached = reach(bad, mask, segment_ids, causal=causal, xp=xp)
+    if reads is not None:
+        reached = reached | reads
+    if mask is not None:
+        reached = reached & mask
+    return poison(out, reached, xp)
 
 
 def nonfinite_rows(x, xp):
@@ -41,9 +71,9 @@ def nonfinite_rows(x, xp):
 
 def known_clear(rows, xp) -> bool:
     """True when ``rows`` (bool) is known to hold no True without tracing or a device sync:
-    ``xp.known_all_false(rows)`` where the namespace has that hook (torch on the CPU, eagerly),
+    the backend's ``Kernels.known_all_false(rows)`` where it has one (torch on the CPU, eagerly),
     else False. Lets :func:`zero_rows` and :func:`poison` skip their pass for finite inputs."""
-    hook = getattr(xp, "known_all_false", None)
+    hook = kernels.of(xp).known_all_false
     return bool(hook is not None and hook(rows))
 
 

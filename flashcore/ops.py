@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import kernels
 from ._xp import const, erf, is_low_precision, tracing
 from .checks import concrete
 
@@ -39,6 +40,10 @@ __all__ = [
     "attention_scale",
     "ATTENTIONS",
     "AttentionFunction",
+    "ROPES",
+    "Rotary",
+    "REL_BIASES",
+    "RelativeBias",
     "masked_softmax",
 ]
 
@@ -72,19 +77,19 @@ def norm(p: dict, x, *, kind: str, eps: float, xp, eps_mode: str = "add", affine
 
 
 def silu(x, xp):
-    """x * sigmoid(x): ``xp.silu`` when the namespace has one (a backend's fused kernel: one pass
+    """x * sigmoid(x): the backend's ``Kernels.silu`` where it has one (a fused kernel: one pass
     over x forward and backward instead of ~10), the formula otherwise."""
-    fused = getattr(xp, "silu", None)
+    fused = kernels.of(xp).silu
     if fused is not None:
         return fused(x)
     return x / (1.0 + xp.exp(-x))
 
 
 def dense(h, kernel, bias, xp):
-    """h W + b. h: (..., i); kernel: (i, o); bias: (o,) or None -> (..., o). ``xp.dense`` when the
-    namespace has one (a backend's fused matmul-plus-bias, e.g. torch's addmm), the formula
+    """h W + b. h: (..., i); kernel: (i, o); bias: (o,) or None -> (..., o). The backend's
+    ``Kernels.dense`` where it has one (a fused matmul-plus-bias, e.g. torch's addmm), the formula
     otherwise."""
-    fused = getattr(xp, "dense", None)
+    fused = kernels.of(xp).dense
     if fused is not None:
         return fused(h, kernel, bias)
     y = xp.matmul(h, kernel)
@@ -93,11 +98,11 @@ def dense(h, kernel, bias, xp):
 
 def split(a, sizes: tuple[int, ...], xp) -> list:
     """``a`` cut along its last axis into pieces of ``sizes`` (summing to a.shape[-1]).
-    ``xp.split_last`` when the namespace has one (one backward for all pieces instead of one
-    zero-filled gradient per slice), slicing otherwise."""
+    The backend's ``Kernels.split_last`` where it has one (one backward for all pieces instead of
+    one zero-filled gradient per slice), slicing otherwise."""
     if sum(sizes) != a.shape[-1]:
         raise ValueError(f"sizes {sizes} do not add up to the last axis {a.shape[-1]}")
-    fused = getattr(xp, "split_last", None)
+    fused = kernels.of(xp).split_last
     if fused is not None:
         return list(fused(a, sizes))
     out, i = [], 0
@@ -153,7 +158,7 @@ def rope(x, positions: np.ndarray, *, dims: int, mode: str, base: float, xp):
     as an ``xp`` int array (a symbolic length, :func:`flashcore._xp.iota`) take exact host
     tables split as in :func:`angles_at`.
     """
-    if mode == "none" or dims == 0:
+    if ROPES[mode].rotate is None or dims == 0:
         return x
     cos, sin = angles(positions, dims=dims, base=base, xp=xp, like=x)  # (t, dims/2)
     return rope_rotate(x, cos, sin, dims=dims, mode=mode, xp=xp)
@@ -176,7 +181,7 @@ def rope_offset(x, offset, *, dims: int, mode: str, base: float, xp):
     The angle is split as offset * theta + i * theta, both exact float64 host tables (see
     :func:`angles_at`), combined with the angle-sum identity.
     """
-    if mode == "none" or dims == 0:
+    if ROPES[mode].rotate is None or dims == 0:
         return x
     cos, sin = angles_offset(offset, x.shape[-2], dims=dims, base=base, xp=xp, like=x)
     return rope_rotate(x, cos, sin, dims=dims, mode=mode, xp=xp)
@@ -195,16 +200,42 @@ def angles_offset(offset, t: int, *, dims: int, base: float, xp, like):
     return cos_l * cos_o - sin_l * sin_o, sin_l * cos_o + cos_l * sin_o
 
 
+def _rotate_half(r, cos, sin, xp):
+    """[x1 cos - x2 sin, x2 cos + x1 sin], x1 and x2 the two halves of r (..., dims)."""
+    half = r.shape[-1] // 2
+    x1, x2 = r[..., :half], r[..., half:]
+    return xp.concat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def _rotate_pairs(r, cos, sin, xp):
+    """The same rotation on the pairs (r[2i], r[2i+1]) of r (..., dims)."""
+    pairs = xp.reshape(r, (*r.shape[:-1], r.shape[-1] // 2, 2))  # (..., dims/2, 2)
+    x1, x2 = pairs[..., 0], pairs[..., 1]
+    return xp.reshape(xp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1), r.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rotary:
+    """One RoPE variant: ``rotate(r, cos, sin, xp)`` turns the rotated channels r (..., dims)
+    by the angles (cos, sin broadcastable to (..., dims/2)); None: no rotation."""
+
+    rotate: Callable | None
+    doc: str
+
+
+#: The RoPE variants, by ``FlashConfig.rope``: a new one is one entry here (and a conformance
+#: case); tests/test_config_params.py checks the entries against the config's choices.
+ROPES: dict[str, Rotary] = {
+    "half": Rotary(_rotate_half, "[x1 cos - x2 sin, x2 cos + x1 sin] on the two halves"),
+    "interleaved": Rotary(_rotate_pairs, "the same on the pairs (x[2i], x[2i+1])"),
+    "none": Rotary(None, "no rotation"),
+}
+
+
 def rope_rotate(x, cos, sin, *, dims: int, mode: str, xp):
-    """Rotate x (..., s) by angles given as cos, sin (broadcastable to (..., dims/2))."""
-    r, half = x[..., :dims], dims // 2
-    if mode == "half":
-        x1, x2 = r[..., :half], r[..., half:]
-        rotated = xp.concat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    else:
-        pairs = xp.reshape(r, (*r.shape[:-1], half, 2))  # (..., dims/2, 2)
-        x1, x2 = pairs[..., 0], pairs[..., 1]
-        rotated = xp.reshape(xp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1), r.shape)
+    """Rotate the first ``dims`` channels of x (..., s) by angles given as cos, sin
+    (broadcastable to (..., dims/2)) as the :data:`ROPES` entry ``mode`` says."""
+    rotated = ROPES[mode].rotate(x[..., :dims], cos, sin, xp)
     if dims == x.shape[-1]:
         return rotated
     return xp.concat([rotated, x[..., dims:]], axis=-1)
@@ -235,7 +266,7 @@ def rope_at(x, pos, *, dims: int, mode: str, base: float, xp):
 def rope_all_at(xs: list, pos, *, dims: int, mode: str, base: float, xp) -> list:
     """:func:`rope_at` on every array of ``xs`` (each (b, s), one dtype) at the same position,
     the angles looked up once (a decoding step rotates 2-4 heads at one position)."""
-    if mode == "none" or dims == 0 or not xs:
+    if ROPES[mode].rotate is None or dims == 0 or not xs:
         return list(xs)
     cos, sin = angles_at(pos, dims=dims, base=base, xp=xp, like=xs[0])
     return [rope_rotate(x, cos, sin, dims=dims, mode=mode, xp=xp) for x in xs]
@@ -246,7 +277,7 @@ def angles_at(pos, *, dims: int, base: float, xp, like):
     (shape (), may be traced) -> two (1, dims/2) arrays in ``like``'s dtype, exact to
     ROPE_MAX_POSITION (see :func:`rope_at`).
 
-    Where ``pos`` is concrete (eager, ``xp.concrete`` gives its value) the angle is taken in
+    Where ``pos`` is concrete (eager, ``Kernels.concrete`` gives its value) the angle is taken in
     float64 on the host, and only the (1, dims/2) row moves to the device: an eager decoding step
     then converts two rows instead of the four tables."""
     host = _host_position(xp, pos)
@@ -302,13 +333,13 @@ def rel_bias(w, q_pos: np.ndarray, k_pos: np.ndarray, *, config, xp, like):
     learned: B[t, j] = w[j - t + L - 1], L = config.bias_span; t5: w[bucket(j - t)]. Both are
     multiplied by ``config.bias_scale``. Returns (t, j) in ``like``'s dtype, or None when off.
     """
-    if config.rel_bias == "none":
+    if REL_BIASES[config.rel_bias].index is None:
         return None
     host = isinstance(q_pos, np.ndarray) and isinstance(k_pos, np.ndarray)
     if not host:  # in-graph positions (a symbolic length): the same indices, built by xp
         return _rel_bias_traced(w, q_pos, k_pos, config=config, xp=xp, like=like)
     rel = np.asarray(k_pos)[None, :] - np.asarray(q_pos)[:, None]  # (t, j)
-    if config.rel_bias == "learned":
+    if REL_BIASES[config.rel_bias].bounded:
         span = config.bias_span
         if not tracing(xp) and np.abs(rel).max(initial=0) > span - 1:
             raise ValueError(
@@ -327,17 +358,42 @@ def _rel_bias_traced(w, q_pos, k_pos, *, config, xp, like):
 
 
 def _bias_index(rel, config, xp):
-    """The bias weight row of each relative offset rel = key - query (int64, NumPy or ``xp``):
-    rel + L - 1 (learned) or its T5 bucket."""
-    if config.rel_bias == "learned":
-        return rel + (config.bias_span - 1)
-    return t5_bucket(
-        rel,
-        causal=config.causal,
-        buckets=config.t5_buckets,
-        max_distance=config.t5_max_distance,
-        xp=xp,
-    )
+    """The bias weight row of each relative offset rel = key - query (int64, NumPy or ``xp``),
+    as the :data:`REL_BIASES` entry of ``config.rel_bias`` says."""
+    return REL_BIASES[config.rel_bias].index(rel, config, xp)
+
+
+def _learned_index(rel, config, xp):
+    return rel + (config.bias_span - 1)
+
+
+def _t5_index(rel, config, xp):
+    buckets, distance = config.t5_buckets, config.t5_max_distance
+    return t5_bucket(rel, causal=config.causal, buckets=buckets, max_distance=distance, xp=xp)
+
+
+@dataclasses.dataclass(frozen=True)
+class RelativeBias:
+    """One relative position bias B[t, j] = w[index(j - t)] * bias_scale: ``rows(config)``, the
+    length of its weight w; ``index(rel, config, xp)``, the row of each offset rel = key - query
+    (int64, NumPy or ``xp``); ``bounded``: offsets past the rows are an error (else they share
+    the last row). None fields: no bias."""
+
+    rows: Callable | None
+    index: Callable | None
+    bounded: bool
+    doc: str
+
+
+#: The relative position biases, by ``FlashConfig.rel_bias``: a new one is one entry here (and a
+#: conformance case); tests/test_config_params.py checks the entries against the config's choices.
+REL_BIASES: dict[str, RelativeBias] = {
+    "learned": RelativeBias(
+        lambda c: 2 * c.bias_span - 1, _learned_index, True, "B[i, j] = w[j - i + L - 1]"
+    ),
+    "t5": RelativeBias(lambda c: c.t5_buckets, _t5_index, False, "one weight per T5 bucket"),
+    "none": RelativeBias(None, None, False, "no bias"),
+}
 
 
 def _bias_rows(w, idx, config, xp, like):

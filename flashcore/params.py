@@ -16,6 +16,7 @@ import numpy as np
 from ._xp import dtype_name
 from .checks import is_floating
 from .config import FlashConfig, LMConfig, TransformerConfig
+from .ops import REL_BIASES
 
 __all__ = ["ParamSpec", "param_spec", "init", "check_params", "subtree"]
 
@@ -79,15 +80,10 @@ def _layer_spec(cfg: FlashConfig) -> dict[str, ParamSpec]:
     spec["qk.gamma"] = ParamSpec((h, s), "qk_gamma", f"scale-offset scales, rows {heads}")
     if cfg.use_bias:
         spec["qk.beta"] = ParamSpec((h, s), "zeros", f"scale-offset offsets, rows {heads}")
-    if cfg.rel_bias != "none":
-        shape = (2 * cfg.bias_span - 1,) if cfg.rel_bias == "learned" else (cfg.t5_buckets,)
-        doc = (
-            "B[i, j] = w[j - i + L - 1]"
-            if cfg.rel_bias == "learned"
-            else "one weight per T5 bucket"
-        )
-        doc += "; starts at L^-1/2 (init='uniform') or 0 ('paper')"
-        spec["rel_bias.weight"] = _rel_bias_start(cfg, shape, doc)
+    bias = REL_BIASES[cfg.rel_bias]
+    if bias.rows is not None:
+        doc = bias.doc + "; starts at L^-1/2 (init='uniform') or 0 ('paper')"
+        spec["rel_bias.weight"] = _rel_bias_start(cfg, (bias.rows(cfg),), doc)
     spec["out.kernel"] = ParamSpec((e, d), "lecun", "output projection, e -> d")
     if cfg.use_bias:
         spec["out.bias"] = ParamSpec((d,), "zeros", "output bias")

@@ -8,7 +8,7 @@ at a time (a multiple of C); each FLASH layer carries between pieces exactly wha
 :mod:`flashcore.decode` keeps for it (``lin``: the sum of the chunk states K^T V / C of every
 chunk so far, ``count``, and ``prev``: the normed last row, for the token shift), so that the
 working memory is that of one piece whatever T is. A piece is one call of the layer's FLASH core
-with explicit state (:func:`flashcore.layers.flash_core`, with the fused core a backend hands in)
+with explicit state (:func:`flashcore.layers.flash_core`, with the backend's fast core)
 at global positions ``pos .. pos + piece - 1``, the carried state added to every chunk's linear
 state the way context parallelism adds the earlier shards' (:mod:`flashcore.context_parallel`);
 positions past the last whole chunk (T not a multiple of C) are fed one token at a time by
@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import ops
+from . import kernels, ops
 from ._xp import device_of, namespace
 from .checks import check_tokens, concrete
 from .config import FlashConfig, LMConfig
@@ -74,11 +74,11 @@ def _check_piece(piece, chunk: int) -> None:
         )
 
 
-def _layer_piece(params: dict, x, st: dict, *, config: FlashConfig, xp, core: Callable | None):
+def _layer_piece(params: dict, x, st: dict, *, config: FlashConfig, xp):
     """One FLASH layer over one piece. x: (b, t, d), t a multiple of C, at positions
     st["pos"] + arange(t) (a chunk boundary) -> (out (b, t, d), the layer's new decoding state):
     one call of the FLASH core with the carried state (:func:`flashcore.layers.flash_core`)."""
-    return flash_core(params, x, st, config=config, xp=xp, core=core)
+    return flash_core(params, x, st, config=config, xp=xp)
 
 
 def prefill_piece(
@@ -94,10 +94,10 @@ def prefill_piece(
     """One piece through the LM. tokens: (b, t) ints, t a multiple of C; ``state`` a decoding
     state at a chunk boundary (its pos a multiple of C; :func:`lm_prefill` makes sure).
     -> (logits (b, t, v), or (b, v) with ``last_only``; the new state). Jit-able: no Python
-    branch on values. ``core``: the FLASH layers' fused mixed-chunk core or None (see
-    :func:`flashcore.layers.flash_core`)."""
+    branch on values. The FLASH layers' core is the backend's (``Kernels.flash``, see
+    :mod:`flashcore.kernels`); ``core``: deprecated, a function taken instead for every call."""
     check_stream(config)
-    xp = namespace(tokens, xp=xp)
+    xp = kernels.override(namespace(tokens, xp=xp), flash=core)
     b, t = check_tokens(tokens, config.vocab_size, xp)
     _check_piece(t, config.block.chunk_size)
     x = embed_tokens(params, tokens, config, xp)  # (b, t, d), token type 0
@@ -110,7 +110,7 @@ def prefill_piece(
     for i in range(config.num_layers):
         key = f"layers.{i}"
         x, new_state[key] = _layer_piece(
-            subtree(params, key + "."), x, state[key], config=config.block, xp=xp, core=core
+            subtree(params, key + "."), x, state[key], config=config.block, xp=xp
         )
     if last_only:
         x = x[:, -1, :]
@@ -148,11 +148,11 @@ def lm_prefill(
 
     piece_fn(tokens (b, t), state) -> (logits, state) and step_fn(tokens_t (b,), state) ->
     (logits (b, v), state) let a backend run its own compiled versions of
-    :func:`prefill_piece` (with ``last_only`` as given here) and ``lm_decode_step``; ``core``
-    is handed to the spec's prefill_piece when piece_fn is None.
+    :func:`prefill_piece` (with ``last_only`` as given here) and ``lm_decode_step``;
+    ``core``: deprecated, as in :func:`prefill_piece`.
     """
     check_stream(config)
-    xp = namespace(tokens, xp=xp)
+    xp = kernels.override(namespace(tokens, xp=xp), flash=core)
     c = config.block.chunk_size
     _check_piece(piece, c)
     piece = int(piece)
@@ -163,7 +163,7 @@ def lm_prefill(
     if piece_fn is None:
 
         def piece_fn(tok, st):
-            opts = dict(config=config, xp=xp, core=core, last_only=last_only)
+            opts = dict(config=config, xp=xp, last_only=last_only)
             return prefill_piece(params, tok, st, **opts)
 
     if step_fn is None:

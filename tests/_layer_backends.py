@@ -6,9 +6,11 @@ parameters), :func:`skip_reason` also why it cannot run here (pytest.skip takes 
 :func:`forward` runs it:
 
     spec          flashcore on NumPy
-    torch-spec    flashcore on torch tensors, the spec's attention core
-    torch-core    flashcore on torch tensors through flashcore.torch.kernels.attention_core (the
-                  blocked CPU core where it applies: FLASH, relu2, no segment ids)
+    torch-spec    flashcore on torch tensors, the spec's attention cores
+                  (flashcore.kernels.spec_cores of the torch namespace)
+    torch-core    flashcore on torch tensors with the namespace's fast cores
+                  (flashcore.torch.xp.KERNELS: the blocked CPU core where it applies: relu2, no
+                  segment ids)
     jax           flashcore.jax.functional.apply (on CPU: the spec's core)
     jax-pallas    the same with the Pallas kernel in interpret mode (FLASH, relu2, 'sum', no
                   segment ids)
@@ -35,7 +37,7 @@ __all__ = [
     "pallas_core",
     "pullback",
     "skip_reason",
-    "torch_core",
+    "torch_xp",
     "unsupported",
 ]
 
@@ -71,13 +73,12 @@ def layer_fn(config: fc.FlashConfig):
     return fc.flash if config.kind == "flash" else fc.gau
 
 
-def torch_core(backend: str):
-    """The ``core=`` argument of a torch backend (None: the spec's)."""
-    if backend != "torch-core":
-        return None
-    from flashcore.torch import kernels
+def torch_xp(backend: str):
+    """The namespace of a torch backend: with its fast cores for torch-core, else the spec's."""
+    from flashcore.kernels import spec_cores
+    from flashcore.torch.xp import xp
 
-    return kernels.attention_core
+    return xp if backend == "torch-core" else spec_cores(xp)
 
 
 def pallas_core():
@@ -101,19 +102,15 @@ def forward(backend, config, params, x, mask=None, segment_ids=None, dtype="floa
     if backend.startswith("torch"):
         import torch
 
-        from flashcore.torch.xp import xp
-
         dt = getattr(torch, dtype)
         t = lambda a: None if a is None else torch.as_tensor(a)  # noqa: E731
-        core = {"core": torch_core(backend)} if config.kind == "flash" else {}
         with torch.no_grad():
             out = layer_fn(config)(
                 {k: torch.as_tensor(v, dtype=dt) for k, v in params.items()},
                 torch.as_tensor(x, dtype=dt),
                 mask=t(mask),
                 segment_ids=t(segment_ids),
-                xp=xp,
-                **core,
+                xp=torch_xp(backend),
                 **kw,
             )
         return out.to(torch.float64).numpy()
@@ -158,20 +155,16 @@ def pullback(backend, config, params, x, mask=None, segment_ids=None, dtype="flo
     if backend in ("spec", "torch-spec", "torch-core"):
         import torch
 
-        from flashcore.torch.xp import xp
-
         dt = getattr(torch, dtype)
         t = lambda a: None if a is None else torch.as_tensor(a)  # noqa: E731
         xt = torch.tensor(x, dtype=dt, requires_grad=True)
-        core = {"core": torch_core(backend)} if config.kind == "flash" else {}
         out = layer_fn(config)(
             {k: torch.as_tensor(v, dtype=dt) for k, v in params.items()},
             xt,
             config=config,
             mask=t(mask),
             segment_ids=t(segment_ids),
-            xp=xp,
-            **core,
+            xp=torch_xp(backend),
         )
 
         def vjp_torch(cot):

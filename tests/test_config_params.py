@@ -241,3 +241,20 @@ def test_every_attention_choice_is_one_registry_entry():
     assert set(ops.ATTENTIONS) == set(get_args(Attention))
     with pytest.raises(ValueError, match="relu2"):
         fc.FlashConfig(dim=8, attention="relu3")
+
+
+@pytest.mark.parametrize(
+    "registry,choices,field",
+    [("ROPES", "Rope", "rope"), ("REL_BIASES", "RelBias", "rel_bias")],
+)
+def test_every_position_choice_is_one_registry_entry(registry, choices, field):
+    """FlashConfig.rope's and .rel_bias's choices are exactly flashcore.ops.ROPES and
+    REL_BIASES; a name outside them is refused."""
+    from typing import get_args
+
+    from flashcore import config as config_module
+    from flashcore import ops
+
+    assert set(getattr(ops, registry)) == set(get_args(getattr(config_module, choices)))
+    with pytest.raises(ValueError, match=field):
+        fc.FlashConfig(dim=8, **{field: "spiral"})

@@ -30,13 +30,14 @@ _JIT: dict = {}
 
 
 class _Backend:
-    """Arrays and the namespace (and fused core, for torch-core) of one backend, float64."""
+    """Arrays and the namespace of one backend, float64: its fast cores (flashcore.kernels) for
+    torch-core, jax and tf, the spec's cores for torch."""
 
     def __init__(self, name: str):
         module = _NEEDS.get(name.split("-")[0])
         if module is not None and importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} is not installed")
-        self.name, self.core = name, None
+        self.name = name
         self.dtype = "float32" if name == "jax" else "float64"  # what assert_close judges in
         if name == "spec":
             import array_api_compat.numpy as xnp
@@ -48,10 +49,10 @@ class _Backend:
             from flashcore.torch.xp import xp
 
             self.xp, self.arr = xp, torch.as_tensor
-            if name == "torch-core":
-                from flashcore.torch import kernels
+            if name == "torch":
+                from flashcore.kernels import spec_cores
 
-                self.core = kernels.attention_core
+                self.xp = spec_cores(xp)
         elif name == "jax":
             import jax.numpy as jnp
 
@@ -126,7 +127,7 @@ def _stream(be, params, x, cfg, cuts, mask=None):
     outs = []
     for i, j in zip(cuts[:-1], cuts[1:], strict=True):
         m = None if mask is None else mask[:, i:j]
-        step = be.fn(flash_core, config=cfg, xp=be.xp, core=be.core)
+        step = be.fn(flash_core, config=cfg, xp=be.xp)
         out, state = step(params, x[:, i:j], state, mask=m)
         outs.append(to_numpy(out))
     return np.concatenate(outs, axis=1), state
@@ -138,7 +139,7 @@ def test_streaming_split_at_any_chunk_boundary_equals_the_whole(backend, name):
     params, x = _case(cfg)
     with be.context():
         p, (xt,) = be.tensors(params, x)
-        want = to_numpy(be.fn(fc.flash, config=cfg, xp=be.xp, core=be.core)(p, xt))
+        want = to_numpy(be.fn(fc.flash, config=cfg, xp=be.xp)(p, xt))
         for k in range(1, T // C) if be.name != "jax" else (2,):  # JAX: one cut, to compile less
             got, _ = _stream(be, p, xt, cfg, [0, k * C, T])
             assert_close(

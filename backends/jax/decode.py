@@ -31,7 +31,6 @@ from flashcore import generation, sampling, stream
 from flashcore.config import FlashConfig, LMConfig, TransformerConfig
 from flashcore.lm import lm_logits
 
-from . import kernels
 from .xp import xp
 
 __all__ = [
@@ -86,8 +85,8 @@ def scan(params: dict, xs: jax.Array, state: dict, *, config: Config):
 
 _step = jax.jit(decode_step, static_argnames="config")
 _forward = jax.jit(
-    functools.partial(lm_logits, attn_core=kernels.softmax_core), static_argnames="config"
-)  # a "recompute" LM's forward; Transformer++ blocks on the fused softmax core
+    functools.partial(lm_logits, xp=xp), static_argnames="config"
+)  # a "recompute" LM's forward; Transformer++ blocks on the fast softmax core (KERNELS)
 
 
 _SAMPLER = {"temperature": 1.0, "top_k": None, "top_p": None}  # generate's options, defaults
@@ -178,8 +177,8 @@ def prefill(
     """Streamed prefill of a causal FLASH LM (:func:`flashcore.stream.lm_prefill`): tokens
     (b, T) ints, ``piece`` positions (a multiple of C) at a time through one jitted
     :func:`flashcore.stream.prefill_piece` (compiled once per piece length: at most two), the
-    last T mod C positions through the jitted decode step. ``core``: the mixed-chunk core (None:
-    :func:`flashcore.jax.kernels.flash_core`).
+    last T mod C positions through the jitted decode step. ``core``: deprecated, a mixed-chunk core taken for every
+    call instead of :data:`flashcore.jax.xp.KERNELS`'s.
 
     -> (logits (b, T, v), or the last position's (b, v) with ``last_only``; a decoding state
     for :func:`decode_step`, or ``state=`` to stream on).
@@ -188,7 +187,7 @@ def prefill(
     if state is None:
         stream.check_stream(config)
         state = decode_init(config, tokens.shape[0], params["embed.weight"].dtype)
-    opts = dict(config=config, xp=xp, core=core or kernels.flash_core, last_only=last_only)
+    opts = dict(config=config, xp=xp, core=core, last_only=last_only)
     return stream.lm_prefill(
         params,
         tokens,

@@ -16,6 +16,7 @@ pairwise scan of :mod:`flashcore.jax.xp` picks its path from the static array si
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -24,9 +25,9 @@ import numpy as np
 
 import flashcore as fc
 from flashcore import deploy
-from flashcore._xp import extended
+from flashcore.kernels import with_kernels
 
-from .xp import xp
+from .xp import KERNELS, xp
 
 __all__ = [
     "EXPORT_XP",
@@ -41,14 +42,16 @@ __all__ = [
 
 STABLEHLO_FILE = "model.stablehlo"
 
-#: the namespace of an export trace: jnp's own prefix sum, never a host copy of a value
-EXPORT_XP = extended(
+#: the namespace of an export trace: jnp's own prefix sum, the spec's cores, never a host copy
+#: of a value
+EXPORT_XP = with_kernels(
     xp,
     "flashcore.jax.export_xp",
-    cumulative_sum=jnp.cumulative_sum,
-    concrete=lambda a: None,
-    is_tracing=lambda: True,
+    dataclasses.replace(
+        KERNELS, flash=None, softmax=None, concrete=lambda a: None, is_tracing=lambda: True
+    ),
 )
+EXPORT_XP.cumulative_sum = jnp.cumulative_sum
 
 
 def _dtype(name: str, dtype: str):

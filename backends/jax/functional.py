@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import flashcore as fc
 from flashcore.config import FlashConfig, LMConfig, TransformerConfig
 
-from . import kernels
 from .loss import chunked_loss
 from .xp import float32_compute, xp
 
@@ -93,15 +92,15 @@ def apply(
     """One layer or block, or an LM's logits. x: (b, t, d) -> (b, t, d); LM: tokens (b, t) -> (b, t, v).
 
     mask: (b, t) bool, True at real positions; segment_ids: (b, t) ints (packed sequences).
-    ``core``: the mixed-chunk attention core of FLASH layers. None takes ``kernels.flash_core``:
-    the Pallas kernel where ``kernels.can_use_kernel`` allows (GPU / TPU), else the spec's core.
-    Pass ``flashcore.layers.attention_core_flash`` to force the spec's. ``attn_core``: the
-    softmax attention core of Transformer++ blocks. None takes ``kernels.softmax_core``:
+    The cores are :data:`flashcore.jax.xp.KERNELS`'s (the backend contract): FLASH's Pallas
+    kernel where ``kernels.can_use_kernel`` allows (GPU / TPU), Transformer++ on
     ``jax.nn.dot_product_attention`` where ``kernels.can_use_fused_attention`` allows, else the
-    spec's core; pass ``flashcore.lm.attention_core_softmax`` to force the spec's. dropout:
-    keep-masks (:func:`dropout_masks`) or None (no dropout). bfloat16 / float16 parameters on CPU:
-    the block computes in float32 from them and returns the storage dtype
-    (:func:`flashcore.jax.xp.float32_compute`; ``FLASHCORE_LOW_PRECISION_DOTS=native``: in bf16).
+    spec's. ``core`` / ``attn_core``: deprecated, a FLASH / softmax core taken for every call
+    instead (``flashcore.layers.attention_core_flash`` / ``flashcore.lm.attention_core_softmax``
+    force the spec's). dropout: keep-masks (:func:`dropout_masks`) or None (no dropout).
+    bfloat16 / float16 parameters on CPU: the block computes in float32 from them and returns the
+    storage dtype (:func:`flashcore.jax.xp.float32_compute`; ``FLASHCORE_LOW_PRECISION_DOTS=native``:
+    in bf16).
     """
     if isinstance(config, LMConfig):
         return logits(
@@ -124,11 +123,11 @@ def apply(
     if isinstance(config, FlashConfig) and config.kind == "flash":
         if attn_core is not None:
             raise ValueError("attn_core= replaces Transformer++'s softmax core; FLASH has none")
-        return fc.flash(params, x, core=core or kernels.flash_core, **kw)
+        return fc.flash(params, x, core=core, **kw)
     if core is not None:
         raise ValueError("core= replaces FLASH's mixed-chunk core; this config has none")
     if isinstance(config, TransformerConfig):
-        return fc.transformer_block(params, x, core=attn_core or kernels.softmax_core, **kw)
+        return fc.transformer_block(params, x, core=attn_core, **kw)
     if attn_core is not None:
         raise ValueError("attn_core= replaces Transformer++'s softmax core; GAU has none")
     return fc.block_fn(config)(params, x, **kw)
@@ -163,8 +162,8 @@ def logits(
         mask=_jax(mask),
         segment_ids=_jax(segment_ids),
         xp=xp,
-        core=core or kernels.flash_core,
-        attn_core=attn_core or kernels.softmax_core,
+        core=core,
+        attn_core=attn_core,
         dropout=dropout,
         token_type_ids=_jax(token_type_ids),
     )
@@ -190,8 +189,6 @@ def hidden(
         config=config,
         mask=_jax(mask),
         xp=xp,
-        core=kernels.flash_core,
-        attn_core=kernels.softmax_core,
         token_type_ids=_jax(token_type_ids),
     )
 
@@ -226,8 +223,8 @@ def loss(
         mask=_jax(mask),
         segment_ids=_jax(segment_ids),
         xp=xp,
-        core=core or kernels.flash_core,
-        attn_core=attn_core or kernels.softmax_core,
+        core=core,
+        attn_core=attn_core,
         dropout=dropout,
         loss_mask=_jax(loss_mask),
         token_type_ids=_jax(token_type_ids),

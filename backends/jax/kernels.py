@@ -1,8 +1,8 @@
 """A Pallas kernel for FLASH's mixed-chunk attention core, and the Transformer++ attention core on
 ``jax.nn.dot_product_attention``, each behind a guard.
 
-It replaces :func:`flashcore.layers.attention_core_flash` (same signature, so ``fc.flash(...,
-core=flash_core)`` takes it) for the paper's configuration: relu^2 attention, linear_norm='sum',
+It replaces :func:`flashcore.layers.attention_core_flash` (same signature; the ``flash`` fast core
+of :data:`flashcore.jax.xp.KERNELS`, behind :func:`flash_unsupported`) for the paper's configuration: relu^2 attention, linear_norm='sum',
 no packed segments (masks and any T are fine). One program per batch row walks the chunks in order
 and keeps the linear state M = sum K_lin^T V / C in registers, so the (g, s, e) per-chunk states the
 spec materializes never exist:
@@ -21,7 +21,7 @@ the first run on real hardware should be ``tests/backend_jax/test_jax_kernel.py`
 test runs only where a GPU or TPU is present.
 
 :func:`softmax_core` has the signature of :func:`flashcore.lm.attention_core_softmax` and is what
-the Transformer++ block and LM take by default (``transformer_block(..., core=softmax_core)``).
+the ``softmax`` fast core of :data:`flashcore.jax.xp.KERNELS` (behind :func:`softmax_unsupported`).
 It runs ``jax.nn.dot_product_attention`` (``implementation=None``: XLA's, on every platform
 today; logits and softmax in float32 for bfloat16 / float16 inputs) behind the guard
 :func:`can_use_fused_attention`, which sends to the spec's core what that call does not compute
@@ -47,10 +47,9 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from flashcore.config import FlashConfig
+from flashcore.kernels import Call
 from flashcore.layers import attention_core_flash, fused_core_unsupported
 from flashcore.lm import attention_core_softmax, fused_softmax_allowed
-
-from .xp import xp as jax_xp
 
 __all__ = [
     "can_use_kernel",
@@ -59,6 +58,8 @@ __all__ = [
     "can_use_fused_attention",
     "softmax_core",
     "softmax_core_path",
+    "flash_unsupported",
+    "softmax_unsupported",
     "QUERY_BLOCK",
 ]
 
@@ -105,8 +106,16 @@ def flash_core(
     """
     if can_use_kernel(v, config, mask, segment_ids, attn_keep):
         return pallas_core(qq, qk, lq, lk, v, bias=bias, config=config, mask=mask)
-    spec = dict(config=config, mask=mask, segment_ids=segment_ids, xp=jax_xp, attn_keep=attn_keep)
+    spec = dict(config=config, mask=mask, segment_ids=segment_ids, xp=xp, attn_keep=attn_keep)
     return attention_core_flash(qq, qk, lq, lk, v, bias=bias, **spec)
+
+
+def flash_unsupported(config: FlashConfig, call: Call) -> str | None:
+    """The guard of the Pallas core in :data:`flashcore.jax.xp.KERNELS`: None when
+    :func:`can_use_kernel` passes, else why not."""
+    if can_use_kernel(call.x, config, call.mask, call.segment_ids, call.attn_keep):
+        return None
+    return "the Pallas core needs a GPU or TPU and a call the 'pallas' table gives it"
 
 
 def pallas_core(
@@ -332,6 +341,14 @@ def softmax_core_path(q, config, mask=None, segment_ids=None, attn_keep=None) ->
     return "fused" if can_use_fused_attention(q, config, mask, segment_ids, attn_keep) else "spec"
 
 
+def softmax_unsupported(config, call: Call) -> str | None:
+    """The guard of :func:`softmax_core` in :data:`flashcore.jax.xp.KERNELS`: None when
+    :func:`can_use_fused_attention` passes, else why not."""
+    if can_use_fused_attention(call.x, config, call.mask, call.segment_ids, call.attn_keep):
+        return None
+    return "jax.nn.dot_product_attention takes no attn_keep and no float64"
+
+
 def softmax_core(
     q,
     k,
@@ -359,7 +376,7 @@ def softmax_core(
             mask=mask,
             segment_ids=segment_ids,
             attn_keep=attn_keep,
-            xp=xp or jax_xp,
+            xp=xp,
         )
     b, n, t, hd = q.shape
     block = QUERY_BLOCK if block is None else int(block)
@@ -397,6 +414,6 @@ def _attend(qb, q_pos, q_seg, *, kt, vt, k_pos, mask, segment_ids, config, squar
     if mask is None and segment_ids is None and (square or not config.causal):
         return jax.nn.dot_product_attention(qb, kt, vt, scale=scale, is_causal=config.causal)
     allowed = fused_softmax_allowed(
-        config, q_pos, k_pos, mask, segment_ids, q_seg, xp=jax_xp
+        config, q_pos, k_pos, mask, segment_ids, q_seg, xp=jnp
     )  # (b or 1, 1, r, t)
     return jax.nn.dot_product_attention(qb, kt, vt, mask=allowed, scale=scale)

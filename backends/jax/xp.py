@@ -1,7 +1,9 @@
-"""The namespace the JAX backend hands the spec: ``jax.numpy`` plus ``jax.nn.silu``,
-``jax.scipy.special.erf`` and ``jax.nn.log_softmax`` as ``log_softmax_last`` (see
-:func:`flashcore._xp.extended`), with ``cumulative_sum`` as the spec's pairwise prefix sum on
-CPU. Use :data:`xp`.
+"""The namespace the JAX backend hands the spec: ``jax.numpy`` with ``cumulative_sum`` as the
+spec's pairwise prefix sum on CPU, carrying :data:`KERNELS`, JAX's one
+:class:`flashcore.kernels.Kernels` (the backend contract): the fast cores of
+:mod:`flashcore.jax.kernels` (FLASH's Pallas core, Transformer++ on
+``jax.nn.dot_product_attention``) behind their guards, ``jax.nn.silu``, ``jax.scipy.special.erf``,
+``jax.nn.log_softmax`` as ``log_softmax_last``, :func:`dense` and the tracer query. Use :data:`xp`.
 
 Why: ``jnp.cumsum`` lowers to a reduce-window over the whole axis, which XLA's CPU backend runs
 in O(n^2) adds, and its transpose is another. For FLASH's causal chunk states (b, g, s, e) that
@@ -32,10 +34,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-from flashcore._xp import extended, is_low_precision, pairwise_cumulative_sum
+from flashcore._xp import is_low_precision, pairwise_cumulative_sum
 from flashcore.dotpath import low_precision_dots
+from flashcore.kernels import FastCore, Kernels, with_kernels
 
-__all__ = ["xp", "dot_path", "float32_compute"]
+from . import kernels
+
+__all__ = ["xp", "KERNELS", "dot_path", "float32_compute"]
 
 
 def dot_path(dtype) -> str:
@@ -150,14 +155,17 @@ def dense(h, kernel, bias):
     return y if out is None else y.astype(out)
 
 
-xp = extended(
-    jnp,
-    "flashcore.jax.xp",
+#: JAX's side of the backend contract (:mod:`flashcore.kernels`).
+KERNELS = Kernels(
+    flash=FastCore(kernels.flash_core, kernels.flash_unsupported),
+    softmax=FastCore(kernels.softmax_core, kernels.softmax_unsupported),
     silu=jax.nn.silu,
     erf=jax.scipy.special.erf,
     log_softmax_last=lambda z: jax.nn.log_softmax(z, axis=-1),
     concrete=_concrete,
-    cumulative_sum=cumulative_sum,
     dense=dense,
-    matmul=matmul,
 )
+
+xp = with_kernels(jnp, "flashcore.jax.xp", KERNELS)
+xp.cumulative_sum = cumulative_sum  # the array API's own function, faster on XLA's CPU backend
+xp.matmul = matmul  # the array API's own function, in float32 from bf16 on CPU (dot_path)

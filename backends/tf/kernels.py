@@ -1,7 +1,7 @@
 """The Transformer++ attention core in TensorFlow's own ops, behind a guard.
 
 :func:`softmax_core` has the signature of :func:`flashcore.lm.attention_core_softmax` and is what
-the TF Transformer++ block and LM pass as ``transformer_block(..., core=softmax_core)``: per head
+the ``softmax`` fast core of :data:`flashcore.tf.xp.KERNELS` (the backend contract): per head
 S = Q K^T / sqrt(hd) (one batched ``tf.linalg.matmul`` in the input dtype), ``tf.nn.softmax`` of S
 in float32 (float64 for float64 input) after ``tf.where`` of the mask, and P V, the graph XLA
 fuses under ``tf.function(jit_compile=True)``. It is the computation of
@@ -26,11 +26,16 @@ import math
 
 import tensorflow as tf
 
+from flashcore.kernels import Call
 from flashcore.lm import attention_core_softmax, fused_softmax_allowed
 
-from .xp import xp as tf_xp
-
-__all__ = ["can_use_fused_attention", "softmax_core", "softmax_core_path", "QUERY_BLOCK"]
+__all__ = [
+    "can_use_fused_attention",
+    "softmax_core",
+    "softmax_core_path",
+    "softmax_unsupported",
+    "QUERY_BLOCK",
+]
 
 QUERY_BLOCK = 512
 """Query rows per block in :func:`softmax_core` (fwd + bwd at T = 1024, causal, 8 heads of 64,
@@ -78,13 +83,24 @@ def softmax_core(
             mask=mask,
             segment_ids=segment_ids,
             attn_keep=attn_keep,
-            xp=xp or tf_xp,
+            xp=xp,
         )
-    return _fused(q, k, v, config, mask, segment_ids, block)
+    return _fused(q, k, v, config, mask, segment_ids, block, xp)
 
 
-def _fused(q, k, v, config, mask, segment_ids, block):
-    """The graph of :func:`softmax_core` (its arguments, checked by the guard)."""
+def softmax_unsupported(config, call: Call) -> str | None:
+    """The guard of :func:`softmax_core` in :data:`flashcore.tf.xp.KERNELS`: None when
+    :func:`can_use_fused_attention` passes, else why not."""
+    if can_use_fused_attention(call.x, config, call.mask, call.segment_ids, call.attn_keep):
+        return None
+    return "the blocked TF softmax core takes no attn_keep"
+
+
+def _fused(q, k, v, config, mask, segment_ids, block, xp):
+    """The graph of :func:`softmax_core` (its arguments, checked by the guard); ``xp``: the TF
+    namespace (:data:`flashcore.tf.xp.xp`) the masks are built in."""
+    if xp is None:
+        raise TypeError("softmax_core needs xp= (the TF namespace, flashcore.tf.xp.xp)")
     t = q.shape[2]
     block = QUERY_BLOCK if block is None else int(block)
     if block < 1:
@@ -103,7 +119,7 @@ def _fused(q, k, v, config, mask, segment_ids, block):
             None if mask is None else mask[:, :keys],
             None if segment_ids is None else segment_ids[:, :keys],
             None if segment_ids is None else segment_ids[:, start:stop],
-            xp=tf_xp,
+            xp=xp,
         )  # (b or 1, 1, r, keys) or None
         s = tf.linalg.matmul(
             q[:, :, start:stop], k[:, :, :keys], transpose_b=True

@@ -47,7 +47,6 @@ import tensorflow as tf
 import flashcore as fc
 from flashcore.config import FlashConfig, TransformerConfig
 
-from . import kernels
 from .decode import BlockDecoding
 from .module import CLASSES, CanonicalModule, no_autograph, run_static
 from .xp import float32_compute
@@ -70,12 +69,11 @@ class _Block(BlockDecoding, CanonicalModule):
         masks = self._masks(inputs, training, dropout)
 
         per_example = isinstance(self.config, TransformerConfig)
-        extra = {"core": kernels.softmax_core} if per_example else {}
 
         def run(xp, x, m, s, d):
             if storage is not None:
                 x = tf.cast(x, tf.float32)
-            y = fn(params, x, config=self.config, mask=m, segment_ids=s, xp=xp, dropout=d, **extra)
+            y = fn(params, x, config=self.config, mask=m, segment_ids=s, xp=xp, dropout=d)
             return y if storage is None else tf.cast(y, storage)
 
         return run_static(

@@ -19,7 +19,6 @@ import tensorflow as tf
 import flashcore as fc
 from flashcore.config import LMConfig, TransformerConfig
 
-from . import kernels
 from .decode import LMDecoding
 from .loss import chunked_loss
 from .module import CLASSES, CanonicalModule, block_class, no_autograph, run_static
@@ -129,7 +128,6 @@ class LM(LMDecoding, CanonicalModule):
                 segment_ids=s,
                 xp=xp,
                 dropout=d,
-                attn_core=kernels.softmax_core,
                 token_type_ids=types,
                 remat=checkpoint,
             )

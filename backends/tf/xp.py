@@ -34,8 +34,11 @@ import tensorflow as tf
 
 from flashcore._xp import is_low_precision, pairwise_cumulative_sum
 from flashcore.dotpath import low_precision_dots
+from flashcore.kernels import FastCore, Kernels
 
-__all__ = ["Namespace", "xp", "dot_path", "float32_compute"]
+from . import kernels
+
+__all__ = ["Namespace", "xp", "KERNELS", "dot_path", "float32_compute"]
 
 
 def _platform() -> str:
@@ -292,7 +295,7 @@ class Namespace:
     cos = staticmethod(tf.math.cos)
     abs = staticmethod(tf.math.abs)
     isfinite = staticmethod(tf.math.is_finite)
-    # Not array-API; flashcore._xp.erf and flashcore.ops.silu use them when present.
+    # Not array-API; the spec takes them through KERNELS (below).
     erf = staticmethod(tf.math.erf)
     silu = staticmethod(tf.nn.silu)  # fused x * sigmoid(x)
 
@@ -301,5 +304,16 @@ class Namespace:
         """z - logsumexp(z) over the last axis (:func:`flashcore.loss.log_softmax` takes it)."""
         return tf.nn.log_softmax(z, axis=-1)
 
+
+#: TF's side of the backend contract (:mod:`flashcore.kernels`): the blocked softmax core of
+#: :mod:`flashcore.tf.kernels` behind its guard, TF's erf, silu and log_softmax. Every namespace
+#: of this class (``with_batch`` ones too) carries it.
+KERNELS = Kernels(
+    softmax=FastCore(kernels.softmax_core, kernels.softmax_unsupported),
+    erf=Namespace.erf,
+    silu=Namespace.silu,
+    log_softmax_last=Namespace.log_softmax_last,
+)
+Namespace.kernels = KERNELS
 
 xp = Namespace()

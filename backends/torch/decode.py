@@ -17,7 +17,6 @@ import torch
 
 from flashcore import decode, generation, sampling, stream
 
-from . import kernels
 from .xp import xp
 
 __all__ = ["BlockDecoding", "LMDecoding"]
@@ -72,14 +71,13 @@ class LMDecoding(generation.Generating, stream.Prefilling):
 
     @torch.no_grad()
     def _prefill(self, tokens: torch.Tensor, options: dict):
-        """:meth:`prefill` (:class:`flashcore.stream.Prefilling`) on the fused core
-        (:mod:`flashcore.torch.kernels`), without autograd."""
+        """:meth:`prefill` (:class:`flashcore.stream.Prefilling`) on the fast core
+        (the namespace's :data:`flashcore.torch.xp.KERNELS`), without autograd."""
         return stream.lm_prefill(
             self.canonical_params(),
             tokens,
             config=self.config,
             xp=xp,
-            core=kernels.attention_core,
             **options,
         )
 

@@ -9,6 +9,7 @@ onnxruntime runs is the oracle every fused path is tested against.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import warnings
 from pathlib import Path
@@ -18,9 +19,9 @@ import torch
 
 import flashcore as fc
 from flashcore import deploy
-from flashcore._xp import extended
+from flashcore.kernels import with_kernels
 
-from .xp import xp
+from .xp import KERNELS, xp
 
 __all__ = ["EXPORT_XP", "write_onnx", "load_onnx", "ONNX_FILE", "OPSET"]
 
@@ -28,13 +29,18 @@ ONNX_FILE = "model.onnx"
 OPSET = 18
 
 #: the namespace of an export trace: never a fused core, never a host copy of a value
-EXPORT_XP = extended(
+EXPORT_XP = with_kernels(
     xp,
     "flashcore.torch.export_xp",
-    gau_core=None,
-    known_all_false=None,
-    concrete=lambda a: None,
-    is_tracing=lambda: True,
+    dataclasses.replace(
+        KERNELS,
+        flash=None,
+        gau=None,
+        softmax=None,
+        known_all_false=None,
+        concrete=lambda a: None,
+        is_tracing=lambda: True,
+    ),
 )
 
 

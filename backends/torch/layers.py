@@ -20,6 +20,7 @@ from torch import nn
 
 import flashcore as fc
 from flashcore import dropout as drop
+from flashcore.ops import REL_BIASES
 
 from . import kernels
 from .decode import BlockDecoding
@@ -79,10 +80,9 @@ class _FlashLayer(BlockDecoding, CanonicalModule):
         bias = config.use_bias
         self.hidden = nn.Linear(d, 2 * e + s, bias=bias, **f)  # x -> [U | V | Z]: (2e + s, d)
         self.qk = ParamGroup({"gamma": (h, s), **({"beta": (h, s)} if bias else {})}, **f)
-        if config.rel_bias == "learned":
-            self.rel_bias = ParamGroup({"weight": (2 * config.bias_span - 1,)}, **f)
-        elif config.rel_bias == "t5":
-            self.rel_bias = ParamGroup({"weight": (config.t5_buckets,)}, **f)
+        bias = REL_BIASES[config.rel_bias]
+        if bias.rows is not None:
+            self.rel_bias = ParamGroup({"weight": (bias.rows(config),)}, **f)
         self.out = nn.Linear(e, d, bias=bias, **f)  # (d, e)
         self.generator: torch.Generator | None = None  # dropout's; None: torch's global one
         self._init(seed, init)
@@ -145,7 +145,6 @@ class FLASH(_FlashLayer):
             mask=mask,
             segment_ids=segment_ids,
             xp=xp,
-            core=kernels.attention_core,
             dropout=masks,
         )
 
@@ -199,5 +198,4 @@ class TransformerBlock(BlockDecoding, CanonicalModule):
             segment_ids=segment_ids,
             xp=xp,
             dropout=dropout,
-            core=kernels.softmax_core,
         )

@@ -23,7 +23,7 @@ from torch import nn
 
 import flashcore as fc
 
-from . import io, kernels
+from . import io
 from .decode import LMDecoding
 from .layers import draw_dropout
 from .loss import chunked_loss
@@ -163,13 +163,11 @@ class LM(LMDecoding, CanonicalModule):
         )
 
     def _spec_kw(self, tokens: torch.Tensor, dropout) -> dict:
-        """The spec's arguments of every LM call: config, namespace, fused cores, this call's
+        """The spec's arguments of every LM call: config, namespace (with the fast cores), this call's
         dropout keep-masks and the block modules."""
         return dict(
             config=self.config,
             xp=xp,
-            core=kernels.attention_core,
-            attn_core=kernels.softmax_core,
             dropout=self._masks(tokens, dropout),
             blocks=self.layers,
             remat=remat if self.checkpoint_activations and torch.is_grad_enabled() else None,

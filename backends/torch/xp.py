@@ -1,10 +1,11 @@
-"""The namespace the torch backend hands the spec: ``array_api_compat.torch`` plus torch's own
-``silu`` (fused), ``erf`` and ``log_softmax_last`` (log_softmax over the last axis), ``dense``
-(matmul plus bias in one addmm, autocast-aware),
-``split_last`` (one backward for [U | V | Z] instead of a zero-filled gradient per slice),
-``known_all_false`` (the NaN / Inf containment's passes skipped for finite CPU inputs),
-``gau_core`` (GAU's fused attention core, :mod:`flashcore.torch.kernels`), and the
-tracing hooks of torch.compile (see :func:`flashcore._xp.extended`). Use :data:`xp`."""
+"""The namespace the torch backend hands the spec: ``array_api_compat.torch`` carrying
+:data:`KERNELS`, torch's one :class:`flashcore.kernels.Kernels` (the backend contract): the fast
+cores of :mod:`flashcore.torch.kernels` (FLASH's Triton / blocked core, GAU's blocked core,
+Transformer++'s SDPA), each behind its guard; torch's own ``silu`` (fused), ``erf`` and
+``log_softmax_last`` (log_softmax over the last axis), ``dense`` (matmul plus bias in one addmm,
+autocast-aware), ``split_last`` (one backward for [U | V | Z] instead of a zero-filled gradient
+per slice), ``known_all_false`` (the NaN / Inf containment's passes skipped for finite CPU
+inputs), and torch.compile's tracing queries. Use :data:`xp`."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import array_api_compat.torch as _compat
 import numpy as np
 import torch
 
-from flashcore._xp import extended
+from flashcore.kernels import Call, FastCore, Kernels, with_kernels
 
-from .kernels import gau_core
+from . import kernels
 
-__all__ = ["xp"]
+__all__ = ["xp", "KERNELS"]
 
 
 def _concrete(a) -> np.ndarray | None:
@@ -52,16 +53,41 @@ def _known_all_false(rows: torch.Tensor) -> bool:
     return not bool(rows.any())
 
 
-xp = extended(
-    _compat,
-    "flashcore.torch.xp",
+def _flash_unsupported(config, call: Call) -> str | None:
+    """Why neither the Triton nor the blocked torch core takes this FLASH core call (None: one
+    does, :func:`flashcore.torch.kernels.core_path`)."""
+    if kernels.core_path(call.x, config, call.mask, call.segment_ids, call.attn_keep) != "spec":
+        return None
+    return "no torch core takes it (flashcore.torch.kernels.core_path)"
+
+
+def _gau_unsupported(config, call: Call) -> str | None:
+    """Why the blocked GAU core does not take this call (None: it does)."""
+    if kernels.can_use_gau_core(call.x, config, call.mask, call.segment_ids, call.attn_keep):
+        return None
+    return "the blocked GAU core does not take it (flashcore.torch.kernels.can_use_gau_core)"
+
+
+def _softmax_unsupported(config, call: Call) -> str | None:
+    """Why SDPA does not take this Transformer++ core call (None: it does)."""
+    if kernels.can_use_sdpa(call.x, config, call.mask, call.segment_ids, call.attn_keep):
+        return None
+    return "SDPA does not take it (flashcore.torch.kernels.can_use_sdpa)"
+
+
+#: torch's side of the backend contract (:mod:`flashcore.kernels`).
+KERNELS = Kernels(
+    flash=FastCore(kernels.attention_core, _flash_unsupported),
+    gau=FastCore(kernels.gau_core, _gau_unsupported),
+    softmax=FastCore(kernels.softmax_core, _softmax_unsupported),
     silu=torch.nn.functional.silu,
     dense=_dense,
     split_last=_split_last,
     erf=torch.special.erf,
     log_softmax_last=lambda z: torch.nn.functional.log_softmax(z, dim=-1),
-    concrete=_concrete,
     known_all_false=_known_all_false,
-    gau_core=gau_core,
+    concrete=_concrete,
     is_tracing=torch.compiler.is_compiling,
 )
+
+xp = with_kernels(_compat, "flashcore.torch.xp", KERNELS)

@@ -114,20 +114,20 @@ def test_dense_is_matmul_plus_bias_with_the_same_derivatives(dtype, shape, bias)
 
             return f
 
-        got = xp.dense(h, w, b)
+        got = jax_xp.dense(h, w, b)
         want = _plain_dense(h, w, b)
         assert got.shape == want.shape and got.dtype == want.dtype
         rtol, atol = tolerance(dtype, "output")
         _scaled_close(got, want, rtol, atol)
         argnums = (0, 1, 2) if bias else (0, 1)
-        g_got = jax.jit(jax.grad(loss(xp.dense), argnums=argnums))(h, w, b)
+        g_got = jax.jit(jax.grad(loss(jax_xp.dense), argnums=argnums))(h, w, b)
         g_want = jax.grad(loss(_plain_dense), argnums=argnums)(h, w, b)
         rtol, atol = tolerance(dtype, "grad_params")
         for a, c in zip(g_got, g_want):
             assert a.shape == c.shape and a.dtype == c.dtype
             _scaled_close(a, c, rtol, atol)
         tangents = (h, w, b)  # any direction: the primals themselves
-        _, t_got = jax.jvp(lambda h, w, b: xp.dense(h, w, b), (h, w, b), tangents)
+        _, t_got = jax.jvp(lambda h, w, b: jax_xp.dense(h, w, b), (h, w, b), tangents)
         _, t_want = jax.jvp(_plain_dense, (h, w, b), tangents)
         _scaled_close(t_got, t_want, rtol, atol * max(1, k / 4))
 
@@ -139,15 +139,15 @@ def test_dense_derivative_in_one_argument_and_mixed_dtypes():
     f = lambda dense: lambda h, w: jnp.sum(jnp.sin(dense(h, w, b)) * ct)  # noqa: E731
     rtol, atol = tolerance("float32", "grad_params")
     for argnum in (0, 1):
-        got = jax.grad(f(xp.dense), argnums=argnum)(h, w)
+        got = jax.grad(f(jax_xp.dense), argnums=argnum)(h, w)
         want = jax.grad(f(_plain_dense), argnums=argnum)(h, w)
         _scaled_close(got, want, rtol, atol)
-    hess = jax.hessian(f(xp.dense), argnums=1)(h, w)
+    hess = jax.hessian(f(jax_xp.dense), argnums=1)(h, w)
     _scaled_close(hess, jax.hessian(f(_plain_dense), argnums=1)(h, w), rtol, atol)
     wb = w.astype(jnp.bfloat16)
-    got = xp.dense(h, wb, None)
+    got = jax_xp.dense(h, wb, None)
     assert got.dtype == jnp.matmul(h, wb).dtype
-    g = jax.grad(lambda w: jnp.sum(xp.dense(h, w, None)))(wb)
+    g = jax.grad(lambda w: jnp.sum(jax_xp.dense(h, w, None)))(wb)
     assert g.dtype == jnp.bfloat16 and g.shape == wb.shape
 
 

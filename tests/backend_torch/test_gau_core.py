@@ -1,5 +1,5 @@
-"""GAU's fused torch core (flashcore.torch.kernels.gau_core, the namespace hook ``xp.gau_core``
-that flashcore.gau takes) against the spec's attention_core_gau: the whole layer's output and
+"""GAU's fused torch core (flashcore.torch.kernels.gau_core, the ``gau`` fast core of
+flashcore.torch.xp.KERNELS that flashcore.gau takes) against the spec's attention_core_gau: the whole layer's output and
 its gradients w.r.t. x and every parameter, both paths on the same inputs, with the central
 tolerance table; and the guard that sends what the core does not compute to the spec."""
 
@@ -13,13 +13,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import flashcore as fc  # noqa: E402
-from flashcore._xp import extended  # noqa: E402
 from flashcore.conformance.tolerances import tolerance  # noqa: E402
+from flashcore.kernels import spec_cores  # noqa: E402
 from flashcore.torch import GAU, kernels  # noqa: E402
 from flashcore.torch.kernels import torch_core  # noqa: E402
 from flashcore.torch.xp import xp as xpt  # noqa: E402
 
-SPEC = extended(xpt, "spec-gau-core", gau_core=None)  # the same namespace, the spec's core
+SPEC = spec_cores(xpt)  # the same namespace, the spec's cores
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 
 import flashcore as fc  # noqa: E402
 from flashcore.conformance.tolerances import tolerance  # noqa: E402
+from flashcore.kernels import spec_cores  # noqa: E402
 from flashcore.layers import attention_core_flash  # noqa: E402
 from flashcore.torch import kernels  # noqa: E402
 from flashcore.torch.kernels import _common  # noqa: E402
@@ -167,17 +168,19 @@ def test_no_grad_path_matches():
 
 
 def test_flash_layer_with_dispatcher_matches_spec():
-    """fc.flash with core=kernels.attention_core: output and parameter gradients (float64)."""
+    """fc.flash on the torch namespace (its fast core, kernels.attention_core) against the spec's
+    core (flashcore.kernels.spec_cores): output and parameter gradients (float64)."""
     config = fc.FlashConfig(dim=16, qk_dim=8, chunk_size=8, causal=True, rel_bias="t5")
     params = {k: torch.tensor(a, requires_grad=True) for k, a in fc.init(config, 1).items()}
     x = torch.randn(2, 29, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     mask = torch.ones(2, 29, dtype=torch.bool)
     mask[1, 20:] = False
     results = []
-    for core in (None, kernels.attention_core):
+    assert kernels.core_path(x, config, mask) == "torch"  # the fast core takes it
+    for xp in (spec_cores(xpt), xpt):
         for p in params.values():
             p.grad = None
-        y = fc.flash(params, x, config=config, mask=mask, xp=xpt, core=core)
+        y = fc.flash(params, x, config=config, mask=mask, xp=xp)
         (y * torch.cos(y.detach())).sum().backward()
         results.append([y.detach()] + [p.grad.clone() for p in params.values()])
     for r, g in zip(*results):

@@ -156,19 +156,26 @@ def test_lm_loss_helpers_equal_flashcore_lm_loss(name, layout, threads):
 
 
 def test_flash_passes_the_kernel_dispatcher(monkeypatch):
-    """FLASH on the spec's layer (a call the fused layer does not take) hands flashcore.flash the
-    torch kernel dispatcher as its attention core."""
-    import flashcore.torch.kernels as kernels
+    """FLASH on the spec's layer (a call the fused layer does not take) runs the torch kernel
+    dispatcher, the ``flash`` fast core of the namespace's Kernels (flashcore.torch.xp.KERNELS)."""
+    import dataclasses
 
+    import flashcore.torch.kernels as kernels
+    from flashcore.kernels import FastCore
+    from flashcore.torch.xp import KERNELS
+    from flashcore.torch.xp import xp as xpt
+
+    assert KERNELS.flash.run is kernels.attention_core
     monkeypatch.setattr(kernels, "layer_path", lambda *a, **k: "spec")
     calls = []
-    real = kernels.attention_core
+    real = KERNELS.flash.run
 
     def spy(*args, **kwargs):
         calls.append(kwargs["config"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(kernels, "attention_core", spy)
+    spied = FastCore(spy, KERNELS.flash.unsupported)
+    monkeypatch.setattr(xpt, "kernels", dataclasses.replace(KERNELS, flash=spied))
     layer = ft.FLASH(LAYER_CONFIGS["flash"], seed=0)
     layer(torch.randn(1, 5, 16))
     assert calls == [layer.config]
