@@ -24,9 +24,13 @@ FD_TOLERANCE = 1e-5  # relu^2 is C1, not C2: central differences across a kink l
 
 def autodiff_grads(config, params, inputs) -> tuple[float, dict[str, np.ndarray]]:
     """Loss and gradients w.r.t. x (layers) and every parameter, by torch float64 autodiff."""
-    import array_api_compat.torch as xp
+    import array_api_compat.torch as txp
     import torch
 
+    from flashcore.kernels import Kernels, with_kernels
+
+    # the plain spec on torch tensors; erf (the Laplace attention) differentiable through torch's
+    xp = with_kernels(txp, "array_api_compat.torch", Kernels(erf=torch.special.erf))
     tp = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()}
     ti = {k: torch.tensor(v) for k, v in inputs.items()}
     if "x" in ti:

@@ -196,7 +196,17 @@ def _cpu_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def attention_cores(t: int, dtype: str, *, threads: int | None = None, repeats: int = 3) -> dict:
+def attention_cores(
+    t: int,
+    dtype: str,
+    *,
+    dim: int = 512,
+    qk_dim: int = 128,
+    expansion: int = 2,
+    heads: int = 8,
+    threads: int | None = None,
+    repeats: int = 3,
+) -> dict:
     """GAU's fused relu^2 core against SDPA, causal and not: {"causal" | "full": {"gau_s",
     "sdpa_s", "gau_fwd_s", "sdpa_fwd_s"}} in CPU seconds (median of ``repeats``) of one forward
     + backward (``*_fwd_s``: forward alone, no autograd) at T = ``t``.
@@ -204,15 +214,14 @@ def attention_cores(t: int, dtype: str, *, threads: int | None = None, repeats: 
     GAU: :func:`flashcore.torch.kernels.torch_core.gau_core_torch` on q, k (1, t, s), v (1, t, e)
     and a (t, t) bias, s and e the benchmarked FLASH layer's; SDPA:
     ``scaled_dot_product_attention`` on q, k, v (1, heads, t, d / heads), the Transformer++
-    block's. Inputs in ``dtype`` (what autocast hands the cores in bfloat16), standard normal."""
-    from flashcore.app import benchrun
-
+    block's (``dim``, ``qk_dim``, ``expansion``, ``heads``: the application's benchmark shapes,
+    passed in). Inputs in ``dtype`` (what autocast hands the cores in bfloat16), standard normal."""
     from .kernels.torch_core import gau_core_torch
 
     if threads:
         torch.set_num_threads(threads)
     dt = getattr(torch, dtype)
-    d, s, e, nh = benchrun.DIM, benchrun.QK, benchrun.EXPANSION * benchrun.DIM, benchrun.HEADS
+    d, s, e, nh = dim, qk_dim, expansion * dim, heads
     gen = torch.Generator().manual_seed(0)
 
     def leaf(*shape, scale=1.0):

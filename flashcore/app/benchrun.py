@@ -342,8 +342,9 @@ def _child_job(job: dict) -> dict:
         from flashcore.torch import bench
 
         return bench.attention_cores(
-            job["t"], job["dtype"], threads=job.get("threads"), repeats=job["repeats"]
-        )
+            job["t"], job["dtype"], dim=DIM, qk_dim=QK, expansion=EXPANSION, heads=HEADS,
+            threads=job.get("threads"), repeats=job["repeats"],
+        )  # fmt: skip
     run, _, info = build(job)
     compiles = job["backend"] != "torch" or job.get("compile", False)
     warmup = max(job["warmup"], 1 if compiles else 0)  # the compiling first call is not timed
