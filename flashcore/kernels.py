@@ -8,7 +8,6 @@ spec's own formulas everywhere. A new backend writes its namespace and one ``Ker
 nothing else.
 
     fast cores    flash, gau, softmax: a :class:`FastCore` each (or None: the spec's core)
-    fast block    block: a whole layer or block with its weights, in an LM (or None: the spec's)
     extras        silu, dense, split_last, erf, log_softmax_last, known_all_false (or None: the
                   spec's formula)
     queries       concrete, is_tracing (or None: a host copy; never tracing)
@@ -17,11 +16,7 @@ A fast core is ``run`` (the signature of the spec core it replaces:
 :func:`flashcore.layers.attention_core_flash`, :func:`flashcore.layers.attention_core_gau`,
 :func:`flashcore.lm.attention_core_softmax`) and ``unsupported(config, call)``: None when ``run``
 computes that core for this configuration and this :class:`Call`, else the reason it cannot;
-the spec then runs its own core, which is every fast core's oracle. The fast block is the same
-one level up: ``run(p, x, *, config, mask, segment_ids)`` computes :func:`flashcore.lm.block_fn`
-(config) with the weights ``p`` (one block's canonical dict), taken by :func:`flashcore.lm_hidden`
-for a block call without dropout keep-masks where ``unsupported(config, Call(x, mask,
-segment_ids, params=p))`` is None (x: the block's input (b, t, d)).
+the spec then runs its own core, which is every fast core's oracle.
 """
 
 from __future__ import annotations
@@ -32,33 +27,21 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-__all__ = [
-    "Call",
-    "FastCore",
-    "Kernels",
-    "SPEC",
-    "of",
-    "with_kernels",
-    "taking",
-    "override",
-    "spec_cores",
-]
+__all__ = ["Call", "FastCore", "Kernels", "SPEC", "of", "with_kernels", "override", "spec_cores"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Call:
     """What a fast core's guard sees of one call.
 
-    x: the core's value input (v: (b, t, e) for flash and gau; q: (b, n, t, hd) for softmax;
-    the block's input (b, t, d) for the fast block); mask, segment_ids: (b, t) or None;
-    attn_keep: the dropout keep-mask of the attention weights or None; params: the block's
-    weights (its canonical dict) for the fast block's guard, else None."""
+    x: the core's value input (v: (b, t, e) for flash and gau; q: (b, n, t, hd) for softmax);
+    mask, segment_ids: (b, t) or None; attn_keep: the dropout keep-mask of the attention weights
+    or None."""
 
     x: Any
     mask: Any = None
     segment_ids: Any = None
     attn_keep: Any = None
-    params: Any = None
 
 
 def _always(config, call: Call) -> None:
@@ -79,8 +62,7 @@ class FastCore:
 class Kernels:
     """Everything a backend hands the spec (see the module doc); every field None is the spec.
 
-    flash, gau, softmax: :class:`FastCore` or None; block: a whole block's :class:`FastCore`
-    (``run(p, x, *, config, mask, segment_ids)``, see the module doc) or None.
+    flash, gau, softmax: :class:`FastCore` or None.
     silu(x), erf(x): elementwise; dense(h, kernel, bias) = h W + b (bias may be None);
     split_last(a, sizes) -> pieces of the last axis; log_softmax_last(z) over the last axis;
     known_all_false(rows) -> True only when the bool array is known (cheaply, eagerly) to hold no
@@ -91,7 +73,6 @@ class Kernels:
     flash: FastCore | None = None
     gau: FastCore | None = None
     softmax: FastCore | None = None
-    block: FastCore | None = None
     silu: Callable | None = None
     dense: Callable | None = None
     split_last: Callable | None = None
@@ -102,7 +83,7 @@ class Kernels:
     is_tracing: Callable | None = None
 
     def core(self, name: str, config, call: Call) -> Callable | None:
-        """The fast core ``name`` ('flash', 'gau', 'softmax', 'block') if there is one and it takes this
+        """The fast core ``name`` ('flash', 'gau', 'softmax') if there is one and it takes this
         call, else None (the spec's core runs)."""
         fast = getattr(self, name)
         if fast is None or fast.unsupported(config, call) is not None:
@@ -142,10 +123,11 @@ def with_kernels(base, name: str, kernels: Kernels):
     return ns
 
 
-def taking(xp, **cores: Callable | None):
-    """``xp`` with the fast cores (or block) named in ``cores`` replaced by the given functions,
-    taken for every call (no guard); None values are ignored; no value given: ``xp`` itself.
-    Not cached: for functions made per call (a context-parallel block over this call's rank)."""
+@functools.lru_cache(maxsize=64)
+def override(xp, **cores: Callable | None):
+    """``xp`` with the fast cores named in ``cores`` replaced by the given functions, taken for
+    every call (no guard): how the deprecated ``core=`` / ``attn_core=`` keywords reach the
+    contract. None values are ignored; no value given: ``xp`` itself."""
     given = {k: FastCore(v) for k, v in cores.items() if v is not None}
     if not given:
         return xp
@@ -153,16 +135,9 @@ def taking(xp, **cores: Callable | None):
     return with_kernels(xp, getattr(xp, "__name__", "xp"), kernels)
 
 
-@functools.lru_cache(maxsize=64)
-def override(xp, **cores: Callable | None):
-    """:func:`taking`, cached: how the deprecated ``core=`` / ``attn_core=`` keywords reach the
-    contract."""
-    return taking(xp, **cores)
-
-
 @functools.lru_cache(maxsize=16)
 def spec_cores(xp):
-    """``xp`` with every fast core and the fast block removed (its extras kept): the spec's cores run, the oracle a
+    """``xp`` with every fast core removed (its extras kept): the spec's cores run, the oracle a
     backend's fast cores are tested against."""
-    kernels = dataclasses.replace(of(xp), flash=None, gau=None, softmax=None, block=None)
+    kernels = dataclasses.replace(of(xp), flash=None, gau=None, softmax=None)
     return with_kernels(xp, getattr(xp, "__name__", "xp"), kernels)

@@ -206,18 +206,20 @@ def lm_hidden(
     core=None,
     attn_core=None,
     dropout=None,
+    blocks=None,
     token_type_ids=None,
     remat=None,
 ):
     """Embedding (token, token type, positions, the embedding norm), the blocks and the final
     norm. tokens: (b, t) ints -> (b, t, d).
 
-    The blocks take the backend's fast cores from its namespace (:mod:`flashcore.kernels`), and
-    its fast block (``Kernels.block``: a whole layer, e.g. torch's fused FLASH / GAU layer, or a
-    context-parallel one) for a block call without dropout keep-masks where its guard allows;
+    The blocks take the backend's fast cores from its namespace (:mod:`flashcore.kernels`);
     ``core`` / ``attn_core``: deprecated, functions taken instead for every FLASH layer's
     mixed-chunk core / every Transformer++ block's softmax core.
     dropout: None or keep-masks ``layers.{i}.<site>`` (:func:`flashcore.dropout.dropout_shapes`).
+    ``blocks``: None, or a backend's own block i as ``blocks[i](x, mask=, segment_ids=)`` ->
+    (b, t, d), computing :func:`block_fn` with the weights ``layers.{i}.*`` (a fused layer that
+    the backend tests against it); used for the calls without dropout masks.
     ``token_type_ids``: (b, t) ints in [0, ``config.type_vocab_size``) or None (type 0).
     ``remat``: None, or activation checkpointing as ``remat(fn, p, x)`` -> ``fn(p, x)`` with
     block i's activations recomputed in the backward pass instead of kept (``p``: the weights
@@ -237,20 +239,25 @@ def lm_hidden(
         x = x + abs_positions(params, cos, sin, xp)
     x = embed_norm(params, x, config, xp)
     layer = block_fn(config.block)
-    fast = kernels.of(xp)
-    kw = dict(config=config.block, mask=mask, segment_ids=segment_ids)
+    extra = {}
     for i in range(config.num_layers):
-        p = subtree(params, f"layers.{i}.")
-        block = None
-        if dropout is None:  # the backend's fast block, where its guard takes this call
-            block = fast.core("block", config.block, kernels.Call(x, mask, segment_ids, params=p))
-        if block is not None:
-            run = functools.partial(block, **kw)
+        if blocks is not None and dropout is None:  # the backend's module holds the weights
+            run = functools.partial(_module_block, blocks[i], mask=mask, segment_ids=segment_ids)
         else:
-            extra = {} if dropout is None else {"dropout": subtree(dropout, f"layers.{i}.")}
-            run = functools.partial(layer, xp=xp, **kw, **extra)
+            if dropout is not None:
+                extra["dropout"] = subtree(dropout, f"layers.{i}.")
+            run = functools.partial(
+                layer, config=config.block, mask=mask, segment_ids=segment_ids, xp=xp, **extra
+            )
+        p = subtree(params, f"layers.{i}.")
         x = run(p, x) if remat is None else remat(run, p, x)  # (b, t, d)
     return final_norm(params, x, config, xp)
+
+
+def _module_block(block, p: dict, x, *, mask, segment_ids):
+    """A backend's block module (weights of its own; ``p`` unused) as ``fn(p, x)``.
+    x: (b, t, d) -> (b, t, d)."""
+    return block(x, mask=mask, segment_ids=segment_ids)
 
 
 def embed_tokens(params: dict, tokens, config: LMConfig, xp, token_type_ids=None):
@@ -326,11 +333,12 @@ def lm_logits(
     core=None,
     attn_core=None,
     dropout=None,
+    blocks=None,
     token_type_ids=None,
     remat=None,
 ):
     """Next-token logits (a bidirectional LM: the masked-LM head's). tokens: (b, t) ints
-    -> (b, t, v). dropout, token_type_ids, remat: as :func:`lm_hidden`."""
+    -> (b, t, v). dropout, blocks, token_type_ids, remat: as :func:`lm_hidden`."""
     xp = namespace(tokens, xp=xp)
     h = lm_hidden(
         params,
@@ -342,6 +350,7 @@ def lm_logits(
         core=core,
         attn_core=attn_core,
         dropout=dropout,
+        blocks=blocks,
         token_type_ids=token_type_ids,
         remat=remat,
     )
@@ -361,6 +370,7 @@ def lm_loss(
     attn_core=None,
     dropout=None,
     loss_mask=None,
+    blocks=None,
     token_type_ids=None,
     loss_core=None,
     remat=None,
@@ -372,7 +382,7 @@ def lm_loss(
     ``mask`` marks real positions of ``inputs``; the loss counts only those. ``loss_mask``:
     (b, t) bool or None, the positions to count among those (e.g. the masked-LM objective's
     chosen positions, :mod:`flashcore.mlm`); attention still sees every real position.
-    dropout, token_type_ids, remat: as :func:`lm_hidden`. The head and the
+    dropout, blocks, token_type_ids, remat: as :func:`lm_hidden`. The head and the
     cross-entropy run over chunks of tokens (:func:`flashcore.loss.linear_cross_entropy`): the
     (b, t, v) logits are never built whole. ``loss_core``: the backend's chunk loop and gradient
     (:data:`flashcore.loss.LossCore`; None: the spec's loop).
@@ -392,6 +402,7 @@ def lm_loss(
         core=core,
         attn_core=attn_core,
         dropout=dropout,
+        blocks=blocks,
         token_type_ids=token_type_ids,
         remat=remat,
     )  # (b, t, d)

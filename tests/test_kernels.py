@@ -47,7 +47,7 @@ def test_every_backend_namespace_carries_its_one_kernels(backend):
     assert kernels.of(module.xp) is module.KERNELS
     assert module.KERNELS.softmax is not None  # every backend has a fast Transformer++ core
     no_cores = kernels.of(kernels.spec_cores(module.xp))
-    assert (no_cores.flash, no_cores.gau, no_cores.softmax, no_cores.block) == (None,) * 4
+    assert (no_cores.flash, no_cores.gau, no_cores.softmax) == (None, None, None)
     assert no_cores.erf is module.KERNELS.erf  # the extras stay
 
 
@@ -83,72 +83,3 @@ def test_core_keyword_is_an_alias_through_the_contract():
         assert_close(_flash(xnp, core=planted), want)
     assert kernels.of(kernels.override(xnp, flash=planted)).flash.run is planted
     assert kernels.override(xnp) is xnp
-
-
-_LM = fc.LMConfig(
-    block=fc.FlashConfig(dim=16, qk_dim=8, chunk_size=4, causal=True, dropout=0.25),
-    vocab_size=11,
-    num_layers=3,
-)
-
-
-def _block_planted(reason, seen: list):
-    """A namespace whose fast block is the spec's block plus 0.01 x, behind a guard giving
-    ``reason``; ``seen`` collects what the guard and the block are handed."""
-
-    def run(p, x, *, config, mask=None, segment_ids=None):
-        seen.append(("run", sorted(p), mask is not None, segment_ids is not None))
-        return fc.block_fn(config)(p, x, config=config, mask=mask, xp=xnp) + 0.01 * x
-
-    def guard(config, call):
-        seen.append(("guard", sorted(call.params), tuple(call.x.shape)))
-        return reason
-
-    fast = kernels.FastCore(run, guard)
-    return kernels.with_kernels(xnp, "planted", dataclasses.replace(kernels.SPEC, block=fast))
-
-
-def test_the_lm_takes_the_fast_block_only_where_its_guard_has_no_reason():
-    params = fc.init(_LM, seed=0)
-    tokens = np.random.default_rng(0).integers(0, 11, (2, 8))
-    mask = np.ones((2, 8), bool)
-    want = fc.lm_hidden(params, tokens, config=_LM, mask=mask, xp=xnp)
-    seen: list = []
-    declined = fc.lm_hidden(params, tokens, config=_LM, mask=mask, xp=_block_planted("no", seen))
-    assert_close(declined, want)
-    layer_names = sorted(k[len("layers.0.") :] for k in params if k.startswith("layers.0."))
-    assert seen == [("guard", layer_names, (2, 8, 16))] * 3  # each block's own weights and x
-    seen.clear()
-    taken = fc.lm_hidden(params, tokens, config=_LM, mask=mask, xp=_block_planted(None, seen))
-    with pytest.raises(AssertionError):
-        assert_close(taken, want)
-    assert seen.count(("run", layer_names, True, False)) == 3
-
-
-def test_the_lm_keeps_the_spec_blocks_for_dropout_masks_and_remat_wraps_the_fast_block():
-    params = fc.init(_LM, seed=0)
-    tokens = np.random.default_rng(0).integers(0, 11, (2, 8))
-    keep = fc.dropout.draw(_LM, 2, 8, lambda site, shape, k: np.ones(shape, bool))
-    seen: list = []
-    planted = _block_planted(None, seen)
-    with_masks = fc.lm_hidden(params, tokens, config=_LM, xp=planted, dropout=keep)
-    assert not seen  # keep-masks: the spec's blocks apply them
-    assert_close(with_masks, fc.lm_hidden(params, tokens, config=_LM, xp=xnp, dropout=keep))
-    wrapped = []
-
-    def remat(fn, p, x):
-        wrapped.append(sorted(p))
-        return fn(p, x)
-
-    fc.lm_hidden(params, tokens, config=_LM, xp=planted, remat=remat)
-    assert len(wrapped) == 3 and [e[0] for e in seen].count("run") == 3
-
-
-def test_taking_replaces_a_fast_block_for_one_call_uncached():
-    def run(p, x, **kw):
-        return x
-
-    first, second = kernels.taking(xnp, block=run), kernels.taking(xnp, block=run)
-    assert first is not second and kernels.of(first).block.run is run
-    assert kernels.of(first).block.unsupported(_LM.block, kernels.Call(None)) is None
-    assert kernels.taking(xnp, block=None) is xnp

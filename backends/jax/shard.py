@@ -29,10 +29,10 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from flashcore import kernels
 from flashcore.config import LMConfig
 from flashcore.context_parallel import flash_shard
 from flashcore.lm import lm_loss
+from flashcore.params import subtree
 from flashcore.runtime import ParallelError
 
 from .xp import xp
@@ -135,22 +135,23 @@ class Layout:
         def gather(a):
             return lax.all_gather(a, "context")
 
-        def fast_block(rank):  # the LM's fast block (flashcore.kernels): this rank's shard
-            def run(p, x, *, config, mask=None, segment_ids=None):  # (b, T/N, d) -> (b, T/N, d)
+        def block(p, rank):
+            def run(x, mask=None, segment_ids=None):  # (b, T / N, d) -> (b, T / N, d)
                 if segment_ids is not None:
                     raise NotImplementedError(
                         "context-parallel training does not support packed segment ids"
                     )
                 return flash_shard(
-                    p, x, config=config, rank=rank, world=world, all_gather=gather, mask=mask,
-                    xp=xp,
+                    p, x, config=config.block, rank=rank, world=world, all_gather=gather,
+                    mask=mask, xp=xp,
                 )  # fmt: skip
 
             return run
 
         def body(p, x, y):
-            cp = kernels.taking(xp, block=fast_block(lax.axis_index("context")))
-            loss = lm_loss(p, x, y, config=config, xp=cp)
+            rank = lax.axis_index("context")
+            blocks = [block(subtree(p, f"layers.{i}."), rank) for i in range(config.num_layers)]
+            loss = lm_loss(p, x, y, config=config, xp=xp, blocks=blocks)
             return lax.pmean(loss, axes)  # equal shares: the whole batch's mean
 
         return jax.shard_map(

@@ -24,7 +24,7 @@ from flashcore.context_parallel import CommStats, flash_shard
 from .layers import FLASH, check_no_dropout
 from .xp import xp
 
-__all__ = ["CommStats", "all_gather", "context_parallel_flash", "context_parallel_flash_params"]
+__all__ = ["CommStats", "all_gather", "context_parallel_flash"]
 
 
 class _AllGather(torch.autograd.Function):
@@ -75,36 +75,10 @@ def context_parallel_flash(
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("context_parallel_flash needs an initialised torch.distributed group")
     check_no_dropout(layer, layer.config)
-    return context_parallel_flash_params(
+    return flash_shard(
         layer.canonical_params(),
         x,
         config=layer.config,
-        group=group,
-        mask=mask,
-        stats=stats,
-        segment_ids=segment_ids,
-    )
-
-
-def context_parallel_flash_params(
-    params: dict,
-    x: torch.Tensor,
-    *,
-    config,
-    group=None,
-    mask: torch.Tensor | None = None,
-    stats: CommStats | None = None,
-    segment_ids: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """:func:`context_parallel_flash` of a FLASH layer given as its canonical weights ``params``
-    and ``config`` (an LM's block: the context-parallel fast block of
-    :mod:`flashcore.torch.shard`), no dropout. x: (b, t, d) -> (b, t, d)."""
-    if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError("context_parallel_flash needs an initialised torch.distributed group")
-    return flash_shard(
-        params,
-        x,
-        config=config,
         rank=dist.get_rank(group),
         world=dist.get_world_size(group),
         all_gather=lambda a: all_gather(a, group=group, stats=stats),

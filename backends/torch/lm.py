@@ -1,9 +1,8 @@
 """The language model as a torch module: embedding, blocks, final norm, head (tied by default).
 
-The forward and the loss are flashcore.lm_logits / lm_loss over the canonical weights; each
-FLASH / GAU block runs as the fused layer where it applies (the namespace's fast block,
-:data:`flashcore.torch.xp.KERNELS`), except in a call with dropout keep-masks, which runs the
-spec's block functions; decoding (``decode_init`` /
+The forward and the loss are flashcore.lm_logits / lm_loss, each block through its own module
+(``blocks=self.layers``: the fused FLASH / GAU layer where it applies) except in a call with
+dropout keep-masks, which runs the spec's block functions; decoding (``decode_init`` /
 ``decode_step`` / ``prefill`` / ``generate``) is :class:`flashcore.torch.decode.LMDecoding`.
 
     lm = LM(LMConfig(block=FlashConfig(dim=256, causal=True), vocab_size=256), seed=0)
@@ -164,12 +163,13 @@ class LM(LMDecoding, CanonicalModule):
         )
 
     def _spec_kw(self, tokens: torch.Tensor, dropout) -> dict:
-        """The spec's arguments of every LM call: config, namespace (with the fast cores and the
-        fast block) and this call's dropout keep-masks."""
+        """The spec's arguments of every LM call: config, namespace (with the fast cores), this call's
+        dropout keep-masks and the block modules."""
         return dict(
             config=self.config,
             xp=xp,
             dropout=self._masks(tokens, dropout),
+            blocks=self.layers,
             remat=remat if self.checkpoint_activations and torch.is_grad_enabled() else None,
         )
 

@@ -18,8 +18,6 @@ Canonical weight I/O:
 
 from __future__ import annotations
 
-import functools
-import types
 from collections.abc import Mapping
 
 import numpy as np
@@ -112,37 +110,6 @@ def _tensors_only(module: nn.Module, args: tuple, kwargs: dict) -> None:
                 "torch.as_tensor(value) (torch.from_numpy(array) shares a NumPy array's memory), "
                 "on the module's device"
             )
-
-
-@functools.lru_cache(maxsize=64)
-def _table(config: Config) -> tuple:
-    return tuple(naming_table(config).items())
-
-
-class NativeView:
-    """A block module's native parameter tree over canonical tensors: for an LM's canonical dict
-    of block i (``p``), ``NativeView(config, p).hidden.weight`` is ``p["hidden.kernel"].mT`` (a
-    view, so gradients reach ``p``), ``.config`` the config, ``.parameters()`` the native
-    tensors. What a torch kernel that reads a module's weights (the fused FLASH / GAU layer)
-    reads, handed canonical weights (the backend contract's fast block, :mod:`flashcore.kernels`)."""
-
-    def __init__(self, config: Config, params: Mapping[str, torch.Tensor]):
-        self.config = config
-        self._tensors = []
-        for canonical, (native, transpose) in _table(config):
-            a = params[canonical].mT if transpose else params[canonical]
-            self._tensors.append(a)
-            *path, leaf = native.split(".")
-            node = self
-            for part in path:
-                if not hasattr(node, part):
-                    setattr(node, part, types.SimpleNamespace())
-                node = getattr(node, part)
-            setattr(node, leaf, a)
-
-    def parameters(self):
-        """The native tensors, as ``nn.Module.parameters`` gives a module's."""
-        return iter(self._tensors)
 
 
 class CanonicalModule(nn.Module):

@@ -20,9 +20,9 @@ Checkpoints gather the full tensors (:func:`full`) on every rank; rank 0 writes 
 
 Context parallelism (``context``): the ranks form a (data, context) mesh, context the faster
 axis. Each rank takes its data rows and its 1/context of every sequence along t; every FLASH
-block runs as :func:`flashcore.torch.context_parallel.context_parallel_flash_params` (the LM's
-fast block, :func:`flashcore.kernels.taking`) over the context group (only the chunk-state
-summaries cross ranks), the embedding, norms and loss locally. The loss a rank minimises is its mean weighted by its share of the counted positions, so that the
+block runs as :func:`flashcore.torch.context_parallel.context_parallel_flash` over the context
+group (only the chunk-state summaries cross ranks), the embedding, norms and loss locally. The
+loss a rank minimises is its mean weighted by its share of the counted positions, so that the
 sum over the ranks is the mean of the whole batch; after backward the parameter gradients are
 summed over the world (one all-reduce), and every rank applies the same AdamW step.
 """
@@ -39,14 +39,12 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from flashcore import kernels
 from flashcore.context_parallel import CommStats
 from flashcore.lm import lm_loss
 from flashcore.runtime import ParallelError, check_split, counted_positions, loss_mask_rows
 
 from . import parallel
-from .context_parallel import context_parallel_flash_params
-from .layers import check_no_dropout
+from .context_parallel import context_parallel_flash
 from .loss import chunked_loss
 from .xp import xp
 
@@ -189,22 +187,20 @@ def sharded_eval_loss(engine, inputs, targets, loss_mask=None) -> tuple[float, i
     return total, int(count)
 
 
-def _context_block(group, stats: CommStats | None):
-    """The fast block of :func:`flashcore.lm_hidden` for context-parallel training: a FLASH
-    block's canonical weights ``p`` on this rank's part of the sequence, through
-    :func:`context_parallel_flash_params` over ``group``."""
+class _ContextBlock:
+    """Block i of the LM for :func:`flashcore.lm_hidden`'s ``blocks``: the FLASH module on this
+    rank's part of the sequence, through :func:`context_parallel_flash` over ``group``."""
 
-    def run(p: dict, x: torch.Tensor, *, config, mask=None, segment_ids=None) -> torch.Tensor:
+    def __init__(self, layer, group, stats: CommStats | None):
+        self.layer, self.group, self.stats = layer, group, stats
+
+    def __call__(self, x: torch.Tensor, mask=None, segment_ids=None) -> torch.Tensor:
         """x: (b, t / context, d) -> (b, t / context, d)."""
         if segment_ids is not None:
             raise NotImplementedError(
                 "context-parallel training does not support packed segment ids (segment_ids)"
             )
-        return context_parallel_flash_params(
-            p, x, config=config, group=group, mask=mask, stats=stats
-        )
-
-    return run
+        return context_parallel_flash(self.layer, x, group=self.group, mask=mask, stats=self.stats)
 
 
 class ContextParallel:
@@ -243,11 +239,10 @@ class ContextParallel:
 
     def local_loss(self, lm, x: torch.Tensor, y: torch.Tensor, mask=None) -> torch.Tensor:
         """The mean loss of this rank's part: (b', t') tokens and targets -> ()."""
-        check_no_dropout(lm, lm.config.block)
-        cp = kernels.taking(xp, block=_context_block(self.group, self.stats))
+        blocks = [_ContextBlock(layer, self.group, self.stats) for layer in lm.layers]
         return lm_loss(
-            lm.canonical_params(), x, y, config=lm.config, xp=cp, loss_mask=mask,
-            loss_core=chunked_loss,
+            lm.canonical_params(), x, y, config=lm.config, xp=xp, loss_mask=mask,
+            blocks=blocks, loss_core=chunked_loss,
         )  # fmt: skip
 
     def _sum_grads(self, lm) -> None:

@@ -1,9 +1,7 @@
 """The namespace the torch backend hands the spec: ``array_api_compat.torch`` carrying
 :data:`KERNELS`, torch's one :class:`flashcore.kernels.Kernels` (the backend contract): the fast
 cores of :mod:`flashcore.torch.kernels` (FLASH's Triton / blocked core, GAU's blocked core,
-Transformer++'s SDPA), each behind its guard; the fast block (an LM's FLASH / GAU layer as the
-fused layer of :mod:`flashcore.torch.kernels.torch_layer`, on its canonical weights through
-:class:`flashcore.torch.module.NativeView`, where that layer's guard allows); torch's own ``silu`` (fused), ``erf`` and
+Transformer++'s SDPA), each behind its guard; torch's own ``silu`` (fused), ``erf`` and
 ``log_softmax_last`` (log_softmax over the last axis), ``dense`` (matmul plus bias in one addmm,
 autocast-aware), ``split_last`` (one backward for [U | V | Z] instead of a zero-filled gradient
 per slice), ``known_all_false`` (the NaN / Inf containment's passes skipped for finite CPU
@@ -15,11 +13,9 @@ import array_api_compat.torch as _compat
 import numpy as np
 import torch
 
-from flashcore.config import FlashConfig
 from flashcore.kernels import Call, FastCore, Kernels, with_kernels
 
 from . import kernels
-from .module import NativeView
 
 __all__ = ["xp", "KERNELS"]
 
@@ -79,32 +75,11 @@ def _softmax_unsupported(config, call: Call) -> str | None:
     return "SDPA does not take it (flashcore.torch.kernels.can_use_sdpa)"
 
 
-def _fused_block_unsupported(config, call: Call) -> str | None:
-    """Why the fused FLASH / GAU layer (:func:`flashcore.torch.kernels.layer_path`, on the CPU)
-    does not take this LM block call, whose weights are ``call.params`` (None: it does)."""
-    if not isinstance(config, FlashConfig):
-        return "Transformer++ blocks have no fused layer"
-    if call.params is None:
-        return "no weights given"
-    from .kernels.torch_layer import fused_layer_reason  # imports this module
-
-    view = NativeView(config, call.params)
-    return fused_layer_reason(view, call.x, call.mask, call.segment_ids, call.attn_keep)
-
-
-def _fused_block(p: dict, x: torch.Tensor, *, config, mask=None, segment_ids=None):
-    """The fused FLASH / GAU layer on x (b, t, d) with the canonical weights ``p`` ->
-    (b, t, d); the call passed :func:`_fused_block_unsupported`."""
-    layer = kernels.flash_layer if config.kind == "flash" else kernels.gau_layer
-    return layer(NativeView(config, p), x, mask)
-
-
 #: torch's side of the backend contract (:mod:`flashcore.kernels`).
 KERNELS = Kernels(
     flash=FastCore(kernels.attention_core, _flash_unsupported),
     gau=FastCore(kernels.gau_core, _gau_unsupported),
     softmax=FastCore(kernels.softmax_core, _softmax_unsupported),
-    block=FastCore(_fused_block, _fused_block_unsupported),
     silu=torch.nn.functional.silu,
     dense=_dense,
     split_last=_split_last,

@@ -14,7 +14,6 @@ compat = pytest.importorskip("array_api_compat.torch")
 
 import flashcore as fc  # noqa: E402
 from flashcore.conformance.tolerances import tolerance  # noqa: E402
-from flashcore.kernels import spec_cores  # noqa: E402
 from flashcore.layers import attention_core_flash  # noqa: E402
 from flashcore.torch import FLASH, GAU, kernels  # noqa: E402
 from flashcore.torch.kernels.torch_layer import fused_layer_reason, layer_unsupported  # noqa: E402
@@ -292,9 +291,8 @@ def test_bad_input_still_gets_the_spec_errors():
 
 @pytest.mark.parametrize("kind", ["flash", "gau"])
 def test_lm_runs_its_blocks_through_the_fused_layer(monkeypatch, kind):
-    """LM.loss runs each block as the fused layer (the torch namespace's fast block,
-    flashcore.kernels), and the loss and every gradient equal the spec's LM on the same
-    weights (the namespace without fast cores or block)."""
+    """LM.loss hands flashcore.lm_loss its block modules (blocks=lm.layers): each block takes
+    the fused layer, and the loss and every gradient equal the spec's LM on the same weights."""
     from flashcore.torch import LM
 
     block = cfg(kind=kind, length_mode="array")
@@ -319,8 +317,10 @@ def test_lm_runs_its_blocks_through_the_fused_layer(monkeypatch, kind):
 
     got = grads(lm.loss(tokens, tokens, mask=mask))
     assert len(calls) == 2
+    core = dict(core=attention_core_flash) if kind == "flash" else {}
+    spec_xp = xp if kind == "flash" else compat
     p = lm.canonical_params()
-    ref = grads(fc.lm_loss(p, tokens, tokens, config=config, mask=mask, xp=spec_cores(xp)))
+    ref = grads(fc.lm_loss(p, tokens, tokens, config=config, mask=mask, xp=spec_xp, **core))
     assert len(calls) == 2
     rtol, atol = tolerance("float64", "loss")
     torch.testing.assert_close(got[0], ref[0], rtol=rtol, atol=atol * float(ref[0].abs()))
