@@ -1,6 +1,8 @@
 """Frozen configuration dataclasses for the GAU / FLASH layers, the Transformer++ block and the LM.
 
-Every field is validated in ``__post_init__``; an invalid value raises ``ValueError`` naming the field.
+Every field is validated in ``__post_init__`` (a FlashConfig per kind: each field's own check,
+the rules both kinds share, the kind's own rules, then the fields only the other kind reads); an
+invalid value raises ``ValueError`` naming the field.
 Configs round-trip through plain dicts (``to_dict`` / ``config_from_dict``) so that they can be stored
 as JSON in the metadata of a canonical weight file.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -62,6 +65,30 @@ def _check_positive_float(obj: Any, name: str) -> None:
         raise ValueError(f"{type(obj).__name__}.{name} must be > 0, got {value}")
 
 
+def _check_number(obj: Any, name: str) -> None:
+    value = getattr(obj, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{type(obj).__name__}.{name} must be a number, got {value!r}")
+
+
+def _check_rate(obj: Any, name: str) -> None:
+    value = getattr(obj, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{type(obj).__name__}.{name} must be in [0, 1), got {value!r}")
+
+
+def _int_at_least(low: int, optional: bool = False) -> Callable[[Any, str], None]:
+    def check(obj: Any, name: str) -> None:
+        if not (optional and getattr(obj, name) is None):
+            _check_int(obj, name, low)
+
+    return check
+
+
+def _choice(literal: Any) -> Callable[[Any, str], None]:
+    return lambda obj, name: _check_choice(obj, name, get_args(literal))
+
+
 class _DictMixin:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, tagged with the class name; inverse of :func:`config_from_dict`."""
@@ -81,6 +108,15 @@ class FlashConfig(_DictMixin):
     """One GAU (``kind="gau"``, FLASH-Quad) or FLASH (``kind="flash"``, mixed-chunk) layer.
 
     Widths: d = ``dim``, e = ``expansion * dim`` (must be an integer), s = ``qk_dim``, C = ``chunk_size``.
+
+    Fields per kind: GAU alone reads ``fixed_length``, ``max_len`` and ``length_mode='prefix'``;
+    FLASH alone reads ``chunk_size`` and ``linear_norm`` (and ``length_mode`` 'real' / 'array'
+    only with ``linear_norm='length'``); both read the rest. A value only the other kind reads
+    (``fixed_length`` not None, ``linear_norm`` other than 'sum', ``length_mode='prefix'``)
+    raises ValueError naming the field and the kinds. ``chunk_size`` on GAU, ``max_len`` on
+    FLASH and ``length_mode`` on FLASH without ``linear_norm='length'`` are accepted and ignored:
+    stored configs set them (``flashcore train`` writes ``--chunk`` and ``--context`` into both
+    kinds).
 
     - ``attention``: ``relu2`` (paper), ``laplace`` (Mega), ``softmax_plus`` (GAU-alpha).
     - ``rope``: ``half`` (paper, half-split), ``interleaved`` (pairs), ``none``; ``rope_dims`` rotates
@@ -153,71 +189,12 @@ class FlashConfig(_DictMixin):
     init: Start = "uniform"
 
     def __post_init__(self) -> None:
-        _check_int(self, "dim", 1)
-        _check_choice(self, "kind", get_args(LayerKind))
-        _check_positive_float(self, "expansion")
-        e = self.expansion * self.dim
-        if abs(e - round(e)) > 1e-9:
-            raise ValueError(
-                f"FlashConfig.expansion * dim must be an integer, got {self.expansion} * {self.dim}"
-            )
-        _check_int(self, "qk_dim", 1)
-        _check_int(self, "chunk_size", 1)
-        _check_bool(self, "causal")
-        _check_choice(self, "attention", get_args(Attention))
-        _check_choice(self, "rope", get_args(Rope))
-        if self.rope_dims is not None:
-            _check_int(self, "rope_dims", 2)
-            if self.rope_dims > self.qk_dim or self.rope_dims % 2:
-                raise ValueError(
-                    f"FlashConfig.rope_dims must be even and <= qk_dim={self.qk_dim}, "
-                    f"got {self.rope_dims}"
-                )
-        elif self.rope != "none" and self.qk_dim % 2:
-            raise ValueError(f"FlashConfig.qk_dim must be even for rope, got {self.qk_dim}")
-        _check_positive_float(self, "rope_base")
-        _check_choice(self, "rel_bias", get_args(RelBias))
-        _check_int(self, "max_len", 1)
-        _check_int(self, "t5_buckets", 2)
-        _check_int(self, "t5_max_distance", 1)
-        if not self.causal and self.t5_buckets % 2:
-            raise ValueError(
-                f"FlashConfig.t5_buckets must be even when not causal, got {self.t5_buckets}"
-            )
-        exact = self.t5_buckets // (2 if self.causal else 4)
-        if self.t5_max_distance <= exact:
-            raise ValueError(
-                f"FlashConfig.t5_max_distance must exceed the {exact} exactly-bucketed offsets "
-                f"(t5_buckets={self.t5_buckets}), got {self.t5_max_distance}"
-            )
-        if isinstance(self.bias_scale, bool) or not isinstance(self.bias_scale, (int, float)):
-            raise ValueError(f"FlashConfig.bias_scale must be a number, got {self.bias_scale!r}")
-        _check_choice(self, "norm", get_args(Norm))
-        _check_positive_float(self, "norm_eps")
-        _check_choice(self, "norm_eps_mode", get_args(EpsMode))
-        _check_choice(self, "linear_norm", get_args(LinearNorm))
-        if self.linear_norm == "length" and self.causal:
-            raise ValueError(
-                "FlashConfig.linear_norm='length' needs causal=False: a causal layer cannot divide "
-                "by a length that includes the future"
-            )
-        if self.fixed_length is not None:
-            _check_int(self, "fixed_length", 1)
-        _check_choice(self, "length_mode", get_args(LengthMode))
-        if self.length_mode == "prefix" and not self.causal:
-            raise ValueError(
-                "FlashConfig.length_mode='prefix' needs causal=True: it counts the keys a causal "
-                "query attends to"
-            )
-        _check_bool(self, "bias_before_scale")
-        _check_bool(self, "token_shift")
-        d = self.dropout
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
-            raise ValueError(f"FlashConfig.dropout must be in [0, 1), got {d!r}")
-        _check_choice(self, "norm_position", get_args(NormPosition))
-        _check_bool(self, "norm_affine")
-        _check_bool(self, "use_bias")
-        _check_choice(self, "init", get_args(Start))
+        _check_choice(self, "kind", get_args(LayerKind))  # first: the checks below depend on it
+        for name, check in _FLASH_FIELDS.items():  # each field's own type and range, any kind
+            check(self, name)
+        _check_shared(self)
+        _KIND_CHECKS[self.kind](self)
+        _check_one_kind_fields(self)
 
     @property
     def expanded_dim(self) -> int:
@@ -240,6 +217,112 @@ class FlashConfig(_DictMixin):
     def bias_span(self) -> int:
         """L: the learned relative bias covers offsets -(L-1)..(L-1) (C for FLASH, max_len for GAU)."""
         return self.chunk_size if self.kind == "flash" else self.max_len
+
+
+# Each FlashConfig field's own check (its type and range), made whatever the kind, so that every
+# stored value has a valid form; the rules between fields follow per kind.
+_FLASH_FIELDS: dict[str, Callable[[Any, str], None]] = {
+    "dim": _int_at_least(1),
+    "expansion": _check_positive_float,
+    "qk_dim": _int_at_least(1),
+    "chunk_size": _int_at_least(1),
+    "causal": _check_bool,
+    "attention": _choice(Attention),
+    "rope": _choice(Rope),
+    "rope_dims": _int_at_least(2, optional=True),
+    "rope_base": _check_positive_float,
+    "rel_bias": _choice(RelBias),
+    "max_len": _int_at_least(1),
+    "t5_buckets": _int_at_least(2),
+    "t5_max_distance": _int_at_least(1),
+    "bias_scale": _check_number,
+    "norm": _choice(Norm),
+    "norm_eps": _check_positive_float,
+    "norm_eps_mode": _choice(EpsMode),
+    "linear_norm": _choice(LinearNorm),
+    "fixed_length": _int_at_least(1, optional=True),
+    "length_mode": _choice(LengthMode),
+    "bias_before_scale": _check_bool,
+    "token_shift": _check_bool,
+    "dropout": _check_rate,
+    "norm_position": _choice(NormPosition),
+    "norm_affine": _check_bool,
+    "use_bias": _check_bool,
+    "init": _choice(Start),
+}
+
+
+def _check_shared(c: FlashConfig) -> None:
+    """The rules between fields that both kinds read: the widths, RoPE and the T5 buckets."""
+    e = c.expansion * c.dim
+    if abs(e - round(e)) > 1e-9:
+        raise ValueError(
+            f"FlashConfig.expansion * dim must be an integer, got {c.expansion} * {c.dim}"
+        )
+    if c.rope_dims is not None:
+        if c.rope_dims > c.qk_dim or c.rope_dims % 2:
+            raise ValueError(
+                f"FlashConfig.rope_dims must be even and <= qk_dim={c.qk_dim}, got {c.rope_dims}"
+            )
+    elif c.rope != "none" and c.qk_dim % 2:
+        raise ValueError(f"FlashConfig.qk_dim must be even for rope, got {c.qk_dim}")
+    if not c.causal and c.t5_buckets % 2:
+        raise ValueError(f"FlashConfig.t5_buckets must be even when not causal, got {c.t5_buckets}")
+    exact = c.t5_buckets // (2 if c.causal else 4)
+    if c.t5_max_distance <= exact:
+        raise ValueError(
+            f"FlashConfig.t5_max_distance must exceed the {exact} exactly-bucketed offsets "
+            f"(t5_buckets={c.t5_buckets}), got {c.t5_max_distance}"
+        )
+
+
+def _check_gau(c: FlashConfig) -> None:
+    """The rules between the fields a GAU layer reads (fixed_length, length_mode, max_len)."""
+    if c.length_mode == "prefix" and not c.causal:
+        raise ValueError(
+            "FlashConfig.length_mode='prefix' needs causal=True: it counts the keys a causal "
+            "query attends to"
+        )
+
+
+def _check_flash(c: FlashConfig) -> None:
+    """The rules between the fields a FLASH layer reads (chunk_size, linear_norm, length_mode)."""
+    if c.linear_norm == "length" and c.causal:
+        raise ValueError(
+            "FlashConfig.linear_norm='length' needs causal=False: a causal layer cannot divide "
+            "by a length that includes the future"
+        )
+
+
+_KIND_CHECKS: dict[str, Callable[[FlashConfig], None]] = {"gau": _check_gau, "flash": _check_flash}
+
+# The fields (or values) only one kind reads: {field: (that kind, the values the other kind may
+# hold, as it ignores them)}. A value outside those on the other kind raises ValueError.
+# chunk_size (a GAU layer has no chunks), max_len (the learned bias span and decode capacity of
+# GAU; FLASH's span is chunk_size) and length_mode='array' on FLASH without linear_norm='length'
+# are ignored yet accepted, because stored configs set them: `flashcore train` writes --chunk
+# (default 64) and --context into both kinds, the conformance goldens and tests/_cases.py set
+# chunk_size=4 and max_len=32 on both, and the flash-pytorch importer writes length_mode='array'
+# for causal FLASH (tests/test_stored_configs.py loads them all).
+_ONE_KIND_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "fixed_length": ("gau", lambda value: value is None),
+    "length_mode": ("gau", lambda value: value != "prefix"),  # FLASH: 'real' / 'array' n
+    "linear_norm": ("flash", lambda value: value == "sum"),
+    "chunk_size": ("flash", lambda value: True),
+    "max_len": ("gau", lambda value: True),
+}
+
+
+def _check_one_kind_fields(c: FlashConfig) -> None:
+    """A value that only the other kind reads raises, naming the field and both kinds."""
+    for name, (kind, ignored) in _ONE_KIND_FIELDS.items():
+        value = getattr(c, name)
+        if c.kind != kind and not ignored(value):
+            what = name if name != "length_mode" else f"{name}={value!r}"
+            raise ValueError(
+                f"FlashConfig.{what} applies to kind={kind!r} only; got {value!r} with "
+                f"kind={c.kind!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -279,9 +362,7 @@ class TransformerConfig(_DictMixin):
         _check_positive_float(self, "rope_base")
         _check_choice(self, "norm", get_args(Norm))
         _check_positive_float(self, "norm_eps")
-        d = self.dropout
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
-            raise ValueError(f"TransformerConfig.dropout must be in [0, 1), got {d!r}")
+        _check_rate(self, "dropout")
 
     @property
     def kind(self) -> str:

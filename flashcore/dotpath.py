@@ -18,8 +18,12 @@ The value is read when a dot is traced, so a function compiled earlier keeps its
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["ENV", "CHOICES", "low_precision_dots", "label"]
+from ._xp import dtype_name, is_low_precision
+
+__all__ = ["ENV", "CHOICES", "low_precision_dots", "label", "float32_compute"]
 
 ENV = "FLASHCORE_LOW_PRECISION_DOTS"
 CHOICES = ("auto", "float32", "native")
@@ -47,3 +51,19 @@ def label(dtype: str, path: str) -> str:
     return (
         f"{dtype} (f32 dots)" if path == "float32" and dtype in ("bfloat16", "float16") else dtype
     )
+
+
+def float32_compute(
+    params: dict, *, dot_path: Callable[[str], str], cast: Callable[[Any, str], Any]
+) -> tuple[dict, str | None]:
+    """(params with every bfloat16 / float16 entry cast to float32, the name of the storage dtype
+    to cast the results back to) where the backend's ``dot_path`` of that dtype is
+    ``"float32"``; (params, None) otherwise. ``cast(array, dtype_name) -> array``: the backend's
+    cast. How the XLA backends run a low-precision block or LM on CPU: the whole of it in float32
+    from its bf16 storage, since XLA's CPU backend is slow at bf16 elementwise ops as well as
+    dots (each op converts and rounds; docs/benchmarks.md)."""
+    low = sorted({dtype_name(v.dtype) for v in params.values() if is_low_precision(v.dtype)})
+    if not low or dot_path(low[0]) != "float32":
+        return params, None
+    wide = {k: cast(v, "float32") if is_low_precision(v.dtype) else v for k, v in params.items()}
+    return wide, low[0]

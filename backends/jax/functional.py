@@ -14,6 +14,7 @@ under ``jax.jit`` (config static: close over it or pass it with ``static_argname
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Callable
 
@@ -78,6 +79,26 @@ def _jax(a):
     return a if a is None or isinstance(a, jax.Array) else jnp.asarray(a)
 
 
+def _float32_from_storage(fn: Callable) -> Callable:
+    """``fn(params, a, **kw)`` (a: x or tokens) run in float32 from bfloat16 / float16 params
+    where :func:`flashcore.jax.xp.float32_compute` says so (CPU: XLA is slow at bf16 elementwise
+    ops and dots), a floating ``a`` upcast too, the result cast back to the storage dtype;
+    elsewhere ``fn`` as it is."""
+
+    @functools.wraps(fn)
+    def run(params, a, /, **kw):
+        wide, storage = float32_compute(params)
+        if storage is None:
+            return fn(params, a, **kw)
+        a = _jax(a)
+        if jnp.issubdtype(a.dtype, jnp.floating):
+            a = a.astype(jnp.float32)
+        return fn(wide, a, **kw).astype(storage)
+
+    return run
+
+
+@_float32_from_storage
 def apply(
     params: dict[str, jax.Array],
     x: jax.Array,
@@ -114,11 +135,6 @@ def apply(
             attn_core=attn_core,
         )
     x, mask, segment_ids = _jax(x), _jax(mask), _jax(segment_ids)
-    wide, storage = float32_compute(params)  # bf16 on CPU: the block in float32 (the xp doc)
-    if storage is not None:
-        kw = dict(config=config, mask=mask, segment_ids=segment_ids, core=core, dropout=dropout)
-        y = apply(wide, x.astype(jnp.float32), attn_core=attn_core, **kw)
-        return y.astype(storage)
     kw = dict(config=config, mask=mask, segment_ids=segment_ids, xp=xp, dropout=dropout)
     if isinstance(config, FlashConfig) and config.kind == "flash":
         if attn_core is not None:
@@ -133,6 +149,7 @@ def apply(
     return fc.block_fn(config)(params, x, **kw)
 
 
+@_float32_from_storage
 def logits(
     params: dict[str, jax.Array],
     tokens: jax.Array,
@@ -147,14 +164,8 @@ def logits(
 ) -> jax.Array:
     """Next-token logits of an LM (a bidirectional one: its masked-LM logits). tokens: (b, t)
     ints -> (b, t, v). ``core``, ``attn_core``, ``dropout``: as in :func:`apply`;
-    ``token_type_ids``: (b, t) ints or None (type 0; LMs with ``type_vocab_size`` > 0)."""
-    wide, storage = float32_compute(params)  # bf16 on CPU: the LM in float32
-    if storage is not None:
-        kw = dict(mask=mask, segment_ids=segment_ids, core=core, dropout=dropout)
-        y = logits(
-            wide, tokens, config=config, attn_core=attn_core, token_type_ids=token_type_ids, **kw
-        )
-        return y.astype(storage)
+    ``token_type_ids``: (b, t) ints or None (type 0; LMs with ``type_vocab_size`` > 0).
+    bfloat16 / float16 parameters on CPU: as in :func:`apply`."""
     return fc.lm_logits(
         params,
         _jax(tokens),
@@ -169,6 +180,7 @@ def logits(
     )
 
 
+@_float32_from_storage
 def hidden(
     params: dict[str, jax.Array],
     tokens: jax.Array,
@@ -178,11 +190,7 @@ def hidden(
     token_type_ids: jax.Array | None = None,
 ) -> jax.Array:
     """The last hidden states of an LM (after its final norm, before the head), no dropout.
-    tokens: (b, t) ints -> (b, t, d)."""
-    wide, storage = float32_compute(params)  # bf16 on CPU: the LM in float32
-    if storage is not None:
-        y = hidden(wide, tokens, config=config, mask=mask, token_type_ids=token_type_ids)
-        return y.astype(storage)
+    tokens: (b, t) ints -> (b, t, d). bfloat16 / float16 parameters on CPU: as in :func:`apply`."""
     return fc.lm_hidden(
         params,
         _jax(tokens),

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
+from flashcore import dotpath
 from flashcore._xp import is_low_precision, pairwise_cumulative_sum
 from flashcore.dotpath import low_precision_dots
 from flashcore.kernels import FastCore, Kernels, with_kernels
@@ -49,17 +50,11 @@ def dot_path(dtype) -> str:
     return low_precision_dots(jax.default_backend()) if is_low_precision(dtype) else "native"
 
 
-def float32_compute(params: dict) -> tuple[dict, object]:
-    """(params with every bfloat16 / float16 entry upcast to float32, the storage dtype to cast
-    the results back to) where :func:`dot_path` of that dtype is ``"float32"``; (params, None)
-    otherwise. How :mod:`flashcore.jax.functional` runs a low-precision model on CPU: the whole
-    block in float32 from its bf16 storage, since XLA's CPU backend is slow at bf16 elementwise
-    ops as well as dots (each op converts and rounds; docs/benchmarks.md)."""
-    low = sorted({jnp.dtype(v.dtype).name for v in params.values() if is_low_precision(v.dtype)})
-    if not low or dot_path(low[0]) != "float32":
-        return params, None
-    wide = {k: v.astype(jnp.float32) if is_low_precision(v.dtype) else v for k, v in params.items()}
-    return wide, jnp.dtype(low[0])
+def float32_compute(params: dict) -> tuple[dict, str | None]:
+    """:func:`flashcore.dotpath.float32_compute` with :func:`dot_path` and jax's cast: (params in
+    float32, the storage dtype's name) for bf16 / float16 params on the float32 path, else
+    (params, None). How :mod:`flashcore.jax.functional` runs a low-precision model on CPU."""
+    return dotpath.float32_compute(params, dot_path=dot_path, cast=lambda a, d: a.astype(d))
 
 
 def _upcast(*arrays):

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from flashcore import dotpath
 from flashcore._xp import is_low_precision, pairwise_cumulative_sum
 from flashcore.dotpath import low_precision_dots
 from flashcore.kernels import FastCore, Kernels
@@ -57,19 +58,11 @@ def _on(device):
     return tf.device(device) if device else contextlib.nullcontext()
 
 
-def float32_compute(params: dict) -> tuple[dict, tf.DType | None]:
-    """(params with every bfloat16 / float16 entry upcast to float32, the storage dtype to cast
-    the results back to) where :func:`dot_path` of that dtype is ``"float32"``; (params, None)
-    otherwise. How :mod:`flashcore.tf.layers` runs a low-precision block on CPU: the whole block
-    in float32 from its bf16 storage, since XLA's CPU backend is slow at bf16 elementwise ops as
-    well as dots (docs/benchmarks.md)."""
-    low = sorted({v.dtype.name for v in params.values() if is_low_precision(v.dtype)})
-    if not low or dot_path(low[0]) != "float32":
-        return params, None
-    wide = {
-        k: tf.cast(v, tf.float32) if is_low_precision(v.dtype) else v for k, v in params.items()
-    }
-    return wide, tf.as_dtype(low[0])
+def float32_compute(params: dict) -> tuple[dict, str | None]:
+    """:func:`flashcore.dotpath.float32_compute` with :func:`dot_path` and ``tf.cast``: (params in
+    float32, the storage dtype's name) for bf16 / float16 params on the float32 path, else
+    (params, None). How :mod:`flashcore.tf.layers` runs a low-precision block on CPU."""
+    return dotpath.float32_compute(params, dot_path=dot_path, cast=tf.cast)
 
 
 class Namespace:
