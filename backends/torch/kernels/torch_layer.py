@@ -181,7 +181,7 @@ class _FusedLayer(torch.autograd.Function):
         pre = torch.addmm(b_h.to(ldt), h, w_hl.t())  # (N, P)
         if ldt == torch.bfloat16:
             # act = [U | Z] and V in a buffer of its own: oneDNN's bf16 bmm reads a contiguous V
-            # faster than a column slice of [U | V | Z] (the core's matmuls with V 8-21%, the
+            # faster than a column slice of [U | V | Z] (the core's matmuls with V 6-21%, the
             # step about 1.5%; float32 gains nothing), with the same values and memory
             act = torch.empty((b * t, e + s), dtype=ldt, device=x.device)
             v = torch.empty((b * t, e), dtype=ldt, device=x.device)

@@ -1,6 +1,6 @@
 """Interleaved A/B of the torch bench step (issue 40, target 1), by CPU time in one process.
 
-    git apply docs/bench/2026-12-08-bf16/variants.patch   # the flags the variants name
+    git apply docs/bench/2026-12-08-bf16/variants.patch   # on 7538322: the variants' flags
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776 GLIBC_TUNABLES=glibc.malloc.hugetlb=1 \
     OMP_NUM_THREADS=1 taskset -c 0 python docs/bench/2026-12-08-bf16/ab.py 4096 bfloat16 15 base comp base2
 
