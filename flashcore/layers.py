@@ -681,7 +681,8 @@ def _chunk_part(lk, v, hit, c: int, xp):
     ``pending``, and v (b, h, e) as the state's buffer holds it. Both NaN where ``hit`` (b, h)
     bool marks a row that held NaN / Inf (zeroed in lk and v): later positions of the chunk and
     the chunks after it read it; hit None: no row is marked. lk: (b, h, s)."""
-    part = xp.matmul(xp.permute_dims(lk, (0, 2, 1)), v) / float(c)  # (b, s, e)
+    kt = xp.permute_dims(lk, (0, 2, 1))  # (b, s, h)
+    part = (kt * v if v.shape[1] == 1 else xp.matmul(kt, v)) / float(c)  # (b, s, e)
     if hit is None:
         return part, v
     nan = const(xp, np.full((1, 1, 1), np.nan), like=part)
