@@ -56,7 +56,7 @@ import numpy as np
 from . import ops
 from ._xp import const, is_low_precision, namespace
 from .config import FlashConfig, LMConfig, TransformerConfig
-from .layers import finish, hidden, layer_input, scores_to_logits
+from .layers import finish, flash_core, hidden, layer_input, scores_to_logits
 from .lm import abs_positions, attn_qkv, embed_norm, embed_tokens, ffn, final_norm, head
 from .params import subtree
 
@@ -198,63 +198,12 @@ def _flash_init(config: FlashConfig, batch: int, *, xp, dtype, device=None) -> d
 
 
 def _flash_step(params: dict, x_t, state: dict, *, config: FlashConfig, xp):
-    """One token through one causal FLASH layer. x_t: (b, d) -> (out (b, d), new state).
-
-    Equals row t of :func:`flashcore.flash` on the whole prefix (same formulas, summed in another
-    order).
+    """One token through one causal FLASH layer. x_t: (b, d) -> (out (b, d), new state): the
+    FLASH core with explicit state at t = 1 (:func:`flashcore.layers.flash_core`), which equals
+    row t of :func:`flashcore.flash` on the whole prefix (same formulas, summed in another order).
     """
-    c_size = config.chunk_size
-    pos = state["pos"]
-    c = pos % c_size  # slot of this token in its chunk, ()
-    h, h_in = _normed_step(params, x_t, state, config, xp)
-    u, v, heads = hidden(params, h_in, config, xp)  # (b, e) x2, 4 x (b, s)
-    acc = state["lin"].dtype
-    qq, qk, lq, lk = (xp.astype(q, acc) for q in _rope_step(heads, pos, config, xp))
-    v = xp.astype(v, acc)
-
-    # Write this token's key and value into slot c of the chunk buffers.
-    slots = const(xp, np.arange(c_size), like=pos, dtype=pos.dtype)  # (C,)
-    here = (slots == c)[None, :, None]  # (1, C, 1)
-    qk_buf = xp.where(here, qk[:, None, :], state["qk"])  # (b, C, s)
-    v_buf = xp.where(here, v[:, None, :], state["v"])  # (b, C, e)
-
-    # Local quadratic attention over slots 0..c of the current chunk.
-    scores = xp.matmul(qk_buf, qq[..., None])[..., 0]  # (b, C)
-    bias = ops.rel_bias(
-        params.get("rel_bias.weight"),
-        np.arange(c_size),
-        np.arange(c_size),
-        config=config,
-        xp=xp,
-        like=scores,
-    )
-    if bias is not None:
-        bias = xp.take(bias, xp.reshape(c, (1,)), axis=0)  # row c: (1, C)
-    scale = ops.attention_scale(config.attention, float(c_size), config.qk_dim)
-    scores = scores_to_logits(scores, bias, scale, config)
-    allowed = (slots <= c)[None, :]  # (1, C)
-    a = ops.attend(scores, allowed, kind=config.attention, length=float(c_size), xp=xp)
-    quad = xp.matmul(a[:, None, :], v_buf)[:, 0, :]  # (b, e)
-
-    # Linear attention over completed chunks.
-    lin = xp.matmul(lq[:, None, :], state["lin"])[:, 0, :]  # (b, e)
-    if config.linear_norm == "mean":
-        lin = lin / xp.maximum(state["count"], xp.ones_like(state["count"]))[:, None]
-
-    out = finish(params, x_t, u, quad + lin, None, config, xp)
-
-    pending = state["pending"] + lk[:, :, None] * v[:, None, :] / float(c_size)  # (b, s, e)
-    full = c == c_size - 1  # this token completes its chunk
-    new_state = {
-        "pos": pos + 1,
-        "lin": xp.where(full, state["lin"] + pending, state["lin"]),
-        "pending": xp.where(full, xp.zeros_like(pending), pending),
-        "count": xp.where(full, state["count"] + 1.0, state["count"]),
-        "qk": qk_buf,
-        "v": v_buf,
-        "prev": h,
-    }
-    return out, new_state
+    out, new_state = flash_core(params, x_t[:, None, :], state, config=config, xp=xp)
+    return out[:, 0, :], new_state
 
 
 def _gau_step(params: dict, x_t, state: dict, *, config: FlashConfig, xp):

@@ -206,14 +206,17 @@ def scores_to_logits(scores, bias, scale, config: FlashConfig):
     return scores * scale + bias
 
 
-def normed_input(params: dict, x, config: FlashConfig, mask, segment_ids, xp, prev=None):
+def normed_input(
+    params: dict, x, config: FlashConfig, mask, segment_ids, xp, prev=None, normed=None
+):
     """h = Norm(x) (post-norm: x, see :func:`layer_input`), then the optional token shift.
     x: (b, t, d) -> (b, t, d).
 
     prev: (b, d), :func:`layer_input` of the row before x[:, 0] (a carried state's ``prev``,
-    zero where that row may not be read), or None: position 0 reads nothing.
+    zero where that row may not be read), or None: position 0 reads nothing. normed: (b, t, d),
+    :func:`layer_input` of x where the caller has it already, or None.
     """
-    h = layer_input(params, x, config, xp)
+    h = layer_input(params, x, config, xp) if normed is None else normed
     if not config.token_shift:
         return h
     keep = None  # (b, t): may position t read position t - 1?
@@ -245,21 +248,29 @@ def hidden(params: dict, h, config: FlashConfig, xp):
 
 
 def project(
-    params: dict, x, config: FlashConfig, mask, segment_ids, xp, position_offset=0, prev=None
+    params: dict,
+    x,
+    config: FlashConfig,
+    mask,
+    segment_ids,
+    xp,
+    position_offset=0,
+    prev=None,
+    normed=None,
 ):
     """Norm, optional token shift, the fused dense layer, SiLU, scale-offset and RoPE.
 
     x: (b, t, d) -> u, v: (b, t, e); heads: list of h arrays (b, t, s). x may be one piece of a
     longer sequence, at positions ``position_offset + arange(t)`` (an int, or an integer array
-    of shape () that may be traced); ``prev``: see :func:`normed_input`.
+    of shape () that may be traced); ``prev``, ``normed``: see :func:`normed_input`.
     """
-    h = normed_input(params, x, config, mask, segment_ids, xp, prev=prev)
+    h = normed_input(params, x, config, mask, segment_ids, xp, prev=prev, normed=normed)
     u, v, heads = hidden(params, h, config, xp)
     rope = dict(dims=config.rotary_dims, mode=config.rope, base=config.rope_base, xp=xp)
     if isinstance(position_offset, int):
         heads = [ops.rope(q, positions(x.shape[1], xp, x, position_offset), **rope) for q in heads]
     else:
-        heads = [ops.rope_offset(q, position_offset, **rope) for q in heads]
+        heads = ops.rope_all_offset(heads, position_offset, **rope)
     return u, v, heads
 
 
@@ -444,28 +455,41 @@ def flash_core(
     Like fla's ops (``initial_state`` in, the final state out), one function serves the whole
     sequence (``state=None``), streamed prefill (:mod:`flashcore.stream`: each piece continues
     the state the previous one returned), context parallelism (:mod:`flashcore.context_parallel`:
-    a shard's initial state is the gathered prefix of the shards before it) and the decoding
-    state (:mod:`flashcore.decode`, whose layout the returned state has). No input checks here
+    a shard's initial state is the gathered prefix of the shards before it) and decoding
+    (:func:`flashcore.decode.decode_step` is this function at t = 1). No input checks here
     (:func:`flash` makes them); dropout: checked keep-masks or None.
 
     state: None, or a dict with
-        pos    ()        int    global position of x[:, 0] (a multiple of C)
+        pos    ()        int    global position of x[:, 0] (context parallelism: a multiple of C)
         prev   (b, d)           layer_input of the row before x[:, 0] (zero where it may not be
                                 read), for the token shift
     and the carried linear-attention state, either
         lin    (b, s, e)        the sum of the chunk states K^T V / C so far (NaN: a NaN / Inf row
-                                was read), count (b,): the chunks so far with a real key
-                                (a decoding state: :func:`flashcore.decode.decode_init`), or
+                                was read), count (b,): the chunks so far with a real key, and
+                                the partial chunk at pos: pending, qk, v (a decoding state,
+                                :func:`flashcore.decode.decode_init`'s layout), or
         gather own -> carried   (context parallelism) this piece's own summary (:func:`summary`)
                                 -> the carried state of :func:`attention_core_flash` plus "bad"
                                 (b,) bool, and "after" likewise (non-causal).
-    The returned state (for a decoding-state input) continues at pos + t; when t is not a
-    multiple of C its last, partial chunk is held as a decoding state holds it (pending, qk, v),
-    for :func:`flashcore.decode.decode_step` to continue.
+
+    A decoding state may stop mid-chunk (p = pos mod C > 0): x's first min(C - p, t) positions
+    complete that chunk (:func:`_continue_chunk`: local attention to the chunk's buffered keys and
+    their own, h x C scores), the rest starts at a chunk boundary. One position (t = 1, a decoding
+    step) always goes that way, with ``pos`` concrete or traced (under jit); a longer piece needs
+    a concrete ``pos``, or one that is a multiple of C (a traced ``pos`` that is not gives NaN
+    outputs: it cannot be checked in Python), and no mask, segment ids or dropout when it starts
+    mid-chunk. The returned state continues at pos + t, its last, partial chunk held in pending,
+    qk and v.
     """
     xp = namespace(x, xp=xp)
-    x, bad = nonfinite.contain(x, xp)  # bad: (b, t) rows that held NaN / Inf, now 0
+    decoding = state is not None and "gather" not in state
+    t = x.shape[1]
+    if decoding and is_static(t) and t == 1:
+        bad = None  # one row: its NaN flows into its output and the state, as in the forward
+    else:
+        x, bad = nonfinite.contain(x, xp)  # bad: (b, t) rows that held NaN / Inf, now 0
     pos, prev = (0, None) if state is None else (state["pos"], state.get("prev"))
+    normed = layer_input(params, x, config, xp) if decoding else None
     u, v, heads = project(
         params,
         x,
@@ -475,37 +499,195 @@ def flash_core(
         xp,
         position_offset=pos,
         prev=prev if config.token_shift else None,
+        normed=normed,
     )
-    qq, qk, lq, lk, v = in_dtype(xp, core_dtype(x, xp, v), *heads, v)
+    heads = in_dtype(xp, core_dtype(x, xp, v), *heads, v)  # qq, qk, lq, lk, v
     chunk_pos = np.arange(config.chunk_size)
     bias = ops.rel_bias(
-        params.get("rel_bias.weight"), chunk_pos, chunk_pos, config=config, xp=xp, like=v
+        params.get("rel_bias.weight"), chunk_pos, chunk_pos, config=config, xp=xp, like=heads[-1]
     )
     args = dict(bias=bias, config=config, mask=mask, segment_ids=segment_ids, xp=xp)
     attn_keep = None if dropout is None else dropout["attn"]
-    core = kernels.of(xp).core("flash", config, kernels.Call(v, mask, segment_ids, attn_keep))
-    own = carried = reads = None  # reads: (b, t) positions that read a poisoned carried state
-    if state is None:
-        kw = {} if attn_keep is None else {"attn_keep": attn_keep}
-        att = (core or attention_core_flash)(qq, qk, lq, lk, v, **args, **kw)
+    reads = new_state = None  # reads: (b, t) positions that read a poisoned carried state
+    if decoding:
+        att, new_state, reads = _decoding_core(heads, bad, normed, state, args, attn_keep)
     else:
-        own = summary(lk, v, bad, config=config, mask=mask, segment_ids=segment_ids, xp=xp)
-        if "gather" in state:
-            carried = state["gather"](own)
+        call = kernels.Call(heads[-1], mask, segment_ids, attn_keep)
+        core = kernels.of(xp).core("flash", config, call)
+        if state is None:
+            kw = {} if attn_keep is None else {"attn_keep": attn_keep}
+            att = (core or attention_core_flash)(*heads, **args, **kw)
         else:
-            carried = _carried(state, v.dtype, xp)
-        att = _core_with_state(core, qq, qk, lq, lk, v, args, carried, attn_keep)
-        for part in (carried, carried.get("after")):
-            if part is not None:
-                read = _reads(part, segment_ids, xp)
-                reads = read if reads is None else reads | read
+            lk, v = heads[3], heads[4]
+            own = summary(lk, v, bad, config=config, mask=mask, segment_ids=segment_ids, xp=xp)
+            carried = state["gather"](own)
+            att = _core_with_state(core, *heads, args, carried, attn_keep)
+            for part in (carried, carried.get("after")):
+                if part is not None:
+                    read = _reads(part, segment_ids, xp)
+                    reads = read if reads is None else reads | read
     out_keep = None if dropout is None else dropout["out"]
     out = finish(params, x, u, att, mask, config, xp, keep=out_keep)
-    causal = config.causal
-    out = nonfinite.poison_reached(out, bad, mask, segment_ids, causal=causal, xp=xp, reads=reads)
-    if state is None or "gather" in state:
-        return out, None
-    return out, _next_state(params, x, bad, state, own, carried, (qk, lk, v), mask, config, xp)
+    if bad is not None:
+        causal = config.causal
+        out = nonfinite.poison_reached(
+            out, bad, mask, segment_ids, causal=causal, xp=xp, reads=reads
+        )
+    return out, new_state
+
+
+def _decoding_core(heads: list, bad, normed, state: dict, args: dict, attn_keep):
+    """The mixed-chunk core on a piece that continues a decoding state (see :func:`flash_core`).
+
+    heads: qq, qk, lq, lk (b, t, s), v (b, t, e); bad: (b, t) bool rows that held NaN / Inf
+    (zeroed), or None (t = 1, not contained); normed: (b, t, d), layer_input of the piece.
+    -> (att (b, t, e), the decoding state after the piece, reads: (b, t) bool or None, the
+    positions that read a poisoned carried state)."""
+    config, xp, mask, segment_ids = args["config"], args["xp"], args["mask"], args["segment_ids"]
+    c = config.chunk_size
+    t = heads[-1].shape[1]
+    h, r = _head_length(state["pos"], t, c, xp)
+    att, reads = [], None
+    if h:
+        if mask is not None or segment_ids is not None or attn_keep is not None:
+            raise ValueError(
+                f"a piece that starts mid-chunk (its position mod chunk_size={c} is "
+                f"{'unknown' if r is None else r}) takes no mask, segment_ids or dropout: a "
+                "decoding state holds one sequence per row, every position real; start such a "
+                "piece at a multiple of chunk_size"
+            )
+        hit = None if bad is None else bad[:, :h]
+        part, state = _continue_chunk([a[:, :h] for a in heads], hit, state, r, args)
+        att.append(part)
+    if h < t:
+        qq, qk, lq, lk, v = (a[:, h:] for a in heads)
+        bad_rest = bad[:, h:]
+        own = summary(lk, v, bad_rest, config=config, mask=mask, segment_ids=segment_ids, xp=xp)
+        carried = _carried(state, v.dtype, xp)
+        if r is None:  # a traced pos: only a chunk boundary can be right, else NaN
+            carried["bad"] = carried["bad"] | (state["pos"] % c != 0)
+        core = kernels.of(xp).core("flash", config, kernels.Call(v, mask, segment_ids, attn_keep))
+        att.append(_core_with_state(core, qq, qk, lq, lk, v, args, carried, attn_keep))
+        reads = _reads(carried, segment_ids, xp)  # (b, 1); the first h positions read no lin
+        if h:  # but the state's own chunk (NaN flows through there)
+            b = reads.shape[0]
+            no = xp.zeros((b, h), dtype=xp.bool, device=device_of(v))
+            reads = xp.concat([no, xp.broadcast_to(reads, (b, t - h))], axis=1)
+        state = _next_state(bad_rest, state, own, carried, (qk, lk, v), mask, config, xp)
+    last = normed[:, -1, :]  # the token shift's row for the next piece
+    if mask is not None:
+        last = xp.where(mask[:, -1:], last, xp.zeros_like(last))
+    state["prev"] = last
+    return (att[0] if len(att) == 1 else xp.concat(att, axis=1)), state, reads
+
+
+def _head_length(pos, t, c: int, xp) -> tuple[int, int | None]:
+    """(h, p): a piece of t positions that continues a decoding state at ``pos`` completes the
+    state's partial chunk with its first h positions; p = pos mod C as a Python int, None where
+    ``pos`` is traced (then h = 1 for one position, else 0: the piece must start at a boundary)."""
+    host = ops._host_position(xp, pos)
+    p = None if host is None else host % c
+    if is_static(t) and t == 1:
+        return 1, p
+    if not p:
+        return 0, p
+    if not is_static(t):
+        raise ValueError(
+            f"a piece of symbolic length cannot start mid-chunk (position {host}, chunk_size={c})"
+        )
+    return min(c - p, t), p
+
+
+def _continue_chunk(heads: list, hit, state: dict, p: int | None, args: dict):
+    """The first h positions of a piece that continues a decoding state's partial chunk: its
+    slots p .. p + h - 1 (p = pos mod C, p + h <= C). Each query attends locally to the chunk's
+    keys up to its own (the state's buffered qk / v, then the piece's) and linearly to lin, the
+    completed chunks: h x C scores, no C x C block.
+
+    heads: qq, qk, lq, lk (b, h, s), v (b, h, e); hit: (b, h) bool, rows that held NaN / Inf
+    (zeroed), or None (a row's NaN flows through); p: a Python int where pos is concrete, else
+    None (traced; h = 1, its slot found by comparisons). -> (att (b, h, e), the decoding state
+    after these positions: the chunk written into qk / v, its part of K^T V / C into pending,
+    and pending moved into lin when the chunk is complete).
+    """
+    config, xp, bias = args["config"], args["xp"], args["bias"]
+    c = config.chunk_size
+    pos, lin, count = state["pos"], state["lin"], state["count"]
+    qq, qk, lq, lk, v = in_dtype(xp, lin.dtype, *heads)
+    h = v.shape[1]
+    if p is None:  # one row at a traced slot
+        row = xp.reshape(pos % c, (1,))
+        slots = const(xp, np.arange(c), like=pos, dtype=pos.dtype)  # (C,)
+        allowed = slots[None, :] <= row[:, None]  # (1, C)
+
+        def put(buf, new):  # buf (b, C, .) with new (b, 1, .) at the row's slot
+            return xp.where((slots == row)[None, :, None], new, buf)
+
+        if bias is not None:
+            bias = xp.take(bias, row, axis=0)  # (1, C)
+        full = row[0] == c - 1
+    else:
+        allowed = const(xp, causal_mask(c)[p : p + h], like=v)  # (h, C)
+
+        def put(buf, new):
+            return xp.concat([buf[:, :p], new, buf[:, p + h :]], axis=1)
+
+        if bias is not None:
+            bias = bias[p : p + h]  # (h, C)
+        full = p + h == c
+    qk_buf, v_buf = put(state["qk"], qk), put(state["v"], v)  # (b, C, s), (b, C, e)
+    scores = xp.matmul(qq, xp.permute_dims(qk_buf, (0, 2, 1)))  # (b, h, C)
+    a = _local_weights(scores, bias, allowed, config, xp)
+    quad = xp.matmul(a, v_buf)  # (b, h, e)
+    att = quad + _read_lin(lq, lin, count[:, None, None], config, xp)
+    part, v_held = _chunk_part(lk, v, hit, c, xp)
+    pending = state["pending"] + part
+    new = dict(state, pos=pos + h, qk=qk_buf, v=v_buf if hit is None else put(state["v"], v_held))
+    if full is True:
+        new.update(lin=lin + pending, pending=xp.zeros_like(pending), count=count + 1.0)
+    elif full is False:
+        new["pending"] = pending
+    else:
+        new.update(
+            lin=xp.where(full, lin + pending, lin),
+            pending=xp.where(full, xp.zeros_like(pending), pending),
+            count=xp.where(full, count + 1.0, count),
+        )
+    return att, new
+
+
+def _local_weights(scores, bias, allowed, config: FlashConfig, xp):
+    """The local quadratic weights within a chunk: f(Q K^T / C + B) (scale and f by
+    ``config.attention``), exactly 0 where ``allowed`` (bool, broadcastable, or None) is False.
+    scores: (..., q, k) -> (..., q, k)."""
+    c = float(config.chunk_size)
+    scale = ops.attention_scale(config.attention, c, config.qk_dim)
+    logits = scores_to_logits(scores, bias, scale, config)
+    return ops.attend(logits, allowed, kind=config.attention, length=c, xp=xp)
+
+
+def _read_lin(lq, lin, count, config: FlashConfig, xp):
+    """The linear branch's read: lq @ lin, divided by the number of chunks summed (at least 1)
+    for linear_norm='mean'. lq: (..., q, s); lin: (..., s, e); count: broadcastable to
+    (..., q, 1) -> (..., q, e)."""
+    out = xp.matmul(lq, lin)
+    if config.linear_norm == "mean":
+        out = out / xp.maximum(count, xp.ones_like(count))
+    return out
+
+
+def _chunk_part(lk, v, hit, c: int, xp):
+    """What h positions of one chunk add to a decoding state: their K^T V / C (b, s, e) for
+    ``pending``, and v (b, h, e) as the state's buffer holds it. Both NaN where ``hit`` (b, h)
+    bool marks a row that held NaN / Inf (zeroed in lk and v): later positions of the chunk and
+    the chunks after it read it; hit None: no row is marked. lk: (b, h, s)."""
+    kt = xp.permute_dims(lk, (0, 2, 1))  # (b, s, h)
+    part = (kt * v if v.shape[1] == 1 else xp.matmul(kt, v)) / float(c)  # (b, s, e)
+    if hit is None:
+        return part, v
+    nan = const(xp, np.full((1, 1, 1), np.nan), like=part)
+    any_hit = xp.sum(xp.astype(hit, xp.int32), axis=1) > 0  # (b,)
+    return xp.where(any_hit[:, None, None], nan, part), xp.where(hit[..., None], nan, v)
 
 
 def _core_with_state(core, qq, qk, lq, lk, v, args: dict, carried: dict, attn_keep):
@@ -523,7 +705,7 @@ def _core_with_state(core, qq, qk, lq, lk, v, args: dict, carried: dict, attn_ke
         and carried.get("after") is None
     )
     if fused:
-        return core(qq, qk, lq, lk, v, **args) + xp.matmul(lq, carried["lin"])
+        return core(qq, qk, lq, lk, v, **args) + _read_lin(lq, carried["lin"], None, config, xp)
     kw = {} if attn_keep is None else {"attn_keep": attn_keep}
     return attention_core_flash(qq, qk, lq, lk, v, **args, state=carried, **kw)
 
@@ -547,38 +729,32 @@ def _reads(part: dict, segment_ids, xp):
     return bad & (segment_ids == part["seg"][:, None])
 
 
-def _next_state(params, x, bad, state, own, carried, keys, mask, config, xp) -> dict:
-    """The decoding state after the piece x (b, t, d) (see :func:`flash_core`). bad: (b, t)
-    rows of x that held NaN / Inf; keys: the core's qk, lk (b, t, s) and v (b, t, e)."""
+def _next_state(bad, state, own, carried, keys, mask, config, xp) -> dict:
+    """The decoding state after a piece at a chunk boundary (see :func:`flash_core`), but its
+    ``prev``. bad: (b, t) rows of the piece that held NaN / Inf; keys: the core's qk, lk
+    (b, t, s) and v (b, t, e)."""
     qk, lk, v = keys
-    b, t, _ = x.shape
+    t = v.shape[1]
     c = config.chunk_size
     done = t // c * c  # positions in completed chunks
     tail = own["tail"]
     lin = carried["lin"] + tail["lin"]
     poisoned = carried["bad"] | tail["bad"]
     nan = const(xp, np.full((1, 1, 1), np.nan), like=lin)
-    prev = layer_input(params, x[:, -1, :], config, xp)  # (b, d)
-    if mask is not None:
-        prev = xp.where(mask[:, -1:], prev, xp.zeros_like(prev))
     new = dict(state)
     new.update(
         pos=state["pos"] + t,
         lin=xp.astype(xp.where(poisoned[:, None, None], nan, lin), state["lin"].dtype),
         count=carried["count"] + tail["count"],
-        prev=prev,
     )
     if done < t:  # the partial last chunk, as decode_step holds it
-        k, vp, hit = lk[:, done:], v[:, done:], bad[:, done:]
+        k, hit = lk[:, done:], bad[:, done:]
         if mask is not None:
             k = xp.where(mask[:, done:, None], k, xp.zeros_like(k))
             hit = hit & mask[:, done:]
-        pending = xp.matmul(xp.permute_dims(k, (0, 2, 1)), vp) / float(c)  # (b, s, e)
-        any_hit = xp.sum(xp.astype(hit, xp.int32), axis=1) > 0  # (b,)
+        new["pending"], vp = _chunk_part(k, v[:, done:], hit, c, xp)
         pad = c - (t - done)
-        new["pending"] = xp.where(any_hit[:, None, None], xp.astype(nan, pending.dtype), pending)
         new["qk"] = _pad_chunks(qk[:, done:], pad, 1, c, xp)[:, 0]  # (b, C, s)
-        vp = xp.where(hit[..., None], xp.astype(nan, vp.dtype), vp)  # later steps read NaN
         new["v"] = _pad_chunks(vp, pad, 1, c, xp)[:, 0]  # (b, C, e)
     return new
 
@@ -684,14 +860,10 @@ def attention_core_flash(
 
     # Local quadratic attention within each chunk.
     scores = xp.matmul(qq, xp.permute_dims(qk, (0, 1, 3, 2)))  # (b, g, c, k)
-    scale = ops.attention_scale(config.attention, float(c), config.qk_dim)
-    scores = scores_to_logits(scores, bias, scale, config)
     causal = const(xp, causal_mask(c), like=v) if config.causal else None
     key_ok = valid[:, :, None, :] if valid is not None else None  # (b, g, 1, k)
     same = _same_segment(seg, seg) if seg is not None else None  # (b, g, c, k)
-    a = ops.attend(
-        scores, _and(causal, key_ok, same), kind=config.attention, length=float(c), xp=xp
-    )
+    a = _local_weights(scores, bias, _and(causal, key_ok, same), config, xp)
     if attn_keep is not None:
         a = drop.apply_keep(a, attn_keep, config.dropout, xp)
     quad = xp.matmul(a, v)  # (b, g, c, e)
@@ -760,10 +932,7 @@ def _linear(lq, lk, v, valid, seg, same, config: FlashConfig, xp, state=None):
         for part in parts:
             state_g = state_g + part["lin"][:, None, ...]  # (b, g, s, e)
             count = count + part["count"][:, None] if mean else count
-        lin = xp.matmul(lq, state_g)  # (b, g, c, e)
-        if mean:
-            lin = lin / xp.maximum(count, xp.ones_like(count))[:, :, None, None]
-        return lin
+        return _read_lin(lq, state_g, count[:, :, None, None], config, xp)  # (b, g, c, e)
 
     # Packed segments. Each id is one contiguous run, so only the segment that is open at a
     # chunk's first position can have keys in earlier chunks, and only the one open at its last

@@ -11,10 +11,12 @@ working memory is that of one piece whatever T is. A piece is one call of the la
 with explicit state (:func:`flashcore.layers.flash_core`, with the backend's fast core)
 at global positions ``pos .. pos + piece - 1``, the carried state added to every chunk's linear
 state the way context parallelism adds the earlier shards' (:mod:`flashcore.context_parallel`);
-positions past the last whole chunk (T not a multiple of C) are fed one token at a time by
-:func:`flashcore.decode.lm_decode_step`. The returned state is a decoding state
-(:func:`flashcore.decode.lm_decode_init`'s layout): ``lm_decode_step`` continues from it, and
-``lm_prefill`` takes it back as ``state=`` to stream on.
+positions past the last whole chunk (T not a multiple of C), and those that complete a given
+state's partial chunk, are one shorter piece each (a backend's compiled pieces, whose position is
+traced, feed them one token at a time by :func:`flashcore.decode.lm_decode_step`). The
+returned state is a decoding state (:func:`flashcore.decode.lm_decode_init`'s layout):
+``lm_decode_step`` continues from it, and ``lm_prefill`` takes it back as ``state=`` to stream
+on.
 
 Logits equal :func:`flashcore.lm_logits` on the whole sequence (the same formulas summed in
 another order). ``last_only=True`` returns only the last position's, (b, v), so that nothing
@@ -98,8 +100,15 @@ def prefill_piece(
     :mod:`flashcore.kernels`); ``core``: deprecated, a function taken instead for every call."""
     check_stream(config)
     xp = kernels.override(namespace(tokens, xp=xp), flash=core)
-    b, t = check_tokens(tokens, config.vocab_size, xp)
+    _, t = check_tokens(tokens, config.vocab_size, xp)
     _check_piece(t, config.block.chunk_size)
+    return _lm_piece(params, tokens, state, config=config, xp=xp, last_only=last_only)
+
+
+def _lm_piece(params: dict, tokens, state: dict, *, config: LMConfig, xp, last_only: bool):
+    """:func:`prefill_piece` without its checks: tokens (b, t) of any length t at any position
+    (one that starts mid-chunk needs the state's pos concrete: eagerly, not under a trace)."""
+    t = tokens.shape[1]
     x = embed_tokens(params, tokens, config, xp)  # (b, t, d), token type 0
     if config.abs_pos == "scaled_sinusoidal":
         pos = state["layers.0"]["pos"]
@@ -140,15 +149,18 @@ def lm_prefill(
     """Run a causal FLASH LM over ``tokens`` (b, T) ints, ``piece`` positions at a time.
 
     piece: a multiple of C; the pieces are ``piece`` long, the last whole-chunk one may be
-    shorter, and the last T mod C positions go token by token through ``lm_decode_step``.
-    state: a decoding state to continue from (None: an empty one in the embedding's dtype and
-    device); one that stops mid-chunk is first fed token by token up to the chunk boundary.
+    shorter, and the last T mod C positions are one more piece (with ``piece_fn``: token by
+    token through ``step_fn``). state: a decoding state to continue from (None: an empty one in
+    the embedding's dtype and device); one that stops mid-chunk is first continued up to the
+    chunk boundary the same way (a piece that completes the state's partial chunk,
+    :func:`flashcore.layers.flash_core`; with ``piece_fn``, token by token).
     Returns (logits (b, T, v), or the last position's (b, v) with ``last_only``; the decoding
     state after position T - 1, for :func:`flashcore.decode.lm_decode_step`).
 
     piece_fn(tokens (b, t), state) -> (logits, state) and step_fn(tokens_t (b,), state) ->
     (logits (b, v), state) let a backend run its own compiled versions of
-    :func:`prefill_piece` (with ``last_only`` as given here) and ``lm_decode_step``;
+    :func:`prefill_piece` (with ``last_only`` as given here; t a multiple of C at a chunk
+    boundary, so that a traced position is right) and ``lm_decode_step``;
     ``core``: deprecated, as in :func:`prefill_piece`.
     """
     check_stream(config)
@@ -160,16 +172,18 @@ def lm_prefill(
     if state is None:
         embed = params["embed.weight"]
         state = lm_decode_init(config, b, xp=xp, dtype=embed.dtype, device=device_of(embed))
-    if piece_fn is None:
-
-        def piece_fn(tok, st):
-            opts = dict(config=config, xp=xp, last_only=last_only)
-            return prefill_piece(params, tok, st, **opts)
-
     if step_fn is None:
 
         def step_fn(tok, st):
             return lm_decode_step(params, tok, st, config=config, xp=xp)
+
+    edge_fn = None  # a piece of any length from any position (eager), else token by token
+    if piece_fn is None:
+
+        def piece_fn(tok, st):
+            return _lm_piece(params, tok, st, config=config, xp=xp, last_only=last_only)
+
+        edge_fn = piece_fn
 
     outs = []  # (b, t_i, v) parts, or only the latest (b, v) with last_only
 
@@ -179,20 +193,24 @@ def lm_prefill(
         else:
             outs.append(xp.expand_dims(logits, axis=1) if one_step else logits)
 
-    def steps(i: int, j: int, st):
+    def edge(i: int, j: int, st):  # positions i .. j - 1, fewer than C, in one piece or steps
+        if j > i and edge_fn is not None:
+            logits, st = edge_fn(tokens[:, i:j], st)
+            keep(logits, False)
+            return st
         for k in range(i, j):
             logits, st = step_fn(tokens[:, k], st)
             keep(logits, True)
         return st
 
     i = min(total, (-_position(state, xp)) % c)  # to the next chunk boundary
-    state = steps(0, i, state)
+    state = edge(0, i, state)
     while total - i >= c:
         n = min(piece, (total - i) // c * c)
         logits, state = piece_fn(tokens[:, i : i + n], state)
         keep(logits, False)
         i += n
-    state = steps(i, total, state)
+    state = edge(i, total, state)
     if last_only:
         return outs[0], state
     return (outs[0] if len(outs) == 1 else xp.concat(outs, axis=1)), state

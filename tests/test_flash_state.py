@@ -1,9 +1,11 @@
 """One FLASH core with explicit state (:func:`flashcore.layers.flash_core`): a sequence split at
-any chunk boundary gives the same result as the whole, whether the split is made by streaming
-(the carried state handed from piece to piece), by context parallelism (a shard's initial state
-is the gathered prefix of the shards before it) or by decoding (the state carried token by
-token), in every backend (the spec on NumPy, torch, jax, tf; torch also through its fused core).
-Context parallelism with packed segment ids has its own test. float64 (JAX: float32)."""
+any position gives the same result as the whole, whether the split is made by streaming (the
+carried state handed from piece to piece; a piece that starts mid-chunk completes the state's
+partial chunk), by context parallelism (a shard's initial state is the gathered prefix of the
+shards before it, at chunk boundaries) or by decoding (the state carried token by token: the
+core at t = 1), in every backend (the spec on NumPy, torch, jax, tf; torch also through its
+fused core). Context parallelism with packed segment ids has its own test. float64 (JAX:
+float32)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pytest
 from _cases import flash_cfg, noisy_params, run_shards
 
 import flashcore as fc
+from flashcore import ops
 from flashcore.conformance.assertions import assert_close, to_numpy
 from flashcore.conformance.tolerances import longest_reduction
 from flashcore.decode import decode_init, decode_step
@@ -121,13 +124,16 @@ def _case(cfg, seed=0):
     return noisy_params(cfg, seed), rng.normal(size=(2, T, cfg.dim))
 
 
-def _stream(be, params, x, cfg, cuts, mask=None):
-    """flash_core over the pieces x[:, cuts[i]:cuts[i+1]], the state carried between them."""
+def _stream(be, params, x, cfg, cuts, mask=None, eager=False):
+    """flash_core over the pieces x[:, cuts[i]:cuts[i+1]], the state carried between them
+    (``eager``: never under jax.jit, for pieces that start mid-chunk)."""
     state = decode_init(cfg, x.shape[0], xp=be.xp, dtype=x.dtype)
     outs = []
     for i, j in zip(cuts[:-1], cuts[1:], strict=True):
         m = None if mask is None else mask[:, i:j]
-        step = be.fn(flash_core, config=cfg, xp=be.xp)
+        step = functools.partial(flash_core, config=cfg, xp=be.xp)
+        if not eager:
+            step = be.fn(flash_core, config=cfg, xp=be.xp)
         out, state = step(params, x[:, i:j], state, mask=m)
         outs.append(to_numpy(out))
     return np.concatenate(outs, axis=1), state
@@ -170,14 +176,15 @@ def test_streaming_with_padding_equals_the_whole(backend, name):
 
 @pytest.mark.parametrize(("backend", "name"), _grid(BACKENDS, ["sum", "mean-learned"]))
 def test_decoding_after_a_streamed_prefix_equals_the_whole(backend, name):
-    """A prefix (ending at a chunk boundary or mid-chunk) through flash_core, the rest token by
-    token through decode_step, continuing the same state: every row equals the whole forward's."""
+    """A prefix of every length (spec; else a few), ending at a chunk boundary or mid-chunk, through
+    flash_core, the rest token by token through decode_step, continuing the same state: every
+    row equals the whole forward's."""
     be, cfg = _Backend(backend), CONFIGS[name]
     params, x = _case(cfg, seed=2)
     with be.context():
         p, (xt,) = be.tensors(params, x)
         want = to_numpy(be.fn(fc.flash, config=cfg, xp=be.xp)(p, xt))
-        for cut in (0, C, C + 2, 3 * C):  # C + 2: mid-chunk, the partial chunk in the state
+        for cut in range(T) if be.name == "spec" else (0, C, C + 2, 2 * C - 1, 3 * C):
             got, state = _stream(be, p, xt, cfg, [0, cut]) if cut else (None, None)
             if state is None:
                 state = decode_init(cfg, x.shape[0], xp=be.xp, dtype=xt.dtype)
@@ -193,6 +200,91 @@ def test_decoding_after_a_streamed_prefix_equals_the_whole(backend, name):
                 dtype=be.dtype,
                 err_msg=f"prefix {cut}",
             )
+
+
+def _assert_whole(got, want, cfg, be, msg):
+    assert_close(got, want, reorder=longest_reduction(cfg, T), dtype=be.dtype, err_msg=msg)
+
+
+def _splits(be):
+    """Split points to try: every one for the spec and torch, a few mid-chunk ones for tf (eager
+    ops) and jax (whose pieces starting mid-chunk run eagerly: under jax.jit the state's pos is
+    traced, and a piece of t > 1 must then start at a chunk boundary)."""
+    return {"jax": (C + 2,), "tf": (1, C + 2, 2 * C - 1)}.get(be.name, range(1, T))
+
+
+@pytest.mark.parametrize(("backend", "name"), _grid(BACKENDS, ["sum", "laplace-layer"]))
+def test_streaming_split_at_any_position_equals_the_whole(backend, name):
+    """Two pieces cut at every position 1 .. T - 1 (JAX: a few), and pieces that stay inside a
+    chunk, end at its boundary, run over several chunks, and one of a single position."""
+    be, cfg = _Backend(backend), CONFIGS[name]
+    params, x = _case(cfg, seed=5)
+    with be.context():
+        p, (xt,) = be.tensors(params, x)
+        want = to_numpy(be.fn(fc.flash, config=cfg, xp=be.xp)(p, xt))
+        for k in _splits(be):
+            got, state = _stream(be, p, xt, cfg, [0, k, T], eager=True)
+            _assert_whole(got, want, cfg, be, f"cut {k}")
+            assert int(to_numpy(state["pos"])) == T
+        if be.name != "jax":
+            got, _ = _stream(be, p, xt, cfg, [0, 5, 7, 8, 13, 14, T])
+            _assert_whole(got, want, cfg, be, "pieces 5, 7, 8, 13, 14")
+
+
+@pytest.mark.parametrize(("backend", "name"), _grid(BACKENDS, ["mean-learned", "laplace-layer"]))
+def test_streaming_after_decoding_at_any_position(backend, name):
+    """Every split point k (JAX: two): the first k positions token by token (decode_step, the
+    core at t = 1; jitted in JAX, its pos traced), then the rest as one piece that starts
+    wherever k is. Equals the whole forward."""
+    be, cfg = _Backend(backend), CONFIGS[name]
+    params, x = _case(cfg, seed=6)
+    b = x.shape[0]
+    with be.context():
+        p, (xt,) = be.tensors(params, x)
+        want = to_numpy(be.fn(fc.flash, config=cfg, xp=be.xp)(p, xt))
+        step = be.fn(decode_step, config=cfg, xp=be.xp)
+        state = decode_init(cfg, b, xp=be.xp, dtype=xt.dtype)
+        rows, states = [], [state]  # states[k]: after k positions, token by token
+        for j in range(T):
+            out, state = step(p, xt[:, j], state)
+            rows.append(to_numpy(out)[:, None, :])
+            states.append(state)
+        _assert_whole(np.concatenate(rows, axis=1), want, cfg, be, "token by token")
+        for k in _splits(be):
+            out, state = flash_core(p, xt[:, k:], states[k], config=cfg, xp=be.xp)
+            got = np.concatenate([*rows[:k], to_numpy(out)], axis=1)
+            _assert_whole(got, want, cfg, be, f"{k} steps, then one piece")
+            assert int(to_numpy(state["pos"])) == T
+
+
+@pytest.mark.parametrize("name", ["sum", "mean-learned"])
+def test_a_traced_position_takes_the_comparisons_path(name, monkeypatch):
+    """pos unknown in Python (as under jit; forced here on NumPy): a step finds its slot by
+    comparisons and equals the forward; a longer piece must start at a chunk boundary, and one
+    that does not gives NaN, never a silent wrong answer."""
+    be, cfg = _Backend("spec"), CONFIGS[name]
+    params, x = _case(cfg, seed=7)
+    want = fc.flash(params, x, config=cfg, xp=be.xp)
+    monkeypatch.setattr(ops, "_host_position", lambda xp, pos: None)
+    state = decode_init(cfg, x.shape[0], xp=be.xp, dtype=x.dtype)
+    rows = []
+    for j in range(C + 2):
+        out, state = decode_step(params, x[:, j], state, config=cfg, xp=be.xp)
+        rows.append(out[:, None, :])
+    _assert_whole(np.concatenate(rows, axis=1), want[:, : C + 2], cfg, be, "steps")
+    out, _ = flash_core(params, x[:, C + 2 :], state, config=cfg, xp=be.xp)
+    assert np.isnan(out).all()
+    _, aligned = _stream(be, params, x[:, :C], cfg, [0, C])
+    out, _ = flash_core(params, x[:, C:], aligned, config=cfg, xp=be.xp)
+    _assert_whole(out, want[:, C:], cfg, be, "a piece at a boundary")
+
+
+def test_a_mid_chunk_piece_refuses_a_mask():
+    be, cfg = _Backend("spec"), CONFIGS["sum"]
+    params, x = _case(cfg)
+    _, state = _stream(be, params, x[:, :3], cfg, [0, 3])
+    with pytest.raises(ValueError, match="mid-chunk"):
+        flash_core(params, x[:, 3:], state, config=cfg, mask=np.ones((2, T - 3), bool))
 
 
 def _run_shards(be, params, x, cfg, world, mask=None, segment_ids=None):
