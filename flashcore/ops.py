@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import kernels
-from ._xp import const, erf, is_low_precision, tracing
+from ._xp import const, erf, is_low_precision, is_static, tracing
 from .checks import concrete
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "rope_offset",
     "rope_at",
     "rope_all_at",
+    "rope_all_offset",
     "angles",
     "angles_at",
     "angles_of",
@@ -181,10 +182,16 @@ def rope_offset(x, offset, *, dims: int, mode: str, base: float, xp):
     The angle is split as offset * theta + i * theta, both exact float64 host tables (see
     :func:`angles_at`), combined with the angle-sum identity.
     """
-    if ROPES[mode].rotate is None or dims == 0:
-        return x
-    cos, sin = angles_offset(offset, x.shape[-2], dims=dims, base=base, xp=xp, like=x)
-    return rope_rotate(x, cos, sin, dims=dims, mode=mode, xp=xp)
+    return rope_all_offset([x], offset, dims=dims, mode=mode, base=base, xp=xp)[0]
+
+
+def rope_all_offset(xs: list, offset, *, dims: int, mode: str, base: float, xp) -> list:
+    """:func:`rope_offset` on every array of ``xs`` (each (..., t, s), one dtype and t), the
+    angles computed once (a piece continuing a cache rotates its queries and keys alike)."""
+    if ROPES[mode].rotate is None or dims == 0 or not xs:
+        return list(xs)
+    cos, sin = angles_offset(offset, xs[0].shape[-2], dims=dims, base=base, xp=xp, like=xs[0])
+    return [rope_rotate(x, cos, sin, dims=dims, mode=mode, xp=xp) for x in xs]
 
 
 def angles_offset(offset, t: int, *, dims: int, base: float, xp, like):
@@ -192,8 +199,10 @@ def angles_offset(offset, t: int, *, dims: int, base: float, xp, like):
     array of shape () that may be traced -> two (t, dims/2) arrays in ``like``'s dtype.
 
     offset * theta and i * theta are exact float64 host tables (:func:`angles_at`), combined
-    with the angle-sum identity.
+    with the angle-sum identity (for t = 1, where i * theta = 0, the offset's angles as they are).
     """
+    if is_static(t) and t == 1:
+        return angles_at(offset, dims=dims, base=base, xp=xp, like=like)
     cos_np, sin_np = rope_tables(np.arange(t), dims, base)
     cos_l, sin_l = const(xp, cos_np, like=like), const(xp, sin_np, like=like)  # (t, dims/2)
     cos_o, sin_o = angles_at(offset, dims=dims, base=base, xp=xp, like=like)  # (1, dims/2)
