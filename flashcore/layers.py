@@ -440,8 +440,14 @@ def gau_core(params: dict, x, cache=None, *, config: FlashConfig, xp=None):
         nan = const(xp, np.full((1, 1, 1), np.nan), like=v)
         v_buf = kvcache.write(cache["v"], 1, pos, xp.where(bad[..., None], nan, v), xp)
     out = kvcache.nan_when_full(out, positions, cap, xp)
-    prev = layer_input(params, x[:, -1, :], config, xp)  # (b, d)
-    return out, {"pos": pos + t, "k": k_buf, "v": v_buf, "prev": prev}
+    if config.token_shift:  # the normed last row, for the next piece's first (else unread)
+        prev = layer_input(params, x[:, -1, :], config, xp)  # (b, d)
+    return out, {
+        "pos": pos + t,
+        "k": k_buf,
+        "v": v_buf,
+        "prev": cache["prev"] if prev is None else prev,
+    }
 
 
 def _cache_bias(w, positions, slots, config: FlashConfig, xp, like):
