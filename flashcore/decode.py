@@ -43,7 +43,10 @@ or ``length_mode='prefix'`` (n = the keys up to the query, the same in the forwa
 
 Transformer++ (``"cache"``): pos (); k, v (b, n_heads, L, d / n_heads) dtype, rotated keys.
 
-A step at pos >= capacity has no slot left: its output is NaN (never a silent wrong answer).
+A GAU or Transformer++ step is a piece of one row of the block's core with explicit state
+(:func:`flashcore.layers.gau_core`, :func:`flashcore.lm.transformer_core`), which also takes a
+piece of t rows continuing a cache (streamed prefill). A step at pos >= capacity has no slot
+left: its output is NaN (never a silent wrong answer).
 acc is float32 for float16 / bfloat16 models, else the model dtype.
 """
 
