@@ -369,7 +369,8 @@ def attention_core_gau(
     else:  # 'real': the query's real keys; 'array': t
         counted = None if config.length_mode == "array" else member
     n = gau_divisor(config, counted, (b, t, t), v, xp)
-    return gau_attend(q, k, v, bias, _and(causal, member), n, config, xp, attn_keep=attn_keep)
+    scores = xp.matmul(q, xp.permute_dims(k, (0, 2, 1)))  # (b, t, j)
+    return gau_attend(scores, v, bias, _and(causal, member), n, config, xp, attn_keep=attn_keep)
 
 
 def gau_divisor(config: FlashConfig, counted, shape: tuple, like, xp):
@@ -386,13 +387,12 @@ def gau_divisor(config: FlashConfig, counted, shape: tuple, like, xp):
     return xp.maximum(n, xp.ones_like(n))
 
 
-def gau_attend(q, k, v, bias, allowed, n, config: FlashConfig, xp, attn_keep=None):
+def gau_attend(scores, v, bias, allowed, n, config: FlashConfig, xp, attn_keep=None):
     """A V with A = f(Q K^T / n + B) (``config.attention``; the bias before or after the scale).
 
-    q: (b, t, s); k: (b, j, s); v: (b, j, e); bias: (t, j) or None; allowed: bool broadcastable
+    scores: Q K^T (b, t, j); v: (b, j, e); bias: (t, j) or None; allowed: bool broadcastable
     to (b, t, j) or None (disallowed weights are exactly 0); n: :func:`gau_divisor`'s; attn_keep:
     (b, t, j) bool dropout keep-mask or None -> (b, t, e)."""
-    scores = xp.matmul(q, xp.permute_dims(k, (0, 2, 1)))  # (b, t, j)
     scale = ops.attention_scale(config.attention, n, config.qk_dim)
     scores = scores_to_logits(scores, bias, scale, config)
     a = ops.attend(scores, allowed, kind=config.attention, length=n, xp=xp)
@@ -433,7 +433,10 @@ def gau_core(params: dict, x, cache=None, *, config: FlashConfig, xp=None):
     positions, slots, allowed = kvcache.reads(pos, t, cap, xp)  # (t,), (L,), (t, L)
     bias = _cache_bias(params.get("rel_bias.weight"), positions, slots, config, xp, like=q)
     n = gau_divisor(config, allowed[None], (1, t, cap), q, xp)
-    att = gau_attend(q, k_buf, v_buf, bias, allowed[None], n, config, xp)  # (b, t, e)
+    # Q K^T as (K Q^T)^T: the cache is read in its own layout (a transposed cache operand is a
+    # copy of the whole cache per step under XLA); the transpose is of the small (b, L, t).
+    scores = xp.permute_dims(xp.matmul(k_buf, xp.permute_dims(q, (0, 2, 1))), (0, 2, 1))
+    att = gau_attend(scores, v_buf, bias, allowed[None], n, config, xp)  # (b, t, e)
     out = finish(params, x, u, att, None, config, xp)
     if bad is not None:  # later pieces read NaN values from the bad rows' slots
         out = nonfinite.poison_reached(out, bad, None, None, causal=True, xp=xp)
