@@ -2,8 +2,8 @@
 used by their cores with explicit state (:func:`flashcore.layers.gau_core`,
 :func:`flashcore.lm.transformer_core`):
 
-    write(buf, axis, pos, new, xp)       -> buf with the t rows of ``new`` in slots pos .. pos + t - 1
-    reads(pos, t, capacity, like, xp)    -> (positions (t,), slots (L,), allowed (t, L) bool)
+    reads(pos, t, capacity, xp)          -> (positions (t,), slots (L,), allowed (t, L) bool)
+    write(buf, axis, pos, new, slots, xp) -> buf with the t rows of ``new`` in slots pos .. pos + t - 1
     nan_when_full(out, positions, capacity, xp) -> out, NaN in the rows that found no slot
 
 A cache holds ``capacity`` = L slots, slot l the key / value of position l; ``pos`` (an integer
@@ -25,17 +25,18 @@ def _slots(n: int, pos, xp):
     return const(xp, np.arange(n), like=pos, dtype=pos.dtype)
 
 
-def write(buf, axis: int, pos, new, xp):
+def write(buf, axis: int, pos, new, slots, xp):
     """``buf`` with ``new``'s rows along ``axis`` (t of them) written into slots pos .. pos + t - 1
     of that axis; slots past the capacity are dropped. buf: (..., L, ...); new: buf's shape with t
-    in place of L. Copies, never arithmetic: a NaN row reaches its own slot only."""
+    in place of L; slots: (L,), :func:`reads`'. Copies, never arithmetic: a NaN row reaches its
+    own slot only."""
     cap, t = buf.shape[axis], new.shape[axis]
     shape = [1] * buf.ndim
     shape[axis] = cap
     if t == 1:  # one slot; the row broadcasts along the slot axis
-        inside, rows = _slots(cap, pos, xp) == pos, new
+        inside, rows = slots == pos, new
     else:
-        offset = _slots(cap, pos, xp) - pos  # (L,): the row of new for each slot
+        offset = slots - pos  # (L,): the row of new for each slot
         inside = (offset >= 0) & (offset < t)
         row = xp.where(offset < 0, xp.zeros_like(offset), offset)
         row = xp.where(row > t - 1, xp.zeros_like(row) + (t - 1), row)

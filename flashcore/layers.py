@@ -425,12 +425,14 @@ def gau_core(params: dict, x, cache=None, *, config: FlashConfig, xp=None):
     bad = None
     if t > 1:  # one row alone needs no containment: NaN there reaches what NaN reaches
         x, bad = nonfinite.contain(x, xp)
-    prev = cache["prev"] if config.token_shift else None
-    u, v, heads = project(params, x, config, None, None, xp, position_offset=pos, prev=prev)
-    q, k, v = in_dtype(xp, acc, *heads, v)
-    k_buf = kvcache.write(cache["k"], 1, pos, k, xp)  # (b, L, s)
-    v_buf = kvcache.write(cache["v"], 1, pos, v, xp)  # (b, L, e)
+    h = layer_input(params, x, config, xp)  # (b, t, d); its last row is the next piece's prev
+    h_in = ops.token_shift(h, None, xp, prev=cache["prev"][:, None, :]) if config.token_shift else h
+    u, v, heads = hidden(params, h_in, config, xp)
+    rope = dict(dims=config.rotary_dims, mode=config.rope, base=config.rope_base, xp=xp)
+    q, k, v = in_dtype(xp, acc, *ops.rope_all_offset(heads, pos, **rope), v)
     positions, slots, allowed = kvcache.reads(pos, t, cap, xp)  # (t,), (L,), (t, L)
+    k_buf = kvcache.write(cache["k"], 1, pos, k, slots, xp)  # (b, L, s)
+    v_buf = kvcache.write(cache["v"], 1, pos, v, slots, xp)  # (b, L, e)
     bias = _cache_bias(params.get("rel_bias.weight"), positions, slots, config, xp, like=q)
     n = gau_divisor(config, allowed[None], (1, t, cap), q, xp)
     # Q K^T as (K Q^T)^T: the cache is read in its own layout (a transposed cache operand is a
@@ -441,16 +443,9 @@ def gau_core(params: dict, x, cache=None, *, config: FlashConfig, xp=None):
     if bad is not None:  # later pieces read NaN values from the bad rows' slots
         out = nonfinite.poison_reached(out, bad, None, None, causal=True, xp=xp)
         nan = const(xp, np.full((1, 1, 1), np.nan), like=v)
-        v_buf = kvcache.write(cache["v"], 1, pos, xp.where(bad[..., None], nan, v), xp)
+        v_buf = kvcache.write(cache["v"], 1, pos, xp.where(bad[..., None], nan, v), slots, xp)
     out = kvcache.nan_when_full(out, positions, cap, xp)
-    if config.token_shift:  # the normed last row, for the next piece's first (else unread)
-        prev = layer_input(params, x[:, -1, :], config, xp)  # (b, d)
-    return out, {
-        "pos": pos + t,
-        "k": k_buf,
-        "v": v_buf,
-        "prev": cache["prev"] if prev is None else prev,
-    }
+    return out, {"pos": pos + t, "k": k_buf, "v": v_buf, "prev": h[:, -1, :]}
 
 
 def _cache_bias(w, positions, slots, config: FlashConfig, xp, like):

@@ -137,9 +137,9 @@ def transformer_core(params: dict, x, cache=None, *, config: TransformerConfig, 
     q, k, v = attn_heads(params, x, config, xp)  # (b, n, t, hd) each
     rope = dict(dims=config.head_dim, mode="half", base=config.rope_base, xp=xp)
     q, k = ops.rope_all_offset([q, k], pos, **rope)
-    k_buf = kvcache.write(cache["k"], 2, pos, k, xp)  # (b, n, L, hd)
-    v_buf = kvcache.write(cache["v"], 2, pos, v, xp)
-    positions_, _, allowed = kvcache.reads(pos, t, cap, xp)  # (t,), (L,), (t, L)
+    positions_, slots, allowed = kvcache.reads(pos, t, cap, xp)  # (t,), (L,), (t, L)
+    k_buf = kvcache.write(cache["k"], 2, pos, k, slots, xp)  # (b, n, L, hd)
+    v_buf = kvcache.write(cache["v"], 2, pos, v, slots, xp)
     o = softmax_attend(q, k_buf, v_buf, allowed[None, None], config, xp)  # (b, n, t, hd)
     out = kvcache.nan_when_full(attn_finish(params, x, o, config, xp), positions_, cap, xp)
     return out, {"pos": pos + t, "k": k_buf, "v": v_buf}

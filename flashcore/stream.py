@@ -14,7 +14,7 @@ of the layer's core with explicit state at global positions ``pos .. pos + piece
   (:mod:`flashcore.context_parallel`). ``piece`` is a multiple of C; positions past the last
   whole chunk (T not a multiple of C) are fed one token at a time by
   :func:`flashcore.decode.lm_decode_step`.
-- GAU (a decodable config: ``length_mode='prefix'`` or ``fixed_length``, or one layer) and
+- GAU (a decodable config: ``length_mode='prefix'`` or ``fixed_length``) and
   Transformer++: :func:`flashcore.layers.gau_core` / :func:`flashcore.lm.transformer_core`
   continuing the key/value cache (any ``piece``; the piece's queries attend to the cached keys
   and their own). The working memory grows with the cache, not with T: the capacity is the
@@ -51,22 +51,22 @@ __all__ = ["check_stream", "prefill_piece", "lm_prefill", "Prefilling"]
 
 def check_stream(config) -> None:
     """Raise a clear error unless ``config`` is an LMConfig of causal layers that carry a
-    decoding state exactly: FLASH, Transformer++, or GAU with a cache
-    (:func:`flashcore.decode.decode_method` "state" or "cache")."""
+    decoding state exactly: FLASH, Transformer++, or GAU whose n does not grow with the sequence
+    (``length_mode='prefix'`` or ``fixed_length``)."""
     if not isinstance(config, LMConfig):
         raise TypeError(f"streamed prefill takes an LMConfig, got {type(config).__name__}")
     block = config.block
     if not block.causal:
-        kind = block.kind if isinstance(block, FlashConfig) else "Transformer++"
         raise ValueError(
-            f"streamed prefill needs causal=True: a bidirectional {kind} layer reads positions "
+            f"streamed prefill needs causal=True: a bidirectional {block.kind} layer reads positions "
             "that have not arrived yet; run flashcore.lm_logits on the whole sequence"
         )
-    if decode_method(config) == "recompute":
+    decode_method(config)
+    if block.kind == "gau" and block.fixed_length is None and block.length_mode != "prefix":
         raise ValueError(
-            f"streamed prefill of an LM of {config.num_layers} gau layers with "
-            f"length_mode={block.length_mode!r} has no exact carried state (every layer divides "
-            "by n = the whole sequence's length): use flashcore.lm_logits, or train with "
+            f"streamed prefill of gau layers with length_mode={block.length_mode!r} has no exact "
+            "carried state (the forward divides every row by n = the whole sequence's length, "
+            "which the pieces do not know yet): use flashcore.lm_logits, or train with "
             "length_mode='prefix' or fixed_length for a key/value cache"
         )
 

@@ -242,7 +242,7 @@ def test_prefill_of_a_key_value_cache_equals_the_full_forward_and_decodes_on(bac
 @pytest.mark.parametrize(
     "cfg, match",
     [
-        (_cfg(kind="gau"), "2 gau layers.*length_mode='real'.*lm_logits.*'prefix'"),
+        (_cfg(kind="gau"), "gau layers with length_mode='real'.*lm_logits.*'prefix'"),
         (_cfg(causal=False), "causal=True"),
     ],
     ids=["gau-growing-n", "bidirectional"],
