@@ -368,23 +368,26 @@ def attention_core_gau(
         counted = _and(causal, member)
     else:  # 'real': the query's real keys; 'array': t
         counted = None if config.length_mode == "array" else member
-    n = gau_divisor(config, counted, (b, t, t), v, xp)
+    seen = None  # the keys that count, per query
+    if counted is not None and config.fixed_length is None:
+        seen = xp.sum(
+            xp.astype(xp.broadcast_to(counted, (b, t, t)), v.dtype), axis=-1, keepdims=True
+        )
+    n = gau_divisor(config, seen, t, v, xp)
     scores = xp.matmul(q, xp.permute_dims(k, (0, 2, 1)))  # (b, t, j)
     return gau_attend(scores, v, bias, _and(causal, member), n, config, xp, attn_keep=attn_keep)
 
 
-def gau_divisor(config: FlashConfig, counted, shape: tuple, like, xp):
+def gau_divisor(config: FlashConfig, seen, j, like, xp):
     """GAU's n (Q K^T / n; softmax_plus: its log n): ``config.fixed_length``, else per query the
-    number of keys ``counted`` marks (at least 1), or all j of them where ``counted`` is None.
+    number of keys that count (``seen``, at least 1), or all j keys where ``seen`` is None.
 
-    counted: bool broadcastable to ``shape`` = (b, t, j), or None; like: an array of the core's
-    dtype -> a number or (b, t, 1) in ``like``'s dtype."""
+    seen: (..., t, 1) in ``like``'s dtype (the core's), or None -> a number or (..., t, 1)."""
     if config.fixed_length is not None:
         return float(config.fixed_length)
-    if counted is None:
-        return size_as(xp, shape[-1], like)
-    n = xp.sum(xp.astype(xp.broadcast_to(counted, shape), like.dtype), axis=-1, keepdims=True)
-    return xp.maximum(n, xp.ones_like(n))
+    if seen is None:
+        return size_as(xp, j, like)
+    return xp.maximum(seen, xp.ones_like(seen))
 
 
 def gau_attend(scores, v, bias, allowed, n, config: FlashConfig, xp, attn_keep=None):
@@ -434,7 +437,8 @@ def gau_core(params: dict, x, cache=None, *, config: FlashConfig, xp=None):
     k_buf = kvcache.write(cache["k"], 1, pos, k, slots, xp)  # (b, L, s)
     v_buf = kvcache.write(cache["v"], 1, pos, v, slots, xp)  # (b, L, e)
     bias = _cache_bias(params.get("rel_bias.weight"), positions, slots, config, xp, like=q)
-    n = gau_divisor(config, allowed[None], (1, t, cap), q, xp)
+    seen = xp.reshape(xp.astype(positions + 1, acc), (1, t, 1))  # the keys up to each query
+    n = gau_divisor(config, seen, cap, q, xp)
     # Q K^T as (K Q^T)^T: the cache is read in its own layout (a transposed cache operand is a
     # copy of the whole cache per step under XLA); the transpose is of the small (b, L, t).
     scores = xp.permute_dims(xp.matmul(k_buf, xp.permute_dims(q, (0, 2, 1))), (0, 2, 1))
