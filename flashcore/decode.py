@@ -43,21 +43,20 @@ or ``length_mode='prefix'`` (n = the keys up to the query, the same in the forwa
 
 Transformer++ (``"cache"``): pos (); k, v (b, n_heads, L, d / n_heads) dtype, rotated keys.
 
-A step at pos >= capacity has no slot left: its output is NaN (never a silent wrong answer).
+A GAU or Transformer++ step is a piece of one row of the block's core with explicit state
+(:func:`flashcore.layers.gau_core`, :func:`flashcore.lm.transformer_core`), which also takes a
+piece of t rows continuing a cache (streamed prefill). A step at pos >= capacity has no slot
+left: its output is NaN (never a silent wrong answer).
 acc is float32 for float16 / bfloat16 models, else the model dtype.
 """
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
-
 from . import ops
-from ._xp import const, is_low_precision, namespace
+from ._xp import is_low_precision, namespace
 from .config import FlashConfig, LMConfig, TransformerConfig
-from .layers import finish, flash_core, hidden, layer_input, scores_to_logits
-from .lm import abs_positions, attn_qkv, embed_norm, embed_tokens, ffn, final_norm, head
+from .layers import flash_core, gau_core, layer_input
+from .lm import abs_positions, embed_norm, embed_tokens, final_norm, head, transformer_core
 from .params import subtree
 
 __all__ = [
@@ -167,20 +166,6 @@ def _normed_step(params, x_t, state, config: FlashConfig, xp):
     return h, xp.concat([state["prev"][..., :k], h[..., k:]], axis=-1)
 
 
-def _write(buf, slot_axis: int, pos, value, xp):
-    """buf with ``value`` written at index ``pos`` of axis ``slot_axis`` (value lacks that axis)."""
-    slots = const(xp, np.arange(buf.shape[slot_axis]), like=pos, dtype=pos.dtype)
-    shape = [1] * buf.ndim
-    shape[slot_axis] = buf.shape[slot_axis]
-    here = xp.reshape(slots == pos, tuple(shape))
-    return xp.where(here, xp.expand_dims(value, axis=slot_axis), buf), slots
-
-
-def _nan_when_full(out, pos, capacity: int, xp):
-    """out, or NaN when the cache was full (no slot for this position)."""
-    return xp.where(pos < capacity, out, xp.full_like(out, float("nan")))
-
-
 def _flash_init(config: FlashConfig, batch: int, *, xp, dtype, device=None) -> dict:
     """An empty state for one causal FLASH layer: nothing seen yet, position 0."""
     acc = xp.float32 if is_low_precision(dtype) else dtype
@@ -207,51 +192,17 @@ def _flash_step(params: dict, x_t, state: dict, *, config: FlashConfig, xp):
 
 
 def _gau_step(params: dict, x_t, state: dict, *, config: FlashConfig, xp):
-    """One token through one causal GAU layer with a key/value cache (module docstring)."""
-    pos = state["pos"]
-    cap = state["k"].shape[1]
-    acc = state["k"].dtype
-    h, h_in = _normed_step(params, x_t, state, config, xp)
-    u, v, (q, k) = hidden(params, h_in, config, xp)  # (b, e) x2, (b, s) x2
-    q, k = (xp.astype(a, acc) for a in _rope_step([q, k], pos, config, xp))
-    k_buf, slots = _write(state["k"], 1, pos, k, xp)  # (b, L, s)
-    v_buf, _ = _write(state["v"], 1, pos, xp.astype(v, acc), xp)  # (b, L, e)
-    scores = xp.matmul(k_buf, q[..., None])[..., 0]  # (b, L)
-    w = params.get("rel_bias.weight")
-    bias = ops.rel_bias(w, np.arange(cap), np.zeros(1, np.int64), config=config, xp=xp, like=scores)
-    if bias is not None:  # bias[d, 0]: key d positions before the query
-        dist = pos - slots  # (L,)
-        dist = xp.where(dist < 0, xp.zeros_like(dist), dist)
-        dist = xp.where(dist > cap - 1, xp.zeros_like(dist) + (cap - 1), dist)  # a full cache
-        bias = xp.reshape(xp.take(bias[:, 0], dist, axis=0), (1, cap))
-    if config.fixed_length is not None:
-        n = float(config.fixed_length)
-    else:
-        n = xp.reshape(xp.astype(pos + 1, acc), (1, 1))  # the prefix's real keys
-    scale = ops.attention_scale(config.attention, n, config.qk_dim)
-    scores = scores_to_logits(scores, bias, scale, config)
-    a = ops.attend(scores, (slots <= pos)[None, :], kind=config.attention, length=n, xp=xp)
-    att = xp.matmul(a[:, None, :], v_buf)[:, 0, :]  # (b, e)
-    out = _nan_when_full(finish(params, x_t, u, att, None, config, xp), pos, cap, xp)
-    return out, {"pos": pos + 1, "k": k_buf, "v": v_buf, "prev": h}
+    """One token through one causal GAU layer with a key/value cache (module docstring): a piece
+    of one row of :func:`flashcore.layers.gau_core`."""
+    out, state = gau_core(params, x_t[:, None, :], state, config=config, xp=xp)
+    return out[:, 0, :], state
 
 
 def _transformer_step(params: dict, x_t, state: dict, *, config: TransformerConfig, xp):
-    """One token through one causal Transformer++ block with a key/value cache."""
-    pos = state["pos"]
-    b, nh, cap, hd = state["k"].shape
-    d = config.dim
-    qkv = attn_qkv(params, x_t, config, xp)  # (b, 3d)
-    q, k, v = (xp.reshape(qkv[:, i * d : (i + 1) * d], (b, nh, hd)) for i in range(3))
-    rope = dict(dims=hd, mode="half", base=config.rope_base, xp=xp)
-    q, k = ops.rope_all_at([q, k], pos, **rope)
-    k_buf, slots = _write(state["k"], 2, pos, k, xp)  # (b, nh, L, hd)
-    v_buf, _ = _write(state["v"], 2, pos, v, xp)
-    scores = xp.matmul(k_buf, q[..., None])[..., 0] / math.sqrt(hd)  # (b, nh, L)
-    a = ops.masked_softmax(scores, (slots <= pos)[None, None, :], xp)
-    o = xp.reshape(xp.matmul(a[:, :, None, :], v_buf)[:, :, 0, :], (b, d))  # (b, d)
-    out = ffn(params, x_t + xp.matmul(o, params["attn.out.kernel"]), config, xp)
-    return _nan_when_full(out, pos, cap, xp), {"pos": pos + 1, "k": k_buf, "v": v_buf}
+    """One token through one causal Transformer++ block with a key/value cache: a piece of one
+    row of :func:`flashcore.lm.transformer_core`."""
+    out, state = transformer_core(params, x_t[:, None, :], state, config=config, xp=xp)
+    return out[:, 0, :], state
 
 
 def _check_lm(config) -> None:

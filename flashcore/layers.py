@@ -20,7 +20,7 @@ import dataclasses
 import numpy as np
 
 from . import dropout as drop
-from . import kernels, nonfinite, ops
+from . import kernels, kvcache, nonfinite, ops
 from ._xp import const, device_of, iota, is_low_precision, is_static, namespace, size_as
 from .checks import check_mask, check_segments, check_x
 from .config import FlashConfig
@@ -36,6 +36,9 @@ __all__ = [
     "hidden",
     "attention_core_flash",
     "attention_core_gau",
+    "gau_core",
+    "gau_divisor",
+    "gau_attend",
     "flash_core",
     "summary",
     "checked_call",
@@ -365,31 +368,115 @@ def attention_core_gau(
     """
     xp = namespace(v, xp=xp)
     b, t, _ = v.shape
-    acc = v.dtype
     if mask is not None:
         k = xp.where(mask[..., None], k, xp.zeros_like(k))
         v = xp.where(mask[..., None], v, xp.zeros_like(v))
-    scores = xp.matmul(q, xp.permute_dims(k, (0, 2, 1)))  # (b, t, j)
     causal = causal_allowed(t, xp, v) if config.causal else None
     key_ok = mask[:, None, :] if mask is not None else None  # (b, 1, j)
     same = _same_segment(segment_ids, segment_ids) if segment_ids is not None else None
     member = _and(key_ok, same)  # keys that count towards n
+    if config.length_mode == "prefix":  # the keys the query attends to (causal)
+        counted = _and(causal, member)
+    else:  # 'real': the query's real keys; 'array': t
+        counted = None if config.length_mode == "array" else member
+    seen = None  # the keys that count, per query
+    if counted is not None and config.fixed_length is None:
+        seen = xp.sum(
+            xp.astype(xp.broadcast_to(counted, (b, t, t)), v.dtype), axis=-1, keepdims=True
+        )
+    n = gau_divisor(config, seen, t, v, xp)
+    scores = xp.matmul(q, xp.permute_dims(k, (0, 2, 1)))  # (b, t, j)
+    return gau_attend(scores, v, bias, _and(causal, member), n, config, xp, attn_keep=attn_keep)
+
+
+def gau_divisor(config: FlashConfig, seen, j, like, xp):
+    """GAU's n (Q K^T / n; softmax_plus: its log n): ``config.fixed_length``, else per query the
+    number of keys that count (``seen``, at least 1), or all j keys where ``seen`` is None.
+
+    seen: (..., t, 1) in ``like``'s dtype (the core's), or None -> a number or (..., t, 1)."""
     if config.fixed_length is not None:
-        n = float(config.fixed_length)
-    elif config.length_mode == "prefix":  # the keys the query attends to (causal)
-        seen = xp.sum(xp.astype(xp.broadcast_to(_and(causal, member), (b, t, t)), acc), axis=-1)
-        n = xp.maximum(seen, xp.ones_like(seen))[..., None]  # (b, t, 1)
-    elif member is None or config.length_mode == "array":
-        n = size_as(xp, t, v)
-    else:
-        member_f = xp.astype(xp.broadcast_to(member, (b, t, t)), acc)
-        n = xp.maximum(xp.sum(member_f, axis=-1, keepdims=True), xp.ones((b, t, 1), dtype=acc))
+        return float(config.fixed_length)
+    if seen is None:
+        return size_as(xp, j, like)
+    return xp.maximum(seen, xp.ones_like(seen))
+
+
+def gau_attend(scores, v, bias, allowed, n, config: FlashConfig, xp, attn_keep=None):
+    """A V with A = f(Q K^T / n + B) (``config.attention``; the bias before or after the scale).
+
+    scores: Q K^T (b, t, j); v: (b, j, e); bias: (t, j) or None; allowed: bool broadcastable
+    to (b, t, j) or None (disallowed weights are exactly 0); n: :func:`gau_divisor`'s; attn_keep:
+    (b, t, j) bool dropout keep-mask or None -> (b, t, e)."""
     scale = ops.attention_scale(config.attention, n, config.qk_dim)
     scores = scores_to_logits(scores, bias, scale, config)
-    a = ops.attend(scores, _and(causal, member), kind=config.attention, length=n, xp=xp)
+    a = ops.attend(scores, allowed, kind=config.attention, length=n, xp=xp)
     if attn_keep is not None:
         a = drop.apply_keep(a, attn_keep, config.dropout, xp)
     return xp.matmul(a, v)  # (b, t, e)
+
+
+def gau_core(params: dict, x, cache=None, *, config: FlashConfig, xp=None):
+    """The GAU layer with explicit state, in :func:`flash_core`'s protocol: x (b, t, d), the
+    positions that follow ``cache`` -> (out (b, t, d), the cache after x; None for ``cache=None``).
+
+    cache None: the whole sequence (:func:`gau` without mask, segments or dropout). Otherwise a
+    key/value cache of :func:`flashcore.decode.decode_init` (causal GAU): pos () int, the position
+    of x[:, 0]; k (b, L, s) the rotated keys and v (b, L, e) of positions 0 .. pos - 1 (the core's
+    dtype); prev (b, d) the normed row before x[:, 0] (token shift). Row i is the last row of
+    :func:`gau` on the prefix 0 .. pos + i: its query attends to the cached keys and the piece's
+    own up to it, with the relative bias and RoPE at global positions, and n = ``fixed_length``
+    or the keys up to the query (``length_mode='prefix'``; for a single layer whatever the mode,
+    the prefix being the whole sequence of its last row). Rows past the capacity L are NaN. A
+    NaN / Inf row of x makes its own and every later row NaN, in this piece and the next.
+    """
+    xp = namespace(x, xp=xp)
+    if cache is None:
+        x, bad = nonfinite.contain(x, xp)
+        out = gau_math(params, x, config, None, None, xp, None)
+        return nonfinite.poison_reached(out, bad, None, None, causal=config.causal, xp=xp), None
+    pos, acc = cache["pos"], cache["k"].dtype
+    t, cap = x.shape[1], cache["k"].shape[1]
+    bad = None
+    if t > 1:  # one row alone needs no containment: NaN there reaches what NaN reaches
+        x, bad = nonfinite.contain(x, xp)
+    h = layer_input(params, x, config, xp)  # (b, t, d); its last row is the next piece's prev
+    h_in = ops.token_shift(h, None, xp, prev=cache["prev"][:, None, :]) if config.token_shift else h
+    u, v, heads = hidden(params, h_in, config, xp)
+    rope = dict(dims=config.rotary_dims, mode=config.rope, base=config.rope_base, xp=xp)
+    q, k, v = in_dtype(xp, acc, *ops.rope_all_offset(heads, pos, **rope), v)
+    positions, slots, allowed = kvcache.reads(pos, t, cap, xp)  # (t,), (L,), (t, L)
+    k_buf = kvcache.write(cache["k"], 1, pos, k, slots, xp)  # (b, L, s)
+    v_buf = kvcache.write(cache["v"], 1, pos, v, slots, xp)  # (b, L, e)
+    bias = _cache_bias(params.get("rel_bias.weight"), positions, slots, config, xp, like=q)
+    seen = xp.reshape(xp.astype(positions + 1, acc), (1, t, 1))  # the keys up to each query
+    n = gau_divisor(config, seen, cap, q, xp)
+    # Q K^T as (K Q^T)^T: the cache is read in its own layout (a transposed cache operand is a
+    # copy of the whole cache per step under XLA); the transpose is of the small (b, L, t).
+    scores = xp.permute_dims(xp.matmul(k_buf, xp.permute_dims(q, (0, 2, 1))), (0, 2, 1))
+    att = gau_attend(scores, v_buf, bias, allowed[None], n, config, xp)  # (b, t, e)
+    out = finish(params, x, u, att, None, config, xp)
+    if bad is not None:  # later pieces read NaN values from the bad rows' slots
+        out = nonfinite.poison_reached(out, bad, None, None, causal=True, xp=xp)
+        nan = const(xp, np.full((1, 1, 1), np.nan), like=v)
+        v_buf = kvcache.write(cache["v"], 1, pos, xp.where(bad[..., None], nan, v), slots, xp)
+    out = kvcache.nan_when_full(out, positions, cap, xp)
+    return out, {"pos": pos + t, "k": k_buf, "v": v_buf, "prev": h[:, -1, :]}
+
+
+def _cache_bias(w, positions, slots, config: FlashConfig, xp, like):
+    """The relative bias of queries at ``positions`` (t,) over cache slots (L,) -> (t, L) or None:
+    the bias column of offsets 0 .. L - 1 before the query (:func:`flashcore.ops.rel_bias` on the
+    host), gathered by each pair's traced offset (future slots, masked anyway, read offset 0; a
+    full cache's last one)."""
+    cap = slots.shape[0]
+    column = ops.rel_bias(w, np.arange(cap), np.zeros(1, np.int64), config=config, xp=xp, like=like)
+    if column is None:
+        return None
+    dist = positions[:, None] - slots[None, :]  # (t, L): key dist positions before the query
+    dist = xp.where(dist < 0, xp.zeros_like(dist), dist)
+    dist = xp.where(dist > cap - 1, xp.zeros_like(dist) + (cap - 1), dist)
+    t = positions.shape[0]
+    return xp.reshape(xp.take(column[:, 0], xp.reshape(dist, (t * cap,)), axis=0), (t, cap))
 
 
 def _pad_chunks(a, pad: int, g: int, c: int, xp, fill=None):

@@ -22,7 +22,7 @@ import functools
 import math
 
 from . import dropout as drop
-from . import kernels, ops
+from . import kernels, kvcache, ops
 from ._xp import namespace
 from .checks import check_mask, check_tokens
 from .config import FlashConfig, LMConfig, TransformerConfig
@@ -32,7 +32,11 @@ from .params import subtree
 
 __all__ = [
     "transformer_block",
+    "transformer_core",
     "attention_core_softmax",
+    "softmax_attend",
+    "attn_heads",
+    "attn_finish",
     "fused_softmax_allowed",
     "attn_qkv",
     "ffn",
@@ -73,33 +77,72 @@ def transformer_block(
     if not isinstance(config, TransformerConfig):
         raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
     xp, dropout = checked_call(config, None, x, mask, segment_ids, xp, dropout)
-    b, t, _ = x.shape
-    p = config.dropout
-    d, n, hd = config.dim, config.heads, config.head_dim
-    qkv = attn_qkv(params, x, config, xp)  # (b, t, 3d)
-
-    def heads(a):  # (b, t, d) -> (b, n, t, hd)
-        return xp.permute_dims(xp.reshape(a, (b, t, n, hd)), (0, 2, 1, 3))
-
-    q, k, v = (heads(a) for a in ops.split(qkv, (d, d, d), xp))
-    pos = positions(t, xp, x)
-    q = ops.rope(q, pos, dims=hd, mode="half", base=config.rope_base, xp=xp)
-    k = ops.rope(k, pos, dims=hd, mode="half", base=config.rope_base, xp=xp)
+    q, k, v = attn_heads(params, x, config, xp)  # (b, n, t, hd) each
+    pos = positions(x.shape[1], xp, x)
+    q = ops.rope(q, pos, dims=config.head_dim, mode="half", base=config.rope_base, xp=xp)
+    k = ops.rope(k, pos, dims=config.head_dim, mode="half", base=config.rope_base, xp=xp)
     attn_keep = None if dropout is None else dropout["attn"]
     call = kernels.Call(q, mask, segment_ids, attn_keep)
     fast = core or kernels.of(xp).core("softmax", config, call)
     o = (fast or attention_core_softmax)(
         q, k, v, config=config, mask=mask, segment_ids=segment_ids, attn_keep=attn_keep, xp=xp
     )  # (b, n, t, hd)
-    o = xp.reshape(xp.permute_dims(o, (0, 2, 1, 3)), (b, t, d))
-    y = xp.matmul(o, params["attn.out.kernel"])  # (b, t, d)
-    if dropout is not None:
-        y = drop.apply_keep(y, dropout["attn_out"], p, xp)
-    keep = None if dropout is None else dropout["ffn_out"]
-    x = ffn(params, x + y, config, xp, keep=keep)
+    x = attn_finish(params, x, o, config, xp, dropout=dropout)
     if mask is not None:
         x = xp.where(mask[..., None], x, xp.zeros_like(x))
     return x
+
+
+def attn_heads(params: dict, x, config: TransformerConfig, xp):
+    """Q, K, V of a Transformer++ block, per head and before RoPE: x (b, t, d) -> three
+    (b, n, t, d / n)."""
+    b, t, _ = x.shape
+    d, n, hd = config.dim, config.heads, config.head_dim
+
+    def heads(a):  # (b, t, d) -> (b, n, t, hd)
+        return xp.permute_dims(xp.reshape(a, (b, t, n, hd)), (0, 2, 1, 3))
+
+    return [heads(a) for a in ops.split(attn_qkv(params, x, config, xp), (d, d, d), xp)]
+
+
+def attn_finish(params: dict, x, o, config: TransformerConfig, xp, dropout=None):
+    """The rest of a Transformer++ block after its attention: x + O W_o, then the FFN
+    (:func:`ffn`). x: (b, t, d); o: (b, n, t, d / n) -> (b, t, d). dropout: the block's checked
+    keep-masks ("attn_out", "ffn_out") or None."""
+    b, t, d = x.shape
+    o = xp.reshape(xp.permute_dims(o, (0, 2, 1, 3)), (b, t, d))
+    y = xp.matmul(o, params["attn.out.kernel"])  # (b, t, d)
+    if dropout is not None:
+        y = drop.apply_keep(y, dropout["attn_out"], config.dropout, xp)
+    keep = None if dropout is None else dropout["ffn_out"]
+    return ffn(params, x + y, config, xp, keep=keep)
+
+
+def transformer_core(params: dict, x, cache=None, *, config: TransformerConfig, xp=None):
+    """The Transformer++ block with explicit state, in :func:`flashcore.layers.flash_core`'s
+    protocol: x (b, t, d), the positions that follow ``cache`` -> (out (b, t, d), the cache after
+    x; None for ``cache=None``).
+
+    cache None: the whole sequence (:func:`transformer_block` without mask, segments or
+    dropout). Otherwise a key/value cache of :func:`flashcore.decode.decode_init` (causal): pos
+    () int, the position of x[:, 0]; k, v (b, n, L, d / n), the rotated keys and the values of
+    positions 0 .. pos - 1. The t queries attend to the cached keys and the piece's own, causally,
+    with RoPE at global positions: row i equals row pos + i of :func:`transformer_block` on the
+    whole sequence. Rows past the capacity L are NaN.
+    """
+    xp = namespace(x, xp=xp)
+    if cache is None:
+        return transformer_block(params, x, config=config, xp=xp), None
+    pos, cap, t = cache["pos"], cache["k"].shape[2], x.shape[1]
+    q, k, v = attn_heads(params, x, config, xp)  # (b, n, t, hd) each
+    rope = dict(dims=config.head_dim, mode="half", base=config.rope_base, xp=xp)
+    q, k = ops.rope_all_offset([q, k], pos, **rope)
+    positions_, slots, allowed = kvcache.reads(pos, t, cap, xp)  # (t,), (L,), (t, L)
+    k_buf = kvcache.write(cache["k"], 2, pos, k, slots, xp)  # (b, n, L, hd)
+    v_buf = kvcache.write(cache["v"], 2, pos, v, slots, xp)
+    o = softmax_attend(q, k_buf, v_buf, allowed[None, None], config, xp)  # (b, n, t, hd)
+    out = kvcache.nan_when_full(attn_finish(params, x, o, config, xp), positions_, cap, xp)
+    return out, {"pos": pos + t, "k": k_buf, "v": v_buf}
 
 
 def attention_core_softmax(
@@ -113,10 +156,7 @@ def attention_core_softmax(
     A query row with no allowed key gets zeros.
     """
     xp = namespace(q, xp=xp)
-    b, n, t, hd = q.shape
-    fold = lambda a: xp.reshape(a, (b * n, t, hd))  # noqa: E731
-    scores = xp.matmul(fold(q), xp.permute_dims(fold(k), (0, 2, 1)))  # (b * n, t, j)
-    scores = xp.reshape(scores, (b, n, t, t)) / math.sqrt(hd)
+    t = q.shape[2]
     allowed = causal_allowed(t, xp, q) if config.causal else None
     if mask is not None:
         key_ok = mask[:, None, None, :]
@@ -124,10 +164,23 @@ def attention_core_softmax(
     if segment_ids is not None:
         same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
         allowed = same if allowed is None else (allowed & same)
+    return softmax_attend(q, k, v, allowed, config, xp, attn_keep=attn_keep)
+
+
+def softmax_attend(q, k, v, allowed, config: TransformerConfig, xp, attn_keep=None):
+    """softmax(Q K^T / sqrt(hd)) V per head over the ``allowed`` keys (a row with none: zeros).
+
+    q: (b, n, t, hd); k, v: (b, n, j, hd); allowed: bool broadcastable to (b, n, t, j) or None;
+    attn_keep: (b, n, t, j) bool dropout keep-mask or None -> (b, n, t, hd)."""
+    b, n, t, hd = q.shape
+    j = k.shape[2]
+    fold = lambda a, rows: xp.reshape(a, (b * n, rows, hd))  # noqa: E731
+    scores = xp.matmul(fold(q, t), xp.permute_dims(fold(k, j), (0, 2, 1)))  # (b * n, t, j)
+    scores = xp.reshape(scores, (b, n, t, j)) / math.sqrt(hd)
     a = ops.masked_softmax(scores, allowed, xp)  # (b, n, t, j)
     if attn_keep is not None:
         a = drop.apply_keep(a, attn_keep, config.dropout, xp)
-    o = xp.matmul(xp.reshape(a, (b * n, t, t)), fold(v))  # (b * n, t, hd)
+    o = xp.matmul(xp.reshape(a, (b * n, t, j)), fold(v, j))  # (b * n, t, hd)
     return xp.reshape(o, (b, n, t, hd))
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "rope_all_offset",
     "rope_at",
     "rope_all_at",
+    "rope_all_offset",
     "angles",
     "angles_at",
     "angles_of",
@@ -186,8 +187,8 @@ def rope_offset(x, offset, *, dims: int, mode: str, base: float, xp):
 
 
 def rope_all_offset(xs: list, offset, *, dims: int, mode: str, base: float, xp) -> list:
-    """:func:`rope_offset` on every array of ``xs`` (each (b, t, s), one dtype and t), the
-    angles computed once."""
+    """:func:`rope_offset` on every array of ``xs`` (each (..., t, s), one dtype and t), the
+    angles computed once (a piece continuing a cache rotates its queries and keys alike)."""
     if ROPES[mode].rotate is None or dims == 0 or not xs:
         return list(xs)
     cos, sin = angles_offset(offset, xs[0].shape[-2], dims=dims, base=base, xp=xp, like=xs[0])
@@ -199,7 +200,7 @@ def angles_offset(offset, t: int, *, dims: int, base: float, xp, like):
     array of shape () that may be traced -> two (t, dims/2) arrays in ``like``'s dtype.
 
     offset * theta and i * theta are exact float64 host tables (:func:`angles_at`), combined
-    with the angle-sum identity (for t = 1, :func:`angles_at` alone: the same values).
+    with the angle-sum identity (for t = 1, where i * theta = 0, the offset's angles as they are).
     """
     if is_static(t) and t == 1:
         return angles_at(offset, dims=dims, base=base, xp=xp, like=like)

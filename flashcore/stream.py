@@ -1,32 +1,35 @@
-"""Streamed prefill: a causal FLASH LM over a long sequence, piece by piece, in constant memory.
+"""Streamed prefill: a causal LM over a long sequence, piece by piece.
 
     logits, state = lm_prefill(params, tokens, config=cfg, piece=4096, last_only=True)
     logits, state = lm_decode_step(params, next_tokens, state, config=cfg)   # continue
 
-tokens: (b, T) ints, T as long as wanted. The sequence goes through the LM ``piece`` positions
-at a time (a multiple of C); each FLASH layer carries between pieces exactly what
-:mod:`flashcore.decode` keeps for it (``lin``: the sum of the chunk states K^T V / C of every
-chunk so far, ``count``, and ``prev``: the normed last row, for the token shift), so that the
-working memory is that of one piece whatever T is. A piece is one call of the layer's FLASH core
-with explicit state (:func:`flashcore.layers.flash_core`, with the backend's fast core)
-at global positions ``pos .. pos + piece - 1``, the carried state added to every chunk's linear
-state the way context parallelism adds the earlier shards' (:mod:`flashcore.context_parallel`);
-positions past the last whole chunk (T not a multiple of C), and those that complete a given
-state's partial chunk, are one shorter piece each (a backend's compiled pieces, whose position is
-traced, feed them one token at a time by :func:`flashcore.decode.lm_decode_step`). The
-returned state is a decoding state (:func:`flashcore.decode.lm_decode_init`'s layout):
-``lm_decode_step`` continues from it, and ``lm_prefill`` takes it back as ``state=`` to stream
-on.
+tokens: (b, T) ints. The sequence goes through the LM ``piece`` positions at a time; each layer
+carries between pieces exactly what :mod:`flashcore.decode` keeps for it, and a piece is one call
+of the layer's core with explicit state at global positions ``pos .. pos + piece - 1``:
+
+- FLASH (constant memory whatever T): :func:`flashcore.layers.flash_core` (with the backend's
+  fast core), carrying ``lin`` (the sum of the chunk states K^T V / C of every chunk so far),
+  ``count`` and ``prev`` (the normed last row, for the token shift), the carried state added to
+  every chunk's linear state the way context parallelism adds the earlier shards'
+  (:mod:`flashcore.context_parallel`). ``piece`` is a multiple of C; positions past the last
+  whole chunk (T not a multiple of C), and those that complete a given state's partial chunk,
+  are one shorter piece each (a backend's compiled pieces, whose position is traced, feed them
+  one token at a time by :func:`flashcore.decode.lm_decode_step`).
+- GAU (a decodable config: ``length_mode='prefix'`` or ``fixed_length``) and
+  Transformer++: :func:`flashcore.layers.gau_core` / :func:`flashcore.lm.transformer_core`
+  continuing the key/value cache (any ``piece``; the piece's queries attend to the cached keys
+  and their own). The working memory grows with the cache, not with T: the capacity is the
+  state's (``state=`` from ``lm_decode_init(..., capacity=)``, or ``capacity=``; GAU's
+  default: ``max_len``).
+
+The returned state is a decoding state (:func:`flashcore.decode.lm_decode_init`'s layout):
+``lm_decode_step`` continues from it, and ``lm_prefill`` takes it back as ``state=`` to stream on.
 
 Logits equal :func:`flashcore.lm_logits` on the whole sequence (the same formulas summed in
 another order). ``last_only=True`` returns only the last position's, (b, v), so that nothing
 grows with T. No mask and no segment_ids: each batch row is one sequence, every position real
 (as in decoding); evaluation only (no dropout). A NaN / Inf embedding row reaches what it reaches
 in the forward: every later position of its row.
-
-Only FLASH has a state of constant size: a GAU or Transformer++ LM attends to every earlier
-position (use :func:`flashcore.lm_logits`, or a key/value cache with
-:func:`flashcore.decode.lm_decode_step`).
 """
 
 from __future__ import annotations
@@ -38,32 +41,41 @@ import numpy as np
 from . import kernels, ops
 from ._xp import device_of, namespace
 from .checks import check_tokens, concrete
-from .config import FlashConfig, LMConfig
-from .decode import lm_decode_init, lm_decode_step
-from .layers import flash_core
-from .lm import abs_positions, embed_norm, embed_tokens, final_norm, head
+from .config import FlashConfig, LMConfig, TransformerConfig
+from .decode import decode_method, lm_decode_init, lm_decode_step
+from .layers import flash_core, gau_core
+from .lm import abs_positions, embed_norm, embed_tokens, final_norm, head, transformer_core
 from .params import subtree
 
 __all__ = ["check_stream", "prefill_piece", "lm_prefill", "Prefilling"]
 
 
 def check_stream(config) -> None:
-    """Raise a clear error unless ``config`` is an LMConfig of causal FLASH layers."""
+    """Raise a clear error unless ``config`` is an LMConfig of causal layers that carry a
+    decoding state exactly: FLASH, Transformer++, or GAU whose n does not grow with the sequence
+    (``length_mode='prefix'`` or ``fixed_length``)."""
     if not isinstance(config, LMConfig):
         raise TypeError(f"streamed prefill takes an LMConfig, got {type(config).__name__}")
     block = config.block
-    if not isinstance(block, FlashConfig) or block.kind != "flash":
-        kind = block.kind if isinstance(block, FlashConfig) else "Transformer++"
-        raise ValueError(
-            f"streamed prefill needs FLASH layers (a constant-size carried state); this LM has "
-            f"{kind} layers, which attend to every earlier position: use flashcore.lm_logits "
-            "(the full forward) or the key/value cache of flashcore.decode.lm_decode_step"
-        )
     if not block.causal:
         raise ValueError(
-            "streamed prefill needs causal=True: a bidirectional FLASH layer reads positions "
+            f"streamed prefill needs causal=True: a bidirectional {block.kind} layer reads positions "
             "that have not arrived yet; run flashcore.lm_logits on the whole sequence"
         )
+    decode_method(config)
+    if block.kind == "gau" and block.fixed_length is None and block.length_mode != "prefix":
+        raise ValueError(
+            f"streamed prefill of gau layers with length_mode={block.length_mode!r} has no exact "
+            "carried state (the forward divides every row by n = the whole sequence's length, "
+            "which the pieces do not know yet): use flashcore.lm_logits, or train with "
+            "length_mode='prefix' or fixed_length for a key/value cache"
+        )
+
+
+def _chunk(config: LMConfig) -> int:
+    """The positions a piece must be a multiple of: C for FLASH, 1 for a key/value cache."""
+    block = config.block
+    return block.chunk_size if isinstance(block, FlashConfig) and block.kind == "flash" else 1
 
 
 def _check_piece(piece, chunk: int) -> None:
@@ -76,11 +88,15 @@ def _check_piece(piece, chunk: int) -> None:
         )
 
 
-def _layer_piece(params: dict, x, st: dict, *, config: FlashConfig, xp):
-    """One FLASH layer over one piece. x: (b, t, d), t a multiple of C, at positions
-    st["pos"] + arange(t) (a chunk boundary) -> (out (b, t, d), the layer's new decoding state):
-    one call of the FLASH core with the carried state (:func:`flashcore.layers.flash_core`)."""
-    return flash_core(params, x, st, config=config, xp=xp)
+def _layer_piece(params: dict, x, st: dict, *, config: FlashConfig | TransformerConfig, xp):
+    """One layer over one piece. x: (b, t, d) at positions st["pos"] + arange(t) (FLASH: t a
+    multiple of C from a chunk boundary) -> (out (b, t, d), the layer's new decoding state): one
+    call of its core with explicit state (:func:`flashcore.layers.flash_core`,
+    :func:`flashcore.layers.gau_core`, :func:`flashcore.lm.transformer_core`)."""
+    if isinstance(config, TransformerConfig):
+        return transformer_core(params, x, st, config=config, xp=xp)
+    core = gau_core if config.kind == "gau" else flash_core
+    return core(params, x, st, config=config, xp=xp)
 
 
 def prefill_piece(
@@ -93,15 +109,16 @@ def prefill_piece(
     core: Callable | None = None,
     last_only: bool = False,
 ):
-    """One piece through the LM. tokens: (b, t) ints, t a multiple of C; ``state`` a decoding
-    state at a chunk boundary (its pos a multiple of C; :func:`lm_prefill` makes sure).
+    """One piece through the LM. tokens: (b, t) ints (FLASH: t a multiple of C); ``state`` a
+    decoding state (FLASH: at a chunk boundary, its pos a multiple of C; :func:`lm_prefill`
+    makes sure).
     -> (logits (b, t, v), or (b, v) with ``last_only``; the new state). Jit-able: no Python
     branch on values. The FLASH layers' core is the backend's (``Kernels.flash``, see
     :mod:`flashcore.kernels`); ``core``: deprecated, a function taken instead for every call."""
     check_stream(config)
     xp = kernels.override(namespace(tokens, xp=xp), flash=core)
     _, t = check_tokens(tokens, config.vocab_size, xp)
-    _check_piece(t, config.block.chunk_size)
+    _check_piece(t, _chunk(config))
     return _lm_piece(params, tokens, state, config=config, xp=xp, last_only=last_only)
 
 
@@ -145,15 +162,19 @@ def lm_prefill(
     core: Callable | None = None,
     piece_fn: Callable | None = None,
     step_fn: Callable | None = None,
+    capacity: int | None = None,
 ):
-    """Run a causal FLASH LM over ``tokens`` (b, T) ints, ``piece`` positions at a time.
+    """Run a causal LM (:func:`check_stream`) over ``tokens`` (b, T) ints, ``piece`` positions
+    at a time.
 
-    piece: a multiple of C; the pieces are ``piece`` long, the last whole-chunk one may be
-    shorter, and the last T mod C positions are one more piece (with ``piece_fn``: token by
-    token through ``step_fn``). state: a decoding state to continue from (None: an empty one in
-    the embedding's dtype and device); one that stops mid-chunk is first continued up to the
-    chunk boundary the same way (a piece that completes the state's partial chunk,
-    :func:`flashcore.layers.flash_core`; with ``piece_fn``, token by token).
+    piece: FLASH: a multiple of C; the pieces are ``piece`` long, the last whole-chunk one may
+    be shorter, and the last T mod C positions are one more piece (with ``piece_fn``: token by
+    token through ``step_fn``). GAU / Transformer++: any positive int, the last piece the rest.
+    state: a decoding state to continue from (None: an empty one in the embedding's dtype and
+    device, of ``capacity`` positions for a key/value cache: :func:`flashcore.decode.decode_init`);
+    a FLASH one that stops mid-chunk is first continued up to the chunk boundary the same way (a
+    piece that completes the state's partial chunk, :func:`flashcore.layers.flash_core`; with
+    ``piece_fn``, token by token).
     Returns (logits (b, T, v), or the last position's (b, v) with ``last_only``; the decoding
     state after position T - 1, for :func:`flashcore.decode.lm_decode_step`).
 
@@ -165,13 +186,14 @@ def lm_prefill(
     """
     check_stream(config)
     xp = kernels.override(namespace(tokens, xp=xp), flash=core)
-    c = config.block.chunk_size
+    c = _chunk(config)
     _check_piece(piece, c)
     piece = int(piece)
     b, total = check_tokens(tokens, config.vocab_size, xp)
     if state is None:
         embed = params["embed.weight"]
-        state = lm_decode_init(config, b, xp=xp, dtype=embed.dtype, device=device_of(embed))
+        dev = device_of(embed)
+        state = lm_decode_init(config, b, capacity=capacity, xp=xp, dtype=embed.dtype, device=dev)
     if step_fn is None:
 
         def step_fn(tok, st):
@@ -222,9 +244,11 @@ class Prefilling:
     :func:`lm_prefill` with the backend's compiled pieces."""
 
     def prefill(self, tokens, *, piece: int = 4096, state: dict | None = None, last_only=False):
-        """Streamed prefill of a causal FLASH LM (:func:`lm_prefill`): tokens (b, T) ints,
-        ``piece`` positions (a multiple of C) at a time through the backend's core, carrying the
-        linear-attention state and token-shift row; memory independent of T.
+        """Streamed prefill of a causal LM (:func:`lm_prefill`): tokens (b, T) ints, ``piece``
+        positions at a time through the backend's core, carrying the decoding state (FLASH: the
+        linear-attention state and token-shift row, ``piece`` a multiple of C, memory independent
+        of T; GAU / Transformer++: the key/value cache of ``state``, or a new one of GAU's
+        ``max_len`` positions; a Transformer++ LM needs ``state=decode_init(b, capacity=)``).
 
         -> (logits (b, T, v), or the last position's (b, v) with ``last_only``; a decoding state
         that ``decode_step`` continues and ``state=`` streams on from). No gradients.

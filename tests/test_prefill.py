@@ -90,6 +90,18 @@ class _Backend:
             return jdecode.decode_step(p, tok, state, config=self.cfg)
         return self.lm.decode_step(tok, state)
 
+    def init(self, capacity):
+        """An empty decoding state of 2 rows (a key/value cache of ``capacity`` positions)."""
+        if self.name == "spec":
+            return decode.lm_decode_init(self.cfg, 2, capacity=capacity, xp=xnp, dtype=np.float64)
+        if self.name == "jax":
+            import jax.numpy as jnp
+
+            from flashcore.jax import decode as jdecode
+
+            return jdecode.decode_init(self.cfg, 2, jnp.float64, capacity=capacity)
+        return self.lm.decode_init(2, capacity)
+
 
 def _jnp(a):
     import jax.numpy as jnp
@@ -192,17 +204,48 @@ def _run(cfg, piece=4, tokens=None):
     return stream.lm_prefill(p, tokens, config=cfg, piece=piece, xp=xnp)
 
 
+CACHE_CONFIGS = {
+    "gau-prefix": _cfg(kind="gau", length_mode="prefix"),
+    "transformer": fc.LMConfig(
+        block=fc.TransformerConfig(dim=16, heads=2), vocab_size=13, num_layers=2
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "backend, config",
+    [
+        pytest.param(b, c, marks=[] if b in ("spec", "torch") else [pytest.mark.slow])
+        for b in BACKENDS
+        for c in CACHE_CONFIGS
+        if b in ("spec", "torch") or c == "gau-prefix"
+    ],
+)
+def test_prefill_of_a_key_value_cache_equals_the_full_forward_and_decodes_on(backend, config):
+    """GAU (length_mode='prefix') and Transformer++ LMs stream through their cores' key/value
+    caches at any piece size (T not a multiple of it); the state continues in decode_step."""
+    cfg = CACHE_CONFIGS[config]
+    p = _params(cfg, seed=3)
+    tokens = _tokens()  # (2, T + 2)
+    want = np.asarray(fc.lm_logits(p, tokens, config=cfg, xp=xnp))
+    be = _Backend(backend, cfg, p)
+    n = T if backend in ("spec", "torch") else T + 1  # compiled: 3 pieces of 8, one compilation
+    with be.ctx:
+        for piece in (5, 8, 32) if backend in ("spec", "torch") else (8,):
+            logits, state = be.prefill(tokens[:, :n], piece, state=be.init(32))
+            _check(logits, want[:, :n], cfg, f"{backend} piece={piece}")
+        for i in range(n, T + 2):
+            logits, state = be.step(tokens[:, i], state)
+            _check(logits, want[:, i], cfg, f"{backend} decode at {i}")
+
+
 @pytest.mark.parametrize(
     "cfg, match",
     [
-        (_cfg(kind="gau"), "gau layers.*lm_logits.*key/value cache"),
-        (
-            fc.LMConfig(block=fc.TransformerConfig(dim=16, heads=2), vocab_size=13),
-            "Transformer\\+\\+ layers.*lm_logits",
-        ),
+        (_cfg(kind="gau"), "gau layers with length_mode='real'.*lm_logits.*'prefix'"),
         (_cfg(causal=False), "causal=True"),
     ],
-    ids=["gau", "transformer", "bidirectional"],
+    ids=["gau-growing-n", "bidirectional"],
 )
 def test_prefill_refuses_what_has_no_carried_state(cfg, match):
     with pytest.raises(ValueError, match=match):

@@ -174,8 +174,9 @@ def prefill(
     last_only: bool = False,
     core=None,
 ):
-    """Streamed prefill of a causal FLASH LM (:func:`flashcore.stream.lm_prefill`): tokens
-    (b, T) ints, ``piece`` positions (a multiple of C) at a time through one jitted
+    """Streamed prefill of a causal LM (:func:`flashcore.stream.lm_prefill`; GAU and
+    Transformer++ through their key/value caches, ``state=`` giving the capacity): tokens
+    (b, T) ints, ``piece`` positions (FLASH: a multiple of C) at a time through one jitted
     :func:`flashcore.stream.prefill_piece` (compiled once per piece length: at most two), the
     last T mod C positions through the jitted decode step. ``core``: deprecated, a mixed-chunk core taken for every
     call instead of :data:`flashcore.jax.xp.KERNELS`'s.
